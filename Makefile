@@ -1,0 +1,52 @@
+# The two set-up commands: `make demo` and `make test`. Each installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install when the project's dependencies change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Commands the suite and the demo run besides Python (Debian package names).
+SYSTEM_PACKAGES := openssl
+
+.PHONY: demo test system-deps venv protos check-protos bench-ca clean
+
+demo: system-deps venv
+	$(VENV)/bin/ambient demo
+
+test: system-deps venv check-protos
+	$(PY) -m pytest
+
+venv: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# Installs through apt only what is missing; needs root for that (CI is root).
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; install them (apt-get install$$missing) or run as root" >&2; exit 1; fi; \
+	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+PROTOS := ca/proto/ca.proto
+# Regenerate the committed protobuf modules (grpcio-tools is pinned in the dev extra).
+protos: venv
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+# The committed modules must be exactly what their .proto files generate.
+check-protos: venv
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	$(PY) -m grpc_tools.protoc -I . --python_out=$$tmp --grpc_python_out=$$tmp --pyi_out=$$tmp $(PROTOS) && \
+	for f in $$(cd $$tmp && find . -name '*.py*' -type f); do \
+	  cmp -s $$tmp/$$f $$f || { echo "$$f is stale: run 'make protos' and commit" >&2; exit 1; }; done
+
+bench-ca: venv
+	$(PY) bench/ca_issue_rate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

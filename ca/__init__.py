@@ -1,0 +1,1 @@
+"""The mesh's certificate authority: SPIFFE identities for workloads, served over gRPC."""

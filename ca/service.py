@@ -1,0 +1,114 @@
+"""One CreateCertificate request, decided without I/O.
+
+Order matters: the caller is authenticated first (an unknown caller learns nothing about its
+request), then the identity it asks for is authorised, and only then is the CSR examined and signed.
+
+Authorisation:
+- a workload token obtains its own bound identity only (``ImpersonatedIdentity``, if sent, must
+  equal it);
+- a node token must name ``ImpersonatedIdentity`` and obtains it only if a pod with that identity
+  is scheduled on its node;
+- nothing outside the CA's trust domain is ever issued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ca.authority import CaRefusal, IssuancePolicy, SigningAuthority, Status, invalid
+from ca.placement import PodPlacement
+from ca.tokens import Caller, NodeCaller, TokenStore, WorkloadCaller
+from mesh.identity import InvalidSpiffeId, SpiffeId
+
+
+@dataclass(frozen=True)
+class CertificateRequest:
+    """What arrived, already out of its wire encoding."""
+
+    authorization: str | None  # the raw `authorization` header value
+    csr: str
+    validity_seconds: int
+    impersonated_identity: object = None  # as sent: must be a SPIFFE ID string if present
+
+
+@dataclass(frozen=True)
+class Issued:
+    caller: Caller
+    identity: SpiffeId
+    cert_chain: list[str]
+    not_after: dt.datetime
+    serial: int
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "no bearer token: send `authorization: Bearer <token>`")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "authorization header is not `Bearer <token>`")
+    return token.strip()
+
+
+class CertificateService:
+    def __init__(
+        self,
+        authority: SigningAuthority,
+        tokens: TokenStore,
+        placement: PodPlacement,
+        policy: IssuancePolicy = IssuancePolicy(),
+    ) -> None:
+        self.authority = authority
+        self._tokens = tokens
+        self._placement = placement
+        self._policy = policy
+
+    def authenticate(self, authorization: str | None) -> Caller:
+        caller = self._tokens.authenticate(_bearer_token(authorization))
+        if caller is None:
+            raise CaRefusal(Status.UNAUTHENTICATED, "unknown_token", "bearer token is not known to this CA")
+        return caller
+
+    def authorize(self, caller: Caller, impersonated: object) -> SpiffeId:
+        """The one identity ``caller`` gets for this request, or a refusal saying why not."""
+        requested: SpiffeId | None = None
+        if impersonated is not None:
+            if not isinstance(impersonated, str):
+                raise invalid("bad_metadata", "metadata ImpersonatedIdentity must be a string")
+            try:
+                requested = SpiffeId.parse(impersonated)
+            except InvalidSpiffeId as exc:
+                raise invalid("bad_metadata", f"metadata ImpersonatedIdentity: {exc}") from None
+        if isinstance(caller, WorkloadCaller):
+            if requested is not None and requested != caller.identity:
+                raise CaRefusal(
+                    Status.PERMISSION_DENIED,
+                    "forbidden_identity",
+                    f"{caller} may not obtain a certificate for {requested}",
+                )
+            return caller.identity
+        assert isinstance(caller, NodeCaller)
+        if requested is None:
+            raise CaRefusal(
+                Status.PERMISSION_DENIED,
+                "forbidden_identity",
+                f"{caller} must name the workload in metadata ImpersonatedIdentity",
+            )
+        if not self._placement.has_pod(caller.node, requested):
+            raise CaRefusal(
+                Status.PERMISSION_DENIED,
+                "forbidden_identity",
+                f"{caller} runs no pod with identity {requested}",
+            )
+        return requested
+
+    def create_certificate(self, request: CertificateRequest) -> Issued:
+        caller = self.authenticate(request.authorization)
+        try:
+            identity = self.authorize(caller, request.impersonated_identity)
+            lifetime = self._policy.lifetime(request.validity_seconds)
+            leaf, chain = self.authority.issue(request.csr, identity, lifetime)
+        except CaRefusal as refusal:
+            refusal.caller = caller
+            raise
+        return Issued(caller, identity, chain, leaf.not_valid_after_utc, leaf.serial_number)

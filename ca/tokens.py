@@ -1,0 +1,102 @@
+"""Bearer tokens: who is calling the CA.
+
+Two kinds of caller. A workload token is bound to one SPIFFE ID and obtains certificates for that
+ID only. A node token is bound to a node name and obtains certificates for the identities of the
+pods scheduled on that node (``ca.placement``), which is how a ztunnel serves its node's pods.
+
+Tokens are 256 random bits; the store keeps only their SHA-256 digests (``tokens.json``, mode
+0600), so reading the file gives no usable token. A plain hash suffices for secrets of that entropy:
+there is nothing to brute-force. The running CA sees tokens created after it started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from ca.watched_file import WatchedJsonFile, write_json_atomic
+from mesh.identity import InvalidSpiffeId, SpiffeId, validate_k8s_name
+
+TOKEN_FILE = "tokens.json"
+TOKEN_PREFIX = "amt_"  # recognisable by secret scanners
+
+
+@dataclass(frozen=True)
+class NodeCaller:
+    node: str
+
+    def __str__(self) -> str:
+        return f"node {self.node}"
+
+
+@dataclass(frozen=True)
+class WorkloadCaller:
+    identity: SpiffeId
+
+    def __str__(self) -> str:
+        return f"workload {self.identity}"
+
+
+Caller = NodeCaller | WorkloadCaller
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _caller_record(caller: Caller) -> dict[str, str]:
+    if isinstance(caller, NodeCaller):
+        return {"node": caller.node}
+    return {"identity": str(caller.identity)}
+
+
+def _parse_record(index: int, record: object) -> tuple[str, Caller]:
+    where = f"tokens[{index}]"
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise ValueError(f"{where}: expected an object with a sha256 digest")
+    try:
+        if "node" in record:
+            caller: Caller = NodeCaller(validate_k8s_name("node", record["node"]))
+        elif "identity" in record:
+            caller = WorkloadCaller(SpiffeId.parse(record["identity"]))
+        else:
+            raise ValueError(f"{where}: names neither a node nor an identity")
+    except InvalidSpiffeId as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return record["sha256"], caller
+
+
+def parse_tokens(data: object) -> dict[str, Caller]:
+    if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+        raise ValueError('expected {"tokens": [...]}')
+    return dict(_parse_record(i, r) for i, r in enumerate(data["tokens"]))
+
+
+class TokenStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file = WatchedJsonFile(path, parse_tokens, {})
+
+    def authenticate(self, token: str) -> Caller | None:
+        """The caller a presented token stands for, or None for an unknown token."""
+        return self._file.get().get(token_digest(token))
+
+    def create(self, caller: Caller) -> str:
+        """Make a new token for ``caller``, record its digest, and return the token itself: the
+        only time it is ever seen."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = {**_caller_record(caller), "sha256": token_digest(token),
+                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        lock_path = self._path.with_name(f".{self._path.name}.lock")
+        with open(lock_path, "a") as lock:  # serialise concurrent `token create` runs
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(self._path.read_text()) if self._path.exists() else {"tokens": []}
+            parse_tokens(data)  # refuse to append to a file we could not read back
+            data["tokens"].append(record)
+            write_json_atomic(self._path, data)
+        return token

@@ -1,0 +1,105 @@
+"""The commands a user types, as real processes: init, token create, serve, request, demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+from cryptography import x509
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def ambient(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, check=check,
+                          env=ENV, timeout=60)
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """`ambient ca serve` on a free port; yields (ca_dir, address); stopped with SIGTERM."""
+    ca_dir = tmp_path / "ca"
+    ambient("ca", "init", "--dir", str(ca_dir))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh", "ca", "serve", "--dir", str(ca_dir), "--listen", "127.0.0.1:0",
+         "--metrics-listen", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    watchdog = threading.Timer(30, proc.kill)  # a server that never gets ready ends the readline
+    watchdog.start()
+    line = proc.stdout.readline()
+    watchdog.cancel()
+    assert line.startswith("serving IstioCertificateService on 127.0.0.1:"), (line, proc.stderr.read())
+    yield ca_dir, line.split(" on ")[1].split()[0], proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def test_init_token_serve_request(serving, tmp_path):
+    ca_dir, address, proc = serving
+    identity = "spiffe://cluster.local/ns/shop/sa/cart"
+    token = ambient("ca", "token", "create", "--dir", str(ca_dir), "--identity", identity).stdout.strip()
+    out = tmp_path / "out"
+    result = ambient("ca", "request", "--server", address, "--root", str(ca_dir / "root-cert.pem"),
+                     "--token", token, "--identity", identity, "--out", str(out))
+    assert f"identity:  {identity}" in result.stdout
+    assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
+    chain = x509.load_pem_x509_certificates((out / "cert-chain.pem").read_bytes())
+    assert len(chain) == 2 and (out / "root-cert.pem").read_bytes() == (ca_dir / "root-cert.pem").read_bytes()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_request_with_a_bad_token_fails_in_one_line(serving, tmp_path):
+    ca_dir, address, _ = serving
+    result = ambient("ca", "request", "--server", address, "--root", str(ca_dir / "root-cert.pem"), "--token",
+                     "amt_wrong", "--identity", "spiffe://cluster.local/ns/a/sa/b", "--out", str(tmp_path / "o"),
+                     check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "ambient: error: CA refused the request: UNAUTHENTICATED: bearer token is not known to this CA"
+    )
+    assert not (tmp_path / "o" / "key.pem").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ca", "token", "create", "--identity", "spiffe://other.org/ns/a/sa/b"], "outside the CA's trust domain"),
+        (["ca", "token", "create", "--node", "Node_1"], "--node: node 'Node_1' is not a valid Kubernetes name"),
+        (["ca", "init", "--trust-domain", "cluster.local"], "a CA already exists"),
+        (["ca", "serve", "--listen", "nowhere"], "listen address 'nowhere' is not HOST:PORT"),
+    ],
+)
+def test_user_errors_name_what_is_wrong(tmp_path, args, message):
+    ambient("ca", "init", "--dir", str(tmp_path))
+    result = ambient(*args, "--dir", str(tmp_path), check=False)
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_without_a_ca_says_how_to_make_one(tmp_path):
+    result = ambient("ca", "serve", "--dir", str(tmp_path / "none"), check=False)
+    assert result.returncode == 1 and "run `ambient ca init" in result.stderr
+
+
+def test_plugin_init(tmp_path):
+    from tests.ca.pki import write_plugin_ca
+    write_plugin_ca(tmp_path / "plugin")
+    result = ambient("ca", "init", "--dir", str(tmp_path / "ca"), "--plugin-certs", str(tmp_path / "plugin"))
+    assert "plug-in CA CN=Cluster Intermediate CA" in result.stdout
+
+
+def test_demo_runs(tmp_path):
+    """What `make demo` runs: it must keep working."""
+    result = ambient("demo")
+    assert "SAN:     spiffe://cluster.local/ns/default/sa/demo (the only SAN)" in result.stdout
+    assert "leaf.pem: OK" in result.stdout
+    assert "PERMISSION_DENIED" in result.stdout
+    assert 'ambient_ca_certificates_issued_total{caller="workload"} 1.0' in result.stdout
