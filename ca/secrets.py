@@ -1,0 +1,216 @@
+"""Keeping workload certificates fresh: one certificate per SPIFFE identity, for a proxy that
+serves many workloads.
+
+Every identity the proxy needs gets a refresh task in the nursery that ``SecretManager.run`` opens.
+The task fetches a certificate, sleeps until half of its lifetime has passed and fetches again; when
+a fetch fails it keeps the certificate it holds (still valid, still served) and retries with
+exponential backoff. Only that task ever calls the CA. ``get`` returns the held certificate while it
+is valid; otherwise it waits for the outcome of the task's current or next attempt, which is
+published once to every waiter through a ``trio.Event``, so any number of waiters share one request.
+
+All scheduling is in trio time, so tests can drive it with ``trio.testing.MockClock``: a
+certificate's wall-clock ``not_before``/``not_after`` are converted into trio deadlines once, when
+it is received, and the wall clock is read nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from ca.client import CertificateError, CertifiedKey
+from mesh.identity import SpiffeId
+
+log = logging.getLogger("ambient.ca.secrets")
+
+Fetch = Callable[[SpiffeId], Awaitable[CertifiedKey]]
+
+
+def default_jitter(delay: float) -> float:
+    # Proxies that lost the CA together should not all retry in the same instant.
+    return delay * random.uniform(0.8, 1.0)
+
+
+class CertificateUnavailable(CertificateError):
+    """There is no valid certificate for ``identity``: fetching one failed (``__cause__`` is the
+    error) and nothing unexpired is held. ``expired_at`` is when the previous one expired, if any."""
+
+    def __init__(self, identity: SpiffeId, reason: str, expired_at: dt.datetime | None = None) -> None:
+        message = f"no certificate for {identity}: {reason}"
+        if expired_at is not None:
+            message += f" (the previous certificate expired at {expired_at.isoformat()})"
+        super().__init__(message)
+        self.identity = identity
+        self.expired_at = expired_at
+
+
+class _Attempt:
+    """The outcome of one fetch, shared by every ``get`` that waits for it. Settled once."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.cert: CertifiedKey | None = None
+        self.reason = ""
+        self.cause: BaseException | None = None
+        self.expired_at: dt.datetime | None = None
+
+    def succeed(self, cert: CertifiedKey) -> None:
+        if not self.done.is_set():
+            self.cert = cert
+            self.done.set()
+
+    def fail(self, reason: str, cause: BaseException | None = None, expired_at: dt.datetime | None = None) -> None:
+        if not self.done.is_set():
+            self.reason, self.cause, self.expired_at = reason, cause, expired_at
+            self.done.set()
+
+
+class _Entry:
+    """What is held for one identity. Only its refresh task writes ``cert`` and ``expires_at``."""
+
+    def __init__(self, identity: SpiffeId) -> None:
+        self.identity = identity
+        self.scope = trio.CancelScope()  # forget() cancels the refresh task through it
+        self.next = _Attempt()  # what a waiter arriving now will receive
+        self.cert: CertifiedKey | None = None
+        self.expires_at = -math.inf  # trio time
+
+    def valid_cert(self) -> CertifiedKey | None:
+        if self.cert is not None and trio.current_time() < self.expires_at:
+            return self.cert
+        return None
+
+
+def _deadlines(cert: CertifiedKey) -> tuple[float, float]:
+    """``(refresh_at, expires_at)`` in trio time, for a certificate received just now."""
+    t0, w0 = trio.current_time(), dt.datetime.now(dt.timezone.utc)
+    to_expiry = (cert.not_after - w0).total_seconds()
+    if to_expiry <= 0:
+        raise CertificateError(f"received a certificate that already expired at {cert.not_after.isoformat()}")
+    midpoint = cert.not_before + (cert.not_after - cert.not_before) / 2
+    to_refresh = (midpoint - w0).total_seconds()
+    if to_refresh <= 0:
+        # The CA backdates leaves, so a short-lived one can arrive past its midpoint; renewing at
+        # once would then loop on the CA. Renew halfway to its expiry instead.
+        to_refresh = to_expiry / 2
+    return t0 + to_refresh, t0 + to_expiry
+
+
+class SecretManager:
+    """Fetches and renews a certificate per identity; see the module docstring.
+
+    ``fetch`` is usually ``CaClient.fetch``. Start it with ``await nursery.start(manager.run)``
+    before calling ``get`` or ``prefetch``. ``get`` waits as long as the next attempt takes (up to
+    ``max_backoff`` during an outage): callers that need a bound put it in a cancel scope.
+    """
+
+    def __init__(
+        self,
+        fetch: Fetch,
+        *,
+        initial_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        jitter: Callable[[float], float] | None = None,
+    ) -> None:
+        if not 0 < initial_backoff <= max_backoff:
+            raise ValueError(
+                f"backoff must satisfy 0 < initial_backoff <= max_backoff, got {initial_backoff} and {max_backoff}"
+            )
+        self._fetch = fetch
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._jitter = jitter or default_jitter
+        self._entries: dict[SpiffeId, _Entry] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the refresh tasks until cancelled; then drop everything held."""
+        if self._nursery is not None:
+            raise RuntimeError("SecretManager.run() is already running")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            entries, self._entries = self._entries, {}
+            for entry in entries.values():
+                # Waiters live outside our nursery: tell them rather than leave them hanging.
+                entry.next.fail("the secret manager stopped")
+
+    async def get(self, identity: SpiffeId) -> CertifiedKey:
+        """The valid certificate for ``identity``, fetching it if needed.
+
+        Raises ``CertificateUnavailable`` if the attempt it waited for failed."""
+        entry = self._track(identity)
+        cert = entry.valid_cert()
+        if cert is not None:
+            return cert
+        attempt = entry.next
+        await attempt.done.wait()
+        if attempt.cert is not None:
+            return attempt.cert
+        raise CertificateUnavailable(identity, attempt.reason, attempt.expired_at) from attempt.cause
+
+    def prefetch(self, identity: SpiffeId) -> None:
+        """Start keeping a certificate for ``identity`` (a workload arrived) without waiting."""
+        self._track(identity)
+
+    def forget(self, identity: SpiffeId) -> None:
+        """Stop refreshing ``identity`` and drop its certificate (the workload left)."""
+        entry = self._entries.pop(identity, None)
+        if entry is not None:
+            entry.scope.cancel()
+            entry.next.fail("it was forgotten before a certificate arrived")
+
+    def current(self, identity: SpiffeId) -> CertifiedKey | None:
+        """The still-valid certificate for ``identity``, if one is held; never fetches."""
+        entry = self._entries.get(identity)
+        return entry.valid_cert() if entry is not None else None
+
+    def identities(self) -> list[SpiffeId]:
+        """Every identity being kept, with or without a valid certificate yet, in order."""
+        return sorted(self._entries, key=str)
+
+    def _track(self, identity: SpiffeId) -> _Entry:
+        if self._nursery is None:
+            raise RuntimeError(
+                "SecretManager is not running: start it first with `await nursery.start(manager.run)`"
+            )
+        entry = self._entries.get(identity)
+        if entry is None:
+            entry = self._entries[identity] = _Entry(identity)
+            self._nursery.start_soon(self._refresh, entry, name=f"refresh certificate {identity}")
+        return entry
+
+    async def _refresh(self, entry: _Entry) -> None:
+        backoff = self._initial_backoff
+        with entry.scope:
+            while True:
+                attempt = entry.next
+                try:
+                    cert = await self._fetch(entry.identity)
+                    refresh_at, expires_at = _deadlines(cert)
+                except Exception as exc:  # any failure is retried; only cancellation ends the task
+                    delay = self._jitter(backoff)
+                    backoff = min(backoff * 2, self._max_backoff)
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.warning("fetching a certificate for %s failed (retry in %.1fs): %s", entry.identity, delay, reason)
+                    held = entry.cert
+                    expired_at = held.not_after if held is not None and entry.valid_cert() is None else None
+                    entry.next = _Attempt()
+                    attempt.fail(reason, exc, expired_at)
+                    await trio.sleep(delay)
+                else:
+                    entry.cert, entry.expires_at = cert, expires_at
+                    entry.next = _Attempt()
+                    attempt.succeed(cert)
+                    backoff = self._initial_backoff
+                    log.debug("certificate for %s valid until %s", entry.identity, cert.not_after.isoformat())
+                    await trio.sleep_until(refresh_at)
