@@ -87,6 +87,17 @@ class IssuancePolicy:
         return min(dt.timedelta(seconds=requested_seconds), self.max_ttl)
 
 
+_KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)
+
+
+def key_usage(**enabled: bool) -> x509.KeyUsage:
+    """A KeyUsage with the named usages set and every other one clear."""
+    return x509.KeyUsage(**{**dict.fromkeys(_KEY_USAGES, False), **enabled})
+
+
 def signature_hash(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> hashes.HashAlgorithm:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
@@ -154,14 +165,7 @@ class SigningAuthority:
             .not_valid_before(now - CLOCK_SKEW_BACKDATE)
             .not_valid_after(now + ROOT_LIFETIME)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -180,14 +184,7 @@ class SigningAuthority:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(key_usage(digital_signature=True, key_encipherment=is_rsa), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,

@@ -10,6 +10,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ca.authority import key_usage
+
 
 def ca_cert(subject: str, key, issuer_name: x509.Name | None = None, issuer_key=None, *, ca: bool = True,
             days: int = 365) -> x509.Certificate:
@@ -27,9 +29,7 @@ def ca_cert(subject: str, key, issuer_name: x509.Name | None = None, issuer_key=
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        builder = builder.add_extension(key_usage(key_cert_sign=True, crl_sign=True), critical=True)
     return builder.sign(issuer_key or key, hashes.SHA256())
 
 
