@@ -121,7 +121,12 @@ class CaServer:
         metrics.root_expiry.set(service.authority.root.not_valid_after_utc.timestamp())
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ca-grpc"),
-            options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                # grpcio sets SO_REUSEPORT by default: a second CA on the same port would then
+                # bind silently and take half the connections.
+                ("grpc.so_reuseport", 0),
+            ],
         )
         handler = grpc.unary_unary_rpc_method_handler(
             self._create_certificate,
@@ -137,9 +142,12 @@ class CaServer:
         credentials = grpc.dynamic_ssl_server_credentials(
             self._certificate.issue(), self._certificate.maybe_renew, require_client_authentication=False
         )
-        port = self._server.add_secure_port(self._config.listen, credentials)
+        try:
+            port = self._server.add_secure_port(self._config.listen, credentials)
+        except RuntimeError:  # grpcio's only signal; the cause is in its debug log
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {self._config.listen}")
+            raise OSError(f"cannot listen on {self._config.listen}: address in use or not available here")
         self._server.start()
         return port
 

@@ -84,6 +84,20 @@ def test_user_errors_name_what_is_wrong(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("holder", ["plain socket", "another CA server"])
+def test_serve_on_a_busy_port_fails_in_one_line(serving, tmp_path, holder):
+    ca_dir, address, _ = serving
+    if holder == "plain socket":
+        import socket
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    result = ambient("ca", "serve", "--dir", str(ca_dir), "--listen", address, "--metrics-listen", "off", check=False)
+    assert result.returncode == 1
+    assert f"cannot listen on {address}: address in use" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_serve_without_a_ca_says_how_to_make_one(tmp_path):
     result = ambient("ca", "serve", "--dir", str(tmp_path / "none"), check=False)
     assert result.returncode == 1 and "run `ambient ca init" in result.stderr
