@@ -33,7 +33,7 @@ system-deps:
 	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-PROTOS := ca/proto/ca.proto
+PROTOS := ca/proto/ca.proto mesh/api/workload.proto mesh/api/authorization.proto
 # Regenerate the committed protobuf modules (grpcio-tools is pinned in the dev extra).
 protos: venv
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)

@@ -1,0 +1,51 @@
+"""Type URLs of the discovery resources and packing them into ``google.protobuf.Any``.
+
+Delta xDS carries each resource as an ``Any`` whose type URL names the message. ``pack`` wraps a
+message; ``unpack`` checks that the URL is the one the caller expects before decoding, so a
+server that sends the wrong type is reported as such instead of yielding a garbled message.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import DecodeError, Message
+
+from mesh.api.authorization_pb2 import Authorization
+from mesh.api.workload_pb2 import Address
+
+_PREFIX = "type.googleapis.com/"
+
+# type.googleapis.com/istio.workload.Address: a Workload or a Service.
+ADDRESS_TYPE_URL = _PREFIX + Address.DESCRIPTOR.full_name
+# type.googleapis.com/istio.security.Authorization
+AUTHORIZATION_TYPE_URL = _PREFIX + Authorization.DESCRIPTOR.full_name
+
+_MESSAGES: dict[str, type[Message]] = {
+    ADDRESS_TYPE_URL: Address,
+    AUTHORIZATION_TYPE_URL: Authorization,
+}
+
+
+def pack(message: Message) -> Any:
+    """Wrap ``message`` in an ``Any`` with its ``type.googleapis.com/<full name>`` URL."""
+    packed = Any()
+    packed.Pack(message, type_url_prefix=_PREFIX)
+    return packed
+
+
+def unpack(packed: Any, type_url: str) -> Message:
+    """Decode ``packed`` as the resource ``type_url`` names.
+
+    Raises ValueError if ``packed`` holds another type or its bytes do not decode.
+    """
+    try:
+        cls = _MESSAGES[type_url]
+    except KeyError:
+        known = ", ".join(sorted(_MESSAGES))
+        raise ValueError(f"unknown resource type URL {type_url!r} (known: {known})") from None
+    if packed.type_url != type_url:
+        raise ValueError(f"expected a resource of type {type_url!r}, got {packed.type_url!r}")
+    try:
+        return cls.FromString(packed.value)
+    except DecodeError as e:
+        raise ValueError(f"resource of type {type_url!r} does not decode: {e}") from e
