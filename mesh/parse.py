@@ -1,0 +1,560 @@
+"""YAML documents → frozen resources (``mesh.resources``), with every problem reported.
+
+One function per kind reads its fields through ``mesh.source.Field``, which records a problem at
+the exact path when something is missing or mistyped. A document with any error yields no resource:
+later stages only ever see valid objects. Unknown kinds are reported (warning) and skipped; unknown
+fields of known kinds warn; fields Kubernetes defines that the mesh does not act on are ignored
+quietly, so real manifests do not drown in warnings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh import resources as r
+from mesh.identity import InvalidSpiffeId, validate_k8s_name
+from mesh.source import Document, Field, Problem, Severity, YamlError, load_documents, yaml_files
+
+GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
+ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
+API_VERSIONS: dict[str, tuple[str, ...]] = {
+    "Namespace": ("v1",), "ServiceAccount": ("v1",), "Pod": ("v1",), "Service": ("v1",),
+    "Deployment": ("apps/v1",), "Gateway": GATEWAY_API, "HTTPRoute": GATEWAY_API,
+    "AuthorizationPolicy": ISTIO_SECURITY, "PeerAuthentication": ISTIO_SECURITY,
+    "WasmPlugin": ("extensions.istio.io/v1alpha1",),
+}
+CLUSTER_SCOPED = {"Namespace"}
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+# Kubernetes fields that are valid but that the mesh does not act on: accepted without a warning.
+_META_IGNORED = {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
+                 "ownerReferences", "finalizers", "generateName", "deletionTimestamp", "selfLink"}
+_POD_SPEC_IGNORED = {"restartPolicy", "terminationGracePeriodSeconds", "volumes", "securityContext",
+                     "affinity", "tolerations", "nodeSelector", "dnsPolicy", "hostname", "subdomain",
+                     "priorityClassName", "schedulerName", "imagePullSecrets", "automountServiceAccountToken"}
+_CONTAINER_IGNORED = {"resources", "imagePullPolicy", "readinessProbe", "livenessProbe", "startupProbe",
+                      "volumeMounts", "securityContext", "workingDir", "lifecycle", "terminationMessagePath",
+                      "terminationMessagePolicy", "stdin", "tty"}
+_SERVICE_IGNORED = {"type", "sessionAffinity", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
+                    "internalTrafficPolicy", "externalTrafficPolicy", "publishNotReadyAddresses"}
+
+
+@dataclass
+class ParseResult:
+    resources: list[r.Resource] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity is Severity.ERROR]
+
+
+def parse_paths(paths: list[Path]) -> ParseResult:
+    result = ParseResult()
+    for path in yaml_files(paths):
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            result.problems.append(Problem(Severity.ERROR, str(path), 1, "", "", f"cannot read: {exc}"))
+            continue
+        part = parse_text(text, str(path))
+        result.resources += part.resources
+        result.problems += part.problems
+    return result
+
+
+def parse_text(text: str, file: str) -> ParseResult:
+    result = ParseResult()
+    try:
+        documents = load_documents(text, file, result.problems)
+    except YamlError as exc:
+        result.problems.append(exc.problem)
+        return result
+    for doc in documents:
+        resource = parse_document(doc, result.problems)
+        if resource is not None:
+            result.resources.append(resource)
+    return result
+
+
+def parse_document(doc: Document, problems: list[Problem]) -> r.Resource | None:
+    """The resource in ``doc``, or None if it has errors or is of a kind the mesh ignores."""
+    errors_before = sum(p.severity is Severity.ERROR for p in problems)
+    top = Field(doc, (), doc.data, problems)
+    if not top.mapping({"apiVersion", "kind", "metadata", "spec", "status", "data"}):
+        return None
+    kind = top["kind"].str(required=True)
+    api_version = top["apiVersion"].str(required=True)
+    if kind is None or api_version is None:
+        return None
+    if kind not in API_VERSIONS:
+        top["kind"].warn(f"kind {kind} ({api_version}) is not used by the mesh; skipped")
+        return None
+    if api_version not in API_VERSIONS[kind]:
+        top["apiVersion"].report(f"{api_version} is not an apiVersion of {kind} (expected {' or '.join(API_VERSIONS[kind])})")
+        return None
+    meta = _meta(top["metadata"], kind, top.resource)
+    if meta is None:
+        return None
+    origin = r.Origin(doc.file, doc.line_of(()))
+    resource = _PARSERS[kind](top["spec"], meta, origin)
+    if sum(p.severity is Severity.ERROR for p in problems) > errors_before:
+        return None
+    return resource
+
+
+def _name(f: Field, what: str, *, required: bool = True) -> str | None:
+    value = f.str(required=required)
+    if value is None:
+        return None
+    try:
+        return validate_k8s_name(what, value)
+    except InvalidSpiffeId as exc:
+        f.report(str(exc))
+        return None
+
+
+def _meta(f: Field, kind: str, label: list[str]) -> r.Meta | None:
+    """Also names the resource in ``label`` (shared with every Field of the document), so that
+    problems found from here on say which resource they are in."""
+    if not f.mapping({"name", "namespace", "labels", "annotations"} | _META_IGNORED, required=True):
+        return None
+    name = _name(f["name"], "name")
+    if kind in CLUSTER_SCOPED:
+        if f["namespace"].present:
+            f["namespace"].warn(f"{kind} is cluster-scoped; namespace ignored")
+        namespace = ""
+    else:
+        namespace = _name(f["namespace"], "namespace", required=False) or "default"
+    if name is None:
+        return None
+    label[0] = f"{kind} {namespace + '/' if namespace else ''}{name}"
+    return r.Meta(name, namespace, r.frozen_map(f["labels"].str_map()), r.frozen_map(f["annotations"].str_map()))
+
+
+def _port(f: Field, *, required: bool = True, value: object = None) -> int | None:
+    """A port given as a number or, as Istio's policy fields have it, a numeric string.
+    ``value`` overrides the field's value (for ports that are mapping keys)."""
+    value = f.value if value is None else value
+    shown = value
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, str) or isinstance(value, bool):
+        f.report(f"{shown!r} is not a port number")
+        return None
+    if value is None:
+        if required:
+            f.report("is required")
+        return None
+    if not isinstance(value, int):
+        f.report(f"expected a port number, got {value!r}")
+        return None
+    if not 1 <= value <= 65535:
+        f.report(f"{value} is not a port number (1-65535)")
+        return None
+    return value
+
+
+def _labels_selector(f: Field) -> dict[str, str] | None:
+    """``selector: {matchLabels: {...}}`` (Istio policies, Deployments); None when absent."""
+    if not f.present:
+        return None
+    if not f.mapping({"matchLabels", "matchExpressions"}):
+        return None
+    if f["matchExpressions"].present:
+        f["matchExpressions"].report("matchExpressions are not supported; use matchLabels")
+    return f["matchLabels"].str_map()
+
+
+# ---------------------------------------------------------------- core kinds
+
+def _namespace(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Namespace:
+    return r.Namespace(meta, origin)
+
+
+def _service_account(spec: Field, meta: r.Meta, origin: r.Origin) -> r.ServiceAccount:
+    return r.ServiceAccount(meta, origin)
+
+
+def _container(f: Field) -> r.Container | None:
+    if not f.mapping({"name", "image", "command", "args", "env", "ports"} | _CONTAINER_IGNORED):
+        return None
+    env: dict[str, str] = {}
+    for item in f["env"].items():
+        if item.mapping({"name", "value", "valueFrom"}) and (name := item["name"].str(required=True)):
+            if item["valueFrom"].present:
+                item["valueFrom"].warn("valueFrom is not supported; the variable is left unset")
+            else:
+                env[name] = item["value"].str(default="")
+    ports = []
+    for item in f["ports"].items():
+        if item.mapping({"containerPort", "name", "protocol", "hostPort", "hostIP"}):
+            port = _port(item["containerPort"])
+            protocol = item["protocol"].str(default="TCP", choices=PROTOCOLS)
+            if port is not None:
+                ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol or "TCP"))
+    return r.Container(
+        name=_name(f["name"], "container name") or "", image=f["image"].str(default=""),
+        command=f["command"].str_list(), args=f["args"].str_list(), env=r.frozen_map(env), ports=tuple(ports),
+    )
+
+
+def _pod_spec(f: Field) -> r.PodSpec | None:
+    if not f.mapping({"containers", "serviceAccountName", "serviceAccount", "nodeName", "initContainers"}
+                     | _POD_SPEC_IGNORED, required=True):
+        return None
+    if f["initContainers"].present:
+        f["initContainers"].warn("init containers are not run by the lab")
+    containers = tuple(c for item in f["containers"].items(required=True) if (c := _container(item)))
+    account = _name(f["serviceAccountName"], "service account", required=False) \
+        or _name(f["serviceAccount"], "service account", required=False) or "default"
+    return r.PodSpec(containers, account, _name(f["nodeName"], "node name", required=False) or "")
+
+
+def _pod(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Pod | None:
+    pod_spec = _pod_spec(spec)
+    return r.Pod(meta, origin, pod_spec) if pod_spec else None
+
+
+def _deployment(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Deployment | None:
+    if not spec.mapping({"replicas", "selector", "template", "strategy", "revisionHistoryLimit",
+                         "minReadySeconds", "progressDeadlineSeconds", "paused"}, required=True):
+        return None
+    replicas = spec["replicas"].int(default=1, low=0, high=1000)
+    selector = _labels_selector(spec["selector"])
+    if selector is None:
+        spec["selector"].report("is required (matchLabels)")
+    template = spec["template"]
+    if not template.mapping({"metadata", "spec"}, required=True):
+        return None
+    template_meta = template["metadata"]
+    template_meta.mapping({"labels", "annotations", "name", "namespace"} | _META_IGNORED)
+    labels = template_meta["labels"].str_map()
+    annotations = template_meta["annotations"].str_map()
+    pod_spec = _pod_spec(template["spec"])
+    if selector and any(labels.get(k) != v for k, v in selector.items()):
+        template_meta["labels"].report("does not match spec.selector.matchLabels")
+        return None
+    if pod_spec is None or selector is None or replicas is None:
+        return None
+    # Stable names, like a ReplicaSet's: the template's hash, then the replica index. Editing
+    # the template renames (replaces) the pods, as a rollout would.
+    canonical = json.dumps(template.value, sort_keys=True, default=str).encode()
+    template_hash = hashlib.sha256(canonical).hexdigest()[:10]
+    pod_labels = r.frozen_map({**labels, "pod-template-hash": template_hash})
+    pods = tuple(
+        r.Pod(r.Meta(f"{meta.name}-{template_hash}-{i}", meta.namespace, pod_labels, r.frozen_map(annotations)),
+              origin, pod_spec, owner=f"Deployment/{meta.name}")
+        for i in range(replicas)
+    )
+    return r.Deployment(meta, origin, replicas, r.frozen_map(selector), r.frozen_map(labels), pod_spec, pods)
+
+
+def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
+    if not spec.mapping({"selector", "clusterIP", "ports"} | _SERVICE_IGNORED, required=True):
+        return None
+    cluster_ip = spec["clusterIP"].str(default="")
+    if cluster_ip not in ("", "None"):
+        try:
+            if ipaddress.ip_address(cluster_ip).version != 4:
+                spec["clusterIP"].report("only IPv4 cluster IPs are supported")
+        except ValueError:
+            spec["clusterIP"].report(f"{cluster_ip!r} is not an IP address")
+    ports = []
+    items = spec["ports"].items(required=True)
+    for item in items:
+        if not item.mapping({"name", "port", "targetPort", "protocol", "appProtocol", "nodePort"}):
+            continue
+        port = _port(item["port"])
+        target = item["targetPort"].value
+        if target is None:
+            target = port
+        elif isinstance(target, str) and not target.isdigit():
+            target = _name(item["targetPort"], "target port name")
+        else:
+            target = _port(item["targetPort"])
+        name = item["name"].str(default="")
+        if len(items) > 1 and not name:
+            item["name"].report("is required when a Service has more than one port")
+        if port is not None and target is not None:
+            ports.append(r.ServicePort(port, target, name, item["protocol"].str(default="TCP", choices=PROTOCOLS)
+                                       or "TCP", item["appProtocol"].str(default="")))
+    selector = spec["selector"].str_map() if spec["selector"].present else None
+    return r.Service(meta, origin, r.frozen_map(selector) if selector is not None else None, tuple(ports), cluster_ip)
+
+
+# ---------------------------------------------------------------- Gateway API
+
+def _object_ref(f: Field, *, default_kind: str = "", default_group: str = "", with_port: bool = False
+                ) -> r.ObjectRef | None:
+    """A Gateway API reference; without ``default_kind`` the kind must be given."""
+    known = {"group", "kind", "name", "namespace", "sectionName"} | ({"port"} if with_port else set())
+    if not f.mapping(known):
+        return None
+    name = f["name"].str(required=True)
+    kind = f["kind"].str(required=not default_kind, default=default_kind)
+    port = _port(f["port"], required=False) if with_port else None
+    if name is None or kind is None:
+        return None
+    return r.ObjectRef(kind, name, f["group"].str(default=default_group) or "", f["namespace"].str(default="") or "",
+                       port)
+
+
+def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
+    if not spec.mapping({"gatewayClassName", "listeners", "addresses", "infrastructure"}, required=True):
+        return None
+    gateway_class = spec["gatewayClassName"].str(required=True)
+    listeners = []
+    for item in spec["listeners"].items(required=True):
+        if item.mapping({"name", "port", "protocol", "hostname", "tls", "allowedRoutes"}):
+            name, port, protocol = item["name"].str(required=True), _port(item["port"]), item["protocol"].str(required=True)
+            if name and port and protocol:
+                listeners.append(r.Listener(name, port, protocol))
+    if gateway_class is None:
+        return None
+    gateway = r.Gateway(meta, origin, gateway_class, tuple(listeners))
+    if not gateway.is_waypoint:
+        spec["gatewayClassName"].warn(f"class {gateway_class!r}: only {r.WAYPOINT_CLASS!r} gateways are run by the mesh")
+        return gateway
+    if gateway.waypoint_for not in r.WAYPOINT_FOR_VALUES:
+        spec.report(f"label {r.WAYPOINT_FOR}={gateway.waypoint_for!r} is not one of {', '.join(r.WAYPOINT_FOR_VALUES)}")
+    if r.Listener("mesh", 15008, "HBONE") not in listeners:
+        spec["listeners"].report("a waypoint needs the listener {name: mesh, port: 15008, protocol: HBONE}")
+    return gateway
+
+
+_DURATION = re.compile(r"^(?:\d{1,5}(?:h|ms|m|s)){1,4}$")
+_DURATION_PART = re.compile(r"(\d{1,5})(h|ms|m|s)")
+_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _duration(f: Field) -> float | None:
+    """A Gateway API duration (GEP-2257): ``10s``, ``500ms``, ``1m30s``."""
+    text = f.str()
+    if text is None:
+        return None
+    if not _DURATION.match(text):
+        f.report(f"{text!r} is not a duration like 10s, 500ms or 1m30s")
+        return None
+    return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def _header_matches(f: Field) -> tuple[r.HeaderMatchSpec, ...]:
+    result = []
+    for item in f.items():
+        if item.mapping({"type", "name", "value"}):
+            name, value = item["name"].str(required=True), item["value"].str(required=True)
+            kind = item["type"].str(default="Exact", choices=("Exact", "RegularExpression"))
+            if name and value is not None and kind:
+                result.append(r.HeaderMatchSpec(name, value, kind))
+    return tuple(result)
+
+
+def _route_match(f: Field) -> r.RouteMatch | None:
+    if not f.mapping({"path", "headers", "queryParams", "method"}):
+        return None
+    path = None
+    if f["path"].mapping({"type", "value"}):
+        kind = f["path"]["type"].str(default="PathPrefix", choices=("Exact", "PathPrefix", "RegularExpression"))
+        value = f["path"]["value"].str(default="/")
+        if kind and value is not None:
+            if kind != "RegularExpression" and not value.startswith("/"):
+                f["path"]["value"].report(f"{value!r} must start with '/'")
+            path = r.StringMatchSpec(kind, value)
+    method = f["method"].str(default="", choices=("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT",
+                                                   "OPTIONS", "TRACE", "PATCH"))
+    return r.RouteMatch(path, _header_matches(f["headers"]), _header_matches(f["queryParams"]), method or "")
+
+
+def _header_modifier(f: Field) -> r.HeaderModifier | None:
+    if not f.mapping({"set", "add", "remove"}, required=True):
+        return None
+    pairs = {}
+    for op in ("set", "add"):
+        pairs[op] = {}
+        for item in f[op].items():
+            if item.mapping({"name", "value"}) and (name := item["name"].str(required=True)):
+                pairs[op][name] = item["value"].str(required=True) or ""
+    return r.HeaderModifier(r.frozen_map(pairs["set"]), r.frozen_map(pairs["add"]), f["remove"].str_list())
+
+
+def _route_rule(f: Field) -> r.RouteRule | None:
+    if not f.mapping({"name", "matches", "filters", "backendRefs", "timeouts", "retry", "sessionPersistence"}):
+        return None
+    matches = tuple(m for item in f["matches"].items() if (m := _route_match(item))) or (r.RouteMatch(),)
+    request_headers = response_headers = None
+    for item in f["filters"].items():
+        if not item.mapping({"type", "requestHeaderModifier", "responseHeaderModifier", "requestMirror",
+                             "requestRedirect", "urlRewrite", "extensionRef"}):
+            continue
+        kind = item["type"].str(required=True)
+        if kind == "RequestHeaderModifier":
+            request_headers = _header_modifier(item["requestHeaderModifier"])
+        elif kind == "ResponseHeaderModifier":
+            response_headers = _header_modifier(item["responseHeaderModifier"])
+        elif kind is not None:
+            item["type"].report(f"filter {kind} is not supported (RequestHeaderModifier, ResponseHeaderModifier)")
+    backends = []
+    for item in f["backendRefs"].items():
+        if item.mapping({"group", "kind", "name", "namespace", "port", "weight", "filters"}):
+            name = item["name"].str(required=True)
+            kind = item["kind"].str(default="Service") or "Service"
+            port = _port(item["port"], required=kind == "Service")
+            weight = item["weight"].int(default=1, low=0, high=1_000_000)
+            if name and weight is not None:
+                backends.append(r.BackendRef(name, port, weight, item["namespace"].str(default="") or "", kind))
+    timeouts = f["timeouts"]
+    timeouts.mapping({"request", "backendRequest"})
+    retry = f["retry"]
+    retry.mapping({"attempts", "codes", "backoff"})
+    codes = tuple(c for item in retry["codes"].items() if (c := item.int(required=True, low=400, high=599)))
+    return r.RouteRule(
+        matches, tuple(backends), request_headers, response_headers,
+        _duration(timeouts["request"]), _duration(timeouts["backendRequest"]),
+        retry["attempts"].int(default=0, low=0, high=100) or 0, codes, _duration(retry["backoff"]),
+    )
+
+
+def _http_route(spec: Field, meta: r.Meta, origin: r.Origin) -> r.HTTPRoute | None:
+    if not spec.mapping({"parentRefs", "hostnames", "rules"}, required=True):
+        return None
+    parents = tuple(p for item in spec["parentRefs"].items(required=True)
+                    if (p := _object_ref(item, default_kind="Gateway", default_group="gateway.networking.k8s.io",
+                                         with_port=True)))
+    if spec["parentRefs"].present and not parents and not spec["parentRefs"].value:
+        spec["parentRefs"].report("needs at least one parent (a Service, for the waypoint)")
+    rules = tuple(rule for item in spec["rules"].items() if (rule := _route_rule(item)))
+    return r.HTTPRoute(meta, origin, parents, spec["hostnames"].str_list(), rules)
+
+
+# ---------------------------------------------------------------- Istio
+
+def _target_refs(spec: Field) -> tuple[r.ObjectRef, ...]:
+    """``targetRefs``, plus the older singular ``targetRef``."""
+    fields = spec["targetRefs"].items() + ([spec["targetRef"]] if spec["targetRef"].present else [])
+    return tuple(ref for item in fields if (ref := _object_ref(item)))
+
+
+def _cidrs(f: Field) -> tuple[str, ...]:
+    result = []
+    for item in f.items():
+        value = item.str(required=True)
+        if value is None:
+            continue
+        try:
+            ipaddress.ip_network(value, strict=False)
+            result.append(value)
+        except ValueError:
+            item.report(f"{value!r} is not an IP address or CIDR block")
+    return tuple(result)
+
+
+def _ports(f: Field) -> tuple[int, ...]:
+    return tuple(p for item in f.items() if (p := _port(item)))
+
+
+_SOURCE_FIELDS = {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
+                  "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"}
+_OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"}
+
+
+def _rule(f: Field) -> r.Rule | None:
+    if not f.mapping({"from", "to", "when"}):
+        return None
+    sources = []
+    for item in f["from"].items():
+        if item.mapping({"source"}) and item["source"].mapping(_SOURCE_FIELDS, required=True):
+            s = item["source"]
+            sources.append(r.Source(
+                s["principals"].str_list(), s["notPrincipals"].str_list(), s["requestPrincipals"].str_list(),
+                s["notRequestPrincipals"].str_list(), s["namespaces"].str_list(), s["notNamespaces"].str_list(),
+                _cidrs(s["ipBlocks"]), _cidrs(s["notIpBlocks"]), _cidrs(s["remoteIpBlocks"]),
+                _cidrs(s["notRemoteIpBlocks"]),
+            ))
+    operations = []
+    for item in f["to"].items():
+        if item.mapping({"operation"}) and item["operation"].mapping(_OPERATION_FIELDS, required=True):
+            o = item["operation"]
+            operations.append(r.Operation(
+                o["hosts"].str_list(), o["notHosts"].str_list(), _ports(o["ports"]), _ports(o["notPorts"]),
+                o["methods"].str_list(), o["notMethods"].str_list(), o["paths"].str_list(), o["notPaths"].str_list(),
+            ))
+    conditions = []
+    for item in f["when"].items():
+        if item.mapping({"key", "values", "notValues"}) and (key := item["key"].str(required=True)):
+            conditions.append(r.Condition(key, item["values"].str_list(), item["notValues"].str_list()))
+    return r.Rule(tuple(sources), tuple(operations), tuple(conditions))
+
+
+def _authorization_policy(spec: Field, meta: r.Meta, origin: r.Origin) -> r.AuthorizationPolicy | None:
+    if spec.present and not spec.mapping({"selector", "targetRef", "targetRefs", "action", "rules", "provider"}):
+        return None
+    action = spec["action"].str(default="ALLOW", choices=("ALLOW", "DENY", "AUDIT", "CUSTOM")) or "ALLOW"
+    if action == "CUSTOM":
+        spec["action"].report("CUSTOM (external authorization) is not supported")
+    elif action == "AUDIT":
+        spec["action"].warn("AUDIT policies only log in Istio; the mesh ignores them")
+    selector = _labels_selector(spec["selector"])
+    targets = _target_refs(spec)
+    if selector is not None and targets:
+        spec["selector"].report("selector and targetRefs cannot both be set")
+    rules = tuple(rule for item in spec["rules"].items() if (rule := _rule(item)))
+    return r.AuthorizationPolicy(meta, origin, action, rules, r.frozen_map(selector) if selector is not None else None,
+                                 targets)
+
+
+_MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+def _peer_authentication(spec: Field, meta: r.Meta, origin: r.Origin) -> r.PeerAuthentication | None:
+    if spec.present and not spec.mapping({"selector", "mtls", "portLevelMtls"}):
+        return None
+    mode = "UNSET"
+    if spec["mtls"].mapping({"mode"}):
+        mode = spec["mtls"]["mode"].str(default="UNSET", choices=_MTLS_MODES) or "UNSET"
+    port_modes = {}
+    for key, entry in spec["portLevelMtls"].entries():
+        port = _port(entry, value=key)
+        if entry.mapping({"mode"}) and port:
+            port_modes[port] = entry["mode"].str(default="UNSET", choices=_MTLS_MODES) or "UNSET"
+    selector = _labels_selector(spec["selector"])
+    return r.PeerAuthentication(meta, origin, mode, r.frozen_map(selector) if selector is not None else None,
+                                r.MappingProxyType(port_modes))
+
+
+def _wasm_plugin(spec: Field, meta: r.Meta, origin: r.Origin) -> r.WasmPlugin | None:
+    if not spec.mapping({"url", "sha256", "pluginConfig", "pluginName", "phase", "priority", "failStrategy",
+                         "targetRef", "targetRefs", "selector", "type", "imagePullPolicy", "imagePullSecret",
+                         "vmConfig", "match", "verificationKey"}, required=True):
+        return None
+    url = spec["url"].str(required=True)
+    if url and not url.startswith(("file://", "http://", "https://")):
+        spec["url"].report(f"{url!r}: only file://, http:// and https:// URLs can be fetched here (no OCI registry)")
+    digest = spec["sha256"].str(default="") or ""
+    if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+        spec["sha256"].report("must be 64 lowercase hex digits")
+    if spec["selector"].present:
+        spec["selector"].report("selector applies to sidecars; in ambient mode use targetRefs to the waypoint Gateway")
+    targets = _target_refs(spec)
+    if not targets:
+        spec.report("targetRefs is required: the waypoint Gateway that runs the plugin")
+    priority = spec["priority"].int(default=0)
+    return r.WasmPlugin(
+        meta, origin, url or "", targets, digest, spec["pluginConfig"].value, spec["pluginName"].str(default="") or "",
+        spec["phase"].str(default="UNSPECIFIED_PHASE", choices=("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"))
+        or "UNSPECIFIED_PHASE",
+        priority or 0, spec["failStrategy"].str(default="FAIL_CLOSE", choices=("FAIL_CLOSE", "FAIL_OPEN")) or "FAIL_CLOSE",
+    )
+
+
+_PARSERS = {
+    "Namespace": _namespace, "ServiceAccount": _service_account, "Pod": _pod, "Deployment": _deployment,
+    "Service": _service, "Gateway": _gateway, "HTTPRoute": _http_route,
+    "AuthorizationPolicy": _authorization_policy, "PeerAuthentication": _peer_authentication,
+    "WasmPlugin": _wasm_plugin,
+}

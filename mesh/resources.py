@@ -1,0 +1,314 @@
+"""The mesh's resources: typed, frozen models of the Kubernetes YAML users already have.
+
+Same ``apiVersion``/``kind`` as Kubernetes, Istio and the Gateway API (DESIGN.md section 2). Only the
+fields the mesh acts on are modelled; ``mesh.parse`` builds these from YAML, reports everything else,
+and never hands out a half-valid object. Every resource remembers where it came from (``Origin``)
+so that later checks (``mesh.validate``) can point at the file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping
+
+# Labels and values the mesh acts on (Istio's names).
+DATAPLANE_MODE = "istio.io/dataplane-mode"  # ambient | none
+USE_WAYPOINT = "istio.io/use-waypoint"
+WAYPOINT_FOR = "istio.io/waypoint-for"  # service | workload | all | none
+WAYPOINT_CLASS = "istio-waypoint"
+WAYPOINT_FOR_VALUES = ("service", "workload", "all", "none")
+
+
+def frozen_map(data: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    return MappingProxyType(dict(data or {}))
+
+
+@dataclass(frozen=True)
+class Origin:
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Meta:
+    name: str
+    namespace: str  # "" for cluster-scoped kinds
+    labels: Mapping[str, str] = field(default_factory=frozen_map)
+    annotations: Mapping[str, str] = field(default_factory=frozen_map)
+
+
+@dataclass(frozen=True)
+class Resource:
+    meta: Meta
+    origin: Origin
+
+    kind: ClassVar[str] = ""  # set on each subclass by @_kind
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.meta.namespace, self.meta.name)
+
+    @property
+    def label(self) -> str:
+        ns = f"{self.meta.namespace}/" if self.meta.namespace else ""
+        return f"{self.kind} {ns}{self.meta.name}"
+
+
+def _kind(name: str):
+    def decorate(cls):
+        cls.kind = name
+        return cls
+    return decorate
+
+
+@_kind("Namespace")
+@dataclass(frozen=True)
+class Namespace(Resource):
+    pass
+
+
+@_kind("ServiceAccount")
+@dataclass(frozen=True)
+class ServiceAccount(Resource):
+    pass
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    container_port: int
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    image: str = ""
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=frozen_map)
+    ports: tuple[ContainerPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    containers: tuple[Container, ...]
+    service_account: str = "default"
+    node_name: str = ""
+
+
+@_kind("Pod")
+@dataclass(frozen=True)
+class Pod(Resource):
+    spec: PodSpec
+    owner: str = ""  # "Deployment/<name>" for pods generated from a Deployment
+
+
+@_kind("Deployment")
+@dataclass(frozen=True)
+class Deployment(Resource):
+    replicas: int
+    selector: Mapping[str, str]
+    template_labels: Mapping[str, str]
+    template: PodSpec
+    pods: tuple[Pod, ...]  # generated, with stable names
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int | str  # a number, or the name of a container port
+    name: str = ""
+    protocol: str = "TCP"
+    app_protocol: str = ""
+
+
+@_kind("Service")
+@dataclass(frozen=True)
+class Service(Resource):
+    selector: Mapping[str, str] | None  # None: no selector (endpoints managed elsewhere)
+    ports: tuple[ServicePort, ...]
+    cluster_ip: str = ""  # "" to be assigned; "None" for headless
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.meta.name}.{self.meta.namespace}.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    port: int
+    protocol: str
+
+
+@_kind("Gateway")
+@dataclass(frozen=True)
+class Gateway(Resource):
+    gateway_class: str
+    listeners: tuple[Listener, ...]
+
+    @property
+    def is_waypoint(self) -> bool:
+        return self.gateway_class == WAYPOINT_CLASS
+
+    @property
+    def waypoint_for(self) -> str:
+        return self.meta.labels.get(WAYPOINT_FOR, "service")
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A reference from a policy or route to another object (Gateway API ``targetRefs``/``parentRefs``)."""
+
+    kind: str
+    name: str
+    group: str = ""
+    namespace: str = ""  # "" means the referring object's namespace
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class StringMatchSpec:
+    type: str  # Exact | PathPrefix | RegularExpression (Gateway API names)
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderMatchSpec:
+    name: str
+    value: str
+    type: str = "Exact"
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    path: StringMatchSpec | None = None
+    headers: tuple[HeaderMatchSpec, ...] = ()
+    query_params: tuple[HeaderMatchSpec, ...] = ()
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class HeaderModifier:
+    set: Mapping[str, str] = field(default_factory=frozen_map)
+    add: Mapping[str, str] = field(default_factory=frozen_map)
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendRef:
+    name: str
+    port: int | None
+    weight: int = 1
+    namespace: str = ""
+    kind: str = "Service"
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    matches: tuple[RouteMatch, ...]
+    backends: tuple[BackendRef, ...]
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    timeout_seconds: float | None = None  # timeouts.request
+    backend_timeout_seconds: float | None = None  # timeouts.backendRequest
+    retry_attempts: int = 0
+    retry_codes: tuple[int, ...] = ()
+    retry_backoff_seconds: float | None = None
+
+
+@_kind("HTTPRoute")
+@dataclass(frozen=True)
+class HTTPRoute(Resource):
+    parents: tuple[ObjectRef, ...]
+    hostnames: tuple[str, ...]
+    rules: tuple[RouteRule, ...]
+
+
+@dataclass(frozen=True)
+class Source:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Operation:
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+    L7_FIELDS = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
+
+    def l7_fields(self) -> tuple[str, ...]:
+        return tuple(f for f in self.L7_FIELDS if getattr(self, f))
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    sources: tuple[Source, ...] = ()
+    operations: tuple[Operation, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+
+@_kind("AuthorizationPolicy")
+@dataclass(frozen=True)
+class AuthorizationPolicy(Resource):
+    action: str  # ALLOW | DENY | AUDIT | CUSTOM
+    rules: tuple[Rule, ...]
+    selector: Mapping[str, str] | None = None  # None: namespace-wide (or root-namespace-wide)
+    target_refs: tuple[ObjectRef, ...] = ()
+
+    @property
+    def enforced_at_l7(self) -> bool:
+        """With targetRefs the waypoint enforces it; otherwise the destination ztunnel (L4)."""
+        return bool(self.target_refs)
+
+
+@_kind("PeerAuthentication")
+@dataclass(frozen=True)
+class PeerAuthentication(Resource):
+    mode: str  # UNSET | DISABLE | PERMISSIVE | STRICT
+    selector: Mapping[str, str] | None = None
+    port_modes: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@_kind("WasmPlugin")
+@dataclass(frozen=True)
+class WasmPlugin(Resource):
+    url: str
+    target_refs: tuple[ObjectRef, ...]
+    sha256: str = ""
+    plugin_config: Any = None
+    plugin_name: str = ""
+    phase: str = "UNSPECIFIED_PHASE"
+    priority: int = 0
+    fail_strategy: str = "FAIL_CLOSE"
+
+
+KINDS: dict[str, type[Resource]] = {
+    cls.kind: cls
+    for cls in (Namespace, ServiceAccount, Pod, Deployment, Service, Gateway, HTTPRoute,
+                AuthorizationPolicy, PeerAuthentication, WasmPlugin)
+}

@@ -1,0 +1,124 @@
+"""``ambient validate PATH...``: every problem in a set of manifests, before they reach a mesh.
+
+Per-resource problems come from ``mesh.parse``. This module adds the checks that need the whole
+set: selectors that match nothing, ``istio.io/use-waypoint`` naming a Gateway that does not exist,
+HTTPRoutes and WasmPlugins whose parent or target is missing, and L7 fields in a policy that the
+destination ztunnel will enforce at L4 (such an ALLOW rule can never match, so it denies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from mesh import resources as r
+from mesh.parse import parse_paths
+from mesh.source import Problem, Severity
+
+
+def _problem(resource: r.Resource, field: str, message: str, severity: Severity = Severity.ERROR) -> Problem:
+    return Problem(severity, resource.origin.file, resource.origin.line, resource.label, field, message)
+
+
+def _pods(resources: Iterable[r.Resource]) -> list[r.Pod]:
+    pods: list[r.Pod] = []
+    for resource in resources:
+        if isinstance(resource, r.Pod):
+            pods.append(resource)
+        elif isinstance(resource, r.Deployment):
+            pods.extend(resource.pods)
+    return pods
+
+
+def _matches(selector: dict | None, labels) -> bool:
+    return selector is not None and all(labels.get(k) == v for k, v in selector.items())
+
+
+def cross_check(resources: list[r.Resource]) -> list[Problem]:
+    problems: list[Problem] = []
+    pods = _pods(resources)
+    gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway) and g.is_waypoint}
+    services = {(s.meta.namespace, s.meta.name) for s in resources if isinstance(s, r.Service)}
+
+    for res in resources:
+        waypoint = res.meta.labels.get(r.USE_WAYPOINT)
+        if waypoint and waypoint != "none" and isinstance(res, (r.Namespace, r.Service, r.Pod, r.Deployment)):
+            namespace = res.meta.name if isinstance(res, r.Namespace) else res.meta.namespace
+            namespace = res.meta.labels.get("istio.io/use-waypoint-namespace", namespace)
+            if (namespace, waypoint) not in gateways:
+                problems.append(_problem(res, f"metadata.labels[{r.USE_WAYPOINT}]",
+                                         f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})"))
+
+        if isinstance(res, r.Service) and res.selector:
+            if not any(p.meta.namespace == res.meta.namespace and _matches(res.selector, p.meta.labels) for p in pods):
+                problems.append(_problem(res, "spec.selector", "matches no pod", Severity.WARNING))
+
+        if isinstance(res, (r.AuthorizationPolicy, r.PeerAuthentication)) and res.selector:
+            if not any(p.meta.namespace == res.meta.namespace and _matches(res.selector, p.meta.labels) for p in pods):
+                problems.append(_problem(res, "spec.selector.matchLabels", "matches no pod", Severity.WARNING))
+
+        if isinstance(res, r.HTTPRoute):
+            for i, parent in enumerate(res.parents):
+                key = (parent.namespace or res.meta.namespace, parent.name)
+                present = services if parent.kind == "Service" else gateways
+                if key not in present:
+                    problems.append(_problem(res, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}"))
+
+        if isinstance(res, (r.AuthorizationPolicy, r.WasmPlugin)):
+            for i, target in enumerate(res.target_refs):
+                key = (target.namespace or res.meta.namespace, target.name)
+                present = {"Gateway": gateways, "Service": services}.get(target.kind)
+                if present is None:
+                    problems.append(_problem(res, f"spec.targetRefs[{i}].kind",
+                                             f"{target.kind!r} cannot be targeted (Gateway or Service)"))
+                elif key not in present:
+                    problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}"))
+
+        if isinstance(res, r.AuthorizationPolicy) and not res.enforced_at_l7:
+            problems.extend(_l7_at_l4(res))
+    return problems
+
+
+def _l7_at_l4(policy: r.AuthorizationPolicy) -> list[Problem]:
+    """An L4-enforced policy cannot see methods, paths or hosts: say what that does to it."""
+    problems = []
+    for i, rule in enumerate(policy.rules):
+        for j, operation in enumerate(rule.operations):
+            fields = operation.l7_fields()
+            if not fields:
+                continue
+            if policy.action == "ALLOW":
+                effect = "this ALLOW rule can never match at L4, so it denies (attach the policy to a waypoint with targetRefs)"
+            else:
+                effect = "ztunnel enforces this DENY rule at L4 without them, denying more than written"
+            problems.append(_problem(policy, f"spec.rules[{i}].to[{j}].operation",
+                                     f"L7 fields {', '.join(fields)} are enforced by a waypoint only; {effect}",
+                                     Severity.WARNING))
+    return problems
+
+
+def validate(paths: list[Path]) -> tuple[list[r.Resource], list[Problem]]:
+    parsed = parse_paths(paths)
+    return parsed.resources, parsed.problems + cross_check(parsed.resources)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    cmd = subparsers.add_parser("validate", help="check Kubernetes-format YAML for the mesh")
+    cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories of YAML")
+    cmd.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"ambient: error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 1
+    resources, problems = validate(args.paths)
+    for problem in sorted(problems, key=lambda p: (p.file, p.line)):
+        print(problem)
+    errors = sum(p.severity is Severity.ERROR for p in problems)
+    warnings = len(problems) - errors
+    print(f"{len(resources)} resources, {errors} errors, {warnings} warnings", file=sys.stderr)
+    return 1 if errors else 0
