@@ -33,15 +33,20 @@ system-deps:
 	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-PROTOS := ca/proto/ca.proto mesh/api/workload.proto mesh/api/authorization.proto
+# Protos with a gRPC service get *_pb2_grpc.py stubs too; message-only protos do not.
+SERVICE_PROTOS := ca/proto/ca.proto
+MESSAGE_PROTOS := mesh/api/workload.proto mesh/api/authorization.proto
+PROTOC = $(PY) -m grpc_tools.protoc -I .
+generate_protos = $(PROTOC) --python_out=$(1) --grpc_python_out=$(1) --pyi_out=$(1) $(SERVICE_PROTOS) && \
+	$(PROTOC) --python_out=$(1) --pyi_out=$(1) $(MESSAGE_PROTOS)
 # Regenerate the committed protobuf modules (grpcio-tools is pinned in the dev extra).
 protos: venv
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	$(call generate_protos,.)
 
 # The committed modules must be exactly what their .proto files generate.
 check-protos: venv
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	$(PY) -m grpc_tools.protoc -I . --python_out=$$tmp --grpc_python_out=$$tmp --pyi_out=$$tmp $(PROTOS) && \
+	$(call generate_protos,$$tmp) && \
 	for f in $$(cd $$tmp && find . -name '*.py*' -type f); do \
 	  cmp -s $$tmp/$$f $$f || { echo "$$f is stale: run 'make protos' and commit" >&2; exit 1; }; done
 
