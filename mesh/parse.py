@@ -197,7 +197,7 @@ def _container(f: Field) -> r.Container | None:
             port = _port(item["containerPort"])
             protocol = item["protocol"].str(default="TCP", choices=PROTOCOLS)
             if port is not None:
-                ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol or "TCP"))
+                ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol))
     return r.Container(
         name=_name(f["name"], "container name") or "", image=f["image"].str(default=""),
         command=f["command"].str_list(), args=f["args"].str_list(), env=r.frozen_map(env), ports=tuple(ports),
@@ -282,8 +282,8 @@ def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
         if len(items) > 1 and not name:
             item["name"].report("is required when a Service has more than one port")
         if port is not None and target is not None:
-            ports.append(r.ServicePort(port, target, name, item["protocol"].str(default="TCP", choices=PROTOCOLS)
-                                       or "TCP", item["appProtocol"].str(default="")))
+            ports.append(r.ServicePort(port, target, name, item["protocol"].str(default="TCP", choices=PROTOCOLS),
+                                       item["appProtocol"].str(default="")))
     selector = spec["selector"].str_map() if spec["selector"].present else None
     return r.Service(meta, origin, r.frozen_map(selector) if selector is not None else None, tuple(ports), cluster_ip)
 
@@ -350,7 +350,7 @@ def _header_matches(f: Field) -> tuple[r.HeaderMatchSpec, ...]:
         if item.mapping({"type", "name", "value"}):
             name, value = item["name"].str(required=True), item["value"].str(required=True)
             kind = item["type"].str(default="Exact", choices=("Exact", "RegularExpression"))
-            if name and value is not None and kind:
+            if name and value is not None:
                 result.append(r.HeaderMatchSpec(name, value, kind))
     return tuple(result)
 
@@ -362,13 +362,12 @@ def _route_match(f: Field) -> r.RouteMatch | None:
     if f["path"].mapping({"type", "value"}):
         kind = f["path"]["type"].str(default="PathPrefix", choices=("Exact", "PathPrefix", "RegularExpression"))
         value = f["path"]["value"].str(default="/")
-        if kind and value is not None:
-            if kind != "RegularExpression" and not value.startswith("/"):
-                f["path"]["value"].report(f"{value!r} must start with '/'")
-            path = r.StringMatchSpec(kind, value)
+        if kind != "RegularExpression" and not value.startswith("/"):
+            f["path"]["value"].report(f"{value!r} must start with '/'")
+        path = r.StringMatchSpec(kind, value)
     method = f["method"].str(default="", choices=("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT",
                                                    "OPTIONS", "TRACE", "PATCH"))
-    return r.RouteMatch(path, _header_matches(f["headers"]), _header_matches(f["queryParams"]), method or "")
+    return r.RouteMatch(path, _header_matches(f["headers"]), _header_matches(f["queryParams"]), method)
 
 
 def _header_modifier(f: Field) -> r.HeaderModifier | None:
@@ -426,7 +425,7 @@ def _http_route(spec: Field, meta: r.Meta, origin: r.Origin) -> r.HTTPRoute | No
     parents = tuple(p for item in spec["parentRefs"].items(required=True)
                     if (p := _object_ref(item, default_kind="Gateway", default_group="gateway.networking.k8s.io",
                                          with_port=True)))
-    if spec["parentRefs"].present and not parents and not spec["parentRefs"].value:
+    if spec["parentRefs"].value == []:
         spec["parentRefs"].report("needs at least one parent (a Service, for the waypoint)")
     rules = tuple(rule for item in spec["rules"].items() if (rule := _route_rule(item)))
     return r.HTTPRoute(meta, origin, parents, spec["hostnames"].str_list(), rules)
@@ -494,7 +493,7 @@ def _rule(f: Field) -> r.Rule | None:
 def _authorization_policy(spec: Field, meta: r.Meta, origin: r.Origin) -> r.AuthorizationPolicy | None:
     if spec.present and not spec.mapping({"selector", "targetRef", "targetRefs", "action", "rules", "provider"}):
         return None
-    action = spec["action"].str(default="ALLOW", choices=("ALLOW", "DENY", "AUDIT", "CUSTOM")) or "ALLOW"
+    action = spec["action"].str(default="ALLOW", choices=("ALLOW", "DENY", "AUDIT", "CUSTOM"))
     if action == "CUSTOM":
         spec["action"].report("CUSTOM (external authorization) is not supported")
     elif action == "AUDIT":
@@ -516,12 +515,12 @@ def _peer_authentication(spec: Field, meta: r.Meta, origin: r.Origin) -> r.PeerA
         return None
     mode = "UNSET"
     if spec["mtls"].mapping({"mode"}):
-        mode = spec["mtls"]["mode"].str(default="UNSET", choices=_MTLS_MODES) or "UNSET"
+        mode = spec["mtls"]["mode"].str(default="UNSET", choices=_MTLS_MODES)
     port_modes = {}
     for key, entry in spec["portLevelMtls"].entries():
         port = _port(entry, value=key)
         if entry.mapping({"mode"}) and port:
-            port_modes[port] = entry["mode"].str(default="UNSET", choices=_MTLS_MODES) or "UNSET"
+            port_modes[port] = entry["mode"].str(default="UNSET", choices=_MTLS_MODES)
     selector = _labels_selector(spec["selector"])
     return r.PeerAuthentication(meta, origin, mode, r.frozen_map(selector) if selector is not None else None,
                                 r.MappingProxyType(port_modes))
@@ -546,9 +545,8 @@ def _wasm_plugin(spec: Field, meta: r.Meta, origin: r.Origin) -> r.WasmPlugin | 
     priority = spec["priority"].int(default=0)
     return r.WasmPlugin(
         meta, origin, url or "", targets, digest, spec["pluginConfig"].value, spec["pluginName"].str(default="") or "",
-        spec["phase"].str(default="UNSPECIFIED_PHASE", choices=("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"))
-        or "UNSPECIFIED_PHASE",
-        priority or 0, spec["failStrategy"].str(default="FAIL_CLOSE", choices=("FAIL_CLOSE", "FAIL_OPEN")) or "FAIL_CLOSE",
+        spec["phase"].str(default="UNSPECIFIED_PHASE", choices=("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")),
+        priority or 0, spec["failStrategy"].str(default="FAIL_CLOSE", choices=("FAIL_CLOSE", "FAIL_OPEN")),
     )
 
 

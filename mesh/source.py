@@ -180,8 +180,9 @@ class Field:
     def str(self, *, required: bool = False, default: str | None = None, choices: tuple[str, ...] = ()) -> str | None:
         value = self._typed(str, "a string", required)
         if value is not None and choices and value not in choices:
+            # Reported as an error, so the resource is dropped; the default keeps callers simple.
             self.report(f"{value!r} is not one of {', '.join(choices)}")
-            return None
+            return default
         return default if value is None else value
 
     def int(self, *, required: bool = False, default: int | None = None, low: int | None = None,

@@ -32,8 +32,10 @@ def _pods(resources: Iterable[r.Resource]) -> list[r.Pod]:
     return pods
 
 
-def _matches(selector: dict | None, labels) -> bool:
-    return selector is not None and all(labels.get(k) == v for k, v in selector.items())
+def _selects_a_pod(res: r.Resource, selector, pods: list[r.Pod]) -> bool:
+    """Whether ``selector`` matches the labels of some pod in ``res``'s namespace."""
+    return any(p.meta.namespace == res.meta.namespace and all(p.meta.labels.get(k) == v for k, v in selector.items())
+               for p in pods)
 
 
 def cross_check(resources: list[r.Resource]) -> list[Problem]:
@@ -51,13 +53,10 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                 problems.append(_problem(res, f"metadata.labels[{r.USE_WAYPOINT}]",
                                          f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})"))
 
-        if isinstance(res, r.Service) and res.selector:
-            if not any(p.meta.namespace == res.meta.namespace and _matches(res.selector, p.meta.labels) for p in pods):
-                problems.append(_problem(res, "spec.selector", "matches no pod", Severity.WARNING))
-
-        if isinstance(res, (r.AuthorizationPolicy, r.PeerAuthentication)) and res.selector:
-            if not any(p.meta.namespace == res.meta.namespace and _matches(res.selector, p.meta.labels) for p in pods):
-                problems.append(_problem(res, "spec.selector.matchLabels", "matches no pod", Severity.WARNING))
+        selector_field = {r.Service: "spec.selector", r.AuthorizationPolicy: "spec.selector.matchLabels",
+                          r.PeerAuthentication: "spec.selector.matchLabels"}.get(type(res))
+        if selector_field and res.selector and not _selects_a_pod(res, res.selector, pods):
+            problems.append(_problem(res, selector_field, "matches no pod", Severity.WARNING))
 
         if isinstance(res, r.HTTPRoute):
             for i, parent in enumerate(res.parents):
