@@ -21,10 +21,8 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,28 +33,14 @@ from google.protobuf import struct_pb2
 from ca.client import CaClient, new_key_and_csr
 from ca.proto import ca_pb2
 from mesh.identity import SpiffeId
+from mesh.launch import run_ambient, start_ca_server
 
 IDENTITY = SpiffeId("cluster.local", "bench", "client")
 METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 
 
 def ambient(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "mesh", *args], check=True, capture_output=True, text=True).stdout
-
-
-def start_server(ca_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh", "--log-level", "warning", "ca", "serve", "--dir", str(ca_dir),
-         "--listen", "127.0.0.1:0", "--metrics-listen", "off"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    watchdog = threading.Timer(30, proc.kill)
-    watchdog.start()
-    line = proc.stdout.readline()
-    watchdog.cancel()
-    if not line.startswith("serving "):
-        raise SystemExit(f"CA server did not start: {line!r}")
-    return proc, line.split(" on ")[1].split()[0]
+    return run_ambient(*args).stdout
 
 
 def cpu_seconds(pid: int) -> float:
@@ -124,15 +108,15 @@ def main() -> int:
         ambient("ca", "init", "--dir", str(ca_dir))
         token = ambient("ca", "token", "create", "--dir", str(ca_dir), "--identity", str(IDENTITY)).strip()
         root = (ca_dir / "root-cert.pem").read_bytes()
-        proc, address = start_server(ca_dir)
+        server = start_ca_server(ca_dir, log_level="warning")
+        proc, address = server.proc, server.address
         try:
             servers = [throughput(address, root, token, args.requests, args.concurrency, args.max_seconds, proc.pid)
                        for _ in range(args.runs)]
             clients = [round_trips(address, root, token, min(args.requests, 500), args.max_seconds)
                        for _ in range(args.runs)]
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            server.stop()
 
     server = sorted(servers, key=lambda r: r["certificates_per_second"])[len(servers) // 2]
     client = sorted(clients, key=lambda r: r["per_second"])[len(clients) // 2]

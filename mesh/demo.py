@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -21,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.client import spiffe_id_of
+from mesh.launch import CaServerProcess, run_ambient, start_ca_server
 
-READY_TIMEOUT = 30.0
 IDENTITY = "spiffe://cluster.local/ns/default/sa/demo"
 OTHER_IDENTITY = "spiffe://cluster.local/ns/payments/sa/ledger"
 
@@ -33,29 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run)
 
 
-def _ambient(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, check=check)
-
-
 def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
-
-
-def _wait_for_lines(proc: subprocess.Popen, prefixes: tuple[str, ...]) -> dict[str, str]:
-    """The first stdout line of ``proc`` starting with each prefix. If they have not all come
-    within READY_TIMEOUT, the process is ended, which ends the read."""
-    found: dict[str, str] = {}
-    watchdog = threading.Timer(READY_TIMEOUT, proc.kill)
-    watchdog.start()
-    try:
-        while len(found) < len(prefixes):
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError(f"CA server exited (status {proc.wait()}) before it was ready")
-            found.update({p: line.strip() for p in prefixes if line.startswith(p) and p not in found})
-    finally:
-        watchdog.cancel()
-    return found
 
 
 def _describe_chain(path: Path) -> None:
@@ -71,31 +48,24 @@ def _describe_chain(path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     state = Path(tempfile.mkdtemp(prefix="ambient-demo-"))
     ca_dir, out = state / "ca", state / "workload"
-    server: subprocess.Popen | None = None
+    server: CaServerProcess | None = None
     try:
         _step("ambient ca init: a new self-signed root (ECDSA P-256, 10 years)")
-        print(_ambient("ca", "init", "--dir", str(ca_dir)).stdout, end="")
+        print(run_ambient("ca", "init", "--dir", str(ca_dir)).stdout, end="")
 
         _step(f"ambient ca token create --identity {IDENTITY}")
-        token = _ambient("ca", "token", "create", "--dir", str(ca_dir), "--identity", IDENTITY).stdout.strip()
+        token = run_ambient("ca", "token", "create", "--dir", str(ca_dir), "--identity", IDENTITY).stdout.strip()
         print(f"  token {token[:8]}... (printed once; the CA keeps only its SHA-256)")
 
         _step("ambient ca serve: gRPC IstioCertificateService over TLS on loopback")
         log_path = state / "ca.log"
         with open(log_path, "w") as log_file:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "mesh", "ca", "serve", "--dir", str(ca_dir),
-                 "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
-                stdout=subprocess.PIPE, stderr=log_file, text=True,
-            )
-        lines = _wait_for_lines(server, ("metrics on ", "serving "))
-        metrics_line, serving_line = lines["metrics on "], lines["serving "]
-        print(f"  {serving_line} (pid {server.pid})")
-        address = serving_line.split(" on ", 1)[1].split(" ", 1)[0]
-        metrics_url = metrics_line.split(" on ", 1)[1]
+            server = start_ca_server(ca_dir, metrics=True, stderr=log_file)
+        print(f"  {server.ready_line} (pid {server.proc.pid})")
+        address, metrics_url = server.address, server.metrics_url
 
         _step("ambient ca request: the key is made locally, only a CSR is sent")
-        print(_ambient("ca", "request", "--server", address, "--root", str(ca_dir / "root-cert.pem"),
+        print(run_ambient("ca", "request", "--server", address, "--root", str(ca_dir / "root-cert.pem"),
                        "--token", token, "--identity", IDENTITY, "--out", str(out)).stdout, end="")
         _describe_chain(out / "cert-chain.pem")
 
@@ -107,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {verify.stdout.strip() or verify.stderr.strip()}")
 
         _step(f"the same token asking for {OTHER_IDENTITY} is refused")
-        refused = _ambient("ca", "request", "--server", address, "--root", str(ca_dir / "root-cert.pem"),
+        refused = run_ambient("ca", "request", "--server", address, "--root", str(ca_dir / "root-cert.pem"),
                            "--token", token, "--identity", OTHER_IDENTITY, "--out", str(state / "refused"), check=False)
         print(f"  exit {refused.returncode}: {refused.stderr.strip()}")
 
@@ -123,9 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if verify.returncode == 0 and refused.returncode != 0 else 1
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=15)
-            _step(f"stopped the CA server (pid {server.pid}, exit {server.returncode})")
+            status = server.stop()
+            _step(f"stopped the CA server (pid {server.proc.pid}, exit {status})")
         if args.keep:
             print(f"state kept in {state}")
         else:

@@ -2,47 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import stat
 import subprocess
-import sys
-import threading
 
 import pytest
 from cryptography import x509
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
-
+from mesh.launch import run_ambient, start_ca_server
 
 def ambient(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, check=check,
-                          env=ENV, timeout=60)
+    return run_ambient(*args, check=check)
 
 
 @pytest.fixture
 def serving(tmp_path):
-    """`ambient ca serve` on a free port; yields (ca_dir, address); stopped with SIGTERM."""
+    """`ambient ca serve` on a free port; yields (ca_dir, address, server); stopped with SIGTERM."""
     ca_dir = tmp_path / "ca"
     ambient("ca", "init", "--dir", str(ca_dir))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mesh", "ca", "serve", "--dir", str(ca_dir), "--listen", "127.0.0.1:0",
-         "--metrics-listen", "off"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-    )
-    watchdog = threading.Timer(30, proc.kill)  # a server that never gets ready ends the readline
-    watchdog.start()
-    line = proc.stdout.readline()
-    watchdog.cancel()
-    assert line.startswith("serving IstioCertificateService on 127.0.0.1:"), (line, proc.stderr.read())
-    yield ca_dir, line.split(" on ")[1].split()[0], proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+    server = start_ca_server(ca_dir, stderr=subprocess.PIPE)
+    assert server.ready_line.startswith("serving IstioCertificateService on 127.0.0.1:")
+    yield ca_dir, server.address, server
+    server.stop()
 
 
 def test_init_token_serve_request(serving, tmp_path):
-    ca_dir, address, proc = serving
+    ca_dir, address, server = serving
     identity = "spiffe://cluster.local/ns/shop/sa/cart"
     token = ambient("ca", "token", "create", "--dir", str(ca_dir), "--identity", identity).stdout.strip()
     out = tmp_path / "out"
@@ -52,8 +36,7 @@ def test_init_token_serve_request(serving, tmp_path):
     assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
     chain = x509.load_pem_x509_certificates((out / "cert-chain.pem").read_bytes())
     assert len(chain) == 2 and (out / "root-cert.pem").read_bytes() == (ca_dir / "root-cert.pem").read_bytes()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=15) == 0
+    assert server.stop() == 0  # SIGTERM: a clean drain
 
 
 def test_request_with_a_bad_token_fails_in_one_line(serving, tmp_path):
