@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from ca import store
 from ca.authority import IssuancePolicy, SigningAuthority
 from ca.cli import build_service
-from ca.client import CaClient, CaRequestFailed, new_key_and_csr
+from ca.client import CaClient, CaRequestFailed
 from ca.placement import PLACEMENT_FILE
 from ca.proto import ca_pb2
 from ca.server import CaMetrics, CaServer, ServeConfig

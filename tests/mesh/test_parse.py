@@ -2,11 +2,9 @@
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from mesh import resources as r
 from mesh.parse import parse_text
 from mesh.validate import cross_check
 
