@@ -114,7 +114,15 @@ def _authorization(context: grpc.ServicerContext) -> str | None:
 class CaServer:
     """The gRPC server. ``start()`` binds and returns the port; ``stop()`` drains."""
 
-    def __init__(self, service: CertificateService, config: ServeConfig, metrics: CaMetrics) -> None:
+    def __init__(
+        self,
+        service: CertificateService,
+        config: ServeConfig,
+        metrics: CaMetrics,
+        extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
+    ) -> None:
+        """``extra_handlers`` are other services served on the same TLS port (discovery, in the
+        control plane); each streaming client holds one of ``config.workers`` threads."""
         self._service = service
         self._config = config
         self._metrics = metrics
@@ -134,7 +142,7 @@ class CaServer:
             response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
         )
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"CreateCertificate": handler}),)
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"CreateCertificate": handler}), *extra_handlers)
         )
         self._certificate = _ServerCertificate(service, config.server_names)
 

@@ -1,0 +1,215 @@
+"""AuthorizationPolicy and PeerAuthentication → the L4 ``istio.security.Authorization`` ztunnel enforces.
+
+Shape (as Istio's): a policy rule becomes a ``Group``; its ``from``, ``to`` and each ``when``
+condition become clauses (``Rules``) that must all hold; a clause holds when any of its ``Match``es
+does; a ``Match`` holds when every field it sets does. An ALLOW policy with no groups matches nothing
+(Istio's "allow nothing"); a group with no clauses matches everything (the rule ``{}``).
+
+ztunnel sees only L4: peer identity, addresses and ports. Parts of a rule that need L7 (methods,
+paths, hosts, request principals, remote IPs, conditions on request attributes) cannot be evaluated
+there, so the translation takes the safe side (DESIGN.md section 2): in an ALLOW rule such a part can
+never match, so it is dropped from its clause's alternatives, and a clause left with none drops the
+whole rule; in a DENY rule the L7 fields are removed, so the rule denies more than written.
+
+PeerAuthentication: the effective mode of a workload is its own selector policy, else its namespace's,
+else the mesh's (root namespace), per port where ``portLevelMtls`` says so. STRICT becomes a DENY of
+connections without a peer identity (plaintext). These converted policies are attached to workloads
+by name, so that a more specific PERMISSIVE policy really overrides a namespace-wide STRICT one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.empty_pb2 import Empty
+
+from mesh import resources as r
+from mesh.api import authorization_pb2 as pb
+
+# Conditions ztunnel can evaluate, by key; everything else is a request attribute (L7).
+L4_CONDITION_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port")
+SOURCE_L7_FIELDS = ("request_principals", "not_request_principals", "remote_ip_blocks", "not_remote_ip_blocks")
+CONVERTED_PEER_AUTHENTICATION = "converted_peer_authentication_"
+
+
+def l7_parts_of_rule(rule: r.Rule) -> list[tuple[str, tuple[str, ...]]]:
+    """``[(field path inside the rule, L7 field names)]``: what ztunnel cannot evaluate."""
+    parts = []
+    for i, source in enumerate(rule.sources):
+        if names := tuple(f for f in SOURCE_L7_FIELDS if getattr(source, f)):
+            parts.append((f"from[{i}].source", names))
+    for i, operation in enumerate(rule.operations):
+        if names := operation.l7_fields():
+            parts.append((f"to[{i}].operation", names))
+    for i, condition in enumerate(rule.conditions):
+        if condition.key not in L4_CONDITION_KEYS:
+            parts.append((f"when[{i}]", (condition.key,)))
+    return parts
+
+
+def string_match(value: str) -> pb.StringMatch:
+    """Istio's wildcard forms: ``*`` any (presence), ``prefix*``, ``*suffix``, else exact."""
+    if value == "*":
+        return pb.StringMatch(presence=Empty())
+    if value.endswith("*"):
+        return pb.StringMatch(prefix=value[:-1])
+    if value.startswith("*"):
+        return pb.StringMatch(suffix=value[1:])
+    return pb.StringMatch(exact=value)
+
+
+def _principal(value: str) -> pb.StringMatch:
+    # Istio principals are "<trust domain>/ns/<ns>/sa/<sa>"; accept a full SPIFFE ID too.
+    return string_match(value.removeprefix("spiffe://"))
+
+
+def _address(cidr: str) -> pb.Address:
+    network = ipaddress.ip_network(cidr, strict=False)
+    return pb.Address(address=network.network_address.packed, length=network.prefixlen)
+
+
+def _source_match(source: r.Source) -> pb.Match:
+    return pb.Match(
+        principals=[_principal(p) for p in source.principals],
+        not_principals=[_principal(p) for p in source.not_principals],
+        namespaces=[string_match(n) for n in source.namespaces],
+        not_namespaces=[string_match(n) for n in source.not_namespaces],
+        source_ips=[_address(c) for c in source.ip_blocks],
+        not_source_ips=[_address(c) for c in source.not_ip_blocks],
+    )
+
+
+def _operation_match(operation: r.Operation) -> pb.Match:
+    return pb.Match(destination_ports=operation.ports, not_destination_ports=operation.not_ports)
+
+
+def _condition_match(condition: r.Condition) -> pb.Match:
+    """One L4 condition; its values must already be valid (``mesh.parse`` checks them)."""
+    key, values, not_values = condition.key, condition.values, condition.not_values
+    if key == "source.ip":
+        return pb.Match(source_ips=map(_address, values), not_source_ips=map(_address, not_values))
+    if key == "destination.ip":
+        return pb.Match(destination_ips=map(_address, values), not_destination_ips=map(_address, not_values))
+    if key == "destination.port":
+        return pb.Match(destination_ports=map(int, values), not_destination_ports=map(int, not_values))
+    if key == "source.namespace":
+        return pb.Match(namespaces=map(string_match, values), not_namespaces=map(string_match, not_values))
+    if key == "source.principal":
+        return pb.Match(principals=map(_principal, values), not_principals=map(_principal, not_values))
+    raise ValueError(f"condition key {key!r} is not evaluated at L4")
+
+
+def _group(rule: r.Rule, action: str) -> pb.Group | None:
+    """The group for one rule, or None when at L4 it can never match (ALLOW with L7 parts)."""
+    allow = action == "ALLOW"
+    clauses: list[pb.Rules] = []
+    for items, l7, to_match in (
+        (rule.sources, lambda s: any(getattr(s, f) for f in SOURCE_L7_FIELDS), _source_match),
+        (rule.operations, lambda o: bool(o.l7_fields()), _operation_match),
+    ):
+        if not items:
+            continue
+        if allow:
+            matches = [to_match(item) for item in items if not l7(item)]
+            if not matches:
+                return None
+        else:  # DENY: the L4 part of every alternative (an empty Match matches everything)
+            matches = [to_match(item) for item in items]
+        clauses.append(pb.Rules(matches=matches))
+    for condition in rule.conditions:
+        if condition.key in L4_CONDITION_KEYS:
+            clauses.append(pb.Rules(matches=[_condition_match(condition)]))
+        elif allow:
+            return None
+    return pb.Group(rules=clauses)
+
+
+def scope_of(policy: r.AuthorizationPolicy, root_namespace: str) -> int:
+    if policy.selector:
+        return pb.WORKLOAD_SELECTOR
+    return pb.GLOBAL if policy.meta.namespace == root_namespace else pb.NAMESPACE
+
+
+def translate_policy(policy: r.AuthorizationPolicy, root_namespace: str) -> pb.Authorization | None:
+    """The L4 form of a policy ztunnel enforces; None for one it does not (waypoint-bound, AUDIT)."""
+    if policy.enforced_at_l7 or policy.action not in ("ALLOW", "DENY"):
+        return None
+    groups = [g for rule in policy.rules if (g := _group(rule, policy.action)) is not None]
+    return pb.Authorization(
+        name=policy.meta.name,
+        namespace=policy.meta.namespace,
+        scope=scope_of(policy, root_namespace),
+        action=pb.ALLOW if policy.action == "ALLOW" else pb.DENY,
+        groups=groups,
+    )
+
+
+# ---------------------------------------------------------------- PeerAuthentication
+
+
+@dataclass(frozen=True)
+class MtlsMode:
+    """A workload's effective mTLS mode: a default and per-port exceptions."""
+
+    mode: str  # STRICT | PERMISSIVE | DISABLE
+    ports: Mapping[int, str]
+
+    def strict_ports(self) -> tuple[int, ...]:
+        return tuple(sorted(p for p, m in self.ports.items() if m == "STRICT"))
+
+    def lenient_ports(self) -> tuple[int, ...]:
+        return tuple(sorted(p for p, m in self.ports.items() if m != "STRICT"))
+
+
+def pick_policy(policies: Iterable[r.PeerAuthentication]) -> r.PeerAuthentication | None:
+    # Istio takes the oldest of several; without creation times, the first by name is as stable.
+    return min(policies, key=lambda p: p.meta.name, default=None)
+
+
+def effective_mtls(
+    workload_policy: r.PeerAuthentication | None,
+    namespace_policy: r.PeerAuthentication | None,
+    mesh_policy: r.PeerAuthentication | None,
+) -> tuple[MtlsMode, r.PeerAuthentication | None]:
+    """The mode a workload gets and the policy it comes from (the most specific that is present)."""
+    inherited = "PERMISSIVE"
+    for policy in (mesh_policy, namespace_policy):
+        if policy is not None and policy.mode != "UNSET":
+            inherited = policy.mode
+    if workload_policy is not None:
+        mode = inherited if workload_policy.mode == "UNSET" else workload_policy.mode
+        ports = {p: (mode if m == "UNSET" else m) for p, m in workload_policy.port_modes.items()}
+        return MtlsMode(mode, ports), workload_policy
+    source = namespace_policy if namespace_policy is not None and namespace_policy.mode != "UNSET" else mesh_policy
+    return MtlsMode(inherited, {}), source
+
+
+def translate_mtls(policy: r.PeerAuthentication, mode: MtlsMode) -> pb.Authorization | None:
+    """A DENY of plaintext (no peer identity) where ``mode`` is STRICT; None when nothing is strict."""
+    no_identity = [pb.StringMatch(presence=Empty())]
+    if mode.mode == "STRICT":
+        match = pb.Match(not_principals=no_identity, not_destination_ports=mode.lenient_ports())
+    elif mode.strict_ports():
+        match = pb.Match(not_principals=no_identity, destination_ports=mode.strict_ports())
+    else:
+        return None
+    return pb.Authorization(
+        name=CONVERTED_PEER_AUTHENTICATION + policy.meta.name,
+        namespace=policy.meta.namespace,
+        scope=pb.WORKLOAD_SELECTOR,  # attached by name to exactly the workloads it governs
+        action=pb.DENY,
+        groups=[pb.Group(rules=[pb.Rules(matches=[match])])],
+    )
+
+
+def policy_key(namespace: str, name: str) -> str:
+    """The discovery resource name of an Authorization, and how a Workload refers to it."""
+    return f"{namespace}/{name}"
+
+
+__all__ = [
+    "L4_CONDITION_KEYS", "MtlsMode", "effective_mtls", "l7_parts_of_rule", "policy_key", "scope_of",
+    "string_match", "translate_mtls", "translate_policy",
+]

@@ -1,0 +1,1 @@
+"""Discovery: delta xDS (``DeltaAggregatedResources``) serving the dataplane view, and its trio client."""

@@ -1,0 +1,113 @@
+"""What discovery serves: a versioned snapshot of resources, and the publisher that hands it out.
+
+The control plane computes the dataplane view (``mesh.view``), turns it into a ``Snapshot``: for each
+type URL, resource name → ``VersionedResource`` (the packed ``Any`` and a version that is a digest
+of its bytes, so the same content has the same version across restarts and a reconnecting client
+that sends ``initial_resource_versions`` is not sent what it already has). ``Publisher`` holds the
+current snapshot; discovery streams (one gRPC thread each) wait on it for a newer one and work out
+per stream what changed. Snapshots are immutable, so a stream can diff two of them without locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from google.protobuf.any_pb2 import Any
+
+
+@dataclass(frozen=True)
+class VersionedResource:
+    name: str
+    version: str
+    body: Any  # packed resource; treat as read-only
+
+    @classmethod
+    def of(cls, name: str, body: Any) -> VersionedResource:
+        digest = hashlib.blake2b(body.value, digest_size=8)
+        digest.update(body.type_url.encode())
+        return cls(name, digest.hexdigest(), body)
+
+
+def _frozen(resources: Mapping[str, Mapping[str, VersionedResource]]):
+    return MappingProxyType({t: MappingProxyType(dict(r)) for t, r in resources.items()})
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """``resources[type_url][name]``; ``version`` increases with every publish."""
+
+    version: int
+    resources: Mapping[str, Mapping[str, VersionedResource]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resources", _frozen(self.resources))
+
+    def of_type(self, type_url: str) -> Mapping[str, VersionedResource]:
+        return self.resources.get(type_url, MappingProxyType({}))
+
+
+class Publisher:
+    """The current snapshot, shared between the control plane (writer) and discovery streams.
+
+    Thread-safe: gRPC serves each stream on its own thread. ``wait_newer`` blocks until a snapshot
+    newer than the given version exists, or the timeout passes (then it returns the current one).
+    A stream that also waits for other things (its client's requests) ``subscribe``s a wake-up
+    callback instead, so that it blocks on one queue of its own rather than polling two sources.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot = Snapshot(0, {})
+        self._changed = threading.Condition()
+        self._closed = False
+        self._wakers: list[Callable[[], None]] = []
+
+    def current(self) -> Snapshot:
+        return self._snapshot
+
+    def publish(self, resources: Mapping[str, Mapping[str, VersionedResource]]) -> Snapshot:
+        with self._changed:
+            self._snapshot = snapshot = Snapshot(self._snapshot.version + 1, resources)
+            self._changed.notify_all()
+            wakers = list(self._wakers)
+        self._wake(wakers)
+        return snapshot
+
+    def wait_newer(self, version: int, timeout: float | None = None) -> Snapshot:
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._snapshot.version > version, timeout)
+            return self._snapshot
+
+    def close(self) -> None:
+        """Wake every waiter for good (server shutdown)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            wakers = list(self._wakers)
+        self._wake(wakers)
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` after every publish and on close, on the publishing thread: it must be
+        quick and must not block (put a token on a queue). It is not told which version; read
+        ``current()`` and ``closed``."""
+        with self._changed:
+            self._wakers.append(wake)
+
+    def unsubscribe(self, wake: Callable[[], None]) -> None:
+        """Stop calling ``wake``; a callback that is not subscribed is ignored."""
+        with self._changed:
+            if wake in self._wakers:
+                self._wakers.remove(wake)
+
+    @staticmethod
+    def _wake(wakers: list[Callable[[], None]]) -> None:
+        # Outside the lock: a callback may take locks of its own (queue.Queue does).
+        for wake in wakers:
+            wake()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
