@@ -19,6 +19,7 @@ by name, so that a more specific PERMISSIVE policy really overrides a namespace-
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,10 +54,10 @@ def string_match(value: str) -> pb.StringMatch:
     """Istio's wildcard forms: ``*`` any (presence), ``prefix*``, ``*suffix``, else exact."""
     if value == "*":
         return pb.StringMatch(presence=Empty())
+    if value.startswith("*"):  # checked first, as Istio does: "*mid*" is a suffix match on "mid*"
+        return pb.StringMatch(suffix=value[1:])
     if value.endswith("*"):
         return pb.StringMatch(prefix=value[:-1])
-    if value.startswith("*"):
-        return pb.StringMatch(suffix=value[1:])
     return pb.StringMatch(exact=value)
 
 
@@ -65,7 +66,8 @@ def _principal(value: str) -> pb.StringMatch:
     return string_match(value.removeprefix("spiffe://"))
 
 
-def _address(cidr: str) -> pb.Address:
+@functools.lru_cache(maxsize=4096)
+def _address(cidr: str) -> pb.Address:  # cached: parsing is slow, and messages are copied on use
     network = ipaddress.ip_network(cidr, strict=False)
     return pb.Address(address=network.network_address.packed, length=network.prefixlen)
 
@@ -115,15 +117,30 @@ def _group(rule: r.Rule, action: str) -> pb.Group | None:
             matches = [to_match(item) for item in items if not l7(item)]
             if not matches:
                 return None
-        else:  # DENY: the L4 part of every alternative (an empty Match matches everything)
+        else:  # DENY: the L4 part of every alternative
             matches = [to_match(item) for item in items]
-        clauses.append(pb.Rules(matches=matches))
+        _add_clause(clauses, matches)
     for condition in rule.conditions:
         if condition.key in L4_CONDITION_KEYS:
-            clauses.append(pb.Rules(matches=[_condition_match(condition)]))
+            _add_clause(clauses, [_condition_match(condition)])
         elif allow:
             return None
     return pb.Group(rules=clauses)
+
+
+_ANY = pb.Match()
+
+
+def _add_clause(clauses: list[pb.Rules], matches: list[pb.Match]) -> None:
+    """A clause with an empty alternative always holds, so it is left out rather than sent: no
+    empty ``Match`` goes on the wire, where Istio's ztunnel would skip it as matching nothing."""
+    if _ANY not in matches:
+        clauses.append(pb.Rules(matches=matches))
+
+
+def can_match_at_l4(rule: r.Rule) -> bool:
+    """Whether an ALLOW rule keeps, at L4, an alternative ztunnel can evaluate in each clause."""
+    return _group(rule, "ALLOW") is not None
 
 
 def scope_of(policy: r.AuthorizationPolicy, root_namespace: str) -> int:
@@ -210,6 +227,6 @@ def policy_key(namespace: str, name: str) -> str:
 
 
 __all__ = [
-    "L4_CONDITION_KEYS", "MtlsMode", "effective_mtls", "l7_parts_of_rule", "policy_key", "scope_of",
+    "L4_CONDITION_KEYS", "MtlsMode", "can_match_at_l4", "effective_mtls", "l7_parts_of_rule", "policy_key", "scope_of",
     "string_match", "translate_mtls", "translate_policy",
 ]

@@ -469,6 +469,8 @@ def _rule(f: Field) -> r.Rule | None:
     for item in f["from"].items():
         if item.mapping({"source"}) and item["source"].mapping(_SOURCE_FIELDS, required=True):
             s = item["source"]
+            if not any(s[name].value for name in _SOURCE_FIELDS):  # as Istio: a mistake, not "anyone"
+                s.report("must not be empty")
             sources.append(r.Source(
                 s["principals"].str_list(), s["notPrincipals"].str_list(), s["requestPrincipals"].str_list(),
                 s["notRequestPrincipals"].str_list(), s["namespaces"].str_list(), s["notNamespaces"].str_list(),
@@ -479,6 +481,8 @@ def _rule(f: Field) -> r.Rule | None:
     for item in f["to"].items():
         if item.mapping({"operation"}) and item["operation"].mapping(_OPERATION_FIELDS, required=True):
             o = item["operation"]
+            if not any(o[name].value for name in _OPERATION_FIELDS):
+                o.report("must not be empty")
             operations.append(r.Operation(
                 o["hosts"].str_list(), o["notHosts"].str_list(), _ports(o["ports"]), _ports(o["notPorts"]),
                 o["methods"].str_list(), o["notMethods"].str_list(), o["paths"].str_list(), o["notPaths"].str_list(),
@@ -486,8 +490,31 @@ def _rule(f: Field) -> r.Rule | None:
     conditions = []
     for item in f["when"].items():
         if item.mapping({"key", "values", "notValues"}) and (key := item["key"].str(required=True)):
-            conditions.append(r.Condition(key, item["values"].str_list(), item["notValues"].str_list()))
+            if not item["values"].value and not item["notValues"].value:
+                item.report(f"condition {key} needs values or notValues")
+            conditions.append(r.Condition(key, _condition_values(item["values"], key),
+                                          _condition_values(item["notValues"], key)))
     return r.Rule(tuple(sources), tuple(operations), tuple(conditions))
+
+
+_IP_KEYS = ("source.ip", "destination.ip", "remote.ip")
+
+
+def _condition_values(f: Field, key: str) -> tuple[str, ...]:
+    """A condition's values; those of keys that name addresses or ports must be ones (as Istio
+    checks them): ztunnel evaluates these, and a typo must not become a rule that never matches."""
+    values = f.str_list()  # reports what is not a list of strings
+    for item in f.items() if isinstance(f.value, list) else ():
+        if not isinstance(item.value, str):
+            continue
+        if key in _IP_KEYS:
+            try:
+                ipaddress.ip_network(item.value, strict=False)
+            except ValueError:
+                item.report(f"{item.value!r} is not an IP address or CIDR block")
+        elif key == "destination.port":
+            _port(item)
+    return values
 
 
 def _authorization_policy(spec: Field, meta: r.Meta, origin: r.Origin) -> r.AuthorizationPolicy | None:

@@ -28,7 +28,7 @@ from mesh import resources as r
 from mesh.parse import parse_text
 from mesh.source import Severity
 from mesh.validate import cross_check
-from mesh.view import ClusterState, PodStatus
+from mesh.view import ClusterState, PodStatus, waypoint_services
 
 log = logging.getLogger("ambient.registry")
 
@@ -58,14 +58,17 @@ class VipAllocator:
             explicit[key] = svc.cluster_ip
         taken = set(explicit.values())
         result = dict(explicit)
-        for key, svc in sorted(services.items()):
-            if key in result or svc.cluster_ip == "None":
-                continue
+        wanted = [key for key, svc in sorted(services.items()) if key not in result and svc.cluster_ip != "None"]
+        # Every Service keeps what it had before a new one picks, so that adding one never moves another.
+        for key in wanted:
             ip = self._assigned.get(key)
-            if ip is None or ip in taken:
-                ip = self._free(key, taken)
-            result[key] = ip
-            taken.add(ip)
+            if ip is not None and ip not in taken:
+                result[key] = ip
+                taken.add(ip)
+        for key in wanted:
+            if key not in result:
+                result[key] = ip = self._free(key, taken)
+                taken.add(ip)
         self._assigned = result
         return result
 
@@ -89,6 +92,7 @@ class Registry:
         self._status: dict[tuple[str, str], PodStatus] = {}
         self._vips = VipAllocator(service_cidr)
         self._listeners: list[Callable[[], None]] = []
+        self._warned: set[tuple[str, tuple[str, str, str]]] = set()
         self.version = 0
 
     def on_change(self, listener: Callable[[], None]) -> None:
@@ -150,7 +154,8 @@ class Registry:
         for name, resources in files:
             for res in resources:
                 first = seen.setdefault(res.key, res)
-                if first is not res:
+                if first is not res and (name, res.key) not in self._warned:
+                    self._warned.add((name, res.key))  # once, not on every recompute
                     log.warning("%s: %s is also declared in %s; using that one",
                                 name, res.label, first.origin.file)
         return list(seen.values())
@@ -158,8 +163,8 @@ class Registry:
     def state(self) -> ClusterState:
         resources = self.resources()
         state = ClusterState.build(resources, self.pod_statuses())
-        with self._lock:
-            vips = self._vips.assign(state.services)
+        with self._lock:  # the waypoints' Services are ClusterIP Services too, as Istio deploys them
+            vips = self._vips.assign({**waypoint_services(state), **state.services})
         return ClusterState(state.namespaces, state.pods, state.services, state.gateways, state.policies,
                             state.peer_authentications, state.pod_status, vips)
 
@@ -184,8 +189,12 @@ class ConfigDirectory:
     def _files(self) -> list[Path]:
         if not self.root.is_dir():
             return []
+        # Hidden files and directories are skipped: editors' temporary files, .git, and the
+        # ..data / ..<timestamp> directories of a mounted ConfigMap (whose files are also linked
+        # at the top, and would otherwise be read twice).
         return sorted(p for p in self.root.rglob("*")
-                      if p.suffix in YAML_SUFFIXES and p.is_file() and not p.name.startswith("."))
+                      if p.suffix in YAML_SUFFIXES and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
 
     def scan(self) -> bool:
         """Apply changed, new and deleted files; True if any file changed."""
@@ -235,8 +244,10 @@ def parse_pod_statuses(data: object) -> dict[tuple[str, str], PodStatus]:
         if not isinstance(entry, dict):
             raise ValueError(f"pods.{key}: expected an object with ip and node")
         try:
-            statuses[(namespace, name)] = PodStatus(str(entry.get("ip", "")), str(entry.get("node", "")),
-                                                    bool(entry.get("ready", True)))
+            ready = entry.get("ready", True)
+            if not isinstance(ready, bool):
+                raise ValueError("ready: expected true or false")
+            statuses[(namespace, name)] = PodStatus(str(entry.get("ip", "")), str(entry.get("node", "")), ready)
         except ValueError as exc:
             raise ValueError(f"pods.{key}: {exc}") from None
     return statuses

@@ -9,10 +9,12 @@ destination ztunnel will enforce at L4 (such an ALLOW rule can never match, so i
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from mesh import authz
 from mesh import resources as r
 from mesh.parse import parse_paths
 from mesh.source import Problem, Severity
@@ -81,21 +83,30 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
 
 
 def _l7_at_l4(policy: r.AuthorizationPolicy) -> list[Problem]:
-    """An L4-enforced policy cannot see methods, paths or hosts: say what that does to it."""
+    """An L4-enforced policy cannot see request attributes (``mesh.authz.l7_parts_of_rule``): say
+    what that does to each rule."""
     problems = []
     for i, rule in enumerate(policy.rules):
-        for j, operation in enumerate(rule.operations):
-            fields = operation.l7_fields()
-            if not fields:
-                continue
-            if policy.action == "ALLOW":
-                effect = "this ALLOW rule can never match at L4, so it denies (attach the policy to a waypoint with targetRefs)"
+        for where, names in authz.l7_parts_of_rule(rule):
+            condition = where.startswith("when")
+            if policy.action != "ALLOW":
+                effect = f"ztunnel enforces this DENY rule at L4 without {'it' if condition else 'them'}, denying " \
+                         "more than written"
+            elif authz.can_match_at_l4(rule):  # the other alternatives of that from/to are L4
+                effect = "this alternative can never match at L4, so the rule matches only through the others " \
+                         "(attach the policy to a waypoint with targetRefs)"
             else:
-                effect = "ztunnel enforces this DENY rule at L4 without them, denying more than written"
-            problems.append(_problem(policy, f"spec.rules[{i}].to[{j}].operation",
-                                     f"L7 fields {', '.join(fields)} are enforced by a waypoint only; {effect}",
-                                     Severity.WARNING))
+                effect = "this ALLOW rule can never match at L4, so it denies (attach the policy to a waypoint with " \
+                         "targetRefs)"
+            what = f"L7 condition {names[0]} is" if condition else f"L7 fields {', '.join(map(_yaml_name, names))} are"
+            problems.append(_problem(policy, f"spec.rules[{i}].{where}",
+                                     f"{what} enforced by a waypoint only; {effect}", Severity.WARNING))
     return problems
+
+
+def _yaml_name(field: str) -> str:
+    """``not_remote_ip_blocks`` → ``notRemoteIpBlocks``, as the user wrote it."""
+    return re.sub(r"_(\w)", lambda m: m.group(1).upper(), field)
 
 
 def validate(paths: list[Path]) -> tuple[list[r.Resource], list[Problem]]:

@@ -27,6 +27,7 @@ port 15008), whose endpoints are the waypoint's own pods (label
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -231,8 +232,11 @@ def _waypoint_for(meta: r.Meta, ns_labels, state: ClusterState, kind: str, confi
     gateway = state.gateways.get(ref) if ref else None
     if gateway is None or not serves(gateway, kind):
         return None
-    # A waypoint's own pods and Service never go through a waypoint.
-    if meta.labels.get(GATEWAY_NAME_LABEL) == gateway.meta.name and meta.namespace == gateway.meta.namespace:
+    # A waypoint's own pods and Service never go through a waypoint, not even another one (as
+    # Istio): its pods carry the gateway-name label, its Service has the Gateway's name.
+    if (meta.namespace, meta.labels.get(GATEWAY_NAME_LABEL)) in state.gateways:
+        return None
+    if kind == "service" and (meta.namespace, meta.name) in state.gateways:
         return None
     return _gateway_address(gateway, config)
 
@@ -242,7 +246,7 @@ def _target_port(port: r.ServicePort, pod: r.Pod) -> int:
         return port.target_port
     for container in pod.spec.containers:
         for cport in container.ports:
-            if cport.name == port.target_port:
+            if cport.name == port.target_port and cport.protocol == port.protocol:  # as Kubernetes
                 return cport.container_port
     return 0  # named port the pod does not have: no endpoint on that port
 
@@ -258,8 +262,9 @@ def _canonical(pod: r.Pod) -> tuple[str, str, str, int]:
     return name, revision, workload_name, wpb.DEPLOYMENT if kind in ("Deployment", "Gateway") else wpb.POD
 
 
-def _waypoint_services(state: ClusterState, config: MeshConfig) -> dict[tuple[str, str], r.Service]:
-    """A Service per waypoint Gateway, unless the user declared one of that name."""
+def waypoint_services(state: ClusterState) -> dict[tuple[str, str], r.Service]:
+    """A Service per waypoint Gateway, unless the user declared one of that name (the registry
+    gives these VIPs too)."""
     synthesized = {}
     for key, gateway in state.gateways.items():
         if key in state.services:
@@ -285,14 +290,14 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
     # Services, and for each running pod the services it backs.
     services: dict[str, wpb.Service] = {}
     backs: dict[tuple[str, str], dict[str, wpb.PortList]] = defaultdict(dict)
-    all_services = {**_waypoint_services(state, config), **state.services}
+    all_services = {**waypoint_services(state), **state.services}
     for (namespace, name), svc in all_services.items():
         hostname = f"{name}.{namespace}.svc.{config.domain_suffix}"
         key = service_key(namespace, hostname)
         vip = state.vips.get((namespace, name))
         services[key] = wpb.Service(
             name=name, namespace=namespace, hostname=hostname,
-            addresses=[wpb.NetworkAddress(network=config.network, address=ipaddress.ip_address(vip).packed)]
+            addresses=[wpb.NetworkAddress(network=config.network, address=socket.inet_aton(vip))]
             if vip else [],
             ports=[wpb.Port(service_port=p.port, target_port=p.target_port if isinstance(p.target_port, int) else 0)
                    for p in svc.ports if p.protocol == "TCP"],
@@ -323,8 +328,12 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
 
     workloads: dict[str, wpb.Workload] = {}
     placements: dict[str, set[SpiffeId]] = defaultdict(set)
+    identities: dict[tuple[str, str], SpiffeId] = {}
     for (namespace, name), pod in state.pods.items():
-        identity = SpiffeId(config.trust_domain, namespace, pod.spec.service_account)
+        identity = identities.get((namespace, pod.spec.service_account))
+        if identity is None:  # validated once per service account, not per pod
+            identity = identities[(namespace, pod.spec.service_account)] = SpiffeId(
+                config.trust_domain, namespace, pod.spec.service_account)
         status = state.pod_status.get((namespace, name))
         node = status.node if status else pod.spec.node_name
         if node:
@@ -336,7 +345,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
         uid = workload_uid(config, namespace, name)
         workloads[uid] = wpb.Workload(
             uid=uid, name=name, namespace=namespace,
-            addresses=[ipaddress.ip_address(status.ip).packed],
+            addresses=[socket.inet_aton(status.ip)],  # IPv4, checked by PodStatus
             network=config.network,
             tunnel_protocol=wpb.HBONE if is_enrolled(pod.meta.labels, labels) else wpb.NONE,
             trust_domain=config.trust_domain,
@@ -365,20 +374,24 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
 
 def _attach_peer_authentications(state, config, running, authorizations, attached) -> None:
     mesh_policy = authz.pick_policy(p for p in state.peer_authentications
-                               if p.meta.namespace == config.root_namespace and p.selector is None)
+                               if p.meta.namespace == config.root_namespace and not p.selector)
+    converted: dict[tuple, str | None] = {}
     by_namespace: dict[str, list[r.PeerAuthentication]] = defaultdict(list)
     for policy in state.peer_authentications:
         by_namespace[policy.meta.namespace].append(policy)
     for (namespace, name), pod in running.items():
         candidates = by_namespace.get(namespace, ())
-        namespace_policy = authz.pick_policy(p for p in candidates if p.selector is None)
+        namespace_policy = authz.pick_policy(p for p in candidates if not p.selector)  # as Istio: {} is none
         workload_policy = authz.pick_policy(p for p in candidates if p.selector and _selects(p.selector, pod.meta.labels))
-        mode, source = authz.effective_mtls(workload_policy, namespace_policy, mesh_policy)
-        if source is None:
-            continue
-        translated = authz.translate_mtls(source, mode)
-        if translated is None:
-            continue
-        key = authz.policy_key(translated.namespace, translated.name)
-        authorizations.setdefault(key, translated)
-        attached[(namespace, name)].append(key)
+        decided = (workload_policy, namespace_policy, mesh_policy)
+        memo = tuple(map(id, decided))  # the policies are alive for the whole computation
+        key = converted.get(memo, "")
+        if key == "":  # pods mostly share a few combinations: translate each once
+            mode, source = authz.effective_mtls(*decided)
+            translated = authz.translate_mtls(source, mode) if source is not None else None
+            key = authz.policy_key(translated.namespace, translated.name) if translated else None
+            if translated:
+                authorizations.setdefault(key, translated)
+            converted[memo] = key
+        if key:
+            attached[(namespace, name)].append(key)

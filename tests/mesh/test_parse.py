@@ -1,5 +1,6 @@
 """Parsing manifests: good files give frozen resources; each broken one gives its exact message."""
 
+import re
 import subprocess
 import sys
 
@@ -128,6 +129,8 @@ spec:
         - http
 """
 
+AP = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n"
+
 BROKEN = [
     (POLICY, "policy.yaml:12: AuthorizationPolicy default/deny-all: spec.rules[0].to[0].operation.ports[0]: "
              "'http' is not a port number"),
@@ -169,14 +172,68 @@ BROKEN = [
      "fetched here (no OCI registry)"),
     ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  name: b\n",
      "x.yaml:5: metadata.name: duplicate key"),
+    (AP + "  - when: [{key: source.ip, values: [x]}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 'x' is not an IP address or CIDR block"),
+    (AP + "  - when:\n    - key: destination.ip\n      notValues:\n      - 10.0.0.1\n      - 10.0.0.0/33\n",
+     "x.yaml:10: AuthorizationPolicy default/p: spec.rules[0].when[0].notValues[1]: '10.0.0.0/33' is not an IP "
+     "address or CIDR block"),
+    (AP + "  - when: [{key: remote.ip, values: ['']}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: '' is not an IP address or CIDR block"),
+    (AP + "  - when: [{key: destination.port, values: [http]}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 'http' is not a port number"),
+    (AP + "  - when: [{key: destination.port, notValues: ['80', '70000']}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].notValues[1]: 70000 is not a port number (1-65535)"),
+    (AP + "  - when: [{key: destination.port, values: ['0']}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 0 is not a port number (1-65535)"),
+    (AP + "  - when: [{key: destination.port, values: [8080]}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: expected a string, got int 8080"),
+    (AP + "  - when: [{key: source.ip, values: [10]}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: expected a string, got int 10"),
+    (AP + "  - when: [{key: destination.ip, notValues: 10.0.0.1}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].notValues: expected a list, got str '10.0.0.1'"),
+    (AP + "  - when:\n    - key: source.namespace\n",
+     "x.yaml:7: AuthorizationPolicy default/p: spec.rules[0].when[0]: condition source.namespace needs values or "
+     "notValues"),
+    (AP + "  - from: [{source: {}}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].from[0].source: must not be empty"),
+    (AP + "  - to: [{operation: {ports: []}}]\n",
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].to[0].operation: must not be empty"),
 ]
 
 
-@pytest.mark.parametrize("text, message", BROKEN, ids=[m.split(": ", 1)[1][:50] for _, m in BROKEN])
+def _case_id(message: str) -> str:
+    """The field and the message, without the file, line and resource."""
+    return re.sub(r"^\S+:\d+: (\w+ [\w/.-]+: )?", "", message)[:70]
+
+
+@pytest.mark.parametrize("text, message", BROKEN, ids=[_case_id(m) for _, m in BROKEN])
 def test_broken_file_gives_its_exact_message(text, message):
     file = message.split(":", 1)[0]
     result = parse_text(text, file)
     assert message in [str(p) for p in result.errors]
+
+
+@pytest.mark.parametrize("text, message", [row for row in BROKEN if row[0].startswith(AP)],
+                         ids=[_case_id(m) for t, m in BROKEN if t.startswith(AP)])
+def test_a_policy_rule_error_is_reported_once(text, message):
+    assert [str(p) for p in parse_text(text, "x.yaml").problems] == [message]
+
+
+def test_good_conditions_parse_cleanly():
+    text = AP + """\
+  - when:
+    - {key: source.ip, values: [10.0.0.0/8, 10.1.2.3], notValues: ["fd00::/8"]}
+    - {key: destination.ip, notValues: [10.96.0.10]}
+    - {key: destination.port, values: ["80", "65535"]}
+    - {key: remote.ip, values: [1.2.3.4/32]}
+    - {key: source.namespace, values: ["*"]}
+    - {key: "request.headers[x-id]", values: ["not checked: any text"]}
+"""
+    result = parse_text(text, "x.yaml")
+    assert [str(p) for p in result.problems] == []
+    (policy,) = result.resources
+    assert [c.key for c in policy.rules[0].conditions][:3] == ["source.ip", "destination.ip", "destination.port"]
+    assert policy.rules[0].conditions[0].not_values == ("fd00::/8",)
 
 
 def test_a_resource_with_an_error_is_not_handed_out():
@@ -235,6 +292,46 @@ def test_cross_references():
         "paths are enforced by a waypoint only; this ALLOW rule can never match at L4, so it denies (attach the "
         "policy to a waypoint with targetRefs)",
     ]
+
+
+WAYPOINT_ONLY = "(attach the policy to a waypoint with targetRefs)"
+ALLOW_DENIES = f"this ALLOW rule can never match at L4, so it denies {WAYPOINT_ONLY}"
+DENY_MORE = "ztunnel enforces this DENY rule at L4 without {}, denying more than written"
+
+
+@pytest.mark.parametrize("spec, warnings", [
+    pytest.param("rules: [{from: [{source: {requestPrincipals: [iss/sub]}}]}]",
+                 [f"spec.rules[0].from[0].source: warning: L7 fields requestPrincipals are enforced by a waypoint "
+                  f"only; {ALLOW_DENIES}"], id="allow-request-principals"),
+    pytest.param("rules: [{}, {from: [{source: {remoteIpBlocks: [1.2.3.4], notRemoteIpBlocks: [1.2.3.5], "
+                 "principals: [a]}}]}]",
+                 [f"spec.rules[1].from[0].source: warning: L7 fields remoteIpBlocks, notRemoteIpBlocks are enforced "
+                  f"by a waypoint only; {ALLOW_DENIES}"], id="allow-remote-ip-blocks"),
+    pytest.param("rules: [{when: [{key: 'request.headers[x-id]', values: ['1']}]}]",
+                 [f"spec.rules[0].when[0]: warning: L7 condition request.headers[x-id] is enforced by a waypoint "
+                  f"only; {ALLOW_DENIES}"], id="allow-request-condition"),
+    pytest.param("rules: [{to: [{operation: {methods: [GET]}}, {operation: {ports: ['80']}}]}]",
+                 ["spec.rules[0].to[0].operation: warning: L7 fields methods are enforced by a waypoint only; this "
+                  f"alternative can never match at L4, so the rule matches only through the others {WAYPOINT_ONLY}"],
+                 id="allow-alternative-beside-l4-ones"),
+    pytest.param("action: DENY\n  rules: [{to: [{operation: {notMethods: [GET], hosts: [a]}}]}]",
+                 ["spec.rules[0].to[0].operation: warning: L7 fields hosts, notMethods are enforced by a waypoint only; "
+                  + DENY_MORE.format("them")], id="deny-operation"),
+    pytest.param("action: DENY\n  rules: [{when: [{key: 'request.auth.claims[iss]', values: [me]}]}]",
+                 ["spec.rules[0].when[0]: warning: L7 condition request.auth.claims[iss] is enforced by a waypoint "
+                  "only; " + DENY_MORE.format("it")], id="deny-condition"),
+    pytest.param("rules: [{from: [{source: {principals: [a]}}], to: [{operation: {ports: ['80']}}], "
+                 "when: [{key: destination.port, values: ['80']}]}]", [], id="l4-only"),
+    pytest.param("targetRefs: [{kind: Service, group: '', name: web}]\n"
+                 "  rules: [{to: [{operation: {methods: [GET]}}]}]", [], id="waypoint-policy"),
+])
+def test_l7_fields_in_policies_enforced_at_l4(spec, warnings):
+    text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n---\n" \
+           f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  {spec}\n"
+    result = parse_text(text, "x.yaml")
+    assert [str(p) for p in result.problems] == []
+    prefix = "x.yaml:6: AuthorizationPolicy default/p: "
+    assert [str(p) for p in cross_check(result.resources)] == [prefix + w for w in warnings]
 
 
 def test_validate_command_exit_status(tmp_path):
