@@ -35,7 +35,17 @@ SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
 DEFAULT_PORT = 15012
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "istiod.istio-system.svc")
 SERVER_CERT_LIFETIME = dt.timedelta(days=30)
-MAX_REQUEST_BYTES = 256 * 1024
+MAX_REQUEST_BYTES = 256 * 1024  # a CreateCertificate request: a CSR and a little metadata
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # any message on the port: a reconnecting discovery client
+# lists every resource it holds (initial_resource_versions), about 100 bytes each
+KEEPALIVE_OPTIONS = (
+    # Ping idle connections so that a vanished peer is noticed in under a minute, not at TCP timeout;
+    # and accept the clients' own pings at that rate.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,9 @@ class _ServerCertificate:
 
 
 def _decode(raw: bytes, authorization: str | None) -> CertificateRequest:
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise CaRefusal(Status.INVALID_ARGUMENT, "malformed_request",
+                        f"request of {len(raw)} bytes is over the limit of {MAX_REQUEST_BYTES}")
     try:
         message = ca_pb2.IstioCertificateRequest.FromString(raw)
     except DecodeError as exc:
@@ -130,7 +143,8 @@ class CaServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ca-grpc"),
             options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                *KEEPALIVE_OPTIONS,
                 # grpcio sets SO_REUSEPORT by default: a second CA on the same port would then
                 # bind silently and take half the connections.
                 ("grpc.so_reuseport", 0),

@@ -46,14 +46,16 @@ class WatchedJsonFile(Generic[T]):
             return self._value
 
     def _reload(self, signature: tuple[int, int, int] | None) -> None:
-        self._signature = signature
+        # The value first, the signature last: readers check the signature without the lock, and
+        # must not see the new signature with the old value.
         if signature is None:
             self._value = self._empty
-            return
-        try:
-            self._value = self._parse(json.loads(self._path.read_text()))
-        except (OSError, ValueError) as exc:
-            log.error("%s: %s; keeping the previous contents in force", self._path, exc)
+        else:
+            try:
+                self._value = self._parse(json.loads(self._path.read_text()))
+            except (OSError, ValueError) as exc:
+                log.error("%s: %s; keeping the previous contents in force", self._path, exc)
+        self._signature = signature
 
 
 def write_json_atomic(path: Path, data: object, mode: int = 0o600) -> None:

@@ -13,12 +13,13 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from ca import cli as ca_cli
-    from mesh import demo, validate
+    from mesh import controlplane, demo, validate
 
     parser = argparse.ArgumentParser(prog="ambient", description="ambient-mesh: sidecar-less mTLS service mesh")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ca_cli.register(sub)
+    controlplane.register(sub)
     demo.register(sub)
     validate.register(sub)
     return parser

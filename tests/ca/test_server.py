@@ -171,6 +171,14 @@ def test_garbage_request_body_is_invalid_argument(running_ca, client_token):
     _serves_next(running_ca, client_token)
 
 
+def test_oversized_request_is_refused_by_the_ca_itself(running_ca, client_token):
+    # The port accepts large messages (discovery needs them); CreateCertificate keeps its own limit.
+    reply = running_ca.raw_call(_csr_field(b"x" * (300 * 1024)), client_token)
+    assert isinstance(reply, grpc.RpcError) and reply.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "over the limit of 262144" in reply.details()
+    _serves_next(running_ca, client_token)
+
+
 def _csr_field(data: bytes) -> bytes:
     """Field 1 (csr), wire type 2, with arbitrary bytes as its content (not necessarily UTF-8)."""
     length, varint = len(data), bytearray()

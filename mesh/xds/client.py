@@ -1,0 +1,461 @@
+"""The trio side of discovery: a delta xDS client that keeps the last good view of each type.
+
+Two layers. ``ClientState`` is sans-IO: it holds the subscriptions, the decoded resources and
+their versions, turns a ``DeltaDiscoveryResponse`` into an ACK (applied) or a NACK (rejected as a
+whole, view untouched) and produces the requests that open a stream, with
+``initial_resource_versions`` so that a reconnect does not download again what is unchanged.
+
+``DiscoveryClient.run`` drives it over gRPC and TLS, trusting only the mesh root it is given.
+grpcio is blocking, so each stream uses two helper threads: grpcio's own, which pulls requests
+from a ``queue.Queue`` we feed, and a trio worker thread that waits in ``next(call)``. Leaving a
+stream (error or cancellation) ends both: a sentinel ends the request queue, and a sibling task
+cancels the call as soon as the stream's scope is cancelled, which makes the blocked ``next``
+raise at once. So the worker need not be abandoned (``abandon_on_cancel``): it is waited for, and
+no thread outlives ``run``. A broken stream is retried with exponential backoff and jitter (reset
+once a stream delivers a response); meanwhile ``view`` keeps returning the last good resources
+and ``connected`` is False.
+
+A caller learns about updates through ``changes()`` (each applied response as a ``Change``: which
+names it updated or removed) or ``wait_until(predicate)``, woken whenever anything changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import grpc
+import trio
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, unpack
+from mesh.xds.protocol import METHOD_PATH, WILDCARD
+
+log = logging.getLogger("ambient.xds.client")
+
+KNOWN_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL})
+MAX_NACK_MESSAGE = 4096  # error_detail is for humans and logs; do not echo megabytes back
+CHANGE_HISTORY = 4096
+
+Validate = Callable[[str, str, Message], None]  # (type URL, name, message); raises ValueError to reject
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before reconnect attempt n (0-based): ``min(cap, initial * multiplier**n)``, scaled by
+    a random factor in [1 - jitter, 1] so that clients that lost the server together spread out."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.cap or self.multiplier < 1 or not 0 <= self.jitter < 1:
+            raise ValueError(f"backoff needs 0 < initial <= cap, multiplier >= 1, 0 <= jitter < 1: {self}")
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.cap, self.initial * self.multiplier ** min(attempt, 64))
+        return base * random.uniform(1 - self.jitter, 1)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """``subscriptions``: type URL → resource names, or None for every resource of the type."""
+
+    target: str
+    root_pem: bytes = field(repr=False)
+    token: str = field(repr=False)
+    subscriptions: Mapping[str, frozenset[str] | None]
+    server_name: str | None = None  # TLS name to check instead of the target's host
+    node_id: str = ""
+    backoff: Backoff = Backoff()
+    max_response_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if b"-----BEGIN CERTIFICATE-----" not in self.root_pem:
+            # grpc would fall back to the system's roots: never trust anything but the mesh root.
+            raise ValueError("root_pem must hold the mesh root certificate in PEM")
+        if not self.token:
+            raise ValueError("a bearer token is required")
+        if not self.subscriptions:
+            raise ValueError("subscribe to at least one type URL")
+        normalized: dict[str, frozenset[str] | None] = {}
+        for type_url, names in self.subscriptions.items():
+            if type_url not in KNOWN_TYPE_URLS:
+                raise ValueError(f"unknown type URL {type_url!r} (known: {', '.join(sorted(KNOWN_TYPE_URLS))})")
+            if isinstance(names, str):
+                raise ValueError(f"{type_url}: names must be a collection of names, not one string")
+            if names is not None and (WILDCARD in names or "" in names or not names):
+                raise ValueError(f"{type_url}: use None, not {WILDCARD!r}, for every resource; otherwise name "
+                                 "at least one resource, each a non-empty name")
+            normalized[type_url] = None if names is None else frozenset(names)
+        object.__setattr__(self, "subscriptions", MappingProxyType(normalized))
+
+
+@dataclass(frozen=True)
+class Change:
+    """One applied response: ``updated`` are the names it carried (new or changed), ``removed``
+    the names it deleted from the view. ``seq`` counts changes of this client from 1."""
+
+    seq: int
+    type_url: str
+    updated: frozenset[str]
+    removed: frozenset[str]
+
+
+class ChangesLost(Exception):
+    """A ``changes()`` consumer fell more than ``CHANGE_HISTORY`` changes behind: re-read ``view``
+    and resume with ``changes(after=client.change_seq)``."""
+
+
+def _status(message: str) -> status_pb2.Status:
+    if len(message) > MAX_NACK_MESSAGE:
+        message = message[: MAX_NACK_MESSAGE - 3] + "..."
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message)
+
+
+class ClientState:
+    """Subscriptions and the last good view, without I/O; see the module docstring."""
+
+    def __init__(self, subscriptions: Mapping[str, frozenset[str] | None], validate: Validate | None = None,
+                 node_id: str = "") -> None:
+        self._subscriptions = {t: (None if n is None else set(n)) for t, n in subscriptions.items()}
+        self._validate = validate
+        self._node = base_pb2.Node(id=node_id) if node_id else None
+        self._views: dict[str, dict[str, Message]] = {t: {} for t in subscriptions}
+        self._versions: dict[str, dict[str, str]] = {t: {} for t in subscriptions}
+
+    def view(self, type_url: str) -> Mapping[str, Message]:
+        return MappingProxyType(self._views[type_url])
+
+    def versions(self, type_url: str) -> Mapping[str, str]:
+        return MappingProxyType(self._versions[type_url])
+
+    def initial_requests(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
+        """The first request of each type on a new stream: everything we want, and what we hold.
+
+        A type whose explicit names were all unsubscribed is left out: a first request naming
+        nothing would be read as the legacy wildcard, i.e. everything."""
+        requests = []
+        for type_url, names in self._subscriptions.items():
+            if names is not None and not names:
+                continue
+            request = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=type_url,
+                resource_names_subscribe=[WILDCARD] if names is None else sorted(names),
+                initial_resource_versions=self._versions[type_url],
+            )
+            if self._node is not None and not requests:  # the node goes in the first request only
+                request.node.CopyFrom(self._node)
+            requests.append(request)
+        return requests
+
+    def on_response(self, response: discovery_pb2.DeltaDiscoveryResponse):
+        """Apply ``response`` or reject it whole. Returns (ACK or NACK request, (updated, removed)
+        names or None if rejected, the rejection message or None)."""
+        type_url = response.type_url
+        reply = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
+        error = self._check(response)
+        if error is not None:
+            reply.error_detail.CopyFrom(_status(error))
+            return reply, None, error
+        decoded, problems = {}, []
+        wanted = self._subscriptions[type_url]
+        for resource in response.resources:
+            if wanted is not None and resource.name not in wanted:
+                continue  # not asked for: ignored, as the protocol says clients do
+            try:
+                message = unpack(resource.resource, type_url)
+                if self._validate is not None:
+                    self._validate(type_url, resource.name, message)
+            except ValueError as exc:
+                problems.append(f"{resource.name}: {exc}")
+                continue
+            decoded[resource.name] = (resource.version, message)
+        if problems:
+            error = (f"rejected {len(problems)} of {len(response.resources)} {type_url} resources "
+                     f"(nonce {response.nonce}); keeping the previous ones: " + "; ".join(problems))
+            reply.error_detail.CopyFrom(_status(error))
+            return reply, None, error
+
+        view, versions = self._views[type_url], self._versions[type_url]
+        for name, (version, message) in decoded.items():
+            view[name], versions[name] = message, version
+        removed = {name for name in response.removed_resources if name in view}
+        for name in removed:
+            del view[name], versions[name]
+        return reply, (frozenset(decoded), frozenset(removed)), None
+
+    def _check(self, response: discovery_pb2.DeltaDiscoveryResponse) -> str | None:
+        if response.type_url not in self._subscriptions:
+            return f"not subscribed to type URL {response.type_url!r}"
+        names = [r.name for r in response.resources]
+        if len(set(names)) != len(names):
+            duplicates = sorted({n for n in names if names.count(n) > 1})
+            return f"response names a resource more than once: {', '.join(duplicates)}"
+        return None
+
+    def subscribe(self, type_url: str, names: frozenset[str]) -> discovery_pb2.DeltaDiscoveryRequest | None:
+        """Add ``names`` to an explicit subscription; the request to send, or None if nothing new."""
+        wanted = self._explicit(type_url)
+        _check_names(names)
+        new = set(names) - wanted
+        if not new:
+            return None
+        wanted |= new
+        return discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=sorted(new))
+
+    def unsubscribe(self, type_url: str, names: frozenset[str]):
+        """Drop ``names`` (and their resources). Returns (request or None, names removed from the view)."""
+        wanted = self._explicit(type_url)
+        gone = set(names) & wanted
+        if not gone:
+            return None, frozenset()
+        wanted -= gone
+        dropped = frozenset(n for n in gone if n in self._views[type_url])
+        for name in dropped:
+            del self._views[type_url][name], self._versions[type_url][name]
+        request = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_unsubscribe=sorted(gone))
+        return request, dropped
+
+    def _explicit(self, type_url: str) -> set[str]:
+        if type_url not in self._subscriptions:
+            raise ValueError(f"not subscribed to {type_url!r}; the types are fixed when the client is made")
+        wanted = self._subscriptions[type_url]
+        if wanted is None:
+            raise ValueError(f"{type_url} is a wildcard subscription: it already gets every name")
+        return wanted
+
+
+def _check_names(names: frozenset[str]) -> None:
+    if any(not isinstance(n, str) or not n or n == WILDCARD for n in names):
+        raise ValueError(f"resource names are non-empty strings other than {WILDCARD!r}: {sorted(map(repr, names))}")
+
+
+_END = object()  # ends the request generator grpcio is iterating
+
+
+def _requests(outbox: queue.Queue):
+    while (request := outbox.get()) is not _END:
+        yield request
+
+
+async def _cancel_when_cancelled(call) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        call.cancel()
+
+
+def _next_response(call) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    """Blocking, in a worker thread; None once the server ends the stream with OK."""
+    try:
+        return next(call)
+    except StopIteration:
+        return None
+
+
+class DiscoveryClient:
+    """Keeps ``view(type_url)`` in step with the discovery server; see the module docstring.
+
+    ``await nursery.start(client.run)`` returns once the first response of every subscribed type has
+    been applied (a type whose first response was NACKed keeps ``start`` waiting: put a bound on it
+    with ``trio.fail_after``). ``validate(type_url, name, message)`` may raise ValueError to reject a
+    resource; the whole response is then NACKed with that message and the previous view kept.
+    """
+
+    def __init__(self, config: ClientConfig, validate: Validate | None = None) -> None:
+        self._config = config
+        self._state = ClientState(config.subscriptions, validate, config.node_id)
+        self._connected = False
+        self._outbox: queue.Queue | None = None  # the live stream's requests, if any
+        self._running = False
+        self._seq = 0
+        self._history: deque[Change] = deque(maxlen=CHANGE_HISTORY)
+        self._changed = trio.Event()
+        self.responses_applied = 0  # counters, for logs and tests
+        self.responses_rejected = 0
+
+    # -- reading the view
+
+    def view(self, type_url: str) -> Mapping[str, Message]:
+        """name → decoded message (``Address`` or ``Authorization``): the last good state, kept while
+        disconnected. A read-only live mapping: copy it to keep a snapshot."""
+        return self._state.view(type_url)
+
+    @property
+    def connected(self) -> bool:
+        """True while a stream is up and has delivered at least one response."""
+        return self._connected
+
+    @property
+    def change_seq(self) -> int:
+        return self._seq
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; it is re-checked after every change of the view or of
+        ``connected``. Put a bound on it with ``trio.fail_after``."""
+        while not predicate():
+            await self._changed.wait()
+
+    def changes(self, after: int | None = None) -> AsyncIterator[Change]:
+        """Every change applied after ``after`` (default: after this call), in order, forever.
+
+        Raises ``ChangesLost`` if the consumer falls more than ``CHANGE_HISTORY`` changes behind."""
+        # Not an async generator itself: "from now on" is fixed at the call, not at the first
+        # iteration, so a change between the two is not missed.
+        return self._changes_after(self._seq if after is None else after)
+
+    async def _changes_after(self, seq: int) -> AsyncIterator[Change]:
+        while True:
+            await self.wait_until(lambda: self._seq > seq)
+            if self._history[0].seq > seq + 1:
+                raise ChangesLost(f"changes {seq + 1}..{self._history[0].seq - 1} are no longer kept")
+            for change in list(self._history):
+                if change.seq > seq:
+                    seq = change.seq
+                    yield change
+
+    # -- changing the subscription while running
+
+    def subscribe(self, type_url: str, names) -> None:
+        """Also want ``names`` of ``type_url`` (an explicit subscription)."""
+        request = self._state.subscribe(type_url, frozenset(names))
+        if request is not None and self._outbox is not None:
+            self._outbox.put(request)
+
+    def unsubscribe(self, type_url: str, names) -> None:
+        """Stop wanting ``names``; they leave the view at once (reported as a ``Change``)."""
+        request, dropped = self._state.unsubscribe(type_url, frozenset(names))
+        if request is not None and self._outbox is not None:
+            self._outbox.put(request)
+        if dropped:
+            self._record(type_url, frozenset(), dropped)
+
+    # -- the connection
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected until cancelled, reconnecting with backoff; see the class docstring."""
+        if self._running:
+            raise RuntimeError("DiscoveryClient.run() is already running")
+        self._running = True
+        started = False
+
+        def synced() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        failures = 0
+        try:
+            while True:
+                delivered = False
+
+                def delivered_once() -> None:
+                    nonlocal delivered
+                    delivered = True
+
+                reason = await self._stream(synced, delivered_once)
+                self._set_connected(False)
+                if delivered:
+                    failures = 0  # a stream that worked resets the backoff
+                delay = self._config.backoff.delay(failures)
+                failures += 1
+                log.warning("discovery stream to %s ended (%s); serving the last good view, retrying in %.2fs",
+                            self._config.target, reason, delay)
+                await trio.sleep(delay)
+        finally:
+            self._running = False
+            self._set_connected(False)
+
+    def _channel(self) -> grpc.Channel:
+        options = [
+            ("grpc.max_receive_message_length", self._config.max_response_bytes),
+            # A server that vanishes without closing the connection is noticed within ~40 s, and
+            # the client reconnects, instead of waiting for TCP's timeout. The server allows this rate.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        if self._config.server_name:
+            options.append(("grpc.ssl_target_name_override", self._config.server_name))
+        credentials = grpc.ssl_channel_credentials(root_certificates=self._config.root_pem)
+        return grpc.secure_channel(self._config.target, credentials, options)
+
+    async def _stream(self, synced: Callable[[], None], delivered: Callable[[], None]) -> str:
+        """One stream, until it fails, the server ends it, or we are cancelled; returns why it ended."""
+        outbox: queue.Queue = queue.Queue()
+        initial = self._state.initial_requests()
+        for request in initial:
+            outbox.put(request)
+        awaiting_first = {r.type_url for r in initial}
+        channel = self._channel()
+        call = channel.stream_stream(
+            METHOD_PATH,
+            request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
+        )(_requests(outbox), metadata=(("authorization", f"Bearer {self._config.token}"),))
+        self._outbox = outbox
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_when_cancelled, call)
+                try:
+                    while True:
+                        # Not abandoned on cancel: the sibling task cancels the call, which ends the
+                        # blocked next() at once, so no worker thread outlives this stream.
+                        response = await trio.to_thread.run_sync(_next_response, call)
+                        if response is None:
+                            return "the server ended the stream"
+                        delivered()
+                        self._apply(response, outbox, awaiting_first)
+                        if not awaiting_first:
+                            synced()
+                except grpc.RpcError as exc:  # caught here: the nursery would wrap it in a group
+                    return f"{exc.code().name}: {exc.details()}"
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._outbox = None
+            outbox.put(_END)  # ends grpcio's request thread, blocked in our generator
+            call.cancel()
+            channel.close()
+
+    def _apply(self, response: discovery_pb2.DeltaDiscoveryResponse, outbox: queue.Queue,
+               awaiting_first: set[str]) -> None:
+        reply, applied, error = self._state.on_response(response)
+        outbox.put(reply)
+        if applied is None:
+            self.responses_rejected += 1
+            log.warning("NACK of %s nonce %s: %s", response.type_url, response.nonce, error)
+        else:
+            self.responses_applied += 1
+            awaiting_first.discard(response.type_url)
+            self._record(response.type_url, *applied)
+            log.debug("applied %s nonce %s: %d updated, %d removed", response.type_url,
+                      response.nonce, len(applied[0]), len(applied[1]))
+        self._set_connected(True)
+
+    def _record(self, type_url: str, updated: frozenset[str], removed: frozenset[str]) -> None:
+        if updated or removed:
+            self._seq += 1
+            self._history.append(Change(self._seq, type_url, updated, removed))
+        self._notify()
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self._connected:
+            self._connected = connected
+            log.info("discovery %s %s", "connected to" if connected else "disconnected from", self._config.target)
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
