@@ -42,6 +42,12 @@ from mesh.registry import POD_STATUS_FILE, Registry, write_pod_statuses  # noqa:
 from mesh.view import PodStatus, compute_view, workload_uid, MeshConfig  # noqa: E402
 
 WAIT_TIMEOUT = 120.0
+IDLE_SECONDS = 3.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def build_registry(files: dict[str, str], nodes: int) -> Registry:
@@ -173,18 +179,24 @@ def measure_delivery(files: dict[str, str], registry: Registry, args: argparse.N
         statuses = registry.pod_statuses()
         write_pod_statuses(state_dir / POD_STATUS_FILE, statuses)
         log = open(Path(tmp, "controlplane.log"), "w")
-        server = start_controlplane(config_dir, state_dir, log_level="warning", stderr=log)
+        server = start_controlplane(config_dir, state_dir, log_level="info", stderr=log)
         try:
             token = run_ambient("ca", "token", "create", "--dir", str(state_dir / "ca"), "--node", "node-00").stdout.strip()
             watched = sorted(statuses)[0]
             uid = workload_uid(MeshConfig(), *watched)
             per_process = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
                            for i in range(args.client_procs)]
+            cpu_before = cpu_seconds(server.proc.pid)
             started = time.monotonic()
             clients = ClientProcesses(args.clients, per_process, server.address, state_dir / "ca" / "root-cert.pem",
                                       token, uid)
             try:
                 synced = clients.read("synced", args.clients)
+                initial_cpu = cpu_seconds(server.proc.pid) - cpu_before
+                cpu_before = cpu_seconds(server.proc.pid)
+                time.sleep(IDLE_SECONDS)  # what the control plane costs with clients connected and nothing changing
+                idle_cpu = (cpu_seconds(server.proc.pid) - cpu_before) / IDLE_SECONDS
+                cpu_before = cpu_seconds(server.proc.pid)
                 sync_times = sorted(float(s[1]) - started for s in synced)
                 sizes = {int(s[2]) for s in synced}
                 change_latencies = []
@@ -195,18 +207,25 @@ def measure_delivery(files: dict[str, str], registry: Registry, args: argparse.N
                     write_pod_statuses(state_dir / POD_STATUS_FILE, statuses)
                     arrivals = [float(c[2]) for c in clients.read("changed", args.clients) if int(c[1]) == n]
                     change_latencies.append(max(arrivals) - t0)
+                change_cpu = (cpu_seconds(server.proc.pid) - cpu_before) / args.changes
             finally:
                 clients.close()
         finally:
             server.stop()
             log.close()
+            views = [line for line in Path(tmp, "controlplane.log").read_text().splitlines()
+                     if "ambient.controlplane: view " in line]
     return {
         "clients": args.clients, "client_processes": args.client_procs, "addresses_per_client": sorted(sizes),
         "initial_all_clients_s": round(sync_times[-1], 3),
         "initial_first_client_s": round(sync_times[0], 3),
         "initial_median_client_s": round(statistics.median(sync_times), 3),
+        "initial_controlplane_cpu_s": round(initial_cpu, 2),
+        "change_controlplane_cpu_ms": round(change_cpu * 1000, 1),
+        "idle_controlplane_cpu_ms_per_s": round(idle_cpu * 1000, 1),
         "change_to_all_clients_ms": [round(x * 1000, 1) for x in change_latencies],
         "change_to_all_clients_median_ms": round(statistics.median(change_latencies) * 1000, 1),
+        "controlplane_view_log": views,
         "includes_scan_interval_ms": cp.SCAN_INTERVAL * 1000, "includes_debounce_quiet_ms": cp.DEBOUNCE_QUIET * 1000,
     }
 
@@ -246,10 +265,12 @@ def main() -> int:
           f"(registry state {compute['state_ms']} ms); parsing the YAML took {compute['parse_yaml_ms']} ms", flush=True)
     delivery = measure_delivery(files, registry, args)
     print(f"{delivery['clients']} clients: all hold the full view after {delivery['initial_all_clients_s']} s "
-          f"(first {delivery['initial_first_client_s']} s, median {delivery['initial_median_client_s']} s)", flush=True)
+          f"(first {delivery['initial_first_client_s']} s, median {delivery['initial_median_client_s']} s); "
+          f"control plane CPU {delivery['initial_controlplane_cpu_s']} s", flush=True)
     print(f"one pod change reaches all {delivery['clients']} clients in {delivery['change_to_all_clients_median_ms']} ms "
           f"(median of {args.changes}: {delivery['change_to_all_clients_ms']}; includes up to "
-          f"{delivery['includes_scan_interval_ms']:.0f} ms file polling and {delivery['includes_debounce_quiet_ms']:.0f} ms debounce)")
+          f"{delivery['includes_scan_interval_ms']:.0f} ms file polling and {delivery['includes_debounce_quiet_ms']:.0f} ms "
+          f"debounce); control plane CPU per change {delivery['change_controlplane_cpu_ms']} ms")
     result = {
         "date": dt.date.today().isoformat(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load": {"pods": args.pods, "services": args.services, "policies": args.policies, "nodes": args.nodes},

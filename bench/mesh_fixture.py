@@ -52,7 +52,8 @@ spec:
     for p in range(policies):
         n = p % namespaces
         ns = f"ns-{n:03d}"
-        target = f"app-{(p * 7) % services:04d}"
+        # a Service of the policy's own namespace (service s lives in namespace s % namespaces)
+        target = f"app-{(n + namespaces * ((p // namespaces) % max(1, services // namespaces))) % services:04d}"
         shape = p % 5
         if shape == 0:
             spec = f"""  selector: {{matchLabels: {{app: {target}}}}}
@@ -70,16 +71,16 @@ spec:
   rules:
   - from: [{{source: {{ipBlocks: [192.168.{p % 256}.0/24]}}}}]"""
         elif shape == 3:
-            spec = f"""  action: ALLOW
+            spec = """  action: ALLOW
   rules:
-  - from: [{{source: {{namespaces: ["ns-*"]}}}}]"""
+  - from: [{source: {namespaces: ["ns-*"]}}]"""
         else:
             spec = f"""  selector: {{matchLabels: {{app: {target}}}}}
   action: ALLOW
   rules:
   - to: [{{operation: {{methods: [GET], ports: ["8080"]}}}}]"""
         files[names[n]].append(
-            f"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
             f"metadata: {{name: policy-{p:04d}, namespace: {ns}}}\nspec:\n{spec}\n")
     mesh = ("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n---\n"
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"

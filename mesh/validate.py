@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,25 +25,24 @@ def _problem(resource: r.Resource, field: str, message: str, severity: Severity 
     return Problem(severity, resource.origin.file, resource.origin.line, resource.label, field, message)
 
 
-def _pods(resources: Iterable[r.Resource]) -> list[r.Pod]:
-    pods: list[r.Pod] = []
+def _pods_by_namespace(resources: Iterable[r.Resource]) -> dict[str, list[r.Pod]]:
+    pods: dict[str, list[r.Pod]] = defaultdict(list)
     for resource in resources:
         if isinstance(resource, r.Pod):
-            pods.append(resource)
+            pods[resource.meta.namespace].append(resource)
         elif isinstance(resource, r.Deployment):
-            pods.extend(resource.pods)
+            pods[resource.meta.namespace].extend(resource.pods)
     return pods
 
 
-def _selects_a_pod(res: r.Resource, selector, pods: list[r.Pod]) -> bool:
+def _selects_a_pod(res: r.Resource, selector, pods: dict[str, list[r.Pod]]) -> bool:
     """Whether ``selector`` matches the labels of some pod in ``res``'s namespace."""
-    return any(p.meta.namespace == res.meta.namespace and all(p.meta.labels.get(k) == v for k, v in selector.items())
-               for p in pods)
+    return any(all(p.meta.labels.get(k) == v for k, v in selector.items()) for p in pods.get(res.meta.namespace, ()))
 
 
 def cross_check(resources: list[r.Resource]) -> list[Problem]:
     problems: list[Problem] = []
-    pods = _pods(resources)
+    pods = _pods_by_namespace(resources)
     gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway) and g.is_waypoint}
     services = {(s.meta.namespace, s.meta.name) for s in resources if isinstance(s, r.Service)}
 

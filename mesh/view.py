@@ -26,7 +26,6 @@ port 15008), whose endpoints are the waypoint's own pods (label
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -62,8 +61,10 @@ class PodStatus:
     ready: bool = True
 
     def __post_init__(self) -> None:
-        if ipaddress.ip_address(self.ip).version != 4:
-            raise ValueError(f"pod IP {self.ip!r} is not IPv4")
+        try:
+            socket.inet_pton(socket.AF_INET, self.ip)  # strict dotted quad; C-fast for 10k pods
+        except (OSError, TypeError):
+            raise ValueError(f"pod IP {self.ip!r} is not an IPv4 address") from None
         if not self.node:
             raise ValueError("a running pod needs a node")
 

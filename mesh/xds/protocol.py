@@ -120,6 +120,9 @@ class _TypeState:
     # ones that exist are sent again; the ones that do not are listed as removed.
     owed: set[str] = field(default_factory=set)
     in_flight: dict[str, None] = field(default_factory=dict)  # nonces, oldest first
+    # The snapshot version that ``holds`` matches for every wanted name (None: not known, e.g. after
+    # a subscription change): from there, only the next snapshot's delta needs looking at.
+    in_step_with: int | None = None
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -195,6 +198,7 @@ class DeltaStream:
 
     @staticmethod
     def _change_subscription(state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        state.in_step_with = None  # newly wanted names are not in any delta: diff everything once
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
                 state.wildcard = False
@@ -230,11 +234,19 @@ class DeltaStream:
 
     def _diff(self, type_url: str, state: _TypeState, snapshot: Snapshot, *, always: bool):
         available = snapshot.of_type(type_url)
+        if snapshot.delta is not None and state.in_step_with == snapshot.version - 1 and not state.owed:
+            # The common case: one small change, many streams. Look only at what changed.
+            changed, gone = snapshot.delta.get(type_url, (frozenset(), frozenset()))
+            candidates = ((name, available[name]) for name in sorted(changed))
+            removed = {name for name in gone if name in state.holds}
+        else:
+            candidates = sorted(available.items())
+            removed = {name for name in state.holds if name not in available}
+        state.in_step_with = snapshot.version
         updated = [
-            resource for name, resource in sorted(available.items())
+            resource for name, resource in candidates
             if state.wants(name) and state.holds.get(name) != resource.version
         ]
-        removed = {name for name in state.holds if name not in available}
         removed |= {name for name in state.owed if name not in available}
         state.owed.clear()
         if not updated and not removed and not always:
@@ -245,7 +257,7 @@ class DeltaStream:
             type_url=type_url,
             system_version_info=str(snapshot.version),
             nonce=nonce,
-            resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body) for r in updated],
+            resources=[r.message for r in updated],
             removed_resources=sorted(removed),
         )
         for resource in updated:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.any_pb2 import Any
 
 
@@ -24,6 +25,20 @@ class VersionedResource:
     name: str
     version: str
     body: Any  # packed resource; treat as read-only
+
+    _message: discovery_pb2.Resource | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def message(self) -> discovery_pb2.Resource:
+        """The wire form, built once and shared by every stream that sends it (copying a built
+        message is C code; building one per stream was most of the cost of a full push). Not
+        functools.cached_property: on Python 3.11 it serialises every instance on one lock. Two
+        streams racing here build two equal messages, which is harmless."""
+        message = self._message
+        if message is None:
+            message = discovery_pb2.Resource(name=self.name, version=self.version, resource=self.body)
+            object.__setattr__(self, "_message", message)
+        return message
 
     @classmethod
     def of(cls, name: str, body: Any) -> VersionedResource:
@@ -38,13 +53,28 @@ def _frozen(resources: Mapping[str, Mapping[str, VersionedResource]]):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """``resources[type_url][name]``; ``version`` increases with every publish."""
+    """``resources[type_url][name]``; ``version`` increases with every publish.
+
+    ``delta[type_url]`` is ``(changed, removed)``: the names that are new or have another version
+    than in snapshot ``version - 1``, and the names that were there and are gone. A stream whose
+    client was in step with the previous snapshot needs to look only at those, not at every name.
+    None for the first snapshot (or one built without its predecessor)."""
 
     version: int
     resources: Mapping[str, Mapping[str, VersionedResource]] = field(default_factory=dict)
+    delta: Mapping[str, tuple[frozenset[str], frozenset[str]]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", _frozen(self.resources))
+
+    def successor(self, resources: Mapping[str, Mapping[str, VersionedResource]]) -> Snapshot:
+        """The next snapshot, with its delta from this one."""
+        delta = {}
+        for type_url in set(resources) | set(self.resources):
+            new, old = resources.get(type_url, {}), self.of_type(type_url)
+            changed = frozenset(n for n, r in new.items() if (o := old.get(n)) is None or o.version != r.version)
+            delta[type_url] = (changed, frozenset(n for n in old if n not in new))
+        return Snapshot(self.version + 1, resources, MappingProxyType(delta))
 
     def of_type(self, type_url: str) -> Mapping[str, VersionedResource]:
         return self.resources.get(type_url, MappingProxyType({}))
@@ -70,7 +100,7 @@ class Publisher:
 
     def publish(self, resources: Mapping[str, Mapping[str, VersionedResource]]) -> Snapshot:
         with self._changed:
-            self._snapshot = snapshot = Snapshot(self._snapshot.version + 1, resources)
+            self._snapshot = snapshot = self._snapshot.successor(resources)
             self._changed.notify_all()
             wakers = list(self._wakers)
         self._wake(wakers)

@@ -20,6 +20,16 @@ def snap(version: int, **by_type) -> Snapshot:
     return Snapshot(version, resources(**by_type))
 
 
+def test_successor_carries_the_delta_and_an_in_step_stream_sends_only_it():
+    changed = BASE.successor(resources(address={W1: workload(W1, "10.0.0.9"), W3: workload(W3, "10.0.0.3")},
+                                       authz={"default/allow": policy("allow")}))
+    assert changed.delta[ADDRESS] == ({W1, W3}, {W2}) and changed.delta[AUTHZ] == (frozenset(), frozenset())
+    stream = DeltaStream()
+    stream.on_request(req(ADDRESS), BASE)
+    [response] = stream.on_snapshot(changed)
+    assert [r.name for r in response.resources] == [W1, W3] and list(response.removed_resources) == [W2]
+
+
 BASE = snap(1, address={W1: workload(W1, "10.0.0.1"), W2: workload(W2, "10.0.0.2")},
             authz={"default/allow": policy("allow")})
 
@@ -320,8 +330,8 @@ def test_client_converges_to_the_newest_snapshot(first_subscription, ops):
     client.apply(stream.on_request(req(ADDRESS, sorted(first_subscription)), current).responses)
     for kind, arg in ops:
         if kind.startswith("publish"):
-            current = Snapshot(current.version + 1,
-                               resources(address={n: workload(n, f"10.0.0.{v}") for n, v in arg.items()}))
+            # successor(): with its delta, so the stream's in-step shortcut is exercised too
+            current = current.successor(resources(address={n: workload(n, f"10.0.0.{v}") for n, v in arg.items()}))
             if kind == "publish":
                 client.apply(stream.on_snapshot(current))
         elif kind == "reconnect":
