@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # Commands the suite and the demo run besides Python (Debian package names).
 SYSTEM_PACKAGES := openssl
 
-.PHONY: demo test system-deps venv protos check-protos bench-ca clean
+.PHONY: demo test system-deps venv protos check-protos bench-ca bench-discovery clean
 
 demo: system-deps venv
 	$(VENV)/bin/ambient demo
@@ -52,6 +52,9 @@ check-protos: venv
 
 bench-ca: venv
 	$(PY) bench/ca_issue_rate.py
+
+bench-discovery: venv
+	$(PY) bench/discovery_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
