@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from ca.watched_file import WatchedJsonFile
+from mesh.watched_file import WatchedJsonFile
 from mesh.identity import InvalidSpiffeId, SpiffeId
 
 PLACEMENT_FILE = "placements.json"

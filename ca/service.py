@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ca.authority import CaRefusal, IssuancePolicy, SigningAuthority, Status, invalid
 from ca.placement import PodPlacement
-from ca.tokens import Caller, NodeCaller, TokenStore, WorkloadCaller
+from ca.tokens import Caller, NodeCaller, TokenStore, WorkloadCaller, parse_bearer
 from mesh.identity import InvalidSpiffeId, SpiffeId
 
 
@@ -44,10 +44,10 @@ class Issued:
 def _bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "no bearer token: send `authorization: Bearer <token>`")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = parse_bearer(authorization)
+    if token is None:
         raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "authorization header is not `Bearer <token>`")
-    return token.strip()
+    return token
 
 
 class CertificateService:

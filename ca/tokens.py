@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ca.watched_file import WatchedJsonFile, write_json_atomic
+from mesh.watched_file import WatchedJsonFile, write_json_atomic
 from mesh.identity import InvalidSpiffeId, SpiffeId, validate_k8s_name
 
 TOKEN_FILE = "tokens.json"
@@ -43,6 +43,13 @@ class WorkloadCaller:
 
 
 Caller = NodeCaller | WorkloadCaller
+
+
+def parse_bearer(authorization: str | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` header value; None if it is not one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def token_digest(token: str) -> str:

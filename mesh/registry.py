@@ -16,9 +16,7 @@ listeners, which the control plane uses to recompute the view (debounced) and pu
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +27,7 @@ from mesh.parse import parse_text
 from mesh.source import Severity
 from mesh.validate import cross_check
 from mesh.view import ClusterState, PodStatus, waypoint_services
+from mesh.watched_file import WatchedJsonFile, file_signature, write_json_atomic
 
 log = logging.getLogger("ambient.registry")
 
@@ -169,14 +168,6 @@ class Registry:
                             state.peer_authentications, state.pod_status, vips)
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class ConfigDirectory:
     """A directory of YAML feeding the registry. ``scan()`` applies what changed since the last
     scan; the control plane calls it periodically (a stat per file when nothing changed)."""
@@ -198,7 +189,7 @@ class ConfigDirectory:
 
     def scan(self) -> bool:
         """Apply changed, new and deleted files; True if any file changed."""
-        current = {p: sig for p in self._files() if (sig := _signature(p)) is not None}
+        current = {p: sig for p in self._files() if (sig := file_signature(p)) is not None}
         changed = False
         for path in set(self._seen) - set(current):
             log.info("%s: removed; its resources are withdrawn", path)
@@ -254,26 +245,21 @@ def parse_pod_statuses(data: object) -> dict[tuple[str, str], PodStatus]:
 
 
 class PodStatusFile:
-    """``pods.json`` written by a lab in another process (atomically, by rename), fed to the registry."""
+    """``pods.json`` written by a lab in another process (atomically, by rename), fed to the registry.
+    A bad edit is logged and the previous status stays in force; a missing file means no pod runs."""
 
     def __init__(self, path: Path, registry: Registry) -> None:
         self.path = path
         self._registry = registry
-        self._seen: tuple[int, int, int] | None = None
+        no_pods: dict[tuple[str, str], PodStatus] = {}
+        self._file = WatchedJsonFile(path, parse_pod_statuses, no_pods, what="pod status")
+        self._applied = no_pods  # a file missing from the start changes nothing
 
     def scan(self) -> bool:
-        sig = _signature(self.path)
-        if sig == self._seen:
+        statuses = self._file.get()
+        if statuses is self._applied:
             return False
-        self._seen = sig
-        if sig is None:
-            self._registry.replace_pod_statuses({})
-            return True
-        try:
-            statuses = parse_pod_statuses(json.loads(self.path.read_text()))
-        except (OSError, ValueError) as exc:
-            log.error("%s: %s; keeping the previous pod status in force", self.path, exc)
-            return False
+        self._applied = statuses
         self._registry.replace_pod_statuses(statuses)
         return True
 
@@ -282,6 +268,4 @@ def write_pod_statuses(path: Path, statuses: Mapping[tuple[str, str], PodStatus]
     """For the lab: write ``pods.json`` atomically."""
     data = {"pods": {f"{ns}/{name}": {"ip": s.ip, "node": s.node, "ready": s.ready}
                      for (ns, name), s in sorted(statuses.items())}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, mode=0o644)

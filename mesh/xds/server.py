@@ -35,6 +35,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ca.tokens import parse_bearer
 from mesh.xds.protocol import (
     DEFAULT_TYPE_URLS, METHOD_NAME, SERVICE_NAME, Acked, DeltaStream, Nacked, ProtocolError, Subscribed,
     UnknownNonce, UnknownType,
@@ -140,10 +141,7 @@ class _ThreadCount:
 
 def _bearer_token(context: grpc.ServicerContext) -> str | None:
     values = [v for k, v in context.invocation_metadata() if k == "authorization"]
-    if len(values) != 1:
-        return None
-    scheme, _, token = values[0].partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return parse_bearer(values[0]) if len(values) == 1 else None
 
 
 def _decode(raw: bytes) -> discovery_pb2.DeltaDiscoveryRequest:

@@ -21,7 +21,7 @@ from ca.placement import PLACEMENT_FILE
 from ca.proto import ca_pb2
 from ca.server import CaMetrics, CaServer, ServeConfig
 from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore, WorkloadCaller
-from ca.watched_file import write_json_atomic
+from mesh.watched_file import write_json_atomic
 from mesh.identity import SpiffeId
 from tests.ca.pki import write_plugin_ca
 

@@ -5,7 +5,7 @@ import stat
 
 from ca.placement import FilePodPlacement
 from ca.tokens import NodeCaller, TokenStore, WorkloadCaller, token_digest
-from ca.watched_file import write_json_atomic
+from mesh.watched_file import write_json_atomic
 from mesh.identity import SpiffeId
 
 

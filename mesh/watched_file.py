@@ -1,7 +1,8 @@
-"""A JSON file that the running CA re-reads when it changes on disk.
+"""Files that a running server re-reads when they change on disk.
 
 The token store and the pod-placement relation are edited by other processes (``ambient ca token
-create``, the lab) while the CA serves. Each lookup stats the file (cheap) and re-parses it only when
+create``, the lab) while the CA serves; the registry watches YAML and ``pods.json`` the same way
+(``file_signature``). Each lookup stats the file (cheap) and re-parses it only when
 its identity (inode, size, mtime) changed. A file that fails to parse or validate keeps the last good
 contents in force and logs why, so a bad edit never locks every caller out. Writers replace the file
 atomically (``write_json_atomic``), so a reader never sees half a file.
@@ -16,16 +17,26 @@ import threading
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
-log = logging.getLogger("ambient.ca")
+log = logging.getLogger("ambient.files")
 T = TypeVar("T")
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime): changes when the file is replaced or rewritten; None if it is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class WatchedJsonFile(Generic[T]):
     """``parse`` turns the decoded JSON into T (raising ValueError on bad content); ``empty`` is
-    what a missing file means."""
+    what a missing file means. ``get()`` returns the same object until the file changes."""
 
-    def __init__(self, path: Path, parse: Callable[[object], T], empty: T) -> None:
+    def __init__(self, path: Path, parse: Callable[[object], T], empty: T, what: str = "contents") -> None:
         self._path = path
+        self._what = what  # for the log line when a bad edit is ignored
         self._parse = parse
         self._value = empty
         self._empty = empty
@@ -33,11 +44,7 @@ class WatchedJsonFile(Generic[T]):
         self._lock = threading.Lock()  # gRPC serves from a thread pool
 
     def get(self) -> T:
-        try:
-            st = os.stat(self._path)
-            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except FileNotFoundError:
-            signature = None
+        signature = file_signature(self._path)
         if signature == self._signature:
             return self._value
         with self._lock:
@@ -54,7 +61,7 @@ class WatchedJsonFile(Generic[T]):
             try:
                 self._value = self._parse(json.loads(self._path.read_text()))
             except (OSError, ValueError) as exc:
-                log.error("%s: %s; keeping the previous contents in force", self._path, exc)
+                log.error("%s: %s; keeping the previous %s in force", self._path, exc, self._what)
         self._signature = signature
 
 
