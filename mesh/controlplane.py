@@ -66,8 +66,11 @@ class ControlPlane:
     """Registry → view → published snapshot. Also the CA's ``PodPlacement`` (``has_pod``)."""
 
     def __init__(self, registry: Registry, config: MeshConfig = MeshConfig(),
-                 metrics: ControlPlaneMetrics | None = None) -> None:
+                 metrics: ControlPlaneMetrics | None = None, offload=trio.to_thread.run_sync) -> None:
+        """``offload(fn)`` runs a recompute off the event loop (a worker thread); tests that use a
+        virtual clock pass one that runs it inline, so that no virtual time passes during it."""
         self.registry = registry
+        self._offload = offload
         self.config = config
         self.publisher = Publisher()
         self.view: DataplaneView | None = None
@@ -122,7 +125,7 @@ class ControlPlane:
         """Recompute and publish after each (debounced) burst of registry changes, until cancelled.
         Reports started once the first view is published."""
         self._trio_token = trio.lowlevel.current_trio_token()
-        await trio.to_thread.run_sync(self.rebuild)
+        await self._offload(self.rebuild)
         task_status.started()
         while True:
             await self._dirty.wait()
@@ -135,7 +138,7 @@ class ControlPlane:
                     break
             self._dirty = trio.Event()
             try:
-                await trio.to_thread.run_sync(self.rebuild)
+                await self._offload(self.rebuild)
             except Exception:  # a bug in the translation must not take discovery down
                 log.exception("computing the view failed; clients keep the previous one")
 

@@ -18,7 +18,9 @@ from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import SpiffeId
 from mesh.launch import run_ambient, start_controlplane
-from mesh.view import MeshConfig, workload_uid
+from mesh.parse import parse_text
+from mesh.registry import Registry
+from mesh.view import MeshConfig, PodStatus, workload_uid
 from mesh.xds.client import ClientConfig, DiscoveryClient
 
 APP = """\
@@ -172,3 +174,65 @@ def test_controlplane_command_names_a_missing_config_directory(tmp_path):
     result = run_ambient("controlplane", "--config", str(tmp_path / "nope"), "--state", str(tmp_path), check=False)
     assert result.returncode == 1
     assert f"--config {tmp_path / 'nope'}: not a directory" in result.stderr
+
+
+class Publishes:
+    """Counts the control plane's publishes and lets a trio task wait for the next one."""
+
+    def __init__(self, control: cp.ControlPlane) -> None:
+        self.count = 0
+        self._event = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        control.publisher.subscribe(lambda: token.run_sync_soon(self._published))
+
+    def _published(self) -> None:
+        self.count += 1
+        self._event.set()
+        self._event = trio.Event()
+
+    async def next(self) -> None:
+        await self._event.wait()
+
+
+def web_ip(control: cp.ControlPlane) -> bytes | None:
+    web = control.view.workloads.get(WEB) if control.view else None
+    return web.addresses[0] if web else None
+
+
+@pytest.fixture
+def control() -> cp.ControlPlane:
+    registry = Registry()
+    registry.set_file("app.yaml", parse_text(APP, "app.yaml").resources)
+
+    async def inline(fn):  # no virtual time passes while the view is computed
+        return fn()
+
+    return cp.ControlPlane(registry, offload=inline)
+
+
+async def test_a_burst_of_changes_is_computed_and_published_once(control, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run)
+        publishes = Publishes(control)
+        for i in range(1, 21):  # 20 changes, each well inside the quiet window of the one before
+            control.registry.set_pod_status("shop", "web", PodStatus(f"10.244.1.{i}", "node-1"))
+            await trio.sleep(cp.DEBOUNCE_QUIET / 4)
+        with trio.fail_after(10):
+            while web_ip(control) != bytes([10, 244, 1, 20]):
+                await publishes.next()
+        assert publishes.count == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_steady_stream_of_changes_is_still_published_every_debounce_max(control, autojump_clock):
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.run)
+        publishes = Publishes(control)
+        started = trio.current_time()
+        i = 0
+        while trio.current_time() - started < 3 * cp.DEBOUNCE_MAX:  # never quiet for DEBOUNCE_QUIET
+            i += 1
+            control.registry.set_pod_status("shop", "web", PodStatus(f"10.244.{i // 250}.{i % 250 + 1}", "node-1"))
+            await trio.sleep(cp.DEBOUNCE_QUIET / 2)
+        assert publishes.count >= 2  # not starved until the stream of changes ends
+        nursery.cancel_scope.cancel()
