@@ -26,7 +26,7 @@ from mesh import resources as r
 from mesh.parse import parse_text
 from mesh.source import Severity
 from mesh.validate import cross_check
-from mesh.view import ClusterState, PodStatus, waypoint_services
+from mesh.view import ClusterState, PodStatus
 from mesh.watched_file import WatchedJsonFile, file_signature, write_json_atomic
 
 log = logging.getLogger("ambient.registry")
@@ -162,8 +162,8 @@ class Registry:
     def state(self) -> ClusterState:
         resources = self.resources()
         state = ClusterState.build(resources, self.pod_statuses())
-        with self._lock:  # the waypoints' Services are ClusterIP Services too, as Istio deploys them
-            vips = self._vips.assign({**waypoint_services(state), **state.services})
+        with self._lock:  # state.services includes the waypoints' Services: ClusterIP too, as in Istio
+            vips = self._vips.assign(state.services)
         return ClusterState(state.namespaces, state.pods, state.services, state.gateways, state.policies,
                             state.peer_authentications, state.pod_status, vips)
 

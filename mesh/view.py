@@ -71,7 +71,8 @@ class PodStatus:
 
 @dataclass(frozen=True)
 class ClusterState:
-    """The inputs of the view. ``pods`` includes the pods of Deployments and runtime pods."""
+    """The inputs of the view. ``pods`` includes the pods of Deployments and of each waypoint;
+    ``services`` includes each waypoint's Service (``waypoint_pod``, ``waypoint_service``)."""
 
     namespaces: Mapping[str, r.Namespace]
     pods: Mapping[tuple[str, str], r.Pod]
@@ -104,6 +105,8 @@ class ClusterState:
                 policies.append(res)
             elif isinstance(res, r.PeerAuthentication):
                 peer.append(res)
+        for key, gateway in gateways.items():  # a Service per waypoint, unless the user declared one
+            services.setdefault(key, waypoint_service(gateway))
         return cls(namespaces, pods, services, gateways, tuple(policies), tuple(peer),
                    dict(pod_status or {}), dict(vips or {}))
 
@@ -263,19 +266,12 @@ def _canonical(pod: r.Pod) -> tuple[str, str, str, int]:
     return name, revision, workload_name, wpb.DEPLOYMENT if kind in ("Deployment", "Gateway") else wpb.POD
 
 
-def waypoint_services(state: ClusterState) -> dict[tuple[str, str], r.Service]:
-    """A Service per waypoint Gateway, unless the user declared one of that name (the registry
-    gives these VIPs too)."""
-    synthesized = {}
-    for key, gateway in state.gateways.items():
-        if key in state.services:
-            continue
-        meta = r.Meta(gateway.meta.name, gateway.meta.namespace, r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name}))
-        synthesized[key] = r.Service(
-            meta, gateway.origin, r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name}),
-            (r.ServicePort(HBONE_PORT, HBONE_PORT, "mesh"),),
-        )
-    return synthesized
+def waypoint_service(gateway: r.Gateway) -> r.Service:
+    """The Service in front of a waypoint's pods (port 15008), as Istio's deployment controller
+    creates it; it gets a VIP like any ClusterIP Service."""
+    meta = r.Meta(gateway.meta.name, gateway.meta.namespace, r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name}))
+    return r.Service(meta, gateway.origin, r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name}),
+                     (r.ServicePort(HBONE_PORT, HBONE_PORT, "mesh"),))
 
 
 def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> DataplaneView:
@@ -291,8 +287,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
     # Services, and for each running pod the services it backs.
     services: dict[str, wpb.Service] = {}
     backs: dict[tuple[str, str], dict[str, wpb.PortList]] = defaultdict(dict)
-    all_services = {**waypoint_services(state), **state.services}
-    for (namespace, name), svc in all_services.items():
+    for (namespace, name), svc in state.services.items():
         hostname = f"{name}.{namespace}.svc.{config.domain_suffix}"
         key = service_key(namespace, hostname)
         vip = state.vips.get((namespace, name))
