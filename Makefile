@@ -5,8 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
-# Commands the suite and the demo run besides Python (Debian package names).
-SYSTEM_PACKAGES := openssl
+# Commands the suite and the demo run besides Python, as command:Debian-package.
+SYSTEM_COMMANDS := openssl:openssl ip:iproute2
 
 .PHONY: demo test system-deps venv protos check-protos bench-ca bench-discovery clean
 
@@ -26,8 +26,8 @@ $(STAMP):
 
 # Installs through apt only what is missing; needs root for that (CI is root).
 system-deps:
-	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
-	  command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	@missing=""; for entry in $(SYSTEM_COMMANDS); do \
+	  command -v $${entry%%:*} >/dev/null 2>&1 || missing="$$missing $${entry#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; install them (apt-get install$$missing) or run as root" >&2; exit 1; fi; \
 	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
