@@ -131,13 +131,14 @@ def run_in_netns(netns: str, argv: list[str], **popen_kwargs) -> subprocess.Pope
     """Start `argv` inside the lab netns `netns` (like `ip netns exec`, without needing `ip`)."""
     fd = os.open(os.path.join(pyroute2_netns.NETNS_RUN_DIR, netns), os.O_RDONLY)
     try:
-        return subprocess.Popen(argv, preexec_fn=partial(_enter_netns, fd), **popen_kwargs)
+        return subprocess.Popen(argv, preexec_fn=partial(enter_netns, fd), **popen_kwargs)
     finally:
         os.close(fd)
 
 
-def _enter_netns(fd: int) -> None:
-    # Runs in the child between fork and exec: only a system call, no imports or subprocesses.
+def enter_netns(fd: int) -> None:
+    """Move the calling thread into the netns open as ``fd``. Meant for a child between fork and
+    exec (``run_in_netns``, the lab's process supervisor): only a system call, nothing else."""
     if _LIBC.setns(fd, CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno))
