@@ -83,15 +83,14 @@ class Snapshot:
 class Publisher:
     """The current snapshot, shared between the control plane (writer) and discovery streams.
 
-    Thread-safe: gRPC serves each stream on its own thread. ``wait_newer`` blocks until a snapshot
-    newer than the given version exists, or the timeout passes (then it returns the current one).
-    A stream that also waits for other things (its client's requests) ``subscribe``s a wake-up
-    callback instead, so that it blocks on one queue of its own rather than polling two sources.
+    Thread-safe: gRPC serves each stream on its own thread. A stream, which also waits for its
+    client's requests, ``subscribe``s a wake-up callback, so that it blocks on one queue of its own
+    rather than polling two sources.
     """
 
     def __init__(self) -> None:
         self._snapshot = Snapshot(0, {})
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
         self._wakers: list[Callable[[], None]] = []
 
@@ -99,23 +98,16 @@ class Publisher:
         return self._snapshot
 
     def publish(self, resources: Mapping[str, Mapping[str, VersionedResource]]) -> Snapshot:
-        with self._changed:
+        with self._lock:
             self._snapshot = snapshot = self._snapshot.successor(resources)
-            self._changed.notify_all()
             wakers = list(self._wakers)
         self._wake(wakers)
         return snapshot
 
-    def wait_newer(self, version: int, timeout: float | None = None) -> Snapshot:
-        with self._changed:
-            self._changed.wait_for(lambda: self._closed or self._snapshot.version > version, timeout)
-            return self._snapshot
-
     def close(self) -> None:
-        """Wake every waiter for good (server shutdown)."""
-        with self._changed:
+        """Wake every subscriber for good (server shutdown)."""
+        with self._lock:
             self._closed = True
-            self._changed.notify_all()
             wakers = list(self._wakers)
         self._wake(wakers)
 
@@ -123,12 +115,12 @@ class Publisher:
         """Call ``wake()`` after every publish and on close, on the publishing thread: it must be
         quick and must not block (put a token on a queue). It is not told which version; read
         ``current()`` and ``closed``."""
-        with self._changed:
+        with self._lock:
             self._wakers.append(wake)
 
     def unsubscribe(self, wake: Callable[[], None]) -> None:
         """Stop calling ``wake``; a callback that is not subscribed is ignored."""
-        with self._changed:
+        with self._lock:
             if wake in self._wakers:
                 self._wakers.remove(wake)
 
