@@ -105,21 +105,18 @@ class ControlPlane:
         return view
 
     def _on_registry_change(self) -> None:
+        # Any thread may change the registry (the trio loop's file scans, a lab in another thread).
+        # run_sync_soon is safe from all of them, and _mark_dirty reads self._dirty when it runs,
+        # so a change never lands on an Event the debounce loop has already replaced.
         token = self._trio_token
-        if token is None:
-            return
-        try:
-            trio.lowlevel.current_trio_token()
-            in_trio = True
-        except RuntimeError:
-            in_trio = False
-        if in_trio:
-            self._dirty.set()
-        else:
+        if token is not None:
             try:
-                token.run_sync_soon(self._dirty.set)
+                token.run_sync_soon(self._mark_dirty)
             except trio.RunFinishedError:
                 pass
+
+    def _mark_dirty(self) -> None:
+        self._dirty.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Recompute and publish after each (debounced) burst of registry changes, until cancelled.
