@@ -37,7 +37,7 @@ _META_IGNORED = {"uid", "resourceVersion", "generation", "creationTimestamp", "m
 _POD_SPEC_IGNORED = {"restartPolicy", "terminationGracePeriodSeconds", "volumes", "securityContext",
                      "affinity", "tolerations", "nodeSelector", "dnsPolicy", "hostname", "subdomain",
                      "priorityClassName", "schedulerName", "imagePullSecrets", "automountServiceAccountToken"}
-_CONTAINER_IGNORED = {"resources", "imagePullPolicy", "readinessProbe", "livenessProbe", "startupProbe",
+_CONTAINER_IGNORED = {"resources", "imagePullPolicy", "livenessProbe", "startupProbe",
                       "volumeMounts", "securityContext", "workingDir", "lifecycle", "terminationMessagePath",
                       "terminationMessagePolicy", "stdin", "tty"}
 _SERVICE_IGNORED = {"type", "sessionAffinity", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
@@ -181,8 +181,89 @@ def _service_account(spec: Field, meta: r.Meta, origin: r.Origin) -> r.ServiceAc
     return r.ServiceAccount(meta, origin)
 
 
+# A port name as Kubernetes checks it (IANA_SVC_NAME, RFC 6335): at most 15 lowercase letters, digits
+# and '-', with at least one letter, and no '-' at either end or twice in a row.
+_PORT_NAME = re.compile(r"(?=.*[a-z])[a-z0-9](?:-?[a-z0-9])*")
+_PROBE_HANDLERS = {"tcpSocket": {"port", "host"}, "httpGet": {"path", "port", "host", "scheme", "httpHeaders"},
+                   "exec": {"command"}}
+_PROBE_FIELDS = set(_PROBE_HANDLERS) | {"grpc", "initialDelaySeconds", "periodSeconds", "timeoutSeconds",
+                                        "successThreshold", "failureThreshold"}
+
+
+def _probe_port(f: Field, ports: list[r.ContainerPort]) -> int | str | None:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    name = f.value
+    if not isinstance(name, str) or name.isdigit():
+        return _port(f)
+    if len(name) > 15 or not _PORT_NAME.fullmatch(name):
+        f.report(f"{name!r} is not a port number or a port name (at most 15 lowercase letters, digits and '-', "
+                 "with at least one letter)")
+        return None
+    names = [p.name for p in ports if p.name]
+    if name not in names:
+        f.report(f"no container port named {name!r}"
+                 + (f" (named ports: {', '.join(names)})" if names else " (the container names no ports)"))
+        return None
+    return name
+
+
+def _probe_int(f: Field, *, default: int, low: int) -> int:
+    value = f.int(default=default)
+    if value is not None and value < low:
+        f.report(f"{value} must be at least {low}")
+    return default if value is None or value < low else value
+
+
+def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
+    """A readiness probe, checked as Kubernetes checks it, keeping only what the lab can run: it
+    probes the pod's IP from the host (no ``host``), over plain HTTP, and runs no gRPC probes."""
+    if not f.mapping(_PROBE_FIELDS):
+        return None
+    if f["grpc"].present:
+        f["grpc"].report("grpc probes are not supported")
+    given = [action for action in r.PROBE_ACTIONS if f[action].present]
+    if len(given) > 1:
+        f.report(f"has {' and '.join(given)}: a probe has exactly one of {', '.join(r.PROBE_ACTIONS)}")
+    elif not given and not f["grpc"].present:
+        f.report(f"needs one of {', '.join(r.PROBE_ACTIONS)}")
+    timing = dict(
+        initial_delay_seconds=_probe_int(f["initialDelaySeconds"], default=0, low=0),
+        period_seconds=_probe_int(f["periodSeconds"], default=10, low=1),
+        timeout_seconds=_probe_int(f["timeoutSeconds"], default=1, low=1),
+        success_threshold=_probe_int(f["successThreshold"], default=1, low=1),
+        failure_threshold=_probe_int(f["failureThreshold"], default=3, low=1),
+    )
+    if len(given) != 1:
+        return None
+    action = given[0]
+    handler = f[action]
+    if not handler.mapping(_PROBE_HANDLERS[action]):
+        return None
+    if action == "exec":
+        command = handler["command"]
+        if not command.present:
+            command.report("is required")
+        elif command.value == []:
+            command.report("must not be empty")
+        return r.Probe(action, command=command.str_list(), **timing)
+    if handler["host"].present:
+        handler["host"].report("is not supported: the lab probes the pod's IP")
+    port = _probe_port(handler["port"], ports)
+    if action == "tcpSocket":
+        return r.Probe(action, port=port or 0, **timing)
+    if handler["scheme"].str(default="HTTP", choices=("HTTP", "HTTPS")) == "HTTPS":
+        handler["scheme"].report("only HTTP probes are supported")
+    path = handler["path"].str(default="/")
+    path = "/" if path is None else path
+    if not path.startswith("/"):
+        handler["path"].report(f"{path!r} must start with '/'")
+    elif not re.fullmatch(r"[!-~]+", path):  # what a request line can carry
+        handler["path"].report(f"{path!r} must be printable ASCII without spaces (percent-encode the rest)")
+    return r.Probe(action, port=port or 0, path=path, **timing)
+
+
 def _container(f: Field) -> r.Container | None:
-    if not f.mapping({"name", "image", "command", "args", "env", "ports"} | _CONTAINER_IGNORED):
+    if not f.mapping({"name", "image", "command", "args", "env", "ports", "readinessProbe"} | _CONTAINER_IGNORED):
         return None
     env: dict[str, str] = {}
     for item in f["env"].items():
@@ -198,9 +279,11 @@ def _container(f: Field) -> r.Container | None:
             protocol = item["protocol"].str(default="TCP", choices=PROTOCOLS)
             if port is not None:
                 ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol))
+    probe = _probe(f["readinessProbe"], ports) if f["readinessProbe"].present else None
     return r.Container(
         name=_name(f["name"], "container name") or "", image=f["image"].str(default=""),
         command=f["command"].str_list(), args=f["args"].str_list(), env=r.frozen_map(env), ports=tuple(ports),
+        readiness_probe=probe,
     )
 
 

@@ -81,6 +81,24 @@ class ContainerPort:
     protocol: str = "TCP"
 
 
+PROBE_ACTIONS = ("tcpSocket", "httpGet", "exec")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A container's readiness probe (Kubernetes names and defaults); ``mesh.lab.probes`` runs it."""
+
+    action: str  # one of PROBE_ACTIONS
+    port: int | str = 0  # a number, or the name of a container port (tcpSocket, httpGet)
+    path: str = "/"  # httpGet
+    command: tuple[str, ...] = ()  # exec
+    initial_delay_seconds: float = 0
+    period_seconds: float = 10
+    timeout_seconds: float = 1
+    success_threshold: int = 1
+    failure_threshold: int = 3
+
+
 @dataclass(frozen=True)
 class Container:
     name: str
@@ -89,6 +107,7 @@ class Container:
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=frozen_map)
     ports: tuple[ContainerPort, ...] = ()
+    readiness_probe: Probe | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from mesh.parse import parse_text
+from mesh.resources import Probe
 from mesh.validate import cross_check
 
 GOOD = """\
@@ -343,3 +344,143 @@ def test_validate_command_exit_status(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "mesh", "validate", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 1
     assert f"{tmp_path}/policy.yaml:12: AuthorizationPolicy default/deny-all: " in bad.stdout
+
+
+# Readiness probes: a Pod whose container has ``readinessProbe`` (line 9) with the body given (from line 10).
+
+PROBE_POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: a}
+spec:
+  containers:
+  - name: c
+    ports: [{containerPort: 8080, name: http}, {containerPort: 9090}]
+    livenessProbe: {grpc: {port: 1}, anything: still ignored}
+    readinessProbe:
+"""
+
+
+def probe_pod(body: str) -> str:
+    return PROBE_POD + "".join(f"      {line}\n" for line in body.splitlines())
+
+
+DEFAULTS = dict(initial_delay_seconds=0, period_seconds=10, timeout_seconds=1, success_threshold=1,
+                failure_threshold=3)
+EXPLICIT = "initialDelaySeconds: 5\nperiodSeconds: 2\ntimeoutSeconds: 3\nsuccessThreshold: 2\nfailureThreshold: 4"
+EXPLICIT_VALUES = dict(initial_delay_seconds=5, period_seconds=2, timeout_seconds=3, success_threshold=2,
+                       failure_threshold=4)
+
+
+@pytest.mark.parametrize("body, probe", [
+    pytest.param("tcpSocket: {port: 8080}", Probe("tcpSocket", port=8080), id="tcp-defaults"),
+    pytest.param("tcpSocket: {port: http}\n" + EXPLICIT, Probe("tcpSocket", port="http", **EXPLICIT_VALUES),
+                 id="tcp-named-explicit"),
+    pytest.param("tcpSocket: {port: '9090'}", Probe("tcpSocket", port=9090), id="tcp-numeric-string"),
+    pytest.param("httpGet: {port: http}", Probe("httpGet", port="http", path="/"), id="http-defaults"),
+    pytest.param("httpGet:\n  port: 9090\n  path: /healthz?full=1\n  scheme: HTTP\n"
+                 "  httpHeaders: [{name: X-Probe, value: lab}]\n" + EXPLICIT,
+                 Probe("httpGet", port=9090, path="/healthz?full=1", **EXPLICIT_VALUES), id="http-explicit"),
+    pytest.param("exec: {command: [cat, /ready]}", Probe("exec", command=("cat", "/ready")), id="exec-defaults"),
+    pytest.param("exec:\n  command: [sh, -c, test -f /ready]\ninitialDelaySeconds: 0\nperiodSeconds: 1\n"
+                 "timeoutSeconds: 1\nsuccessThreshold: 1\nfailureThreshold: 1",
+                 Probe("exec", command=("sh", "-c", "test -f /ready"), initial_delay_seconds=0, period_seconds=1,
+                       timeout_seconds=1, success_threshold=1, failure_threshold=1), id="exec-minimums"),
+])
+def test_readiness_probe_parses(body, probe):
+    result = parse_text(probe_pod(body), "x.yaml")
+    assert [str(p) for p in result.problems] == []
+    (pod,) = result.resources
+    assert pod.spec.containers[0].readiness_probe == probe
+
+
+def test_probe_defaults_are_kubernetes_defaults_and_no_probe_is_none():
+    assert {k: getattr(Probe("exec"), k) for k in DEFAULTS} == DEFAULTS
+    assert (Probe("exec").port, Probe("exec").path, Probe("exec").command) == (0, "/", ())
+    no_probe = PROBE_POD.replace("    readinessProbe:\n", "")
+    (pod,) = parse_text(no_probe, "x.yaml").resources
+    assert pod.spec.containers[0].readiness_probe is None
+
+
+def test_a_deployment_gives_its_pods_the_probe():
+    text = GOOD.replace("        ports: [{containerPort: 8080, name: http}]\n",
+                        "        ports: [{containerPort: 8080, name: http}]\n"
+                        "        readinessProbe: {httpGet: {port: http, path: /ready}}\n")
+    result = parse_text(text, "good.yaml")
+    assert [str(p) for p in result.problems] == []
+    pods = result.resources[1].pods
+    assert [p.spec.containers[0].readiness_probe for p in pods] == [Probe("httpGet", port="http", path="/ready")] * 2
+
+
+PROBE = "Pod default/a: spec.containers[0].readinessProbe"
+NAME_RULE = "(at most 15 lowercase letters, digits and '-', with at least one letter)"
+
+PROBE_ERRORS = [
+    ("initialDelaySeconds: 1", f"x.yaml:10: {PROBE}: needs one of tcpSocket, httpGet, exec"),
+    ("tcpSocket: {port: 80}\nexec: {command: [x]}",
+     f"x.yaml:10: {PROBE}: has tcpSocket and exec: a probe has exactly one of tcpSocket, httpGet, exec"),
+    ("grpc: {port: 9090}", f"x.yaml:10: {PROBE}.grpc: grpc probes are not supported"),
+    ("tcpSocket: 8080", f"x.yaml:10: {PROBE}.tcpSocket: expected a mapping, got int 8080"),
+    ("tcpSocket: {}", f"x.yaml:10: {PROBE}.tcpSocket.port: is required"),
+    ("tcpSocket: {port: 8080, host: 10.0.0.1}",
+     f"x.yaml:10: {PROBE}.tcpSocket.host: is not supported: the lab probes the pod's IP"),
+    ("tcpSocket: {port: metrics}",
+     f"x.yaml:10: {PROBE}.tcpSocket.port: no container port named 'metrics' (named ports: http)"),
+    ("tcpSocket: {port: Http_Port}", f"x.yaml:10: {PROBE}.tcpSocket.port: 'Http_Port' is not a port number or a "
+                                     f"port name {NAME_RULE}"),
+    ("tcpSocket: {port: web--port}", f"x.yaml:10: {PROBE}.tcpSocket.port: 'web--port' is not a port number or a "
+                                     f"port name {NAME_RULE}"),
+    ("tcpSocket: {port: a234567890123456}", f"x.yaml:10: {PROBE}.tcpSocket.port: 'a234567890123456' is not a port "
+                                            f"number or a port name {NAME_RULE}"),
+    ("httpGet:\n  path: /ready", f"x.yaml:11: {PROBE}.httpGet.port: is required"),
+    ("httpGet:\n  port: 0", f"x.yaml:11: {PROBE}.httpGet.port: 0 is not a port number (1-65535)"),
+    ("httpGet:\n  port: 70000", f"x.yaml:11: {PROBE}.httpGet.port: 70000 is not a port number (1-65535)"),
+    ("httpGet:\n  port: 80.5", f"x.yaml:11: {PROBE}.httpGet.port: expected a port number, got 80.5"),
+    ("httpGet:\n  port: 8080\n  path: healthz", f"x.yaml:12: {PROBE}.httpGet.path: 'healthz' must start with '/'"),
+    ("httpGet:\n  port: 8080\n  path: ''", f"x.yaml:12: {PROBE}.httpGet.path: '' must start with '/'"),
+    ("httpGet:\n  port: 8080\n  path: /a b", f"x.yaml:12: {PROBE}.httpGet.path: '/a b' must be printable ASCII "
+                                             "without spaces (percent-encode the rest)"),
+    ("httpGet:\n  port: 8080\n  scheme: HTTPS", f"x.yaml:12: {PROBE}.httpGet.scheme: only HTTP probes are supported"),
+    ("httpGet:\n  port: 8080\n  scheme: http", f"x.yaml:12: {PROBE}.httpGet.scheme: 'http' is not one of HTTP, HTTPS"),
+    ("httpGet:\n  port: 8080\n  host: example.com",
+     f"x.yaml:12: {PROBE}.httpGet.host: is not supported: the lab probes the pod's IP"),
+    ("exec: {}", f"x.yaml:10: {PROBE}.exec.command: is required"),
+    ("exec: {command: []}", f"x.yaml:10: {PROBE}.exec.command: must not be empty"),
+    ("exec: {command: cat /ready}", f"x.yaml:10: {PROBE}.exec.command: expected a list, got str 'cat /ready'"),
+    ("exec:\n  command:\n  - cat\n  - 1", f"x.yaml:13: {PROBE}.exec.command[1]: expected a string, got int 1"),
+    ("exec: {command: [x]}\ninitialDelaySeconds: -1", f"x.yaml:11: {PROBE}.initialDelaySeconds: -1 must be at least 0"),
+    ("exec: {command: [x]}\nperiodSeconds: 0", f"x.yaml:11: {PROBE}.periodSeconds: 0 must be at least 1"),
+    ("exec: {command: [x]}\ntimeoutSeconds: 0", f"x.yaml:11: {PROBE}.timeoutSeconds: 0 must be at least 1"),
+    ("exec: {command: [x]}\nsuccessThreshold: 0", f"x.yaml:11: {PROBE}.successThreshold: 0 must be at least 1"),
+    ("exec: {command: [x]}\nfailureThreshold: 0", f"x.yaml:11: {PROBE}.failureThreshold: 0 must be at least 1"),
+    ("exec: {command: [x]}\nperiodSeconds: 1.5",
+     f"x.yaml:11: {PROBE}.periodSeconds: expected an integer, got float 1.5"),
+    ("exec: {command: [x]}\ntimeoutSeconds: '1'",
+     f"x.yaml:11: {PROBE}.timeoutSeconds: expected an integer, got str '1'"),
+    ("always", f"x.yaml:10: {PROBE}: expected a mapping, got str 'always'"),
+]
+
+
+@pytest.mark.parametrize("body, message", PROBE_ERRORS, ids=[_case_id(m) for _, m in PROBE_ERRORS])
+def test_a_bad_readiness_probe_gives_its_one_exact_error(body, message):
+    result = parse_text(probe_pod(body), "x.yaml")
+    assert [str(p) for p in result.problems] == [message]
+    assert result.resources == []
+
+
+def test_a_named_port_needs_named_container_ports():
+    text = probe_pod("tcpSocket: {port: http}").replace(
+        "    ports: [{containerPort: 8080, name: http}, {containerPort: 9090}]\n", "")
+    assert [str(p) for p in parse_text(text, "x.yaml").problems] == [
+        f"x.yaml:9: {PROBE}.tcpSocket.port: no container port named 'http' (the container names no ports)"]
+
+
+@pytest.mark.parametrize("body, warning", [
+    ("tcpSocket: {port: 8080}\ncolour: blue", f"x.yaml:11: {PROBE}.colour: warning: unknown field, ignored"),
+    ("httpGet: {port: 8080, verb: GET}", f"x.yaml:10: {PROBE}.httpGet.verb: warning: unknown field, ignored"),
+    ("exec: {command: [x], shell: sh}", f"x.yaml:10: {PROBE}.exec.shell: warning: unknown field, ignored"),
+])
+def test_unknown_probe_fields_warn_and_the_probe_is_kept(body, warning):
+    result = parse_text(probe_pod(body), "x.yaml")
+    assert [str(p) for p in result.problems] == [warning]
+    assert result.resources[0].spec.containers[0].readiness_probe is not None
