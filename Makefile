@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # Commands the suite and the demo run besides Python, as command:Debian-package.
-SYSTEM_COMMANDS := openssl:openssl ip:iproute2
+SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl
 
-.PHONY: demo test system-deps venv protos check-protos bench-ca bench-discovery clean
+.PHONY: demo test system-deps venv protos check-protos bench-ca bench-discovery bench-lab clean
 
 demo: system-deps venv
 	$(VENV)/bin/ambient demo
@@ -55,6 +55,9 @@ bench-ca: venv
 
 bench-discovery: venv
 	$(PY) bench/discovery_scale.py
+
+bench-lab: system-deps venv
+	$(PY) bench/lab_up.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

@@ -14,6 +14,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from ca import cli as ca_cli
     from mesh import controlplane, demo, validate
+    from mesh.lab import cli as lab_cli
 
     parser = argparse.ArgumentParser(prog="ambient", description="ambient-mesh: sidecar-less mTLS service mesh")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -22,11 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     controlplane.register(sub)
     demo.register(sub)
     validate.register(sub)
+    lab_cli.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from ca.cli import USER_ERRORS, fail
+    from mesh.lab.cli import LabError
+    from mesh.lab.state import LabNotFoundError
+    from mesh.lab.topology import LabPlanError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -35,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, LabError, LabNotFoundError, LabPlanError) as exc:
         return fail(exc)
     except KeyboardInterrupt:
         return 130

@@ -2,7 +2,9 @@
 
 `topology` plans the lab's namespaces, links, addresses and routes (pure); `network` builds and
 removes them (root, pyroute2); `processes` runs and restarts the lab's processes in their netns and
-cgroups (root, cgroup v2).
+cgroups (root, cgroup v2); `probes` decides when a container is ready; `workloads` (pure) and
+`components` say what runs where; `daemon` is the running lab; `state` and `cli` are how the
+`ambient lab` commands find and drive it.
 """
 
 from mesh.lab.network import LabExistsError, add_pod, create, destroy, lab_netns, remove_pod, run_in_netns

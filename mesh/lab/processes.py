@@ -331,9 +331,11 @@ class Supervisor:
     """Runs the processes of lab `lab_name` until it is cancelled; see the module docstring."""
 
     def __init__(
-        self, lab_name: str, cgroup_root: Path | None = None, grace_period: float = DEFAULT_GRACE_PERIOD
+        self, lab_name: str, cgroup_root: Path | None = None, grace_period: float = DEFAULT_GRACE_PERIOD,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.lab_name = lab_name
+        self._on_change = on_change  # called on every state change, e.g. to rewrite a status file
         self.cgroup_dir = lab_cgroup_dir(lab_name, cgroup_root)
         self.grace_period = grace_period
         self._records: dict[str, _Managed] = {}
@@ -401,6 +403,8 @@ class Supervisor:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        if self._on_change is not None:
+            self._on_change()
 
     def _update(self, record: _Managed, **changes) -> None:
         for key, value in changes.items():
