@@ -194,6 +194,10 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     assert "is up in" in up.stdout and "running in the background" in up.stdout, up.stdout
     inodes = lab_netns_inodes(lab.name)
     assert len(inodes) == 1 + 1 + 2 + 4  # fabric, control plane, 2 nodes, 4 pods
+    # Every name the lab made carries its prefix: netns, and cgroups (the root netns has no new link).
+    assert all(n.startswith(f"amb-{lab.name}.") for n in set(os.listdir("/var/run/netns")) - before_netns)
+    assert cgroup_dirs() - before_cgroups == {f"amb-{lab.name}.lab"}
+    assert root_netns_state() == before_root
 
     status = lab.status()
     assert status["running"] is True
