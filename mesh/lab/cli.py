@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from mesh.lab import network
-from mesh.lab.processes import cleanup_cgroups, lab_cgroup_dir, process_cgroup, CgroupUnavailableError
+from mesh.lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from mesh.lab.state import (
     DEFAULT_LAB_NAME,
     LabLock,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
 
-from mesh.lab.processes import LAB_CGROUP_SUFFIX, find_cgroup2_root, CgroupUnavailableError
+from mesh.lab.processes import LAB_CGROUP_SUFFIX, CgroupUnavailableError, find_cgroup2_root
 from mesh.lab.topology import NETNS_PREFIX, validate_lab_name
 from mesh.watched_file import write_json_atomic
 

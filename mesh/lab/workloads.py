@@ -75,7 +75,7 @@ class ContainerPlan:
     name: str
     process: ProcessSpec | None  # None when it cannot run; `problem` says why
     problem: str | None = None
-    readiness_probe: object | None = None  # an r.Probe, run by the daemon
+    readiness_probe: r.Probe | None = None  # run by the daemon
 
 
 def container_process_name(namespace: str, pod: str, container: str) -> str:
@@ -87,7 +87,7 @@ def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path
     namespace, name = lab_pod.key
     plans = []
     for container in pod.spec.containers:
-        probe = getattr(container, "readiness_probe", None)
+        probe = container.readiness_probe
         if not container.command:
             problem = (f"container {container.name!r} has no command: the lab runs commands, not images"
                        + (f" ({container.image})" if container.image else ""))
