@@ -6,15 +6,25 @@ PY := $(VENV)/bin/python
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # Commands the suite and the demo run besides Python, as command:Debian-package.
-SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl
+SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl clang:clang bpftool:bpftool
+# Files the build needs, as path:Debian-package (libbpf's BPF headers; the runtime libbpf1 comes with it).
+SYSTEM_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
+# The eBPF capture program (DESIGN.md section 5), built from its source; never committed.
+BPF_OBJECTS := bpf/capture.bpf.o
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: demo test system-deps venv protos check-protos bench-ca bench-discovery bench-lab clean
+.PHONY: demo test system-deps venv bpf protos check-protos bench-ca bench-discovery bench-lab clean
 
-demo: system-deps venv
+demo: system-deps venv bpf
 	$(VENV)/bin/ambient demo
 
-test: system-deps venv check-protos
+test: system-deps venv bpf check-protos
 	$(PY) -m pytest
+
+bpf: $(BPF_OBJECTS)
+
+bpf/%.bpf.o: bpf/%.bpf.c
+	clang $(BPF_CFLAGS) -c $< -o $@
 
 venv: $(STAMP)
 
@@ -28,6 +38,8 @@ $(STAMP):
 system-deps:
 	@missing=""; for entry in $(SYSTEM_COMMANDS); do \
 	  command -v $${entry%%:*} >/dev/null 2>&1 || missing="$$missing $${entry#*:}"; done; \
+	for entry in $(SYSTEM_FILES); do \
+	  test -e $${entry%%:*} || missing="$$missing $${entry#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; install them (apt-get install$$missing) or run as root" >&2; exit 1; fi; \
 	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -35,7 +47,7 @@ system-deps:
 
 # Protos with a gRPC service get *_pb2_grpc.py stubs too; message-only protos do not.
 SERVICE_PROTOS := ca/proto/ca.proto
-MESSAGE_PROTOS := mesh/api/workload.proto mesh/api/authorization.proto
+MESSAGE_PROTOS := mesh/api/workload.proto mesh/api/authorization.proto mesh/api/zds.proto
 PROTOC = $(PY) -m grpc_tools.protoc -I .
 generate_protos = $(PROTOC) --python_out=$(1) --grpc_python_out=$(1) --pyi_out=$(1) $(SERVICE_PROTOS) && \
 	$(PROTOC) --python_out=$(1) --pyi_out=$(1) $(MESSAGE_PROTOS)
@@ -60,4 +72,4 @@ bench-lab: system-deps venv
 	$(PY) bench/lab_up.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info $(BPF_OBJECTS)

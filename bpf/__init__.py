@@ -1,1 +1,3 @@
-"""The node agent and the eBPF sk_lookup traffic capture (DESIGN.md section 5). Not built yet."""
+"""eBPF traffic capture (DESIGN.md section 5): `capture.bpf.c`, the sk_lookup program of one pod,
+built by `make bpf`; `libbpf`, a ctypes binding over the system's libbpf.so.1; `capture`, one pod's
+loaded program and maps, attached, pinned and adopted."""
