@@ -22,17 +22,12 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpf.capture import PROXY_MARK
-from mesh.lab.network import inside_netns
+from mesh.lab.network import rtnl, write_sysctls
 
 CAPTURE_TABLE = 100
 MARK_RULE_PRIORITY = 32000  # before the main table's rule (32766)
 TCP_RULE_PRIORITY = 32001
 FR_ACT_TO_TBL = 1
-
-
-def _ipr(netns: str) -> IPRoute:
-    with inside_netns(netns):
-        return IPRoute()
 
 
 def _rules(ipr: IPRoute) -> list[dict]:
@@ -44,14 +39,11 @@ def _rules(ipr: IPRoute) -> list[dict]:
 
 
 def _set_accept_local(netns: str, uplink: str, value: int) -> None:
-    with inside_netns(netns):
-        sysctl = open(f"/proc/sys/net/ipv4/conf/{uplink}/accept_local", "w")
-    with sysctl:
-        sysctl.write(f"{value}\n")
+    write_sysctls(netns, {f"ipv4/conf/{uplink}/accept_local": value})
 
 
 def install_routing(netns: str, pod_ip: str, uplink: str = "eth0") -> None:
-    with _ipr(netns) as ipr:
+    with rtnl(netns) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         rules = _rules(ipr)
         if not any(r["priority"] == MARK_RULE_PRIORITY for r in rules):
@@ -70,7 +62,7 @@ def install_routing(netns: str, pod_ip: str, uplink: str = "eth0") -> None:
 
 
 def remove_routing(netns: str, uplink: str = "eth0") -> None:
-    with _ipr(netns) as ipr:
+    with rtnl(netns) as ipr:
         for rule in _rules(ipr):  # our priorities are ours alone: the rule is found by its priority
             if rule["priority"] in (TCP_RULE_PRIORITY, MARK_RULE_PRIORITY):
                 ipr.rule("del", family=socket.AF_INET, priority=rule["priority"])

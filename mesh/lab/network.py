@@ -66,7 +66,7 @@ def create(plan: LabPlan) -> None:
         )
     try:
         _create_netns(plan.fabric_netns)
-        with _rtnl(plan.fabric_netns) as fabric:
+        with rtnl(plan.fabric_netns) as fabric:
             fabric.link("add", ifname=FABRIC_BRIDGE, kind="bridge")
             fabric.link("set", index=_index(fabric, FABRIC_BRIDGE), state="up")
 
@@ -77,7 +77,7 @@ def create(plan: LabPlan) -> None:
         for node in plan.nodes:
             _create_netns(node.netns, ip_forward=True)
             _attach_to_fabric(plan, node.netns, node.fabric_veth, node.fabric_address)
-            with _rtnl(node.netns) as ipr:
+            with rtnl(node.netns) as ipr:
                 ipr.link("add", ifname=POD_BRIDGE, kind="bridge")
                 bridge = _index(ipr, POD_BRIDGE)
                 _add_address(ipr, bridge, node.bridge_address)
@@ -87,7 +87,7 @@ def create(plan: LabPlan) -> None:
             (control_plane.netns, control_plane.routes),
             *((node.netns, node.routes) for node in plan.nodes),
         ]:
-            with _rtnl(netns) as ipr:
+            with rtnl(netns) as ipr:
                 _add_routes(ipr, routes)
 
         for pod in plan.pods:
@@ -113,7 +113,7 @@ def remove_pod(plan: LabPlan, pod: PodPlan) -> None:
     node = plan.node_of(pod)
     existing = pyroute2_netns.listnetns()
     if node.netns in existing:
-        with _rtnl(node.netns) as ipr:
+        with rtnl(node.netns) as ipr:
             for index in ipr.link_lookup(ifname=pod.node_veth):
                 ipr.link("del", index=index)
     if pod.netns in existing:
@@ -183,22 +183,18 @@ def _create_netns(netns: str, ip_forward: bool = False) -> None:
     sysctls = {"ipv4/ip_forward": int(ip_forward)}
     if os.path.isdir("/proc/sys/net/ipv6"):
         sysctls.update({"ipv6/conf/all/disable_ipv6": 1, "ipv6/conf/default/disable_ipv6": 1})
-    with inside_netns(netns):
-        files = [(open(f"/proc/sys/net/{key}", "w"), value) for key, value in sysctls.items()]
-    for file, value in files:  # opened inside, so they write the lab netns's values
-        with file:
-            file.write(f"{value}\n")
-    with _rtnl(netns) as ipr:
+    write_sysctls(netns, sysctls)
+    with rtnl(netns) as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
 
 
 def _attach_to_fabric(plan: LabPlan, netns: str, fabric_veth: str, address) -> None:
-    with _rtnl(plan.fabric_netns) as fabric:
+    with rtnl(plan.fabric_netns) as fabric:
         fabric.link("add", ifname=fabric_veth, kind="veth", peer={"ifname": UPLINK, "net_ns_fd": netns})
         fabric.link(
             "set", index=_index(fabric, fabric_veth), master=_index(fabric, FABRIC_BRIDGE), state="up"
         )
-    with _rtnl(netns) as ipr:
+    with rtnl(netns) as ipr:
         uplink = _index(ipr, UPLINK)
         _add_address(ipr, uplink, address)
         ipr.link("set", index=uplink, state="up")
@@ -206,19 +202,29 @@ def _attach_to_fabric(plan: LabPlan, netns: str, fabric_veth: str, address) -> N
 
 def _create_pod(node: NodePlan, pod: PodPlan) -> None:
     _create_netns(pod.netns)
-    with _rtnl(node.netns) as ipr:
+    with rtnl(node.netns) as ipr:
         ipr.link("add", ifname=pod.node_veth, kind="veth", peer={"ifname": UPLINK, "net_ns_fd": pod.netns})
         ipr.link("set", index=_index(ipr, pod.node_veth), master=_index(ipr, POD_BRIDGE), state="up")
-    with _rtnl(pod.netns) as ipr:
+    with rtnl(pod.netns) as ipr:
         uplink = _index(ipr, UPLINK)
         _add_address(ipr, uplink, pod.address)
         ipr.link("set", index=uplink, state="up")
         _add_routes(ipr, pod.routes)
 
 
-def _rtnl(netns: str) -> IPRoute:
+def rtnl(netns: str) -> IPRoute:
+    """A netlink (rtnetlink) handle of the netns ``netns``; close it, or use it as a context manager."""
     with inside_netns(netns):  # a missing netns fails here, rather than being created
         return IPRoute()
+
+
+def write_sysctls(netns: str, values: dict[str, int]) -> None:
+    """Set /proc/sys/net/<key> to each value in ``netns`` (keys like "ipv4/ip_forward")."""
+    with inside_netns(netns):
+        files = [(open(f"/proc/sys/net/{key}", "w"), value) for key, value in values.items()]
+    for file, value in files:  # opened inside, so they write the netns's own values
+        with file:
+            file.write(f"{value}\n")
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
