@@ -281,8 +281,7 @@ class Lab:
         """Bring the running pods in line with the directory: remove, then re-plan, then add."""
         desired = desired_pods(self.registry.state(), self.config.node_count)
         gone = [key for key, runtime in self.pods.items()
-                if key not in desired or desired[key].runtime_spec() != runtime.lab_pod.runtime_spec()
-                or desired[key].unschedulable != runtime.lab_pod.unschedulable]
+                if key not in desired or desired[key].runtime_spec() != runtime.lab_pod.runtime_spec()]
         for key in gone:
             runtime = self.pods[key]
             verb = "Recreating" if key in desired else "Removing"
@@ -315,10 +314,14 @@ class Lab:
                 status = processes.get(plan.process.name)
                 probe_ok, probe_message = runtime.ready.get(plan.name, (False, "readiness not known yet"))
                 running = status is not None and status.state is ProcessState.RUNNING
+                if status is not None and status.error:
+                    message = status.error  # why it could not start
+                elif running and not probe_ok:
+                    message = probe_message  # why it is not ready
+                else:
+                    message = None
                 entry.update(state=status.state.value if status else "starting", restarts=status.restarts if status else 0,
-                             pid=status.pid if status else None, ready=running and probe_ok,
-                             message=(status.error if status and status.error else
-                                      None if running and probe_ok else probe_message if running else None),
+                             pid=status.pid if status else None, ready=running and probe_ok, message=message,
                              log=str(plan.process.log_path))
             result.append(entry)
         return result
@@ -402,9 +405,11 @@ class Lab:
             if pod["state"] in ("Pending", "Error", "NotRunning"):
                 self.progress(f"Pod {pod['namespace']}/{pod['name']} is {pod['state']}: {pod['message']}")
 
-    def pod_statuses(self) -> dict[tuple[str, str], PodStatus]:
+    @staticmethod
+    def pod_statuses(status: dict) -> dict[tuple[str, str], PodStatus]:
+        """What the control plane hears of each pod with a network, from a `status()`."""
         statuses = {}
-        for pod in self.status()["pods"]:
+        for pod in status["pods"]:
             if pod["ip"] is not None:
                 statuses[(pod["namespace"], pod["name"])] = PodStatus(pod["ip"], pod["node"], pod["all_ready"])
         return statuses
@@ -417,8 +422,8 @@ class Lab:
             if seen != self._version and self.plan is not None:
                 seen = self._version
                 # Computed here, on trio's thread, where the lab's state changes; written in a thread.
-                status, statuses = self.status(), self.pod_statuses()
-                await trio.to_thread.run_sync(self._write_status_files, status, statuses)
+                status = self.status()
+                await trio.to_thread.run_sync(self._write_status_files, status, self.pod_statuses(status))
             await changed.wait()
 
     def _write_status_files(self, status: dict, statuses: dict[tuple[str, str], PodStatus]) -> None:
