@@ -100,7 +100,6 @@ def lib() -> ctypes.CDLL:
         "bpf_map_update_elem": (i, [i, vp, vp, u64]),
         "bpf_map_lookup_elem": (i, [i, vp, vp]),
         "bpf_map_delete_elem": (i, [i, vp]),
-        "bpf_map_get_next_key": (i, [i, vp, vp]),
         "bpf_obj_pin": (i, [i, cp]),
         "bpf_obj_get": (i, [cp]),
         "bpf_link_detach": (i, [i]),
@@ -163,17 +162,6 @@ class Map:
             return False
         _check(result, f"delete from map {self.name}")
         return True
-
-    def keys(self, key_size: int) -> list[bytes]:
-        found, current = [], None
-        following = ctypes.create_string_buffer(key_size)
-        while True:
-            result = lib().bpf_map_get_next_key(self.fd, current, following)
-            if result == -errno_codes.ENOENT:
-                return found
-            _check(result, f"keys of map {self.name}")
-            found.append(following.raw)
-            current = ctypes.create_string_buffer(following.raw, key_size)
 
     def pin(self, path: Path | str) -> None:
         _check(lib().bpf_obj_pin(self.fd, str(path).encode()), f"pinning map {self.name} at {path}")
