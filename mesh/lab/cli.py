@@ -390,7 +390,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     pod = _find_pod(status, args.pod)
     if not pod["netns"]:
         raise LabError(f"pod {args.pod} has no network: it is {pod['state']} ({pod['message']})")
-    netns_fd = os.open(f"/var/run/netns/{pod['netns']}", os.O_RDONLY)
+    netns_fd = os.open(network.netns_path(pod["netns"]), os.O_RDONLY)
     network.enter_netns(netns_fd)
     os.close(netns_fd)
     # Into the first container's cgroup, as `kubectl exec` runs in the container: `lab down` ends it too.

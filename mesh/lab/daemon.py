@@ -27,7 +27,6 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from pyroute2 import netns as pyroute2_netns
 
 from mesh.lab import components, network
 from mesh.lab.probes import run_readiness
@@ -80,7 +79,7 @@ async def open_tcp_in_netns(netns: str, host: str, port: int) -> trio.SocketStre
 
 async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env: dict[str, str]) -> int:
     """Run ``argv`` in ``netns`` (an exec probe); its exit status. Cancelling kills it."""
-    fd = os.open(os.path.join(pyroute2_netns.NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(network.netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         result = await trio.run_process(
             list(argv), check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

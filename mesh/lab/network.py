@@ -132,9 +132,14 @@ def destroy(lab_name: str) -> list[str]:
     return removed
 
 
+def netns_path(netns: str) -> str:
+    """Where the named netns is bound (as `ip netns` names it)."""
+    return os.path.join(pyroute2_netns.NETNS_RUN_DIR, netns)
+
+
 def run_in_netns(netns: str, argv: list[str], **popen_kwargs) -> subprocess.Popen:
     """Start `argv` inside the lab netns `netns` (like `ip netns exec`, without needing `ip`)."""
-    fd = os.open(os.path.join(pyroute2_netns.NETNS_RUN_DIR, netns), os.O_RDONLY)
+    fd = os.open(netns_path(netns), os.O_RDONLY)
     try:
         return subprocess.Popen(argv, preexec_fn=partial(enter_netns, fd), **popen_kwargs)
     finally:
@@ -148,7 +153,7 @@ def inside_netns(netns: str):
     Sockets and /proc/sys/net files created in the body belong to ``netns`` for life, whichever
     thread uses them later. Keep the body to such creations: no awaits, nothing that blocks.
     """
-    target = os.open(os.path.join(pyroute2_netns.NETNS_RUN_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:

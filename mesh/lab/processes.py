@@ -44,9 +44,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import trio
-from pyroute2 import netns as pyroute2_netns
 
-from mesh.lab.network import enter_netns
+from mesh.lab.network import enter_netns, netns_path
 from mesh.lab.topology import netns_prefix
 
 CGROUP_MOUNTS = Path("/proc/self/mounts")
@@ -476,12 +475,12 @@ class Supervisor:
         netns_fd = None
         try:
             if spec.netns is not None:
-                netns_path = os.path.join(pyroute2_netns.NETNS_RUN_DIR, spec.netns)
+                path = netns_path(spec.netns)
                 try:
-                    netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                    netns_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     message = f"netns {spec.netns} does not exist"
-                    raise FileNotFoundError(errno.ENOENT, message, netns_path) from None
+                    raise FileNotFoundError(errno.ENOENT, message, path) from None
             return await trio.lowlevel.open_process(
                 list(spec.argv),
                 stdin=subprocess.DEVNULL,
