@@ -121,6 +121,15 @@ class PodCapture:
     def set_enabled(self, pod_ip: str, enabled: bool, hbone_port: int = HBONE_PORT, fail_open: bool = False) -> None:
         self.maps["config"].update(_U32.pack(0), config_value(pod_ip, hbone_port, enabled, fail_open))
 
+    def pod_ip(self) -> str | None:
+        """The pod IP in the config map (how an adopted capture says whose it is)."""
+        raw = self.maps["config"].lookup(_U32.pack(0), _CONFIG.size)
+        return socket.inet_ntoa(_CONFIG.unpack(raw)[0]) if raw else None
+
+    def netns_inode(self) -> int:
+        """The inode of the netns the program is attached to; 0 if unattached or that netns is gone."""
+        return self.link.info().netns_inode if self.link is not None else 0
+
     def counters(self) -> dict[Decision, int]:
         cpus = possible_cpus()
         result = {}

@@ -18,6 +18,8 @@ import ctypes
 import errno as errno_codes
 import logging
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("ambient.libbpf")
@@ -103,6 +105,7 @@ def lib() -> ctypes.CDLL:
         "bpf_obj_pin": (i, [i, cp]),
         "bpf_obj_get": (i, [cp]),
         "bpf_link_detach": (i, [i]),
+        "bpf_obj_get_info_by_fd": (i, [i, vp, ctypes.POINTER(ctypes.c_uint32)]),
         "bpf_prog_test_run_opts": (i, [i, ctypes.POINTER(_TestRunOpts)]),
         "libbpf_num_possible_cpus": (i, []),
         "libbpf_set_print": (vp, [_PRINT_FN]),
@@ -172,6 +175,20 @@ class Map:
         self.fd = -1
 
 
+# struct bpf_link_info up to its netns member: type, id, prog_id, 4 bytes of padding (the union is
+# 8-aligned), netns.netns_ino, netns.attach_type; 48 bytes in all.
+_LINK_INFO = struct.Struct("=III4xII24x")
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    type: int
+    id: int
+    prog_id: int
+    netns_inode: int  # for a netns link: the inode of its netns, 0 once that netns is gone
+    attach_type: int
+
+
 class Link:
     """A BPF link (here: a program attached to a network namespace)."""
 
@@ -188,6 +205,14 @@ class Link:
             _check(lib().bpf_link__pin(self._pointer, str(path).encode()), f"pinning link at {path}")
         else:
             _check(lib().bpf_obj_pin(self.fd, str(path).encode()), f"pinning link at {path}")
+
+    def info(self) -> LinkInfo:
+        """What the kernel says of this link (`struct bpf_link_info`)."""
+        buffer = ctypes.create_string_buffer(_LINK_INFO.size)
+        size = ctypes.c_uint32(_LINK_INFO.size)
+        _check(lib().bpf_obj_get_info_by_fd(self.fd, buffer, ctypes.byref(size)), "bpf_obj_get_info_by_fd(link)")
+        link_type, link_id, prog_id, netns_inode, attach_type = _LINK_INFO.unpack(buffer.raw)
+        return LinkInfo(link_type, link_id, prog_id, netns_inode, attach_type)
 
     def detach(self) -> None:
         """Detach the program now, even if the link is pinned elsewhere."""

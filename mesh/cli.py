@@ -12,6 +12,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bpf import cli as bpf_cli
     from ca import cli as ca_cli
     from mesh import controlplane, demo, validate
     from mesh.lab import cli as lab_cli
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     validate.register(sub)
     lab_cli.register(sub)
+    bpf_cli.register(sub)
     return parser
 
 

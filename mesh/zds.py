@@ -233,6 +233,7 @@ class AgentConnection:
         self.in_flight: Outgoing | None = None
         self._told: dict[str, int] = {}  # uid -> generation of the last AddWorkload sent here
         self._acked: dict[str, int] = {}  # uid -> generation ztunnel acknowledged without error
+        self._rejected: dict[str, str] = {}  # uid -> the error ztunnel answered its last AddWorkload with
 
     def _advance(self, event: str) -> None:
         next_phase = _TRANSITIONS.get((self.phase, event))
@@ -259,6 +260,7 @@ class AgentConnection:
             if gone is not None:
                 del self._told[gone]
                 self._acked.pop(gone, None)
+                self._rejected.pop(gone, None)
                 outgoing = Outgoing("del", gone, 0, zds_pb2.WorkloadRequest(**{"del": zds_pb2.DelWorkload(uid=gone)}))
         self.in_flight = outgoing
         return outgoing
@@ -268,6 +270,7 @@ class AgentConnection:
             if self._told.get(uid) != pod.generation:
                 self._told[uid] = pod.generation
                 self._acked.pop(uid, None)
+                self._rejected.pop(uid, None)
                 request = zds_pb2.WorkloadRequest(add=zds_pb2.AddWorkload(uid=uid, workload_info=pod.info))
                 return Outgoing("add", uid, pod.generation, request, pod.fds)
         return None
@@ -282,10 +285,15 @@ class AgentConnection:
         error = response.ack.error
         if sent.kind == "add" and not error:
             self._acked[sent.uid] = sent.generation
+        elif sent.kind == "add":
+            self._rejected[sent.uid] = error
         return Acked(sent.kind, sent.uid, error)
 
     def acknowledged(self, uid: str, generation: int) -> bool:
         return self._acked.get(uid) == generation
+
+    def rejection(self, uid: str) -> str | None:
+        return self._rejected.get(uid)
 
     def close(self) -> None:
         self.phase = Phase.CLOSED
@@ -359,6 +367,11 @@ class ZdsServer:
         current = self._current
         return pod is not None and current is not None and current.core.acknowledged(uid, pod.generation)
 
+    def rejection(self, uid: str) -> str | None:
+        """The error the current ztunnel answered the pod's AddWorkload with, if it refused it."""
+        current = self._current
+        return current.core.rejection(uid) if current is not None else None
+
     async def wait_acknowledged(self, uid: str) -> None:
         """Wait until ``acknowledged(uid)``; ``KeyError`` if the pod is not (or no longer) held.
         Waits across reconnects: bound it with a cancel scope."""
@@ -366,6 +379,12 @@ class ZdsServer:
             if uid not in self._pods:
                 raise KeyError(f"pod {uid} is not held by the ZDS server")
             await self._changed.wait()
+
+    @property
+    def changed(self) -> trio.Event:
+        """Set at the next change of the pods held, of the connection, or of what ztunnel acknowledged.
+        Take it before reading the state, then wait on it."""
+        return self._changed
 
     def _notify(self) -> None:
         self._changed.set()
@@ -385,7 +404,8 @@ class ZdsServer:
             with trio.CancelScope() as self._serve_scope:
                 _remove_stale_socket(self.socket_path)
                 try:
-                    await listener.bind(os.fspath(self.socket_path))
+                    with addressable(self.socket_path) as address:
+                        await listener.bind(address)
                 except OSError as exc:
                     raise OSError(exc.errno, f"cannot bind the ZDS socket {self.socket_path}: {exc.strerror}") from exc
                 inode = os.stat(self.socket_path).st_ino
@@ -525,6 +545,24 @@ async def _wait_change_or_readable(changed: trio.Event, sock: trio.socket.Socket
     return readable
 
 
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
+
+
+@contextlib.contextmanager
+def addressable(path: str | os.PathLike[str]):
+    """An address for the socket file ``path`` that fits ``sun_path``: the path itself, or, when it
+    is longer (deep state directories), the same file reached through a descriptor of its directory."""
+    path = Path(path)
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        yield os.fspath(path)
+        return
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{directory}/{path.name}"
+    finally:
+        os.close(directory)
+
+
 def _remove_stale_socket(path: Path) -> None:
     try:
         mode = path.lstat().st_mode
@@ -599,7 +637,8 @@ async def connect_zds(socket_path: str | os.PathLike[str]) -> AsyncIterator[ZdsC
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         try:
-            await sock.connect(path)
+            with addressable(path) as address:
+                await sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
             raise ZdsConnectError(f"no ZDS server to connect to at {path}: {exc.strerror}") from exc
         await send_message(sock, zds_pb2.ZdsHello(version=zds_pb2.V1))

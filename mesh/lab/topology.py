@@ -165,6 +165,11 @@ def pod_hash(namespace: str, name: str) -> str:
     return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:_POD_HASH_LENGTH]
 
 
+def pod_netns_name(lab_name: str, namespace: str, name: str) -> str:
+    """The netns of pod ``namespace/name`` in lab ``lab_name`` (how the node agent finds it)."""
+    return f"{netns_prefix(lab_name)}pod-{pod_hash(namespace, name)}"
+
+
 def node_fabric_address(index: int) -> IPv4Interface:
     host = FABRIC_SUBNET.network_address + FIRST_NODE_FABRIC_HOST + index
     return IPv4Interface(f"{host}/{FABRIC_SUBNET.prefixlen}")

@@ -1,0 +1,392 @@
+"""``ambient node-agent``: enrolls its node's pods into eBPF capture and hands them to ztunnel over ZDS.
+
+What it follows: the discovery view (Workloads), from the control plane with the node's token. A pod
+is to be captured when its Workload runs on this node with tunnel protocol HBONE: the control plane
+has already applied the label rules (``mesh.view.is_enrolled``: the namespace's
+``istio.io/dataplane-mode=ambient``, the pod's own label winning, ``none`` opting out), so labelling
+or unlabelling a namespace reaches the agent as changed Workloads and it enrolls or releases live.
+
+How it works:
+- ``plan_reconcile`` (pure) compares the pods to capture with the captures held and each pod's
+  current netns, and says what to release, enroll and keep. A pod whose IP or netns changed (it was
+  recreated under the same name) is released and enrolled again.
+- Enroll, in a worker thread: load the program for the pod, attach it to the pod's netns, pin link
+  and maps under ``<bpffs>/<namespace>_<name>`` (names cannot hold "_"), then the routing
+  (``bpf.enrollment``). The pod then goes to the ZDS server with ``POD_FDS``.
+- Release: detach and unpin, remove the routing if the netns is still the one captured, then have
+  ztunnel drop the pod (DelWorkload). Capture ends first, so the pod talks plainly at once.
+- Start: mount the node's bpffs if it is not mounted, adopt every pinned pod (the pins say which
+  netns and IP: no second attach), wait for the first discovery view, reconcile, and only then serve
+  ZDS, so that the first snapshot a ztunnel receives is whole. Meanwhile adopted pods stay
+  captured: traffic flows on if ztunnel's listeners are still in their SOCKMAPs, else it is dropped.
+- Reconcile after every discovery change, and every ``RESYNC_INTERVAL`` (a recreated pod's new
+  netns, a failed enrollment to retry).
+- Exit (SIGTERM, or a crash): the pins stay, so capture stays (fail closed); the next agent adopts.
+- ``<state>/status.json``: per pod, captured, acknowledged by ztunnel, enrolled (both), and errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from bpf import bpffs
+from bpf.capture import PodCapture
+from bpf.enrollment import install_routing, remove_routing
+from bpf.libbpf import BpfError
+from mesh.api import workload_pb2 as wpb, zds_pb2
+from mesh.api.types import ADDRESS_TYPE_URL
+from mesh.lab.network import netns_path
+from mesh.watched_file import write_json_atomic
+from mesh.xds.client import DiscoveryClient
+from mesh.zds import ZdsServer, close_fds
+
+log = logging.getLogger("ambient.nodeagent")
+
+RESYNC_INTERVAL = 1.0
+BPFFS_DIR = "bpf"
+ZDS_SOCKET = "zds.sock"
+STATUS_FILE = "status.json"
+# The fds an AddWorkload carries, in this order: the pod's netns, the capture's listener SOCKMAP
+# (slots of bpf.capture.Slot) and its bypass map (keys of bpf.capture.bypass_key).
+POD_FDS = ("netns", "listeners", "bypass")
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """A pod this node should capture, from its Workload."""
+
+    uid: str
+    namespace: str
+    name: str
+    service_account: str
+    ip: str
+
+    @property
+    def key(self) -> str:
+        return pin_name(self.namespace, self.name)
+
+
+def pin_name(namespace: str, name: str) -> str:
+    return f"{namespace}_{name}"
+
+
+def pod_of(pin: str) -> tuple[str, str]:
+    """(namespace, name) of a pin name: namespaces cannot hold "_"."""
+    namespace, name = pin.split("_", 1)
+    return namespace, name
+
+
+def pods_to_capture(addresses: Mapping[str, wpb.Address], node: str) -> dict[str, PodTarget]:
+    """Workloads on ``node`` that the mesh captures (tunnel protocol HBONE), by pin name."""
+    targets = {}
+    for address in addresses.values():
+        if address.WhichOneof("type") != "workload":
+            continue
+        w = address.workload
+        if w.node != node or w.tunnel_protocol != wpb.HBONE or not w.addresses or len(w.addresses[0]) != 4:
+            continue
+        target = PodTarget(w.uid, w.namespace, w.name, w.service_account, socket.inet_ntoa(w.addresses[0]))
+        targets[target.key] = target
+    return targets
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a held capture is bound to: the pod IP in its config and the netns it is attached to."""
+
+    ip: str | None
+    netns_inode: int  # 0: not attached, or its netns is gone
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    release: tuple[str, ...] = ()
+    enroll: tuple[str, ...] = ()  # after the releases: a replaced pod is in both
+    keep: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()  # to capture, but its netns is not there (yet)
+
+
+def plan_reconcile(targets: Mapping[str, PodTarget], held: Mapping[str, Held],
+                   netns_inodes: Mapping[str, int | None]) -> ReconcilePlan:
+    """``netns_inodes``: the inode of each target's netns now, None where there is none."""
+    release, enroll, keep, waiting = [], [], [], []
+    for key in sorted(held.keys() - targets.keys()):
+        release.append(key)
+    for key in sorted(targets):
+        inode = netns_inodes.get(key)
+        current = held.get(key)
+        if inode is None:
+            waiting.append(key)
+            if current is not None:
+                release.append(key)
+        elif current is None:
+            enroll.append(key)
+        elif current.ip == targets[key].ip and current.netns_inode == inode:
+            keep.append(key)
+        else:
+            release.append(key)
+            enroll.append(key)
+    return ReconcilePlan(tuple(release), tuple(enroll), tuple(keep), tuple(waiting))
+
+
+@dataclass
+class PodEnrollment:
+    """A capture the agent holds: loaded here, or adopted from its pins."""
+
+    key: str
+    capture: PodCapture
+    held: Held
+    target: PodTarget | None = None  # None for an adopted capture not yet matched with its Workload
+    handed: bool = False  # given to the ZDS server
+
+
+def netns_inode(netns: str) -> int | None:
+    try:
+        return os.stat(netns_path(netns)).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def adopt_pinned(bpffs_dir: Path) -> dict[str, PodEnrollment]:
+    """Take back every capture pinned by an earlier agent; drop pin directories that are not whole."""
+    adopted = {}
+    # Only directories: a fresh bpffs also holds the kernel's maps.debug and progs.debug files.
+    for directory in sorted(path for path in bpffs_dir.iterdir() if path.is_dir()):
+        try:
+            capture = PodCapture.adopt(directory)
+        except (BpfError, OSError) as exc:
+            log.warning("pins in %s are not a whole capture (%s); removing them", directory, exc)
+            PodCapture.unpin(directory)
+            continue
+        held = Held(capture.pod_ip(), capture.netns_inode())
+        adopted[directory.name] = PodEnrollment(directory.name, capture, held)
+    return adopted
+
+
+def enroll_pod(bpffs_dir: Path, target: PodTarget, netns: str) -> PodEnrollment:
+    """Capture ``target``'s traffic in ``netns``: program attached and pinned, then the routing."""
+    pins = bpffs_dir / target.key
+    if pins.exists():  # left half-made by an agent that died while enrolling
+        PodCapture.unpin(pins)
+    capture = PodCapture.load(target.ip)
+    try:
+        fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            capture.attach(fd)
+            inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        capture.pin(pins)
+        install_routing(netns, target.ip)
+    except BaseException:
+        capture.close()
+        PodCapture.unpin(pins)
+        raise
+    return PodEnrollment(target.key, capture, Held(target.ip, inode), target)
+
+
+def release_pod(bpffs_dir: Path, enrollment: PodEnrollment, netns: str | None) -> None:
+    """Exactly undo ``enroll_pod``: the program detached and unpinned, the routing removed."""
+    capture = enrollment.capture
+    if capture.link is not None and enrollment.held.netns_inode:
+        try:
+            capture.link.detach()
+        except BpfError as exc:
+            log.debug("detaching %s: %s", enrollment.key, exc)  # its netns went meanwhile
+    PodCapture.unpin(bpffs_dir / enrollment.key)
+    capture.close()
+    if netns is not None and enrollment.held.netns_inode and netns_inode(netns) == enrollment.held.netns_inode:
+        remove_routing(netns)
+
+
+def pod_fds(enrollment: PodEnrollment, netns: str) -> list[int]:
+    """Fresh fds of ``POD_FDS`` for the ZDS server, which owns them from then on."""
+    fds = [os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)]
+    try:
+        for name in POD_FDS[1:]:
+            fds.append(os.dup(enrollment.capture.maps[name].fd))
+    except BaseException:
+        close_fds(fds)
+        raise
+    return fds
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class NodeAgent:
+    def __init__(self, node: str, state_dir: Path, netns_of: Callable[[str, str], str],
+                 client: DiscoveryClient, resync_interval: float = RESYNC_INTERVAL) -> None:
+        self.node = node
+        self.state_dir = state_dir
+        self.bpffs = state_dir / BPFFS_DIR
+        self.netns_of = netns_of  # (namespace, name) -> the pod's netns name
+        self.client = client
+        self.resync_interval = resync_interval
+        self.zds = ZdsServer(state_dir / ZDS_SOCKET)
+        self.pods: dict[str, PodEnrollment] = {}
+        self.errors: dict[str, str] = {}  # pin name -> why it could not be enrolled or released
+        self._targets: dict[str, PodTarget] = {}
+        self._changed = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if await trio.to_thread.run_sync(bpffs.ensure_mounted, self.bpffs):
+            log.info("mounted a bpffs for node %s at %s", self.node, self.bpffs)
+        self.pods = await trio.to_thread.run_sync(adopt_pinned, self.bpffs)
+        if self.pods:
+            log.info("adopted %d pinned pod captures: %s", len(self.pods), ", ".join(sorted(self.pods)))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publish_status)
+                log.info("waiting for the discovery view")
+                await nursery.start(self.client.run)
+                await self.reconcile()
+                await nursery.start(self.zds.serve)
+                task_status.started()
+                nursery.start_soon(self._follow)
+        finally:
+            for enrollment in self.pods.values():
+                enrollment.capture.close()  # our fds only: the pins keep capture in place
+            self.pods.clear()
+
+    async def _follow(self) -> None:
+        seen = self.client.change_seq
+        while True:
+            with trio.move_on_after(self.resync_interval):
+                await self.client.wait_until(lambda: self.client.change_seq != seen)
+            seen = self.client.change_seq
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        targets = pods_to_capture(self.client.view(ADDRESS_TYPE_URL), self.node)
+        self._targets = targets
+        netns = {key: self.netns_of(*pod_of(key)) for key in targets.keys() | self.pods.keys()}
+        inodes = {key: netns_inode(netns[key]) for key in targets}
+        plan = plan_reconcile(targets, {key: e.held for key, e in self.pods.items()}, inodes)
+        for key in plan.release:
+            await self._release(key, netns.get(key))
+        for key in plan.enroll:
+            await self._enroll(targets[key], netns[key])
+        for key in plan.keep:
+            await self._match(self.pods[key], targets[key], netns[key])
+        for key in set(self.errors) - targets.keys() - self.pods.keys():
+            del self.errors[key]
+        self._notify()
+
+    async def _enroll(self, target: PodTarget, netns: str) -> None:
+        started = time.monotonic()
+        try:
+            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns)
+        except (BpfError, OSError) as exc:
+            self._error(target.key, f"cannot enroll: {_describe(exc)}")
+            return
+        self.pods[target.key] = enrollment
+        log.info("pod %s/%s (%s) captured in %.1f ms", target.namespace, target.name, target.ip,
+                 (time.monotonic() - started) * 1000)
+        await self._hand_over(enrollment, netns)
+
+    async def _match(self, enrollment: PodEnrollment, target: PodTarget, netns: str) -> None:
+        """A kept capture: hand it over if not done yet (adopted), or again if its Workload changed."""
+        if enrollment.target == target and enrollment.handed:
+            return
+        if enrollment.target is None:  # adopted: re-apply the routing in case the last agent died halfway
+            try:
+                await trio.to_thread.run_sync(install_routing, netns, target.ip)
+            except OSError as exc:
+                self._error(target.key, f"cannot restore routing: {_describe(exc)}")
+                return
+            log.info("pod %s/%s (%s): adopted its pinned capture", target.namespace, target.name, target.ip)
+        enrollment.target = target
+        await self._hand_over(enrollment, netns)
+
+    async def _hand_over(self, enrollment: PodEnrollment, netns: str) -> None:
+        target = enrollment.target
+        try:
+            fds = pod_fds(enrollment, netns)
+        except OSError as exc:
+            self._error(enrollment.key, f"cannot open its fds for ztunnel: {_describe(exc)}")
+            return
+        info = zds_pb2.WorkloadInfo(name=target.name, namespace=target.namespace,
+                                    service_account=target.service_account)
+        try:
+            await self.zds.add(target.uid, info, fds)
+        except BaseException:
+            close_fds(fds)
+            raise
+        enrollment.handed = True
+        self.errors.pop(enrollment.key, None)
+
+    async def _release(self, key: str, netns: str | None) -> None:
+        enrollment = self.pods[key]
+        try:
+            await trio.to_thread.run_sync(release_pod, self.bpffs, enrollment, netns)
+        except (BpfError, OSError) as exc:
+            self._error(key, f"released with an error: {_describe(exc)}")
+        del self.pods[key]  # only now: until the capture is gone, the status says it is there
+        if enrollment.target is not None:
+            await self.zds.remove(enrollment.target.uid)
+        log.info("pod %s released", "/".join(pod_of(key)))
+
+    def _error(self, key: str, message: str) -> None:
+        if self.errors.get(key) != message:
+            log.error("pod %s: %s", "/".join(pod_of(key)), message)
+        self.errors[key] = message
+
+    # -- status
+
+    def status(self) -> dict:
+        pods = []
+        for key in sorted(self._targets.keys() | self.pods.keys() | self.errors.keys()):
+            enrollment = self.pods.get(key)
+            target = self._targets.get(key) or (enrollment.target if enrollment else None)
+            namespace, name = pod_of(key)
+            captured = enrollment is not None and enrollment.handed
+            acknowledged = captured and self.zds.acknowledged(target.uid)
+            rejection = self.zds.rejection(target.uid) if captured else None
+            pods.append({
+                "namespace": namespace, "name": name, "uid": target.uid if target else None,
+                "ip": target.ip if target else enrollment.held.ip if enrollment else None,
+                "captured": captured, "acknowledged": acknowledged, "enrolled": captured and acknowledged,
+                "netns_inode": enrollment.held.netns_inode if enrollment else None,
+                "error": self.errors.get(key) or (f"ztunnel refused it: {rejection}" if rejection else None),
+            })
+        return {"node": self.node, "pid": os.getpid(), "ztunnel_connected": self.zds.connected,
+                "discovery_connected": self.client.connected, "pods": pods}
+
+    async def _publish_status(self) -> None:
+        path = self.state_dir / STATUS_FILE
+        written = None
+        while True:
+            changed_here, changed_zds = self._changed, self.zds.changed
+            status = self.status()
+            if status != written:
+                await trio.to_thread.run_sync(write_json_atomic, path, status, 0o644)
+                written = status
+            connected = status["discovery_connected"]
+            await _first_of(changed_here.wait, changed_zds.wait,
+                            lambda: self.client.wait_until(lambda: self.client.connected != connected))
+
+
+async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of ``waits`` returns; the others are cancelled."""
+    async with trio.open_nursery() as nursery:
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        for wait in waits:
+            nursery.start_soon(one, wait)
