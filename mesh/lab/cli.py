@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from bpf import bpffs
 from mesh.lab import network
 from mesh.lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from mesh.lab.state import (
@@ -113,7 +114,7 @@ def _check_free(paths: LabPaths) -> None:
         raise LabError(f"lab {paths.name!r} left {', '.join(leftovers)} behind; "
                        f"`ambient lab down --name {paths.name}` removes them")
     if paths.root.exists():  # only files of a lab that stopped or crashed: start afresh
-        shutil.rmtree(paths.root)
+        remove_state(paths)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -238,11 +239,19 @@ def _run_daemon(config, paths: LabPaths, progress, foreground: bool = False) -> 
         trio.run(main)
     finally:
         if not failed:  # a failed start keeps its logs for the user; `lab down` or the next `up` removes them
-            shutil.rmtree(paths.root, ignore_errors=True)
+            remove_state(paths, ignore_errors=True)
         lock.release()
     if foreground:
         print(f"Lab {config.name!r} is down", flush=True)
     return 0
+
+
+def remove_state(paths: LabPaths, ignore_errors: bool = False) -> list[Path]:
+    """Remove the lab's state directory, first unmounting the node agents' bpffs in it (which drops
+    every pin, and so every capture, of the lab). Returns the mount points it unmounted."""
+    unmounted = bpffs.unmount_under(paths.root)
+    shutil.rmtree(paths.root, ignore_errors=ignore_errors)
+    return unmounted
 
 
 # -- status
@@ -279,9 +288,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         [n["name"], n["fabric_ip"], n["pod_cidr"], str(n["pods"]),
          ", ".join(f"{c['name']} {c['state']}" for c in n["components"]) or "-"] for n in status["nodes"]]))
     print()
-    print(_table([["NAMESPACE", "POD", "NODE", "IP", "READY", "STATE", "RESTARTS", "DATAPLANE"]] + [
+    print(_table([["NAMESPACE", "POD", "NODE", "IP", "READY", "STATE", "RESTARTS", "DATAPLANE", "CAPTURE"]] + [
         [p["namespace"], p["name"], p["node"] or "-", p["ip"] or "-", p["ready"], p["state"], str(p["restarts"]),
-         p["dataplane_mode"]] for p in status["pods"]]))
+         p["dataplane_mode"], p.get("capture", "-")] for p in status["pods"]]))
     notes = [f"  {p['namespace']}/{p['name']}: {p['message']}" for p in status["pods"]
              if p["message"] and not p["all_ready"]]
     if notes:
@@ -359,7 +368,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     # Whatever a daemon that crashed or was killed left: processes (with their cgroups), netns, files.
     leftovers = [str(c) for c in _cleanup_cgroups(paths.name)] + network.destroy(paths.name)
     if paths.root.exists():
-        shutil.rmtree(paths.root)
+        leftovers += [f"bpffs {point}" for point in remove_state(paths)]
         leftovers.append(str(paths.root))
     if pid is None and not leftovers:
         print(f"Lab {paths.name!r}: nothing to remove", flush=True)

@@ -4,20 +4,27 @@ these functions return, supervises it like a pod's container and logs it to ``lo
 
 - The control plane (CA and discovery) runs in the lab's ``cp`` netns on the fabric, at
   10.255.0.2:15012 (metrics on 15014), and serves the lab's YAML directory; every node reaches it.
-- Each node will run its node agent (eBPF capture, issue #5) and its ztunnel (issue #6) in the node's
-  netns: ``node_processes``.
+- Each node runs its node agent (eBPF capture and ZDS, ``bpf.agent``) and will run its ztunnel
+  (issue #6) in the node's netns: ``node_processes``. Both reach the control plane with the node's
+  token, which ``prepare_node`` mints once the control plane's CA exists; the agent's state (bpffs,
+  ZDS socket, status.json) is ``LabPaths.node_dir``.
 - Each waypoint Gateway will run its proxy (issue #8) in the waypoint pod's netns:
   ``waypoint_processes``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+from ca.store import ROOT_CERT
+from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore
+from mesh.controlplane import CA_SUBDIR
 from mesh.lab.processes import ProcessSpec, process_cgroup
 from mesh.lab.state import LabPaths
 from mesh.lab.topology import LabPlan, NodePlan, PodPlan
+from mesh.lab.workloads import node_name
 
 CONTROLPLANE = "controlplane"
 CONTROLPLANE_PORT = 15012
@@ -47,10 +54,39 @@ def controlplane_process(paths: LabPaths, plan: LabPlan, config_dir: Path, log_l
     )
 
 
+def node_agent_name(node: str) -> str:
+    return f"node-agent-{node}"
+
+
+def node_token_path(paths: LabPaths, node: NodePlan) -> Path:
+    return paths.node_dir(node_name(node.index)) / "token"
+
+
+def prepare_node(paths: LabPaths, node: NodePlan) -> None:
+    """Mint the node's token for the control plane (its CA must exist) unless it has one."""
+    token_path = node_token_path(paths, node)
+    if token_path.exists():
+        return
+    token_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = TokenStore(paths.controlplane / CA_SUBDIR / TOKEN_FILE).create(NodeCaller(node_name(node.index)))
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+
+
 def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: str = "info") -> tuple[ProcessSpec, ...]:
-    """What runs in each node's netns. Empty until the node agent (#5) and ztunnel (#6) exist; they
-    will connect to ``controlplane_address(plan)`` with a node token from ``paths.controlplane``."""
-    return ()
+    """What runs in each node's netns: the node agent (ztunnel joins it with #6)."""
+    host, port = controlplane_address(plan)
+    name = node_agent_name(node_name(node.index))
+    argv = _ambient(
+        log_level, "node-agent", "--node", node_name(node.index), "--lab", plan.name,
+        "--state-dir", str(paths.node_dir(node_name(node.index))),
+        "--discovery-address", f"{host}:{port}", "--server-name", CONTROLPLANE_SERVER_NAME,
+        "--ca-root", str(paths.controlplane / CA_SUBDIR / ROOT_CERT), "--token-file", str(node_token_path(paths, node)),
+    )
+    agent = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
+                        cgroup=process_cgroup(paths.name, name), netns=node.netns)
+    return (agent,)
 
 
 def waypoint_processes(paths: LabPaths, plan: LabPlan, pod: PodPlan, log_level: str = "info") -> tuple[ProcessSpec, ...] | None:

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import trio
 
+from bpf import bpffs
+from bpf.agent import STATUS_FILE as AGENT_STATUS_FILE
 from mesh.lab import components, network
 from mesh.lab.probes import run_readiness
 from mesh.lab.processes import ProcessState, Supervisor, cleanup_cgroups
-from mesh.lab.state import LabPaths
+from mesh.lab.state import LabPaths, read_json
 from mesh.lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from mesh.lab.workloads import ContainerPlan, LabPod, container_plans, desired_pods, node_name, pod_phase
 from mesh.registry import POD_STATUS_FILE, ConfigDirectory, Registry, write_pod_statuses
@@ -64,6 +66,7 @@ class _PodRuntime:
     problem: str | None = None  # why the pod cannot run (beyond its containers)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its probes
     announced: bool = False  # progress printed once it was first ready
+    waiting: str | None = None  # what its containers wait for before they start
     terminating: bool = False
 
 
@@ -97,6 +100,17 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _capture_state(enrollment: dict | None) -> str:
+    """How the node agent holds a pod, for `lab status`."""
+    if enrollment is None:
+        return "-"
+    if enrollment.get("error"):
+        return f"error: {enrollment['error']}"
+    if enrollment["enrolled"]:
+        return "enrolled"
+    return "captured, awaiting ztunnel" if enrollment["captured"] else "pending"
+
+
 class Lab:
     def __init__(self, config: LabConfig, paths: LabPaths, progress: Callable[[str], None] = lambda line: None) -> None:
         self.config = config
@@ -111,6 +125,7 @@ class Lab:
         self._version = 0
         self._changed = trio.Event()
         self._written: dict[str, object] = {}
+        self._agents: dict[str, tuple[tuple[int, int] | None, dict]] = {}  # node -> (file signature, its status)
 
     # -- change notification (status files, waiters)
 
@@ -144,6 +159,7 @@ class Lab:
                 self._nursery = nursery
                 await nursery.start(self.supervisor.run)
                 nursery.start_soon(self._publish_status)
+                nursery.start_soon(self._watch_agents)
                 async with trio.open_nursery() as starting:  # side by side: pods do not wait for the mesh yet
                     starting.start_soon(self._start_mesh)
                     for runtime in self.pods.values():
@@ -165,6 +181,7 @@ class Lab:
 
     def _remove_everything(self) -> None:
         cleanup_cgroups(self.config.name)  # whatever the supervisor could not remove
+        bpffs.unmount_under(self.paths.root)  # the node agents' pins: every capture of the lab goes
         network.destroy(self.config.name)
 
     def _pod_specs(self, desired: dict[tuple[str, str], LabPod]) -> list[PodSpec]:
@@ -174,6 +191,7 @@ class Lab:
         """The control plane, then each node's components (which will need it)."""
         await self._start_controlplane()
         for node in self.plan.nodes:
+            await trio.to_thread.run_sync(components.prepare_node, self.paths, node)
             for spec in components.node_processes(self.paths, self.plan, node, self.config.log_level):
                 await self.supervisor.start(spec)
 
@@ -213,6 +231,14 @@ class Lab:
             for spec in processes:
                 await self.supervisor.start(spec)
             return
+        if not self._captured_or_not_ambient(runtime):
+            # As Istio's CNI plugin holds the pod's creation: an ambient pod's containers start only
+            # once its node agent captures its traffic, so the app never talks uncaptured.
+            agent = components.node_agent_name(node_name(runtime.placed.node))
+            runtime.waiting = f"waiting for {agent} to capture its traffic"
+            self._notify()
+            await self._wait_until(lambda: self._captured_or_not_ambient(runtime))
+            runtime.waiting = None
         runtime.containers = container_plans(self.paths, lab_pod, runtime.placed, self.config.config_dir)
         for plan in runtime.containers:
             if plan.process is not None:
@@ -260,6 +286,12 @@ class Lab:
 
     # -- following the directory
 
+    async def _watch_agents(self) -> None:
+        while True:
+            if await trio.to_thread.run_sync(self._read_agent_status):
+                self._notify()
+            await trio.sleep(SCAN_INTERVAL)
+
     async def _watch_directory(self) -> None:
         while True:
             await trio.sleep(SCAN_INTERVAL)
@@ -303,6 +335,48 @@ class Lab:
 
     # -- status
 
+    def _read_agent_status(self) -> bool:
+        """Re-read each node agent's status.json that changed; True if any did."""
+        changed = False
+        for node in self.plan.nodes:
+            name = node_name(node.index)
+            path = self.paths.node_dir(name) / AGENT_STATUS_FILE
+            try:
+                info = path.stat()
+                signature = (info.st_mtime_ns, info.st_size)
+            except FileNotFoundError:
+                signature = None
+            if name in self._agents and self._agents[name][0] == signature:
+                continue
+            self._agents[name] = (signature, (read_json(path) or {}) if signature else {})
+            changed = True
+        return changed
+
+    def _enrollment(self, node: str, namespace: str, name: str) -> tuple[dict | None, bool]:
+        """The pod's entry in its node agent's status (None if not listed), and whether that agent is
+        running: a status file of an earlier pid vouches for nothing (capture itself stays pinned)."""
+        agent = self._agents.get(node, (None, {}))[1]
+        process = self.supervisor.status().get(components.node_agent_name(node))
+        if process is None or process.state is not ProcessState.RUNNING or process.pid != agent.get("pid"):
+            return None, False
+        return next((p for p in agent.get("pods", ()) if p["namespace"] == namespace and p["name"] == name), None), True
+
+    def _is_ambient(self, lab_pod: LabPod, namespaces=None) -> bool:
+        ns = (namespaces if namespaces is not None else self.registry.state().namespaces).get(lab_pod.key[0])
+        return is_enrolled(lab_pod.pod.meta.labels, ns.meta.labels if ns else {})
+
+    def _captured_or_not_ambient(self, runtime: _PodRuntime) -> bool:
+        """Whether the pod's node agent captures this very pod (its current netns), or it is not ambient."""
+        if not self._is_ambient(runtime.lab_pod):
+            return True
+        enrollment, agent_running = self._enrollment(node_name(runtime.placed.node), *runtime.lab_pod.key)
+        if not agent_running or not enrollment or not enrollment["captured"]:
+            return False
+        try:
+            return os.stat(network.netns_path(runtime.placed.netns)).st_ino == enrollment["netns_inode"]
+        except FileNotFoundError:
+            return False
+
     def _container_status(self, runtime: _PodRuntime) -> list[dict]:
         processes = self.supervisor.status()
         result = []
@@ -334,22 +408,30 @@ class Lab:
                           lab_pod.unschedulable)
         if runtime.problem and phase == "Pending" and runtime.placed is not None:
             phase = "NotRunning"
+        if runtime.waiting and phase == "Pending":
+            phase = "ContainerCreating"
         if runtime.terminating:
             phase = "Terminating"
-        ns = namespaces.get(namespace)
-        mode = "ambient" if is_enrolled(lab_pod.pod.meta.labels, ns.meta.labels if ns else {}) else "none"
+        mode = "ambient" if self._is_ambient(lab_pod, namespaces) else "none"
         ready = sum(c["ready"] for c in containers)
+        node = node_name(runtime.placed.node) if runtime.placed else None
+        enrollment, agent_running = self._enrollment(node, namespace, name) if node else (None, False)
+        if agent_running or node is None or mode != "ambient":
+            capture = _capture_state(enrollment)
+        else:
+            capture = "unknown: its node agent is not running"
         return {
             "namespace": namespace, "name": name,
-            "node": node_name(runtime.placed.node) if runtime.placed else None,
+            "node": node,
             "ip": str(runtime.placed.ip) if runtime.placed else None,
             "netns": runtime.placed.netns if runtime.placed else None,
             "service_account": lab_pod.pod.spec.service_account,
             "state": phase, "ready": f"{ready}/{len(containers)}", "all_ready": bool(containers) and ready == len(containers),
             "restarts": sum(c["restarts"] for c in containers),
             "dataplane_mode": mode,
-            "enrolled": False,  # capture and ztunnel arrive with the node agent (#5) and ztunnel (#6)
-            "message": lab_pod.unschedulable or runtime.problem or next(
+            "enrolled": bool(agent_running and enrollment and enrollment["enrolled"]),  # captured; ztunnel has it
+            "capture": capture,
+            "message": lab_pod.unschedulable or runtime.problem or runtime.waiting or next(
                 (f"{c['name']}: {c['message']}" for c in containers if c["message"]), None),
             "containers": containers,
         }

@@ -70,6 +70,10 @@ class LabPaths:
     def controlplane(self) -> Path:
         return self.root / "controlplane"
 
+    def node_dir(self, node: str) -> Path:
+        """A node's own state: its agent's bpffs, ZDS socket, status and token."""
+        return self.root / "nodes" / node
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"

@@ -22,10 +22,14 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Lab 'demo' is up in" in out
-    sleep_ip = re.search(r"demo/sleep \((10\.244\.\d+\.\d+), node-\d\)", out).group(1)
-    # The echo servers saw the client pod's own address, on its node and across nodes.
-    assert re.search(rf"same node: demo/echo-\S+ on node-\d saw GET /hello\?from=sleep from {re.escape(sleep_ip)}\n", out)
-    assert re.search(rf"across nodes: demo/echo-\S+ on node-\d saw GET /hello\?from=sleep from {re.escape(sleep_ip)}\n", out)
+    legacy_ip = re.search(r"legacy/sleep \((10\.244\.\d+\.\d+), node-\d\)", out).group(1)
+    # Outside the mesh, plain TCP: the echo server saw the client pod's own address.
+    assert re.search(rf"(same node|across nodes): legacy/echo saw GET /hello\?from=legacy from {re.escape(legacy_ip)}\n", out)
+    # The three ambient pods are captured, one sk_lookup program each, and held without ztunnel.
+    assert len(re.findall(r"demo/\S+ on node-\d: captured, awaiting ztunnel", out)) == 3
+    assert "sk_lookup programs attached to their network namespaces (bpftool): 3" in out
+    assert out.count("held (timed out), never delivered uncaptured") == 2
+    assert len(re.findall(r"INFO ambient.nodeagent: pod demo/\S+ \(10\.244\.0\.\d+\) captured in", out)) >= 1
     assert re.search(r"legacy\s+echo\s+node-\d\s+10\.244\.\d+\.\d+\s+1/1\s+Running\s+0\s+none", out)
     assert "Lab 'demo' is down" in out and "lab network namespaces left: 0" in out
     assert not (tmp_path / "demo").exists()

@@ -12,27 +12,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
-import uuid
 from ipaddress import ip_network
-from pathlib import Path
 
 import pytest
 
 from mesh.lab.state import pidfd_wait
+from tests.e2e.lab_driver import (Lab, cgroup_dirs, client_pod, echo_pod, find_pod, lab_netns_inodes,
+                                  living_processes)
 from tests.mesh.lab.test_network import LAB_NETWORKS, ip_json, root_netns_state
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the lab creates network namespaces and cgroups"),
 ]
-
-SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
-COMMAND_TIMEOUT = 120
 
 NAMESPACES = """
 apiVersion: v1
@@ -45,150 +38,14 @@ metadata: {name: plain}
 """
 
 
-def echo_pod(namespace: str, name: str, node: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {namespace}, labels: {{app: {name}}}}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: echo
-    command: [python3, echo_server.py, --port, "8080"]
-    ports: [{{name: http, containerPort: 8080}}]
-    readinessProbe:
-      httpGet: {{path: /healthz, port: http}}
-      periodSeconds: 1
-"""
-
-
-def client_pod(namespace: str, name: str, node: str) -> str:
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: client
-    command: [sleep, infinity]
-"""
-
-
-class Lab:
-    """One lab's commands, with its own state root."""
-
-    def __init__(self, name: str, config_dir: Path, state_root: Path) -> None:
-        self.name, self.config_dir, self.state_root = name, config_dir, state_root
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "AMBIENT_LAB_ROOT": str(self.state_root)}
-        result = subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, env=env,
-                                timeout=COMMAND_TIMEOUT)
-        if check and result.returncode != 0:
-            pytest.fail(f"ambient {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def up(self, nodes: int = 2) -> subprocess.CompletedProcess:
-        return self.run("lab", "up", str(self.config_dir), "--name", self.name, "--nodes", str(nodes))
-
-    def down(self) -> subprocess.CompletedProcess:
-        return self.run("lab", "down", "--name", self.name)
-
-    def status(self) -> dict:
-        return json.loads(self.run("lab", "status", "--name", self.name, "-o", "json").stdout)
-
-    def pod(self, namespace: str, name: str) -> dict:
-        (pod,) = [p for p in self.status()["pods"] if (p["namespace"], p["name"]) == (namespace, name)]
-        return pod
-
-    def exec(self, pod: str, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run("exec", "--name", self.name, pod, "--", *command, check=check)
-
-    def get(self, client: str, ip: str, path: str = "/") -> dict:
-        out = self.exec(client, "curl", "-sS", "--max-time", "10", f"http://{ip}:8080{path}").stdout
-        return json.loads(out)
-
-    def wait_for(self, predicate, what: str, timeout: float = 30.0) -> dict:
-        """The status once ``predicate(status)`` holds; re-checked each time status.json changes."""
-        path = self.state_root / self.name / "status.json"
-        deadline = time.monotonic() + timeout
-        seen = None
-        while time.monotonic() < deadline:
-            stat = path.stat()
-            signature = (stat.st_ino, stat.st_mtime_ns)
-            if signature != seen:
-                seen = signature
-                status = json.loads(path.read_text())
-                if predicate(status):
-                    return status
-            time.sleep(0.02)  # a file has no change event here; bounded by the deadline
-        pytest.fail(f"lab {self.name}: {what} did not happen within {timeout:g} s; last status {status}")
-
-
-def find_pod(status: dict, namespace: str, name: str) -> dict | None:
-    return next((p for p in status["pods"] if (p["namespace"], p["name"]) == (namespace, name)), None)
-
-
-def lab_netns_inodes(lab_name: str) -> set[int]:
-    prefix = f"amb-{lab_name}."
-    return {os.stat(f"/var/run/netns/{n}").st_ino for n in os.listdir("/var/run/netns") if n.startswith(prefix)}
-
-
-def living_processes() -> dict[int, tuple[str, int | None]]:
-    """pid -> (cmdline, netns inode) of every process that is not a zombie (PID 1 here reaps nothing)."""
-    processes = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        try:
-            netns = os.stat(f"/proc/{entry}/ns/net").st_ino
-        except PermissionError:  # a process outside this container (PID 1 of the sandbox)
-            netns = None
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        processes[int(entry)] = (cmdline, netns)
-    return processes
-
-
-def cgroup_dirs() -> set[str]:
-    from mesh.lab.processes import find_cgroup2_root
-
-    return {p.name for p in find_cgroup2_root().iterdir() if p.is_dir()}
-
-
-@pytest.fixture
-def make_lab(tmp_path):
-    labs: list[Lab] = []
-
-    def make(documents: list[str], suffix: str = "") -> Lab:
-        name = f"t{uuid.uuid4().hex[:6]}{suffix}"
-        config = tmp_path / name / "config"
-        config.mkdir(parents=True)
-        shutil.copy(SAMPLES / "echo_server.py", config)
-        (config / "apps.yaml").write_text("---".join(documents))
-        lab = Lab(name, config, tmp_path / name / "state")
-        labs.append(lab)
-        return lab
-
-    yield make
-    for lab in labs:  # also after a failure: nothing may outlive the test
-        lab.run("lab", "down", "--name", lab.name, check=False)
-
-
 def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     before_root = root_netns_state()
     before_netns = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
     before_cgroups = cgroup_dirs()
-    lab = make_lab([NAMESPACES, echo_pod("mesh", "echo-a", "node-0"), echo_pod("plain", "echo-b", "node-1"),
-                    client_pod("mesh", "client-a", "node-0"), client_pod("plain", "client-b", "node-1")])
+    # Plain pods talk plain TCP; the ambient client is captured, and with no ztunnel yet (#6) its
+    # connections are held, not let through (fail closed).
+    lab = make_lab([NAMESPACES, echo_pod("plain", "echo-a", "node-0"), echo_pod("plain", "echo-b", "node-1"),
+                    client_pod("mesh", "client-a", "node-1"), client_pod("plain", "client-b", "node-0")])
 
     up = lab.up(nodes=2)
     assert "is up in" in up.stdout and "running in the background" in up.stdout, up.stdout
@@ -203,23 +60,30 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     assert status["running"] is True
     assert [n["name"] for n in status["nodes"]] == ["node-0", "node-1"]
     pods = {(p["namespace"], p["name"]): p for p in status["pods"]}
-    assert set(pods) == {("mesh", "echo-a"), ("plain", "echo-b"), ("mesh", "client-a"), ("plain", "client-b")}
+    assert set(pods) == {("plain", "echo-a"), ("plain", "echo-b"), ("mesh", "client-a"), ("plain", "client-b")}
     for key, pod in pods.items():
         assert (pod["state"], pod["ready"]) == ("Running", "1/1"), key
-    assert pods[("mesh", "echo-a")]["node"] == "node-0" and pods[("plain", "echo-b")]["node"] == "node-1"
-    assert pods[("mesh", "echo-a")]["ip"].startswith("10.244.0.") and pods[("plain", "echo-b")]["ip"].startswith("10.244.1.")
+    assert pods[("plain", "echo-a")]["node"] == "node-0" and pods[("plain", "echo-b")]["node"] == "node-1"
+    assert pods[("plain", "echo-a")]["ip"].startswith("10.244.0.") and pods[("plain", "echo-b")]["ip"].startswith("10.244.1.")
     assert pods[("mesh", "client-a")]["dataplane_mode"] == "ambient"
     assert pods[("plain", "client-b")]["dataplane_mode"] == "none"
     assert status["controlplane"]["state"] == "running"
 
     # Pod to pod by IP, on the same node and across nodes; the server sees the client's own IP.
     client_a, client_b = pods[("mesh", "client-a")]["ip"], pods[("plain", "client-b")]["ip"]
-    same_node = lab.get("mesh/client-a", pods[("mesh", "echo-a")]["ip"], "/same?x=1")
-    assert same_node["client"]["address"] == client_a and same_node["path"] == "/same?x=1"
-    assert same_node["pod"] == {"name": "echo-a", "namespace": "mesh", "ip": pods[("mesh", "echo-a")]["ip"]}
-    across = lab.get("mesh/client-a", pods[("plain", "echo-b")]["ip"], "/across")
-    assert across["client"]["address"] == client_a and across["pod"]["name"] == "echo-b"
-    assert lab.get("plain/client-b", pods[("mesh", "echo-a")]["ip"])["client"]["address"] == client_b
+    same_node = lab.get("plain/client-b", pods[("plain", "echo-a")]["ip"], "/same?x=1")
+    assert same_node["client"]["address"] == client_b and same_node["path"] == "/same?x=1"
+    assert same_node["pod"] == {"name": "echo-a", "namespace": "plain", "ip": pods[("plain", "echo-a")]["ip"]}
+    across = lab.get("plain/client-b", pods[("plain", "echo-b")]["ip"], "/across")
+    assert across["client"]["address"] == client_b and across["pod"]["name"] == "echo-b"
+
+    # The ambient pod is captured by its node's agent; with no ztunnel its connections are held.
+    enrolled = lab.wait_for(lambda s: find_pod(s, "mesh", "client-a")["capture"] == "captured, awaiting ztunnel",
+                            "the capture of mesh/client-a")
+    assert [p["capture"] for p in enrolled["pods"] if p["namespace"] == "plain"] == ["-"] * 3
+    held = lab.exec("mesh/client-a", "curl", "-sS", "--max-time", "1", f"http://{pods[('plain', 'echo-b')]['ip']}:8080/",
+                    check=False)
+    assert held.returncode == 28, held  # curl's timeout: neither refused nor answered
 
     # exec returns the command's exit status, and runs in the pod's network.
     assert lab.exec("mesh/client-a", "sh", "-c", "exit 3", check=False).returncode == 3
@@ -234,7 +98,7 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     assert '"GET /across HTTP/1.1" 200' in lab.run("lab", "logs", "--name", lab.name, "plain/echo-b").stdout
     assert "serving IstioCertificateService" in lab.run("lab", "logs", "--name", lab.name, "controlplane").stdout
     pods_json = json.loads((lab.state_root / lab.name / "controlplane" / "pods.json").read_text())["pods"]
-    assert pods_json["mesh/echo-a"] == {"ip": pods[("mesh", "echo-a")]["ip"], "node": "node-0", "ready": True}
+    assert pods_json["plain/echo-a"] == {"ip": pods[("plain", "echo-a")]["ip"], "node": "node-0", "ready": True}
 
     # A container whose process dies is restarted, at the same IP.
     victim = pods[("plain", "echo-b")]
@@ -242,14 +106,14 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     restarted = lab.wait_for(lambda s: (p := find_pod(s, "plain", "echo-b"))["restarts"] == 1 and p["all_ready"],
                              "the restart of plain/echo-b")
     assert find_pod(restarted, "plain", "echo-b")["ip"] == victim["ip"]
-    assert lab.get("mesh/client-a", victim["ip"])["pod"]["name"] == "echo-b"
+    assert lab.get("plain/client-b", victim["ip"])["pod"]["name"] == "echo-b"
     assert "exited with signal SIGKILL; restarting" in lab.run("lab", "logs", "--name", lab.name, "plain/echo-b").stdout
 
     # Editing the directory adds a pod live, and removing the file removes it with its netns.
     (lab.config_dir / "extra.yaml").write_text(echo_pod("plain", "extra", "node-1"))
     added = lab.wait_for(lambda s: (p := find_pod(s, "plain", "extra")) is not None and p["all_ready"], "pod extra")
     extra = find_pod(added, "plain", "extra")
-    assert lab.get("mesh/client-a", extra["ip"])["pod"]["name"] == "extra"
+    assert lab.get("plain/client-b", extra["ip"])["pod"]["name"] == "extra"
     for key, pod in pods.items():  # the others kept their IPs, and only echo-b was restarted
         now = find_pod(added, *key)
         assert now["ip"] == pod["ip"], key
