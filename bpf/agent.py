@@ -164,7 +164,10 @@ def adopt_pinned(bpffs_dir: Path) -> dict[str, PodEnrollment]:
             capture = PodCapture.adopt(directory)
         except (BpfError, OSError) as exc:
             log.warning("pins in %s are not a whole capture (%s); removing them", directory, exc)
-            PodCapture.unpin(directory)
+            try:
+                PodCapture.unpin(directory)
+            except OSError as unpin_error:  # something else is in there: leave it, but start
+                log.error("cannot remove %s: %s", directory, unpin_error)
             continue
         held = Held(capture.pod_ip(), capture.netns_inode())
         adopted[directory.name] = PodEnrollment(directory.name, capture, held)

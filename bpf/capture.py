@@ -152,8 +152,15 @@ class PodCapture:
 
     @classmethod
     def adopt(cls, directory: Path) -> PodCapture:
-        maps = {name: Map.from_pin(directory / name, name) for name in MAPS}
-        link = Link.from_pin(directory / LINK_PIN) if (directory / LINK_PIN).exists() else None
+        maps: dict[str, Map] = {}
+        try:
+            for name in MAPS:
+                maps[name] = Map.from_pin(directory / name, name)
+            link = Link.from_pin(directory / LINK_PIN) if (directory / LINK_PIN).exists() else None
+        except BaseException:
+            for bpf_map in maps.values():  # our references would keep the maps alive
+                bpf_map.close()
+            raise
         return cls(maps, link, None)
 
     @staticmethod

@@ -233,7 +233,7 @@ class AgentConnection:
         self.in_flight: Outgoing | None = None
         self._told: dict[str, int] = {}  # uid -> generation of the last AddWorkload sent here
         self._acked: dict[str, int] = {}  # uid -> generation ztunnel acknowledged without error
-        self._rejected: dict[str, str] = {}  # uid -> the error ztunnel answered its last AddWorkload with
+        self._rejected: dict[str, tuple[int, str]] = {}  # uid -> (generation, error) of a refused AddWorkload
 
     def _advance(self, event: str) -> None:
         next_phase = _TRANSITIONS.get((self.phase, event))
@@ -286,14 +286,15 @@ class AgentConnection:
         if sent.kind == "add" and not error:
             self._acked[sent.uid] = sent.generation
         elif sent.kind == "add":
-            self._rejected[sent.uid] = error
+            self._rejected[sent.uid] = (sent.generation, error)
         return Acked(sent.kind, sent.uid, error)
 
     def acknowledged(self, uid: str, generation: int) -> bool:
         return self._acked.get(uid) == generation
 
-    def rejection(self, uid: str) -> str | None:
-        return self._rejected.get(uid)
+    def rejection(self, uid: str, generation: int) -> str | None:
+        rejected = self._rejected.get(uid)
+        return rejected[1] if rejected is not None and rejected[0] == generation else None
 
     def close(self) -> None:
         self.phase = Phase.CLOSED
@@ -368,9 +369,11 @@ class ZdsServer:
         return pod is not None and current is not None and current.core.acknowledged(uid, pod.generation)
 
     def rejection(self, uid: str) -> str | None:
-        """The error the current ztunnel answered the pod's AddWorkload with, if it refused it."""
+        """The error the current ztunnel answered the pod's AddWorkload with, if it refused the pod
+        as it is now."""
+        pod = self._pods.get(uid)
         current = self._current
-        return current.core.rejection(uid) if current is not None else None
+        return current.core.rejection(uid, pod.generation) if pod is not None and current is not None else None
 
     async def wait_acknowledged(self, uid: str) -> None:
         """Wait until ``acknowledged(uid)``; ``KeyError`` if the pod is not (or no longer) held.

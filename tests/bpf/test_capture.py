@@ -153,4 +153,24 @@ def test_pinned_capture_outlives_its_loader_and_is_adopted_not_attached_twice(po
     assert len(netns_links(netns_inode)) == 1  # still held by the adopter's fd
     adopted.close()
     assert netns_links(netns_inode) == []
-    assert not any(p.get("name") == "capture" for p in bpftool("prog", "show"))
+    assert link["prog_id"] not in {p["id"] for p in bpftool("prog", "show")}  # its program went with it
+
+
+BPF_LINK_TYPE_NETNS, BPF_SK_LOOKUP = 5, 36  # from the kernel's uapi/linux/bpf.h
+
+
+def test_link_info_names_the_netns_and_program_as_bpftool_does(pod_netns):
+    netns_fd, netns_inode = pod_netns
+    loaded = PodCapture.load(OTHER_POD)
+    try:
+        assert loaded.netns_inode() == 0  # not attached yet
+        loaded.attach(netns_fd)
+        info = loaded.link.info()
+        [link] = netns_links(netns_inode)
+        assert (info.id, info.prog_id, info.netns_inode) == (link["id"], link["prog_id"], netns_inode)
+        assert (info.type, info.attach_type) == (BPF_LINK_TYPE_NETNS, BPF_SK_LOOKUP)
+        assert bpftool("prog", "show", "id", str(info.prog_id))["name"] == "capture"
+        assert loaded.netns_inode() == netns_inode
+        assert loaded.pod_ip() == OTHER_POD
+    finally:
+        loaded.close()

@@ -121,6 +121,20 @@ def test_an_error_ack_leaves_the_pod_unacknowledged():
     assert not conn.acknowledged("a", 1)
 
 
+def test_a_rejection_holds_for_the_pod_as_sent_until_it_is_sent_again_or_removed():
+    conn = replayed({})
+    conn.next_request(pods("a"))
+    conn.receive_response(ack("no netns"))
+    assert conn.rejection("a", 1) == "no netns" and conn.rejection("b", 1) is None
+    assert conn.rejection("a", 2) is None  # the pod changed since: not yet refused as it is now
+    conn.next_request(pods("a", generation=2))  # sent again: no verdict yet
+    assert conn.rejection("a", 2) is None
+    conn.receive_response(ack("still no netns"))
+    assert conn.rejection("a", 2) == "still no netns"
+    assert conn.next_request({}).kind == "del"
+    assert conn.rejection("a", 2) is None
+
+
 @pytest.mark.parametrize(
     "steps, message",
     [
@@ -417,6 +431,44 @@ async def test_an_error_ack_is_logged_and_leaves_the_pod_unacknowledged(path, ca
             assert not server.acknowledged("a")
     [record] = [r for r in caplog.records if r.name == "ambient.zds" and r.levelno == logging.WARNING]
     assert "pod a" in record.getMessage() and "cannot enter the netns" in record.getMessage()
+
+
+async def test_a_rejected_pod_shows_its_error_until_a_later_add_is_acknowledged(path):
+    async with serving(path) as server:
+        await server.add("a", info("a"))
+        async with connect_zds(path) as conn:
+            await receive(conn)
+            await conn.ack("cannot enter the netns")
+            with trio.fail_after(BOUND):
+                while server.rejection("a") is None:
+                    await server.changed.wait()
+            assert server.rejection("a") == "cannot enter the netns" and not server.acknowledged("a")
+            assert kind((await receive(conn))[0]) == "snapshot_sent"
+            await conn.ack()
+            await server.add("a", info("a"))  # the agent retries
+            request, _ = await receive(conn)
+            assert request.add.uid == "a"
+            await conn_ack_and_wait(conn, server, "a")
+            assert server.rejection("a") is None
+
+
+async def test_a_socket_path_longer_than_sun_path_serves_end_to_end(tmp_path):
+    path = tmp_path / ("deep-state-directory-" * 5) / "zds.sock"
+    path.parent.mkdir()
+    assert len(os.fsencode(path)) > 107  # sockaddr_un cannot hold it
+    [(r, w)] = pipes(1)
+    before = open_fds()
+    async with serving(path) as server:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        await server.add("a", info("a"), [r])
+        async with connect_zds(path) as conn:
+            request, [fd] = await receive(conn)
+            assert (kind(request), request.add.uid) == ("add", "a")
+            os.close(fd)
+            await conn_ack_and_wait(conn, server, "a")
+    assert not path.exists()
+    assert open_fds() == before - 1  # the server closed r; the directory fds were closed too
+    os.close(w)
 
 
 async def test_the_client_answers_a_malformed_request_with_an_error_and_carries_on(path):
