@@ -8,7 +8,6 @@ import ipaddress
 import os
 import socket
 import struct
-import subprocess
 import time
 import uuid
 
@@ -138,15 +137,6 @@ def lab():
     network.create(plan)
     yield plan
     network.destroy(plan.name)
-
-
-@pytest.fixture
-def bpffs(tmp_path):
-    mount = tmp_path / "bpffs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.fixture

@@ -120,15 +120,6 @@ def pod_netns():
     netns.remove(name)
 
 
-@pytest.fixture
-def bpffs(tmp_path):
-    mount = tmp_path / "bpffs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
-
-
 def test_pinned_capture_outlives_its_loader_and_is_adopted_not_attached_twice(pod_netns, bpffs):
     netns_fd, netns_inode = pod_netns
     loaded = PodCapture.load(POD)

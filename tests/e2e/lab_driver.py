@@ -16,6 +16,17 @@ import pytest
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 COMMAND_TIMEOUT = 120
 
+# "mesh" is in the mesh (ambient), "plain" is not.
+NAMESPACES = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+"""
+
 
 def echo_pod(namespace: str, name: str, node: str) -> str:
     return f"""

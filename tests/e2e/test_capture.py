@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bpf.enrollment import CAPTURE_TABLE, MARK_RULE_PRIORITY, TCP_RULE_PRIORITY
-from tests.e2e.lab_driver import Lab, client_pod, echo_pod, find_pod
+from tests.e2e.lab_driver import NAMESPACES, Lab, client_pod, echo_pod, find_pod
 from tests.mesh.lab.test_network import ip_json
 
 pytestmark = [
@@ -36,16 +36,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-
-NAMESPACES = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
-"""
 
 SERVICE = """
 apiVersion: v1

@@ -18,7 +18,7 @@ from ipaddress import ip_network
 import pytest
 
 from mesh.lab.state import pidfd_wait
-from tests.e2e.lab_driver import (Lab, cgroup_dirs, client_pod, echo_pod, find_pod, lab_netns_inodes,
+from tests.e2e.lab_driver import (NAMESPACES, Lab, cgroup_dirs, client_pod, echo_pod, find_pod, lab_netns_inodes,
                                   living_processes)
 from tests.mesh.lab.test_network import LAB_NETWORKS, ip_json, root_netns_state
 
@@ -26,16 +26,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the lab creates network namespaces and cgroups"),
 ]
-
-NAMESPACES = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: plain}
-"""
 
 
 def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
