@@ -64,7 +64,8 @@ class _PodRuntime:
     containers: tuple[ContainerPlan, ...] = ()
     ready: dict[str, tuple[bool, str]] = field(default_factory=dict)  # container -> (probe ok, message)
     problem: str | None = None  # why the pod cannot run (beyond its containers)
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)  # its probes
+    scopes: list[trio.CancelScope] = field(default_factory=list)  # its tasks (probes, waits): see _pod_scope
+    stopped: bool = False
     announced: bool = False  # progress printed once it was first ready
     waiting: str | None = None  # what its containers wait for before they start
     terminating: bool = False
@@ -231,14 +232,30 @@ class Lab:
             for spec in processes:
                 await self.supervisor.start(spec)
             return
-        if not self._captured_or_not_ambient(runtime):
-            # As Istio's CNI plugin holds the pod's creation: an ambient pod's containers start only
-            # once its node agent captures its traffic, so the app never talks uncaptured.
-            agent = components.node_agent_name(node_name(runtime.placed.node))
-            runtime.waiting = f"waiting for {agent} to capture its traffic"
-            self._notify()
+        if self._captured_or_not_ambient(runtime):
+            await self._start_containers(runtime)
+            return
+        # As Istio's CNI plugin holds the pod's creation: an ambient pod's containers start only once
+        # its node agent captures its traffic, so the app never talks uncaptured. Waited for in the
+        # background, so that a change of the directory is not held up by it.
+        agent = components.node_agent_name(node_name(runtime.placed.node))
+        runtime.waiting = f"waiting for {agent} to capture its traffic"
+        self._notify()
+        self._nursery.start_soon(self._start_containers_once_captured, runtime)
+
+    async def _start_containers_once_captured(self, runtime: _PodRuntime) -> None:
+        with self._pod_scope(runtime):
             await self._wait_until(lambda: self._captured_or_not_ambient(runtime))
             runtime.waiting = None
+            try:
+                await self._start_containers(runtime)
+            except Exception as exc:  # one pod that cannot start must not take the lab down
+                log.exception("starting pod %s/%s failed", *runtime.lab_pod.key)
+                runtime.problem = describe_error(exc)
+            self._notify()
+
+    async def _start_containers(self, runtime: _PodRuntime) -> None:
+        lab_pod = runtime.lab_pod
         runtime.containers = container_plans(self.paths, lab_pod, runtime.placed, self.config.config_dir)
         for plan in runtime.containers:
             if plan.process is not None:
@@ -246,6 +263,14 @@ class Lab:
         for container, plan in zip(lab_pod.pod.spec.containers, runtime.containers):
             if plan.process is not None:
                 self._nursery.start_soon(self._probe, runtime, container, plan)
+
+    def _pod_scope(self, runtime: _PodRuntime) -> trio.CancelScope:
+        """A cancel scope for one task of the pod (a probe, a wait), cancelled when the pod stops."""
+        scope = trio.CancelScope()
+        if runtime.stopped:
+            scope.cancel()
+        runtime.scopes.append(scope)
+        return scope
 
     async def _probe(self, runtime: _PodRuntime, container, plan: ContainerPlan) -> None:
         def on_change(ready: bool, message: str) -> None:
@@ -258,7 +283,7 @@ class Lab:
                 runtime.ready[plan.name] = (False, result.message)
                 self._notify()
 
-        with runtime.scope:
+        with self._pod_scope(runtime):
             try:
                 await self._run_readiness(runtime, container, plan, on_change, on_result)
             except ValueError as exc:  # a probe port the container lacks: mesh.parse reports it first
@@ -277,7 +302,9 @@ class Lab:
         return await run_in_netns_status(netns, argv, self.config.config_dir, env)
 
     async def _stop_pod(self, runtime: _PodRuntime) -> None:
-        runtime.scope.cancel()
+        runtime.stopped = True
+        for scope in runtime.scopes:
+            scope.cancel()
         for plan in runtime.containers:
             if plan.process is not None:
                 await self.supervisor.stop(plan.process.name)
@@ -348,7 +375,12 @@ class Lab:
                 signature = None
             if name in self._agents and self._agents[name][0] == signature:
                 continue
-            self._agents[name] = (signature, (read_json(path) or {}) if signature else {})
+            try:
+                agent_status = (read_json(path) or {}) if signature else {}
+            except RuntimeError as exc:  # not JSON: the agent vouches for nothing until it rewrites it
+                log.error("%s", exc)
+                agent_status = {}
+            self._agents[name] = (signature, agent_status)
             changed = True
         return changed
 
