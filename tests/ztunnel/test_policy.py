@@ -9,7 +9,6 @@ import ipaddress
 import textwrap
 
 import pytest
-from google.protobuf.empty_pb2 import Empty
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from mesh.api import workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from mesh.parse import parse_text
 from mesh.view import ClusterState, DataplaneView, MeshConfig, PodStatus, compute_view, workload_uid
+from tests.mesh.test_authz import PRESENT, exact, prefix, suffix  # the StringMatch forms, built once
 from ztunnel.policy import (ConnectionAttributes, Decision, applicable_policies, authorize, clause_holds, compiled,
                             group_holds, match_holds, policy_matches)
 
@@ -29,21 +29,6 @@ M = pb.Match
 def conn(identity: str | None = "spiffe://cluster.local/ns/shop/sa/client", src: str = "10.244.1.7",
          dst: str = "10.244.0.5", port: int = 8080) -> ConnectionAttributes:
     return ConnectionAttributes(src, SpiffeId.parse(identity) if identity else None, dst, port)
-
-
-def exact(value: str) -> pb.StringMatch:
-    return pb.StringMatch(exact=value)
-
-
-def prefix(value: str) -> pb.StringMatch:
-    return pb.StringMatch(prefix=value)
-
-
-def suffix(value: str) -> pb.StringMatch:
-    return pb.StringMatch(suffix=value)
-
-
-PRESENT = pb.StringMatch(presence=Empty())
 
 
 def cidr(text: str) -> pb.Address:
