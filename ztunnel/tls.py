@@ -33,7 +33,7 @@ import contextlib
 import os
 import ssl
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -283,16 +283,7 @@ async def client_handshake(
     """Open TLS over ``stream`` as the client and check the server's identity. Returns the TLS
     stream and the server's SPIFFE ID. On failure ``stream`` is closed and ``HboneTlsError`` raised.
     Bound it with a cancel scope (``trio.fail_after``)."""
-    tls = trio.SSLStream(stream, context, server_side=False)
-    try:
-        try:
-            await tls.do_handshake()
-        except trio.BrokenResourceError as exc:
-            raise _handshake_error(exc, "server") from exc.__cause__
-        return tls, verify_server_identity(tls, expected)
-    except BaseException:
-        await trio.aclose_forcefully(tls)
-        raise
+    return await _handshake(stream, context, False, lambda tls: verify_server_identity(tls, expected))
 
 
 async def server_handshake(
@@ -301,13 +292,18 @@ async def server_handshake(
     """Accept TLS over ``stream`` as the server and check the client's identity. Returns the TLS
     stream and the client's verified SPIFFE ID. On failure ``stream`` is closed and
     ``HboneTlsError`` raised. Bound it with a cancel scope (``trio.fail_after``)."""
-    tls = trio.SSLStream(stream, context, server_side=True)
+    return await _handshake(stream, context, True, lambda tls: verify_client_identity(tls, trust_domain))
+
+
+async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext, server_side: bool,
+                     verify: Callable[[trio.SSLStream], SpiffeId]) -> tuple[trio.SSLStream, SpiffeId]:
+    tls = trio.SSLStream(stream, context, server_side=server_side)
     try:
         try:
             await tls.do_handshake()
         except trio.BrokenResourceError as exc:
-            raise _handshake_error(exc, "client") from exc.__cause__
-        return tls, verify_client_identity(tls, trust_domain)
+            raise _handshake_error(exc, "client" if server_side else "server") from exc.__cause__
+        return tls, verify(tls)
     except BaseException:
         await trio.aclose_forcefully(tls)
         raise
