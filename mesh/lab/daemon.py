@@ -101,6 +101,16 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(frozen=True)
+class _AgentStatus:
+    """A node agent's status.json as last read: its signature (mtime, size), the agent's pid, and
+    its entry per pod (namespace, name)."""
+
+    signature: tuple[int, int] | None
+    pid: int | None
+    pods: dict[tuple[str, str], dict]
+
+
 def _capture_state(enrollment: dict | None) -> str:
     """How the node agent holds a pod, for `lab status`."""
     if enrollment is None:
@@ -126,7 +136,7 @@ class Lab:
         self._version = 0
         self._changed = trio.Event()
         self._written: dict[str, object] = {}
-        self._agents: dict[str, tuple[tuple[int, int] | None, dict]] = {}  # node -> (file signature, its status)
+        self._agents: dict[str, _AgentStatus] = {}  # node -> what its agent's status.json said last
 
     # -- change notification (status files, waiters)
 
@@ -373,25 +383,26 @@ class Lab:
                 signature = (info.st_mtime_ns, info.st_size)
             except FileNotFoundError:
                 signature = None
-            if name in self._agents and self._agents[name][0] == signature:
+            if name in self._agents and self._agents[name].signature == signature:
                 continue
             try:
                 agent_status = (read_json(path) or {}) if signature else {}
             except RuntimeError as exc:  # not JSON: the agent vouches for nothing until it rewrites it
                 log.error("%s", exc)
                 agent_status = {}
-            self._agents[name] = (signature, agent_status)
+            pods = {(p["namespace"], p["name"]): p for p in agent_status.get("pods", ())}
+            self._agents[name] = _AgentStatus(signature, agent_status.get("pid"), pods)
             changed = True
         return changed
 
     def _enrollment(self, node: str, namespace: str, name: str) -> tuple[dict | None, bool]:
         """The pod's entry in its node agent's status (None if not listed), and whether that agent is
         running: a status file of an earlier pid vouches for nothing (capture itself stays pinned)."""
-        agent = self._agents.get(node, (None, {}))[1]
+        agent = self._agents.get(node)
         process = self.supervisor.status().get(components.node_agent_name(node))
-        if process is None or process.state is not ProcessState.RUNNING or process.pid != agent.get("pid"):
+        if agent is None or process is None or process.state is not ProcessState.RUNNING or process.pid != agent.pid:
             return None, False
-        return next((p for p in agent.get("pods", ()) if p["namespace"] == namespace and p["name"] == name), None), True
+        return agent.pods.get((namespace, name)), True
 
     def _is_ambient(self, lab_pod: LabPod, namespaces=None) -> bool:
         ns = (namespaces if namespaces is not None else self.registry.state().namespaces).get(lab_pod.key[0])
