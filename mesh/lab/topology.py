@@ -167,7 +167,11 @@ def pod_hash(namespace: str, name: str) -> str:
 
 def pod_netns_name(lab_name: str, namespace: str, name: str) -> str:
     """The netns of pod ``namespace/name`` in lab ``lab_name`` (how the node agent finds it)."""
-    return f"{netns_prefix(lab_name)}pod-{pod_hash(namespace, name)}"
+    return _pod_netns(netns_prefix(lab_name), pod_hash(namespace, name))
+
+
+def _pod_netns(prefix: str, digest: str) -> str:
+    return f"{prefix}pod-{digest}"
 
 
 def node_fabric_address(index: int) -> IPv4Interface:
@@ -256,7 +260,7 @@ def _plan_pod(prefix: str, spec: PodSpec, node: NodePlan, address: IPv4Interface
         namespace=spec.namespace,
         name=spec.name,
         node=node.index,
-        netns=f"{prefix}pod-{digest}",
+        netns=_pod_netns(prefix, digest),
         address=address,
         node_veth=f"veth-{digest}",
         routes=(Route(DEFAULT_ROUTE, node.bridge_address.ip),),

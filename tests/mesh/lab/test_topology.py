@@ -19,6 +19,7 @@ from mesh.lab.topology import (
     Route,
     netns_prefix,
     plan_lab,
+    pod_netns_name,
 )
 
 FOUR_PODS = [PodSpec("shop", "a"), PodSpec("shop", "b"), PodSpec("bank", "c"), PodSpec("bank", "d")]
@@ -209,3 +210,9 @@ def test_no_route_leaves_the_labs_networks():
     # Only pods have a default route, and it points at their own node's bridge.
     for pod in plan.pods:
         assert [(r.is_default, r.gateway) for r in pod.routes] == [(True, plan.node_of(pod).bridge_address.ip)]
+
+
+def test_the_node_agent_finds_each_pod_netns_by_name_as_the_plan_made_it():
+    plan = plan_lab("lab", FOUR_PODS, 2)
+    assert [pod_netns_name("lab", p.namespace, p.name) for p in plan.pods] == [p.netns for p in plan.pods]
+    assert pod_netns_name("lab", "shop", "a") != pod_netns_name("other", "shop", "a")
