@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from bpf.enrollment import install_routing, remove_routing
 from bpf.libbpf import BpfError
 from mesh.api import workload_pb2 as wpb, zds_pb2
 from mesh.api.types import ADDRESS_TYPE_URL
+from mesh.concurrency import first_of
 from mesh.lab.network import netns_path
 from mesh.watched_file import write_json_atomic
 from mesh.xds.client import DiscoveryClient
@@ -380,16 +381,5 @@ class NodeAgent:
                 await trio.to_thread.run_sync(write_json_atomic, path, status, 0o644)
                 written = status
             connected = status["discovery_connected"]
-            await _first_of(changed_here.wait, changed_zds.wait,
-                            lambda: self.client.wait_until(lambda: self.client.connected != connected))
-
-
-async def _first_of(*waits: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as one of ``waits`` returns; the others are cancelled."""
-    async with trio.open_nursery() as nursery:
-        async def one(wait: Callable[[], Awaitable[object]]) -> None:
-            await wait()
-            nursery.cancel_scope.cancel()
-
-        for wait in waits:
-            nursery.start_soon(one, wait)
+            await first_of(changed_here.wait, changed_zds.wait,
+                           lambda: self.client.wait_until(lambda: self.client.connected != connected))

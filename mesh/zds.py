@@ -55,6 +55,7 @@ import trio
 from google.protobuf.message import DecodeError, Message
 
 from mesh.api import zds_pb2
+from mesh.concurrency import first_of
 
 log = logging.getLogger("ambient.zds")
 
@@ -489,7 +490,7 @@ class ZdsServer:
             changed = self._changed  # taken before deciding, so no change slips between the two
             outgoing = conn.core.next_request(self._pods)
             if outgoing is None:
-                if await _wait_change_or_readable(changed, conn.sock):
+                if await first_of(changed.wait, lambda: trio.lowlevel.wait_readable(conn.sock)) == 1:
                     # Nothing is in flight: this is the peer closing, or speaking out of turn.
                     response, _ = await receive_message(conn.sock, zds_pb2.WorkloadResponse, 0)
                     conn.core.receive_response(response)
@@ -527,25 +528,6 @@ class _Connection:
         self.sock = sock
         self.core = AgentConnection()
         self.scope = trio.CancelScope()
-
-
-async def _wait_change_or_readable(changed: trio.Event, sock: trio.socket.SocketType) -> bool:
-    """Wait until ``changed`` is set or ``sock`` is readable; True if it is the socket."""
-    readable = False
-    async with trio.open_nursery() as nursery:
-        async def on_change() -> None:
-            await changed.wait()
-            nursery.cancel_scope.cancel()
-
-        async def on_readable() -> None:
-            nonlocal readable
-            await trio.lowlevel.wait_readable(sock)
-            readable = True
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(on_change)
-        nursery.start_soon(on_readable)
-    return readable
 
 
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
