@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authority import SigningAuthority, key_usage
-from ca.client import CertifiedKey, new_key_and_csr
 from mesh.identity import SpiffeId
+from tests.ztunnel.pki import HOUR, TD, certified, creds, key_pem
 from ztunnel.tls import (
     ContextCache,
     HandshakeFailed,
@@ -38,11 +38,9 @@ from ztunnel.tls import (
     verify_client_identity,
 )
 
-TD = "cluster.local"
 CLIENT = SpiffeId(TD, "a", "client")
 SERVER = SpiffeId(TD, "b", "server")
 OTHER = SpiffeId(TD, "b", "other")
-HOUR = dt.timedelta(hours=1)
 
 
 # -- PKI helpers ---------------------------------------------------------------------------------
@@ -57,24 +55,6 @@ def authority() -> SigningAuthority:
 def other_root() -> SigningAuthority:
     """Another mesh CA with the same trust domain: its certificates must not chain to ours."""
     return SigningAuthority.self_signed(TD)
-
-
-def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def certified(authority: SigningAuthority, identity: SpiffeId, *, now: dt.datetime | None = None,
-              lifetime: dt.timedelta = HOUR) -> CertifiedKey:
-    """What SecretManager hands out: a key and its chain, leaf first, root last."""
-    key, csr = new_key_and_csr(identity)
-    leaf, chain = authority.issue(csr, identity, lifetime, now=now)
-    return CertifiedKey(identity, key_pem(key), tuple(chain), leaf.not_valid_before_utc, leaf.not_valid_after_utc)
-
-
-def creds(authority: SigningAuthority, identity: SpiffeId, *, trusting: SigningAuthority | None = None,
-          **kwargs) -> WorkloadCredentials:
-    roots = (trusting.root_pem,) if trusting is not None else None
-    return WorkloadCredentials.from_certified_key(certified(authority, identity, **kwargs), roots)
 
 
 def expired(authority: SigningAuthority, identity: SpiffeId, *, trusting: SigningAuthority) -> WorkloadCredentials:
