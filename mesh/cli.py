@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ca import cli as ca_cli
     from mesh import controlplane, demo, validate
     from mesh.lab import cli as lab_cli
+    from ztunnel import cli as ztunnel_cli
 
     parser = argparse.ArgumentParser(prog="ambient", description="ambient-mesh: sidecar-less mTLS service mesh")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.register(sub)
     lab_cli.register(sub)
     bpf_cli.register(sub)
+    ztunnel_cli.register(sub)
     return parser
 
 

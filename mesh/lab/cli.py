@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C takes the lab down")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every pod to be ready")
+    up.add_argument("--no-ztunnel", dest="ztunnel", action="store_false",
+                    help="run no ztunnel on the nodes (to test capture with a ztunnel of your own)")
     up.add_argument("--progress-fd", type=int, help=argparse.SUPPRESS)  # the background daemon's pipe
     up.set_defaults(func=cmd_up)
 
@@ -131,7 +133,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         paths = LabPaths.of(args.name)
     except LabPlanError as exc:
         raise LabError(f"--name: {exc}") from None
-    config = LabConfig(args.name, config_dir, args.nodes, args.log_level, args.timeout)
+    config = LabConfig(args.name, config_dir, args.nodes, args.log_level, args.timeout, args.ztunnel)
     if args.progress_fd is not None:  # the background daemon, started below by the user's `lab up`
         return _run_daemon(config, paths, _pipe_progress(args.progress_fd))
     _check_manifests(config_dir)
@@ -170,7 +172,7 @@ def _start_background(args: argparse.Namespace, config_dir: Path, paths: LabPath
     read_end, write_end = os.pipe()
     argv = [sys.executable, "-m", "mesh", "--log-level", args.log_level, "lab", "up", str(config_dir),
             "--name", paths.name, "--nodes", str(args.nodes), "--timeout", str(args.timeout),
-            "--progress-fd", str(write_end)]
+            "--progress-fd", str(write_end)] + ([] if args.ztunnel else ["--no-ztunnel"])
     with open(paths.daemon_log, "ab") as log:
         daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
                                   start_new_session=True)  # its own session: the terminal closing does not stop it

@@ -4,8 +4,8 @@ these functions return, supervises it like a pod's container and logs it to ``lo
 
 - The control plane (CA and discovery) runs in the lab's ``cp`` netns on the fabric, at
   10.255.0.2:15012 (metrics on 15014), and serves the lab's YAML directory; every node reaches it.
-- Each node runs its node agent (eBPF capture and ZDS, ``bpf.agent``) and will run its ztunnel
-  (issue #6) in the node's netns: ``node_processes``. Both reach the control plane with the node's
+- Each node runs its node agent (eBPF capture and ZDS, ``bpf.agent``) and its ztunnel (the L4
+  proxy, ``ztunnel.proxy``) in the node's netns: ``node_processes``. Both reach the control plane with the node's
   token, which ``prepare_node`` mints once the control plane's CA exists; the agent's state (bpffs,
   ZDS socket, status.json) is ``LabPaths.node_dir``.
 - Each waypoint Gateway will run its proxy (issue #8) in the waypoint pod's netns:
@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from bpf.agent import ZDS_SOCKET
 from ca.store import ROOT_CERT
 from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore
 from mesh.controlplane import CA_SUBDIR
@@ -74,8 +75,14 @@ def prepare_node(paths: LabPaths, node: NodePlan) -> None:
         f.write(token + "\n")
 
 
-def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: str = "info") -> tuple[ProcessSpec, ...]:
-    """What runs in each node's netns: the node agent (ztunnel joins it with #6)."""
+def ztunnel_name(node: str) -> str:
+    return f"ztunnel-{node}"
+
+
+def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: str = "info",
+                   ztunnel: bool = True) -> tuple[ProcessSpec, ...]:
+    """What runs in each node's netns: the node agent, and the ztunnel it hands its pods to over
+    ZDS (``--no-ztunnel`` labs leave ztunnel out)."""
     host, port = controlplane_address(plan)
     name = node_agent_name(node_name(node.index))
     argv = _ambient(
@@ -86,7 +93,18 @@ def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: st
     )
     agent = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
                         cgroup=process_cgroup(paths.name, name), netns=node.netns)
-    return (agent,)
+    if not ztunnel:
+        return (agent,)
+    name = ztunnel_name(node_name(node.index))
+    argv = _ambient(
+        log_level, "ztunnel", "--node", node_name(node.index),
+        "--zds", str(paths.node_dir(node_name(node.index)) / ZDS_SOCKET),
+        "--discovery-address", f"{host}:{port}", "--server-name", CONTROLPLANE_SERVER_NAME,
+        "--ca-root", str(paths.controlplane / CA_SUBDIR / ROOT_CERT), "--token-file", str(node_token_path(paths, node)),
+    )
+    proxy = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
+                        cgroup=process_cgroup(paths.name, name), netns=node.netns)
+    return (agent, proxy)
 
 
 def waypoint_processes(paths: LabPaths, plan: LabPlan, pod: PodPlan, log_level: str = "info") -> tuple[ProcessSpec, ...] | None:

@@ -53,6 +53,7 @@ class LabConfig:
     node_count: int = 2
     log_level: str = "info"
     ready_timeout: float = 60.0  # for `up` to see every pod ready
+    ztunnel: bool = True  # False: the nodes run no ztunnel (capture tests bring their own)
 
 
 @dataclass
@@ -203,7 +204,8 @@ class Lab:
         await self._start_controlplane()
         for node in self.plan.nodes:
             await trio.to_thread.run_sync(components.prepare_node, self.paths, node)
-            for spec in components.node_processes(self.paths, self.plan, node, self.config.log_level):
+            for spec in components.node_processes(self.paths, self.plan, node, self.config.log_level,
+                                                  ztunnel=self.config.ztunnel):
                 await self.supervisor.start(spec)
 
     async def _start_controlplane(self) -> None:
@@ -249,7 +251,7 @@ class Lab:
         # its node agent captures its traffic, so the app never talks uncaptured. Waited for in the
         # background, so that a change of the directory is not held up by it.
         agent = components.node_agent_name(node_name(runtime.placed.node))
-        runtime.waiting = f"waiting for {agent} to capture its traffic"
+        runtime.waiting = f"waiting for {agent} to capture its traffic and ztunnel to take it"
         self._notify()
         self._nursery.start_soon(self._start_containers_once_captured, runtime)
 
@@ -409,11 +411,13 @@ class Lab:
         return is_enrolled(lab_pod.pod.meta.labels, ns.meta.labels if ns else {})
 
     def _captured_or_not_ambient(self, runtime: _PodRuntime) -> bool:
-        """Whether the pod's node agent captures this very pod (its current netns), or it is not ambient."""
+        """Whether this very pod (its current netns) is captured by its node agent and served by the
+        node's ztunnel, or it is not ambient. As Istio's CNI plugin waits for ztunnel's ack."""
         if not self._is_ambient(runtime.lab_pod):
             return True
         enrollment, agent_running = self._enrollment(node_name(runtime.placed.node), *runtime.lab_pod.key)
-        if not agent_running or not enrollment or not enrollment["captured"]:
+        # Without a ztunnel of the lab's own, nobody is there to take the pod: capture is enough.
+        if not agent_running or not enrollment or not enrollment["enrolled" if self.config.ztunnel else "captured"]:
             return False
         try:
             return os.stat(network.netns_path(runtime.placed.netns)).st_ino == enrollment["netns_inode"]
@@ -493,7 +497,8 @@ class Lab:
         host, port = components.controlplane_address(self.plan)
         nodes = []
         for node in self.plan.nodes:
-            specs = components.node_processes(self.paths, self.plan, node, self.config.log_level)
+            specs = components.node_processes(self.paths, self.plan, node, self.config.log_level,
+                                              ztunnel=self.config.ztunnel)
             nodes.append({"name": node_name(node.index), "netns": node.netns, "fabric_ip": str(node.fabric_address.ip),
                           "pod_cidr": str(node.pod_cidr), "pods": sum(1 for p in pods if p["node"] == node_name(node.index)),
                           "components": [component(spec.name) for spec in specs]})

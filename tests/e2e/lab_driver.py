@@ -72,8 +72,9 @@ class Lab:
             pytest.fail(f"ambient {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def up(self, nodes: int = 2) -> subprocess.CompletedProcess:
-        return self.run("lab", "up", str(self.config_dir), "--name", self.name, "--nodes", str(nodes))
+    def up(self, nodes: int = 2, ztunnel: bool = True) -> subprocess.CompletedProcess:
+        return self.run("lab", "up", str(self.config_dir), "--name", self.name, "--nodes", str(nodes),
+                        *(() if ztunnel else ("--no-ztunnel",)))
 
     def down(self) -> subprocess.CompletedProcess:
         return self.run("lab", "down", "--name", self.name)

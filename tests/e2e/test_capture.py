@@ -164,7 +164,7 @@ def test_capture_fail_closed_release_and_no_leaks(make_lab, standins):
     lab = make_lab([NAMESPACES, SERVICE, echo_pod("mesh", "server", "node-1"), client_pod("mesh", "client", "node-0"),
                     client_pod("plain", "client", "node-0"), echo_pod("plain", "echo", "node-1"), UDP_POD])
     (lab.config_dir / "udp_echo.py").write_text(UDP_ECHO)
-    lab.up(nodes=2)
+    lab.up(nodes=2, ztunnel=False)  # the stand-ins are the ztunnels here
     standins(lab, "node-0")
     node1 = standins(lab, "node-1")
     status = lab.wait_for(lambda s: enrolled(s, "mesh"), "the enrollment of the mesh pods")

@@ -1,0 +1,299 @@
+"""ztunnel's node ports: admin (``/config_dump``), stats (``/metrics``) and readiness (DESIGN.md section 7).
+
+``serve_http`` is a small HTTP/1.1 server: h11 parses and frames, this module only moves bytes and
+routes. It binds, reports the bound port through ``task_status.started``, then serves each accepted
+connection in its own task (``trio.serve_listeners``, which also rides out EMFILE). Per connection,
+one exchange after another (keep-alive, pipelining): read a whole request, look its path up (query
+string ignored), call the handler, send the response; a request body is read and discarded. The
+peer's faults end only its own connection: a malformed request, or a head over
+``MAX_REQUEST_HEAD`` bytes, gets h11's status hint (400, 431), a body over ``MAX_REQUEST_BODY``
+bytes a 413, each with ``Connection: close``; an exchange that takes longer than
+``request_timeout`` (a slow or silent client, an idle keep-alive connection) closes the
+connection. Handlers are plain functions of no arguments that return a ``Response``; one that
+raises gets a 500 with a one-line message, and the exception is logged. Unknown paths are 404
+(naming the known ones); methods other than GET and HEAD are 405.
+
+``ZtunnelAdmin`` builds the three route tables from an ``AdminView`` (what the ztunnel process
+knows: its config dump, its readiness, its metrics registry) and runs the three servers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+import h11
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("ambient.ztunnel.admin")
+
+ADMIN_PORT = 15000
+STATS_PORT = 15020
+READINESS_PORT = 15021
+DEFAULT_ADMIN_LISTEN = ("127.0.0.1", ADMIN_PORT)  # loopback only: the config dump names every workload
+DEFAULT_STATS_LISTEN = ("0.0.0.0", STATS_PORT)
+DEFAULT_READINESS_LISTEN = ("0.0.0.0", READINESS_PORT)
+
+MAX_REQUEST_HEAD = 16 * 1024  # request line and headers (h11 checks it between reads: + one read)
+MAX_REQUEST_BODY = 64 * 1024  # read and discarded; no route takes a body
+REQUEST_TIMEOUT = 10.0  # seconds for one whole exchange, including the wait for its request
+LINGER_TIMEOUT = 1.0  # after a last response: time for the peer to read it before we close
+SERVER_NAME = "ambient-ztunnel"
+_RECEIVE_SIZE = 4 * 1024
+_ALLOWED_METHODS = (b"GET", b"HEAD")
+TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type and Content-Length
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        return cls(status, TEXT, text.encode(), headers)
+
+    @classmethod
+    def json(cls, value: object, status: int = 200) -> Response:
+        return cls(status, "application/json", json.dumps(value, indent=2).encode() + b"\n")
+
+
+Handler = Callable[[], Response]
+
+
+class _BodyTooLarge(Exception):
+    """The peer sent a request body over ``MAX_REQUEST_BODY``."""
+
+
+# -- the server
+
+
+async def bind_tcp(listen: tuple[str, int]) -> trio.SocketListener:
+    """A listening TCP socket on ``listen`` (port 0 picks one), with SO_REUSEADDR.
+
+    Raises OSError naming the address if it cannot be bound."""
+    host, port = listen
+    sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {_address(host, port)}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def bound_port(listener: trio.SocketListener) -> int:
+    return listener.socket.getsockname()[1]
+
+
+async def serve_listener(listener: trio.SocketListener, routes: Mapping[str, Handler], *,
+                         request_timeout: float = REQUEST_TIMEOUT) -> None:
+    """Serve ``routes`` (exact path → handler) on ``listener`` until cancelled; closes it then."""
+    handler = partial(_serve_connection, routes=dict(routes), request_timeout=request_timeout)
+    await trio.serve_listeners(handler, [listener])
+
+
+async def serve_http(listen: tuple[str, int], routes: Mapping[str, Handler], *,
+                     request_timeout: float = REQUEST_TIMEOUT,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``routes`` (exact path → handler) over HTTP/1.1 on ``listen`` until cancelled.
+
+    Calls ``task_status.started(port)`` once bound (``listen`` may ask for port 0). A failure to
+    bind raises OSError before that."""
+    listener = await bind_tcp(listen)
+    task_status.started(bound_port(listener))
+    await serve_listener(listener, routes, request_timeout=request_timeout)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve_connection(stream: trio.abc.Stream, *, routes: Mapping[str, Handler],
+                            request_timeout: float) -> None:
+    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    try:
+        while True:
+            with trio.move_on_after(request_timeout):
+                answered = await _exchange(stream, connection, routes)
+                if answered and connection.our_state is h11.DONE and connection.their_state is h11.DONE:
+                    connection.start_next_cycle()
+                    continue
+                if answered:  # the last response (HTTP/1.0, Connection: close, or an error)
+                    await _linger(stream)
+            return  # the peer closed, misbehaved, or took too long
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the peer went away mid-exchange
+    except Exception:  # a bug here: it must not end the server
+        log.exception("admin connection failed")
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _exchange(stream: trio.abc.Stream, connection: h11.Connection, routes: Mapping[str, Handler]) -> bool:
+    """Read one request and answer it; False if there was nothing to answer (the peer closed)."""
+    try:
+        request = await _read_request(stream, connection)
+    except h11.RemoteProtocolError as exc:
+        await _send_error(stream, connection, exc.error_status_hint, f"bad request: {exc}")
+        return True
+    except _BodyTooLarge:
+        await _send_error(stream, connection, 413, f"request body over {MAX_REQUEST_BODY} bytes")
+        return True
+    if request is None:
+        return False
+    await _send(stream, connection, _dispatch(request, routes), head_only=request.method == b"HEAD")
+    return True
+
+
+async def _read_request(stream: trio.abc.Stream, connection: h11.Connection) -> h11.Request | None:
+    """The next request, once its end has been read (its body discarded); None if the peer closed
+    between requests. Raises h11.RemoteProtocolError for bytes that are not HTTP/1.1."""
+    request = None
+    body = 0
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            connection.receive_data(await stream.receive_some(_RECEIVE_SIZE))
+        elif isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.Data):
+            body += len(event.data)
+            if body > MAX_REQUEST_BODY:
+                raise _BodyTooLarge
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+        # nothing else reaches a server before EndOfMessage: h11 would have raised
+
+
+def _dispatch(request: h11.Request, routes: Mapping[str, Handler]) -> Response:
+    path = request.target.split(b"?", 1)[0].split(b"#", 1)[0].decode("ascii", "replace")
+    handler = routes.get(path)
+    if handler is None:
+        return Response.text(404, f"no such path {path}; this port serves {', '.join(sorted(routes))}\n")
+    if request.method not in _ALLOWED_METHODS:
+        return Response.text(405, f"method {request.method.decode('ascii', 'replace')} not allowed on {path}\n",
+                             headers=(("Allow", "GET, HEAD"),))
+    try:
+        response = handler()
+        if not isinstance(response, Response):
+            raise TypeError(f"handler returned {type(response).__name__}, not a Response")
+        return response
+    except Exception as exc:
+        log.exception("handler for %s failed", path)
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        return Response.text(500, f"internal error serving {path}: {type(exc).__name__}"
+                                  f"{': ' + message if message else ''}\n")
+
+
+async def _send(stream: trio.abc.Stream, connection: h11.Connection, response: Response, *,
+                head_only: bool = False) -> None:
+    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
+               ("Server", SERVER_NAME), *response.headers]
+    data = connection.send(h11.Response(status_code=response.status, headers=headers))
+    if not head_only and response.body:  # h11 frames the answer to HEAD as bodiless
+        data += connection.send(h11.Data(data=response.body))
+    data += connection.send(h11.EndOfMessage())
+    await stream.send_all(data)
+
+
+async def _send_error(stream: trio.abc.Stream, connection: h11.Connection, status: int, message: str) -> None:
+    """Answer the peer's fault, then the connection is over; nothing if a response was under way."""
+    if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    await _send(stream, connection, Response.text(status, message + "\n", headers=(("Connection", "close"),)))
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close and drain briefly, so that closing with unread input (which makes the kernel
+    send a reset) does not destroy the response before the peer has read it."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        try:
+            await stream.send_eof()
+            while await stream.receive_some(_RECEIVE_SIZE):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+# -- ztunnel's three servers
+
+
+class AdminView(Protocol):
+    """What the admin servers need from the ztunnel process."""
+
+    metrics_registry: CollectorRegistry
+
+    def config_dump(self) -> dict:
+        """A JSON-able dict: node, workloads, services, policies, certificates, connections."""
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether ztunnel is ready, and why not (or what it is ready with)."""
+
+
+class ZtunnelAdmin:
+    """The admin, stats and readiness servers of one ztunnel, over ``view``."""
+
+    def __init__(self, view: AdminView) -> None:
+        self.view = view
+
+    def admin_routes(self) -> dict[str, Handler]:
+        routes: dict[str, Handler] = {"/config_dump": self.config_dump, "/healthz/ready": self.readiness}
+        listing = "".join(f"  {path}\n" for path in sorted([*routes, "/"]))
+        routes["/"] = lambda: Response.text(200, f"ztunnel admin:\n{listing}")
+        return routes
+
+    def stats_routes(self) -> dict[str, Handler]:
+        return {"/metrics": self.metrics, "/stats/prometheus": self.metrics}
+
+    def readiness_routes(self) -> dict[str, Handler]:
+        return {"/healthz/ready": self.readiness}
+
+    def config_dump(self) -> Response:
+        return Response.json(self.view.config_dump())
+
+    def metrics(self) -> Response:
+        return Response(200, CONTENT_TYPE_LATEST, generate_latest(self.view.metrics_registry))
+
+    def readiness(self) -> Response:
+        ready, reason = self.view.ready()
+        if ready:
+            return Response.text(200, "ready\n")
+        return Response.text(503, f"not ready: {reason}\n")
+
+    async def run(self, admin_listen: tuple[str, int] = DEFAULT_ADMIN_LISTEN,
+                  stats_listen: tuple[str, int] = DEFAULT_STATS_LISTEN,
+                  ready_listen: tuple[str, int] = DEFAULT_READINESS_LISTEN, *,
+                  task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the three ports until cancelled; ``task_status.started({"admin": port, "stats":
+        port, "readiness": port})`` once all three are bound. All three are bound before any is
+        served: a failure to bind one raises OSError (naming its address) and closes the others."""
+        tables = {"admin": (admin_listen, self.admin_routes()), "stats": (stats_listen, self.stats_routes()),
+                  "readiness": (ready_listen, self.readiness_routes())}
+        listeners: dict[str, trio.SocketListener] = {}
+        try:
+            for name, (listen, _) in tables.items():
+                listeners[name] = await bind_tcp(listen)
+        except BaseException:
+            for listener in listeners.values():
+                listener.socket.close()
+            raise
+        async with trio.open_nursery() as nursery:
+            for name, listener in listeners.items():
+                nursery.start_soon(serve_listener, listener, tables[name][1])
+            task_status.started({name: bound_port(listener) for name, listener in listeners.items()})

@@ -1,0 +1,104 @@
+"""``ambient ztunnel``: the node's L4 proxy, and ``ambient ztunnel-config`` (ztunnel/config_cli.py).
+
+The process connects to the control plane with the node's token (discovery, and the CA on behalf of
+the workloads on its node), follows the node agent over ZDS, and serves the admin (15000, loopback),
+stats (15020) and readiness (15021) ports. SIGTERM or SIGINT: drain (DESIGN.md section 7), exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from pathlib import Path
+
+log = logging.getLogger("ambient.ztunnel")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ztunnel import config_cli
+    from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT
+
+    zt = subparsers.add_parser("ztunnel", help="the node's L4 proxy: HBONE mTLS tunnels for the pods the node agent captures")
+    zt.add_argument("--node", required=True, help="the node this ztunnel serves")
+    zt.add_argument("--zds", required=True, type=Path, metavar="SOCKET", help="the node agent's ZDS socket")
+    zt.add_argument("--discovery-address", required=True, metavar="HOST:PORT", help="the control plane (discovery and CA)")
+    zt.add_argument("--server-name", help="the TLS name to check on the control plane's certificate")
+    zt.add_argument("--ca-root", required=True, type=Path, help="the mesh root certificate (PEM)")
+    zt.add_argument("--token-file", required=True, type=Path, help="the node's bearer token")
+    zt.add_argument("--trust-domain", default="cluster.local")
+    zt.add_argument("--admin-listen", type=_host_port, default=("127.0.0.1", ADMIN_PORT), metavar="HOST:PORT")
+    zt.add_argument("--stats-listen", type=_host_port, default=("0.0.0.0", STATS_PORT), metavar="HOST:PORT")
+    zt.add_argument("--ready-listen", type=_host_port, default=("0.0.0.0", READINESS_PORT), metavar="HOST:PORT")
+    zt.add_argument("--drain-timeout", type=float, default=5.0, help="seconds open connections may finish on SIGTERM")
+    zt.set_defaults(func=cmd_ztunnel)
+    config_cli.register(subparsers)
+
+
+class _AdminView:
+    def __init__(self, ztunnel, registry) -> None:
+        self._ztunnel = ztunnel
+        self.metrics_registry = registry
+
+    def config_dump(self) -> dict:
+        from ztunnel.dump import config_dump
+
+        return config_dump(self._ztunnel)
+
+    def ready(self) -> tuple[bool, str]:
+        return self._ztunnel.ready()
+
+
+def cmd_ztunnel(args: argparse.Namespace) -> int:
+    import trio
+    from prometheus_client import CollectorRegistry
+
+    from ca.cli import UsageError
+    from ca.client import CaClient
+    from ca.secrets import SecretManager
+    from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+    from mesh.xds.client import ClientConfig, DiscoveryClient
+    from ztunnel.admin import ZtunnelAdmin
+    from ztunnel.metrics import ZtunnelMetrics
+    from ztunnel.proxy import Ztunnel, ZtunnelConfig
+
+    try:
+        root_pem = args.ca_root.read_bytes()
+        token = args.token_file.read_text().strip()
+        discovery = DiscoveryClient(ClientConfig(
+            target=args.discovery_address, root_pem=root_pem, token=token, server_name=args.server_name,
+            subscriptions={ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None}, node_id=f"ztunnel~{args.node}"))
+        ca = CaClient(args.discovery_address, root_pem, token, server_name=args.server_name)
+        config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout)
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    registry = CollectorRegistry()
+    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), str(args.zds), ZtunnelMetrics(registry))
+    admin = ZtunnelAdmin(_AdminView(ztunnel, registry))
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                ports = await nursery.start(admin.run, args.admin_listen, args.stats_listen, args.ready_listen)
+                await nursery.start(ztunnel.run)
+                print(f"ztunnel of {args.node} running (admin {ports['admin']}, stats {ports['stats']}, "
+                      f"readiness {ports['readiness']}), following the node agent at {args.zds}", flush=True)
+                async for signum in signals:
+                    log.info("%s: draining", signal.Signals(signum).name)
+                    await ztunnel.drain()
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    finally:
+        ca.close()
+    log.info("ztunnel of %s stopped", args.node)
+    return 0

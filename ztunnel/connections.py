@@ -1,0 +1,162 @@
+"""Open connections: what ``/config_dump`` lists, what metrics count, what the access log records,
+and what a policy change re-evaluates.
+
+Every proxied connection is a ``Connection`` registered for its lifetime with ``ConnectionTracker.
+track``. On entry it counts as opened (``istio_tcp_connections_opened_total``); on exit as closed,
+with its bytes, and one JSON line goes to the access log. An inbound connection keeps the facts its
+authorization was decided on, so ``reevaluate`` can decide again under new policy and cancel the
+connection's scope when it is now denied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import trio
+
+from mesh.identity import SpiffeId
+from ztunnel.relay import Counts
+
+log = logging.getLogger("ambient.ztunnel.connections")
+
+
+def address_text(address: tuple[str, int] | None) -> str | None:
+    if address is None:
+        return None
+    ip, port = address
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+@dataclass
+class Connection:
+    """One proxied connection, from the point of view of the pod ztunnel serves (``pod``)."""
+
+    direction: str  # "inbound" | "outbound"
+    pod: str  # "<ns>/<name>"
+    protocol: str  # "HBONE" | "TCP": how it reached or left this node
+    source: tuple[str, int]
+    destination: tuple[str, int]
+    source_workload: str | None = None  # "<ns>/<name>"
+    source_identity: SpiffeId | None = None
+    destination_workload: str | None = None
+    destination_identity: SpiffeId | None = None
+    destination_service: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # metric labels
+    # What the last authorization said (inbound), for the log and for re-evaluation.
+    decision: str = "allow"
+    policy: str | None = None
+    reason: str | None = None
+    recheck: Callable[[], tuple[bool, str | None, str]] | None = None  # → (allowed, policy, reason)
+    counts: Counts = field(default_factory=Counts)
+    error: str | None = None
+    id: int = 0
+    started: float = 0.0  # trio time
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def fail(self, error: str, *, denied: bool = False) -> None:
+        self.error = error
+        if denied:
+            self.decision = "deny"
+
+    def summary(self, now: float) -> dict:
+        return {
+            "direction": self.direction, "pod": self.pod, "protocol": self.protocol,
+            "source": address_text(self.source), "destination": address_text(self.destination),
+            "source_identity": str(self.source_identity) if self.source_identity else None,
+            "destination_identity": str(self.destination_identity) if self.destination_identity else None,
+            "policy": self.policy, "bytes_sent": self.counts.sent, "bytes_received": self.counts.received,
+            "duration_seconds": round(now - self.started, 3),
+        }
+
+
+class AccessLog:
+    """One JSON object per line, per connection, to ``stream`` (stdout: the component's log)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+
+    def write(self, conn: Connection, duration: float) -> None:
+        entry = {
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "message": "connection complete" if conn.decision == "allow" and conn.error is None else
+                       ("connection denied" if conn.decision == "deny" else "connection failed"),
+            "direction": conn.direction, "protocol": conn.protocol,
+            "src.addr": address_text(conn.source), "src.workload": conn.source_workload,
+            "src.identity": str(conn.source_identity) if conn.source_identity else None,
+            "dst.addr": address_text(conn.destination), "dst.workload": conn.destination_workload,
+            "dst.service": conn.destination_service,
+            "dst.identity": str(conn.destination_identity) if conn.destination_identity else None,
+            "bytes_sent": conn.counts.sent, "bytes_recv": conn.counts.received,
+            "duration_ms": round(duration * 1000, 3),
+            "decision": conn.decision, "policy": conn.policy, "reason": conn.reason, "error": conn.error,
+        }
+        self._stream.write(json.dumps({k: v for k, v in entry.items() if v is not None}) + "\n")
+        self._stream.flush()
+
+
+class ConnectionTracker:
+    def __init__(self, metrics, access_log: AccessLog) -> None:
+        self._metrics = metrics
+        self._access_log = access_log
+        self._open: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._emptied = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    @contextlib.contextmanager
+    def track(self, conn: Connection) -> Iterator[Connection]:
+        """Register ``conn`` while the block runs, inside its cancel scope (a policy change or the
+        end of its pod cancels it). Closing it is the block's business; this records it."""
+        conn.id = next(self._ids)
+        conn.started = trio.current_time()
+        self._open[conn.id] = conn
+        if self._metrics is not None and conn.decision == "allow":
+            self._metrics.opened(conn.labels)
+        try:
+            with conn.scope:
+                yield conn
+        finally:
+            del self._open[conn.id]
+            if self._metrics is not None and conn.decision == "allow":
+                self._metrics.closed(conn.labels, conn.counts.sent, conn.counts.received)
+            self._access_log.write(conn, trio.current_time() - conn.started)
+            if not self._open:
+                self._emptied.unpark_all()
+
+    def reevaluate(self) -> int:
+        """Decide every re-checkable connection again; cancel those now denied. Returns how many."""
+        closed = 0
+        for conn in list(self._open.values()):
+            if conn.recheck is None or conn.decision != "allow":
+                continue
+            allowed, policy, reason = conn.recheck()
+            if not allowed:
+                conn.decision, conn.policy, conn.reason = "deny", policy, f"policy changed: {reason}"
+                conn.error = "closed: denied by a policy change"
+                conn.scope.cancel()
+                closed += 1
+        if closed:
+            log.info("a policy change closed %d connection(s) it now denies", closed)
+        return closed
+
+    def snapshot(self) -> list[dict]:
+        now = trio.current_time()
+        return [conn.summary(now) for conn in self._open.values()]
+
+    async def wait_empty(self) -> None:
+        while self._open:
+            await self._emptied.park()
+
+    def cancel_all(self) -> None:
+        for conn in list(self._open.values()):
+            conn.scope.cancel()

@@ -1,0 +1,216 @@
+"""ztunnel's TCP metrics with Istio's names and labels (DESIGN.md section 7).
+
+Two halves. ``tcp_labels`` is pure: from what the proxy knows about a connection (the reporter, the
+source and destination workloads as discovery sent them, the verified principals, the destination
+service, whether it is mTLS) it returns the label set, following Istio's ztunnel
+(``src/proxy/metrics.rs``, ``CommonTrafficLabels``): every value that is not known is ``"unknown"``.
+``ZtunnelMetrics`` holds the counters, keyed by label set, and exposes them through a collector
+registered on the ``CollectorRegistry`` it is given:
+
+    istio_tcp_connections_opened_total   +1 when a connection is opened (``opened``)
+    istio_tcp_connections_closed_total   +1 when it ends, whatever the outcome (``closed``)
+    istio_tcp_received_bytes_total       bytes of the request direction (client → server)
+    istio_tcp_sent_bytes_total           bytes of the response direction (server → client)
+    istio_build{component="ztunnel",tag} 1, as every Istio component exports
+
+The byte directions are Istio's definitions ("received during request", "sent during response"),
+the same for both reporters. Bytes may be added while the connection runs (``add_bytes``) or at the
+end (``closed``); ``opened`` creates the byte series at 0, as Istio's ztunnel does, so a rate over
+them exists from the first scrape. The counters are collected by hand (``CounterMetricFamily``) rather
+than with ``prometheus_client.Counter`` so that the exposition has exactly Istio's series: no
+``*_created`` samples beside each ``*_total``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mesh.api import workload_pb2 as wpb
+from mesh.identity import InvalidSpiffeId
+from ztunnel.state import identity_of
+
+UNKNOWN = "unknown"
+DEFAULT_CLUSTER = "Kubernetes"  # Istio's default cluster id
+
+REPORTER_SOURCE = "source"  # outbound: the ztunnel of the client
+REPORTER_DESTINATION = "destination"  # inbound: the ztunnel of the server
+MUTUAL_TLS = "mutual_tls"
+NO_TLS = "none"  # what Istio's proxies report for plaintext (its ztunnel says "unknown")
+
+# response_flags, as Istio's ztunnel writes them.
+FLAG_NONE = "-"
+FLAG_DENIED = "DENY"  # denied by an AuthorizationPolicy
+FLAG_CONNECT_FAILED = "CONNECT"  # no upstream connection could be made
+
+# Istio's CommonTrafficLabels, in its order, without the locality labels.
+LABEL_NAMES: tuple[str, ...] = (
+    "reporter",
+    "source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace",
+    "source_principal", "source_app", "source_version", "source_cluster",
+    "destination_service", "destination_service_namespace", "destination_service_name",
+    "destination_workload", "destination_canonical_service", "destination_canonical_revision",
+    "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+    "destination_cluster",
+    "request_protocol", "response_flags", "connection_security_policy",
+)
+
+OPENED = "istio_tcp_connections_opened"
+CLOSED = "istio_tcp_connections_closed"
+RECEIVED = "istio_tcp_received_bytes"
+SENT = "istio_tcp_sent_bytes"
+_HELP = {
+    OPENED: "The total number of TCP connections opened",
+    CLOSED: "The total number of TCP connections closed",
+    RECEIVED: "The size of total bytes received during request in case of a TCP connection",
+    SENT: "The size of total bytes sent during response in case of a TCP connection",
+}
+
+
+def _workload_labels(side: str, workload: wpb.Workload | None) -> dict[str, str]:
+    """The ``<side>_*`` labels that come from the workload itself.
+
+    Choices, where the proto leaves room: ``workload`` is ``workload_name`` (the Deployment, or the
+    pod for a bare pod: the control plane fills it so) and falls back to the pod name;
+    ``canonical_service`` and ``app`` are ``canonical_name`` (which the control plane derives from
+    the ``service.istio.io/canonical-name``, ``app.kubernetes.io/name`` and ``app`` labels, as Istio
+    does; Istio's ztunnel also reports it as ``app``) and fall back to the workload name;
+    ``canonical_revision`` and ``version`` are ``canonical_revision``; ``cluster`` is ``cluster_id``,
+    else ``Kubernetes``."""
+    if workload is None:
+        return {f"{side}_{name}": UNKNOWN for name in
+                ("workload", "canonical_service", "canonical_revision", "workload_namespace", "app", "version",
+                 "cluster")}
+    name = workload.workload_name or workload.name or UNKNOWN
+    canonical = workload.canonical_name or name
+    revision = workload.canonical_revision or UNKNOWN
+    return {
+        f"{side}_workload": name,
+        f"{side}_canonical_service": canonical,
+        f"{side}_canonical_revision": revision,
+        f"{side}_workload_namespace": workload.namespace or UNKNOWN,
+        f"{side}_app": canonical,
+        f"{side}_version": revision,
+        f"{side}_cluster": workload.cluster_id or DEFAULT_CLUSTER,
+    }
+
+
+def _principal(explicit: str | None, workload: wpb.Workload | None, mutual_tls: bool) -> str:
+    """The principal given, else (mTLS only) the workload's own SPIFFE ID, else unknown. A
+    plaintext connection proves no identity, so it reports none even for a known workload."""
+    if explicit:
+        return explicit
+    if mutual_tls and workload is not None:
+        try:
+            return str(identity_of(workload))
+        except InvalidSpiffeId:
+            return UNKNOWN
+    return UNKNOWN
+
+
+def tcp_labels(*, reporter: str, source: wpb.Workload | None, source_principal: str | None,
+               destination: wpb.Workload | None, destination_principal: str | None,
+               destination_service: wpb.Service | None, mutual_tls: bool,
+               response_flags: str = FLAG_NONE) -> dict[str, str]:
+    """The Istio label set of one TCP connection (every name of ``LABEL_NAMES``).
+
+    ``reporter`` is ``"source"`` (outbound, the client's ztunnel) or ``"destination"`` (inbound).
+    Principals are full ``spiffe://`` strings: pass the verified peer identity and the expected or
+    own one; a missing one is derived from its workload when the connection is mTLS (see
+    ``_principal``). Raises ValueError for a reporter that is neither (a bug of the caller)."""
+    if reporter not in (REPORTER_SOURCE, REPORTER_DESTINATION):
+        raise ValueError(f"reporter must be {REPORTER_SOURCE!r} or {REPORTER_DESTINATION!r}, not {reporter!r}")
+    labels = {
+        "reporter": reporter,
+        **_workload_labels("source", source),
+        "source_principal": _principal(source_principal, source, mutual_tls),
+        "destination_service": UNKNOWN,
+        "destination_service_namespace": UNKNOWN,
+        "destination_service_name": UNKNOWN,
+        **_workload_labels("destination", destination),
+        "destination_principal": _principal(destination_principal, destination, mutual_tls),
+        "request_protocol": "tcp",
+        "response_flags": response_flags or FLAG_NONE,
+        "connection_security_policy": MUTUAL_TLS if mutual_tls else NO_TLS,
+    }
+    if destination_service is not None:
+        labels["destination_service"] = destination_service.hostname or UNKNOWN
+        labels["destination_service_namespace"] = destination_service.namespace or UNKNOWN
+        labels["destination_service_name"] = destination_service.name or UNKNOWN
+    return {name: labels[name] for name in LABEL_NAMES}  # in Istio's order
+
+
+def _build_tag() -> str:
+    try:
+        return metadata.version("ambient-mesh")
+    except metadata.PackageNotFoundError:
+        return UNKNOWN
+
+
+class ZtunnelMetrics:
+    """The TCP counters, exported through ``registry`` (its own collector; register once).
+
+    Every method takes the label set of ``tcp_labels`` (all of ``LABEL_NAMES``, nothing else:
+    anything else is a bug and raises ValueError). Safe to call from any thread."""
+
+    def __init__(self, registry: CollectorRegistry, *, build_tag: str | None = None) -> None:
+        self.registry = registry
+        self.build_tag = build_tag or _build_tag()
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[tuple[str, ...], int]] = {OPENED: {}, CLOSED: {}, RECEIVED: {}, SENT: {}}
+        registry.register(self)
+
+    @staticmethod
+    def _key(labels: Mapping[str, str]) -> tuple[str, ...]:
+        if len(labels) != len(LABEL_NAMES) or any(name not in labels for name in LABEL_NAMES):
+            missing = sorted(set(LABEL_NAMES) - set(labels))
+            extra = sorted(set(labels) - set(LABEL_NAMES))
+            raise ValueError(f"labels must be those of tcp_labels (missing {missing}, unexpected {extra})")
+        return tuple(str(labels[name]) for name in LABEL_NAMES)
+
+    def opened(self, labels: Mapping[str, str]) -> None:
+        """One connection opened; its byte series start at 0."""
+        key = self._key(labels)
+        with self._lock:
+            self._values[OPENED][key] = self._values[OPENED].get(key, 0) + 1
+            self._values[RECEIVED].setdefault(key, 0)
+            self._values[SENT].setdefault(key, 0)
+
+    def add_bytes(self, labels: Mapping[str, str], sent: int, received: int) -> None:
+        """Bytes relayed so far: ``received`` from the client, ``sent`` to it."""
+        self._add(self._key(labels), sent, received, closed=0)
+
+    def closed(self, labels: Mapping[str, str], sent: int = 0, received: int = 0) -> None:
+        """One connection ended; ``sent`` and ``received`` are its bytes not yet added."""
+        self._add(self._key(labels), sent, received, closed=1)
+
+    def _add(self, key: tuple[str, ...], sent: int, received: int, closed: int) -> None:
+        if sent < 0 or received < 0:
+            raise ValueError(f"byte counts cannot be negative (sent {sent}, received {received})")
+        with self._lock:
+            self._values[SENT][key] = self._values[SENT].get(key, 0) + sent
+            self._values[RECEIVED][key] = self._values[RECEIVED].get(key, 0) + received
+            if closed:
+                self._values[CLOSED][key] = self._values[CLOSED].get(key, 0) + closed
+
+    # -- the prometheus_client collector interface
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(name, _HELP[name], labels=LABEL_NAMES) for name in _HELP] + [
+            GaugeMetricFamily("istio_build", "Istio component build info", labels=("component", "tag"))]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snapshot = {name: dict(series) for name, series in self._values.items()}
+        for name, series in snapshot.items():
+            family = CounterMetricFamily(name, _HELP[name], labels=LABEL_NAMES)
+            for key, value in series.items():
+                family.add_metric(key, value)
+            yield family
+        build = GaugeMetricFamily("istio_build", "Istio component build info", labels=("component", "tag"))
+        build.add_metric(("ztunnel", self.build_tag), 1)
+        yield build

@@ -1,0 +1,195 @@
+"""The pods a ztunnel serves, as the node agent hands them over ZDS (DESIGN.md section 5).
+
+Each ``AddWorkload`` carries the pod's netns and its capture maps (``bpf.agent.POD_FDS``). ztunnel
+opens the pod's three listeners inside that netns, puts them in the pod's SOCKMAP, and only then
+acknowledges: from that moment the pod's captured connections reach ztunnel. ``DelWorkload`` closes
+them (which empties the SOCKMAP slots: the pod's traffic is dropped, never let through). While the
+agent is away (restarting) the pods keep being served; when it comes back its replay ends with
+``SnapshotSent``, after which a pod it did not name is let go. A replayed pod whose netns is the
+same keeps its listeners and open connections; the listeners go into the (possibly new) maps again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from bpf.agent import POD_FDS
+from bpf.capture import Slot
+from bpf.libbpf import Map
+from mesh.zds import close_fds, connect_zds
+from ztunnel.sockets import open_pod_listeners, put_in_sockmap
+
+log = logging.getLogger("ambient.ztunnel.pods")
+
+RECONNECT_DELAY = 0.2
+
+
+@dataclass(eq=False)
+class Pod:
+    """One pod served: its netns (an fd we own), its capture maps, our listeners in its netns."""
+
+    uid: str
+    namespace: str
+    name: str
+    service_account: str
+    netns_fd: int
+    netns_inode: int
+    listeners_map: Map
+    bypass: Map
+    sockets: dict[Slot, socket.socket]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    released: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def replace_maps(self, listeners_map: Map, bypass: Map) -> None:
+        self.listeners_map.close()
+        self.bypass.close()
+        self.listeners_map, self.bypass = listeners_map, bypass
+        put_in_sockmap(listeners_map, self.sockets)
+
+    def release(self) -> None:
+        """Close what the pod holds (listeners first: the SOCKMAP slots empty with them). Once."""
+        if self.released:
+            return
+        self.released = True
+        for sock in self.sockets.values():
+            sock.close()
+        self.listeners_map.close()
+        self.bypass.close()
+        os.close(self.netns_fd)
+
+
+def pod_from_request(request, fds: list[int]) -> Pod:
+    """Take over an AddWorkload's fds (closed here on failure) and open the pod's listeners."""
+    if len(fds) != len(POD_FDS):
+        close_fds(fds)
+        raise ValueError(f"expected {len(POD_FDS)} fds ({', '.join(POD_FDS)}), got {len(fds)}")
+    netns_fd, listeners_fd, bypass_fd = fds
+    info = request.add.workload_info
+    listeners_map = Map(listeners_fd, "listeners", owned=True)
+    bypass = Map(bypass_fd, "bypass", owned=True)
+    try:
+        sockets = open_pod_listeners(netns_fd)
+    except BaseException:
+        listeners_map.close()
+        bypass.close()
+        os.close(netns_fd)
+        raise
+    pod = Pod(uid=request.add.uid, namespace=info.namespace, name=info.name,
+              service_account=info.service_account or "default", netns_fd=netns_fd,
+              netns_inode=os.fstat(netns_fd).st_ino, listeners_map=listeners_map, bypass=bypass,
+              sockets=sockets)
+    try:
+        put_in_sockmap(listeners_map, sockets)
+    except BaseException:
+        pod.release()
+        raise
+    return pod
+
+
+class PodSet:
+    """Follows the node agent; ``serve(pod)`` runs for each pod until the pod is removed."""
+
+    def __init__(self, socket_path: str, serve: Callable[[Pod], Awaitable[None]],
+                 changed: Callable[[], None] = lambda: None) -> None:
+        self.socket_path = socket_path
+        self.pods: dict[str, Pod] = {}  # uid
+        self.agent_connected = False
+        self._serve = serve
+        self._changed = changed
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._follow_agent()
+        finally:
+            for pod in self.pods.values():
+                pod.release()
+            self.pods.clear()
+
+    async def _follow_agent(self) -> None:
+        announced_waiting = False
+        while True:
+            try:
+                async with connect_zds(self.socket_path) as zds:
+                    self.agent_connected = True
+                    announced_waiting = False
+                    log.info("connected to the node agent at %s", self.socket_path)
+                    await self._session(zds)
+                    log.warning("the node agent closed ZDS; serving %d pod(s) until it is back", len(self.pods))
+            except OSError as exc:  # no agent yet (ZdsConnectError), or it died mid-message
+                if not announced_waiting:
+                    log.info("waiting for the node agent: %s", exc)
+                    announced_waiting = True
+            finally:
+                self.agent_connected = False
+            await trio.sleep(RECONNECT_DELAY)
+
+    async def _session(self, zds) -> None:
+        replayed: set[str] | None = set()
+        async for request, fds in zds:
+            kind = request.WhichOneof("payload")
+            error = ""
+            try:
+                if kind == "add":
+                    error = await self._add(request, fds)
+                    if replayed is not None:
+                        replayed.add(request.add.uid)
+                elif kind == "del":  # "del" is a Python keyword: reach the field with getattr
+                    await self.remove(getattr(request, "del").uid)
+                elif kind == "snapshot_sent" and replayed is not None:
+                    for uid in set(self.pods) - replayed:
+                        await self.remove(uid)
+                    replayed = None
+                    log.info("node agent snapshot applied: serving %d pod(s)", len(self.pods))
+            except (OSError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("ZDS %s failed: %s", kind, error)
+            finally:
+                if kind != "add":
+                    close_fds(fds)
+            await zds.ack(error)
+            self._changed()
+
+    async def _add(self, request, fds: list[int]) -> str:
+        uid = request.add.uid
+        known = self.pods.get(uid)
+        if known is not None and len(fds) == len(POD_FDS) and os.fstat(fds[0]).st_ino == known.netns_inode:
+            os.close(fds[0])  # same pod, same netns: keep our listeners; take the agent's maps
+            known.replace_maps(Map(fds[1], "listeners", owned=True), Map(fds[2], "bypass", owned=True))
+            return ""
+        if known is not None:  # recreated: new netns, new listeners
+            await self.remove(uid)
+        pod = await trio.to_thread.run_sync(pod_from_request, request, fds)
+        self.pods[uid] = pod
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_pod, pod, name=f"pod {pod.key}")
+        log.info("serving pod %s (listeners 15001/15006/15008 in its netns)", pod.key)
+        return ""
+
+    async def _run_pod(self, pod: Pod) -> None:
+        try:
+            with pod.scope:
+                await self._serve(pod)
+        finally:
+            pod.release()
+            pod.done.set()
+
+    async def remove(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        if pod is not None:
+            pod.scope.cancel()
+            await pod.done.wait()
+            log.info("pod %s removed", pod.key)
