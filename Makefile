@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 # Commands the suite and the demo run besides Python, as command:Debian-package.
-SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl clang:clang bpftool:bpftool
+SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl clang:clang bpftool:bpftool tcpdump:tcpdump
 # Files the build needs, as path:Debian-package (libbpf's BPF headers; the runtime libbpf1 comes with it).
 SYSTEM_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 # The eBPF capture program (DESIGN.md section 5), built from its source; never committed.

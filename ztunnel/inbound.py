@@ -42,8 +42,12 @@ def decide_inbound(
         return InboundDecision(False, 401, f"bypassed waypoint: {_name(destination)} must be reached through its waypoint")
     conn = ConnectionAttributes(source_ip=source_ip, source_identity=source_identity,
                                 destination_ip=destination_ip, destination_port=destination_port)
-    decision = authorize(conn, applicable_policies(destination, authorizations, root_namespace))
-    return InboundDecision(decision.allowed, 200 if decision.allowed else 401, decision.reason, decision.policy)
+    policies = applicable_policies(destination, authorizations, root_namespace)
+    decision = authorize(conn, policies)
+    policy = decision.policy
+    if not decision.allowed and policy is None:  # no ALLOW matched: name the ones that did not
+        policy = ",".join(f"{p.namespace}/{p.name}" for p in policies if p.action == pb.ALLOW) or None
+    return InboundDecision(decision.allowed, 200 if decision.allowed else 401, decision.reason, policy)
 
 
 def _from_waypoint(destination: wpb.Workload, source_ip: str, source_identity: SpiffeId | None,

@@ -218,7 +218,7 @@ class Ztunnel:
         source_identity = self.pod_identity(pod)
         destination_identity = plan.identity if hbone else None
         labels = tcp_labels(
-            reporter="source", source=source, source_principal=str(source_identity),
+            reporter="source", source=source, source_principal=str(source_identity) if hbone else None,
             destination=destination, destination_principal=str(destination_identity) if destination_identity else None,
             destination_service=service, mutual_tls=hbone)
         return Connection(

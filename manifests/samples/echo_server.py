@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class EchoHandler(BaseHTTPRequestHandler):
     server_version = "ambient-echo/1"
+    protocol_version = "HTTP/1.1"  # keep-alive: one connection may carry many requests
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
