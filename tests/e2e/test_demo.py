@@ -25,11 +25,20 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     legacy_ip = re.search(r"legacy/sleep \((10\.244\.\d+\.\d+), node-\d\)", out).group(1)
     # Outside the mesh, plain TCP: the echo server saw the client pod's own address.
     assert re.search(rf"(same node|across nodes): legacy/echo saw GET /hello\?from=legacy from {re.escape(legacy_ip)}\n", out)
-    # The three ambient pods are captured, one sk_lookup program each, and held without ztunnel.
-    assert len(re.findall(r"demo/\S+ on node-\d: captured, awaiting ztunnel", out)) == 3
+    # The three ambient pods are captured, one sk_lookup program each, and served by ztunnel.
+    assert len(re.findall(r"demo/\S+ on node-\d: enrolled", out)) == 3
     assert "sk_lookup programs attached to their network namespaces (bpftool): 3" in out
-    assert out.count("held (timed out), never delivered uncaptured") == 2
-    assert len(re.findall(r"INFO ambient.nodeagent: pod demo/\S+ \(10\.244\.0\.\d+\) captured in", out)) >= 1
+    # Across nodes, only HBONE crossed the fabric, nothing readable; the app saw the client pod.
+    sleep_ip = re.search(r"demo/sleep \((10\.244\.\d+\.\d+), node-\d\) to demo/echo", out).group(1)
+    assert re.search(rf"saw GET /secret-path-in-the-mesh from {re.escape(sleep_ip)} \(the client pod's own IP\)", out)
+    assert re.search(r"on the fabric: [1-9]\d* TCP packets between the pods, on port 15008 \(HBONE\): yes; "
+                     r"the request path readable on the wire: no", out)
+    assert out.count('"message": "connection complete"') == 2 and '"src.identity": "spiffe://cluster.local/ns/demo/sa/sleep"' in out
+    assert re.search(r"spiffe://cluster.local/ns/demo/sa/sleep\s+Leaf\s+Available\s+true", out)
+    # The policy denies legacy/sleep (reset, logged with the policy's name); demo/sleep still passes.
+    assert "legacy/sleep to demo/echo-" in out and ": connection reset: denied" in out
+    assert '"message": "connection denied"' in out and '"policy": "demo/echo-from-demo-only"' in out
+    assert re.search(r"demo/sleep to demo/echo-\S+: answered, /still-allowed", out)
     assert re.search(r"legacy\s+echo\s+node-\d\s+10\.244\.\d+\.\d+\s+1/1\s+Running\s+0\s+none", out)
     assert "Lab 'demo' is down" in out and "lab network namespaces left: 0" in out
     assert not (tmp_path / "demo").exists()
