@@ -1,1 +1,1 @@
-"""The per-node L4 proxy: captured pod traffic over HBONE mTLS (DESIGN.md section 7). Not built yet."""
+"""The per-node L4 proxy: captured pod traffic over HBONE mTLS (DESIGN.md section 7). See ARCHITECTURE.md."""
