@@ -122,7 +122,7 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _serve_connection(stream: trio.abc.Stream, *, routes: Mapping[str, Handler],
+async def _serve_connection(stream: trio.abc.HalfCloseableStream, *, routes: Mapping[str, Handler],
                             request_timeout: float) -> None:
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
     try:
@@ -219,7 +219,7 @@ async def _send_error(stream: trio.abc.Stream, connection: h11.Connection, statu
     await _send(stream, connection, Response.text(status, message + "\n", headers=(("Connection", "close"),)))
 
 
-async def _linger(stream: trio.abc.Stream) -> None:
+async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
     """Half-close and drain briefly, so that closing with unread input (which makes the kernel
     send a reset) does not destroy the response before the peer has read it."""
     with trio.move_on_after(LINGER_TIMEOUT):

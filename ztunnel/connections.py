@@ -120,16 +120,22 @@ class ConnectionTracker:
         conn.id = next(self._ids)
         conn.started = trio.current_time()
         self._open[conn.id] = conn
-        if self._metrics is not None and conn.decision == "allow":
+        # Counted if allowed when it starts; then closed is counted whatever happens to it later (a
+        # 401 from the far side, a policy change), so that opened and closed always pair up.
+        counted = self._metrics is not None and conn.decision == "allow"
+        if counted:
             self._metrics.opened(conn.labels)
         try:
             with conn.scope:
                 yield conn
         finally:
             del self._open[conn.id]
-            if self._metrics is not None and conn.decision == "allow":
+            if counted:
                 self._metrics.closed(conn.labels, conn.counts.sent, conn.counts.received)
-            self._access_log.write(conn, trio.current_time() - conn.started)
+            try:
+                self._access_log.write(conn, trio.current_time() - conn.started)
+            except (OSError, ValueError) as exc:  # a broken log must not break draining
+                log.error("cannot write the access log: %s", exc)
             if not self._open:
                 self._emptied.unpark_all()
 

@@ -45,8 +45,12 @@ class HbonePool:
             except trio.BrokenResourceError as exc:
                 log.debug("pooled HBONE connection for %s was gone (%s); opening a new one", key, exc)
         lock = self._locks.setdefault(key, trio.Lock())
-        async with lock:
-            driver = self._available(key) or await self._new(key, connect)
+        try:
+            async with lock:
+                driver = self._available(key) or await self._new(key, connect)
+        finally:
+            if key not in self._drivers and not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]  # no connection could be made: keep nothing for the key
         return await driver.open(authority, forwarded_for, baggage)
 
     def _available(self, key: Hashable) -> HboneClientDriver | None:
@@ -80,6 +84,16 @@ class HbonePool:
 
     def count(self) -> int:
         return sum(len(drivers) for drivers in self._drivers.values())
+
+    def close_where(self, predicate: Callable[[Hashable], bool], reason: str) -> int:
+        """Close the connections whose key satisfies ``predicate`` (e.g. those of a pod that left)."""
+        closed = 0
+        for key, drivers in list(self._drivers.items()):
+            if predicate(key):
+                for driver in list(drivers):
+                    driver.close(reason)
+                    closed += 1
+        return closed
 
     def close_all(self) -> None:
         for drivers in list(self._drivers.values()):

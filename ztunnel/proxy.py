@@ -138,7 +138,8 @@ class Ztunnel:
         return SpiffeId(self.config.trust_domain, pod.namespace, pod.service_account)
 
     async def _serve_pod(self, pod: Pod) -> None:
-        self.secrets.prefetch(self.pod_identity(pod))
+        identity = self.pod_identity(pod)
+        self.secrets.prefetch(identity)
         handlers = {Slot.OUTBOUND: self._outbound, Slot.INBOUND: self._plaintext_inbound, Slot.HBONE: self._hbone_inbound}
         try:
             async with trio.open_nursery() as connections:
@@ -150,6 +151,17 @@ class Ztunnel:
                             acceptors.start_soon(self._accept, pod, sock, handlers[slot], connections)
         finally:
             self._accepting.pop(pod.uid, None)
+            self._forget_pod(pod, identity)
+
+    def _forget_pod(self, pod: Pod, identity: SpiffeId) -> None:
+        """The pod left: close its pooled connections (made in its netns), and drop its identity's
+        certificate unless another pod served here still has that identity."""
+        if self.pool is not None:
+            self.pool.close_where(lambda key: key[0] == pod.uid, f"pod {pod.key} left")
+        if not any(self.pod_identity(other) == identity for other in self.pods.pods.values() if other is not pod):
+            self.secrets.forget(identity)
+            self.contexts.forget(identity)
+            self._credentials.pop(identity, None)
 
     async def _accept(self, pod: Pod, sock, handle, connections: trio.Nursery) -> None:
         listener = trio.socket.from_stdlib_socket(sock)

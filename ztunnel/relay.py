@@ -31,37 +31,47 @@ class Counts:
 async def relay(downstream: trio.abc.HalfCloseableStream, upstream: trio.abc.HalfCloseableStream,
                 counts: Counts) -> None:
     """Until both directions have ended. Raises ``trio.BrokenResourceError`` (after resetting both
-    sides) if either side failed; cancellation also resets both."""
-    finished = False
+    sides) if either side failed; cancellation also resets both.
+
+    Each pump catches its own side's failure and stops the other, so the nursery raises nothing but
+    cancellation from outside: a failure that coincides with a cancellation (a reset arriving as a
+    policy change closes the connection) is still a plain ``Cancelled`` or ``BrokenResourceError``,
+    never an exception group that the caller's ``except trio.BrokenResourceError`` would miss."""
+    failures: list[BaseException] = []
+    clean = False
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_pump, downstream, upstream, counts, True)
-            nursery.start_soon(_pump, upstream, downstream, counts, False)
-        finished = True
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-        first = group.exceptions[0]
-        raise trio.BrokenResourceError(f"{type(first).__name__}: {first}") from None
+            nursery.start_soon(_pump, downstream, upstream, counts, True, failures, nursery.cancel_scope)
+            nursery.start_soon(_pump, upstream, downstream, counts, False, failures, nursery.cancel_scope)
+        clean = not failures
     finally:
-        if not finished:
+        if not clean:
             abort(downstream)
             abort(upstream)
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(downstream)
             await trio.aclose_forcefully(upstream)
+    if failures:
+        first = failures[0]
+        raise trio.BrokenResourceError(f"{type(first).__name__}: {first}") from None
 
 
 async def _pump(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStream, counts: Counts,
-                forward: bool) -> None:
-    while True:
-        data = await source.receive_some(CHUNK)
-        if not data:
-            break
-        await sink.send_all(data)
-        if forward:
-            counts.received += len(data)
-        else:
-            counts.sent += len(data)
-    await sink.send_eof()
+                forward: bool, failures: list[BaseException], both: trio.CancelScope) -> None:
+    try:
+        while True:
+            data = await source.receive_some(CHUNK)
+            if not data:
+                break
+            await sink.send_all(data)
+            if forward:
+                counts.received += len(data)
+            else:
+                counts.sent += len(data)
+        await sink.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        failures.append(exc)
+        both.cancel()
 
 
 def abort(stream: trio.abc.Stream) -> None:

@@ -141,7 +141,11 @@ async def connect_as_client(app: AppAddress, client_ip: str) -> trio.SocketStrea
             raise OSError(exc.errno, f"cannot bind to the client address {client_ip}: {exc.strerror}") from None
         raise
     key = bypass_key(client_ip, sock.getsockname()[1], app.pod_ip, app.port)
-    app.bypass.update(key, _BYPASS_VALUE)
+    try:
+        app.bypass.update(key, _BYPASS_VALUE)  # fails if the map is full (E2BIG)
+    except BaseException:
+        sock.close()
+        raise
     try:
         return await connect(sock, (app.pod_ip, app.port))
     finally:

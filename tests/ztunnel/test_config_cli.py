@@ -100,6 +100,9 @@ def test_certificates_table_with_validity_and_errors():
     ]
     later = NOW + dt.timedelta(days=2)
     assert "Available    false" in render("certificates", SAMPLE, now=later)
+    naive = {"certificates": [{**SAMPLE["certificates"][0], "not_before": "2026-01-01T00:00:00",
+                               "not_after": "2026-01-02T00:00:00"}]}  # read as UTC
+    assert "Available  true" in render("certificates", naive, now=NOW)
 
 
 def test_connections_table():
@@ -116,7 +119,8 @@ def test_connections_table():
 
 def test_filters():
     assert len(lines(render("workloads", SAMPLE, namespace="shop"))) == 3
-    assert lines(render("certificates", SAMPLE, namespace="shop", now=NOW))[1].startswith("spiffe://cluster.local/ns/shop/")
+    certificates = lines(render("certificates", SAMPLE, namespace="shop", now=NOW))
+    assert len(certificates) == 2 and certificates[1].startswith("spiffe://cluster.local/ns/shop/")
     assert [c["pod"] for c in select("connections", SAMPLE, direction="outbound")] == ["legacy/db"]
     assert [c["pod"] for c in select("connections", SAMPLE, namespace="shop")] == ["shop/web-0"]
     assert lines(render("policies", SAMPLE, namespace="nowhere")) == ["NAMESPACE  POLICY NAME  ACTION  SCOPE"]

@@ -1,0 +1,290 @@
+"""ztunnel's inbound decision (``decide_inbound``) as a table, against what the control plane sends.
+
+Each world is Kubernetes YAML run through the control plane's own pipeline (``mesh.parse`` →
+``ClusterState`` → ``compute_view`` → the packed resources discovery serves → unpacked again), so the
+workloads, the waypoint and the authorizations (PeerAuthentications converted by ``mesh.authz``)
+are the protos ztunnel receives. Every row checks the whole decision: allowed, status, reason and
+the policy named in the access log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import pytest
+
+from mesh.api import workload_pb2 as wpb
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, unpack
+from mesh.authz import CONVERTED_PEER_AUTHENTICATION
+from mesh.identity import SpiffeId
+from mesh.parse import parse_text
+from mesh.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
+from ztunnel.inbound import InboundDecision, decide_inbound
+from ztunnel.state import ProxyState
+
+# ---------------------------------------------------------------- worlds
+
+# An ambient namespace with a waypoint for all traffic; the pod "db" uses it, "web-0" does not.
+# "impostor" runs as the waypoint's service account but is not its pod.
+BASE = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {serviceAccountName: client, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: impostor, namespace: shop, labels: {app: impostor}}
+spec: {serviceAccountName: wp, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec: {serviceAccountName: web, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db, istio.io/use-waypoint: wp}}
+spec: {serviceAccountName: db, containers: [{name: app}]}
+"""
+IPS = {"shop/client": "10.244.0.10", "shop/web-0": "10.244.0.11", "shop/db": "10.244.0.20",
+       "shop/impostor": "10.244.0.30", "shop/wp-waypoint": "10.244.0.50"}
+VIPS = {"shop/wp": "10.96.0.99"}
+
+# L4 policies of the web pod (two ALLOWs, one DENY) and of the db pod (only its waypoint may come).
+POLICIES = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-metrics-port, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{to: [{operation: {ports: ["9090"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-ops, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{from: [{source: {namespaces: ["ops"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-from-waypoint, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/wp"]}}]}]
+"""
+
+STRICT = """
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+"""
+
+MESH_STRICT = """
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+# A mesh-wide DENY of plaintext written as an AuthorizationPolicy of the root namespace (unlike a
+# converted PeerAuthentication, not named by the workloads: it applies through the root namespace).
+MESH_DENY_PLAINTEXT = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-mtls, namespace: istio-system}
+spec:
+  action: DENY
+  rules: [{from: [{source: {notPrincipals: ["*"]}}]}]
+"""
+
+WORLDS = {"open": BASE, "policies": BASE + POLICIES, "strict": BASE + STRICT, "mesh-strict": BASE + MESH_STRICT,
+          "mesh-deny": BASE + MESH_DENY_PLAINTEXT}
+
+
+@dataclass(frozen=True)
+class World:
+    state: ProxyState
+    authorizations: dict
+
+
+@functools.cache
+def world(name: str) -> World:
+    """What discovery sends for the world, packed and unpacked again, indexed as ztunnel does."""
+    parsed = parse_text(WORLDS[name], "world.yaml")
+    assert [str(p) for p in parsed.errors] == []
+    status = {tuple(key.split("/")): PodStatus(ip, "node-a") for key, ip in IPS.items()}
+    cluster = ClusterState.build(parsed.resources, status, {tuple(k.split("/")): v for k, v in VIPS.items()})
+    packed = compute_view(cluster).resources()
+    addresses = {n: unpack(m, ADDRESS_TYPE_URL) for n, m in packed[ADDRESS_TYPE_URL].items()}
+    authorizations = {n: unpack(m, AUTHORIZATION_TYPE_URL) for n, m in packed[AUTHORIZATION_TYPE_URL].items()}
+    return World(ProxyState.from_addresses(addresses), authorizations)
+
+
+def uid(key: str) -> str:
+    ns, name = key.split("/")
+    return workload_uid(MeshConfig(), ns, name)
+
+
+def spiffe(account: str, ns: str = "shop") -> SpiffeId:
+    return SpiffeId("cluster.local", ns, account)
+
+
+CLIENT, WP, ADMIN, STRANGER = spiffe("client"), spiffe("wp"), spiffe("admin", "ops"), spiffe("x", "other")
+CLIENT_IP, WP_IP, IMPOSTOR_IP, OFF_MESH_IP = "10.244.0.10", "10.244.0.50", "10.244.0.30", "192.0.2.7"
+WEB_ALLOWS = "shop/allow-client,shop/allow-metrics-port"  # the ALLOW policies of web-0, as considered
+CONVERTED = f"shop/{CONVERTED_PEER_AUTHENTICATION}default"
+
+
+@dataclass(frozen=True)
+class Case:
+    world: str
+    pod: str | None  # the destination pod; None: no workload at the address
+    source_ip: str
+    identity: SpiffeId | None  # the verified peer identity (None: plaintext)
+    hbone: bool = True
+    port: int = 8080
+    served: bool = True
+
+
+def decide(case: Case, root_namespace: str | None = None) -> InboundDecision:
+    w = world(case.world)
+    destination = w.state.workloads[uid(case.pod)] if case.pod else None
+    destination_ip = IPS[case.pod] if case.pod else "10.244.0.99"
+    kwargs = {"root_namespace": root_namespace} if root_namespace else {}
+    return decide_inbound(destination=destination, served=case.served, source_ip=case.source_ip,
+                          source_identity=case.identity, destination_ip=destination_ip,
+                          destination_port=case.port, state=w.state, authorizations=w.authorizations,
+                          hbone=case.hbone, **kwargs)
+
+
+def allowed(reason: str = "no ALLOW policies", policy: str | None = None) -> InboundDecision:
+    return InboundDecision(True, 200, reason, policy)
+
+
+def bypassed(pod: str) -> InboundDecision:
+    return InboundDecision(False, 401, f"bypassed waypoint: {pod} must be reached through its waypoint")
+
+
+def denied_by(key: str) -> InboundDecision:
+    return InboundDecision(False, 401, f"denied by DENY policy {key}", key)
+
+
+NO_ALLOW_MATCHED = InboundDecision(False, 401, "no ALLOW policy matched", WEB_ALLOWS)
+
+# ---------------------------------------------------------------- the table
+
+CASES = [
+    # What is not served here: nothing to connect to.
+    ("no-workload-is-503", Case("open", None, CLIENT_IP, CLIENT),
+     InboundDecision(False, 503, "no workload at 10.244.0.99 is served by this ztunnel")),
+    ("a-workload-this-ztunnel-does-not-serve-is-503", Case("open", "shop/web-0", CLIENT_IP, CLIENT, served=False),
+     InboundDecision(False, 503, "no workload at 10.244.0.11 is served by this ztunnel")),
+    ("not-served-is-503-even-for-plaintext", Case("open", None, CLIENT_IP, None, hbone=False),
+     InboundDecision(False, 503, "no workload at 10.244.0.99 is served by this ztunnel")),
+    # The waypoint rule.
+    ("hbone-to-a-waypointed-pod-from-a-client-bypassed-it", Case("open", "shop/db", CLIENT_IP, CLIENT),
+     bypassed("shop/db")),
+    ("hbone-from-the-waypoint-pod-with-its-identity-passes", Case("open", "shop/db", WP_IP, WP), allowed()),
+    ("waypoints-address-but-another-identity-bypassed", Case("open", "shop/db", WP_IP, CLIENT), bypassed("shop/db")),
+    ("waypoints-identity-from-a-pod-that-is-not-the-waypoint", Case("open", "shop/db", IMPOSTOR_IP, WP),
+     bypassed("shop/db")),
+    ("waypoints-identity-from-outside-the-mesh", Case("open", "shop/db", OFF_MESH_IP, WP), bypassed("shop/db")),
+    ("hbone-without-a-verified-identity-is-not-the-waypoint", Case("open", "shop/db", WP_IP, None),
+     bypassed("shop/db")),
+    ("waypoint-rule-not-applied-to-plaintext", Case("open", "shop/db", CLIENT_IP, None, hbone=False), allowed()),
+    ("pod-without-a-waypoint-takes-any-hbone-peer", Case("open", "shop/web-0", CLIENT_IP, CLIENT), allowed()),
+    ("no-policies-allow-plaintext", Case("open", "shop/web-0", OFF_MESH_IP, None, hbone=False), allowed()),
+    # L4 AuthorizationPolicy with the verified identity.
+    ("allow-matches-the-verified-identity", Case("policies", "shop/web-0", CLIENT_IP, CLIENT),
+     allowed("allowed by shop/allow-client", "shop/allow-client")),
+    ("another-allow-matches-the-port", Case("policies", "shop/web-0", OFF_MESH_IP, STRANGER, port=9090),
+     allowed("allowed by shop/allow-metrics-port", "shop/allow-metrics-port")),
+    ("deny-matches-before-any-allow", Case("policies", "shop/web-0", OFF_MESH_IP, ADMIN, port=9090),
+     denied_by("shop/deny-ops")),
+    ("no-allow-matched-names-the-allows-considered", Case("policies", "shop/web-0", OFF_MESH_IP, STRANGER),
+     NO_ALLOW_MATCHED),
+    ("an-allowed-identity-from-any-address", Case("policies", "shop/web-0", OFF_MESH_IP, CLIENT),
+     allowed("allowed by shop/allow-client", "shop/allow-client")),
+    ("plaintext-has-no-principal", Case("policies", "shop/web-0", CLIENT_IP, None, hbone=False), NO_ALLOW_MATCHED),
+    ("plaintext-still-meets-an-allow-without-principals",
+     Case("policies", "shop/web-0", CLIENT_IP, None, hbone=False, port=9090),
+     allowed("allowed by shop/allow-metrics-port", "shop/allow-metrics-port")),
+    ("from-the-waypoint-the-policy-sees-the-waypoint", Case("policies", "shop/db", WP_IP, WP),
+     allowed("allowed by shop/db-from-waypoint", "shop/db-from-waypoint")),
+    ("the-waypoint-rule-comes-before-policy", Case("policies", "shop/db", CLIENT_IP, CLIENT), bypassed("shop/db")),
+    ("plaintext-to-the-waypointed-pod-meets-its-policy", Case("policies", "shop/db", CLIENT_IP, None, hbone=False),
+     InboundDecision(False, 401, "no ALLOW policy matched", "shop/db-from-waypoint")),
+    # STRICT PeerAuthentication, converted by the control plane into a DENY of plaintext.
+    ("strict-denies-plaintext", Case("strict", "shop/web-0", CLIENT_IP, None, hbone=False), denied_by(CONVERTED)),
+    ("strict-denies-plaintext-to-a-waypointed-pod", Case("strict", "shop/db", CLIENT_IP, None, hbone=False),
+     denied_by(CONVERTED)),
+    ("strict-lets-mtls-through", Case("strict", "shop/web-0", CLIENT_IP, CLIENT), allowed()),
+    ("strict-lets-the-waypoint-through", Case("strict", "shop/db", WP_IP, WP), allowed()),
+    ("mesh-wide-strict-from-the-root-namespace", Case("mesh-strict", "shop/web-0", CLIENT_IP, None, hbone=False),
+     denied_by(f"istio-system/{CONVERTED_PEER_AUTHENTICATION}default")),
+]
+
+
+@pytest.mark.parametrize("case, expected", [row[1:] for row in CASES], ids=[row[0] for row in CASES])
+def test_decide_inbound(case, expected):
+    assert decide(case) == expected
+
+
+def test_the_root_namespace_is_a_parameter():
+    plaintext = Case("mesh-deny", "shop/web-0", CLIENT_IP, None, hbone=False)
+    assert decide(plaintext) == denied_by("istio-system/require-mtls")
+    assert decide(plaintext, root_namespace="istio-system") == denied_by("istio-system/require-mtls")
+    assert decide(plaintext, root_namespace="mesh-root") == allowed()
+
+
+def test_the_worlds_are_what_the_rows_assume():
+    """Guards the table: the db pod really has a waypoint, web-0 none, and the policies arrived."""
+    state = world("policies").state
+    db, web = state.workloads[uid("shop/db")], state.workloads[uid("shop/web-0")]
+    assert db.HasField("waypoint") and not web.HasField("waypoint")
+    assert db.tunnel_protocol == web.tunnel_protocol == wpb.HBONE
+    assert state.is_waypoint(state.workloads[uid("shop/wp-waypoint")], db.waypoint)
+    assert not state.is_waypoint(state.workloads[uid("shop/impostor")], db.waypoint)
+    assert sorted(world("policies").authorizations) == [
+        "shop/allow-client", "shop/allow-metrics-port", "shop/db-from-waypoint", "shop/deny-ops"]
+    assert list(world("strict").authorizations) == [CONVERTED]
+
+
+def test_a_policy_change_is_seen_by_the_next_decision():
+    """``decide_inbound`` keeps nothing: the same connection decided against a new view (as
+    ``ConnectionTracker.reevaluate`` does) follows the new policies."""
+    case = Case("open", "shop/web-0", CLIENT_IP, None, hbone=False)
+    assert decide(case).allowed
+    assert decide(dataclasses.replace(case, world="strict")) == denied_by(CONVERTED)
