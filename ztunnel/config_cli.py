@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mesh.lab.cli import LabError, _load_status, _table
+from mesh.lab.cli import LabError, format_table, load_status
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
@@ -110,7 +110,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
             raise UsageError("--lab: only with --node (which node's ztunnel to ask)")
         return Target(host, port)
     paths = pick_lab(args.lab)
-    status, _ = _load_status(paths)
+    status, _ = load_status(paths)
     netns = node_netns(status, args.node)
     return Target(host, port, network.netns_path(netns), f"in node {args.node} of lab {paths.name!r}")
 
@@ -295,7 +295,7 @@ def render(kind: str, dump: dict, *, namespace: str | None = None, direction: st
     parts = []
     for each in KINDS if kind == "all" else (kind,):
         rows = _rows(each, dump, namespace, direction)
-        text = _table(_TABLES[each](rows, now))
+        text = format_table(_TABLES[each](rows, now))
         errors = [f"  {c.get('identity')}: {c['error']}" for c in rows if each == "certificates" and c.get("error")]
         parts.append("\n".join([text, *(["", "Errors:", *errors] if errors else [])]))
     return "\n\n".join(parts)

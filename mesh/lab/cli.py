@@ -259,7 +259,7 @@ def remove_state(paths: LabPaths, ignore_errors: bool = False) -> list[Path]:
 # -- status
 
 
-def _load_status(paths: LabPaths) -> tuple[dict, bool]:
+def load_status(paths: LabPaths) -> tuple[dict, bool]:
     running = is_running(paths)
     status = read_json(paths.status)
     if status is None:
@@ -270,14 +270,14 @@ def _load_status(paths: LabPaths) -> tuple[dict, bool]:
     return status, running
 
 
-def _table(rows: list[list[str]]) -> str:
+def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     paths = pick_lab(args.name)
-    status, running = _load_status(paths)
+    status, running = load_status(paths)
     if args.output == "json":
         json.dump({**status, "running": running}, sys.stdout, indent=2)
         print()
@@ -286,11 +286,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = "running" if running else "NOT RUNNING (its daemon is gone)"
     print(f"Lab {status['lab']!r}: {state}; config {status['config_dir']}; state {status['state_dir']}")
     print(f"Control plane: {cp['state']} at {cp['address']} (restarts {cp['restarts']})\n")
-    print(_table([["NODE", "FABRIC IP", "POD CIDR", "PODS", "COMPONENTS"]] + [
+    print(format_table([["NODE", "FABRIC IP", "POD CIDR", "PODS", "COMPONENTS"]] + [
         [n["name"], n["fabric_ip"], n["pod_cidr"], str(n["pods"]),
          ", ".join(f"{c['name']} {c['state']}" for c in n["components"]) or "-"] for n in status["nodes"]]))
     print()
-    print(_table([["NAMESPACE", "POD", "NODE", "IP", "READY", "STATE", "RESTARTS", "DATAPLANE", "CAPTURE"]] + [
+    print(format_table([["NAMESPACE", "POD", "NODE", "IP", "READY", "STATE", "RESTARTS", "DATAPLANE", "CAPTURE"]] + [
         [p["namespace"], p["name"], p["node"] or "-", p["ip"] or "-", p["ready"], p["state"], str(p["restarts"]),
          p["dataplane_mode"], p.get("capture", "-")] for p in status["pods"]]))
     notes = [f"  {p['namespace']}/{p['name']}: {p['message']}" for p in status["pods"]
@@ -299,7 +299,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("\n".join(["", "Not ready:", *notes]))
     if status["services"]:
         print()
-        print(_table([["NAMESPACE", "SERVICE", "VIP", "PORTS"]] + [
+        print(format_table([["NAMESPACE", "SERVICE", "VIP", "PORTS"]] + [
             [s["namespace"], s["name"], s["vip"] or "None",
              ", ".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])]
             for s in status["services"]]))
@@ -328,7 +328,7 @@ def _tail(path: Path, lines: int) -> str:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     paths = pick_lab(args.name)
-    status, _ = _load_status(paths)
+    status, _ = load_status(paths)
     components = {"lab": paths.daemon_log, "controlplane": Path(status["controlplane"]["log"])}
     for node in status["nodes"]:
         components.update((c["name"], Path(c["log"])) for c in node["components"])
@@ -397,7 +397,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if "/" not in args.pod:
         raise LabError(f"{args.pod}: say NAMESPACE/POD")
     paths = pick_lab(args.name)
-    status, _ = _load_status(paths)
+    status, _ = load_status(paths)
     pod = _find_pod(status, args.pod)
     if not pod["netns"]:
         raise LabError(f"pod {args.pod} has no network: it is {pod['state']} ({pod['message']})")
