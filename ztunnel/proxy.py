@@ -39,7 +39,7 @@ from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Ref
 from ztunnel.pods import Pod, PodSet
 from ztunnel.policy import ROOT_NAMESPACE
 from ztunnel.pool import HbonePool
-from ztunnel.relay import abort, relay
+from ztunnel.relay import relay, reset
 from ztunnel.sockets import AppAddress, accepted_stream, connect, connect_as_client, upstream_socket
 from ztunnel.state import ProxyState, identity_of
 from ztunnel.tls import ContextCache, HboneTlsError, WorkloadCredentials, client_handshake, server_handshake
@@ -197,25 +197,19 @@ class Ztunnel:
         with self.tracker.track(conn):
             if isinstance(plan, Refuse):
                 conn.fail(plan.reason)
-                abort(downstream)
-                await trio.aclose_forcefully(downstream)
+                await reset(downstream)
                 return
             try:
                 upstream = await self._open_upstream(pod, plan, peer)
             except HboneRefused as exc:
                 conn.fail(str(exc), denied=exc.status == 401)
-                abort(downstream)
-                await trio.aclose_forcefully(downstream)
+                await reset(downstream)
                 return
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, HboneTlsError, CertificateError) as exc:
                 conn.fail(f"cannot reach {plan.address[0]}:{plan.address[1]}: {_describe(exc)}")
-                abort(downstream)
-                await trio.aclose_forcefully(downstream)
+                await reset(downstream)
                 return
-            try:
-                await relay(downstream, upstream, conn.counts)
-            except trio.BrokenResourceError as exc:
-                conn.error = str(exc)
+            await _relay(conn, downstream, upstream)
 
     def _outbound_connection(self, pod: Pod, source, peer, original, plan: Plan) -> Connection:
         hbone = isinstance(plan, (HboneToPod, HboneToWaypoint))
@@ -315,13 +309,9 @@ class Ztunnel:
                 tunnel = request.accept()
             except trio.BrokenResourceError as exc:
                 conn.fail(str(exc))
-                abort(app)
-                await trio.aclose_forcefully(app)
+                await reset(app)
                 return
-            try:
-                await relay(tunnel, app, conn.counts)
-            except trio.BrokenResourceError as exc:
-                conn.error = str(exc)
+            await _relay(conn, tunnel, app)
 
     # ------------------------------------------------------------ inbound plaintext (15006)
 
@@ -340,21 +330,16 @@ class Ztunnel:
         conn = self._inbound_connection(pod, "TCP", peer, (ip, port), None, decision, decide)
         with self.tracker.track(conn):
             if not decision.allowed:
-                abort(downstream)
-                await trio.aclose_forcefully(downstream)
+                await reset(downstream)
                 return
             try:
                 with trio.fail_after(self.config.connect_timeout):
                     app = await connect_as_client(AppAddress(pod.netns_fd, pod.bypass, ip, port), peer[0])
             except (OSError, trio.TooSlowError) as exc:
                 conn.fail(f"the app at {ip}:{port} did not accept: {_describe(exc)}")
-                abort(downstream)
-                await trio.aclose_forcefully(downstream)
+                await reset(downstream)
                 return
-            try:
-                await relay(downstream, app, conn.counts)
-            except trio.BrokenResourceError as exc:
-                conn.error = str(exc)
+            await _relay(conn, downstream, app)
 
     def _inbound_connection(self, pod: Pod, protocol: str, source, destination, peer_identity, decision,
                             decide) -> Connection:
@@ -387,6 +372,13 @@ class Ztunnel:
             return False, f"waiting for certificates: {', '.join(missing)}"
         # The first view arrived before any pod was served; a later disconnect keeps the last view.
         return True, f"serving {len(self.pods.pods)} pod(s)"
+
+
+async def _relay(conn: Connection, downstream, upstream) -> None:
+    try:
+        await relay(downstream, upstream, conn.counts)
+    except trio.BrokenResourceError as exc:
+        conn.error = str(exc)
 
 
 def _key(workload) -> str | None:

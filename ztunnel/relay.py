@@ -81,3 +81,9 @@ def abort(stream: trio.abc.Stream) -> None:
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         except (OSError, trio.ClosedResourceError):
             pass
+
+
+async def reset(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` with a reset (refusals, denials, failures to reach the other side)."""
+    abort(stream)
+    await trio.aclose_forcefully(stream)

@@ -17,19 +17,16 @@ about 5 µs here, far less than a hop to a worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
 
 from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
-from mesh.lab.network import enter_netns
+from mesh.lab.network import inside_netns_fd
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module
 LISTENER_PORTS = {Slot.OUTBOUND: 15001, Slot.INBOUND: 15006, Slot.HBONE: 15008}
@@ -39,19 +36,9 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 _BYPASS_VALUE = b"\x01"
 
 
-@contextlib.contextmanager
-def in_netns(netns_fd: int) -> Iterator[None]:
-    """Run the block with the calling thread in ``netns_fd``; always come back. The block must not
-    yield to other tasks (it would run them in the pod's netns)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        enter_netns(netns_fd)
-        try:
-            yield
-        finally:
-            enter_netns(own)
-    finally:
-        os.close(own)
+# Runs its block with the calling thread in the pod's netns and always comes back. The block must
+# not yield to other tasks (they would run in the pod's netns).
+in_netns = inside_netns_fd
 
 
 def _tcp_socket(*, mark: bool = True, transparent: bool = False) -> socket.socket:

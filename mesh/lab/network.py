@@ -155,17 +155,24 @@ def inside_netns(netns: str):
     """
     target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            enter_netns(target)
-            try:
-                yield
-            finally:
-                enter_netns(own)
-        finally:
-            os.close(own)
+        with inside_netns_fd(target):
+            yield
     finally:
         os.close(target)
+
+
+@contextmanager
+def inside_netns_fd(netns_fd: int):
+    """``inside_netns`` for a netns open as ``netns_fd`` (e.g. one handed over ZDS)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        enter_netns(netns_fd)
+        try:
+            yield
+        finally:
+            enter_netns(own)
+    finally:
+        os.close(own)
 
 
 def socket_in_netns(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:

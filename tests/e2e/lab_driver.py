@@ -27,6 +27,16 @@ kind: Namespace
 metadata: {name: plain}
 """
 
+# Service "server" in "mesh", in front of an echo_pod named "server" (port 80 → its 8080).
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: mesh}
+spec:
+  selector: {app: server}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+
 
 def echo_pod(namespace: str, name: str, node: str) -> str:
     return f"""

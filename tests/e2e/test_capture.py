@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from bpf.enrollment import CAPTURE_TABLE, MARK_RULE_PRIORITY, TCP_RULE_PRIORITY
-from tests.e2e.lab_driver import NAMESPACES, Lab, client_pod, echo_pod, find_pod
+from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, client_pod, echo_pod, find_pod
 from tests.mesh.lab.test_network import ip_json
 
 pytestmark = [
@@ -36,15 +36,6 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-
-SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: mesh}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: http}]
-"""
 
 UDP_ECHO = """import socket
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

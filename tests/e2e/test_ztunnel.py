@@ -26,21 +26,12 @@ import time
 
 import pytest
 
-from tests.e2e.lab_driver import NAMESPACES, Lab, client_pod, echo_pod, find_pod
+from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, client_pod, echo_pod, find_pod
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the lab creates network namespaces and eBPF capture"),
 ]
-
-SERVICE = """
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: mesh}
-spec:
-  selector: {app: server}
-  ports: [{name: http, port: 80, targetPort: http}]
-"""
 
 DENY_CLIENT = """
 apiVersion: security.istio.io/v1
