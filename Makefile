@@ -13,7 +13,7 @@ SYSTEM_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 BPF_OBJECTS := bpf/capture.bpf.o
 BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)
 
-.PHONY: demo test system-deps venv bpf protos check-protos bench-ca bench-discovery bench-lab bench-capture clean
+.PHONY: demo test system-deps venv bpf protos check-protos bench-ca bench-discovery bench-lab bench-capture bench-ztunnel clean
 
 demo: system-deps venv bpf
 	$(VENV)/bin/ambient demo
@@ -73,6 +73,9 @@ bench-lab: system-deps venv
 
 bench-capture: system-deps venv bpf
 	$(PY) bench/capture.py
+
+bench-ztunnel: system-deps venv bpf
+	$(PY) bench/ztunnel_path.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info $(BPF_OBJECTS)
