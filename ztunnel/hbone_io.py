@@ -176,7 +176,6 @@ class _Driver:
         self._writable = trio.lowlevel.ParkingLot()
         self._window = trio.lowlevel.ParkingLot()
         self._timer_changed = trio.Event()
-        self._cancel = trio.CancelScope()  # the whole driver
         self._read_scope = trio.CancelScope()
 
     # -- called by streams
@@ -221,15 +220,14 @@ class _Driver:
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         try:
-            with self._cancel:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reader)
-                    nursery.start_soon(self._timer)
-                    task_status.started()
-                    # The writer ends once the connection is closed and its last frames (GOAWAY,
-                    # RST_STREAM) are sent: cancelling a TLS write halfway would break the stream.
-                    await self._writer()
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._timer)
+                task_status.started()
+                # The writer ends once the connection is closed and its last frames (GOAWAY,
+                # RST_STREAM) are sent: cancelling a TLS write halfway would break the stream.
+                await self._writer()
+                nursery.cancel_scope.cancel()
         finally:
             self._closed_by(self.close_reason or "the connection was closed")
             await trio.aclose_forcefully(self.transport)
