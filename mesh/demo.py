@@ -93,11 +93,17 @@ def _sk_lookup_links(netns: list[str]) -> int:
 
 
 def _access_log(node: str, **match: str) -> dict | None:
-    """The last JSON access-log line of ``node``'s ztunnel whose fields include ``match``."""
-    log = subprocess.run([sys.executable, "-m", "mesh", "lab", "logs", "--name", LAB_NAME, f"ztunnel-{node}"],
-                         capture_output=True, text=True).stdout
-    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    return next((e for e in reversed(entries) if all(e.get(k) == v for k, v in match.items())), None)
+    """The last JSON access-log line of ``node``'s ztunnel whose fields include ``match``. A line is
+    written as ztunnel closes its side, just after the client is done: give it a moment."""
+    for _ in range(50):
+        log = subprocess.run([sys.executable, "-m", "mesh", "lab", "logs", "--name", LAB_NAME, f"ztunnel-{node}"],
+                             capture_output=True, text=True).stdout
+        entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+        found = next((e for e in reversed(entries) if all(e.get(k) == v for k, v in match.items())), None)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    return None
 
 
 def _show_entry(entry: dict | None) -> None:

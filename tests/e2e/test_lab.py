@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from ipaddress import ip_network
 
 import pytest
@@ -73,7 +74,11 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     assert [p["capture"] for p in enrolled["pods"] if p["namespace"] == "plain"] == ["-"] * 3
     passthrough = lab.get("mesh/client-a", pods[("plain", "echo-b")]["ip"], "/from-the-mesh")
     assert passthrough["client"]["address"] == client_a
-    assert '"dst.workload": "plain/echo-b"' in (lab.state_root / lab.name / "logs" / "ztunnel-node-1.log").read_text()
+    ztunnel_log = lab.state_root / lab.name / "logs" / "ztunnel-node-1.log"
+    deadline = time.monotonic() + 10  # the access-log line is written as ztunnel closes its side
+    while '"dst.workload": "plain/echo-b"' not in ztunnel_log.read_text():
+        assert time.monotonic() < deadline, ztunnel_log.read_text()
+        time.sleep(0.05)  # a log file has no change event; bounded
 
     # exec returns the command's exit status, and runs in the pod's network.
     assert lab.exec("mesh/client-a", "sh", "-c", "exit 3", check=False).returncode == 3

@@ -261,8 +261,9 @@ def test_ztunnel_mtls_policy_metrics_and_restart(make_lab, tmp_path):
                                   "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"))
 
     deadline = time.monotonic() + 10
-    while counted("node-1", "destination")[1] < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the server side closes just after the client's exit; bounded
+    while (counted("node-0", "source")[1] < 4 or counted("node-1", "destination")[1] < 4) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)  # each side counts a close just after the client's exit; bounded
     assert counted("node-0", "source") == (4, 4, request_bytes, response_bytes)
     assert counted("node-1", "destination") == (4, 4, request_bytes, response_bytes)
 
