@@ -1,6 +1,7 @@
 """``/config_dump``: what a ztunnel knows and holds, as the JSON that ``ambient ztunnel-config``
-prints (the shape is documented in ztunnel/admin.py's users: workloads, services, policies,
-certificates with expiry, open connections). Built on request from the live state; never cached.
+(ztunnel/config_cli.py) reads: node, workloads, services, policies, certificates with serial and
+expiry, and open connections (``ConnectionTracker.snapshot``). Built on request from the live
+state; never cached.
 """
 
 from __future__ import annotations
