@@ -16,56 +16,22 @@ from dataclasses import dataclass
 import pytest
 
 from mesh.api import workload_pb2 as wpb
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, unpack
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.authz import CONVERTED_PEER_AUTHENTICATION
 from mesh.identity import SpiffeId
-from mesh.parse import parse_text
-from mesh.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
 from ztunnel.inbound import InboundDecision, decide_inbound
 from ztunnel.state import ProxyState
+from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 
 # ---------------------------------------------------------------- worlds
 
-# An ambient namespace with a waypoint for all traffic; the pod "db" uses it, "web-0" does not.
-# "impostor" runs as the waypoint's service account but is not its pod.
-BASE = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
+# The shared waypoint world (tests/ztunnel/worlds.py) with the root namespace for mesh-wide policy.
+BASE = WAYPOINT_PODS + """---
 apiVersion: v1
 kind: Namespace
 metadata: {name: istio-system}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop, labels: {app: client}}
-spec: {serviceAccountName: client, containers: [{name: app}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: impostor, namespace: shop, labels: {app: impostor}}
-spec: {serviceAccountName: wp, containers: [{name: app}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-0, namespace: shop, labels: {app: web}}
-spec: {serviceAccountName: web, containers: [{name: app}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: db, namespace: shop, labels: {app: db, istio.io/use-waypoint: wp}}
-spec: {serviceAccountName: db, containers: [{name: app}]}
 """
-IPS = {"shop/client": "10.244.0.10", "shop/web-0": "10.244.0.11", "shop/db": "10.244.0.20",
-       "shop/impostor": "10.244.0.30", "shop/wp-waypoint": "10.244.0.50"}
+IPS = WAYPOINT_IPS
 VIPS = {"shop/wp": "10.96.0.99"}
 
 # L4 policies of the web pod (two ALLOWs, one DENY) and of the db pod (only its waypoint may come).
@@ -142,19 +108,9 @@ class World:
 @functools.cache
 def world(name: str) -> World:
     """What discovery sends for the world, packed and unpacked again, indexed as ztunnel does."""
-    parsed = parse_text(WORLDS[name], "world.yaml")
-    assert [str(p) for p in parsed.errors] == []
-    status = {tuple(key.split("/")): PodStatus(ip, "node-a") for key, ip in IPS.items()}
-    cluster = ClusterState.build(parsed.resources, status, {tuple(k.split("/")): v for k, v in VIPS.items()})
-    packed = compute_view(cluster).resources()
-    addresses = {n: unpack(m, ADDRESS_TYPE_URL) for n, m in packed[ADDRESS_TYPE_URL].items()}
-    authorizations = {n: unpack(m, AUTHORIZATION_TYPE_URL) for n, m in packed[AUTHORIZATION_TYPE_URL].items()}
+    view = discovery_view(WORLDS[name], IPS, VIPS)
+    addresses, authorizations = view[ADDRESS_TYPE_URL], view[AUTHORIZATION_TYPE_URL]
     return World(ProxyState.from_addresses(addresses), authorizations)
-
-
-def uid(key: str) -> str:
-    ns, name = key.split("/")
-    return workload_uid(MeshConfig(), ns, name)
 
 
 def spiffe(account: str, ns: str = "shop") -> SpiffeId:

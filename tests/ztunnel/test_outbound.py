@@ -11,11 +11,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from mesh.api.types import ADDRESS_TYPE_URL, unpack
 from mesh.api import workload_pb2 as wpb
+from mesh.api.types import ADDRESS_TYPE_URL
 from mesh.identity import SpiffeId
-from mesh.parse import parse_text
-from mesh.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
+from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 from ztunnel.outbound import (
     HboneToPod, HboneToWaypoint, LeastRequests, Passthrough, Refuse, RoundRobin, authority, plan_outbound,
 )
@@ -83,38 +82,7 @@ PLAIN_VIPS = {"shop/web": "10.96.0.10", "shop/legacy": "10.96.0.20", "shop/empty
               "shop/sick": "10.96.0.40"}
 
 # A waypoint for all traffic: the Service "web" and the pod "db" use it; the Service "db" does not.
-WAYPOINT = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: wp, namespace: shop, labels: {istio.io/waypoint-for: all}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop, labels: {app: client}}
-spec: {serviceAccountName: client, containers: [{name: app}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: impostor, namespace: shop, labels: {app: impostor}}
-spec: {serviceAccountName: wp, containers: [{name: app}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-0, namespace: shop, labels: {app: web}}
-spec: {serviceAccountName: web, containers: [{name: app}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: db, namespace: shop, labels: {app: db, istio.io/use-waypoint: wp}}
-spec: {serviceAccountName: db, containers: [{name: app}]}
----
+WAYPOINT = WAYPOINT_PODS + """---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop, labels: {istio.io/use-waypoint: wp}}
@@ -125,8 +93,6 @@ kind: Service
 metadata: {name: db, namespace: shop}
 spec: {selector: {app: db}, ports: [{port: 5432, targetPort: 5432}]}
 """
-WAYPOINT_IPS = {"shop/client": "10.244.0.10", "shop/web-0": "10.244.0.11", "shop/db": "10.244.0.20",
-                "shop/impostor": "10.244.0.30", "shop/wp-waypoint": "10.244.0.50"}
 WAYPOINT_VIPS = {"shop/web": "10.96.0.10", "shop/db": "10.96.0.20", "shop/wp": "10.96.0.99"}
 
 WORLDS = {"plain": (PLAIN, PLAIN_IPS, PLAIN_VIPS), "waypoint": (WAYPOINT, WAYPOINT_IPS, WAYPOINT_VIPS)}
@@ -135,12 +101,7 @@ UNREADY = frozenset({"shop/web-sick"})
 
 def addresses_of(docs: str, ips: dict[str, str], vips: dict[str, str]) -> dict[str, wpb.Address]:
     """What discovery sends for ``docs``: every Address resource, packed and unpacked again."""
-    parsed = parse_text(docs, "world.yaml")
-    assert [str(p) for p in parsed.errors] == []
-    status = {tuple(key.split("/")): PodStatus(ip, "node-a", ready=key not in UNREADY) for key, ip in ips.items()}
-    state = ClusterState.build(parsed.resources, status, {tuple(k.split("/")): v for k, v in vips.items()})
-    packed = compute_view(state).resources()[ADDRESS_TYPE_URL]
-    return {name: unpack(message, ADDRESS_TYPE_URL) for name, message in packed.items()}
+    return discovery_view(docs, ips, vips, UNREADY)[ADDRESS_TYPE_URL]
 
 
 def world(name: str, *, missing: tuple[str, ...] = (), not_running: tuple[str, ...] = ()) -> ProxyState:
@@ -151,11 +112,6 @@ def world(name: str, *, missing: tuple[str, ...] = (), not_running: tuple[str, .
     for key in missing:
         del addresses[key]
     return ProxyState.from_addresses(addresses)
-
-
-def uid(key: str) -> str:
-    ns, name = key.split("/")
-    return workload_uid(MeshConfig(), ns, name)
 
 
 def svc(name: str) -> str:
