@@ -366,8 +366,8 @@ class Ztunnel:
     def ready(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
-        missing = sorted({str(self.pod_identity(pod)) for pod in self.pods.pods.values()
-                          if self.secrets.current(self.pod_identity(pod)) is None})
+        identities = {self.pod_identity(pod) for pod in self.pods.pods.values()}
+        missing = sorted(str(identity) for identity in identities if self.secrets.current(identity) is None)
         if missing:
             return False, f"waiting for certificates: {', '.join(missing)}"
         # The first view arrived before any pod was served; a later disconnect keeps the last view.

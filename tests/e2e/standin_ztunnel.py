@@ -17,53 +17,17 @@ import json
 import os
 import signal
 import socket
-import struct
 import sys
 
 import trio
 
 from bpf.agent import POD_FDS
-from bpf.capture import PROXY_MARK, Slot
-from mesh.lab.network import enter_netns
+from bpf.capture import Slot
+from bpf.libbpf import Map
 from mesh.zds import close_fds, connect_zds
+from ztunnel.sockets import LISTENER_PORTS, open_pod_listeners, put_in_sockmap
 
-IP_TRANSPARENT = 19
-LISTENERS = {Slot.OUTBOUND: 15001, Slot.INBOUND: 15006, Slot.HBONE: 15008}
-
-
-def open_listeners(netns_fd: int) -> dict[Slot, socket.socket]:
-    """The three listeners, created inside the pod's netns (setns is per thread: this one only)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    sockets = {}
-    try:
-        enter_netns(netns_fd)
-        try:
-            for slot, port in LISTENERS.items():
-                sock = sockets[slot] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if slot is Slot.OUTBOUND:
-                    sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-                else:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, PROXY_MARK)
-                sock.bind(("0.0.0.0", port))
-                sock.listen(128)
-        finally:
-            enter_netns(own)
-    except BaseException:
-        for sock in sockets.values():
-            sock.close()
-        raise
-    finally:
-        os.close(own)
-    return sockets
-
-
-def put_in_sockmap(listeners_fd: int, sockets: dict[Slot, socket.socket]) -> None:
-    from bpf.libbpf import Map
-
-    sockmap = Map(listeners_fd, "listeners")
-    for slot, sock in sockets.items():
-        sockmap.update(struct.pack("=I", slot), struct.pack("=Q", sock.fileno()))
+LISTENERS = LISTENER_PORTS
 
 
 async def serve_listener(pod: str, port: int, sock: socket.socket) -> None:
@@ -109,9 +73,9 @@ async def take(pods: dict[str, Pod], nursery: trio.Nursery, request, fds: list[i
         await pods.pop(uid).close()
         pod = None
     if pod is None:
-        pod = pods[uid] = Pod(f"{info.namespace}/{info.name}", inode, open_listeners(fds[0]))
+        pod = pods[uid] = Pod(f"{info.namespace}/{info.name}", inode, open_pod_listeners(fds[0]))
         nursery.start_soon(pod.serve)
-    put_in_sockmap(fds[1], pod.sockets)  # again on a replay: the agent may hold new maps
+    put_in_sockmap(Map(fds[1], "listeners"), pod.sockets)  # again on a replay: the agent may hold new maps
     return ""
 
 
