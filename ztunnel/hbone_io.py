@@ -1,14 +1,16 @@
 """HBONE over a real TLS stream: trio drivers for the sans-IO connections of ``ztunnel.hbone``.
 
-A driver owns one HTTP/2 connection and three tasks: the reader feeds received bytes to the sans-IO
-peer and hands its events to the streams; the writer sends what the peer has queued; the timer calls
+A driver owns one HTTP/2 connection over a ``TlsStream`` and three tasks: the reader feeds received
+bytes to the sans-IO peer and hands its events to the streams; the writer finishes sends the socket
+could not take at once; the timer calls
 ``on_timer`` (PINGs) and closes an idle client connection. Each proxied TCP connection is an
 ``HboneStream``, a trio ``HalfCloseableStream``, so the relay treats it like a socket.
 
-- Only the writer writes. The reader never waits on a send: two proxies whose reader each blocked
-  on a full send buffer would deadlock. ``send_all`` returns once its bytes are queued and the queue
-  is under ``HIGH_WATER``; the writer takes everything queued at once, so many small writes of many
-  streams leave as one large TLS write.
+- Frames go out at once, from whichever task queued them (``TlsStream.send_nowait``: one TLS
+  write and one ``send``, no task switch). When the socket does not take everything, the writer task
+  waits for it and sends the rest, with whatever was queued meanwhile, in order. Nobody else waits on
+  a send, least of all the reader: two proxies whose reader each blocked on a full send buffer would
+  deadlock. ``send_all`` returns once its bytes are queued and the queue is under ``HIGH_WATER``.
 - Received data is acknowledged (WINDOW_UPDATE credit) when the stream's reader takes it, so a slow
   app stops its sender through the HTTP/2 windows rather than through our memory.
 - A stream the peer resets, or a connection that ends, makes the stream's next operation raise
@@ -29,6 +31,8 @@ from ztunnel.hbone import (
     HboneClientConnection, HboneServerConnection, LocalProtocolError, Phase, SendWindowOpened, StreamAborted, StreamData,
     StreamHalfClosed,
 )
+
+from ztunnel.tls_stream import TlsStream
 
 log = logging.getLogger("ambient.ztunnel.hbone")
 
@@ -165,13 +169,14 @@ class _Driver:
 
     peer: HboneClientConnection | HboneServerConnection
 
-    def __init__(self, transport: trio.abc.Stream) -> None:
+    def __init__(self, transport: TlsStream) -> None:
         self.transport = transport
         self.streams: dict[int, HboneStream] = {}
         self.closed = False
         self.close_reason = ""
-        self._queued = 0  # bytes the writer has not taken yet
+        self._queued = 0  # DATA bytes the peer holds that were not handed to the socket yet
         self._write_wanted = trio.Event()
+        self._writer_busy = False  # the writer owns sending until it has flushed
         # Any number of senders wait on these; a ParkingLot wakes them all.
         self._writable = trio.lowlevel.ParkingLot()
         self._window = trio.lowlevel.ParkingLot()
@@ -211,7 +216,7 @@ class _Driver:
         await self._window.park()
 
     async def wait_writable(self) -> None:
-        while self._queued >= HIGH_WATER and not self.closed:
+        while self._queued + self.transport.unsent >= HIGH_WATER and not self.closed:
             await self._writable.park()
         if self.closed:
             raise trio.BrokenResourceError(self.close_reason)
@@ -254,19 +259,23 @@ class _Driver:
     async def _writer(self) -> None:
         try:
             while True:
-                while self._queued == 0 and not self._write_wanted.is_set():
+                while not self._write_wanted.is_set():
                     await self._write_wanted.wait()
                 self._write_wanted = trio.Event()
-                data = self.peer.data_to_send()
-                self._queued = 0
+                self._writer_busy = True
+                try:
+                    data = self.peer.data_to_send()
+                    self._queued = 0
+                    if self.closed:
+                        with trio.move_on_after(CLOSE_GRACE):
+                            self.transport.send_nowait(data)
+                            await self.transport.flush()
+                        return
+                    self.transport.send_nowait(data)
+                    await self.transport.flush()
+                finally:
+                    self._writer_busy = False
                 self._writable.unpark_all()
-                if self.closed:
-                    with trio.move_on_after(CLOSE_GRACE):
-                        if data:
-                            await self.transport.send_all(data)
-                    return
-                if data:
-                    await self.transport.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._closed_by(f"the connection broke while writing: {_reason(exc)}")
 
@@ -291,8 +300,23 @@ class _Driver:
         self._timer_changed.set()
 
     def _kick(self, queued: int = 0) -> None:
+        """The peer may have queued frames: send them now, unless the writer owns sending."""
         self._queued += queued
-        self._write_wanted.set()
+        if self._writer_busy or self.closed:
+            self._write_wanted.set()
+            return
+        data = self.peer.data_to_send()
+        self._queued = 0
+        if not data:
+            return
+        try:
+            sent = self.transport.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._closed_by(f"the connection broke while writing: {_reason(exc)}")
+            return
+        if not sent:  # the socket is full: the writer waits for it
+            self._writer_busy = True
+            self._write_wanted.set()
 
     def _maybe_forget(self, stream_id: int) -> None:
         if self.peer.phase(stream_id) is None:
@@ -380,7 +404,7 @@ class HboneServerDriver(_Driver):
     """Serves one accepted HBONE connection: each valid CONNECT runs ``handler`` in its own task;
     a malformed one has already been answered 400 and is passed to ``on_rejected`` for the log."""
 
-    def __init__(self, transport: trio.abc.Stream, local_addresses, handler: Handler,
+    def __init__(self, transport: TlsStream, local_addresses, handler: Handler,
                  on_rejected: RejectionHook | None = None) -> None:
         super().__init__(transport)
         self.peer = HboneServerConnection(local_addresses, now=trio.current_time())
@@ -421,7 +445,7 @@ class HboneServerDriver(_Driver):
 class HboneClientDriver(_Driver):
     """One client HTTP/2 connection; ``open`` a CONNECT stream per proxied TCP connection."""
 
-    def __init__(self, transport: trio.abc.Stream, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, transport: TlsStream, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         super().__init__(transport)
         self.peer = HboneClientConnection(now=trio.current_time())
         self._idle_timeout = idle_timeout

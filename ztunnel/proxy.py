@@ -189,7 +189,7 @@ class Ztunnel:
 
     async def _outbound(self, pod: Pod, tsock, peer: tuple[str, int]) -> None:
         downstream = accepted_stream(tsock)
-        original = tsock.getsockname()[:2]
+        original = downstream.socket.getsockname()[:2]
         source = self.state.workloads.get(pod.uid)
         plan: Plan = (plan_outbound(source, original, self.state, self.balancer) if source is not None
                       else Refuse(f"pod {pod.key} is not in the discovery view yet"))
@@ -254,7 +254,7 @@ class Ztunnel:
 
     async def _hbone_inbound(self, pod: Pod, tsock, peer: tuple[str, int]) -> None:
         stream = accepted_stream(tsock)
-        local_ip = tsock.getsockname()[0]
+        local_ip = stream.socket.getsockname()[0]
         try:
             credentials = await self.certificate(self.pod_identity(pod))
             with trio.fail_after(self.config.connect_timeout):
@@ -317,7 +317,7 @@ class Ztunnel:
 
     async def _plaintext_inbound(self, pod: Pod, tsock, peer: tuple[str, int]) -> None:
         downstream = accepted_stream(tsock)
-        ip, port = tsock.getsockname()[:2]
+        ip, port = downstream.socket.getsockname()[:2]
 
         def decide():
             return decide_inbound(

@@ -13,6 +13,8 @@ import struct
 
 import trio
 
+from ztunnel.tcp_stream import TcpStream
+
 CHUNK = 256 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -76,7 +78,7 @@ async def _pump(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStre
 
 def abort(stream: trio.abc.Stream) -> None:
     """Make closing ``stream`` a reset rather than a clean end (a TCP RST)."""
-    if isinstance(stream, trio.SocketStream):
+    if isinstance(stream, (TcpStream, trio.SocketStream)):
         try:
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         except (OSError, trio.ClosedResourceError):

@@ -27,6 +27,7 @@ import trio
 from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
 from mesh.lab.network import inside_netns_fd
+from ztunnel.tcp_stream import TcpStream
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module
 LISTENER_PORTS = {Slot.OUTBOUND: 15001, Slot.INBOUND: 15006, Slot.HBONE: 15008}
@@ -85,7 +86,7 @@ def upstream_socket(netns_fd: int) -> socket.socket:
         return _tcp_socket()
 
 
-async def connect(sock: socket.socket, address: tuple[str, int]) -> trio.SocketStream:
+async def connect(sock: socket.socket, address: tuple[str, int]) -> TcpStream:
     """Connect ``sock`` (ours from now on: closed on failure) and wrap it as a stream."""
     tsock = trio.socket.from_stdlib_socket(sock)
     try:
@@ -93,17 +94,17 @@ async def connect(sock: socket.socket, address: tuple[str, int]) -> trio.SocketS
     except BaseException:
         tsock.close()
         raise
-    return _stream(tsock)
+    return _stream(socket.socket(fileno=tsock.detach()))
 
 
-def _stream(tsock: trio.socket.SocketType) -> trio.SocketStream:
-    stream = trio.SocketStream(tsock)
-    stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-    return stream
+def _stream(sock: socket.socket) -> TcpStream:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as trio.SocketStream: relayed writes go now
+    return TcpStream(sock)
 
 
-def accepted_stream(tsock: trio.socket.SocketType) -> trio.SocketStream:
-    return _stream(tsock)
+def accepted_stream(tsock: trio.socket.SocketType) -> TcpStream:
+    return _stream(socket.socket(fileno=tsock.detach()))
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class AppAddress:
     port: int
 
 
-async def connect_as_client(app: AppAddress, client_ip: str) -> trio.SocketStream:
+async def connect_as_client(app: AppAddress, client_ip: str) -> TcpStream:
     """Connect to the app from ``client_ip`` (an address not of this pod: the app sees its client)."""
     with in_netns(app.netns_fd):
         sock = _tcp_socket(transparent=True)

@@ -12,10 +12,10 @@ this module then reads the peer's leaf and checks what OpenSSL cannot know:
 - both require TLS 1.3 and that ALPN settled on ``h2`` (Python's ssl lets a handshake finish without
   ALPN when the two sides share no protocol, so the check is ours).
 
-Contexts are ``ssl.SSLContext`` because that is what ``trio.SSLStream`` takes. ``ContextCache``
-builds one per side and certificate generation of an identity and hands the same object out until the
-certificate rotates; ``client_handshake`` / ``server_handshake`` run a handshake over any trio stream
-and the identity check after it.
+``ContextCache`` builds one ``ssl.SSLContext`` per side and certificate generation of an identity
+and hands the same object out until the certificate rotates; ``client_handshake`` /
+``server_handshake`` run a handshake on a TCP socket (``ztunnel.tls_stream.TlsStream``) and the
+identity check after it.
 
 The private key never touches a file system: ``ssl`` (Python 3.11) loads a key only from a path, so
 it is written to an anonymous in-memory file (``memfd_create``), loaded through ``/proc/self/fd/N``
@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.client import CertificateError, CertifiedKey, spiffe_id_of
 from mesh.identity import SpiffeId, validate_trust_domain
+from ztunnel.tcp_stream import TcpStream
+from ztunnel.tls_stream import TlsStream
 
 ALPN_H2 = "h2"
 TLS_VERSION = "TLSv1.3"
@@ -211,7 +213,8 @@ def client_context(credentials: WorkloadCredentials) -> ssl.SSLContext:
 
 
 class TlsSession(Protocol):
-    """What the checks read: ``ssl.SSLObject``, ``ssl.SSLSocket`` and ``trio.SSLStream`` all have it."""
+    """What the checks read: ``ssl.SSLObject``, ``ssl.SSLSocket``, ``trio.SSLStream`` and
+    ``TlsStream`` all have it."""
 
     context: ssl.SSLContext
 
@@ -264,45 +267,43 @@ def verify_client_identity(session: TlsSession, trust_domain: str) -> SpiffeId:
 # -- handshakes over trio streams --------------------------------------------------------------
 
 
-def _handshake_error(exc: trio.BrokenResourceError, peer: str) -> HandshakeFailed:
-    cause = exc.__cause__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        reason = f"{peer} certificate did not verify against the mesh root: {cause.verify_message}"
-    elif isinstance(cause, ssl.SSLEOFError):
+def _handshake_error(exc: BaseException, peer: str) -> HandshakeFailed:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"{peer} certificate did not verify against the mesh root: {exc.verify_message}"
+    elif isinstance(exc, (ssl.SSLEOFError, EOFError)):
         reason = f"the {peer} closed the connection during the handshake"
-    elif isinstance(cause, ssl.SSLError):
-        reason = cause.reason or str(cause)
+    elif isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
     else:
-        reason = str(cause or exc) or "the connection closed"
+        reason = str(exc) or "the connection closed"
     return HandshakeFailed(f"TLS handshake with the {peer} failed: {reason}")
 
 
 async def client_handshake(
-    stream: trio.abc.Stream, context: ssl.SSLContext, expected: frozenset[SpiffeId]
-) -> tuple[trio.SSLStream, SpiffeId]:
-    """Open TLS over ``stream`` as the client and check the server's identity. Returns the TLS
-    stream and the server's SPIFFE ID. On failure ``stream`` is closed and ``HboneTlsError`` raised.
-    Bound it with a cancel scope (``trio.fail_after``)."""
-    return await _handshake(stream, context, False, lambda tls: verify_server_identity(tls, expected))
+    transport: TcpStream | trio.SocketStream, context: ssl.SSLContext, expected: frozenset[SpiffeId]
+) -> tuple[TlsStream, SpiffeId]:
+    """Open TLS over ``transport``'s socket as the client and check the server's identity. Returns
+    the TLS stream and the server's SPIFFE ID. On failure the socket is closed and ``HboneTlsError``
+    raised. Bound it with a cancel scope (``trio.fail_after``)."""
+    return await _handshake(transport, context, False, lambda tls: verify_server_identity(tls, expected))
 
 
 async def server_handshake(
-    stream: trio.abc.Stream, context: ssl.SSLContext, trust_domain: str
-) -> tuple[trio.SSLStream, SpiffeId]:
-    """Accept TLS over ``stream`` as the server and check the client's identity. Returns the TLS
-    stream and the client's verified SPIFFE ID. On failure ``stream`` is closed and
+    transport: TcpStream | trio.SocketStream, context: ssl.SSLContext, trust_domain: str
+) -> tuple[TlsStream, SpiffeId]:
+    """Accept TLS over ``transport``'s socket as the server and check the client's identity. Returns
+    the TLS stream and the client's verified SPIFFE ID. On failure the socket is closed and
     ``HboneTlsError`` raised. Bound it with a cancel scope (``trio.fail_after``)."""
-    return await _handshake(stream, context, True, lambda tls: verify_client_identity(tls, trust_domain))
+    return await _handshake(transport, context, True, lambda tls: verify_client_identity(tls, trust_domain))
 
 
-async def _handshake(stream: trio.abc.Stream, context: ssl.SSLContext, server_side: bool,
-                     verify: Callable[[trio.SSLStream], SpiffeId]) -> tuple[trio.SSLStream, SpiffeId]:
-    tls = trio.SSLStream(stream, context, server_side=server_side)
+async def _handshake(transport: TcpStream | trio.SocketStream, context: ssl.SSLContext, server_side: bool,
+                     verify: Callable[[TlsStream], SpiffeId]) -> tuple[TlsStream, SpiffeId]:
     try:
-        try:
-            await tls.do_handshake()
-        except trio.BrokenResourceError as exc:
-            raise _handshake_error(exc, "client" if server_side else "server") from exc.__cause__
+        tls = await TlsStream.handshake(transport, context, server_side=server_side)
+    except (ssl.SSLError, OSError, EOFError, trio.BrokenResourceError) as exc:
+        raise _handshake_error(exc, "client" if server_side else "server") from exc
+    try:
         return tls, verify(tls)
     except BaseException:
         await trio.aclose_forcefully(tls)

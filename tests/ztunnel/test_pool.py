@@ -64,7 +64,7 @@ class FakeServer:
         if self.gate is not None:
             await self.gate.wait()
         a, b = trio.socket.socketpair()
-        self.sockets.append(b)
+        self.sockets.append(b.dup())  # the handshake takes b over; a dup shuts the same socket down
         self._nursery.start_soon(self._serve, b)
         tls, identity = await client_handshake(trio.SocketStream(a), self._client_ctx, frozenset({SERVER}))
         assert identity == SERVER

@@ -128,9 +128,10 @@ def rogue_from(make, server_side: bool, credentials: WorkloadCredentials, **kwar
 
 
 async def run_pair(client_side, server_side) -> tuple[outcome.Outcome, outcome.Outcome]:
-    """Run ``client_side(stream)`` and ``server_side(stream)`` over a memory stream pair; return
+    """Run ``client_side(stream)`` and ``server_side(stream)`` over a connected socket pair; return
     what each returned or raised."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
+    a, b = trio.socket.socketpair()
+    client_stream, server_stream = trio.SocketStream(a), trio.SocketStream(b)
     results: dict[str, outcome.Outcome] = {}
 
     async def run(name, fn, stream):
