@@ -47,7 +47,7 @@ from mesh.concurrency import first_of
 from mesh.lab.network import netns_path
 from mesh.watched_file import write_json_atomic
 from mesh.xds.client import DiscoveryClient
-from mesh.zds import ZdsServer, close_fds
+from mesh.zds import POD_FDS, ZdsServer, close_fds
 
 log = logging.getLogger("ambient.nodeagent")
 
@@ -55,11 +55,6 @@ RESYNC_INTERVAL = 1.0
 BPFFS_DIR = "bpf"
 ZDS_SOCKET = "zds.sock"
 STATUS_FILE = "status.json"
-# The fds an AddWorkload carries, in this order: the pod's netns, the capture's listener SOCKMAP
-# (slots of bpf.capture.Slot) and its bypass map (keys of bpf.capture.bypass_key).
-POD_FDS = ("netns", "listeners", "bypass")
-
-
 @dataclass(frozen=True)
 class PodTarget:
     """A pod this node should capture, from its Workload."""

@@ -72,6 +72,10 @@ _ACCEPT_BACKOFF = 0.1
 
 M = TypeVar("M", bound=Message)
 
+# The fds an AddWorkload carries, in this order: the pod's netns, the capture's listener SOCKMAP
+# (slots of bpf.capture.Slot) and its bypass map (keys of bpf.capture.bypass_key).
+POD_FDS = ("netns", "listeners", "bypass")
+
 
 class ZdsError(Exception):
     """Base of this module's errors."""

@@ -1,6 +1,6 @@
 """The pods a ztunnel serves, as the node agent hands them over ZDS (DESIGN.md section 5).
 
-Each ``AddWorkload`` carries the pod's netns and its capture maps (``bpf.agent.POD_FDS``). ztunnel
+Each ``AddWorkload`` carries the pod's netns and its capture maps (``mesh.zds.POD_FDS``). ztunnel
 opens the pod's three listeners inside that netns, puts them in the pod's SOCKMAP, and only then
 acknowledges: from that moment the pod's captured connections reach ztunnel. ``DelWorkload`` closes
 them (which empties the SOCKMAP slots: the pod's traffic is dropped, never let through). While the
@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import trio
 
-from bpf.agent import POD_FDS
 from bpf.capture import Slot
 from bpf.libbpf import Map
-from mesh.zds import close_fds, connect_zds
+from mesh.zds import POD_FDS, close_fds, connect_zds
 from ztunnel.sockets import open_pod_listeners, put_in_sockmap
 
 log = logging.getLogger("ambient.ztunnel.pods")

@@ -26,7 +26,7 @@ import trio
 
 from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
-from mesh.lab.network import inside_netns_fd
+from mesh.netns import inside_netns_fd
 from ztunnel.tcp_stream import TcpStream
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module

@@ -5,9 +5,11 @@ removes them (root, pyroute2); `processes` runs and restarts the lab's processes
 cgroups (root, cgroup v2); `probes` decides when a container is ready; `workloads` (pure) and
 `components` say what runs where; `daemon` is the running lab; `state` and `cli` are how the
 `ambient lab` commands find and drive it.
+
+`network`'s names are loaded on first use: it brings pyroute2, which the commands that only read
+the lab (and ztunnel, which imports the CLI) need not hold in memory.
 """
 
-from mesh.lab.network import LabExistsError, add_pod, create, destroy, lab_netns, remove_pod, run_in_netns
 from mesh.lab.processes import (
     Backoff,
     CgroupError,
@@ -66,3 +68,13 @@ __all__ = [
     "run_in_netns",
     "validate_lab_name",
 ]
+
+_NETWORK_NAMES = frozenset({"LabExistsError", "add_pod", "create", "destroy", "lab_netns", "remove_pod", "run_in_netns"})
+
+
+def __getattr__(name: str):
+    if name in _NETWORK_NAMES:
+        from mesh.lab import network
+
+        return getattr(network, name)
+    raise AttributeError(f"module 'mesh.lab' has no attribute {name!r}")

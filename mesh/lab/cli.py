@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bpf import bpffs
-from mesh.lab import network
+from mesh.netns import enter_netns, netns_path
 from mesh.lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from mesh.lab.state import (
     DEFAULT_LAB_NAME,
@@ -106,6 +106,8 @@ def _check_free(paths: LabPaths) -> None:
     """Refuse a lab that runs or left namespaces or cgroups; forget a dead one's state directory."""
     if is_running(paths):
         raise LabError(f"lab {paths.name!r} is already running; `ambient lab down --name {paths.name}` first")
+    from mesh.lab import network  # pyroute2: only for the commands that change or list namespaces
+
     leftovers = network.lab_netns(paths.name)
     try:
         if lab_cgroup_dir(paths.name).exists():
@@ -368,6 +370,8 @@ def cmd_down(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGKILL)
             pidfd_wait(pid, 10)
     # Whatever a daemon that crashed or was killed left: processes (with their cgroups), netns, files.
+    from mesh.lab import network
+
     leftovers = [str(c) for c in _cleanup_cgroups(paths.name)] + network.destroy(paths.name)
     if paths.root.exists():
         leftovers += [f"bpffs {point}" for point in remove_state(paths)]
@@ -401,8 +405,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     pod = _find_pod(status, args.pod)
     if not pod["netns"]:
         raise LabError(f"pod {args.pod} has no network: it is {pod['state']} ({pod['message']})")
-    netns_fd = os.open(network.netns_path(pod["netns"]), os.O_RDONLY)
-    network.enter_netns(netns_fd)
+    netns_fd = os.open(netns_path(pod["netns"]), os.O_RDONLY)
+    enter_netns(netns_fd)
     os.close(netns_fd)
     # Into the first container's cgroup, as `kubectl exec` runs in the container: `lab down` ends it too.
     for container in pod["containers"]:

@@ -22,7 +22,6 @@ The calls block (pyroute2's synchronous API); call them from `trio.to_thread.run
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import subprocess
@@ -32,6 +31,7 @@ from functools import partial
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
+from mesh.netns import enter_netns, inside_netns_fd, netns_path  # noqa: F401 (used here and re-exported)
 from mesh.lab.topology import (
     FABRIC_BRIDGE,
     POD_BRIDGE,
@@ -42,10 +42,6 @@ from mesh.lab.topology import (
     Route,
     netns_prefix,
 )
-
-CLONE_NEWNET = 0x40000000
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
 
 class LabExistsError(RuntimeError):
     """Some of the lab's namespaces already exist: destroy the lab first."""
@@ -132,11 +128,6 @@ def destroy(lab_name: str) -> list[str]:
     return removed
 
 
-def netns_path(netns: str) -> str:
-    """Where the named netns is bound (as `ip netns` names it)."""
-    return os.path.join(pyroute2_netns.NETNS_RUN_DIR, netns)
-
-
 def run_in_netns(netns: str, argv: list[str], **popen_kwargs) -> subprocess.Popen:
     """Start `argv` inside the lab netns `netns` (like `ip netns exec`, without needing `ip`)."""
     fd = os.open(netns_path(netns), os.O_RDONLY)
@@ -161,33 +152,11 @@ def inside_netns(netns: str):
         os.close(target)
 
 
-@contextmanager
-def inside_netns_fd(netns_fd: int):
-    """``inside_netns`` for a netns open as ``netns_fd`` (e.g. one handed over ZDS)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        enter_netns(netns_fd)
-        try:
-            yield
-        finally:
-            enter_netns(own)
-    finally:
-        os.close(own)
-
-
 def socket_in_netns(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket of the lab netns ``netns`` for a process that stays in its own: the lab daemon
     probes and talks to its pods this way."""
     with inside_netns(netns):
         return socket.socket(family, kind)
-
-
-def enter_netns(fd: int) -> None:
-    """Move the calling thread into the netns open as ``fd``. Meant for a child between fork and
-    exec (``run_in_netns``, the lab's process supervisor): only a system call, nothing else."""
-    if _LIBC.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
 
 
 def _create_netns(netns: str, ip_forward: bool = False) -> None:

@@ -45,7 +45,7 @@ from types import MappingProxyType
 
 import trio
 
-from mesh.lab.network import enter_netns, netns_path
+from mesh.netns import enter_netns, netns_path
 from mesh.lab.topology import netns_prefix
 
 CGROUP_MOUNTS = Path("/proc/self/mounts")

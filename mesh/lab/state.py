@@ -26,8 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import netns as pyroute2_netns
-
+from mesh.netns import NETNS_RUN_DIR
 from mesh.lab.processes import LAB_CGROUP_SUFFIX, CgroupUnavailableError, find_cgroup2_root
 from mesh.lab.topology import NETNS_PREFIX, validate_lab_name
 from mesh.watched_file import write_json_atomic
@@ -161,7 +160,7 @@ def daemon_pid(paths: LabPaths) -> int | None:
 def _names_from_netns() -> set[str]:
     names = set()
     try:
-        entries = pyroute2_netns.listnetns()
+        entries = os.listdir(NETNS_RUN_DIR)
     except OSError:
         return names
     for entry in entries:
