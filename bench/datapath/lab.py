@@ -1,0 +1,235 @@
+"""The bench's lab: where it lives, how to drive it, and what its proxies cost.
+
+`LabLayout` (frozen, built once at the edge) names everything that is known before `lab up`: the
+lab's name, its private state root (AMBIENT_LAB_ROOT), the YAML directory (also every container's
+working directory, so the proxies' and nginx's config files live there), the control plane's CA
+address, the root certificate and each node's token that the lab gives its ztunnels
+(`mesh.lab.components`), and the cgroup of every container or component. `Lab` adds the I/O:
+`ambient lab up/status/down`, commands in a pod (`ambient exec`), copying the logs on a failure.
+
+The proxies' cost is read from the kernel, never from the proxies: CPU time from a cgroup's
+`cpu.stat` (`usage_usec`, every thread of every process in it), memory as the sum of VmRSS of the
+processes in the cgroup (`/proc/<pid>/status`). Each container and each lab component has its own
+cgroup (`mesh.lab.processes.process_cgroup`); `ambient exec` joins a pod's *first* container, so the
+paths put the proxy after the app in every pod and the load generator never counts as the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ca.store import ROOT_CERT
+from mesh.controlplane import CA_SUBDIR
+from mesh.lab.components import CONTROLPLANE_PORT, CONTROLPLANE_SERVER_NAME, ztunnel_name
+from mesh.lab.processes import process_cgroup
+from mesh.lab.state import LabPaths
+from mesh.lab.topology import CONTROL_PLANE_ADDRESS
+from mesh.lab.workloads import container_process_name
+
+COMMAND_TIMEOUT = 120.0  # lab status, down; an exec'd command has its own bound
+LOG_TAIL_LINES = 30
+NODES = ("node-0", "node-1")  # clients on node-0, servers on node-1
+
+
+class BenchFailure(RuntimeError):
+    """A load run failed (refused, errors, timeout) or the lab misbehaved."""
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    name: str
+    state_root: Path  # AMBIENT_LAB_ROOT: the lab's state is state_root/name
+    config_dir: Path  # the YAML directory; the containers' working directory
+    python: str = sys.executable  # runs `-m mesh` (in the lab's containers too)
+
+    @property
+    def paths(self) -> LabPaths:
+        return LabPaths.of(self.name, self.state_root)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "AMBIENT_LAB_ROOT": str(self.state_root)}
+
+    # What the lab gives each ztunnel to reach the CA (mesh.lab.components.node_processes).
+    @property
+    def ca_address(self) -> str:
+        return f"{CONTROL_PLANE_ADDRESS.ip}:{CONTROLPLANE_PORT}"
+
+    @property
+    def ca_server_name(self) -> str:
+        return CONTROLPLANE_SERVER_NAME
+
+    @property
+    def ca_root(self) -> Path:
+        return self.paths.controlplane / CA_SUBDIR / ROOT_CERT
+
+    def node_token(self, node: str) -> Path:
+        return self.paths.node_dir(node) / "token"
+
+    def container_cgroup(self, namespace: str, pod: str, container: str) -> Path:
+        return process_cgroup(self.name, container_process_name(namespace, pod, container))
+
+    def ztunnel_cgroup(self, node: str) -> Path:
+        return process_cgroup(self.name, ztunnel_name(node))
+
+
+# -- the kernel's accounting
+
+
+def cgroup_pids(cgroup: Path) -> list[int]:
+    """Every process in `cgroup` and its descendants."""
+    pids = []
+    for procs in sorted(cgroup.rglob("cgroup.procs")):
+        try:
+            pids += [int(pid) for pid in procs.read_text().split()]
+        except FileNotFoundError:  # a child cgroup that went away
+            continue
+    return pids
+
+
+def cgroup_cpu_usec(cgroup: Path) -> int:
+    """CPU time (user + system) of everything that ever ran in `cgroup`, in microseconds."""
+    for line in (cgroup / "cpu.stat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value)
+    raise BenchFailure(f"{cgroup}/cpu.stat has no usage_usec")
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process in KiB; 0 if it is gone or a kernel thread."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cgroup_rss_kib(cgroup: Path) -> int:
+    """The summed VmRSS of every process in `cgroup` (a container's processes, a component's)."""
+    return sum(rss_kib(pid) for pid in cgroup_pids(cgroup))
+
+
+# -- driving the lab
+
+
+class Lab:
+    def __init__(self, layout: LabLayout) -> None:
+        self.layout = layout
+        self.started = False  # set before `lab up` runs: from then on, always `lab down`
+
+    def ambient(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        argv = [self.layout.python, "-m", "mesh", *args]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=self.layout.env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure(f"`ambient {' '.join(args)}` did not end within {timeout:g} s") from None
+        if done.returncode != 0:
+            raise BenchFailure(f"`ambient {' '.join(args)}` exited {done.returncode}:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def up(self, nodes: int = 2, ready_timeout: float = 90.0) -> float:
+        """`ambient lab up`; returns its wall time in seconds (it returns once every pod is ready)."""
+        self.started = True
+        start = time.perf_counter()
+        self.ambient("lab", "up", str(self.layout.config_dir), "--name", self.layout.name, "--nodes", str(nodes),
+                     "--timeout", f"{ready_timeout:g}", timeout=ready_timeout + 60)
+        return time.perf_counter() - start
+
+    def status(self) -> dict:
+        return json.loads(self.ambient("lab", "status", "--name", self.layout.name, "-o", "json"))
+
+    def exec_argv(self, namespace: str, pod: str, *command: str) -> list[str]:
+        """argv that runs `command` in the pod's netns and its first container's cgroup."""
+        return [self.layout.python, "-m", "mesh", "exec", "--name", self.layout.name, f"{namespace}/{pod}", "--",
+                *command]
+
+    def run_in(self, namespace: str, pod: str, *command: str, timeout: float) -> str:
+        """Run `command` in a pod, bounded by `timeout`; its stdout, or BenchFailure."""
+        argv = self.exec_argv(namespace, pod, *command)
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=self.layout.env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchFailure(f"`{' '.join(command)}` in {namespace}/{pod} did not end within {timeout:g} s") \
+                from None
+        if done.returncode != 0:
+            raise BenchFailure(f"`{' '.join(command)}` in {namespace}/{pod} exited {done.returncode}: "
+                               f"{(done.stderr or done.stdout).strip()[-2000:]}")
+        return done.stdout
+
+    def save_logs(self, tails: tuple[str, ...] = ("ztunnel-node-*.log", "pods/*_stunnel.log", "pods/*_haproxy.log")
+                  ) -> Path | None:
+        """Copy the lab's logs before `lab down` removes them; print the end of the proxies' logs."""
+        logs = self.layout.paths.logs
+        if not logs.is_dir():
+            return None
+        kept = Path(tempfile.mkdtemp(prefix=f"ambient-{self.layout.name}-logs-"))
+        shutil.copytree(logs, kept, dirs_exist_ok=True)
+        for pattern in tails:
+            for log in sorted(kept.glob(pattern)):
+                lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+                if lines:
+                    print(f"--- the end of {log.relative_to(kept)}:", *lines, sep="\n", file=sys.stderr)
+        return kept
+
+    def down(self) -> bool:
+        """`ambient lab down`; if that fails, SIGTERM to the lab's daemon (its pid from lab.json, checked
+        against its command line), which stops its processes and removes its network. True when the lab
+        is gone."""
+        try:
+            self.ambient("lab", "down", "--name", self.layout.name)
+            return True
+        except BenchFailure as exc:
+            print(f"`ambient lab down` failed: {exc}", file=sys.stderr)
+        name = self.layout.name
+        try:
+            pid = json.loads(self.layout.paths.record.read_text())["pid"]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError):
+            pid, cmdline = None, []
+        if pid and b"lab" in cmdline and name.encode() in cmdline:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)  # not our child: no wait(); bounded by the deadline
+        netns_dir = "/var/run/netns"
+        left = [n for n in (os.listdir(netns_dir) if os.path.isdir(netns_dir) else []) if n.startswith(f"amb-{name}.")]
+        gone = not (pid and _alive(pid)) and not left
+        print(f"the lab's daemon {'stopped' if gone else 'did not stop'} on SIGTERM; namespaces left: {left or 'none'}",
+              file=sys.stderr)
+        return gone
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (the lab's daemon is not our child, so nothing here reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def ztunnel_pids(status: dict) -> dict[str, int]:
+    """{"ztunnel-node-0": pid, ...} from `lab status -o json`."""
+    pids = {c["name"]: c["pid"] for node in status["nodes"] for c in node["components"]
+            if c["name"].startswith("ztunnel-")}
+    if sorted(pids) != [ztunnel_name(n) for n in NODES] or not all(pids.values()):
+        raise BenchFailure(f"expected the ztunnels of {', '.join(NODES)} with their pids, got {pids}")
+    return pids
+
+
+def container_pids(status: dict) -> dict[str, int | None]:
+    """{"namespace/pod/container": pid} of every container, to notice a restart during the run."""
+    return {container_process_name(p["namespace"], p["name"], c["name"]): c["pid"]
+            for p in status["pods"] for c in p["containers"]}

@@ -1,0 +1,327 @@
+"""From the runs to the report: medians, ratios to the baseline, issue #7's bars, markdown, charts.
+
+Everything but `charts` is pure (dicts in, dicts or text out), so it is tested without a lab. The
+shapes: `rounds` is a list (one per round) of {path: {figure: run}}, a run being the flat dict
+`measure.Runner.measure` returns; `summary` (the JSON's "medians") is {path: {row key: value}}, a
+row key being "<figure>.<field>" (the median over the rounds) or "rss_idle.<side>" and
+"rss_load.<side>" (memory: idle once, under load the max of the keep-alive runs). `ROWS` says which
+keys the table shows and how; a new figure is one more `Row`, a new path one more column.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+RSS_LIMIT_MIB = 64.0  # issue #7: "ztunnel RSS at most 64 MB idle", read as MiB
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # in a path's summary
+    label: str
+    unit: str
+    digits: int  # decimals shown
+    chart: str  # the chart it is drawn in
+    proxies_only: bool = False  # none for a path without proxies
+
+
+ROWS = (
+    Row("keepalive.rps", "keep-alive requests/s", "req/s", 0, "requests"),
+    Row("keepalive.p50_ms", "keep-alive p50 latency", "ms", 3, "latency"),
+    Row("keepalive.p99_ms", "keep-alive p99 latency", "ms", 3, "latency"),
+    Row("conn.cps", "new connections/s", "conn/s", 0, "connections"),
+    Row("conn.p50_ms", "new-connection p50 latency", "ms", 2, "latency"),
+    Row("conn.p99_ms", "new-connection p99 latency", "ms", 2, "latency"),
+    Row("bulk.gbit_s", "bulk, 1 stream", "Gbit/s", 2, "bulk"),
+    Row("keepalive.cpu_ms_per_1k", "proxies' CPU per 1,000 requests", "CPU-ms", 1, "cpu", True),
+    Row("conn.cpu_ms_per_1k", "proxies' CPU per 1,000 connections", "CPU-ms", 1, "cpu", True),
+    Row("bulk.cpu_ms_per_gib", "proxies' CPU per GiB", "CPU-ms", 0, "cpu", True),
+    Row("rss_idle.client", "proxy RSS idle, client side", "MiB", 1, "rss", True),
+    Row("rss_idle.server", "proxy RSS idle, server side", "MiB", 1, "rss", True),
+    Row("rss_load.client", "proxy RSS under load (max), client side", "MiB", 1, "rss", True),
+    Row("rss_load.server", "proxy RSS under load (max), server side", "MiB", 1, "rss", True),
+)
+CHARTS = {  # chart -> title
+    "requests": "keep-alive requests/s (wrk, HTTP/1.1)",
+    "latency": "latency p50 / p99 (ms)",
+    "connections": "new connections/s (wrk, Connection: close)",
+    "bulk": "bulk throughput, 1 stream (iperf3, Gbit/s at the receiver)",
+    "cpu": "proxies' CPU (both sides), CPU-ms per unit",
+    "rss": "proxies' RSS (MiB)",
+}
+
+
+def _median(values: list) -> float | None:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return round(statistics.median(numbers), 4) if numbers else None
+
+
+def medians(rounds: list[dict]) -> dict[str, dict[str, float | None]]:
+    """{path: {"figure.field": median over the rounds}} of every numeric field of the runs."""
+    out: dict[str, dict] = {}
+    for path in rounds[0]:
+        out[path] = {}
+        for figure in rounds[0][path]:
+            runs = [r[path][figure] for r in rounds]
+            fields = dict.fromkeys(k for run in runs for k, v in run.items() if not isinstance(v, dict))
+            for field in fields:
+                value = _median([run.get(field) for run in runs])
+                if value is not None:
+                    out[path][f"{figure}.{field}"] = value
+    return out
+
+
+def load_rss(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """{path: {side: MiB}}: the max RSS sampled over every keep-alive run."""
+    out: dict[str, dict] = {}
+    for one in rounds:
+        for path, figures in one.items():
+            for side, mib in figures.get("keepalive", {}).get("rss_max_mib", {}).items():
+                out.setdefault(path, {})[side] = max(out.get(path, {}).get(side, 0.0), mib)
+    return out
+
+
+def summarize(rounds: list[dict], idle_rss: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    summary = medians(rounds)
+    under_load = load_rss(rounds)
+    for path in summary:
+        for side, mib in idle_rss.get(path, {}).items():
+            summary[path][f"rss_idle.{side}"] = mib
+        for side, mib in under_load.get(path, {}).items():
+            summary[path][f"rss_load.{side}"] = mib
+    return summary
+
+
+def connection_checks(rounds: list[dict]) -> dict[str, dict[str, float]]:
+    """What nginx saw, median over the rounds, per path: connections per request in the `conn` runs
+    (about 1: wrk reconnected each time) and connections in the keep-alive runs (about -c)."""
+    out: dict[str, dict] = {"conn_connections_per_request": {}, "keepalive_connections": {}}
+    for path in rounds[0]:
+        conn = [r[path]["conn"] for r in rounds if "conn" in r[path]]
+        keepalive = [r[path]["keepalive"] for r in rounds if "keepalive" in r[path]]
+        if conn:
+            out["conn_connections_per_request"][path] = _median(
+                [run["nginx_connections"] / run["requests"] for run in conn if run["requests"]])
+        if keepalive:
+            out["keepalive_connections"][path] = _median([run["nginx_connections"] for run in keepalive])
+    return out
+
+
+def run_warnings(rounds: list[dict]) -> list[str]:
+    """Runs that passed but not cleanly: wrk errors (under the 1% that fails a run)."""
+    out = []
+    for n, one in enumerate(rounds, 1):
+        for path, figures in one.items():
+            for figure, run in figures.items():
+                if run.get("errors"):
+                    out.append(f"round {n}, {path} {figure}: {run['errors']} wrk errors in {run['requests']} requests")
+    return out
+
+
+def ratios(summary: dict, baseline: str) -> dict[str, dict[str, float | None]]:
+    """{path: {row key: value / the baseline's}}; None where either is missing or the baseline is 0."""
+    base = summary.get(baseline, {})
+    out = {}
+    for path, values in summary.items():
+        out[path] = {}
+        for row in ROWS:
+            value, ref = values.get(row.key), base.get(row.key)
+            out[path][row.key] = round(value / ref, 4) if value is not None and ref else None
+    return out
+
+
+# -- issue #7's bars
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    key: str
+    limit: float
+    at_least: bool  # the value must be >= limit; else <= limit
+    relative: bool = True  # limit is a ratio to the baseline; else an absolute value in `unit`
+    unit: str = "x"
+
+
+BARS = (
+    Bar("requests/s at least 0.4x stunnel's", "keepalive.rps", 0.4, True),
+    Bar("bulk Gbit/s at least 0.5x stunnel's", "bulk.gbit_s", 0.5, True),
+    Bar("new connections/s at least 1.0x stunnel's", "conn.cps", 1.0, True),
+    Bar("keep-alive p99 at most 3x stunnel's", "keepalive.p99_ms", 3.0, False),
+    Bar("new-connection p99 at most 3x stunnel's", "conn.p99_ms", 3.0, False),
+    Bar("ztunnel RSS idle at most 64 MiB, node-0", "rss_idle.client", RSS_LIMIT_MIB, False, False, "MiB"),
+    Bar("ztunnel RSS idle at most 64 MiB, node-1", "rss_idle.server", RSS_LIMIT_MIB, False, False, "MiB"),
+)
+
+
+def check_bars(summary: dict, subject: str = "ambient", baseline: str = "stunnel") -> list[dict]:
+    """Each bar: the value (a ratio, or MiB), PASS or MISS, and the margin as a share of the limit
+    (positive: by how much it passes; negative: by how much it misses). Empty when the subject or
+    the baseline was not measured."""
+    if subject not in summary or baseline not in summary:
+        return []
+    out = []
+    for bar in BARS:
+        value = summary[subject].get(bar.key)
+        if bar.relative:
+            ref = summary[baseline].get(bar.key)
+            value = value / ref if value is not None and ref else None
+        if value is None:
+            out.append({"bar": bar.label, "key": bar.key, "limit": bar.limit, "at_least": bar.at_least,
+                        "unit": bar.unit, "value": None, "result": "n/a", "margin": None})
+            continue
+        margin = (value / bar.limit - 1) if bar.at_least else (1 - value / bar.limit)
+        out.append({"bar": bar.label, "key": bar.key, "limit": bar.limit, "at_least": bar.at_least,
+                    "unit": bar.unit, "value": round(value, 4), "result": "PASS" if margin >= 0 else "MISS",
+                    "margin": round(margin, 4)})
+    return out
+
+
+def describe_bar(check: dict) -> str:
+    if check["result"] == "n/a":
+        return "n/a (not measured)"
+    share = f"{abs(check['margin']) * 100:.0f}%"
+    if check["result"] == "PASS":
+        return f"PASS, {share} {'above' if check['at_least'] else 'under'} the bar"
+    return f"MISS, {share} {'short of' if check['at_least'] else 'over'} the bar"
+
+
+# -- markdown
+
+
+def fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def cell(value: float | None, ratio: float | None, digits: int, is_baseline: bool) -> str:
+    if value is None:
+        return "–"
+    if is_baseline or ratio is None:
+        return fmt(value, digits)
+    return f"{fmt(value, digits)} ({ratio:.2f}×)"
+
+
+def table(result: dict) -> str:
+    names = [p["name"] for p in result["paths"]]
+    baseline, summary, rat = result["baseline"], result["medians"], result["ratios"]
+    head = ["figure", *[f"{n} (baseline)" if n == baseline else n for n in names]]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(names) + "|"]
+    for row in ROWS:
+        cells = [cell(summary[n].get(row.key), rat[n].get(row.key), row.digits, n == baseline) for n in names]
+        lines.append(f"| {row.label} ({row.unit}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bars_table(checks: list[dict]) -> str:
+    if not checks:
+        return "(not checked: the ambient or the stunnel path was not measured)"
+    lines = ["| bar (ambient against stunnel) | value | limit | result |", "|---|---:|---:|---|"]
+    for c in checks:
+        unit = "×" if c["unit"] == "x" else f" {c['unit']}"
+        value = "–" if c["value"] is None else f"{c['value']:.2f}{unit}"
+        lines.append(f"| {c['bar']} | {value} | {c['limit']:g}{unit} | {describe_bar(c)} |")
+    return "\n".join(lines)
+
+
+def _reconnects(checks: dict) -> str:
+    per_request = [v for v in checks["conn_connections_per_request"].values() if v is not None]
+    if not per_request:
+        return "not checked"
+    low, high = min(per_request), max(per_request)
+    spread = f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f} to {high:.2f}"
+    return f"nginx accepted {spread} connections per request, median per path"
+
+
+def _code(code: dict | None) -> str:
+    if not code or not code.get("commit"):
+        return ""
+    modified = f", with {len(code['modified'])} modified files" if code.get("modified") else ""
+    return f", commit {code['commit'][:10]}{modified}"
+
+
+def markdown(result: dict) -> str:
+    p, m = result["parameters"], result["machine"]
+    paths = "\n".join(f"- `{x['name']}` (namespace `{x['namespace']}`): {x['title']}" for x in result["paths"])
+    out = [
+        f"# Data path benchmark, {result['date'][:10]}",
+        "",
+        *[f"**Warning:** {w}  " for w in result.get("warnings", [])],
+        *([""] if result.get("warnings") else []),
+        f"One lab, 2 nodes (client pods on node-0, server pods on node-1), {m['cpus']} CPUs, kernel {m['kernel']}"
+        f"{_code(m.get('code'))}. "
+        f"Median of {p['rounds']} interleaved rounds (path order rotated each round). keep-alive: "
+        f"`wrk -t{p['threads']} -c{p['connections']} -d{p['seconds']:g}s --latency`; new connections: the same "
+        f"with `Connection: close` ({_reconnects(result['checks'])}); bulk: `iperf3 -t {p['bulk_seconds']:g}`, "
+        "one stream. CPU: both proxy sides' "
+        "cgroups (`cpu.stat`); RSS: VmRSS summed over each side's processes. "
+        f"Ratios are to {result['baseline']}: above 1 is more throughput, or more latency, CPU or memory.",
+        "",
+        paths,
+        "",
+        table(result),
+        "",
+        "## Bars (issue #7)",
+        "",
+        bars_table(result["bars"]),
+        "",
+    ]
+    if result.get("charts"):
+        out += ["## Charts", "", *[f"![{name}]({name})" for name in result["charts"]], ""]
+    profile = result.get("profile") or {}
+    if profile:
+        out += ["## Profile: ztunnel flame graphs (py-spy)", ""]
+        for figure, one in profile.items():
+            run = one["run"]
+            rate = f"{run['rps']:,.0f} req/s" if "rps" in run else f"{run['cps']:,.0f} conn/s"
+            links = ", ".join(f"[{name}]({svg})" for name, svg in one["svg"].items())
+            out.append(f"- {figure} ({rate} while sampled at {one['rate']} Hz, not in the medians): {links}")
+            for name, top in one.get("top_self", {}).items():
+                shares = ", ".join(f"`{function}` {share * 100:.0f}%" for function, share in top[:5])
+                out.append(f"  - {name}, most samples in the function itself: {shares or '(no samples)'}")
+        out.append("")
+    out += [f"Lab up in {result['lab_up_s']:.0f} s; {result['seconds']:.0f} s in all. "
+            f"Every run: [{result['json']}]({result['json']}).", ""]
+    return "\n".join(out)
+
+
+# -- charts
+
+
+def charts(result: dict, out_dir: Path, stem: str) -> list[str]:
+    """One PNG per chart group (matplotlib, Agg); each bar labelled with its value and its ratio to
+    the baseline. Returns the file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [p["name"] for p in result["paths"]]
+    baseline, summary, rat = result["baseline"], result["medians"], result["ratios"]
+    written = []
+    for chart, title in CHARTS.items():
+        rows = [row for row in ROWS if row.chart == chart]
+        fig, axes = plt.subplots(1, len(rows), figsize=(max(5.0, 3.6 * len(rows)), 3.8), squeeze=False)
+        for ax, row in zip(axes[0], rows):
+            shown = [n for n in names if summary[n].get(row.key) is not None]
+            values = [summary[n][row.key] for n in shown]
+            bars = ax.bar(shown, values, color=["#9aa5b1" if n == baseline else "#3b6ea5" for n in shown])
+            for bar, n, value in zip(bars, shown, values):
+                ratio = rat[n].get(row.key)
+                label = fmt(value, row.digits) + ("" if n == baseline or ratio is None else f"\n{ratio:.2f}×")
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=8)
+            ax.set_title(f"{row.label}", fontsize=9)
+            ax.set_ylabel(row.unit, fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.margins(y=0.25)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        name = f"{stem}-{chart}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written

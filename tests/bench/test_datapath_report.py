@@ -1,0 +1,198 @@
+"""Medians, ratios, issue #7's bars and the markdown, from runs shaped as the bench records them.
+
+The figures are made up (no measured figure is asserted anywhere); only the arithmetic is checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+from datapath import report
+from datapath.measure import cpu_figures, round_order
+
+
+def run(rps=None, cps=None, gbit_s=None, p99=1.0, cpu=None, rss=None, connections=16, requests=1000):
+    out = {"p50_ms": p99 / 2, "p99_ms": p99, "requests": requests, "nginx_connections": connections,
+           "errors": 0}
+    if rps is not None:
+        out["rps"] = rps
+    if cps is not None:
+        out["cps"] = cps
+    if gbit_s is not None:
+        out = {"gbit_s": gbit_s, "bytes": 2**30}
+    if cpu is not None:
+        out.update(cpu)
+    if rss is not None:
+        out["rss_max_mib"] = rss
+    return out
+
+
+def one_round(scale: float, stunnel_rss: float = 10.0, ztunnel_rss: float = 70.0) -> dict:
+    """One round of three paths; `scale` moves every throughput so the medians are the middle round."""
+    return {
+        "direct": {"keepalive": run(rps=50000 * scale, p99=0.5), "conn": run(cps=5000 * scale, p99=5),
+                   "bulk": run(gbit_s=20 * scale)},
+        "stunnel": {"keepalive": run(rps=10000 * scale, p99=4, cpu={"cpu_ms_per_1k": 50.0},
+                                     rss={"client": stunnel_rss, "server": stunnel_rss + 1}),
+                    "conn": run(cps=800 * scale, p99=40, cpu={"cpu_ms_per_1k": 900.0}, connections=800),
+                    "bulk": run(gbit_s=4 * scale, cpu={"cpu_ms_per_gib": 700.0})},
+        "ambient": {"keepalive": run(rps=5000 * scale, p99=10, cpu={"cpu_ms_per_1k": 150.0},
+                                     rss={"client": ztunnel_rss, "server": ztunnel_rss}),
+                    "conn": run(cps=1000 * scale, p99=30, cpu={"cpu_ms_per_1k": 600.0}, connections=1000),
+                    "bulk": run(gbit_s=1.5 * scale, cpu={"cpu_ms_per_gib": 2000.0})},
+    }
+
+
+ROUNDS = [one_round(1.1, stunnel_rss=12), one_round(0.9), one_round(1.0, ztunnel_rss=75)]
+IDLE = {"stunnel": {"client": 9.6, "server": 9.6}, "ambient": {"client": 60.0, "server": 69.1}}
+
+
+def test_round_order_rotates_so_each_path_leads_once():
+    names = ["direct", "stunnel", "haproxy", "ambient"]
+    orders = [round_order(names, n) for n in range(4)]
+    assert orders[0] == names
+    assert orders[1] == ["stunnel", "haproxy", "ambient", "direct"]
+    assert [o[0] for o in orders] == names
+    assert round_order(names, 4) == names
+    assert all(sorted(o) == sorted(names) for o in orders)
+
+
+def test_medians_take_the_middle_round_of_each_field():
+    med = report.medians(ROUNDS)
+    assert med["direct"]["keepalive.rps"] == 50000
+    assert med["stunnel"]["conn.cps"] == 800
+    assert med["ambient"]["bulk.gbit_s"] == 1.5
+    assert med["ambient"]["keepalive.cpu_ms_per_1k"] == 150
+    assert "keepalive.rss_max_mib" not in med["ambient"]  # nested: memory has its own rows
+    assert "keepalive.cpu_ms_per_1k" not in med["direct"]  # no proxies, no CPU figure
+
+
+def test_medians_skip_missing_values():
+    rounds = [{"p": {"f": {"x": 1.0, "y": None}}}, {"p": {"f": {"x": 3.0}}}, {"p": {"f": {"x": 2.0, "y": 5}}}]
+    assert report.medians(rounds) == {"p": {"f.x": 2.0, "f.y": 5}}
+
+
+def test_summary_adds_idle_and_the_max_under_load():
+    summary = report.summarize(ROUNDS, IDLE)
+    assert summary["stunnel"]["rss_idle.client"] == 9.6
+    assert summary["stunnel"]["rss_load.client"] == 12  # the max of the rounds, not the median
+    assert summary["ambient"]["rss_load.server"] == 75
+    assert "rss_idle.client" not in summary["direct"]
+
+
+def test_ratios_are_to_the_baseline():
+    summary = report.summarize(ROUNDS, IDLE)
+    rat = report.ratios(summary, "stunnel")
+    assert rat["stunnel"]["keepalive.rps"] == 1.0
+    assert rat["ambient"]["keepalive.rps"] == 0.5
+    assert rat["direct"]["bulk.gbit_s"] == 5.0
+    assert rat["ambient"]["conn.p99_ms"] == 0.75
+    assert rat["direct"]["keepalive.cpu_ms_per_1k"] is None  # direct has no proxies
+    assert rat["ambient"]["rss_idle.server"] == pytest.approx(69.1 / 9.6, abs=1e-4)
+
+
+def test_bars_pass_and_miss_with_their_margin():
+    checks = {c["key"]: c for c in report.check_bars(report.summarize(ROUNDS, IDLE))}
+    assert [c["bar"] for c in checks.values()] == [b.label for b in report.BARS]
+    rps = checks["keepalive.rps"]  # 0.5x against a 0.4x bar
+    assert (rps["value"], rps["result"], rps["margin"]) == (0.5, "PASS", 0.25)
+    bulk = checks["bulk.gbit_s"]  # 0.375x against 0.5x
+    assert (bulk["result"], bulk["margin"]) == ("MISS", -0.25)
+    assert checks["conn.cps"]["result"] == "PASS"  # 1.25x against 1.0x
+    p99 = checks["keepalive.p99_ms"]  # 2.5x against at most 3x
+    assert (p99["result"], round(p99["margin"], 4)) == ("PASS", round(1 - 2.5 / 3, 4))
+    assert checks["rss_idle.client"]["result"] == "PASS"  # 60 MiB
+    assert checks["rss_idle.server"]["result"] == "MISS"  # 69.1 MiB
+    assert checks["rss_idle.server"]["unit"] == "MiB"
+    assert report.describe_bar(bulk) == "MISS, 25% short of the bar"
+    assert report.describe_bar(rps) == "PASS, 25% above the bar"
+    assert report.describe_bar(checks["rss_idle.server"]) == "MISS, 8% over the bar"
+
+
+def test_bars_need_both_paths():
+    summary = report.summarize(ROUNDS, IDLE)
+    del summary["stunnel"]
+    assert report.check_bars(summary) == []
+    summary = report.summarize(ROUNDS, {})
+    rss = [c for c in report.check_bars(summary) if c["key"].startswith("rss_idle")]
+    assert [c["result"] for c in rss] == ["n/a", "n/a"]
+    assert report.describe_bar(rss[0]) == "n/a (not measured)"
+
+
+def test_connection_checks():
+    checks = report.connection_checks(ROUNDS)
+    assert checks["conn_connections_per_request"] == {"direct": 0.016, "stunnel": 0.8, "ambient": 1.0}
+    assert checks["keepalive_connections"]["ambient"] == 16
+
+
+def test_cpu_figures():
+    assert cpu_figures({}, 10, "cpu_ms_per_1k") == {}
+    figures = cpu_figures({"client": 1_500_000, "server": 500_000}, 40.0, "cpu_ms_per_1k")
+    assert figures == {"cpu_ms": {"client": 1500.0, "server": 500.0, "total": 2000.0}, "cpu_ms_per_1k": 50.0}
+    assert cpu_figures({"client": 1}, 0, "cpu_ms_per_gib")["cpu_ms_per_gib"] is None
+
+
+def result_for(rounds, idle) -> dict:
+    summary = report.summarize(rounds, idle)
+    return {
+        "date": "2026-11-21T10:00:00+00:00",
+        "machine": {"cpus": 2, "kernel": "6.18", "code": {"commit": "fee610e1e961d5b8dc84", "modified": []}},
+        "parameters": {"rounds": 3, "threads": 2, "connections": 16, "seconds": 5, "bulk_seconds": 5},
+        "paths": [{"name": n, "namespace": f"dp-{n}", "title": f"the {n} path"} for n in summary],
+        "baseline": "stunnel",
+        "medians": summary,
+        "ratios": report.ratios(summary, "stunnel"),
+        "bars": report.check_bars(summary),
+        "checks": report.connection_checks(rounds),
+        "charts": ["2026-11-21-requests.png"],
+        "profile": {"keepalive": {"run": {"rps": 4000.0}, "rate": 200,
+                                  "svg": {"ztunnel-node-0": "2026-11-21-flame-ztunnel-node-0-keepalive.svg"},
+                                  "top_self": {"ztunnel-node-0": [["TcpStream.send_all (ztunnel/tcp_stream.py)",
+                                                                   0.2276]]}}},
+        "lab_up_s": 5.2, "seconds": 420.0, "json": "2026-11-21.json",
+    }
+
+
+def test_markdown_table_has_a_row_per_figure_and_a_column_per_path():
+    text = report.markdown(result_for(ROUNDS, IDLE))
+    lines = text.splitlines()
+    head = next(line for line in lines if line.startswith("| figure"))
+    assert head == "| figure | direct | stunnel (baseline) | ambient |"
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and " | " in line}
+    for row in report.ROWS:
+        assert f"{row.label} ({row.unit})" in rows
+    assert rows["keep-alive requests/s (req/s)"] == (
+        "| keep-alive requests/s (req/s) | 50,000 (5.00×) | 10,000 | 5,000 (0.50×) |")
+    assert rows["proxies' CPU per 1,000 requests (CPU-ms)"].split(" | ")[1] == "–"  # direct
+    assert "| bulk Gbit/s at least 0.5x stunnel's | 0.38× | 0.5× | MISS, 25% short of the bar |" in lines
+    assert "| ztunnel RSS idle at most 64 MiB, node-1 | 69.10 MiB | 64 MiB | MISS, 8% over the bar |" in lines
+    assert "![2026-11-21-requests.png](2026-11-21-requests.png)" in lines
+    assert "[ztunnel-node-0](2026-11-21-flame-ztunnel-node-0-keepalive.svg)" in text
+    assert ("  - ztunnel-node-0, most samples in the function itself: "
+            "`TcpStream.send_all (ztunnel/tcp_stream.py)` 23%") in lines
+    assert "0.02 to 1.00 connections per request" in text
+    assert "kernel 6.18, commit fee610e1e9. " in text
+
+
+def test_markdown_without_the_bars_paths():
+    rounds = [{k: v for k, v in r.items() if k != "ambient"} for r in ROUNDS]
+    result = result_for(rounds, IDLE)
+    result["profile"] = {}
+    text = report.markdown(result)
+    assert "not checked: the ambient or the stunnel path was not measured" in text
+    assert "flame" not in text
+
+
+def test_charts(tmp_path):
+    pytest.importorskip("matplotlib")
+    names = report.charts(result_for(ROUNDS, IDLE), tmp_path, "2026-11-21")
+    assert names == [f"2026-11-21-{chart}.png" for chart in report.CHARTS]
+    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in names)
+
+
+def test_warnings_name_the_runs_with_errors():
+    rounds = [one_round(1.0), one_round(1.0)]
+    rounds[1]["ambient"]["conn"] = {**rounds[1]["ambient"]["conn"], "errors": 3}
+    assert report.run_warnings(rounds) == ["round 2, ambient conn: 3 wrk errors in 1000 requests"]
+    result = result_for(rounds, IDLE)
+    result["warnings"] = report.run_warnings(rounds)
+    assert "**Warning:** round 2, ambient conn: 3 wrk errors in 1000 requests  " in report.markdown(result)
