@@ -21,7 +21,6 @@ in ``trio.SSLStream``'s default. HTTP/2 says for itself when a connection is don
 
 from __future__ import annotations
 
-import errno
 import socket
 import ssl
 
@@ -50,7 +49,7 @@ class TlsStream(trio.abc.Stream):
     # -- opening
 
     @classmethod
-    async def handshake(cls, transport: TcpStream | trio.SocketStream | socket.socket, context: ssl.SSLContext, *,
+    async def handshake(cls, transport: TcpStream | trio.SocketStream, context: ssl.SSLContext, *,
                         server_side: bool) -> TlsStream:
         """Take over the transport's socket and run the handshake on it. ``ssl.SSLError`` (the
         peer's certificate, no common version), ``OSError`` (the connection broke) or
@@ -249,23 +248,14 @@ class TlsStream(trio.abc.Stream):
             self._error = exc
 
 
-def _plain_socket(transport: TcpStream | trio.SocketStream | socket.socket) -> socket.socket:
-    """The connected stdlib socket under ``transport``, non-blocking. A stream gives its socket up
-    (it must not be used afterwards)."""
+def _plain_socket(transport: TcpStream | trio.SocketStream) -> socket.socket:
+    """The connected stdlib socket under ``transport``, which gives it up (it must not be used
+    afterwards). Both kinds of stream already set TCP_NODELAY, which HBONE's small frames need."""
     if isinstance(transport, TcpStream):
         sock = transport.detach()
     elif isinstance(transport, trio.SocketStream):
         sock = socket.socket(fileno=transport.socket.detach())
-    elif isinstance(transport, socket.socket):
-        sock = transport
     else:
-        raise TypeError(f"HBONE TLS runs on a TCP socket, not on {type(transport).__name__}")
+        raise TypeError(f"HBONE TLS runs on a TCP socket stream, not on {type(transport).__name__}")
     sock.setblocking(False)
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        # Small frames (a request, a WINDOW_UPDATE) must not wait for Nagle: latency is the point.
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
     return sock
