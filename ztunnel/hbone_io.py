@@ -27,11 +27,12 @@ from dataclasses import dataclass
 import trio
 
 from ztunnel.hbone import (
-    ConnectAccepted, ConnectionClosed, ConnectRefused, ConnectRejection, ConnectRequested, ConnectTarget,
-    HboneClientConnection, HboneServerConnection, LocalProtocolError, Phase, SendWindowOpened, StreamAborted, StreamData,
-    StreamHalfClosed,
+    ConnectAccepted, ConnectRefused, ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection,
+    HboneServerConnection, Phase,
 )
-
+from ztunnel.http2 import (
+    ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
+)
 from ztunnel.tls_stream import TlsStream
 
 log = logging.getLogger("ambient.ztunnel.hbone")
@@ -120,14 +121,17 @@ class HboneStream(trio.abc.HalfCloseableStream):
         self._sending = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            view = memoryview(data)
-            while view:
+            # The HTTP/2 layer holds what it takes until the socket has it, and our caller may
+            # reuse its buffer once we return: only immutable bytes may be held.
+            rest = data if type(data) is bytes else bytes(data)
+            while rest:
                 self._check_sendable()
-                n = self._driver.send_data(self.stream_id, bytes(view) if len(view) < 1024 else view)
+                n = self._driver.send_data(self.stream_id, rest)
                 self.bytes_sent += n
-                view = view[n:]
-                if view:
-                    await self._driver.window_opened()
+                if n == len(rest):
+                    break
+                rest = memoryview(rest)[n:]
+                await self._driver.window_opened()
             await self._driver.wait_writable()
         finally:
             self._sending = False
@@ -361,6 +365,7 @@ class _Driver:
                     stream._break(f"stream reset by {who} (error code {event.error_code})")
                     self._window.unpark_all()  # a sender waiting for window must see the break
                     self._stream_count_changed()
+                    self._stream_aborted(event.stream_id)
             elif kind is ConnectionClosed:
                 self._closed_by(f"connection closed ({event.reason}, error code {event.error_code})")
             else:
@@ -368,6 +373,9 @@ class _Driver:
 
     def _dispatch_side(self, event: object) -> None:
         raise NotImplementedError
+
+    def _stream_aborted(self, stream_id: int) -> None:
+        """A subclass's hook: the stream went before its owner let it go."""
 
 
 # ---------------------------------------------------------------- server
@@ -420,8 +428,8 @@ class HboneServerDriver(_Driver):
             await self._run(trio.TASK_STATUS_IGNORED)
 
     def drain(self) -> None:
-        """Refuse new CONNECTs with 503 (GOAWAY would end the open streams too: h2 allows no frame
-        after it), and let the open ones finish."""
+        """Refuse new CONNECTs with 503 (a GOAWAY would end the open streams too: our HTTP/2 layer
+        ends a connection at GOAWAY), and let the open ones finish."""
         self.draining = True
 
     def _dispatch_side(self, event: object) -> None:
@@ -497,6 +505,11 @@ class HboneClientDriver(_Driver):
             answered = self._answers.get(event.stream_id)
             if answered is not None:
                 answered.set()
+
+    def _stream_aborted(self, stream_id: int) -> None:
+        answered = self._answers.get(stream_id)  # reset before any answer: ``open`` raises
+        if answered is not None:
+            answered.set()
 
     def _closed_by(self, reason: str) -> None:
         super()._closed_by(reason)

@@ -18,10 +18,15 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
 from ztunnel.hbone import (
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, STREAM_WINDOW, ConnectAccepted,
-    ConnectionClosed, ConnectRefused, ConnectRejection, ConnectRequested, ConnectTarget,
-    HboneClientConnection, HboneServerConnection, LocalProtocolError, Phase, SendWindowOpened,
-    StreamAborted, StreamData, StreamHalfClosed, parse_connect, split_host_port,
+    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, STREAM_WINDOW, ConnectAccepted, ConnectRefused,
+    ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection, HboneServerConnection, Phase,
+    parse_connect, split_host_port,
+)
+from tests.ztunnel.wire import (
+    ACK, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, WINDOW_UPDATE, frame, frames_of, literal,
+)
+from ztunnel.http2 import (
+    ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
 )
 
 POD = "10.0.0.1"
@@ -245,7 +250,7 @@ def test_data_in_flight_on_rejected_streams_is_dropped_and_credited():
     assert raw.conn.outbound_flow_control_window == 0
     _, server_events = pump(raw, server)
     assert [type(e) for e in server_events] == [ConnectRequested] * 4
-    # Credited (h2 batches WINDOW_UPDATEs, holding back less than half a window): without it, 0.
+    # Credited (WINDOW_UPDATEs are batched, holding back less than half a window): without it, 0.
     assert raw.conn.outbound_flow_control_window >= CONNECTION_WINDOW // 2
 
 
@@ -342,12 +347,12 @@ def test_reset_credits_unread_bytes_to_the_connection_window():
     for sid in sids:
         assert client.send_data(sid, b"x" * STREAM_WINDOW) == STREAM_WINDOW
     pump(client, server)
-    assert client._conn.outbound_flow_control_window == 0
+    assert client.send_window() == 0
     for sid in sids:
         server.reset(sid)  # 16 MiB never read by the app side
     pump(client, server)
-    # Credited (h2 batches WINDOW_UPDATEs, holding back less than half a window): without it, 0.
-    assert client._conn.outbound_flow_control_window >= CONNECTION_WINDOW // 2
+    # Credited (WINDOW_UPDATEs are batched, holding back less than half a window): without it, 0.
+    assert client.send_window() >= CONNECTION_WINDOW // 2
 
 
 def test_close_sends_goaway_and_ends_every_stream():
@@ -375,7 +380,7 @@ def test_stream_window_holds_until_the_receiver_acknowledges():
     _, server_events = pump(client, server)
     assert len(received(server_events, sid)) == STREAM_WINDOW
     assert client.send_data(sid, b"b") == 0
-    server.acknowledge(sid, MiB)  # a little: h2 waits for half a window before updating
+    server.acknowledge(sid, MiB)  # a little: credit waits for half a window
     server.acknowledge(sid, STREAM_WINDOW - MiB)
     client_events, _ = pump(client, server)
     assert SendWindowOpened(sid) in client_events
@@ -401,8 +406,6 @@ def test_windows_and_limits_are_advertised_to_a_plain_h2_peer():
         SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
         SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
         SettingCodes.ENABLE_PUSH: 0,
-        SettingCodes.HEADER_TABLE_SIZE: 4096,  # HPACK's default
-        SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,  # no extended CONNECT
     }
     assert raw.conn.outbound_flow_control_window == CONNECTION_WINDOW
     raw = Raw(client_side=True)
@@ -469,7 +472,7 @@ def test_ping_every_10s_and_answered():
     assert client.on_timer(9.99) == [] and client.data_to_send() == b""
     assert client.on_timer(10.0) == []
     assert client.ping_outstanding
-    client_events, _ = pump(client, server)  # our server's h2 answers the PING itself
+    client_events, _ = pump(client, server)  # the server's HTTP/2 layer answers the PING itself
     assert client_events == []
     assert not client.ping_outstanding
     assert client.next_deadline() == 20.0
@@ -552,35 +555,10 @@ def test_our_server_against_a_strict_plain_h2_client():
     assert of(raw_events, h2.events.StreamEnded)
 
 
-def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream_id) + payload
-
-
-def literal(name: bytes, value: bytes) -> bytes:
-    """HPACK literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
-    assert len(name) < 127 and len(value) < 127
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-
-
-def frames_of(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    out = []
-    while data:
-        length = int.from_bytes(data[:3], "big")
-        kind, flags = data[3], data[4]
-        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-        out.append((kind, flags, stream_id, data[9:9 + length]))
-        data = data[9 + length:]
-    return out
-
-
-DATA, HEADERS, RST_STREAM, SETTINGS, WINDOW_UPDATE = 0, 1, 3, 4, 8
-END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
-
-
 def test_wire_transcript_with_hand_built_frames():
     """Frames and HPACK built by hand (RFC 9113, RFC 7541), not by h2."""
     server = HboneServerConnection([POD])
-    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(SETTINGS, 0, 0, b"")
+    preface = PREFACE + frame(SETTINGS, 0, 0, b"")
     good = literal(b":method", b"CONNECT") + literal(b":authority", b"10.0.0.1:443")
     bad = literal(b":method", b"CONNECT") + literal(b":authority", b"10.0.0.7:443")
     events = server.receive_bytes(
