@@ -116,6 +116,16 @@ async def test_a_refusal_reaches_the_client_as_its_status(authority, status):
         assert client.streams_available() > 0
 
 
+async def test_a_connect_reset_before_any_answer_breaks_the_open(authority):
+    async def drop(request: IncomingConnect) -> None:
+        await request.stream.aclose()  # neither accept nor reject: RST_STREAM(CONNECT_ERROR)
+
+    async with hbone_pair(authority, drop) as (client, _):
+        with trio.fail_after(5), pytest.raises(trio.BrokenResourceError, match="reset by the peer"):
+            await client.open(f"{POD_IP}:8080", None)
+        assert not client.streams and client.streams_available() > 0
+
+
 async def test_a_connect_to_an_address_not_served_gets_400_and_the_hook_hears_why(authority):
     rejected: list[ConnectRejection] = []
     async with hbone_pair(authority, echo, on_rejected=rejected.append) as (client, _):
