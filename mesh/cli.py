@@ -24,7 +24,7 @@ COMMAND_MODULES = {
     "exec": "mesh.lab.cli",
     "node-agent": "bpf.cli",
     "ztunnel": "ztunnel.cli",
-    "ztunnel-config": "ztunnel.cli",
+    "ztunnel-config": "ztunnel.config_cli",
 }
 
 

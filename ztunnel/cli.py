@@ -1,4 +1,4 @@
-"""``ambient ztunnel``: the node's L4 proxy, and ``ambient ztunnel-config`` (ztunnel/config_cli.py).
+"""``ambient ztunnel``: the node's L4 proxy (``ambient ztunnel-config`` is ztunnel/config_cli.py).
 
 The process connects to the control plane with the node's token (discovery, and the CA on behalf of
 the workloads on its node), follows the node agent over ZDS, and serves the admin (15000, loopback),
@@ -23,7 +23,6 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ztunnel import config_cli
     from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT
 
     zt = subparsers.add_parser("ztunnel", help="the node's L4 proxy: HBONE mTLS tunnels for the pods the node agent captures")
@@ -39,7 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     zt.add_argument("--ready-listen", type=_host_port, default=("0.0.0.0", READINESS_PORT), metavar="HOST:PORT")
     zt.add_argument("--drain-timeout", type=float, default=5.0, help="seconds open connections may finish on SIGTERM")
     zt.set_defaults(func=cmd_ztunnel)
-    config_cli.register(subparsers)
 
 
 class _AdminView:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mesh.api import workload_pb2 as wpb
+from mesh import __version__
 from mesh.identity import InvalidSpiffeId
 from ztunnel.state import identity_of
 
@@ -144,13 +144,6 @@ def tcp_labels(*, reporter: str, source: wpb.Workload | None, source_principal: 
     return {name: labels[name] for name in LABEL_NAMES}  # in Istio's order
 
 
-def _build_tag() -> str:
-    try:
-        return metadata.version("ambient-mesh")
-    except metadata.PackageNotFoundError:
-        return UNKNOWN
-
-
 class ZtunnelMetrics:
     """The TCP counters, exported through ``registry`` (its own collector; register once).
 
@@ -159,7 +152,7 @@ class ZtunnelMetrics:
 
     def __init__(self, registry: CollectorRegistry, *, build_tag: str | None = None) -> None:
         self.registry = registry
-        self.build_tag = build_tag or _build_tag()
+        self.build_tag = build_tag or __version__
         self._lock = threading.Lock()
         self._values: dict[str, dict[tuple[str, ...], int]] = {OPENED: {}, CLOSED: {}, RECEIVED: {}, SENT: {}}
         registry.register(self)
