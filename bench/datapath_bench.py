@@ -8,12 +8,13 @@ of every figure on every path, --rounds rounds; each round runs every figure (ke
 new connections, bulk) on every path back to back, the path order rotated by one each round. Every
 run is bounded in time (wrk -d, iperf3 -t, and a timeout on the command). The proxies' CPU comes
 from their cgroups, their RSS from /proc (`bench/datapath/lab.py`). Then one profiled keep-alive and
-one profiled new-connections run on the ambient path with py-spy on both ztunnels (SVG flame graphs).
+one profiled new-connections run on the ambient path with py-spy on both ztunnels (GIL-holding
+samples: SVG flame graphs, and collapsed stacks that the report summarizes).
 
 The lab is always taken down, also on an error or SIGTERM (`ambient lab down`; should that fail,
 SIGTERM to the lab's daemon); on a failure the lab's logs are first copied to a directory whose path
 is printed. All traffic stays inside the lab's namespaces. Writes bench/results/<date>.json (every
-run), <date>.md (the table, the bars), <date>-*.png (charts) and <date>-flame-ztunnel-*.svg.
+run), <date>.md (the table, the bars), <date>-*.png (charts) and <date>-flame-ztunnel-*.{svg,txt}.
 
 Run: `make bench` (or `sudo .venv/bin/python bench/datapath_bench.py --rounds 5`).
 """
@@ -184,7 +185,9 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
     runner = Runner(lab, paths, servers, Settings(threads=args.threads, connections=args.connections,
                                                   seconds=args.seconds, bulk_seconds=args.bulk_seconds))
     idle = {p.name: runner.idle_rss_mib(p.name) for p in paths if p.accounted(layout)}
-    print(f"lab up in {lab_up_s:.0f} s; idle RSS (MiB): " + "; ".join(f"{n} {v}" for n, v in idle.items()), flush=True)
+    idle_pss = {p.name: runner.idle_pss_mib(p.name) for p in paths if p.accounted(layout)}
+    print(f"lab up in {lab_up_s:.0f} s; idle RSS (MiB): " + "; ".join(f"{n} {v}" for n, v in idle.items())
+          + "; PSS: " + "; ".join(f"{n} {v}" for n, v in idle_pss.items()), flush=True)
 
     warmup = {p.name: {f: runner.measure(p.name, f, args.warmup_seconds) for f in FIGURES} for p in paths}
     print(f"warm-up done ({time.monotonic() - started:.0f} s)", flush=True)
@@ -205,7 +208,8 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
         try:
             profiled = profile(runner, "ambient", ztunnel_pids(status), out_dir, stem, args.profile_seconds)
             print(f"profiled ({time.monotonic() - started:.0f} s): "
-                  + ", ".join(svg for one in profiled.values() for svg in one["svg"].values()), flush=True)
+                  + ", ".join(name for one in profiled.values() for kind in ("svg", "stacks")
+                              for name in one[kind].values()), flush=True)
         except BenchFailure as exc:  # the measured rounds stand without the flame graphs
             warnings.append(f"no flame graphs: {exc}")
             print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
@@ -215,13 +219,13 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
     if restarted:  # kept, but said first: a restart changes that side's CPU and memory figures
         warnings.append(f"restarted during the run: {', '.join(restarted)}")
         print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
-    return {"lab_up_s": lab_up_s, "servers": servers, "idle": idle, "warmup": warmup, "rounds": rounds,
-            "orders": orders, "profile": profiled, "warnings": warnings}
+    return {"lab_up_s": lab_up_s, "servers": servers, "idle": idle, "idle_pss": idle_pss, "warmup": warmup,
+            "rounds": rounds, "orders": orders, "profile": profiled, "warnings": warnings}
 
 
 def build_result(args, measured: dict, info: dict, stem: str) -> dict:
-    rounds, idle = measured["rounds"], measured["idle"]
-    summary = report.summarize(rounds, idle)
+    rounds, idle, idle_pss = measured["rounds"], measured["idle"], measured["idle_pss"]
+    summary = report.summarize(rounds, idle, idle_pss)
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
@@ -235,7 +239,7 @@ def build_result(args, measured: dict, info: dict, stem: str) -> dict:
         "medians": summary,  # {path: {row key: median over the rounds}}, and memory (idle; max under load)
         "ratios": report.ratios(summary, BASELINE),
         "bars": report.check_bars(summary, "ambient", BASELINE),
-        "memory": {"idle_mib": idle, "under_load_max_mib": report.load_rss(rounds)},
+        "memory": {"idle_mib": idle, "idle_pss_mib": idle_pss, "under_load_max_mib": report.load_rss(rounds)},
         "checks": report.connection_checks(rounds),
         "warnings": measured["warnings"] + report.run_warnings(rounds),
         "warmup": measured["warmup"],

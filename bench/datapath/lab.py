@@ -122,6 +122,23 @@ def cgroup_rss_kib(cgroup: Path) -> int:
     return sum(rss_kib(pid) for pid in cgroup_pids(cgroup))
 
 
+def pss_kib(pid: int) -> int:
+    """Pss of one process in KiB (its private pages, plus each shared page divided by the processes
+    mapping it: shared library text counts once per node, not once per process); 0 if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cgroup_pss_kib(cgroup: Path) -> int:
+    return sum(pss_kib(pid) for pid in cgroup_pids(cgroup))
+
+
 # -- driving the lab
 
 

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lab import BenchFailure, Lab, cgroup_cpu_usec, cgroup_rss_kib
+from .lab import BenchFailure, Lab, cgroup_cpu_usec, cgroup_pss_kib, cgroup_rss_kib
 from .loads import WRK_CHECK_CONNECTIONS, LoadError, iperf_argv, parse_iperf, parse_stub_status, parse_wrk, wrk_argv
 from .paths import STATUS_PORT, DataPath
 
@@ -92,6 +92,9 @@ class Runner:
 
     def idle_rss_mib(self, name: str) -> dict[str, float]:
         return {side: round(cgroup_rss_kib(cg) / 1024, 1) for side, cg in self.cgroups[name].items()}
+
+    def idle_pss_mib(self, name: str) -> dict[str, float]:
+        return {side: round(cgroup_pss_kib(cg) / 1024, 1) for side, cg in self.cgroups[name].items()}
 
     def _cpu(self, name: str) -> dict[str, int]:
         return {side: cgroup_cpu_usec(cg) for side, cg in self.cgroups[name].items()}

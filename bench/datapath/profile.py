@@ -1,27 +1,30 @@
 """Flame graphs of the ztunnels under load: py-spy attached to both while one run goes through them.
 
 After the measured rounds (so the sampling never touches a measured figure), one keep-alive run and
-one new-connections run on the ambient path, each with `py-spy record --nonblocking` attached to the
-two ztunnel processes (node-0: the client side, outbound; node-1: the server side, inbound). py-spy
-reads the interpreter's stacks from outside, without pausing it (--nonblocking), `RATE` times a
-second, for the run's length plus the `ambient exec` start; it writes one SVG flame
-graph per ztunnel and figure. The run's own figures are kept, marked as profiled.
+one new-connections run on the ambient path, each with py-spy attached to the two ztunnel processes
+(node-0: the client side, outbound; node-1: the server side, inbound). py-spy reads the
+interpreter's stacks from outside, without pausing it (`--nonblocking`), `RATE` times a second, for
+the run's length plus the `ambient exec` start, and keeps a sample only when a thread holds the GIL
+(`--gil`): Python running on a CPU. Waiting in epoll or for the GIL is left out, and so is C code
+that releases the GIL (OpenSSL's record encryption inside `ssl`, socket system calls). Two samplers
+per ztunnel and figure: one writes the SVG flame graph, the other the same kind of samples as
+collapsed stacks (`--format raw`, a .txt beside the SVG: one line per distinct stack,
+"outer;...;leaf count").
 
-`top_self` reads a flame graph back (pure): the functions with the most samples of their own (not
-in a function they called), as shares of all samples, for the report's one-line summary of where
-the time goes. It relies on what py-spy's SVG carries for each frame: the title, the depth (`y`) and
-the span in samples (`fg:x`, `fg:w`).
+`summarize` reads the collapsed stacks (pure, after `parse_collapsed`): the samples' own time (the
+frame on top of the stack, not what it called) by package, and the `TOP` functions with the most of
+it, as shares of the GIL-holding samples. A package is the top-level one ("trio", "ssl"), or the
+module for the mesh's own code ("ztunnel.http2"): `package_of`.
 """
 
 from __future__ import annotations
 
-import html
 import re
 import shutil
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from .lab import BenchFailure
@@ -31,11 +34,12 @@ PROFILED_FIGURES = ("keepalive", "conn")
 RATE = 200  # samples per second
 ATTACH_S = 0.5  # py-spy's start, before the load
 EXTRA_S = 2  # beyond the run: `ambient exec` and wrk's start
-TOP = 8  # functions named in the summary of each flame graph
+TOP = 10  # functions named in the summary of each ztunnel and figure
+FORMATS = {"flamegraph": "svg", "raw": "txt"}  # py-spy --format: the file's suffix; one sampler each
+OWN = ("bpf", "ca", "mesh", "waypoint", "ztunnel")  # the mesh's packages, summarized by module
+SAMPLING = "GIL-holding samples only (py-spy record --gil --nonblocking)"
 
-_FRAME = re.compile(r'<g><title>([^<]*)</title><rect [^>]*?y="([0-9.]+)"[^>]*?fg:x="(\d+)" fg:w="(\d+)"')
-_SAMPLES = re.compile(r" \(\d+ samples?, [0-9.]+%\)$")
-_LINE = re.compile(r":\d+\)$")
+_FRAME = re.compile(r"^(?P<function>.*?) ?\((?P<file>[^()]*?)(?::\d+)?\)$")  # "Func (file:line)"
 
 
 def py_spy() -> str | None:
@@ -44,62 +48,90 @@ def py_spy() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
-def record_argv(binary: str, pid: int, seconds: int, out: Path, rate: int = RATE) -> list[str]:
+def record_argv(binary: str, pid: int, seconds: int, out: Path, rate: int = RATE,
+                fmt: str = "flamegraph") -> list[str]:
     return [binary, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(seconds),
-            "--nonblocking", "--format", "flamegraph", "--output", str(out)]
+            "--nonblocking", "--gil", "--format", fmt, "--output", str(out)]
 
 
-def flame_name(stem: str, ztunnel: str, figure: str) -> str:
-    return f"{stem}-flame-{ztunnel}-{figure}.svg"
+def flame_name(stem: str, ztunnel: str, figure: str, fmt: str = "flamegraph") -> str:
+    return f"{stem}-flame-{ztunnel}-{figure}.{FORMATS[fmt]}"
 
 
-def top_self(svg: str, n: int = TOP) -> list[tuple[str, float]]:
-    """The `n` functions ("Func (file)", every line of a function together) with the largest share of
-    samples spent in themselves: a frame's own samples are its span minus its callees' spans."""
-    frames = [(_SAMPLES.sub("", html.unescape(title)), float(y), int(x), int(w))
-              for title, y, x, w in _FRAME.findall(svg)]
-    root = next((f for f in frames if f[0] == "all"), None)
-    if root is None or not root[3]:
-        return []
-    levels = sorted({f[1] for f in frames})
-    step = min((b - a for a, b in zip(levels, levels[1:])), default=1.0)
-    by_depth: dict[int, list] = defaultdict(list)
-    for frame in frames:
-        by_depth[round(abs(frame[1] - root[1]) / step)].append(frame)
-    own: Counter = Counter()
-    for depth, level in by_depth.items():
-        for name, _, x, w in level:
-            if depth == 0:
-                continue
-            callees = sum(c[3] for c in by_depth.get(depth + 1, ()) if x <= c[2] < x + w)
-            own[_LINE.sub(")", name)] += w - callees
-    return [(name, round(samples / root[3], 4)) for name, samples in own.most_common(n) if samples > 0]
+def parse_collapsed(text: str) -> Counter:
+    """py-spy's raw output, {(outermost frame, ..., leaf): samples}; lines without a count are skipped."""
+    stacks: Counter = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rstrip().rpartition(" ")
+        if stack and count.isdigit():
+            stacks[tuple(stack.split(";"))] += int(count)
+    return stacks
+
+
+def split_frame(frame: str) -> tuple[str, str]:
+    """("Func", "file") of py-spy's "Func (file:line)"; ("name", "") when it names no file."""
+    match = _FRAME.match(frame)
+    return (match["function"], match["file"]) if match else (frame, "")
+
+
+def package_of(file: str) -> str:
+    """Where a frame's code lives: "trio/_core/_run.py" -> "trio", "ssl.py" -> "ssl", the mesh's own
+    "ztunnel/http2.py" -> "ztunnel.http2", "<attrs generated methods trio._core._run.CancelScope>" ->
+    "trio", "<frozen abc>" -> "abc", dataclasses' "<string>" as it is; "?" for anything else (no file,
+    a path py-spy did not shorten, or a torn read under --nonblocking)."""
+    if file.startswith("<") and file.endswith(">"):
+        words = file[1:-1].split()
+        return words[-1].split(".")[0] if len(words) > 1 else file
+    if file.endswith(".py") and not file.startswith("/"):
+        parts = file[:-3].split("/")
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts.pop()
+        return ".".join(parts[:2]) if parts[0] in OWN else parts[0]
+    return "?"
+
+
+def summarize(stacks: Counter, n: int = TOP) -> dict:
+    """Own time (the leaf frame's samples) as shares of all samples: by package (every one, the
+    largest first) and by function ("Func (file)", every line of a function together; the `n` largest)."""
+    total = sum(stacks.values())
+    packages: Counter = Counter()
+    functions: Counter = Counter()
+    for stack, samples in stacks.items():
+        function, file = split_frame(stack[-1])
+        packages[package_of(file)] += samples
+        functions[f"{function} ({file})".lstrip() if file else function] += samples
+    if not total:
+        return {"samples": 0, "packages": [], "top_self": []}
+    return {"samples": total,
+            "packages": [(name, round(samples / total, 4)) for name, samples in packages.most_common()],
+            "top_self": [(name, round(samples / total, 4)) for name, samples in functions.most_common(n)]}
 
 
 def profile(runner: Runner, path: str, pids: dict[str, int], out_dir: Path, stem: str, seconds: float) -> dict:
-    """One profiled run of each figure of PROFILED_FIGURES on `path`; {figure: {"run": ..., "svg": {...}}}."""
+    """One profiled run of each figure of PROFILED_FIGURES on `path`: {figure: {"run": ..., "svg": {ztunnel:
+    file}, "stacks": {ztunnel: file}, "summary": {ztunnel: summarize(...)}, ...}}."""
     binary = py_spy()
     if binary is None:
         raise BenchFailure("py-spy is not installed (the `bench` extra: make bench installs it)")
     duration = int(seconds + EXTRA_S + 0.999)
     out = {}
     for figure in PROFILED_FIGURES:
-        svgs = {name: out_dir / flame_name(stem, name, figure) for name in sorted(pids)}
-        spies = {name: subprocess.Popen(record_argv(binary, pids[name], duration, svgs[name]),
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for name in sorted(pids)}
+        files = {(name, fmt): out_dir / flame_name(stem, name, figure, fmt) for name in sorted(pids) for fmt in FORMATS}
+        spies = {key: subprocess.Popen(record_argv(binary, pids[key[0]], duration, file, fmt=key[1]),
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for key, file in files.items()}
         try:
             time.sleep(ATTACH_S)
             run = runner.measure(path, figure, seconds)
             failed = {}
-            for name, spy in spies.items():
+            for (name, fmt), spy in spies.items():
                 try:
                     output, _ = spy.communicate(timeout=duration + 30)
                 except subprocess.TimeoutExpired:
                     spy.kill()
                     output, _ = spy.communicate()
-                if spy.returncode != 0 or not svgs[name].is_file():
-                    failed[name] = f"py-spy exited {spy.returncode}: {output.strip()[-500:]}"
+                if spy.returncode != 0 or not files[name, fmt].is_file():
+                    failed[f"{name} {fmt}"] = f"py-spy exited {spy.returncode}: {output.strip()[-500:]}"
         finally:
             for spy in spies.values():  # only ours, by their Popen handles
                 if spy.poll() is None:
@@ -107,7 +139,9 @@ def profile(runner: Runner, path: str, pids: dict[str, int], out_dir: Path, stem
                     spy.wait()
         if failed:
             raise BenchFailure(f"profiling {path} {figure}: {failed}")
-        out[figure] = {"run": run, "svg": {name: svg.name for name, svg in svgs.items()},
-                       "top_self": {name: top_self(svg.read_text()) for name, svg in svgs.items()},
-                       "rate": RATE, "duration_s": duration}
+        out[figure] = {"run": run, "sampling": SAMPLING, "rate": RATE, "duration_s": duration,
+                       "svg": {name: files[name, "flamegraph"].name for name in sorted(pids)},
+                       "stacks": {name: files[name, "raw"].name for name in sorted(pids)},
+                       "summary": {name: summarize(parse_collapsed(files[name, "raw"].read_text()))
+                                   for name in sorted(pids)}}
     return out

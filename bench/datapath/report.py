@@ -42,6 +42,8 @@ ROWS = (
     Row("rss_idle.server", "proxy RSS idle, server side", "MiB", 1, "rss", True),
     Row("rss_load.client", "proxy RSS under load (max), client side", "MiB", 1, "rss", True),
     Row("rss_load.server", "proxy RSS under load (max), server side", "MiB", 1, "rss", True),
+    Row("pss_idle.client", "proxy PSS idle (shared pages split), client side", "MiB", 1, "rss", True),
+    Row("pss_idle.server", "proxy PSS idle (shared pages split), server side", "MiB", 1, "rss", True),
 )
 CHARTS = {  # chart -> title
     "requests": "keep-alive requests/s (wrk, HTTP/1.1)",
@@ -83,12 +85,15 @@ def load_rss(rounds: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
-def summarize(rounds: list[dict], idle_rss: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+def summarize(rounds: list[dict], idle_rss: dict[str, dict[str, float]],
+              idle_pss: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float | None]]:
     summary = medians(rounds)
     under_load = load_rss(rounds)
     for path in summary:
         for side, mib in idle_rss.get(path, {}).items():
             summary[path][f"rss_idle.{side}"] = mib
+        for side, mib in (idle_pss or {}).get(path, {}).items():
+            summary[path][f"pss_idle.{side}"] = mib
         for side, mib in under_load.get(path, {}).items():
             summary[path][f"rss_load.{side}"] = mib
     return summary
@@ -243,6 +248,42 @@ def _code(code: dict | None) -> str:
     return f", commit {code['commit'][:10]}{modified}"
 
 
+PROFILE_NOTE = (
+    "py-spy (`record --gil --nonblocking`) kept a sample only while a ztunnel thread held the GIL, so the "
+    "flame graphs and the shares below are the interpreter's CPU time, **GIL-holding samples only**: "
+    "waiting (epoll, the GIL) is left out, and so is C code that releases the GIL (OpenSSL's encryption "
+    "inside `ssl`, socket system calls), which the CPU rows above do count. A share is of that side's "
+    "GIL-holding samples, counted for the frame on top of the stack (own time, not in what it called), by "
+    "package (by module for the mesh's own code) and by function.")
+TOP_PACKAGES = 8  # named in the summary; the rest is "other"
+
+
+def _shares(pairs: list, limit: int) -> str:
+    shown = ", ".join(f"`{name}` {share * 100:.1f}%" for name, share in pairs[:limit])
+    rest = sum(share for _, share in pairs[limit:])
+    return shown + (f", other {rest * 100:.1f}%" if rest else "")
+
+
+def profile_lines(figure: str, one: dict) -> list[str]:
+    """A profiled figure in the report: its run, links to the flame graphs and collapsed stacks, and
+    each ztunnel's own time by package and by function (`profile.summarize`)."""
+    run = one["run"]
+    rate = f"{run['rps']:,.0f} req/s" if "rps" in run else f"{run['cps']:,.0f} conn/s"
+    links = ", ".join(f"[{name}]({svg}) ([stacks]({one['stacks'][name]}))" for name, svg in one["svg"].items())
+    lines = [f"- {figure} ({rate} while sampled at {one['rate']} Hz, not in the medians): {links}"]
+    ticks = one["rate"] * one["duration_s"]
+    for name, summary in one["summary"].items():
+        if not summary["samples"]:
+            lines.append(f"  - {name}: no GIL-holding sample in {ticks:,} ticks")
+            continue
+        lines += [f"  - {name}: {summary['samples']:,} GIL-holding samples of {ticks:,} ticks "
+                  f"({one['duration_s']} s at {one['rate']} Hz)",
+                  f"    - own time by package: {_shares(summary['packages'], TOP_PACKAGES)}",
+                  f"    - own time by function (top {len(summary['top_self'])}): "
+                  f"{_shares(summary['top_self'], len(summary['top_self']))}"]
+    return lines
+
+
 def markdown(result: dict) -> str:
     p, m = result["parameters"], result["machine"]
     paths = "\n".join(f"- `{x['name']}` (namespace `{x['namespace']}`): {x['title']}" for x in result["paths"])
@@ -257,7 +298,8 @@ def markdown(result: dict) -> str:
         f"`wrk -t{p['threads']} -c{p['connections']} -d{p['seconds']:g}s --latency`; new connections: the same "
         f"with `Connection: close` ({_reconnects(result['checks'])}); bulk: `iperf3 -t {p['bulk_seconds']:g}`, "
         "one stream. CPU: both proxy sides' "
-        "cgroups (`cpu.stat`); RSS: VmRSS summed over each side's processes. "
+        "cgroups (`cpu.stat`); RSS: VmRSS summed over each side's processes; PSS: the same with every "
+        "shared page divided among the processes that map it (shared library text counts once per node). "
         f"Ratios are to {result['baseline']}: above 1 is more throughput, or more latency, CPU or memory.",
         "",
         paths,
@@ -273,15 +315,9 @@ def markdown(result: dict) -> str:
         out += ["## Charts", "", *[f"![{name}]({name})" for name in result["charts"]], ""]
     profile = result.get("profile") or {}
     if profile:
-        out += ["## Profile: ztunnel flame graphs (py-spy)", ""]
+        out += ["## Profile: ztunnel flame graphs (py-spy, GIL-holding samples: Python CPU)", "", PROFILE_NOTE, ""]
         for figure, one in profile.items():
-            run = one["run"]
-            rate = f"{run['rps']:,.0f} req/s" if "rps" in run else f"{run['cps']:,.0f} conn/s"
-            links = ", ".join(f"[{name}]({svg})" for name, svg in one["svg"].items())
-            out.append(f"- {figure} ({rate} while sampled at {one['rate']} Hz, not in the medians): {links}")
-            for name, top in one.get("top_self", {}).items():
-                shares = ", ".join(f"`{function}` {share * 100:.0f}%" for function, share in top[:5])
-                out.append(f"  - {name}, most samples in the function itself: {shares or '(no samples)'}")
+            out += profile_lines(figure, one)
         out.append("")
     out += [f"Lab up in {result['lab_up_s']:.0f} s; {result['seconds']:.0f} s in all. "
             f"Every run: [{result['json']}]({result['json']}).", ""]

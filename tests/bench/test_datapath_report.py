@@ -144,10 +144,12 @@ def result_for(rounds, idle) -> dict:
         "bars": report.check_bars(summary),
         "checks": report.connection_checks(rounds),
         "charts": ["2026-11-21-requests.png"],
-        "profile": {"keepalive": {"run": {"rps": 4000.0}, "rate": 200,
+        "profile": {"keepalive": {"run": {"rps": 4000.0}, "rate": 200, "duration_s": 8,
                                   "svg": {"ztunnel-node-0": "2026-11-21-flame-ztunnel-node-0-keepalive.svg"},
-                                  "top_self": {"ztunnel-node-0": [["TcpStream.send_all (ztunnel/tcp_stream.py)",
-                                                                   0.2276]]}}},
+                                  "stacks": {"ztunnel-node-0": "2026-11-21-flame-ztunnel-node-0-keepalive.txt"},
+                                  "summary": {"ztunnel-node-0": {
+                                      "samples": 1200, "packages": [["trio", 0.6], ["ztunnel.tcp_stream", 0.4]],
+                                      "top_self": [["TcpStream.send_all (ztunnel/tcp_stream.py)", 0.2276]]}}}},
         "lab_up_s": 5.2, "seconds": 420.0, "json": "2026-11-21.json",
     }
 
@@ -166,11 +168,32 @@ def test_markdown_table_has_a_row_per_figure_and_a_column_per_path():
     assert "| bulk Gbit/s at least 0.5x stunnel's | 0.38× | 0.5× | MISS, 25% short of the bar |" in lines
     assert "| ztunnel RSS idle at most 64 MiB, node-1 | 69.10 MiB | 64 MiB | MISS, 8% over the bar |" in lines
     assert "![2026-11-21-requests.png](2026-11-21-requests.png)" in lines
-    assert "[ztunnel-node-0](2026-11-21-flame-ztunnel-node-0-keepalive.svg)" in text
-    assert ("  - ztunnel-node-0, most samples in the function itself: "
-            "`TcpStream.send_all (ztunnel/tcp_stream.py)` 23%") in lines
+    assert ("[ztunnel-node-0](2026-11-21-flame-ztunnel-node-0-keepalive.svg) "
+            "([stacks](2026-11-21-flame-ztunnel-node-0-keepalive.txt))") in text
+    assert "**GIL-holding samples only**" in text
+    assert "  - ztunnel-node-0: 1,200 GIL-holding samples of 1,600 ticks (8 s at 200 Hz)" in lines
+    assert "    - own time by package: `trio` 60.0%, `ztunnel.tcp_stream` 40.0%" in lines
+    assert "    - own time by function (top 1): `TcpStream.send_all (ztunnel/tcp_stream.py)` 22.8%" in lines
     assert "0.02 to 1.00 connections per request" in text
     assert "kernel 6.18, commit fee610e1e9. " in text
+
+
+def test_profile_lines_name_the_largest_packages_and_sum_the_rest():
+    one = {"run": {"cps": 850.0}, "rate": 100, "duration_s": 4,
+           "svg": {"node-0": "a.svg", "node-1": "b.svg"}, "stacks": {"node-0": "a.txt", "node-1": "b.txt"},
+           "summary": {"node-0": {"samples": 200,  # the largest first, as profile.summarize gives them
+                                  "packages": [["q", 0.3], *([f"p{i}", 0.08] for i in range(7)),
+                                               ["r", 0.08], ["s", 0.06]],
+                                  "top_self": [["f (p0/x.py)", 0.1], ["g (q.py)", 0.055]]},
+                       "node-1": {"samples": 0, "packages": [], "top_self": []}}}
+    assert report.profile_lines("conn", one) == [
+        "- conn (850 conn/s while sampled at 100 Hz, not in the medians): "
+        "[node-0](a.svg) ([stacks](a.txt)), [node-1](b.svg) ([stacks](b.txt))",
+        "  - node-0: 200 GIL-holding samples of 400 ticks (4 s at 100 Hz)",
+        "    - own time by package: `q` 30.0%, " + ", ".join(f"`p{i}` 8.0%" for i in range(7)) + ", other 14.0%",
+        "    - own time by function (top 2): `f (p0/x.py)` 10.0%, `g (q.py)` 5.5%",
+        "  - node-1: no GIL-holding sample in 400 ticks",
+    ]
 
 
 def test_markdown_without_the_bars_paths():
@@ -196,3 +219,13 @@ def test_warnings_name_the_runs_with_errors():
     result = result_for(rounds, IDLE)
     result["warnings"] = report.run_warnings(rounds)
     assert "**Warning:** round 2, ambient conn: 3 wrk errors in 1000 requests  " in report.markdown(result)
+
+
+def test_idle_pss_rows_sit_beside_rss():
+    pss = {path: {"client": 30.5, "server": 31.0} for path in IDLE}
+    summary = report.summarize(ROUNDS, IDLE, pss)
+    path = next(iter(IDLE))
+    assert summary[path]["pss_idle.client"] == 30.5 and summary[path]["pss_idle.server"] == 31.0
+    result = result_for(ROUNDS, IDLE) | {"medians": summary, "ratios": report.ratios(summary, "stunnel")}
+    [row] = [line for line in report.markdown(result).splitlines() if "proxy PSS idle" in line and "client" in line]
+    assert "30.5" in row
