@@ -41,7 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from datapath import report  # noqa: E402
-from datapath.lab import BenchFailure, Lab, LabLayout, container_pids, ztunnel_pids  # noqa: E402
+from datapath.lab import (  # noqa: E402
+    BenchFailure, Lab, LabLayout, container_pids, process_rss_by_mapping, ztunnel_pids,
+)
 from datapath.measure import FIGURES, Runner, Settings, round_order  # noqa: E402
 from datapath.paths import BASELINE, PATHS, manifests, planned_ips  # noqa: E402
 from datapath.profile import profile, py_spy  # noqa: E402
@@ -186,6 +188,7 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
                                                   seconds=args.seconds, bulk_seconds=args.bulk_seconds))
     idle = {p.name: runner.idle_rss_mib(p.name) for p in paths if p.accounted(layout)}
     idle_pss = {p.name: runner.idle_pss_mib(p.name) for p in paths if p.accounted(layout)}
+    ztunnel_memory = {name: process_rss_by_mapping(pid) for name, pid in ztunnel_pids(status).items()}
     print(f"lab up in {lab_up_s:.0f} s; idle RSS (MiB): " + "; ".join(f"{n} {v}" for n, v in idle.items())
           + "; PSS: " + "; ".join(f"{n} {v}" for n, v in idle_pss.items()), flush=True)
 
@@ -219,7 +222,8 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
     if restarted:  # kept, but said first: a restart changes that side's CPU and memory figures
         warnings.append(f"restarted during the run: {', '.join(restarted)}")
         print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
-    return {"lab_up_s": lab_up_s, "servers": servers, "idle": idle, "idle_pss": idle_pss, "warmup": warmup,
+    return {"lab_up_s": lab_up_s, "servers": servers, "idle": idle, "idle_pss": idle_pss,
+            "ztunnel_memory": ztunnel_memory, "warmup": warmup,
             "rounds": rounds, "orders": orders, "profile": profiled, "warnings": warnings}
 
 
@@ -240,6 +244,7 @@ def build_result(args, measured: dict, info: dict, stem: str) -> dict:
         "ratios": report.ratios(summary, BASELINE),
         "bars": report.check_bars(summary, "ambient", BASELINE),
         "memory": {"idle_mib": idle, "idle_pss_mib": idle_pss, "under_load_max_mib": report.load_rss(rounds)},
+        "ztunnel_memory": measured["ztunnel_memory"],  # idle KiB by mapping
         "checks": report.connection_checks(rounds),
         "warnings": measured["warnings"] + report.run_warnings(rounds),
         "warmup": measured["warmup"],

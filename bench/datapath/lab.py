@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -137,6 +138,31 @@ def pss_kib(pid: int) -> int:
 
 def cgroup_pss_kib(cgroup: Path) -> int:
     return sum(pss_kib(pid) for pid in cgroup_pids(cgroup))
+
+
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
+
+
+def rss_by_mapping(smaps: str) -> dict[str, int]:
+    """Resident KiB of a process by what is mapped (pure, from /proc/<pid>/smaps): each file by its
+    name, and "anonymous" for the heap, stacks and anonymous memory (Python's objects)."""
+    out: dict[str, int] = {}
+    name = "anonymous"
+    for line in smaps.splitlines():
+        mapping = _MAPPING.match(line)
+        if mapping:
+            path = mapping[1]
+            name = path.rsplit("/", 1)[-1] if path.startswith("/") else "anonymous"
+        elif line.startswith("Rss:"):
+            out[name] = out.get(name, 0) + int(line.split()[1])
+    return out
+
+
+def process_rss_by_mapping(pid: int) -> dict[str, int]:
+    try:
+        return rss_by_mapping(Path(f"/proc/{pid}/smaps").read_text())
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
 
 
 # -- driving the lab

@@ -284,6 +284,25 @@ def profile_lines(figure: str, one: dict) -> list[str]:
     return lines
 
 
+MEMORY_TOP = 6  # mappings named in the memory breakdown
+
+
+def memory_lines(by_ztunnel: dict[str, dict[str, int]]) -> list[str]:
+    """Where each ztunnel's idle RSS is (KiB by mapping, from `lab.rss_by_mapping`): anonymous memory
+    (Python's objects, the heap) and the largest shared libraries, whose clean text pages every
+    process mapping them counts in full in its RSS."""
+    out = ["## ztunnel idle memory by mapping (VmRSS)", ""]
+    for name, mappings in sorted(by_ztunnel.items()):
+        total = sum(mappings.values())
+        anonymous = mappings.get("anonymous", 0)
+        files = sorted(((kib, file) for file, kib in mappings.items() if file != "anonymous"), reverse=True)
+        named = ", ".join(f"`{file}` {kib / 1024:.1f}" for kib, file in files[:MEMORY_TOP])
+        rest = sum(kib for kib, _ in files[MEMORY_TOP:])
+        out.append(f"- {name}: {total / 1024:.1f} MiB = anonymous {anonymous / 1024:.1f} + files "
+                   f"{(total - anonymous) / 1024:.1f} ({named}, other {rest / 1024:.1f})")
+    return out + [""]
+
+
 def markdown(result: dict) -> str:
     p, m = result["parameters"], result["machine"]
     paths = "\n".join(f"- `{x['name']}` (namespace `{x['namespace']}`): {x['title']}" for x in result["paths"])
@@ -313,6 +332,8 @@ def markdown(result: dict) -> str:
     ]
     if result.get("charts"):
         out += ["## Charts", "", *[f"![{name}]({name})" for name in result["charts"]], ""]
+    if result.get("ztunnel_memory"):
+        out += memory_lines(result["ztunnel_memory"])
     profile = result.get("profile") or {}
     if profile:
         out += ["## Profile: ztunnel flame graphs (py-spy, GIL-holding samples: Python CPU)", "", PROFILE_NOTE, ""]
