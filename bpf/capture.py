@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpf.libbpf import BpfObject, Link, Map, possible_cpus
+from mesh.ports import HBONE_PORT
 
 OBJECT_PATH = Path(__file__).with_name("capture.bpf.o")
 PROGRAM = "capture"
 MAPS = ("listeners", "config", "bypass", "counters")
 LINK_PIN = "link"
 PROXY_MARK = 0x539  # SO_MARK of ztunnel's own sockets: routed by the main table, never captured
-HBONE_PORT = 15008
 
 _CONFIG = struct.Struct("=4sHBB")  # pod_ip (network order), hbone_port, enabled, fail_open
 _BYPASS_KEY = struct.Struct("=4s4sHH")  # remote ip, local ip (network order), remote port, local port

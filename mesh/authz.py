@@ -28,6 +28,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from mesh import resources as r
 from mesh.api import authorization_pb2 as pb
+from mesh.api.types import policy_key
 
 # Conditions ztunnel can evaluate, by key; everything else is a request attribute (L7).
 L4_CONDITION_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port")
@@ -219,11 +220,6 @@ def translate_mtls(policy: r.PeerAuthentication, mode: MtlsMode) -> pb.Authoriza
         action=pb.DENY,
         groups=[pb.Group(rules=[pb.Rules(matches=[match])])],
     )
-
-
-def policy_key(namespace: str, name: str) -> str:
-    """The discovery resource name of an Authorization, and how a Workload refers to it."""
-    return f"{namespace}/{name}"
 
 
 __all__ = [

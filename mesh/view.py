@@ -37,10 +37,10 @@ from mesh import resources as r
 from mesh.api import authorization_pb2, workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
 from mesh.identity import SpiffeId
+from mesh.ports import HBONE_PORT
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
-HBONE_PORT = 15008
 
 
 @dataclass(frozen=True)

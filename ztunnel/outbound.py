@@ -43,7 +43,7 @@ from typing import Protocol, TypeVar
 
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import InvalidSpiffeId, SpiffeId
-from mesh.view import HBONE_PORT
+from mesh.ports import HBONE_PORT
 from ztunnel.state import Endpoint, ProxyState, identity_of, ip_text, service_key_of, subject_alt_names
 
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 from mesh.api import authorization_pb2 as pb
 from mesh.api import workload_pb2 as wpb
-from mesh.authz import policy_key
+from mesh.api.types import policy_key
 from mesh.identity import SpiffeId
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

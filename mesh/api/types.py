@@ -26,6 +26,11 @@ _MESSAGES: dict[str, type[Message]] = {
 }
 
 
+def policy_key(namespace: str, name: str) -> str:
+    """The discovery resource name of an Authorization, and how a Workload refers to it."""
+    return f"{namespace}/{name}"
+
+
 def pack(message: Message) -> Any:
     """Wrap ``message`` in an ``Any`` with its ``type.googleapis.com/<full name>`` URL."""
     packed = Any()
