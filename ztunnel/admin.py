@@ -29,7 +29,8 @@ from typing import Protocol
 
 import h11
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from ztunnel.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("ambient.ztunnel.admin")
 
@@ -237,7 +238,8 @@ async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
 class AdminView(Protocol):
     """What the admin servers need from the ztunnel process."""
 
-    metrics_registry: CollectorRegistry
+    def metrics(self) -> bytes:
+        """The metrics in Prometheus's text format (``ztunnel.metrics.CONTENT_TYPE``)."""
 
     def config_dump(self) -> dict:
         """A JSON-able dict: node, workloads, services, policies, certificates, connections."""
@@ -268,7 +270,7 @@ class ZtunnelAdmin:
         return Response.json(self.view.config_dump())
 
     def metrics(self) -> Response:
-        return Response(200, CONTENT_TYPE_LATEST, generate_latest(self.view.metrics_registry))
+        return Response(200, METRICS_CONTENT_TYPE, self.view.metrics())
 
     def readiness(self) -> Response:
         ready, reason = self.view.ready()

@@ -41,9 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 class _AdminView:
-    def __init__(self, ztunnel, registry) -> None:
+    def __init__(self, ztunnel, metrics) -> None:
         self._ztunnel = ztunnel
-        self.metrics_registry = registry
+        self._metrics = metrics
+
+    def metrics(self) -> bytes:
+        return self._metrics.exposition()
 
     def config_dump(self) -> dict:
         from ztunnel.dump import config_dump
@@ -56,7 +59,6 @@ class _AdminView:
 
 def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
-    from prometheus_client import CollectorRegistry
 
     from ca.cli import UsageError
     from ca.client import CaClient
@@ -77,9 +79,9 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
         config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    registry = CollectorRegistry()
-    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), str(args.zds), ZtunnelMetrics(registry))
-    admin = ZtunnelAdmin(_AdminView(ztunnel, registry))
+    metrics = ZtunnelMetrics()
+    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), str(args.zds), metrics)
+    admin = ZtunnelAdmin(_AdminView(ztunnel, metrics))
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -9,7 +9,6 @@ from functools import partial
 import h11
 import pytest
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from ztunnel.admin import (
     ADMIN_PORT, MAX_REQUEST_BODY, MAX_REQUEST_HEAD, READINESS_PORT, STATS_PORT, Response, ZtunnelAdmin, bind_tcp,
@@ -246,11 +245,13 @@ async def test_bind_failure_names_the_address(nursery):
 
 class FakeView:
     def __init__(self) -> None:
-        self.metrics_registry = CollectorRegistry()
-        self.metrics = ZtunnelMetrics(self.metrics_registry, build_tag="test")
+        self.counters = ZtunnelMetrics(build_tag="test")
         self.is_ready = (False, "waiting for the first discovery update")
         self.dump = {"node": "node-0", "workloads": [], "services": [], "policies": [], "certificates": [],
                      "connections": []}
+
+    def metrics(self) -> bytes:
+        return self.counters.exposition()
 
     def config_dump(self) -> dict:
         return self.dump
@@ -290,8 +291,8 @@ async def test_stats_port_serves_prometheus_metrics(admin):
     for path in ("/metrics", "/stats/prometheus"):
         response, body = await get(ports["stats"], path)
         assert response.status_code == 200
-        assert header(response, "Content-Type") == CONTENT_TYPE_LATEST
-        assert b'istio_build{component="ztunnel",tag="test"} 1.0' in body
+        assert header(response, "Content-Type") == "text/plain; version=0.0.4; charset=utf-8"
+        assert b'istio_build{component="ztunnel",tag="test"} 1' in body
         assert b"# TYPE istio_tcp_connections_opened_total counter" in body
     response, _ = await get(ports["stats"], "/config_dump")
     assert response.status_code == 404

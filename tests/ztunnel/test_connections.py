@@ -1,7 +1,7 @@
 """The connection tracker (ztunnel/connections.py): what the metrics count, what the access log says,
 what a policy change closes and what ``/config_dump`` lists, read back the way a user sees them:
-metrics from a real ``prometheus_client`` registry, the log as JSON lines, the snapshot through the
-``ambient ztunnel-config`` renderer."""
+metrics from the exposition read by ``prometheus_client``'s parser, the log as JSON lines, the
+snapshot through the ``ambient ztunnel-config`` renderer."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import json
 import pytest
 import trio
 import trio.testing
-from prometheus_client import CollectorRegistry
 
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from tests.ztunnel.test_config_cli import SAMPLE
+from tests.ztunnel.test_metrics import key, samples
 from ztunnel.config_cli import render
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker
 from ztunnel.metrics import ZtunnelMetrics, tcp_labels
@@ -31,13 +31,12 @@ class Recorder:
     """The tracker over real metrics and an access log into memory."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.metrics = ZtunnelMetrics(self.registry, build_tag="test")
+        self.metrics = ZtunnelMetrics(build_tag="test")
         self.out = io.StringIO()
         self.tracker = ConnectionTracker(self.metrics, AccessLog(self.out))
 
     def value(self, name: str, labels: dict[str, str]) -> float:
-        return self.registry.get_sample_value(f"istio_tcp_{name}_total", labels) or 0.0
+        return samples(self.metrics).get(key(f"istio_tcp_{name}_total", labels), 0.0)
 
     def values(self, labels: dict[str, str]) -> dict[str, float]:
         return {name: self.value(name, labels) for name in
@@ -109,8 +108,8 @@ async def test_a_denied_connection_is_logged_but_not_counted(rec):
     conn = inbound(decision="deny", policy="shop/deny-ops", reason="denied by DENY policy shop/deny-ops")
     with rec.tracker.track(conn):
         pass
-    assert rec.registry.get_sample_value("istio_tcp_connections_opened_total", labels) is None
-    assert rec.registry.get_sample_value("istio_tcp_connections_closed_total", labels) is None
+    assert key("istio_tcp_connections_opened_total", labels) not in samples(rec.metrics)
+    assert key("istio_tcp_connections_closed_total", labels) not in samples(rec.metrics)
     (line,) = rec.log()
     assert (line["message"], line["decision"], line["policy"], line["reason"]) == (
         "connection denied", "deny", "shop/deny-ops", "denied by DENY policy shop/deny-ops")

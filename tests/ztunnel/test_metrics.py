@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.api import workload_pb2 as wpb
@@ -126,9 +125,9 @@ def test_reporter_is_checked():
                    destination_principal=None, destination_service=None, mutual_tls=False)
 
 
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
-    """Every sample of the exposition, parsed back: (name, sorted labels) → value."""
-    text = generate_latest(registry).decode()
+def samples(metrics: ZtunnelMetrics) -> dict[tuple[str, tuple], float]:
+    """Every sample of the exposition, parsed back by prometheus_client's parser: (name, sorted labels) → value."""
+    text = metrics.exposition().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -138,20 +137,19 @@ def key(name: str, labels: dict[str, str]) -> tuple[str, tuple]:
 
 
 def test_exposition_has_istios_names_and_values():
-    registry = CollectorRegistry()
-    metrics = ZtunnelMetrics(registry, build_tag="1.2.3")
+    metrics = ZtunnelMetrics(build_tag="1.2.3")
     outbound = tcp_labels(reporter="source", source=CLIENT, source_principal=CLIENT_ID, destination=WEB,
                           destination_principal=WEB_ID, destination_service=WEB_SERVICE, mutual_tls=True)
     inbound = {**outbound, "reporter": "destination"}
     metrics.opened(outbound)
     metrics.opened(outbound)
     metrics.opened(inbound)
-    assert samples(registry)[key("istio_tcp_sent_bytes_total", outbound)] == 0  # exists from the start
+    assert samples(metrics)[key("istio_tcp_sent_bytes_total", outbound)] == 0  # exists from the start
     metrics.add_bytes(outbound, sent=100, received=10)
     metrics.closed(outbound, sent=5, received=1)
     denied = {**inbound, "response_flags": FLAG_DENIED}
     metrics.closed(denied)
-    values = samples(registry)
+    values = samples(metrics)
     assert values == {
         key("istio_tcp_connections_opened_total", outbound): 2,
         key("istio_tcp_connections_opened_total", inbound): 1,
@@ -165,17 +163,16 @@ def test_exposition_has_istios_names_and_values():
         key("istio_tcp_received_bytes_total", denied): 0,
         ("istio_build", (("component", "ztunnel"), ("tag", "1.2.3"))): 1,
     }
-    text = generate_latest(registry).decode()
+    text = metrics.exposition().decode()
     for name in ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
                  "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"):
         assert f"# TYPE {name} counter" in text
     assert "_created" not in text
-    assert registry.get_sample_value("istio_tcp_connections_opened_total", outbound) == 2
     assert outbound["connection_security_policy"] == MUTUAL_TLS
 
 
 def test_label_sets_other_than_tcp_labels_are_refused():
-    metrics = ZtunnelMetrics(CollectorRegistry())
+    metrics = ZtunnelMetrics()
     labels = tcp_labels(reporter="source", source=None, source_principal=None, destination=None,
                         destination_principal=None, destination_service=None, mutual_tls=False)
     with pytest.raises(ValueError, match="missing \\['reporter'\\]"):
@@ -186,8 +183,12 @@ def test_label_sets_other_than_tcp_labels_are_refused():
         metrics.add_bytes(labels, sent=-1, received=0)
 
 
-def test_registering_twice_on_one_registry_is_refused():
-    registry = CollectorRegistry()
-    ZtunnelMetrics(registry)
-    with pytest.raises(ValueError, match="Duplicated"):
-        ZtunnelMetrics(registry)
+def test_label_values_are_escaped_for_any_text():
+    metrics = ZtunnelMetrics(build_tag='v"1\\')
+    labels = tcp_labels(reporter="source", source=None, source_principal=None, destination=None,
+                        destination_principal=None, destination_service=None, mutual_tls=False)
+    odd = {**labels, "source_workload": 'a"b\\c\nd}', "source_app": "ünï"}
+    metrics.opened(odd)
+    values = samples(metrics)
+    assert values[key("istio_tcp_connections_opened_total", odd)] == 1
+    assert values[("istio_build", (("component", "ztunnel"), ("tag", 'v"1\\')))] == 1
