@@ -106,16 +106,21 @@ def cgroup_cpu_usec(cgroup: Path) -> int:
     raise BenchFailure(f"{cgroup}/cpu.stat has no usage_usec")
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of one process in KiB; 0 if it is gone or a kernel thread."""
+def _proc_kib(pid: int, file: str, field: str) -> int:
+    """The KiB of `field` ("VmRSS:") in /proc/<pid>/<file>; 0 if the process is gone or has none."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/{file}").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return 0
     for line in text.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process in KiB; 0 if it is gone or a kernel thread."""
+    return _proc_kib(pid, "status", "VmRSS:")
 
 
 def cgroup_rss_kib(cgroup: Path) -> int:
@@ -126,14 +131,7 @@ def cgroup_rss_kib(cgroup: Path) -> int:
 def pss_kib(pid: int) -> int:
     """Pss of one process in KiB (its private pages, plus each shared page divided by the processes
     mapping it: shared library text counts once per node, not once per process); 0 if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    for line in text.splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+    return _proc_kib(pid, "smaps_rollup", "Pss:")
 
 
 def cgroup_pss_kib(cgroup: Path) -> int:

@@ -9,6 +9,7 @@ import h2.events
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.ztunnel.test_hbone import Raw, of, pump
 from tests.ztunnel.wire import (
     ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, PING, PREFACE, PRIORITY, PUSH_PROMISE,
     RST_STREAM, SETTINGS, WINDOW_UPDATE, frame, frames_of, literal, setting, u32,
@@ -42,35 +43,6 @@ class Peer:
 
     def data_to_send(self) -> bytes:
         return self.conn.data_to_send()
-
-
-class Raw:
-    def __init__(self, client_side: bool) -> None:
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=client_side, header_encoding=None))
-        self.conn.initiate_connection()
-
-    def receive_bytes(self, data: bytes) -> list:
-        return self.conn.receive_data(data)
-
-    def data_to_send(self) -> bytes:
-        return self.conn.data_to_send()
-
-
-def pump(a, b) -> tuple[list, list]:
-    a_events: list = []
-    b_events: list = []
-    while True:
-        from_a, from_b = a.data_to_send(), b.data_to_send()
-        if not from_a and not from_b:
-            return a_events, b_events
-        if from_a:
-            b_events += b.receive_bytes(from_a)
-        if from_b:
-            a_events += a.receive_bytes(from_b)
-
-
-def of(events: list, kind: type) -> list:
-    return [e for e in events if isinstance(e, kind)]
 
 
 def server_with_stream() -> Peer:
