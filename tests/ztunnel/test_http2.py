@@ -3,8 +3,6 @@ what a hostile or broken peer sends, and flow-control credit."""
 
 from __future__ import annotations
 
-import h2.config
-import h2.connection
 import h2.events
 import pytest
 from hypothesis import given, settings, strategies as st
