@@ -299,13 +299,12 @@ class Http2Connection:
         self._recv_window -= length
         if self._recv_window < 0:
             raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the connection's window")
+        first, last = start, stop  # of the data, padding left out
         if flags & FLAG_PADDED:
             pad = data[start] if length else 256
             if pad >= length:
                 raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA padding longer than the frame")
-            payload = data[start + 1:stop - pad]
-        else:
-            payload = data[start:stop]
+            first, last = start + 1, stop - pad
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
             self._check_not_idle(sid, "DATA")
@@ -318,13 +317,13 @@ class Http2Connection:
             self._credit_connection(length)
             self._stream_error(sid, ErrorCode.FLOW_CONTROL_ERROR, out)
             return
-        n = len(payload)
+        n = last - first
         if n < length:  # padding: credit it now
             self._credit_connection(length - n)
             self._credit_stream(sid, stream, length - n)
-        if n:
+        if n:  # copied only now: data for a stream that is gone is never sliced out
             stream.unacked += n
-            out.append(StreamData(sid, payload))
+            out.append(StreamData(sid, data[first:last]))
         if flags & FLAG_END_STREAM:
             self._remote_end(sid, stream, out)
 
