@@ -121,6 +121,11 @@ def _huffman_decode(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _entry_size(header: Header) -> int:
+    """Section 4.1: what a field counts against the table and the header list."""
+    return len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+
+
 def _encode_int(value: int, prefix: int, flags: int) -> bytes:
     """Section 5.1: ``value`` in a ``prefix``-bit prefix, the first byte's other bits being ``flags``."""
     mask = (1 << prefix) - 1
@@ -237,7 +242,7 @@ class Decoder:
                 header = (name, value)
                 if indexing:
                     self._add(header)
-            list_size += len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+            list_size += _entry_size(header)
             if list_size > self.max_header_list_size:
                 raise HpackError(f"header list over {self.max_header_list_size} bytes")
             headers.append(header)
@@ -254,7 +259,7 @@ class Decoder:
 
     def _add(self, header: Header) -> None:
         """Section 4.4: an entry larger than the table empties it; otherwise the oldest make room."""
-        size = len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+        size = _entry_size(header)
         if size > self._table_size:
             self._entries.clear()
             self._used = 0
@@ -265,5 +270,4 @@ class Decoder:
 
     def _evict(self) -> None:
         while self._used > self._table_size:
-            name, value = self._entries.pop()
-            self._used -= len(name) + len(value) + ENTRY_OVERHEAD
+            self._used -= _entry_size(self._entries.pop())
