@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from datapath import report  # noqa: E402
 from datapath.lab import (  # noqa: E402
-    BenchFailure, Lab, LabLayout, container_pids, process_rss_by_mapping, ztunnel_pids,
+    BenchFailure, Lab, LabLayout, container_pids, process_rss_by_mapping, pss_kib, ztunnel_pids,
 )
 from datapath.measure import FIGURES, Runner, Settings, round_order  # noqa: E402
 from datapath.paths import BASELINE, PATHS, manifests, planned_ips  # noqa: E402
@@ -186,8 +186,8 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
     servers = {p.name: ips[(p.namespace, "server")] for p in paths}
     runner = Runner(lab, paths, servers, Settings(threads=args.threads, connections=args.connections,
                                                   seconds=args.seconds, bulk_seconds=args.bulk_seconds))
-    idle = {p.name: runner.idle_rss_mib(p.name) for p in paths if p.accounted(layout)}
-    idle_pss = {p.name: runner.idle_pss_mib(p.name) for p in paths if p.accounted(layout)}
+    idle = {p.name: runner.idle_mib(p.name) for p in paths if p.accounted(layout)}
+    idle_pss = {p.name: runner.idle_mib(p.name, pss_kib) for p in paths if p.accounted(layout)}
     ztunnel_memory = {name: process_rss_by_mapping(pid) for name, pid in ztunnel_pids(status).items()}
     print(f"lab up in {lab_up_s:.0f} s; idle RSS (MiB): " + "; ".join(f"{n} {v}" for n, v in idle.items())
           + "; PSS: " + "; ".join(f"{n} {v}" for n, v in idle_pss.items()), flush=True)

@@ -123,9 +123,6 @@ def rss_kib(pid: int) -> int:
     return _proc_kib(pid, "status", "VmRSS:")
 
 
-def cgroup_rss_kib(cgroup: Path) -> int:
-    """The summed VmRSS of every process in `cgroup` (a container's processes, a component's)."""
-    return sum(rss_kib(pid) for pid in cgroup_pids(cgroup))
 
 
 def pss_kib(pid: int) -> int:
@@ -134,8 +131,10 @@ def pss_kib(pid: int) -> int:
     return _proc_kib(pid, "smaps_rollup", "Pss:")
 
 
-def cgroup_pss_kib(cgroup: Path) -> int:
-    return sum(pss_kib(pid) for pid in cgroup_pids(cgroup))
+def cgroup_kib(cgroup: Path, per_process=rss_kib) -> int:
+    """`per_process` (`rss_kib` or `pss_kib`) summed over every process in `cgroup` (a container's
+    processes, a component's)."""
+    return sum(per_process(pid) for pid in cgroup_pids(cgroup))
 
 
 _MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lab import BenchFailure, Lab, cgroup_cpu_usec, cgroup_pss_kib, cgroup_rss_kib
+from .lab import BenchFailure, Lab, cgroup_cpu_usec, cgroup_kib, rss_kib
 from .loads import WRK_CHECK_CONNECTIONS, LoadError, iperf_argv, parse_iperf, parse_stub_status, parse_wrk, wrk_argv
 from .paths import STATUS_PORT, DataPath
 
@@ -59,7 +59,7 @@ class RssSampler:
     def _run(self) -> None:
         while True:
             for side, cgroup in self.cgroups.items():
-                self.max_kib[side] = max(self.max_kib[side], cgroup_rss_kib(cgroup))
+                self.max_kib[side] = max(self.max_kib[side], cgroup_kib(cgroup))
             if self._stop.wait(self.interval):
                 return
 
@@ -90,11 +90,9 @@ class Runner:
         self.server_ips = server_ips  # path name -> server pod IP
         self.cgroups = {path.name: path.accounted(lab.layout) for path in paths}
 
-    def idle_rss_mib(self, name: str) -> dict[str, float]:
-        return {side: round(cgroup_rss_kib(cg) / 1024, 1) for side, cg in self.cgroups[name].items()}
-
-    def idle_pss_mib(self, name: str) -> dict[str, float]:
-        return {side: round(cgroup_pss_kib(cg) / 1024, 1) for side, cg in self.cgroups[name].items()}
+    def idle_mib(self, name: str, per_process=rss_kib) -> dict[str, float]:
+        """Each side's memory now, in MiB: RSS, or PSS with `per_process=pss_kib`."""
+        return {side: round(cgroup_kib(cg, per_process) / 1024, 1) for side, cg in self.cgroups[name].items()}
 
     def _cpu(self, name: str) -> dict[str, int]:
         return {side: cgroup_cpu_usec(cg) for side, cg in self.cgroups[name].items()}
