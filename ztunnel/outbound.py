@@ -61,16 +61,13 @@ def _check_address(address: tuple[str, int]) -> None:
 # ---------------------------------------------------------------- plans
 
 
-@dataclass(frozen=True, slots=True)
-class HboneToPod:
-    """mTLS to the destination pod's ztunnel, then ``CONNECT authority``."""
+class _HbonePlan:
+    """What both HBONE plans do with their fields: check the address, name the identities accepted."""
 
-    address: tuple[str, int]  # (pod IP, 15008)
-    authority: str  # "<pod IP>:<target port>"
-    identity: SpiffeId  # the destination workload's; the server must present it
-    workload_uid: str
-    service: str | None = None  # "<ns>/<hostname>" when addressed by VIP
-    service_sans: tuple[SpiffeId, ...] = ()  # also accepted: the Service's subject_alt_names
+    __slots__ = ()
+    address: tuple[str, int]
+    identity: SpiffeId
+    service_sans: tuple[SpiffeId, ...]
 
     def __post_init__(self) -> None:
         _check_address(self.address)
@@ -81,7 +78,19 @@ class HboneToPod:
 
 
 @dataclass(frozen=True, slots=True)
-class HboneToWaypoint:
+class HboneToPod(_HbonePlan):
+    """mTLS to the destination pod's ztunnel, then ``CONNECT authority``."""
+
+    address: tuple[str, int]  # (pod IP, 15008)
+    authority: str  # "<pod IP>:<target port>"
+    identity: SpiffeId  # the destination workload's; the server must present it
+    workload_uid: str
+    service: str | None = None  # "<ns>/<hostname>" when addressed by VIP
+    service_sans: tuple[SpiffeId, ...] = ()  # also accepted: the Service's subject_alt_names
+
+
+@dataclass(frozen=True, slots=True)
+class HboneToWaypoint(_HbonePlan):
     """mTLS to a waypoint pod, then ``CONNECT`` to the original destination, which the waypoint
     routes."""
 
@@ -93,13 +102,6 @@ class HboneToWaypoint:
     service: str | None = None  # the Service addressed, when by VIP
     workload_uid: str | None = None  # the workload addressed, when by pod IP
     service_sans: tuple[SpiffeId, ...] = ()  # the waypoint Service's subject_alt_names
-
-    def __post_init__(self) -> None:
-        _check_address(self.address)
-
-    @property
-    def expected_identities(self) -> tuple[SpiffeId, ...]:
-        return (self.identity, *self.service_sans)
 
 
 @dataclass(frozen=True, slots=True)
