@@ -33,7 +33,7 @@ from google.protobuf import struct_pb2
 from ca.client import CaClient, new_key_and_csr
 from ca.proto import ca_pb2
 from mesh.identity import SpiffeId
-from mesh.launch import run_ambient, start_ca_server
+from lab.launch import run_ambient, start_ca_server
 
 IDENTITY = SpiffeId("cluster.local", "bench", "client")
 METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"

@@ -1,6 +1,6 @@
 """What eBPF capture costs, on this machine (root): enrollment time per pod, and time per connection.
 
-Builds its own lab network (`mesh.lab.network`, one node) and measures, each bounded in count and time:
+Builds its own lab network (`lab.network`, one node) and measures, each bounded in count and time:
 
 1. Enrollment: for each of --pods pods (default 20) in turn, the wall time of `bpf.agent.enroll_pod`
    (load and verify the program, attach it to the pod's netns, pin link and maps in a bpffs, install
@@ -57,8 +57,8 @@ from bpf import bpffs, libbpf
 from bpf.agent import PodEnrollment, PodTarget, enroll_pod, release_pod
 from bpf.capture import OBJECT_PATH, PROXY_MARK, Decision, PodCapture, Slot
 from bpf.enrollment import install_routing, remove_routing
-from mesh.lab import network
-from mesh.lab.topology import PodPlan, PodSpec, plan_lab
+from lab import network
+from lab.topology import PodPlan, PodSpec, plan_lab
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "bench-capture"

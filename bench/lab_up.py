@@ -56,7 +56,7 @@ spec:
 
 
 def ambient(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "ambient", *args], capture_output=True, text=True, env=env,
                           timeout=300, check=True)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from mesh.view import PodStatus
+from controlplane.view import PodStatus
 
 POD_NETWORK = ipaddress.ip_network("10.128.0.0/9")
 

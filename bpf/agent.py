@@ -2,7 +2,7 @@
 
 What it follows: the discovery view (Workloads), from the control plane with the node's token. A pod
 is to be captured when its Workload runs on this node with tunnel protocol HBONE: the control plane
-has already applied the label rules (``mesh.view.is_enrolled``: the namespace's
+has already applied the label rules (``controlplane.view.is_enrolled``: the namespace's
 ``istio.io/dataplane-mode=ambient``, the pod's own label winning, ``none`` opting out), so labelling
 or unlabelling a namespace reaches the agent as changed Workloads and it enrolls or releases live.
 
@@ -44,7 +44,7 @@ from bpf.libbpf import BpfError
 from mesh.api import workload_pb2 as wpb, zds_pb2
 from mesh.api.types import ADDRESS_TYPE_URL
 from mesh.concurrency import first_of
-from mesh.lab.network import netns_path
+from mesh.netns import netns_path
 from mesh.watched_file import write_json_atomic
 from mesh.xds.client import DiscoveryClient
 from mesh.zds import POD_FDS, ZdsServer, close_fds

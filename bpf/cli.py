@@ -31,9 +31,9 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
     import trio
 
     from bpf.agent import NodeAgent
-    from ca.cli import UsageError
+    from mesh.errors import UsageError
     from mesh.api.types import ADDRESS_TYPE_URL
-    from mesh.lab.topology import LabPlanError, pod_netns_name, validate_lab_name
+    from mesh.netns import pod_netns_name, validate_lab_name
     from mesh.xds.client import ClientConfig, DiscoveryClient
 
     try:
@@ -43,7 +43,7 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
         config = ClientConfig(target=args.discovery_address, root_pem=root_pem, token=token,
                               subscriptions={ADDRESS_TYPE_URL: None}, server_name=args.server_name,
                               node_id=f"node-agent~{args.node}")
-    except (OSError, ValueError, LabPlanError) as exc:
+    except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     agent = NodeAgent(args.node, args.state_dir, functools.partial(pod_netns_name, args.lab),
                       DiscoveryClient(config))

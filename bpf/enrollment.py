@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from bpf.capture import PROXY_MARK
-from mesh.lab.network import rtnl, write_sysctls
+from mesh.netlink import rtnl, write_sysctls
 
 CAPTURE_TABLE = 100
 MARK_RULE_PRIORITY = 32000  # before the main table's rule (32766)

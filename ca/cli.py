@@ -22,11 +22,8 @@ from ca.placement import PLACEMENT_FILE, FilePodPlacement
 from ca.server import DEFAULT_PORT, DEFAULT_SERVER_NAMES, CaMetrics, CaServer, ServeConfig, start_metrics_server
 from ca.service import CertificateService
 from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore, WorkloadCaller
+from mesh.errors import UsageError
 from mesh.identity import DEFAULT_TRUST_DOMAIN, InvalidSpiffeId, SpiffeId, validate_k8s_name
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message names the flag."""
 
 
 def _duration(text: str) -> dt.timedelta:
@@ -166,8 +163,3 @@ def cmd_request(args: argparse.Namespace) -> int:
 
 # Errors a user can cause: reported in one line, exit status 1, no traceback.
 USER_ERRORS: tuple[type[Exception], ...] = (UsageError, store.CaStoreError, CertificateError, OSError)
-
-
-def fail(exc: Exception) -> int:
-    print(f"ambient: error: {exc}", file=sys.stderr)
-    return 1

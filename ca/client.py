@@ -11,7 +11,6 @@ trio code); ``ca.secrets.SecretManager`` sits on top of it and keeps certificate
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 
 import grpc
 import trio
@@ -22,14 +21,11 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from google.protobuf import struct_pb2
 
 from ca.proto import ca_pb2
-from mesh.identity import InvalidSpiffeId, SpiffeId
+from mesh.certs import CertificateError, CertifiedKey, spiffe_id_of
+from mesh.identity import SpiffeId
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 DEFAULT_TIMEOUT = 10.0
-
-
-class CertificateError(Exception):
-    """A certificate could not be obtained, or what the CA returned is not acceptable."""
 
 
 class CaRequestFailed(CertificateError):
@@ -39,29 +35,6 @@ class CaRequestFailed(CertificateError):
         super().__init__(f"CA refused the request: {code.name}: {details}")
         self.code = code
         self.details = details
-
-
-@dataclass(frozen=True)
-class CertifiedKey:
-    """A private key with its verified certificate chain (leaf first, root last)."""
-
-    identity: SpiffeId
-    key_pem: bytes = field(repr=False)
-    chain_pem: tuple[str, ...]
-    not_before: dt.datetime
-    not_after: dt.datetime
-
-    @property
-    def root_pem(self) -> str:
-        return self.chain_pem[-1]
-
-    @property
-    def leaf(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.chain_pem[0].encode())
-
-    @property
-    def lifetime(self) -> dt.timedelta:
-        return self.not_after - self.not_before
 
 
 def new_key_and_csr(identity: SpiffeId) -> tuple[ec.EllipticCurvePrivateKey, str]:
@@ -74,21 +47,6 @@ def new_key_and_csr(identity: SpiffeId) -> tuple[ec.EllipticCurvePrivateKey, str
         .sign(key, hashes.SHA256())
     )
     return key, csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
-    """The certificate's SPIFFE ID: its one and only URI SAN."""
-    try:
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise CertificateError("certificate has no subjectAltName") from None
-    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
-        raise CertificateError(f"certificate must carry exactly one URI SAN, it has {len(uris)}: {uris}")
-    try:
-        return SpiffeId.parse(uris[0])
-    except InvalidSpiffeId as exc:
-        raise CertificateError(f"certificate URI SAN is not a SPIFFE ID: {exc}") from None
 
 
 def verify_issued(

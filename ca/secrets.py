@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ca.client import CertificateError, CertifiedKey
+from mesh.certs import CertificateError, CertifiedKey
 from mesh.identity import SpiffeId
 
 log = logging.getLogger("ambient.ca.secrets")

@@ -3,7 +3,7 @@
 Same ``apiVersion``/``kind`` as Kubernetes, Istio and the Gateway API (DESIGN.md section 2). Only the
 fields the mesh acts on are modelled; ``mesh.parse`` builds these from YAML, reports everything else,
 and never hands out a half-valid object. Every resource remembers where it came from (``Origin``)
-so that later checks (``mesh.validate``) can point at the file and line.
+so that later checks (``controlplane.validate``) can point at the file and line.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ PROBE_ACTIONS = ("tcpSocket", "httpGet", "exec")
 
 @dataclass(frozen=True)
 class Probe:
-    """A container's readiness probe (Kubernetes names and defaults); ``mesh.lab.probes`` runs it."""
+    """A container's readiness probe (Kubernetes names and defaults); ``lab.probes`` runs it."""
 
     action: str  # one of PROBE_ACTIONS
     port: int | str = 0  # a number, or the name of a container port (tcpSocket, httpGet)

@@ -1,4 +1,4 @@
-"""``ambient ztunnel``: the node's L4 proxy (``ambient ztunnel-config`` is ztunnel/config_cli.py).
+"""``ambient ztunnel``: the node's L4 proxy (``ambient ztunnel-config`` is ambient/ztunnel_config.py).
 
 The process connects to the control plane with the node's token (discovery, and the CA on behalf of
 the workloads on its node), follows the node agent over ZDS, and serves the admin (15000, loopback),
@@ -60,7 +60,7 @@ class _AdminView:
 def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
-    from ca.cli import UsageError
+    from mesh.errors import UsageError
     from ca.client import CaClient
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL

@@ -23,7 +23,7 @@ from typing import TextIO
 import trio
 
 from mesh.identity import SpiffeId
-from ztunnel.relay import Counts
+from hbone.relay import Counts
 
 log = logging.getLogger("ambient.ztunnel.connections")
 

@@ -1,5 +1,5 @@
 """``/config_dump``: what a ztunnel knows and holds, as the JSON that ``ambient ztunnel-config``
-(ztunnel/config_cli.py) reads: node, workloads, services, policies, certificates with serial and
+(ambient/ztunnel_config.py) reads: node, workloads, services, policies, certificates with serial and
 expiry, and open connections (``ConnectionTracker.snapshot``). Built on request from the live
 state; never cached.
 """

@@ -6,11 +6,11 @@ policies that govern the destination workload (``applicable_policies``) and asks
 ``Decision``, whose reason goes to the access log and whose ``allowed`` becomes 200 or 401.
 
 Evaluation follows Istio's ztunnel (``src/rbac.rs`` ``Authorization::matches``; ``src/state.rs``
-``assert_rbac``), over the messages ``mesh.authz`` produces:
+``assert_rbac``), over the messages ``controlplane.authz`` produces:
 
 - any matching DENY policy denies; else, with no ALLOW policy, allow; else at least one ALLOW policy
   must match, or deny. The proto offers only ALLOW and DENY (AUDIT and CUSTOM policies are never
-  sent to ztunnel: ``mesh.authz.translate_policy`` keeps them off the wire). An action number this
+  sent to ztunnel: ``controlplane.authz.translate_policy`` keeps them off the wire). An action number this
   module does not know is counted as DENY, the safe side (Istio's ztunnel rejects such a resource
   at decode time, so it never reaches its evaluation at all).
 - a policy matches if any of its groups does, and no groups match nothing (an ALLOW without rules
@@ -305,13 +305,13 @@ def policy_matches(policy: pb.Authorization, conn: ConnectionAttributes) -> bool
 def applicable_policies(workload: wpb.Workload, authorizations: Mapping[str, pb.Authorization],
                         root_namespace: str = ROOT_NAMESPACE) -> list[pb.Authorization]:
     """The policies that govern connections to ``workload``, from ``authorizations`` keyed as
-    ``mesh.view`` keys them (``<ns>/<name>``): GLOBAL ones of the root namespace, NAMESPACE ones of
+    ``controlplane.view`` keys them (``<ns>/<name>``): GLOBAL ones of the root namespace, NAMESPACE ones of
     the workload's namespace, then those the workload names in ``authorization_policies`` (selector
     policies and converted PeerAuthentications), each once. A name with no policy is skipped, as
     Istio does while a policy is still on its way.
 
     GLOBAL is also the proto's default scope, so a GLOBAL policy outside the root namespace (which
-    ``mesh.authz`` never produces) is taken as namespace-wide rather than mesh-wide: no namespace
+    ``controlplane.authz`` never produces) is taken as namespace-wide rather than mesh-wide: no namespace
     can write rules for the whole mesh by leaving the scope unset.
     """
     mesh_wide: list[pb.Authorization] = []

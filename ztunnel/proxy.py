@@ -25,24 +25,24 @@ from dataclasses import dataclass
 
 import trio
 
-from ca.client import CertificateError, CertifiedKey
+from mesh.certs import CertificateError, CertifiedKey
 from ca.secrets import SecretManager
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from mesh.xds.client import DiscoveryClient
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker
-from ztunnel.hbone import ConnectRejection
-from ztunnel.hbone_io import HboneRefused, HboneServerDriver, IncomingConnect
+from hbone.connect import ConnectRejection
+from hbone.driver import HboneRefused, HboneServerDriver, IncomingConnect
 from ztunnel.inbound import decide_inbound
 from ztunnel.metrics import tcp_labels
 from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
 from ztunnel.pods import Pod, PodSet
 from ztunnel.policy import ROOT_NAMESPACE
-from ztunnel.pool import HbonePool
-from ztunnel.relay import relay, reset
+from hbone.pool import HbonePool
+from hbone.relay import relay, reset
 from ztunnel.sockets import AppAddress, accepted_stream, connect, connect_as_client, upstream_socket
 from ztunnel.state import ProxyState, identity_of
-from ztunnel.tls import ContextCache, HboneTlsError, WorkloadCredentials, client_handshake, server_handshake
+from hbone.tls import ContextCache, HboneTlsError, WorkloadCredentials, client_handshake, server_handshake
 from bpf.capture import Slot
 
 log = logging.getLogger("ambient.ztunnel")

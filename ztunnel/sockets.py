@@ -27,7 +27,7 @@ import trio
 from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
 from mesh.netns import inside_netns_fd
-from ztunnel.tcp_stream import TcpStream
+from hbone.tcp_stream import TcpStream
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module
 LISTENER_PORTS = {Slot.OUTBOUND: 15001, Slot.INBOUND: 15006, Slot.HBONE: 15008}

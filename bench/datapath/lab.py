@@ -4,13 +4,13 @@
 lab's name, its private state root (AMBIENT_LAB_ROOT), the YAML directory (also every container's
 working directory, so the proxies' and nginx's config files live there), the control plane's CA
 address, the root certificate and each node's token that the lab gives its ztunnels
-(`mesh.lab.components`), and the cgroup of every container or component. `Lab` adds the I/O:
+(`lab.components`), and the cgroup of every container or component. `Lab` adds the I/O:
 `ambient lab up/status/down`, commands in a pod (`ambient exec`), copying the logs on a failure.
 
 The proxies' cost is read from the kernel, never from the proxies: CPU time from a cgroup's
 `cpu.stat` (`usage_usec`, every thread of every process in it), memory as the sum of VmRSS of the
 processes in the cgroup (`/proc/<pid>/status`). Each container and each lab component has its own
-cgroup (`mesh.lab.processes.process_cgroup`); `ambient exec` joins a pod's *first* container, so the
+cgroup (`lab.processes.process_cgroup`); `ambient exec` joins a pod's *first* container, so the
 paths put the proxy after the app in every pod and the load generator never counts as the proxy.
 """
 
@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ca.store import ROOT_CERT
-from mesh.controlplane import CA_SUBDIR
-from mesh.lab.components import CONTROLPLANE_PORT, CONTROLPLANE_SERVER_NAME, ztunnel_name
-from mesh.lab.processes import process_cgroup
-from mesh.lab.state import LabPaths
-from mesh.lab.topology import CONTROL_PLANE_ADDRESS
-from mesh.lab.workloads import container_process_name
+from controlplane.server import CA_SUBDIR
+from lab.components import CONTROLPLANE_PORT, CONTROLPLANE_SERVER_NAME, ztunnel_name
+from lab.processes import process_cgroup
+from lab.state import LabPaths
+from lab.topology import CONTROL_PLANE_ADDRESS
+from lab.workloads import container_process_name
 
 COMMAND_TIMEOUT = 120.0  # lab status, down; an exec'd command has its own bound
 LOG_TAIL_LINES = 30
@@ -50,7 +50,7 @@ class LabLayout:
     name: str
     state_root: Path  # AMBIENT_LAB_ROOT: the lab's state is state_root/name
     config_dir: Path  # the YAML directory; the containers' working directory
-    python: str = sys.executable  # runs `-m mesh` (in the lab's containers too)
+    python: str = sys.executable  # runs `-m ambient` (in the lab's containers too)
 
     @property
     def paths(self) -> LabPaths:
@@ -60,7 +60,7 @@ class LabLayout:
     def env(self) -> dict[str, str]:
         return {**os.environ, "AMBIENT_LAB_ROOT": str(self.state_root)}
 
-    # What the lab gives each ztunnel to reach the CA (mesh.lab.components.node_processes).
+    # What the lab gives each ztunnel to reach the CA (lab.components.node_processes).
     @property
     def ca_address(self) -> str:
         return f"{CONTROL_PLANE_ADDRESS.ip}:{CONTROLPLANE_PORT}"
@@ -171,7 +171,7 @@ class Lab:
         self.started = False  # set before `lab up` runs: from then on, always `lab down`
 
     def ambient(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
-        argv = [self.layout.python, "-m", "mesh", *args]
+        argv = [self.layout.python, "-m", "ambient", *args]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, env=self.layout.env, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -193,7 +193,7 @@ class Lab:
 
     def exec_argv(self, namespace: str, pod: str, *command: str) -> list[str]:
         """argv that runs `command` in the pod's netns and its first container's cgroup."""
-        return [self.layout.python, "-m", "mesh", "exec", "--name", self.layout.name, f"{namespace}/{pod}", "--",
+        return [self.layout.python, "-m", "ambient", "exec", "--name", self.layout.name, f"{namespace}/{pod}", "--",
                 *command]
 
     def run_in(self, namespace: str, pod: str, *command: str, timeout: float) -> str:

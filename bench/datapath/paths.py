@@ -30,7 +30,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from mesh.identity import DEFAULT_TRUST_DOMAIN
-from mesh.lab.topology import PodSpec, plan_lab
+from lab.topology import PodSpec, plan_lab
 
 from .lab import NODES, LabLayout
 
@@ -235,7 +235,7 @@ class MtlsProxyPath(DataPath):
         node = CLIENT_NODE if side == "client" else SERVER_NODE
         certs = self.cert_dir(layout, side)
         request = " ".join(shlex.quote(arg) for arg in (
-            layout.python, "-m", "mesh", "ca", "request", "--server", layout.ca_address,
+            layout.python, "-m", "ambient", "ca", "request", "--server", layout.ca_address,
             "--server-name", layout.ca_server_name, "--root", str(layout.ca_root),
             "--identity", spiffe_id(self.namespace), "--out", str(certs)))
         token = shlex.quote(str(layout.node_token(node)))
@@ -347,7 +347,7 @@ def manifests(paths: tuple[DataPath, ...], layout: LabLayout) -> list[dict]:
 
 def planned_ips(docs: list[dict], lab_name: str, nodes: int = len(NODES)) -> dict[tuple[str, str], str]:
     """Each pod's IP as the lab will give it: the lab plans pods in the order of their keys and hands out
-    each node's lowest free address (`mesh.lab.topology.plan_lab`); the bench checks it after `lab up`."""
+    each node's lowest free address (`lab.topology.plan_lab`); the bench checks it after `lab up`."""
     pods = sorted((d["metadata"]["namespace"], d["metadata"]["name"], int(d["spec"]["nodeName"].split("-")[1]))
                   for d in docs if d["kind"] == "Pod")
     plan = plan_lab(lab_name, [PodSpec(ns, name, node) for ns, name, node in pods], nodes)

@@ -14,7 +14,7 @@ collapsed stacks (`--format raw`, a .txt beside the SVG: one line per distinct s
 `summarize` reads the collapsed stacks (pure, after `parse_collapsed`): the samples' own time (the
 frame on top of the stack, not what it called) by package, and the `TOP` functions with the most of
 it, as shares of the GIL-holding samples. A package is the top-level one ("trio", "ssl"), or the
-module for the mesh's own code ("ztunnel.http2"): `package_of`.
+module for the mesh's own code ("hbone.http2"): `package_of`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ATTACH_S = 0.5  # py-spy's start, before the load
 EXTRA_S = 2  # beyond the run: `ambient exec` and wrk's start
 TOP = 10  # functions named in the summary of each ztunnel and figure
 FORMATS = {"flamegraph": "svg", "raw": "txt"}  # py-spy --format: the file's suffix; one sampler each
-OWN = ("bpf", "ca", "mesh", "waypoint", "ztunnel")  # the mesh's packages, summarized by module
+OWN = ("ambient", "bpf", "ca", "controlplane", "hbone", "lab", "mesh", "waypoint", "ztunnel")  # the mesh's packages, summarized by module
 SAMPLING = "GIL-holding samples only (py-spy record --gil --nonblocking)"
 
 _FRAME = re.compile(r"^(?P<function>.*?) ?\((?P<file>[^()]*?)(?::\d+)?\)$")  # "Func (file:line)"
@@ -76,7 +76,7 @@ def split_frame(frame: str) -> tuple[str, str]:
 
 def package_of(file: str) -> str:
     """Where a frame's code lives: "trio/_core/_run.py" -> "trio", "ssl.py" -> "ssl", the mesh's own
-    "ztunnel/http2.py" -> "ztunnel.http2", "<attrs generated methods trio._core._run.CancelScope>" ->
+    "hbone/http2.py" -> "hbone.http2", "<attrs generated methods trio._core._run.CancelScope>" ->
     "trio", "<frozen abc>" -> "abc", dataclasses' "<string>" as it is; "?" for anything else (no file,
     a path py-spy did not shorten, or a torn read under --nonblocking)."""
     if file.startswith("<") and file.endswith(">"):

@@ -20,6 +20,12 @@ ADDRESS_TYPE_URL = _PREFIX + Address.DESCRIPTOR.full_name
 # type.googleapis.com/istio.security.Authorization
 AUTHORIZATION_TYPE_URL = _PREFIX + Authorization.DESCRIPTOR.full_name
 
+# Envoy's delta xDS method, shared by the server (controlplane.xds) and every client (mesh.xds).
+SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+METHOD_NAME = "DeltaAggregatedResources"
+METHOD_PATH = f"/{SERVICE_NAME}/{METHOD_NAME}"
+WILDCARD = "*"  # subscribe to every resource of a type
+
 _MESSAGES: dict[str, type[Message]] = {
     ADDRESS_TYPE_URL: Address,
     AUTHORIZATION_TYPE_URL: Authorization,

@@ -1,7 +1,7 @@
-"""Discovery: delta xDS (``DeltaAggregatedResources``) serving the dataplane view, and its trio client.
+"""Discovery's client side: the trio delta-xDS client every component that follows the view uses.
 
-The names below load on first use, so that a process that only follows discovery (ztunnel, the
-node agent) does not hold the server's modules in memory.
+The server side (the snapshot, the per-stream protocol and the gRPC handler) is the control
+plane's: ``controlplane.xds``. The names below load on first use.
 """
 
 import importlib
@@ -9,9 +9,6 @@ import importlib
 _HOMES = {
     "Backoff": "mesh.xds.client", "Change": "mesh.xds.client", "ChangesLost": "mesh.xds.client",
     "ClientConfig": "mesh.xds.client", "ClientState": "mesh.xds.client", "DiscoveryClient": "mesh.xds.client",
-    "DeltaStream": "mesh.xds.protocol", "ProtocolError": "mesh.xds.protocol",
-    "DiscoveryMetrics": "mesh.xds.server", "discovery_handler": "mesh.xds.server",
-    "Publisher": "mesh.xds.snapshot", "Snapshot": "mesh.xds.snapshot", "VersionedResource": "mesh.xds.snapshot",
 }
 
 __all__ = sorted(_HOMES)

@@ -36,8 +36,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, unpack
-from mesh.xds.protocol import METHOD_PATH, WILDCARD
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, METHOD_PATH, WILDCARD, unpack
 
 log = logging.getLogger("ambient.xds.client")
 

@@ -12,18 +12,18 @@ from hypothesis import strategies as st
 from datapath.profile import (FORMATS, flame_name, package_of, parse_collapsed, record_argv, split_frame,
                               summarize)
 
-RUN = "<module> (mesh/__main__.py:5);run (trio/_core/_run.py:2010);unrolled_run (trio/_core/_run.py:2400)"
-PUMP = f"{RUN};Relay.pump (ztunnel/relay.py:40)"
-SEND = f"{RUN};Relay.pump (ztunnel/relay.py:42);TlsStream._try_send (ztunnel/tls_stream.py"
+RUN = "<module> (ambient/__main__.py:5);run (trio/_core/_run.py:2010);unrolled_run (trio/_core/_run.py:2400)"
+PUMP = f"{RUN};Relay.pump (hbone/relay.py:40)"
+SEND = f"{RUN};Relay.pump (hbone/relay.py:42);TlsStream._try_send (hbone/tls_stream.py"
 LOG = f"{RUN};AccessLog.write (ztunnel/connections.py:99)"
 # As py-spy --format raw writes it: one line per distinct stack (outermost first), then its samples.
 # 200 samples in all, so a sample is half a percent.
 RAW = f"""\
 {RUN} 31
 {RUN};EpollIOManager.get_events (trio/_core/_io_epoll.py:226) 9
-{PUMP};Connection.send_data (ztunnel/http2.py:300);encode_frame (ztunnel/http2.py:120) 40
-{PUMP};Connection.send_data (ztunnel/http2.py:300);encode_frame (ztunnel/http2.py:124) 5
-{PUMP};Connection.send_data (ztunnel/http2.py:310) 11
+{PUMP};Connection.send_data (hbone/http2.py:300);encode_frame (hbone/http2.py:120) 40
+{PUMP};Connection.send_data (hbone/http2.py:300);encode_frame (hbone/http2.py:124) 5
+{PUMP};Connection.send_data (hbone/http2.py:310) 11
 {SEND}:120);SSLObject.write (ssl.py:930) 30
 {SEND}:120) 16
 {SEND}:131) 4
@@ -32,7 +32,7 @@ RAW = f"""\
 {PUMP};__create_fn__.<locals>.__init__ (<string>:3) 6
 {LOG};dumps (json/__init__.py:231) 3
 {LOG};JSONEncoder.iterencode (json/encoder.py:258) 7
-<module> (mesh/__main__.py:5) 3
+<module> (ambient/__main__.py:5) 3
 {RUN};Mapping.get (<frozen _collections_abc>:774) 5
 (10.244.0.2:9) 2
 """
@@ -41,14 +41,14 @@ RAW = f"""\
 def test_parse_collapsed_reads_a_stack_and_its_samples_per_line():
     stacks = parse_collapsed(RAW)
     assert sum(stacks.values()) == 200
-    assert stacks[("<module> (mesh/__main__.py:5)",)] == 3
+    assert stacks[("<module> (ambient/__main__.py:5)",)] == 3
     assert stacks[tuple(f"{RUN};EpollIOManager.get_events (trio/_core/_io_epoll.py:226)".split(";"))] == 9
     assert parse_collapsed("a (x.py:1);b (y.py:2) 3\n\nnot a sample\na (x.py:1);b (y.py:2) 4\n") == Counter(
         {("a (x.py:1)", "b (y.py:2)"): 7})
 
 
 @pytest.mark.parametrize("frame, parts", [
-    ("TlsStream._try_send (ztunnel/tls_stream.py:120)", ("TlsStream._try_send", "ztunnel/tls_stream.py")),
+    ("TlsStream._try_send (hbone/tls_stream.py:120)", ("TlsStream._try_send", "hbone/tls_stream.py")),
     ("AccessLog.write.<locals>.<dictcomp> (ztunnel/connections.py:101)",
      ("AccessLog.write.<locals>.<dictcomp>", "ztunnel/connections.py")),
     ("Mapping.get (<frozen _collections_abc>:774)", ("Mapping.get", "<frozen _collections_abc>")),
@@ -64,9 +64,9 @@ def test_split_frame(frame, parts):
     ("trio/_core/_run.py", "trio"),
     ("ssl.py", "ssl"),
     ("json/__init__.py", "json"),
-    ("ztunnel/http2.py", "ztunnel.http2"),  # the mesh's own code: by module
+    ("hbone/http2.py", "hbone.http2"),  # the mesh's own code: by module
     ("ztunnel/__init__.py", "ztunnel"),
-    ("mesh/lab/components.py", "mesh.lab"),
+    ("lab/components.py", "lab.components"),
     ("h2/connection.py", "h2"),
     ("<attrs generated methods trio._core._run.CancelScope>", "trio"),
     ("<frozen abc>", "abc"),
@@ -83,24 +83,24 @@ def test_summarize_shares_own_time_by_package_and_by_function():
     summary = summarize(parse_collapsed(RAW))
     assert summary["samples"] == 200
     assert summary["packages"] == [
-        ("ztunnel.http2", 0.28),  # encode_frame 45 (both lines) + send_data's own 11
+        ("hbone.http2", 0.28),  # encode_frame 45 (both lines) + send_data's own 11
         ("trio", 0.25),  # unrolled_run 31 + get_events 9 + attrs' CancelScope.__init__ 10
         ("ssl", 0.15),
-        ("ztunnel.tls_stream", 0.1),
-        ("ztunnel.relay", 0.09),  # not the 103 samples under Relay.pump: only its own 18
+        ("hbone.tls_stream", 0.1),
+        ("hbone.relay", 0.09),  # not the 103 samples under Relay.pump: only its own 18
         ("json", 0.05),
         ("<string>", 0.03),
         ("_collections_abc", 0.025),
-        ("mesh.__main__", 0.015),
+        ("ambient.__main__", 0.015),
         ("?", 0.01),
     ]
     assert summary["top_self"] == [
-        ("encode_frame (ztunnel/http2.py)", 0.225),
+        ("encode_frame (hbone/http2.py)", 0.225),
         ("unrolled_run (trio/_core/_run.py)", 0.155),
         ("SSLObject.write (ssl.py)", 0.15),
-        ("TlsStream._try_send (ztunnel/tls_stream.py)", 0.1),
-        ("Relay.pump (ztunnel/relay.py)", 0.09),
-        ("Connection.send_data (ztunnel/http2.py)", 0.055),
+        ("TlsStream._try_send (hbone/tls_stream.py)", 0.1),
+        ("Relay.pump (hbone/relay.py)", 0.09),
+        ("Connection.send_data (hbone/http2.py)", 0.055),
         ("__init__ (<attrs generated methods trio._core._run.CancelScope>)", 0.05),
         ("EpollIOManager.get_events (trio/_core/_io_epoll.py)", 0.045),
         ("JSONEncoder.iterencode (json/encoder.py)", 0.035),
@@ -113,7 +113,7 @@ def test_summarize_without_samples():
     assert summarize(parse_collapsed("")) == {"samples": 0, "packages": [], "top_self": []}
 
 
-FRAMES = st.sampled_from(["f (trio/_run.py:1)", "g (ztunnel/http2.py:2)", "h (ssl.py:3)", "i (<string>:4)", "j"])
+FRAMES = st.sampled_from(["f (trio/_run.py:1)", "g (hbone/http2.py:2)", "h (ssl.py:3)", "i (<string>:4)", "j"])
 
 
 @given(st.dictionaries(st.lists(FRAMES, min_size=1, max_size=4).map(tuple), st.integers(1, 10_000), max_size=20))

@@ -148,8 +148,8 @@ def result_for(rounds, idle) -> dict:
                                   "svg": {"ztunnel-node-0": "2026-11-21-flame-ztunnel-node-0-keepalive.svg"},
                                   "stacks": {"ztunnel-node-0": "2026-11-21-flame-ztunnel-node-0-keepalive.txt"},
                                   "summary": {"ztunnel-node-0": {
-                                      "samples": 1200, "packages": [["trio", 0.6], ["ztunnel.tcp_stream", 0.4]],
-                                      "top_self": [["TcpStream.send_all (ztunnel/tcp_stream.py)", 0.2276]]}}}},
+                                      "samples": 1200, "packages": [["trio", 0.6], ["hbone.tcp_stream", 0.4]],
+                                      "top_self": [["TcpStream.send_all (hbone/tcp_stream.py)", 0.2276]]}}}},
         "lab_up_s": 5.2, "seconds": 420.0, "json": "2026-11-21.json",
     }
 
@@ -172,8 +172,8 @@ def test_markdown_table_has_a_row_per_figure_and_a_column_per_path():
             "([stacks](2026-11-21-flame-ztunnel-node-0-keepalive.txt))") in text
     assert "**GIL-holding samples only**" in text
     assert "  - ztunnel-node-0: 1,200 GIL-holding samples of 1,600 ticks (8 s at 200 Hz)" in lines
-    assert "    - own time by package: `trio` 60.0%, `ztunnel.tcp_stream` 40.0%" in lines
-    assert "    - own time by function (top 1): `TcpStream.send_all (ztunnel/tcp_stream.py)` 22.8%" in lines
+    assert "    - own time by package: `trio` 60.0%, `hbone.tcp_stream` 40.0%" in lines
+    assert "    - own time by function (top 1): `TcpStream.send_all (hbone/tcp_stream.py)` 22.8%" in lines
     assert "0.02 to 1.00 connections per request" in text
     assert "kernel 6.18, commit fee610e1e9. " in text
 

@@ -22,8 +22,8 @@ from bpf.capture import LINK_PIN, MAPS, PodCapture, Slot, bypass_key, socket_coo
 from bpf.enrollment import CAPTURE_TABLE, MARK_RULE_PRIORITY, TCP_RULE_PRIORITY
 from bpf.libbpf import Map
 from mesh.api import workload_pb2 as wpb
-from mesh.lab import network
-from mesh.lab.topology import PodSpec, plan_lab
+from lab import network
+from lab.topology import PodSpec, plan_lab
 from tests.bpf.test_capture import bpftool, netns_links
 from tests.bpf.test_enrollment import ip_json
 

@@ -21,8 +21,8 @@ pytestmark = [
 
 from bpf.capture import PROXY_MARK, PodCapture, Slot  # noqa: E402
 from bpf.enrollment import CAPTURE_TABLE, install_routing, remove_routing  # noqa: E402
-from mesh.lab import network  # noqa: E402
-from mesh.lab.topology import PodSpec, plan_lab  # noqa: E402
+from lab import network  # noqa: E402
+from lab.topology import PodSpec, plan_lab  # noqa: E402
 
 IP_TRANSPARENT = 19
 CONNECT = "import socket, sys\ns = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\nprint(s.recv(100).decode())"

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from cryptography import x509
 
-from mesh.launch import run_ambient, start_ca_server
+from lab.launch import run_ambient, start_ca_server
 
 def ambient(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run_ambient(*args, check=check)

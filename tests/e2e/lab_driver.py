@@ -76,7 +76,7 @@ class Lab:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**os.environ, "AMBIENT_LAB_ROOT": str(self.state_root)}
-        result = subprocess.run([sys.executable, "-m", "mesh", *args], capture_output=True, text=True, env=env,
+        result = subprocess.run([sys.executable, "-m", "ambient", *args], capture_output=True, text=True, env=env,
                                 timeout=COMMAND_TIMEOUT)
         if check and result.returncode != 0:
             pytest.fail(f"ambient {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
@@ -153,6 +153,6 @@ def living_processes() -> dict[int, tuple[str, int | None]]:
 
 
 def cgroup_dirs() -> set[str]:
-    from mesh.lab.processes import find_cgroup2_root
+    from lab.processes import find_cgroup2_root
 
     return {p.name for p in find_cgroup2_root().iterdir() if p.is_dir()}

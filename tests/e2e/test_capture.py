@@ -28,7 +28,7 @@ import pytest
 
 from bpf.enrollment import CAPTURE_TABLE, MARK_RULE_PRIORITY, TCP_RULE_PRIORITY
 from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, client_pod, echo_pod, find_pod
-from tests.mesh.lab.test_network import ip_json
+from tests.lab.test_network import ip_json
 
 pytestmark = [
     pytest.mark.root,

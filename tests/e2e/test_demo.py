@@ -17,7 +17,7 @@ pytestmark = [
 
 def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path):
     env = {**os.environ, "AMBIENT_LAB_ROOT": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "mesh", "demo"], capture_output=True, text=True, env=env,
+    result = subprocess.run([sys.executable, "-m", "ambient", "demo"], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

@@ -18,10 +18,10 @@ from ipaddress import ip_network
 
 import pytest
 
-from mesh.lab.state import pidfd_wait
+from lab.state import pidfd_wait
 from tests.e2e.lab_driver import (NAMESPACES, Lab, cgroup_dirs, client_pod, echo_pod, find_pod, lab_netns_inodes,
                                   living_processes)
-from tests.mesh.lab.test_network import LAB_NETWORKS, ip_json, root_netns_state
+from tests.lab.test_network import LAB_NETWORKS, ip_json, root_netns_state
 
 pytestmark = [
     pytest.mark.root,

@@ -92,7 +92,7 @@ class HeldConnection:
     def __init__(self, lab: Lab, pod: str, ip: str, port: int, path: str) -> None:
         env = {**os.environ, "AMBIENT_LAB_ROOT": str(lab.state_root)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh", "exec", "--name", lab.name, pod, "--", "python3", "-c", HTTP_CLIENT,
+            [sys.executable, "-m", "ambient", "exec", "--name", lab.name, pod, "--", "python3", "-c", HTTP_CLIENT,
              ip, str(port), path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         first = self.proc.stdout.readline().strip()
         self.failed = None if first == "open" else first.split(" ", 3)  # could not connect

@@ -8,7 +8,7 @@ import pytest
 
 from mesh.parse import parse_text
 from mesh.resources import Probe
-from mesh.validate import cross_check
+from controlplane.validate import cross_check
 
 GOOD = """\
 apiVersion: v1
@@ -337,11 +337,11 @@ def test_l7_fields_in_policies_enforced_at_l4(spec, warnings):
 
 def test_validate_command_exit_status(tmp_path):
     (tmp_path / "good.yaml").write_text(GOOD)
-    ok = subprocess.run([sys.executable, "-m", "mesh", "validate", str(tmp_path)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "ambient", "validate", str(tmp_path)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "8 resources, 0 errors, 0 warnings" in ok.stderr
     (tmp_path / "policy.yaml").write_text(POLICY)
-    bad = subprocess.run([sys.executable, "-m", "mesh", "validate", str(tmp_path)], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "ambient", "validate", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 1
     assert f"{tmp_path}/policy.yaml:12: AuthorizationPolicy default/deny-all: " in bad.stdout
 

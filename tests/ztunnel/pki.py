@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from ca.authority import SigningAuthority
 from ca.client import CertifiedKey, new_key_and_csr
 from mesh.identity import SpiffeId
-from ztunnel.tls import WorkloadCredentials
+from hbone.tls import WorkloadCredentials
 
 TD = "cluster.local"
 HOUR = dt.timedelta(hours=1)

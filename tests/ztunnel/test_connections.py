@@ -15,9 +15,9 @@ import trio.testing
 
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import SpiffeId
-from tests.ztunnel.test_config_cli import SAMPLE
+from tests.ambient.test_ztunnel_config import SAMPLE
 from tests.ztunnel.test_metrics import key, samples
-from ztunnel.config_cli import render
+from ambient.ztunnel_config import render
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker
 from ztunnel.metrics import ZtunnelMetrics, tcp_labels
 

@@ -2,7 +2,7 @@
 
 Each world is Kubernetes YAML run through the control plane's own pipeline (``mesh.parse`` →
 ``ClusterState`` → ``compute_view`` → the packed resources discovery serves → unpacked again), so the
-workloads, the waypoint and the authorizations (PeerAuthentications converted by ``mesh.authz``)
+workloads, the waypoint and the authorizations (PeerAuthentications converted by ``controlplane.authz``)
 are the protos ztunnel receives. Every row checks the whole decision: allowed, status, reason and
 the policy named in the access log.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
-from mesh.authz import CONVERTED_PEER_AUTHENTICATION
+from controlplane.authz import CONVERTED_PEER_AUTHENTICATION
 from mesh.identity import SpiffeId
 from ztunnel.inbound import InboundDecision, decide_inbound
 from ztunnel.state import ProxyState

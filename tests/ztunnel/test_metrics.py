@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, unpack
 from mesh.parse import parse_text
-from mesh.view import ClusterState, PodStatus, compute_view
+from controlplane.view import ClusterState, PodStatus, compute_view
 from ztunnel.metrics import (
     FLAG_DENIED, LABEL_NAMES, MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels,
 )

@@ -1,6 +1,6 @@
 """The L4 authorization engine (``ztunnel.policy``): tables over single Matches, over the structure
 of a policy, over whole decisions, and end to end from AuthorizationPolicy / PeerAuthentication YAML
-through ``mesh.parse``, ``mesh.authz`` and ``mesh.view`` to the verdict.
+through ``mesh.parse``, ``controlplane.authz`` and ``controlplane.view`` to the verdict.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh import authz
+from controlplane import authz
 from mesh.api import authorization_pb2 as pb
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from mesh.parse import parse_text
-from mesh.view import ClusterState, DataplaneView, MeshConfig, PodStatus, compute_view, workload_uid
-from tests.mesh.test_authz import PRESENT, exact, prefix, suffix  # the StringMatch forms, built once
+from controlplane.view import ClusterState, DataplaneView, MeshConfig, PodStatus, compute_view, workload_uid
+from tests.controlplane.test_authz import PRESENT, exact, prefix, suffix  # the StringMatch forms, built once
 from ztunnel.policy import (ConnectionAttributes, Decision, applicable_policies, authorize, clause_holds, compiled,
                             group_holds, match_holds, policy_matches)
 

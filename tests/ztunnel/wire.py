@@ -1,5 +1,5 @@
 """HTTP/2 frames and HPACK fields built by hand (RFC 9113, RFC 7541), so that at least one side of a
-test conversation does not share code with ``ztunnel.http2`` or ``h2``."""
+test conversation does not share code with ``hbone.http2`` or ``h2``."""
 
 from __future__ import annotations
 

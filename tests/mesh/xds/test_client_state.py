@@ -8,7 +8,7 @@ from google.protobuf.any_pb2 import Any
 
 from mesh.api.types import pack
 from mesh.xds.client import MAX_NACK_MESSAGE, Backoff, ClientConfig, ClientState
-from tests.mesh.xds.helpers import ADDRESS, AUTHZ, policy, workload
+from tests.controlplane.xds.helpers import ADDRESS, AUTHZ, policy, workload
 
 W1, W2, W3 = "cluster/default/w1", "cluster/default/w2", "cluster/default/w3"
 PEM = b"-----BEGIN CERTIFICATE-----\n(a mesh root)\n-----END CERTIFICATE-----\n"

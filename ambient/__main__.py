@@ -1,0 +1,5 @@
+import sys
+
+from ambient.cli import main
+
+sys.exit(main())

@@ -1,0 +1,301 @@
+"""``ambient ztunnel-config KIND``: what one ztunnel knows, read from its admin port, as tables.
+
+Like ``istioctl ztunnel-config``: ``workloads``, ``services``, ``policies``, ``certificates``,
+``connections`` or ``all``, as a table (istioctl's columns) or as JSON (``-o json``, the entries of
+``/config_dump`` as ztunnel wrote them). Two steps, each testable alone. ``fetch_config_dump``
+does one ``GET /config_dump``: with ``--node N`` the admin port is the one on loopback inside that
+lab node's network namespace, so the request runs in a worker thread that enters the netns first
+(``setns`` moves only the calling thread; the thread ends with the request and the command stays in
+its own netns); without ``--node`` it goes to ``--admin-address``. Then ``render`` turns the dump
+into text, with no I/O. Failures (no lab, no such node, nothing listening, an error status, bytes
+that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lab.cli import LabError, format_table, load_status
+from ztunnel.admin import ADMIN_PORT
+
+KINDS = ("workloads", "services", "policies", "certificates", "connections")
+_ALIASES = {"workloads": ["workload", "w"], "services": ["service", "s"], "policies": ["policy", "p"],
+            "certificates": ["certificate", "certs", "c"], "connections": ["connection"], "all": []}
+DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{ADMIN_PORT}"
+DEFAULT_TIMEOUT = 5.0
+NONE = "None"  # istioctl's word for an absent waypoint or VIP
+NA = "NA"
+
+
+class ConfigFetchError(LabError):
+    """The config dump could not be read; the message says from where and why."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--node", help="the lab node whose ztunnel to ask (its admin port, in the node's netns)")
+    common.add_argument("--lab", help="the lab, with --node (default: the only one)")
+    common.add_argument("--admin-address", default=DEFAULT_ADMIN_ADDRESS, metavar="HOST:PORT",
+                        help=f"ztunnel's admin port (default {DEFAULT_ADMIN_ADDRESS}; inside the node with --node)")
+    common.add_argument("-n", "--namespace", help="only entries of this namespace")
+    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for ztunnel")
+    parser = subparsers.add_parser("ztunnel-config", help="what a node's ztunnel knows (like istioctl ztunnel-config)")
+    sub = parser.add_subparsers(dest="ztunnel_config_command", required=True, metavar="KIND")
+    helps = {"workloads": "the workloads ztunnel knows", "services": "the services and their endpoints",
+             "policies": "the authorization policies", "certificates": "the certificates of the local workloads",
+             "connections": "the open connections of the local workloads", "all": "every table"}
+    for kind in (*KINDS, "all"):
+        kind_parser = sub.add_parser(kind, aliases=_ALIASES[kind], parents=[common], help=helps[kind])
+        if kind in ("connections", "all"):
+            kind_parser.add_argument("--direction", choices=["inbound", "outbound"], help="only this direction")
+        kind_parser.set_defaults(func=cmd_ztunnel_config, kind=kind)
+
+
+def cmd_ztunnel_config(args: argparse.Namespace) -> int:
+    target = resolve_target(args)
+    dump = fetch_config_dump(target, args.timeout)
+    direction = getattr(args, "direction", None)
+    if args.output == "json":
+        json.dump(select(args.kind, dump, namespace=args.namespace, direction=direction), sys.stdout, indent=2)
+        print()
+    else:
+        print(render(args.kind, dump, namespace=args.namespace, direction=direction))
+    return 0
+
+
+# -- where to ask
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    netns_path: str | None = None  # enter this network namespace first
+    where: str = ""  # "in node node-0 of lab 'ambient'", for messages
+
+    @property
+    def description(self) -> str:
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"ztunnel admin at {address}{' ' + self.where if self.where else ''}"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too); raises UsageError naming the flag."""
+    from mesh.errors import UsageError
+
+    host, _, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--admin-address: {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def resolve_target(args: argparse.Namespace) -> Target:
+    from mesh.errors import UsageError
+    from lab import network
+    from lab.state import pick_lab
+
+    host, port = parse_address(args.admin_address)
+    if args.node is None:
+        if args.lab is not None:
+            raise UsageError("--lab: only with --node (which node's ztunnel to ask)")
+        return Target(host, port)
+    paths = pick_lab(args.lab)
+    status, _ = load_status(paths)
+    netns = node_netns(status, args.node)
+    return Target(host, port, network.netns_path(netns), f"in node {args.node} of lab {paths.name!r}")
+
+
+def node_netns(status: dict, node: str) -> str:
+    """The netns of lab node ``node``, from the lab's status."""
+    nodes = {n["name"]: n for n in status.get("nodes", ())}
+    if node not in nodes:
+        raise ConfigFetchError(f"no node {node} in lab {status.get('lab')!r}; its nodes are "
+                               f"{', '.join(sorted(nodes)) or 'none'}")
+    return nodes[node]["netns"]
+
+
+# -- fetching
+
+
+def fetch_config_dump(target: Target, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """GET /config_dump from ``target``, in its netns if it names one; the JSON object."""
+    if target.netns_path is None:
+        return _get_config_dump(target, timeout)
+    outcome: list = []
+
+    def in_netns() -> None:
+        from lab.network import enter_netns
+
+        try:
+            try:
+                fd = os.open(target.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ConfigFetchError(f"{target.netns_path} does not exist: is the lab up?") from None
+            try:
+                enter_netns(fd)
+            except PermissionError:
+                raise ConfigFetchError(f"entering the network namespace {target.netns_path} needs root") from None
+            finally:
+                os.close(fd)
+            outcome.append(_get_config_dump(target, timeout))
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=in_netns, name="ztunnel-config-netns", daemon=True)
+    worker.start()
+    worker.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _get_config_dump(target: Target, timeout: float) -> dict:
+    where = target.description
+    connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    try:
+        connection.request("GET", "/config_dump", headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        body = response.read()
+    except ConnectionRefusedError:
+        raise ConfigFetchError(f"{where}: connection refused; is ztunnel running there?") from None
+    except TimeoutError:
+        raise ConfigFetchError(f"{where}: no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConfigFetchError(f"{where}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") \
+            from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        first = body.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise ConfigFetchError(f"{where} answered {response.status}{': ' + first[0] if first else ''}")
+    try:
+        dump = json.loads(body)
+    except ValueError as exc:
+        raise ConfigFetchError(f"{where} sent a config dump that is not JSON ({exc})") from None
+    if not isinstance(dump, dict):
+        raise ConfigFetchError(f"{where} sent a config dump that is not a JSON object")
+    return dump
+
+
+# -- rendering (no I/O)
+
+
+def _namespace_of_identity(identity: str) -> str:
+    parts = identity.split("/")  # spiffe: '' td ns <ns> sa <sa>
+    return parts[parts.index("ns") + 1] if "ns" in parts[:-1] else ""
+
+
+def _rows(kind: str, dump: dict, namespace: str | None, direction: str | None) -> list[dict]:
+    rows = [row for row in dump.get(kind) or () if isinstance(row, dict)]
+    if namespace is not None:
+        of = {"certificates": lambda c: _namespace_of_identity(str(c.get("identity", ""))),
+              "connections": lambda c: str(c.get("pod", "")).partition("/")[0]}.get(kind, lambda r: r.get("namespace"))
+        rows = [row for row in rows if of(row) == namespace]
+    if direction is not None and kind == "connections":
+        rows = [row for row in rows if row.get("direction") == direction]
+    return rows
+
+
+def select(kind: str, dump: dict, *, namespace: str | None = None, direction: str | None = None) -> dict | list:
+    """The JSON output: the entries of ``kind``, or for ``all`` the dump with every list filtered."""
+    if kind == "all":
+        return {**dump, **{k: _rows(k, dump, namespace, direction) for k in KINDS}}
+    return _rows(kind, dump, namespace, direction)
+
+
+def _text(value: object, empty: str = NONE) -> str:
+    return empty if value in (None, "", []) else str(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _valid(cert: dict, now: dt.datetime) -> bool:
+    try:
+        not_before = dt.datetime.fromisoformat(cert["not_before"])
+        not_after = dt.datetime.fromisoformat(cert["not_after"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    utc = dt.timezone.utc
+    not_before, not_after = (t if t.tzinfo else t.replace(tzinfo=utc) for t in (not_before, not_after))  # naive: UTC
+    return cert.get("state") == "available" and not_before <= now <= not_after
+
+
+_SCOPES = {"WORKLOAD_SELECTOR": "WorkloadSelector", "NAMESPACE": "Namespace", "GLOBAL": "Global"}
+
+
+def _workloads(rows: list[dict], now: dt.datetime) -> list[list[str]]:
+    return [["NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"]] + [
+        [_text(w.get("namespace")), _text(w.get("name")), ",".join(w.get("addresses") or ()) or NONE,
+         _text(w.get("node")), _text(w.get("waypoint")), _text(w.get("protocol"))]
+        for w in sorted(rows, key=lambda w: (str(w.get("namespace")), str(w.get("name"))))]
+
+
+def _services(rows: list[dict], now: dt.datetime) -> list[list[str]]:
+    return [["NAMESPACE", "SERVICE NAME", "SERVICE VIP", "WAYPOINT", "ENDPOINTS"]] + [
+        [_text(s.get("namespace")), _text(s.get("name")), ",".join(s.get("vips") or ()) or NONE,
+         _text(s.get("waypoint")), _text(s.get("endpoints"), "0")]
+        for s in sorted(rows, key=lambda s: (str(s.get("namespace")), str(s.get("name"))))]
+
+
+def _policies(rows: list[dict], now: dt.datetime) -> list[list[str]]:
+    return [["NAMESPACE", "POLICY NAME", "ACTION", "SCOPE"]] + [
+        [_text(p.get("namespace")), _text(p.get("name")), _text(p.get("action")).capitalize(),
+         _SCOPES.get(p.get("scope"), _text(p.get("scope")))]
+        for p in sorted(rows, key=lambda p: (str(p.get("namespace")), str(p.get("name"))))]
+
+
+def _certificates(rows: list[dict], now: dt.datetime) -> list[list[str]]:
+    return [["CERTIFICATE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE"]] + [
+        [_text(c.get("identity")), "Leaf" if c.get("serial") else NA, _text(c.get("state")).capitalize(),
+         str(_valid(c, now)).lower(), _text(c.get("serial"), NA), _text(c.get("not_after"), NA),
+         _text(c.get("not_before"), NA)]
+        for c in sorted(rows, key=lambda c: str(c.get("identity")))]
+
+
+def _connections(rows: list[dict], now: dt.datetime) -> list[list[str]]:
+    def peer(c: dict) -> object:
+        return c.get("source_identity") if c.get("direction") == "inbound" else c.get("destination_identity")
+
+    return [["NAMESPACE", "POD", "DIRECTION", "SOURCE", "DESTINATION", "PEER IDENTITY", "PROTOCOL", "POLICY",
+             "SENT", "RECEIVED", "DURATION"]] + [
+        [*str(c.get("pod", "")).partition("/")[::2], _text(c.get("direction")).capitalize(), _text(c.get("source")),
+         _text(c.get("destination")), _text(peer(c), "-"), _text(c.get("protocol")), _text(c.get("policy"), "-"),
+         str(c.get("bytes_sent", 0)), str(c.get("bytes_received", 0)), _duration(float(c.get("duration_seconds", 0)))]
+        for c in sorted(rows, key=lambda c: (str(c.get("pod")), str(c.get("direction")), str(c.get("source"))))]
+
+
+_TABLES: dict[str, Callable[[list[dict], dt.datetime], list[list[str]]]] = {
+    "workloads": _workloads, "services": _services, "policies": _policies, "certificates": _certificates,
+    "connections": _connections,
+}
+
+
+def render(kind: str, dump: dict, *, namespace: str | None = None, direction: str | None = None,
+           now: dt.datetime | None = None) -> str:
+    """The table (or, for ``all``, the tables) of ``kind``; certificate errors follow their table."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    parts = []
+    for each in KINDS if kind == "all" else (kind,):
+        rows = _rows(each, dump, namespace, direction)
+        text = format_table(_TABLES[each](rows, now))
+        errors = [f"  {c.get('identity')}: {c['error']}" for c in rows if each == "certificates" and c.get("error")]
+        parts.append("\n".join([text, *(["", "Errors:", *errors] if errors else [])]))
+    return "\n\n".join(parts)

@@ -1,0 +1,134 @@
+"""``ambient validate PATH...``: every problem in a set of manifests, before they reach a mesh.
+
+Per-resource problems come from ``mesh.parse``. This module adds the checks that need the whole
+set: selectors that match nothing, ``istio.io/use-waypoint`` naming a Gateway that does not exist,
+HTTPRoutes and WasmPlugins whose parent or target is missing, and L7 fields in a policy that the
+destination ztunnel will enforce at L4 (such an ALLOW rule can never match, so it denies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from controlplane import authz
+from mesh import resources as r
+from mesh.parse import parse_paths
+from mesh.source import Problem, Severity
+
+
+def _problem(resource: r.Resource, field: str, message: str, severity: Severity = Severity.ERROR) -> Problem:
+    return Problem(severity, resource.origin.file, resource.origin.line, resource.label, field, message)
+
+
+def _pods_by_namespace(resources: Iterable[r.Resource]) -> dict[str, list[r.Pod]]:
+    pods: dict[str, list[r.Pod]] = defaultdict(list)
+    for resource in resources:
+        if isinstance(resource, r.Pod):
+            pods[resource.meta.namespace].append(resource)
+        elif isinstance(resource, r.Deployment):
+            pods[resource.meta.namespace].extend(resource.pods)
+    return pods
+
+
+def _selects_a_pod(res: r.Resource, selector, pods: dict[str, list[r.Pod]]) -> bool:
+    """Whether ``selector`` matches the labels of some pod in ``res``'s namespace."""
+    return any(all(p.meta.labels.get(k) == v for k, v in selector.items()) for p in pods.get(res.meta.namespace, ()))
+
+
+def cross_check(resources: list[r.Resource]) -> list[Problem]:
+    problems: list[Problem] = []
+    pods = _pods_by_namespace(resources)
+    gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway) and g.is_waypoint}
+    services = {(s.meta.namespace, s.meta.name) for s in resources if isinstance(s, r.Service)}
+
+    for res in resources:
+        waypoint = res.meta.labels.get(r.USE_WAYPOINT)
+        if waypoint and waypoint != "none" and isinstance(res, (r.Namespace, r.Service, r.Pod, r.Deployment)):
+            namespace = res.meta.name if isinstance(res, r.Namespace) else res.meta.namespace
+            namespace = res.meta.labels.get("istio.io/use-waypoint-namespace", namespace)
+            if (namespace, waypoint) not in gateways:
+                problems.append(_problem(res, f"metadata.labels[{r.USE_WAYPOINT}]",
+                                         f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})"))
+
+        selector_field = {r.Service: "spec.selector", r.AuthorizationPolicy: "spec.selector.matchLabels",
+                          r.PeerAuthentication: "spec.selector.matchLabels"}.get(type(res))
+        if selector_field and res.selector and not _selects_a_pod(res, res.selector, pods):
+            problems.append(_problem(res, selector_field, "matches no pod", Severity.WARNING))
+
+        if isinstance(res, r.HTTPRoute):
+            for i, parent in enumerate(res.parents):
+                key = (parent.namespace or res.meta.namespace, parent.name)
+                present = services if parent.kind == "Service" else gateways
+                if key not in present:
+                    problems.append(_problem(res, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}"))
+
+        if isinstance(res, (r.AuthorizationPolicy, r.WasmPlugin)):
+            for i, target in enumerate(res.target_refs):
+                key = (target.namespace or res.meta.namespace, target.name)
+                present = {"Gateway": gateways, "Service": services}.get(target.kind)
+                if present is None:
+                    problems.append(_problem(res, f"spec.targetRefs[{i}].kind",
+                                             f"{target.kind!r} cannot be targeted (Gateway or Service)"))
+                elif key not in present:
+                    problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}"))
+
+        if isinstance(res, r.AuthorizationPolicy) and not res.enforced_at_l7:
+            problems.extend(_l7_at_l4(res))
+    return problems
+
+
+def _l7_at_l4(policy: r.AuthorizationPolicy) -> list[Problem]:
+    """An L4-enforced policy cannot see request attributes (``controlplane.authz.l7_parts_of_rule``): say
+    what that does to each rule."""
+    problems = []
+    for i, rule in enumerate(policy.rules):
+        for where, names in authz.l7_parts_of_rule(rule):
+            condition = where.startswith("when")
+            if policy.action != "ALLOW":
+                effect = f"ztunnel enforces this DENY rule at L4 without {'it' if condition else 'them'}, denying " \
+                         "more than written"
+            elif authz.can_match_at_l4(rule):  # the other alternatives of that from/to are L4
+                effect = "this alternative can never match at L4, so the rule matches only through the others " \
+                         "(attach the policy to a waypoint with targetRefs)"
+            else:
+                effect = "this ALLOW rule can never match at L4, so it denies (attach the policy to a waypoint with " \
+                         "targetRefs)"
+            what = f"L7 condition {names[0]} is" if condition else f"L7 fields {', '.join(map(_yaml_name, names))} are"
+            problems.append(_problem(policy, f"spec.rules[{i}].{where}",
+                                     f"{what} enforced by a waypoint only; {effect}", Severity.WARNING))
+    return problems
+
+
+def _yaml_name(field: str) -> str:
+    """``not_remote_ip_blocks`` → ``notRemoteIpBlocks``, as the user wrote it."""
+    return re.sub(r"_(\w)", lambda m: m.group(1).upper(), field)
+
+
+def validate(paths: list[Path]) -> tuple[list[r.Resource], list[Problem]]:
+    parsed = parse_paths(paths)
+    return parsed.resources, parsed.problems + cross_check(parsed.resources)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    cmd = subparsers.add_parser("validate", help="check Kubernetes-format YAML for the mesh")
+    cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories of YAML")
+    cmd.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"ambient: error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 1
+    resources, problems = validate(args.paths)
+    for problem in sorted(problems, key=lambda p: (p.file, p.line)):
+        print(problem)
+    errors = sum(p.severity is Severity.ERROR for p in problems)
+    warnings = len(problems) - errors
+    print(f"{len(resources)} resources, {errors} errors, {warnings} warnings", file=sys.stderr)
+    return 1 if errors else 0

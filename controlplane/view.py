@@ -1,0 +1,393 @@
+"""The dataplane view: what every ztunnel and waypoint needs to know, computed from the resources.
+
+``compute_view(state, config)`` is a pure function of the cluster's state (the resources from YAML,
+the pods' runtime status, the Service VIPs the registry assigned) and returns a frozen
+``DataplaneView``: Workloads, Services and L4 Authorizations as the ``istio.workload`` /
+``istio.security`` messages discovery sends, the waypoints to run, and which identities run on which
+node (for the CA). Discovery diffs two views resource by resource, so a change to one pod sends one
+Workload.
+
+The label rules (DESIGN.md section 2, as in Istio):
+- enrolment: pod label ``istio.io/dataplane-mode`` (``ambient`` or ``none``) wins over the
+  namespace's; enrolled workloads get tunnel protocol HBONE, others NONE.
+- waypoint: ``istio.io/use-waypoint`` on the pod (for Workloads) or the Service, else on the
+  namespace; ``none`` opts out of the namespace's; ``istio.io/use-waypoint-namespace`` names another
+  namespace. It applies only if that waypoint Gateway exists and serves that kind of traffic
+  (``istio.io/waypoint-for``: ``service`` (default), ``workload``, ``all``, ``none``).
+- endpoints: a Service selects pods in its namespace; each Workload carries the Services it backs
+  with the target port resolved (a named targetPort through the pod's container ports).
+- a pod appears once it has an IP (runtime status from the lab); until then it is pending.
+
+Each waypoint Gateway also gets a pod (``waypoint_pod``; the lab runs the waypoint process in it) and
+a Service of the same name (hostname ``<name>.<ns>.svc.cluster.local``,
+port 15008), whose endpoints are the waypoint's own pods (label
+``gateway.networking.k8s.io/gateway-name``), as Istio's deployment controller creates.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from controlplane import authz
+from mesh import resources as r
+from mesh.api import authorization_pb2, workload_pb2 as wpb
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
+from mesh.identity import SpiffeId
+from mesh.ports import HBONE_PORT
+
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    cluster_id: str = "Kubernetes"
+    trust_domain: str = "cluster.local"
+    root_namespace: str = "istio-system"
+    network: str = ""
+    domain_suffix: str = "cluster.local"
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    """What the lab reports about a running pod."""
+
+    ip: str
+    node: str
+    ready: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            socket.inet_pton(socket.AF_INET, self.ip)  # strict dotted quad; C-fast for 10k pods
+        except (OSError, TypeError):
+            raise ValueError(f"pod IP {self.ip!r} is not an IPv4 address") from None
+        if not self.node:
+            raise ValueError("a running pod needs a node")
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """The inputs of the view. ``pods`` includes the pods of Deployments and of each waypoint;
+    ``services`` includes each waypoint's Service (``waypoint_pod``, ``waypoint_service``)."""
+
+    namespaces: Mapping[str, r.Namespace]
+    pods: Mapping[tuple[str, str], r.Pod]
+    services: Mapping[tuple[str, str], r.Service]
+    gateways: Mapping[tuple[str, str], r.Gateway]
+    policies: tuple[r.AuthorizationPolicy, ...]
+    peer_authentications: tuple[r.PeerAuthentication, ...]
+    pod_status: Mapping[tuple[str, str], PodStatus]
+    vips: Mapping[tuple[str, str], str]  # Service (ns, name) → its cluster IP
+
+    @classmethod
+    def build(cls, resources: Iterable[r.Resource], pod_status: Mapping[tuple[str, str], PodStatus] | None = None,
+              vips: Mapping[tuple[str, str], str] | None = None) -> ClusterState:
+        namespaces, pods, services, gateways, policies, peer = {}, {}, {}, {}, [], []
+        for res in resources:
+            key = (res.meta.namespace, res.meta.name)
+            if isinstance(res, r.Namespace):
+                namespaces[res.meta.name] = res
+            elif isinstance(res, r.Pod):
+                pods[key] = res
+            elif isinstance(res, r.Deployment):
+                pods.update(((p.meta.namespace, p.meta.name), p) for p in res.pods)
+            elif isinstance(res, r.Service):
+                services[key] = res
+            elif isinstance(res, r.Gateway) and res.is_waypoint:
+                gateways[key] = res
+                pod = waypoint_pod(res)
+                pods[(pod.meta.namespace, pod.meta.name)] = pod
+            elif isinstance(res, r.AuthorizationPolicy):
+                policies.append(res)
+            elif isinstance(res, r.PeerAuthentication):
+                peer.append(res)
+        for key, gateway in gateways.items():  # a Service per waypoint, unless the user declared one
+            services.setdefault(key, waypoint_service(gateway))
+        return cls(namespaces, pods, services, gateways, tuple(policies), tuple(peer),
+                   dict(pod_status or {}), dict(vips or {}))
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """A waypoint to run: one per Gateway of class istio-waypoint."""
+
+    namespace: str
+    name: str
+    waypoint_for: str
+    identity: SpiffeId  # the waypoint's pods run as service account <name>
+    hostname: str
+    pod: str  # the pod that runs it (``waypoint_pod``), in the same namespace
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class DataplaneView:
+    """Computed resources, keyed by their discovery names. The messages are shared: do not mutate."""
+
+    workloads: Mapping[str, wpb.Workload]  # uid
+    services: Mapping[str, wpb.Service]  # "<ns>/<hostname>"
+    authorizations: Mapping[str, authorization_pb2.Authorization]  # "<ns>/<name>"
+    waypoints: Mapping[str, Waypoint]  # "<ns>/<name>"
+    placements: Mapping[str, frozenset[SpiffeId]] = field(default_factory=dict)  # node → identities
+
+    def has_pod(self, node: str, identity: SpiffeId) -> bool:
+        return identity in self.placements.get(node, ())
+
+    def resources(self) -> dict[str, dict[str, object]]:
+        """``{type_url: {name: Any}}``, the packed form discovery serves."""
+        addresses = {uid: pack(wpb.Address(workload=w)) for uid, w in self.workloads.items()}
+        addresses.update((key, pack(wpb.Address(service=s))) for key, s in self.services.items())
+        return {
+            ADDRESS_TYPE_URL: addresses,
+            AUTHORIZATION_TYPE_URL: {key: pack(a) for key, a in self.authorizations.items()},
+        }
+
+
+def waypoint_pod(gateway: r.Gateway) -> r.Pod:
+    """The pod that runs a waypoint, as Istio's deployment controller would create it: service
+    account named after the Gateway, never captured itself (it speaks HBONE on its own)."""
+    labels = r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name, r.DATAPLANE_MODE: "none"})
+    meta = r.Meta(f"{gateway.meta.name}-waypoint", gateway.meta.namespace, labels)
+    spec = r.PodSpec(containers=(r.Container("waypoint"),), service_account=gateway.meta.name)
+    return r.Pod(meta, gateway.origin, spec, owner=f"Gateway/{gateway.meta.name}")
+
+
+def workload_uid(config: MeshConfig, namespace: str, name: str) -> str:
+    return f"{config.cluster_id}//v1/Pod/{namespace}/{name}"
+
+
+def service_key(namespace: str, hostname: str) -> str:
+    return f"{namespace}/{hostname}"
+
+
+# ---------------------------------------------------------------- label rules (pure, table-tested)
+
+
+def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
+    mode = pod_labels.get(r.DATAPLANE_MODE)
+    if mode is not None:
+        return mode == "ambient"
+    return namespace_labels.get(r.DATAPLANE_MODE) == "ambient"
+
+
+def waypoint_ref(own: r.Meta, namespace_labels: Mapping[str, str]) -> tuple[str, str] | None:
+    """``(namespace, name)`` of the waypoint that ``istio.io/use-waypoint`` asks for, if any."""
+    for labels, home in ((own.labels, own.namespace), (namespace_labels, own.namespace)):
+        name = labels.get(r.USE_WAYPOINT)
+        if name is not None:
+            return None if name == "none" else (labels.get(USE_WAYPOINT_NAMESPACE, home), name)
+    return None
+
+
+def serves(gateway: r.Gateway, kind: str) -> bool:
+    """Whether a waypoint takes traffic addressed to a ``service`` or a ``workload``."""
+    return gateway.waypoint_for in (kind, "all")
+
+
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+class _LabelIndex:
+    """Pods by (namespace, label, value): a selector is an intersection of small sets, not a scan."""
+
+    def __init__(self, pods: Iterable[tuple[tuple[str, str], r.Pod]]) -> None:
+        self._by_label: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
+        self._by_namespace: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        for key, pod in pods:
+            self._by_namespace[key[0]].add(key)
+            for label, value in pod.meta.labels.items():
+                self._by_label[(key[0], label, value)].add(key)
+
+    def select(self, namespace: str | None, selector: Mapping[str, str]) -> set[tuple[str, str]]:
+        """Pods matching ``selector`` in ``namespace`` (every namespace when None)."""
+        if not selector:
+            if namespace is None:
+                return set().union(*self._by_namespace.values())
+            return set(self._by_namespace.get(namespace, ()))
+        namespaces = self._by_namespace if namespace is None else (namespace,)
+        found: set[tuple[str, str]] = set()
+        for ns in namespaces:
+            sets = sorted((self._by_label.get((ns, k, v), set()) for k, v in selector.items()), key=len)
+            found |= set.intersection(*sets) if sets[0] else set()
+        return found
+
+
+# ---------------------------------------------------------------- the view
+
+
+def _gateway_address(gateway: r.Gateway, config: MeshConfig) -> wpb.GatewayAddress:
+    hostname = f"{gateway.meta.name}.{gateway.meta.namespace}.svc.{config.domain_suffix}"
+    return wpb.GatewayAddress(
+        hostname=wpb.NamespacedHostname(namespace=gateway.meta.namespace, hostname=hostname),
+        hbone_mtls_port=HBONE_PORT,
+    )
+
+
+def _waypoint_for(meta: r.Meta, ns_labels, state: ClusterState, kind: str, config: MeshConfig):
+    ref = waypoint_ref(meta, ns_labels)
+    gateway = state.gateways.get(ref) if ref else None
+    if gateway is None or not serves(gateway, kind):
+        return None
+    # A waypoint's own pods and Service never go through a waypoint, not even another one (as
+    # Istio): its pods carry the gateway-name label, its Service has the Gateway's name.
+    if (meta.namespace, meta.labels.get(GATEWAY_NAME_LABEL)) in state.gateways:
+        return None
+    if kind == "service" and (meta.namespace, meta.name) in state.gateways:
+        return None
+    return _gateway_address(gateway, config)
+
+
+def _target_port(port: r.ServicePort, pod: r.Pod) -> int:
+    if isinstance(port.target_port, int):
+        return port.target_port
+    for container in pod.spec.containers:
+        for cport in container.ports:
+            if cport.name == port.target_port and cport.protocol == port.protocol:  # as Kubernetes
+                return cport.container_port
+    return 0  # named port the pod does not have: no endpoint on that port
+
+
+def _canonical(pod: r.Pod) -> tuple[str, str, str, int]:
+    labels = pod.meta.labels
+    kind, _, owner = pod.owner.partition("/")
+    workload_name = owner if kind in ("Deployment", "Gateway") else pod.meta.name
+    name = (labels.get("service.istio.io/canonical-name") or labels.get("app.kubernetes.io/name")
+            or labels.get("app") or workload_name)
+    revision = (labels.get("service.istio.io/canonical-revision") or labels.get("app.kubernetes.io/version")
+                or labels.get("version") or "latest")
+    return name, revision, workload_name, wpb.DEPLOYMENT if kind in ("Deployment", "Gateway") else wpb.POD
+
+
+def waypoint_service(gateway: r.Gateway) -> r.Service:
+    """The Service in front of a waypoint's pods (port 15008), as Istio's deployment controller
+    creates it; it gets a VIP like any ClusterIP Service."""
+    meta = r.Meta(gateway.meta.name, gateway.meta.namespace, r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name}))
+    return r.Service(meta, gateway.origin, r.frozen_map({GATEWAY_NAME_LABEL: gateway.meta.name}),
+                     (r.ServicePort(HBONE_PORT, HBONE_PORT, "mesh"),))
+
+
+def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> DataplaneView:
+    no_labels: Mapping[str, str] = MappingProxyType({})
+
+    def ns_labels(namespace: str) -> Mapping[str, str]:
+        ns = state.namespaces.get(namespace)
+        return ns.meta.labels if ns is not None else no_labels
+
+    running = {key: pod for key, pod in state.pods.items() if key in state.pod_status}
+    index = _LabelIndex(running.items())
+
+    # Services, and for each running pod the services it backs.
+    services: dict[str, wpb.Service] = {}
+    backs: dict[tuple[str, str], dict[str, wpb.PortList]] = defaultdict(dict)
+    for (namespace, name), svc in state.services.items():
+        hostname = f"{name}.{namespace}.svc.{config.domain_suffix}"
+        key = service_key(namespace, hostname)
+        vip = state.vips.get((namespace, name))
+        services[key] = wpb.Service(
+            name=name, namespace=namespace, hostname=hostname,
+            addresses=[wpb.NetworkAddress(network=config.network, address=socket.inet_aton(vip))]
+            if vip else [],
+            ports=[wpb.Port(service_port=p.port, target_port=p.target_port if isinstance(p.target_port, int) else 0)
+                   for p in svc.ports if p.protocol == "TCP"],
+            waypoint=_waypoint_for(svc.meta, ns_labels(namespace), state, "service", config),
+        )
+        if not svc.selector:
+            continue
+        for pod_key in index.select(namespace, svc.selector):
+            pod = running[pod_key]
+            ports = [wpb.Port(service_port=p.port, target_port=t) for p in svc.ports
+                     if p.protocol == "TCP" and (t := _target_port(p, pod))]
+            backs[pod_key][key] = wpb.PortList(ports=ports)
+
+    # Authorizations: user policies, then converted PeerAuthentications.
+    authorizations: dict[str, authorization_pb2.Authorization] = {}
+    attached: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for policy in state.policies:
+        translated = authz.translate_policy(policy, config.root_namespace)
+        if translated is None:
+            continue
+        name = authz.policy_key(policy.meta.namespace, policy.meta.name)
+        authorizations[name] = translated
+        if translated.scope == authorization_pb2.WORKLOAD_SELECTOR:
+            in_namespace = None if policy.meta.namespace == config.root_namespace else policy.meta.namespace
+            for pod_key in index.select(in_namespace, policy.selector):
+                attached[pod_key].append(name)
+    _attach_peer_authentications(state, config, running, authorizations, attached)
+
+    workloads: dict[str, wpb.Workload] = {}
+    placements: dict[str, set[SpiffeId]] = defaultdict(set)
+    identities: dict[tuple[str, str], SpiffeId] = {}
+    for (namespace, name), pod in state.pods.items():
+        identity = identities.get((namespace, pod.spec.service_account))
+        if identity is None:  # validated once per service account, not per pod
+            identity = identities[(namespace, pod.spec.service_account)] = SpiffeId(
+                config.trust_domain, namespace, pod.spec.service_account)
+        status = state.pod_status.get((namespace, name))
+        node = status.node if status else pod.spec.node_name
+        if node:
+            placements[node].add(identity)
+        if status is None:
+            continue
+        labels = ns_labels(namespace)
+        canonical_name, revision, workload_name, workload_type = _canonical(pod)
+        uid = workload_uid(config, namespace, name)
+        workloads[uid] = wpb.Workload(
+            uid=uid, name=name, namespace=namespace,
+            addresses=[socket.inet_aton(status.ip)],  # IPv4, checked by PodStatus
+            network=config.network,
+            tunnel_protocol=wpb.HBONE if is_enrolled(pod.meta.labels, labels) else wpb.NONE,
+            trust_domain=config.trust_domain,
+            service_account=pod.spec.service_account,
+            waypoint=_waypoint_for(pod.meta, labels, state, "workload", config),
+            node=node,
+            canonical_name=canonical_name, canonical_revision=revision,
+            workload_type=workload_type, workload_name=workload_name,
+            services=backs.get((namespace, name), {}),
+            authorization_policies=sorted(attached.get((namespace, name), ())),
+            status=wpb.HEALTHY if status.ready else wpb.UNHEALTHY,
+            cluster_id=config.cluster_id,
+        )
+
+    waypoints = {}
+    for (namespace, name), gateway in state.gateways.items():
+        waypoint = Waypoint(namespace, name, gateway.waypoint_for, SpiffeId(config.trust_domain, namespace, name),
+                            f"{name}.{namespace}.svc.{config.domain_suffix}", waypoint_pod(gateway).meta.name)
+        waypoints[waypoint.key] = waypoint
+
+    return DataplaneView(
+        MappingProxyType(workloads), MappingProxyType(services), MappingProxyType(authorizations),
+        MappingProxyType(waypoints), MappingProxyType({n: frozenset(ids) for n, ids in placements.items()}),
+    )
+
+
+def _attach_peer_authentications(state, config, running, authorizations, attached) -> None:
+    mesh_policy = authz.pick_policy(p for p in state.peer_authentications
+                               if p.meta.namespace == config.root_namespace and not p.selector)
+    converted: dict[tuple, str | None] = {}
+    by_namespace: dict[str, list[r.PeerAuthentication]] = defaultdict(list)
+    for policy in state.peer_authentications:
+        by_namespace[policy.meta.namespace].append(policy)
+    for (namespace, name), pod in running.items():
+        candidates = by_namespace.get(namespace, ())
+        namespace_policy = authz.pick_policy(p for p in candidates if not p.selector)  # as Istio: {} is none
+        workload_policy = authz.pick_policy(p for p in candidates if p.selector and _selects(p.selector, pod.meta.labels))
+        decided = (workload_policy, namespace_policy, mesh_policy)
+        memo = tuple(map(id, decided))  # the policies are alive for the whole computation
+        key = converted.get(memo, "")
+        if key == "":  # pods mostly share a few combinations: translate each once
+            mode, source = authz.effective_mtls(*decided)
+            translated = authz.translate_mtls(source, mode) if source is not None else None
+            key = authz.policy_key(translated.namespace, translated.name) if translated else None
+            if translated:
+                authorizations.setdefault(key, translated)
+            converted[memo] = key
+        if key:
+            attached[(namespace, name)].append(key)

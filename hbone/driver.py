@@ -1,0 +1,536 @@
+"""HBONE over a real TLS stream: trio drivers for the sans-IO connections of ``hbone.connect``.
+
+A driver owns one HTTP/2 connection over a ``TlsStream`` and three tasks: the reader feeds received
+bytes to the sans-IO peer and hands its events to the streams; the writer finishes sends the socket
+could not take at once; the timer calls
+``on_timer`` (PINGs) and closes an idle client connection. Each proxied TCP connection is an
+``HboneStream``, a trio ``HalfCloseableStream``, so the relay treats it like a socket.
+
+- Frames go out at once, from whichever task queued them (``TlsStream.send_nowait``: one TLS
+  write and one ``send``, no task switch). When the socket does not take everything, the writer task
+  waits for it and sends the rest, with whatever was queued meanwhile, in order. Nobody else waits on
+  a send, least of all the reader: two proxies whose reader each blocked on a full send buffer would
+  deadlock. ``send_all`` returns once its bytes are queued and the queue is under ``HIGH_WATER``.
+- Received data is acknowledged (WINDOW_UPDATE credit) when the stream's reader takes it, so a slow
+  app stops its sender through the HTTP/2 windows rather than through our memory.
+- A stream the peer resets, or a connection that ends, makes the stream's next operation raise
+  ``trio.BrokenResourceError``. ``aclose`` of a stream not cleanly finished both ways resets it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from hbone.connect import (
+    ConnectAccepted, ConnectRefused, ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection,
+    HboneServerConnection, Phase,
+)
+from hbone.http2 import (
+    ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
+)
+from hbone.tls_stream import TlsStream
+
+log = logging.getLogger("ambient.ztunnel.hbone")
+
+READ_SIZE = 256 * 1024
+HIGH_WATER = 512 * 1024  # bytes queued for the writer before a sender waits
+IDLE_TIMEOUT = 300.0  # a pooled client connection without streams for this long is closed
+CLOSE_GRACE = 1.0  # seconds to send a final GOAWAY on a closing connection
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    return str(exc) or (f"{type(cause).__name__}: {cause}" if cause else type(exc).__name__)
+
+
+class HboneRefused(Exception):
+    """The server answered the CONNECT with ``status`` (400, 401, 503...)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HBONE CONNECT refused with {status}")
+        self.status = status
+
+
+class HboneStream(trio.abc.HalfCloseableStream):
+    """One CONNECT stream: bytes both ways, with half-close. Counts what it carried."""
+
+    def __init__(self, driver: _Driver, stream_id: int) -> None:
+        self._driver = driver
+        self.stream_id = stream_id
+        self._chunks: deque[bytes] = deque()
+        self._eof = False  # the peer half-closed
+        self._error: str | None = None  # why the stream broke
+        self._readable = trio.Event()
+        self._sent_eof = False
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- fed by the driver's reader
+
+    def _deliver(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def _break(self, reason: str) -> None:
+        if self._error is None:
+            self._error = reason
+        self._readable.set()
+
+    # -- the stream interface
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while not self._chunks:
+                if self._closed:
+                    raise trio.ClosedResourceError("the stream was closed")
+                if self._eof:  # a clean end arrived before anything broke
+                    return b""
+                if self._error is not None:
+                    raise trio.BrokenResourceError(self._error)
+                self._readable = trio.Event()
+                await self._readable.wait()
+            chunk = self._chunks.popleft()
+            if max_bytes is not None and len(chunk) > max_bytes:
+                self._chunks.appendleft(chunk[max_bytes:])
+                chunk = chunk[:max_bytes]
+            self.bytes_received += len(chunk)
+            self._driver.acknowledge(self.stream_id, len(chunk))
+            return chunk
+        finally:
+            self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            # The HTTP/2 layer holds what it takes until the socket has it, and our caller may
+            # reuse its buffer once we return: only immutable bytes may be held.
+            rest = data if type(data) is bytes else bytes(data)
+            while rest:
+                self._check_sendable()
+                n = self._driver.send_data(self.stream_id, rest)
+                self.bytes_sent += n
+                if n == len(rest):
+                    break
+                rest = memoryview(rest)[n:]
+                await self._driver.window_opened()
+            await self._driver.wait_writable()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._driver.wait_writable()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self._sent_eof:
+            return
+        self._check_sendable()
+        self._sent_eof = True
+        self._driver.half_close(self.stream_id)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._readable.set()
+            self._driver.finish(self)
+        await trio.lowlevel.checkpoint()
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        if self._error is not None:
+            raise trio.BrokenResourceError(self._error)
+        if self._sent_eof:
+            raise trio.ClosedResourceError("send_eof was already called")
+
+    @property
+    def finished(self) -> bool:
+        """Both halves closed cleanly and everything received was read."""
+        return self._sent_eof and self._eof and not self._chunks and self._error is None
+
+
+class _Driver:
+    """What the client and server drivers share; see the module docstring."""
+
+    peer: HboneClientConnection | HboneServerConnection
+
+    def __init__(self, transport: TlsStream) -> None:
+        self.transport = transport
+        self.streams: dict[int, HboneStream] = {}
+        self.closed = False
+        self.close_reason = ""
+        self._queued = 0  # DATA bytes the peer holds that were not handed to the socket yet
+        self._write_wanted = trio.Event()
+        self._writer_busy = False  # the writer owns sending until it has flushed
+        # Any number of senders wait on these; a ParkingLot wakes them all.
+        self._writable = trio.lowlevel.ParkingLot()
+        self._window = trio.lowlevel.ParkingLot()
+        self._timer_changed = trio.Event()
+        self._read_scope = trio.CancelScope()
+
+    # -- called by streams
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        try:
+            n = self.peer.send_data(stream_id, data)
+        except LocalProtocolError:  # the stream went (reset, refused) in this very batch
+            raise trio.BrokenResourceError(f"stream {stream_id} is gone") from None
+        self._kick(n)
+        return n
+
+    def half_close(self, stream_id: int) -> None:
+        self.peer.half_close(stream_id)
+        self._kick()
+        self._maybe_forget(stream_id)
+
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        self.peer.acknowledge(stream_id, n)
+        self._kick()
+
+    def finish(self, stream: HboneStream) -> None:
+        """The stream's owner is done with it: reset it unless it ended cleanly."""
+        if not self.closed and self.peer.phase(stream.stream_id) is not None and not stream.finished:
+            self.peer.reset(stream.stream_id)
+            self._kick()
+        self.streams.pop(stream.stream_id, None)
+        self._stream_count_changed()
+
+    async def window_opened(self) -> None:
+        if self.closed:
+            raise trio.BrokenResourceError(self.close_reason)
+        await self._window.park()
+
+    async def wait_writable(self) -> None:
+        while self._queued + self.transport.unsent >= HIGH_WATER and not self.closed:
+            await self._writable.park()
+        if self.closed:
+            raise trio.BrokenResourceError(self.close_reason)
+
+    # -- running
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._timer)
+                task_status.started()
+                # The writer ends once the connection is closed and its last frames (GOAWAY,
+                # RST_STREAM) are sent: cancelling a TLS write halfway would break the stream.
+                await self._writer()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._closed_by(self.close_reason or "the connection was closed")
+            await trio.aclose_forcefully(self.transport)
+
+    def close(self, reason: str = "the connection was closed locally") -> None:
+        """GOAWAY now (sent as the driver stops); every stream breaks."""
+        if not self.closed:
+            self.peer.close()
+            self._closed_by(reason)
+
+    async def _reader(self) -> None:
+        try:
+            with self._read_scope:
+                while not self.closed:
+                    data = await self.transport.receive_some(READ_SIZE)
+                    if not data:
+                        self._closed_by("the peer closed the connection")
+                        return
+                    self._dispatch(self.peer.receive_bytes(data))
+                    self._kick()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._closed_by(f"the connection broke while reading: {_reason(exc)}")
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                while not self._write_wanted.is_set():
+                    await self._write_wanted.wait()
+                self._write_wanted = trio.Event()
+                self._writer_busy = True
+                try:
+                    data = self.peer.data_to_send()
+                    self._queued = 0
+                    if self.closed:
+                        with trio.move_on_after(CLOSE_GRACE):
+                            self.transport.send_nowait(data)
+                            await self.transport.flush()
+                        return
+                    self.transport.send_nowait(data)
+                    await self.transport.flush()
+                finally:
+                    self._writer_busy = False
+                self._writable.unpark_all()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._closed_by(f"the connection broke while writing: {_reason(exc)}")
+
+    async def _timer(self) -> None:
+        while not self.closed:
+            deadline = self._deadline()
+            self._timer_changed = trio.Event()
+            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                await self._timer_changed.wait()
+                continue
+            self._dispatch(self.peer.on_timer(trio.current_time()))
+            self._on_deadline()
+            self._kick()
+
+    def _deadline(self) -> float | None:
+        return self.peer.next_deadline()
+
+    def _on_deadline(self) -> None:
+        """A subclass's own deadline passed (the client's idle timeout)."""
+
+    def _stream_count_changed(self) -> None:
+        self._timer_changed.set()
+
+    def _kick(self, queued: int = 0) -> None:
+        """The peer may have queued frames: send them now, unless the writer owns sending."""
+        self._queued += queued
+        if self._writer_busy or self.closed:
+            self._write_wanted.set()
+            return
+        data = self.peer.data_to_send()
+        self._queued = 0
+        if not data:
+            return
+        try:
+            sent = self.transport.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._closed_by(f"the connection broke while writing: {_reason(exc)}")
+            return
+        if not sent:  # the socket is full: the writer waits for it
+            self._writer_busy = True
+            self._write_wanted.set()
+
+    def _maybe_forget(self, stream_id: int) -> None:
+        if self.peer.phase(stream_id) is None:
+            stream = self.streams.get(stream_id)
+            if stream is not None and stream.finished:
+                self.streams.pop(stream_id, None)
+                self._stream_count_changed()
+
+    def _closed_by(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        for stream in list(self.streams.values()):
+            stream._break(reason)
+        self.streams.clear()
+        self._window.unpark_all()
+        self._writable.unpark_all()
+        self._write_wanted.set()
+        self._timer_changed.set()
+        self._read_scope.cancel()
+
+    def _dispatch(self, events: list) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is StreamData:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._deliver(event.data)
+                else:  # its owner already let it go: nobody will read it
+                    self.peer.acknowledge(event.stream_id, len(event.data))
+            elif kind is SendWindowOpened:
+                self._window.unpark_all()
+            elif kind is StreamHalfClosed:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._end()
+            elif kind is StreamAborted:
+                stream = self.streams.pop(event.stream_id, None)
+                if stream is not None:
+                    who = "the peer" if event.remote else "this proxy"
+                    stream._break(f"stream reset by {who} (error code {event.error_code})")
+                    self._window.unpark_all()  # a sender waiting for window must see the break
+                    self._stream_count_changed()
+                    self._stream_aborted(event.stream_id)
+            elif kind is ConnectionClosed:
+                self._closed_by(f"connection closed ({event.reason}, error code {event.error_code})")
+            else:
+                self._dispatch_side(event)
+
+    def _dispatch_side(self, event: object) -> None:
+        raise NotImplementedError
+
+    def _stream_aborted(self, stream_id: int) -> None:
+        """A subclass's hook: the stream went before its owner let it go."""
+
+
+# ---------------------------------------------------------------- server
+
+
+@dataclass
+class IncomingConnect:
+    """A CONNECT for the handler to answer: ``accept()`` once the upstream is up, or ``reject``."""
+
+    driver: HboneServerDriver
+    stream: HboneStream
+    target: ConnectTarget
+
+    def accept(self) -> HboneStream:
+        if self.driver.closed or self.driver.peer.phase(self.stream.stream_id) is not Phase.AWAITING:
+            raise trio.BrokenResourceError(self.stream._error or "the client gave up on the CONNECT")
+        self.driver.peer.accept(self.stream.stream_id)
+        self.driver._kick()
+        return self.stream
+
+    def reject(self, status: int) -> None:
+        if not self.driver.closed and self.driver.peer.phase(self.stream.stream_id) is Phase.AWAITING:
+            self.driver.peer.reject(self.stream.stream_id, status)
+            self.driver._kick()
+        self.driver.streams.pop(self.stream.stream_id, None)
+        self.driver._stream_count_changed()
+
+
+Handler = Callable[[IncomingConnect], Awaitable[None]]
+RejectionHook = Callable[[ConnectRejection], None]
+
+
+class HboneServerDriver(_Driver):
+    """Serves one accepted HBONE connection: each valid CONNECT runs ``handler`` in its own task;
+    a malformed one has already been answered 400 and is passed to ``on_rejected`` for the log."""
+
+    def __init__(self, transport: TlsStream, local_addresses, handler: Handler,
+                 on_rejected: RejectionHook | None = None) -> None:
+        super().__init__(transport)
+        self.peer = HboneServerConnection(local_addresses, now=trio.current_time())
+        self._handler = handler
+        self._on_rejected = on_rejected
+        self._handlers: trio.Nursery | None = None
+        self.draining = False
+
+    async def serve(self) -> None:
+        """Until the connection ends and every handler has finished."""
+        async with trio.open_nursery() as handlers:
+            self._handlers = handlers
+            await self._run(trio.TASK_STATUS_IGNORED)
+
+    def drain(self) -> None:
+        """Refuse new CONNECTs with 503 (a GOAWAY would end the open streams too: our HTTP/2 layer
+        ends a connection at GOAWAY), and let the open ones finish."""
+        self.draining = True
+
+    def _dispatch_side(self, event: object) -> None:
+        if type(event) is not ConnectRequested:
+            return
+        request = event.request
+        if isinstance(request, ConnectRejection):
+            if self._on_rejected is not None:
+                self._on_rejected(request)
+            return
+        if self.draining or self._handlers is None:
+            self.peer.reject(event.stream_id, 503)
+            return
+        stream = self.streams[event.stream_id] = HboneStream(self, event.stream_id)
+        self._handlers.start_soon(self._handler, IncomingConnect(self, stream, request))
+
+
+# ---------------------------------------------------------------- client
+
+
+class HboneClientDriver(_Driver):
+    """One client HTTP/2 connection; ``open`` a CONNECT stream per proxied TCP connection."""
+
+    def __init__(self, transport: TlsStream, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        super().__init__(transport)
+        self.peer = HboneClientConnection(now=trio.current_time())
+        self._idle_timeout = idle_timeout
+        self._idle_since: float | None = trio.current_time()
+        self._answers: dict[int, trio.Event] = {}
+        self._refused: dict[int, int] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._run(task_status)
+
+    def streams_available(self) -> int:
+        return 0 if self.closed else self.peer.streams_available()
+
+    async def open(self, authority: str, forwarded_for: tuple[str, int] | None,
+                   baggage: str | None = None) -> HboneStream:
+        """CONNECT to ``authority``; returns once the server answered 200, else ``HboneRefused``."""
+        if self.closed:
+            raise trio.BrokenResourceError(self.close_reason)
+        stream_id = self.peer.open_stream(authority, forwarded_for, baggage)
+        stream = self.streams[stream_id] = HboneStream(self, stream_id)
+        answered = self._answers[stream_id] = trio.Event()
+        self._idle_since = None
+        self._stream_count_changed()
+        self._kick()
+        try:
+            await answered.wait()
+        except BaseException:
+            await stream.aclose()
+            raise
+        finally:
+            self._answers.pop(stream_id, None)
+        status = self._refused.pop(stream_id, None)
+        if status is not None:
+            raise HboneRefused(status)
+        if stream._error is not None:
+            raise trio.BrokenResourceError(stream._error)
+        return stream
+
+    def _dispatch_side(self, event: object) -> None:
+        kind = type(event)
+        if kind is ConnectAccepted:
+            answered = self._answers.get(event.stream_id)
+            if answered is not None:
+                answered.set()
+        elif kind is ConnectRefused:
+            self._refused[event.stream_id] = event.status
+            self.streams.pop(event.stream_id, None)
+            self._stream_count_changed()
+            answered = self._answers.get(event.stream_id)
+            if answered is not None:
+                answered.set()
+
+    def _stream_aborted(self, stream_id: int) -> None:
+        answered = self._answers.get(stream_id)  # reset before any answer: ``open`` raises
+        if answered is not None:
+            answered.set()
+
+    def _closed_by(self, reason: str) -> None:
+        super()._closed_by(reason)
+        for answered in self._answers.values():
+            answered.set()
+
+    def _stream_count_changed(self) -> None:
+        if not self.streams and self._idle_since is None:
+            self._idle_since = trio.current_time()
+        elif self.streams:
+            self._idle_since = None
+        super()._stream_count_changed()
+
+    def _deadline(self) -> float | None:
+        deadline = self.peer.next_deadline()
+        if self._idle_since is not None:
+            idle_at = self._idle_since + self._idle_timeout
+            deadline = idle_at if deadline is None else min(deadline, idle_at)
+        return deadline
+
+    def _on_deadline(self) -> None:
+        if self._idle_since is not None and trio.current_time() >= self._idle_since + self._idle_timeout:
+            log.debug("closing an HBONE connection idle for %.0f s", self._idle_timeout)
+            self.close()

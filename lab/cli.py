@@ -1,0 +1,428 @@
+"""``ambient lab up|status|logs|down`` and ``ambient exec``: the local lab from the command line.
+
+``lab up`` works like ``kind create cluster``: it starts the lab's daemon (``lab.daemon``) in
+its own session, relays its progress lines from a pipe, and returns once the daemon reports every
+pod ready, leaving the lab running in the background; ``--foreground`` runs the daemon in the
+command itself until Ctrl-C. The daemon writes the progress lines to the pipe and a last line,
+``READY_MARKER``, then closes it: the end of the pipe without that line means the daemon failed, and
+the command shows the end of its log. The other commands read the daemon's ``status.json`` and act
+on the only lab there is, or the one ``--name`` picks (``lab.state``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bpf import bpffs
+from mesh.netns import enter_netns, netns_path
+from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
+from lab.state import (
+    DEFAULT_LAB_NAME,
+    LabLock,
+    LabNotFoundError,
+    LabPaths,
+    daemon_pid,
+    is_running,
+    pick_lab,
+    pidfd_wait,
+    read_json,
+    write_record,
+)
+from lab.topology import LabPlanError, MAX_NODES
+from lab.workloads import container_process_name
+
+log = logging.getLogger("ambient.lab")
+
+READY_MARKER = "ambient-lab-ready"
+STOP_TIMEOUT = 60.0  # for the daemon to stop its processes and remove its network
+LOG_TAIL_LINES = 30
+
+
+class LabError(Exception):
+    """A lab command cannot do what was asked; the message says why and what to do."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lab = subparsers.add_parser("lab", help="the local lab: a cluster of network namespaces on this machine")
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="build a lab from a directory of Kubernetes YAML and run it")
+    up.add_argument("dir", type=Path, help="directory of Kubernetes-format YAML (watched: edits apply live)")
+    up.add_argument("--name", default=DEFAULT_LAB_NAME, help=f"the lab's name (default {DEFAULT_LAB_NAME})")
+    up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C takes the lab down")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every pod to be ready")
+    up.add_argument("--no-ztunnel", dest="ztunnel", action="store_false",
+                    help="run no ztunnel on the nodes (to test capture with a ztunnel of your own)")
+    up.add_argument("--progress-fd", type=int, help=argparse.SUPPRESS)  # the background daemon's pipe
+    up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="nodes, pods and services of the lab")
+    status.add_argument("--name", help="the lab (default: the only one)")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.set_defaults(func=cmd_status)
+
+    logs = sub.add_parser("logs", help="the log of a pod's container or of a component")
+    logs.add_argument("target", metavar="POD|COMPONENT",
+                      help="NAMESPACE/POD (or POD if the name is unique), or controlplane, lab, ...")
+    logs.add_argument("-c", "--container", help="the container, for a pod with several")
+    logs.add_argument("--name", help="the lab (default: the only one)")
+    logs.set_defaults(func=cmd_logs)
+
+    down = sub.add_parser("down", help="stop the lab and remove everything it made")
+    down.add_argument("--name", help="the lab (default: the only one)")
+    down.set_defaults(func=cmd_down)
+
+    exec_ = subparsers.add_parser("exec", help="run a command in a lab pod's network namespace")
+    exec_.add_argument("--name", help="the lab (default: the only one)")
+    exec_.add_argument("pod", metavar="NAMESPACE/POD")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+    exec_.set_defaults(func=cmd_exec)
+
+
+# -- up
+
+
+def _check_manifests(config_dir: Path) -> None:
+    from mesh.parse import parse_paths
+
+    result = parse_paths([config_dir])
+    if result.errors:
+        for problem in result.errors:
+            print(problem, file=sys.stderr)
+        raise LabError(f"{len(result.errors)} error(s) in {config_dir}; fix them (see `ambient validate`)")
+
+
+def _check_free(paths: LabPaths) -> None:
+    """Refuse a lab that runs or left namespaces or cgroups; forget a dead one's state directory."""
+    if is_running(paths):
+        raise LabError(f"lab {paths.name!r} is already running; `ambient lab down --name {paths.name}` first")
+    from lab import network  # pyroute2: only for the commands that change or list namespaces
+
+    leftovers = network.lab_netns(paths.name)
+    try:
+        if lab_cgroup_dir(paths.name).exists():
+            leftovers.append(str(lab_cgroup_dir(paths.name)))
+    except CgroupUnavailableError:
+        pass
+    if leftovers:
+        raise LabError(f"lab {paths.name!r} left {', '.join(leftovers)} behind; "
+                       f"`ambient lab down --name {paths.name}` removes them")
+    if paths.root.exists():  # only files of a lab that stopped or crashed: start afresh
+        remove_state(paths)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from lab.daemon import LabConfig
+
+    if os.geteuid() != 0:
+        raise LabError("the lab creates network namespaces and cgroups: run it as root")
+    config_dir = args.dir.resolve()
+    if not config_dir.is_dir():
+        raise LabError(f"{args.dir}: not a directory")
+    if not 1 <= args.nodes <= MAX_NODES:
+        raise LabError(f"--nodes: a lab has 1 to {MAX_NODES} nodes, not {args.nodes}")
+    try:
+        paths = LabPaths.of(args.name)
+    except LabPlanError as exc:
+        raise LabError(f"--name: {exc}") from None
+    config = LabConfig(args.name, config_dir, args.nodes, args.log_level, args.timeout, args.ztunnel)
+    if args.progress_fd is not None:  # the background daemon, started below by the user's `lab up`
+        return _run_daemon(config, paths, _pipe_progress(args.progress_fd))
+    _check_manifests(config_dir)
+    _check_free(paths)
+    print(f"Creating lab {args.name!r} from {config_dir} ({args.nodes} nodes)", flush=True)
+    if args.foreground:
+        return _run_daemon(config, paths, _print_progress, foreground=True)
+    return _start_background(args, config_dir, paths)
+
+
+def _print_progress(line: str) -> None:
+    if line != READY_MARKER:
+        print(f" • {line}", flush=True)
+
+
+def _pipe_progress(fd: int):
+    pipe = os.fdopen(fd, "w", buffering=1)
+
+    def progress(line: str) -> None:
+        if line != READY_MARKER:
+            log.info("%s", line)  # also in lab.log, where what happens after `up` returned is kept
+        if pipe.closed:
+            return
+        try:
+            pipe.write(line + "\n")
+            if line == READY_MARKER:
+                pipe.close()
+        except BrokenPipeError:  # the user's `lab up` is gone; the lab goes on
+            pass
+
+    return progress
+
+
+def _start_background(args: argparse.Namespace, config_dir: Path, paths: LabPaths) -> int:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    argv = [sys.executable, "-m", "ambient", "--log-level", args.log_level, "lab", "up", str(config_dir),
+            "--name", paths.name, "--nodes", str(args.nodes), "--timeout", str(args.timeout),
+            "--progress-fd", str(write_end)] + ([] if args.ztunnel else ["--no-ztunnel"])
+    with open(paths.daemon_log, "ab") as log:
+        daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_end,),
+                                  start_new_session=True)  # its own session: the terminal closing does not stop it
+    os.close(write_end)
+    ready = False
+    try:
+        with os.fdopen(read_end) as pipe:
+            for line in pipe:
+                line = line.rstrip("\n")
+                if line == READY_MARKER:
+                    ready = True
+                    break
+                print(f" • {line}", flush=True)
+    except KeyboardInterrupt:
+        print("Interrupted: taking the lab down", file=sys.stderr)
+        daemon.terminate()
+        daemon.wait(timeout=STOP_TIMEOUT)
+        return 130
+    if not ready:
+        status = daemon.wait(timeout=STOP_TIMEOUT)
+        tail = _tail(paths.daemon_log, LOG_TAIL_LINES)
+        print(f"The lab's daemon exited with status {status} before the lab was up. "
+              f"The end of {paths.daemon_log}:\n{tail}", file=sys.stderr)
+        return 1
+    print(f"Lab {paths.name!r} is running in the background (daemon pid {daemon.pid}). Try:\n"
+          f"  ambient lab status\n"
+          f"  ambient exec NAMESPACE/POD -- COMMAND\n"
+          f"  ambient lab logs NAMESPACE/POD\n"
+          f"  ambient lab down", flush=True)
+    return 0
+
+
+def _run_daemon(config, paths: LabPaths, progress, foreground: bool = False) -> int:
+    import trio
+
+    from lab.daemon import Lab, describe_error
+
+    lock = LabLock(paths)
+    lock.acquire()
+    write_record(paths, {"name": config.name, "config_dir": str(config.config_dir), "nodes": config.node_count,
+                         "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    failed = False
+
+    async def main() -> None:
+        nonlocal failed
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                lab = Lab(config, paths, progress)
+                try:
+                    elapsed = await nursery.start(lab.run)
+                except Exception as exc:
+                    failed = True
+                    progress(f"The lab failed to start: {describe_error(exc)}")
+                    raise
+                progress(f"Lab {config.name!r} is up in {elapsed:.1f} s: {len(lab.plan.nodes)} nodes, "
+                         f"{len(lab.plan.pods)} pods; state in {paths.root}")
+                if foreground:
+                    progress("Press Ctrl-C to take the lab down")
+                progress(READY_MARKER)
+                async for signum in signals:
+                    print(f"signal {signal.Signals(signum).name}: taking the lab down", file=sys.stderr, flush=True)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    finally:
+        if not failed:  # a failed start keeps its logs for the user; `lab down` or the next `up` removes them
+            remove_state(paths, ignore_errors=True)
+        lock.release()
+    if foreground:
+        print(f"Lab {config.name!r} is down", flush=True)
+    return 0
+
+
+def remove_state(paths: LabPaths, ignore_errors: bool = False) -> list[Path]:
+    """Remove the lab's state directory, first unmounting the node agents' bpffs in it (which drops
+    every pin, and so every capture, of the lab). Returns the mount points it unmounted."""
+    unmounted = bpffs.unmount_under(paths.root)
+    shutil.rmtree(paths.root, ignore_errors=ignore_errors)
+    return unmounted
+
+
+# -- status
+
+
+def load_status(paths: LabPaths) -> tuple[dict, bool]:
+    running = is_running(paths)
+    status = read_json(paths.status)
+    if status is None:
+        if running:
+            raise LabError(f"lab {paths.name!r} is starting; try again in a moment")
+        raise LabError(f"lab {paths.name!r} is not running; `ambient lab down --name {paths.name}` "
+                       "removes what it left")
+    return status, running
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = pick_lab(args.name)
+    status, running = load_status(paths)
+    if args.output == "json":
+        json.dump({**status, "running": running}, sys.stdout, indent=2)
+        print()
+        return 0
+    cp = status["controlplane"]
+    state = "running" if running else "NOT RUNNING (its daemon is gone)"
+    print(f"Lab {status['lab']!r}: {state}; config {status['config_dir']}; state {status['state_dir']}")
+    print(f"Control plane: {cp['state']} at {cp['address']} (restarts {cp['restarts']})\n")
+    print(format_table([["NODE", "FABRIC IP", "POD CIDR", "PODS", "COMPONENTS"]] + [
+        [n["name"], n["fabric_ip"], n["pod_cidr"], str(n["pods"]),
+         ", ".join(f"{c['name']} {c['state']}" for c in n["components"]) or "-"] for n in status["nodes"]]))
+    print()
+    print(format_table([["NAMESPACE", "POD", "NODE", "IP", "READY", "STATE", "RESTARTS", "DATAPLANE", "CAPTURE"]] + [
+        [p["namespace"], p["name"], p["node"] or "-", p["ip"] or "-", p["ready"], p["state"], str(p["restarts"]),
+         p["dataplane_mode"], p.get("capture", "-")] for p in status["pods"]]))
+    notes = [f"  {p['namespace']}/{p['name']}: {p['message']}" for p in status["pods"]
+             if p["message"] and not p["all_ready"]]
+    if notes:
+        print("\n".join(["", "Not ready:", *notes]))
+    if status["services"]:
+        print()
+        print(format_table([["NAMESPACE", "SERVICE", "VIP", "PORTS"]] + [
+            [s["namespace"], s["name"], s["vip"] or "None",
+             ", ".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])]
+            for s in status["services"]]))
+    return 0
+
+
+# -- logs
+
+
+def _find_pod(status: dict, target: str) -> dict:
+    namespace, _, name = target.rpartition("/")
+    matches = [p for p in status["pods"] if p["name"] == name and (not namespace or p["namespace"] == namespace)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise LabError(f"no pod {target} in lab {status['lab']!r}; `ambient lab status` lists them")
+    raise LabError(f"{len(matches)} pods are named {name}: say NAMESPACE/{name}")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    paths = pick_lab(args.name)
+    status, _ = load_status(paths)
+    components = {"lab": paths.daemon_log, "controlplane": Path(status["controlplane"]["log"])}
+    for node in status["nodes"]:
+        components.update((c["name"], Path(c["log"])) for c in node["components"])
+    if args.target in components:
+        path = components[args.target]
+    else:
+        pod = _find_pod(status, args.target)
+        containers = {c["name"]: c for c in pod["containers"]}
+        if args.container is None and len(containers) > 1:
+            raise LabError(f"pod {pod['namespace']}/{pod['name']} has containers {', '.join(containers)}: pick one with -c")
+        container = containers.get(args.container) if args.container else next(iter(containers.values()), None)
+        if container is None or "log" not in container:
+            raise LabError(f"no log for container {args.container or '(none)'} of pod {pod['namespace']}/{pod['name']}")
+        path = Path(container["log"])
+    try:
+        with open(path, "rb") as log:
+            shutil.copyfileobj(log, sys.stdout.buffer)
+    except FileNotFoundError:
+        raise LabError(f"{path}: no log yet") from None
+    return 0
+
+
+# -- down
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        paths = pick_lab(args.name)
+    except LabNotFoundError:
+        print("No lab to take down", flush=True)
+        return 0
+    pid = daemon_pid(paths)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)  # it stops its processes and removes its network and state
+        if not pidfd_wait(pid, STOP_TIMEOUT):
+            print(f"The lab's daemon (pid {pid}) did not stop within {STOP_TIMEOUT:g} s; killing it", file=sys.stderr)
+            os.kill(pid, signal.SIGKILL)
+            pidfd_wait(pid, 10)
+    # Whatever a daemon that crashed or was killed left: processes (with their cgroups), netns, files.
+    from lab import network
+
+    leftovers = [str(c) for c in _cleanup_cgroups(paths.name)] + network.destroy(paths.name)
+    if paths.root.exists():
+        leftovers += [f"bpffs {point}" for point in remove_state(paths)]
+        leftovers.append(str(paths.root))
+    if pid is None and not leftovers:
+        print(f"Lab {paths.name!r}: nothing to remove", flush=True)
+        return 0
+    detail = f" (cleaned up after it: {', '.join(leftovers)})" if pid is None else ""
+    print(f"Lab {paths.name!r} is down{detail}", flush=True)
+    return 0
+
+
+def _cleanup_cgroups(name: str) -> list[Path]:
+    try:
+        return cleanup_cgroups(name)
+    except CgroupUnavailableError:
+        return []
+
+
+# -- exec
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise LabError("no command: ambient exec NAMESPACE/POD -- COMMAND...")
+    if "/" not in args.pod:
+        raise LabError(f"{args.pod}: say NAMESPACE/POD")
+    paths = pick_lab(args.name)
+    status, _ = load_status(paths)
+    pod = _find_pod(status, args.pod)
+    if not pod["netns"]:
+        raise LabError(f"pod {args.pod} has no network: it is {pod['state']} ({pod['message']})")
+    netns_fd = os.open(netns_path(pod["netns"]), os.O_RDONLY)
+    enter_netns(netns_fd)
+    os.close(netns_fd)
+    # Into the first container's cgroup, as `kubectl exec` runs in the container: `lab down` ends it too.
+    for container in pod["containers"]:
+        cgroup = process_cgroup(paths.name, container_process_name(pod["namespace"], pod["name"], container["name"]))
+        try:
+            (cgroup / "cgroup.procs").write_text("0")
+        except OSError:
+            continue
+        break
+    env = {**os.environ, "POD_NAME": pod["name"], "POD_NAMESPACE": pod["namespace"], "POD_IP": pod["ip"]}
+    sys.stdout.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        print(f"ambient exec: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    except PermissionError as exc:
+        print(f"ambient exec: {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 126

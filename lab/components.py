@@ -1,0 +1,113 @@
+"""The mesh's own processes in a lab: the control plane, and per node and per waypoint what the later
+parts of the mesh add. This is the one place that says what runs where; the daemon starts whatever
+these functions return, supervises it like a pod's container and logs it to ``logs/<name>.log``.
+
+- The control plane (CA and discovery) runs in the lab's ``cp`` netns on the fabric, at
+  10.255.0.2:15012 (metrics on 15014), and serves the lab's YAML directory; every node reaches it.
+- Each node runs its node agent (eBPF capture and ZDS, ``bpf.agent``) and its ztunnel (the L4
+  proxy, ``ztunnel.proxy``) in the node's netns: ``node_processes``. Both reach the control plane with the node's
+  token, which ``prepare_node`` mints once the control plane's CA exists; the agent's state (bpffs,
+  ZDS socket, status.json) is ``LabPaths.node_dir``.
+- Each waypoint Gateway will run its proxy (issue #8) in the waypoint pod's netns:
+  ``waypoint_processes``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from bpf.agent import ZDS_SOCKET
+from ca.store import ROOT_CERT
+from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore
+from controlplane.server import CA_SUBDIR
+from lab.processes import ProcessSpec, process_cgroup
+from lab.state import LabPaths
+from lab.topology import LabPlan, NodePlan, PodPlan
+from lab.workloads import node_name
+
+CONTROLPLANE = "controlplane"
+CONTROLPLANE_PORT = 15012
+CONTROLPLANE_METRICS_PORT = 15014
+CONTROLPLANE_SERVER_NAME = "istiod.istio-system.svc"
+
+
+def controlplane_address(plan: LabPlan) -> tuple[str, int]:
+    return str(plan.control_plane.address.ip), CONTROLPLANE_PORT
+
+
+def _ambient(log_level: str, *args: str) -> tuple[str, ...]:
+    # The venv's interpreter runs the installed package, whatever the working directory.
+    return (sys.executable, "-m", "ambient", "--log-level", log_level, *args)
+
+
+def controlplane_process(paths: LabPaths, plan: LabPlan, config_dir: Path, log_level: str = "info") -> ProcessSpec:
+    host, port = controlplane_address(plan)
+    argv = _ambient(
+        log_level, "controlplane", "--config", str(config_dir), "--state", str(paths.controlplane),
+        "--listen", f"{host}:{port}", "--metrics-listen", f"{host}:{CONTROLPLANE_METRICS_PORT}",
+        "--server-name", CONTROLPLANE_SERVER_NAME, "--server-name", host,
+    )
+    return ProcessSpec(
+        name=CONTROLPLANE, argv=argv, log_path=paths.component_log(CONTROLPLANE),
+        cgroup=process_cgroup(paths.name, CONTROLPLANE), netns=plan.control_plane.netns,
+    )
+
+
+def node_agent_name(node: str) -> str:
+    return f"node-agent-{node}"
+
+
+def node_token_path(paths: LabPaths, node: NodePlan) -> Path:
+    return paths.node_dir(node_name(node.index)) / "token"
+
+
+def prepare_node(paths: LabPaths, node: NodePlan) -> None:
+    """Mint the node's token for the control plane (its CA must exist) unless it has one."""
+    token_path = node_token_path(paths, node)
+    if token_path.exists():
+        return
+    token_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = TokenStore(paths.controlplane / CA_SUBDIR / TOKEN_FILE).create(NodeCaller(node_name(node.index)))
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+
+
+def ztunnel_name(node: str) -> str:
+    return f"ztunnel-{node}"
+
+
+def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: str = "info",
+                   ztunnel: bool = True) -> tuple[ProcessSpec, ...]:
+    """What runs in each node's netns: the node agent, and the ztunnel it hands its pods to over
+    ZDS (``--no-ztunnel`` labs leave ztunnel out)."""
+    host, port = controlplane_address(plan)
+    name = node_agent_name(node_name(node.index))
+    argv = _ambient(
+        log_level, "node-agent", "--node", node_name(node.index), "--lab", plan.name,
+        "--state-dir", str(paths.node_dir(node_name(node.index))),
+        "--discovery-address", f"{host}:{port}", "--server-name", CONTROLPLANE_SERVER_NAME,
+        "--ca-root", str(paths.controlplane / CA_SUBDIR / ROOT_CERT), "--token-file", str(node_token_path(paths, node)),
+    )
+    agent = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
+                        cgroup=process_cgroup(paths.name, name), netns=node.netns)
+    if not ztunnel:
+        return (agent,)
+    name = ztunnel_name(node_name(node.index))
+    argv = _ambient(
+        log_level, "ztunnel", "--node", node_name(node.index),
+        "--zds", str(paths.node_dir(node_name(node.index)) / ZDS_SOCKET),
+        "--discovery-address", f"{host}:{port}", "--server-name", CONTROLPLANE_SERVER_NAME,
+        "--ca-root", str(paths.controlplane / CA_SUBDIR / ROOT_CERT), "--token-file", str(node_token_path(paths, node)),
+    )
+    proxy = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
+                        cgroup=process_cgroup(paths.name, name), netns=node.netns)
+    return (agent, proxy)
+
+
+def waypoint_processes(paths: LabPaths, plan: LabPlan, pod: PodPlan, log_level: str = "info") -> tuple[ProcessSpec, ...] | None:
+    """The waypoint proxy of a waypoint Gateway's pod; None while the waypoint (#8) does not exist,
+    which `lab status` reports on the pod instead of running nothing silently."""
+    return None

@@ -1,0 +1,129 @@
+"""What the lab runs for the cluster state: which pods go on which node, and the process of each
+container. Pure functions of the resources and the plan (no I/O), so the daemon's reconcile loop is
+a diff of two of their results.
+
+- Pods are every pod of the state: bare Pods, the pods of Deployments, and one pod per waypoint
+  Gateway (``controlplane.view.waypoint_pod``). ``spec.nodeName`` picks a node by name (``node-0``...); a
+  name the lab does not have leaves the pod Pending with the reason, as a Kubernetes scheduler would.
+- A container runs ``command`` + ``args`` in the pod's netns, in its own cgroup, with the pod's
+  environment and the YAML directory as its working directory (the samples run files beside their
+  manifest). The lab runs commands, not images: a container without ``command`` cannot start, and
+  its pod says why.
+- A waypoint's pod gets its netns and IP like any pod; its proxy is a component of the lab
+  (``lab.components.waypoint_processes``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh import resources as r
+from lab.processes import ProcessSpec, pod_env, process_cgroup
+from lab.state import LabPaths
+from lab.topology import PodPlan
+from controlplane.view import ClusterState
+
+_NODE_NAME = re.compile(r"node-(0|[1-9][0-9]*)")
+
+
+def node_name(index: int) -> str:
+    return f"node-{index}"
+
+
+@dataclass(frozen=True)
+class LabPod:
+    """A pod of the cluster state, as the lab schedules it."""
+
+    pod: r.Pod
+    node: int | None  # the node asked for by nodeName; None to let the lab spread it
+    unschedulable: str | None = None  # why it cannot run on any node of this lab
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.pod.meta.namespace, self.pod.meta.name)
+
+    @property
+    def is_waypoint(self) -> bool:
+        return self.pod.owner.startswith("Gateway/")
+
+    def runtime_spec(self) -> tuple:
+        """What a running pod's processes depend on: a change means a restart of the pod."""
+        return (self.pod.spec, self.node)
+
+
+def desired_pods(state: ClusterState, node_count: int) -> dict[tuple[str, str], LabPod]:
+    pods = {}
+    for key, pod in sorted(state.pods.items()):
+        wanted = pod.spec.node_name
+        if not wanted:
+            pods[key] = LabPod(pod, None)
+            continue
+        match = _NODE_NAME.fullmatch(wanted)
+        if match and int(match.group(1)) < node_count:
+            pods[key] = LabPod(pod, int(match.group(1)))
+        else:
+            known = ", ".join(node_name(i) for i in range(node_count))
+            pods[key] = LabPod(pod, None, f"spec.nodeName {wanted!r} is not a node of this lab ({known})")
+    return pods
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    name: str
+    process: ProcessSpec | None  # None when it cannot run; `problem` says why
+    problem: str | None = None
+    readiness_probe: r.Probe | None = None  # run by the daemon
+
+
+def container_process_name(namespace: str, pod: str, container: str) -> str:
+    return f"{namespace}/{pod}/{container}"
+
+
+def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path) -> tuple[ContainerPlan, ...]:
+    pod = lab_pod.pod
+    namespace, name = lab_pod.key
+    plans = []
+    for container in pod.spec.containers:
+        probe = container.readiness_probe
+        if not container.command:
+            problem = (f"container {container.name!r} has no command: the lab runs commands, not images"
+                       + (f" ({container.image})" if container.image else ""))
+            plans.append(ContainerPlan(container.name, None, problem))
+            continue
+        try:
+            env = pod_env(namespace, name, str(placed.ip), pod.spec.service_account, dict(container.env))
+            process_name = container_process_name(namespace, name, container.name)
+            spec = ProcessSpec(
+                name=process_name,
+                argv=(*container.command, *container.args),
+                log_path=paths.container_log(namespace, name, container.name),
+                cgroup=process_cgroup(paths.name, process_name),
+                netns=placed.netns,
+                env=env,
+                cwd=cwd,
+            )
+        except ValueError as exc:
+            plans.append(ContainerPlan(container.name, None, str(exc)))
+            continue
+        plans.append(ContainerPlan(container.name, spec, None, probe))
+    return tuple(plans)
+
+
+def pod_phase(container_states: Mapping[str, str], problems: Mapping[str, str], unschedulable: str | None) -> str:
+    """A pod's state in `lab status`, in kubectl's words, from its containers' states."""
+    if unschedulable:
+        return "Pending"
+    if problems:
+        return "Error"
+    states = set(container_states.values())
+    if not states:
+        return "Pending"
+    for state, phase in (("failed", "Error"), ("backoff", "CrashLoopBackOff"), ("starting", "ContainerCreating")):
+        if state in states:
+            return phase
+    if states == {"stopped"}:
+        return "Completed"
+    return "Running"

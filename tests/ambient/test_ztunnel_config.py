@@ -1,0 +1,246 @@
+"""``ambient ztunnel-config``: tables from a sample config dump, and the fetch against a real server."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+
+import pytest
+import trio
+
+from mesh.errors import UsageError
+from lab.cli import LabError
+from ztunnel.admin import Response, serve_http
+from ambient.ztunnel_config import (
+    ConfigFetchError, Target, fetch_config_dump, node_netns, parse_address, register, render, select,
+)
+
+SAMPLE = {
+    "node": "node-0",
+    "workloads": [
+        {"uid": "Kubernetes//v1/Pod/shop/web-0", "name": "web-0", "namespace": "shop", "service_account": "web",
+         "node": "node-0", "addresses": ["10.244.0.11"], "protocol": "HBONE", "waypoint": "shop/wp", "local": True},
+        {"uid": "Kubernetes//v1/Pod/shop/client", "name": "client", "namespace": "shop", "service_account": "client",
+         "node": "node-1", "addresses": ["10.244.1.10"], "protocol": "HBONE", "waypoint": "", "local": False},
+        {"uid": "Kubernetes//v1/Pod/legacy/db", "name": "db", "namespace": "legacy", "service_account": "default",
+         "node": "node-0", "addresses": [], "protocol": "TCP", "waypoint": "", "local": True},
+    ],
+    "services": [
+        {"name": "web", "namespace": "shop", "hostname": "web.shop.svc.cluster.local", "vips": ["10.96.0.10"],
+         "ports": {"80": 8080}, "endpoints": 2, "waypoint": "shop/wp"},
+        {"name": "db", "namespace": "legacy", "hostname": "db.legacy.svc.cluster.local", "vips": [],
+         "ports": {"5432": 5432}, "endpoints": 0, "waypoint": ""},
+    ],
+    "policies": [
+        {"name": "allow-client", "namespace": "shop", "scope": "WORKLOAD_SELECTOR", "action": "ALLOW", "rules": 1},
+        {"name": "deny-all", "namespace": "istio-system", "scope": "GLOBAL", "action": "DENY", "rules": 0},
+    ],
+    "certificates": [
+        {"identity": "spiffe://cluster.local/ns/shop/sa/web", "state": "available", "serial": "1a2b",
+         "not_before": "2026-01-01T00:00:00+00:00", "not_after": "2026-01-02T00:00:00+00:00", "error": None},
+        {"identity": "spiffe://cluster.local/ns/legacy/sa/default", "state": "unavailable", "serial": None,
+         "not_before": None, "not_after": None, "error": "CA refused: token expired"},
+    ],
+    "connections": [
+        {"direction": "inbound", "pod": "shop/web-0", "source": "10.244.1.10:40000",
+         "destination": "10.244.0.11:8080", "source_identity": "spiffe://cluster.local/ns/shop/sa/client",
+         "destination_identity": "spiffe://cluster.local/ns/shop/sa/web", "protocol": "HBONE",
+         "policy": "shop/allow-client", "bytes_sent": 1200, "bytes_received": 80, "duration_seconds": 75.5},
+        {"direction": "outbound", "pod": "legacy/db", "source": "10.244.0.12:50000",
+         "destination": "93.184.216.34:443", "source_identity": None, "destination_identity": None,
+         "protocol": "TCP", "policy": None, "bytes_sent": 0, "bytes_received": 0, "duration_seconds": 1.25},
+    ],
+}
+NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
+
+
+def lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+def test_workloads_table():
+    assert lines(render("workloads", SAMPLE)) == [
+        "NAMESPACE  POD NAME  ADDRESS      NODE    WAYPOINT  PROTOCOL",
+        "legacy     db        None         node-0  None      TCP",
+        "shop       client    10.244.1.10  node-1  None      HBONE",
+        "shop       web-0     10.244.0.11  node-0  shop/wp   HBONE",
+    ]
+
+
+def test_services_table():
+    assert lines(render("services", SAMPLE)) == [
+        "NAMESPACE  SERVICE NAME  SERVICE VIP  WAYPOINT  ENDPOINTS",
+        "legacy     db            None         None      0",
+        "shop       web           10.96.0.10   shop/wp   2",
+    ]
+
+
+def test_policies_table():
+    assert lines(render("policies", SAMPLE)) == [
+        "NAMESPACE     POLICY NAME   ACTION  SCOPE",
+        "istio-system  deny-all      Deny    Global",
+        "shop          allow-client  Allow   WorkloadSelector",
+    ]
+
+
+def test_certificates_table_with_validity_and_errors():
+    assert lines(render("certificates", SAMPLE, now=NOW)) == [
+        "CERTIFICATE NAME                             TYPE  STATUS       VALID CERT  SERIAL NUMBER  "
+        "NOT AFTER                  NOT BEFORE",
+        "spiffe://cluster.local/ns/legacy/sa/default  NA    Unavailable  false       NA             "
+        "NA                         NA",
+        "spiffe://cluster.local/ns/shop/sa/web        Leaf  Available    true        1a2b           "
+        "2026-01-02T00:00:00+00:00  2026-01-01T00:00:00+00:00",
+        "",
+        "Errors:",
+        "  spiffe://cluster.local/ns/legacy/sa/default: CA refused: token expired",
+    ]
+    later = NOW + dt.timedelta(days=2)
+    assert "Available    false" in render("certificates", SAMPLE, now=later)
+    naive = {"certificates": [{**SAMPLE["certificates"][0], "not_before": "2026-01-01T00:00:00",
+                               "not_after": "2026-01-02T00:00:00"}]}  # read as UTC
+    assert "Available  true" in render("certificates", naive, now=NOW)
+
+
+def test_connections_table():
+    peer = "spiffe://cluster.local/ns/shop/sa/client"
+    assert lines(render("connections", SAMPLE)) == [
+        "NAMESPACE  POD    DIRECTION  SOURCE             DESTINATION        " + "PEER IDENTITY".ljust(len(peer)) +
+        "  PROTOCOL  POLICY             SENT  RECEIVED  DURATION",
+        "legacy     db     Outbound   10.244.0.12:50000  93.184.216.34:443  " + "-".ljust(len(peer)) +
+        "  TCP       -                  0     0         1.2s",
+        "shop       web-0  Inbound    10.244.1.10:40000  10.244.0.11:8080   " + peer +
+        "  HBONE     shop/allow-client  1200  80        1m15s",
+    ]
+
+
+def test_filters():
+    assert len(lines(render("workloads", SAMPLE, namespace="shop"))) == 3
+    certificates = lines(render("certificates", SAMPLE, namespace="shop", now=NOW))
+    assert len(certificates) == 2 and certificates[1].startswith("spiffe://cluster.local/ns/shop/")
+    assert [c["pod"] for c in select("connections", SAMPLE, direction="outbound")] == ["legacy/db"]
+    assert [c["pod"] for c in select("connections", SAMPLE, namespace="shop")] == ["shop/web-0"]
+    assert lines(render("policies", SAMPLE, namespace="nowhere")) == ["NAMESPACE  POLICY NAME  ACTION  SCOPE"]
+
+
+def test_all_is_every_table_in_order():
+    text = render("all", SAMPLE, now=NOW)
+    sections = text.split("\n\n")
+    assert [s.splitlines()[0].split()[0] for s in sections if not s.startswith("Errors")] == \
+        ["NAMESPACE", "NAMESPACE", "NAMESPACE", "CERTIFICATE", "NAMESPACE"]
+    everything = select("all", SAMPLE, namespace="legacy")
+    assert everything["node"] == "node-0"
+    assert [w["name"] for w in everything["workloads"]] == ["db"]
+
+
+def test_a_sparse_dump_still_renders():
+    text = render("all", {"node": "n", "workloads": [{"name": "x"}], "connections": None})
+    assert "x" in text
+
+
+def test_parse_address():
+    assert parse_address("127.0.0.1:15000") == ("127.0.0.1", 15000)
+    assert parse_address("[::1]:15000") == ("::1", 15000)
+    for bad in ("15000", "host:", "host:0", "host:http"):
+        with pytest.raises(UsageError, match="--admin-address"):
+            parse_address(bad)
+
+
+def test_node_netns_comes_from_the_lab_status():
+    status = {"lab": "demo", "nodes": [{"name": "node-0", "netns": "amb-demo.node-0"},
+                                       {"name": "node-1", "netns": "amb-demo.node-1"}]}
+    assert node_netns(status, "node-1") == "amb-demo.node-1"
+    with pytest.raises(LabError, match="no node node-7 in lab 'demo'; its nodes are node-0, node-1"):
+        node_netns(status, "node-7")
+
+
+# -- the command, end to end
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ambient")
+    register(top.add_subparsers(dest="command", required=True))
+    return top
+
+
+async def run_command(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    return await trio.to_thread.run_sync(args.func, args)
+
+
+@pytest.fixture
+async def admin_port(nursery):
+    routes = {"/config_dump": lambda: Response.json(SAMPLE)}
+    return await nursery.start(serve_http, ("127.0.0.1", 0), routes)
+
+
+async def test_admin_address_end_to_end(admin_port, capsys):
+    assert await run_command(["ztunnel-config", "workloads", "--admin-address", f"127.0.0.1:{admin_port}"]) == 0
+    assert capsys.readouterr().out == render("workloads", SAMPLE) + "\n"
+    assert await run_command(["ztunnel-config", "connections", "--admin-address", f"127.0.0.1:{admin_port}",
+                              "-o", "json", "--direction", "inbound"]) == 0
+    assert json.loads(capsys.readouterr().out) == [SAMPLE["connections"][0]]
+    assert await run_command(["ztunnel-config", "certs", "--admin-address", f"127.0.0.1:{admin_port}",
+                              "-n", "shop"]) == 0
+    assert "legacy" not in capsys.readouterr().out
+
+
+async def test_refused_connection_is_one_clear_line():
+    with socket.socket() as sock:  # bound, never listening: a connection to it is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(ConfigFetchError) as caught:
+            await trio.to_thread.run_sync(fetch_config_dump, Target("127.0.0.1", port))
+    assert str(caught.value) == f"ztunnel admin at 127.0.0.1:{port}: connection refused; is ztunnel running there?"
+    assert isinstance(caught.value, LabError)  # `ambient` prints it as one line
+
+
+@pytest.mark.parametrize("response, message", [
+    (Response.text(503, "not ready: no certificates\nmore"), "answered 503: not ready: no certificates"),
+    (Response.text(200, "<html>"), "sent a config dump that is not JSON"),
+    (Response.json([1, 2]), "sent a config dump that is not a JSON object"),
+])
+async def test_bad_answers_are_errors(nursery, response, message):
+    port = await nursery.start(serve_http, ("127.0.0.1", 0), {"/config_dump": lambda: response})
+    with pytest.raises(ConfigFetchError, match=message):
+        await trio.to_thread.run_sync(fetch_config_dump, Target("127.0.0.1", port))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setns needs CAP_SYS_ADMIN")
+async def test_fetch_from_a_netns_runs_in_a_thread_that_enters_it(admin_port):
+    own = os.readlink("/proc/thread-self/ns/net")
+    target = Target("127.0.0.1", admin_port, netns_path="/proc/self/ns/net", where="in node test")
+    assert await trio.to_thread.run_sync(fetch_config_dump, target) == SAMPLE
+    assert os.readlink("/proc/thread-self/ns/net") == own
+
+
+async def test_a_missing_netns_says_so(admin_port):
+    target = Target("127.0.0.1", admin_port, netns_path="/nonexistent/netns/amb-x.node-0")
+    with pytest.raises(ConfigFetchError, match="amb-x.node-0 does not exist: is the lab up"):
+        await trio.to_thread.run_sync(fetch_config_dump, target)
+
+
+def test_node_of_a_lab_that_is_not_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMBIENT_LAB_ROOT", str(tmp_path))
+    args = parser().parse_args(["ztunnel-config", "all", "--node", "node-0", "--lab", "nolab"])
+    with pytest.raises(LabError, match="lab 'nolab' is not running"):
+        args.func(args)
+
+
+def test_node_from_the_lab_status(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMBIENT_LAB_ROOT", str(tmp_path))
+    (tmp_path / "fake").mkdir()
+    status = {"lab": "fake", "nodes": [{"name": "node-0", "netns": "amb-fake.node-0"}]}
+    (tmp_path / "fake" / "status.json").write_text(json.dumps(status))
+    args = parser().parse_args(["ztunnel-config", "workloads", "--node", "node-3", "--lab", "fake"])
+    with pytest.raises(LabError, match="no node node-3 in lab 'fake'"):
+        args.func(args)
+
+
+def test_lab_without_node_is_a_usage_error():
+    args = parser().parse_args(["ztunnel-config", "workloads", "--lab", "x"])
+    with pytest.raises(UsageError, match="--lab: only with --node"):
+        args.func(args)
