@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
+
+log = logging.getLogger("ambient")
 
 
 async def first_of(*waits: Callable[[], Awaitable[object]]) -> int:
@@ -22,3 +28,25 @@ async def first_of(*waits: Callable[[], Awaitable[object]]) -> int:
             nursery.start_soon(one, index, wait)
     assert first is not None  # the nursery only ends early by our own cancel (or raises)
     return first
+
+
+# accept() errors that mean "out of capacity for now" (fds, memory): the loop waits and tries again,
+# as trio.serve_listeners does, instead of ending the listener. Anything else ends it.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1  # seconds to wait after such an error
+
+
+async def accept_loop(listener: trio.socket.SocketType, handle: Callable[[trio.socket.SocketType, Any], object],
+                      nursery: trio.Nursery, what: str) -> None:
+    """Accept connections on ``listener`` for ever, starting ``handle(sock, peer)`` in ``nursery`` for
+    each; rides out running out of fds or memory (logged, naming ``what``)."""
+    while True:
+        try:
+            sock, peer = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            log.error("%s: cannot accept (%s); retrying in %.1f s", what, os.strerror(exc.errno), ACCEPT_RETRY_DELAY)
+            await trio.sleep(ACCEPT_RETRY_DELAY)
+            continue
+        nursery.start_soon(handle, sock, peer)
