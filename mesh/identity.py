@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+# The namespace whose GLOBAL AuthorizationPolicies apply to the whole mesh (Istio's default root).
+ROOT_NAMESPACE = "istio-system"
 
 # SPIFFE trust domains: lowercase letters, digits, '.', '-', '_' (SPIFFE-ID spec section 2.1).
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from mesh.api import authorization_pb2 as pb
 from mesh.api import workload_pb2 as wpb
-from mesh.identity import SpiffeId
-from ztunnel.policy import ROOT_NAMESPACE, ConnectionAttributes, applicable_policies, authorize
+from mesh.identity import ROOT_NAMESPACE, SpiffeId
+from ztunnel.policy import ConnectionAttributes, applicable_policies, authorize
 from ztunnel.state import ProxyState, identity_of
 
 

@@ -51,11 +51,9 @@ from dataclasses import dataclass, field
 from mesh.api import authorization_pb2 as pb
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import policy_key
-from mesh.identity import SpiffeId
+from mesh.identity import ROOT_NAMESPACE, SpiffeId
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-ROOT_NAMESPACE = "istio-system"
 
 
 def _ip(value: object, what: str) -> IPAddress:
@@ -353,6 +351,6 @@ def authorize(conn: ConnectionAttributes, policies: Iterable[pb.Authorization]) 
 
 
 __all__ = [
-    "CompiledPolicy", "ConnectionAttributes", "Decision", "ROOT_NAMESPACE", "applicable_policies", "authorize",
+    "CompiledPolicy", "ConnectionAttributes", "Decision", "applicable_policies", "authorize",
     "clause_holds", "compile_policy", "compiled", "group_holds", "match_holds", "policy_matches",
 ]

@@ -28,7 +28,7 @@ import trio
 from mesh.certs import CertificateError, CertifiedKey
 from ca.secrets import SecretManager
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
-from mesh.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
+from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
 from mesh.xds.client import DiscoveryClient
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker
 from hbone.connect import ConnectRejection
@@ -37,7 +37,6 @@ from ztunnel.inbound import decide_inbound
 from ztunnel.metrics import tcp_labels
 from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
 from ztunnel.pods import Pod, PodSet
-from ztunnel.policy import ROOT_NAMESPACE
 from hbone.pool import HbonePool
 from hbone.relay import relay, reset
 from ztunnel.sockets import AppAddress, accepted_stream, connect, connect_as_client, upstream_socket
