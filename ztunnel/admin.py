@@ -30,6 +30,7 @@ from typing import Protocol
 import h11
 import trio
 
+from mesh.addresses import format_address
 from ztunnel.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("ambient.ztunnel.admin")
@@ -89,7 +90,7 @@ async def bind_tcp(listen: tuple[str, int]) -> trio.SocketListener:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {_address(host, port)}: {exc.strerror or exc}") from None
+        raise OSError(exc.errno, f"cannot listen on {format_address(host, port)}: {exc.strerror or exc}") from None
     except BaseException:
         sock.close()
         raise
@@ -117,10 +118,6 @@ async def serve_http(listen: tuple[str, int], routes: Mapping[str, Handler], *,
     listener = await bind_tcp(listen)
     task_status.started(bound_port(listener))
     await serve_listener(listener, routes, request_timeout=request_timeout)
-
-
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _serve_connection(stream: trio.abc.HalfCloseableStream, *, routes: Mapping[str, Handler],

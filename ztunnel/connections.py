@@ -22,6 +22,7 @@ from typing import TextIO
 
 import trio
 
+from mesh.addresses import format_address
 from mesh.identity import SpiffeId
 from hbone.relay import Counts
 
@@ -29,10 +30,7 @@ log = logging.getLogger("ambient.ztunnel.connections")
 
 
 def address_text(address: tuple[str, int] | None) -> str | None:
-    if address is None:
-        return None
-    ip, port = address
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return format_address(*address) if address is not None else None
 
 
 @dataclass

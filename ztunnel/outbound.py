@@ -41,15 +41,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from mesh.addresses import format_address
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import InvalidSpiffeId, SpiffeId
 from mesh.ports import HBONE_PORT
 from ztunnel.state import Endpoint, ProxyState, identity_of, ip_text, service_key_of, subject_alt_names
-
-
-def authority(ip: str, port: int) -> str:
-    """``ip:port``, with brackets around an IPv6 address."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _check_address(address: tuple[str, int]) -> None:
@@ -249,7 +245,7 @@ def _to_service(source: wpb.Workload, destination: tuple[str, int], service: wpb
         identity = identity_of(chosen.workload)
     except InvalidSpiffeId as e:
         return Refuse(f"endpoint {chosen.uid} of service {key} has no valid identity: {e}")
-    return HboneToPod((chosen.ip, HBONE_PORT), authority(chosen.ip, chosen.port), identity, chosen.uid,
+    return HboneToPod((chosen.ip, HBONE_PORT), format_address(chosen.ip, chosen.port), identity, chosen.uid,
                       key, subject_alt_names(service))
 
 
@@ -265,7 +261,7 @@ def _to_workload(source: wpb.Workload, destination: tuple[str, int], workload: w
     except InvalidSpiffeId as e:
         return Refuse(f"workload {workload.uid} has no valid identity: {e}")
     ip, port = destination
-    return HboneToPod((ip, HBONE_PORT), authority(ip, port), identity, workload.uid)
+    return HboneToPod((ip, HBONE_PORT), format_address(ip, port), identity, workload.uid)
 
 
 def _via_waypoint(gateway: wpb.GatewayAddress, destination: tuple[str, int], state: ProxyState,
@@ -283,7 +279,7 @@ def _via_waypoint(gateway: wpb.GatewayAddress, destination: tuple[str, int], sta
     except InvalidSpiffeId as e:
         return Refuse(f"waypoint pod {chosen.uid} has no valid identity: {e}")
     sans = subject_alt_names(waypoint.service) if waypoint.service is not None else ()
-    return HboneToWaypoint((chosen.ip, chosen.port), authority(*destination), identity, chosen.uid, key,
+    return HboneToWaypoint((chosen.ip, chosen.port), format_address(*destination), identity, chosen.uid, key,
                            service, workload_uid, sans)
 
 

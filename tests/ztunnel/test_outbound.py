@@ -8,6 +8,8 @@ Each world is a few Kubernetes YAML documents run through the control plane's ow
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -16,7 +18,7 @@ from mesh.api.types import ADDRESS_TYPE_URL
 from mesh.identity import SpiffeId
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 from ztunnel.outbound import (
-    HboneToPod, HboneToWaypoint, LeastRequests, Passthrough, Refuse, RoundRobin, authority, plan_outbound,
+    HboneToPod, HboneToWaypoint, LeastRequests, Passthrough, Refuse, RoundRobin, plan_outbound,
 )
 from ztunnel.state import Endpoint, ProxyState
 
@@ -381,12 +383,15 @@ def test_plans_validate_themselves(make):
         make()
 
 
-@pytest.mark.parametrize("ip, port, expected", [
-    pytest.param("10.0.0.1", 80, "10.0.0.1:80", id="ipv4"),
-    pytest.param("fd00::1", 80, "[fd00::1]:80", id="ipv6-bracketed"),
-])
-def test_authority(ip, port, expected):
-    assert authority(ip, port) == expected
+def test_an_ipv6_destinations_authority_is_bracketed():
+    """The control plane sends IPv4 only today; a dual-stack pod's CONNECT must still be well formed."""
+    web = wpb.Workload(uid="w", name="web-0", namespace="shop", service_account="web", tunnel_protocol=wpb.HBONE,
+                       addresses=[ipaddress.IPv6Address("fd00::11").packed])
+    client = wpb.Workload(uid="c", name="client", namespace="shop", service_account="client",
+                          tunnel_protocol=wpb.HBONE, addresses=[ipaddress.IPv6Address("fd00::10").packed])
+    state = ProxyState.from_addresses({"w": wpb.Address(workload=web), "c": wpb.Address(workload=client)})
+    assert plan_outbound(client, ("fd00::11", 8080), state, RoundRobin()) == HboneToPod(
+        ("fd00::11", 15008), "[fd00::11]:8080", SpiffeId("cluster.local", "shop", "web"), "w")
 
 
 def test_plans_are_frozen():
