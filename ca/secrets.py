@@ -18,11 +18,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from mesh.backoff import Backoff
 from mesh.certs import CertificateError, CertifiedKey
 from mesh.identity import SpiffeId
 
@@ -31,9 +31,9 @@ log = logging.getLogger("ambient.ca.secrets")
 Fetch = Callable[[SpiffeId], Awaitable[CertifiedKey]]
 
 
-def default_jitter(delay: float) -> float:
-    # Proxies that lost the CA together should not all retry in the same instant.
-    return delay * random.uniform(0.8, 1.0)
+# 1 s doubling up to a minute; each wait shortened by up to a fifth at random, so that proxies that
+# lost the CA together do not all retry in the same instant.
+REFRESH_BACKOFF = Backoff(initial=1.0, cap=60.0, multiplier=2.0, jitter=0.2)
 
 
 class CertificateUnavailable(CertificateError):
@@ -106,25 +106,15 @@ class SecretManager:
 
     ``fetch`` is usually ``CaClient.fetch``. Start it with ``await nursery.start(manager.run)``
     before calling ``get`` or ``prefetch``. ``get`` waits as long as the next attempt takes (up to
-    ``max_backoff`` during an outage): callers that need a bound put it in a cancel scope.
+    ``backoff.cap`` during an outage): callers that need a bound put it in a cancel scope.
     """
 
-    def __init__(
-        self,
-        fetch: Fetch,
-        *,
-        initial_backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        jitter: Callable[[float], float] | None = None,
-    ) -> None:
-        if not 0 < initial_backoff <= max_backoff:
-            raise ValueError(
-                f"backoff must satisfy 0 < initial_backoff <= max_backoff, got {initial_backoff} and {max_backoff}"
-            )
+    def __init__(self, fetch: Fetch, *, backoff: Backoff = REFRESH_BACKOFF) -> None:
+        if backoff.initial <= 0:
+            # A failing CA would be called in a busy loop.
+            raise ValueError(f"the retry backoff must start above 0 s: {backoff}")
         self._fetch = fetch
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._jitter = jitter or default_jitter
+        self._backoff = backoff
         self._entries: dict[SpiffeId, _Entry] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -190,7 +180,7 @@ class SecretManager:
         return entry
 
     async def _refresh(self, entry: _Entry) -> None:
-        backoff = self._initial_backoff
+        failures = 0  # in a row: the next retry's attempt number
         with entry.scope:
             while True:
                 attempt = entry.next
@@ -198,8 +188,8 @@ class SecretManager:
                     cert = await self._fetch(entry.identity)
                     refresh_at, expires_at = _deadlines(cert)
                 except Exception as exc:  # any failure is retried; only cancellation ends the task
-                    delay = self._jitter(backoff)
-                    backoff = min(backoff * 2, self._max_backoff)
+                    delay = self._backoff.delay(failures)
+                    failures += 1
                     reason = f"{type(exc).__name__}: {exc}"
                     log.warning("fetching a certificate for %s failed (retry in %.1fs): %s", entry.identity, delay, reason)
                     held = entry.cert
@@ -211,6 +201,6 @@ class SecretManager:
                     entry.cert, entry.expires_at = cert, expires_at
                     entry.next = _Attempt()
                     attempt.succeed(cert)
-                    backoff = self._initial_backoff
+                    failures = 0
                     log.debug("certificate for %s valid until %s", entry.identity, cert.not_after.isoformat())
                     await trio.sleep_until(refresh_at)
