@@ -7,7 +7,7 @@ plane's: ``controlplane.xds``. The names below load on first use.
 import importlib
 
 _HOMES = {
-    "Backoff": "mesh.xds.client", "Change": "mesh.xds.client", "ChangesLost": "mesh.xds.client",
+    "Backoff": "mesh.backoff", "Change": "mesh.xds.client", "ChangesLost": "mesh.xds.client",
     "ClientConfig": "mesh.xds.client", "ClientState": "mesh.xds.client", "DiscoveryClient": "mesh.xds.client",
 }
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, METHOD_PATH, WILDCARD, unpack
+from mesh.backoff import Backoff
 
 log = logging.getLogger("ambient.xds.client")
 
@@ -45,25 +45,6 @@ MAX_NACK_MESSAGE = 4096  # error_detail is for humans and logs; do not echo mega
 CHANGE_HISTORY = 4096
 
 Validate = Callable[[str, str, Message], None]  # (type URL, name, message); raises ValueError to reject
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before reconnect attempt n (0-based): ``min(cap, initial * multiplier**n)``, scaled by
-    a random factor in [1 - jitter, 1] so that clients that lost the server together spread out."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.cap or self.multiplier < 1 or not 0 <= self.jitter < 1:
-            raise ValueError(f"backoff needs 0 < initial <= cap, multiplier >= 1, 0 <= jitter < 1: {self}")
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.cap, self.initial * self.multiplier ** min(attempt, 64))
-        return base * random.uniform(1 - self.jitter, 1)
 
 
 @dataclass(frozen=True)
@@ -76,10 +57,14 @@ class ClientConfig:
     subscriptions: Mapping[str, frozenset[str] | None]
     server_name: str | None = None  # TLS name to check instead of the target's host
     node_id: str = ""
-    backoff: Backoff = Backoff()
+    # Reconnects: 0.5 s doubling to 30 s, each up to half shorter at random.
+    backoff: Backoff = Backoff(initial=0.5, cap=30.0, multiplier=2.0, jitter=0.5)
     max_response_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if self.backoff.initial <= 0:
+            raise ValueError(f"the reconnect backoff must start above 0 s, or a down server is called in a busy "
+                             f"loop: {self.backoff}")
         if b"-----BEGIN CERTIFICATE-----" not in self.root_pem:
             # grpc would fall back to the system's roots: never trust anything but the mesh root.
             raise ValueError("root_pem must hold the mesh root certificate in PEM")

@@ -29,7 +29,8 @@ from ca.placement import StaticPodPlacement
 from ca.server import CaMetrics, CaServer, ServeConfig
 from ca.service import CertificateService
 from ca.tokens import NodeCaller, TokenStore
-from mesh.xds.client import Backoff, Change, ChangesLost, ClientConfig, DiscoveryClient
+from mesh.backoff import Backoff
+from mesh.xds.client import Change, ChangesLost, ClientConfig, DiscoveryClient
 from mesh.api.types import METHOD_PATH
 from controlplane.xds.server import MAX_QUEUED_REQUESTS, DiscoveryHandler, _Inbox, discovery_handler
 from controlplane.xds.snapshot import Publisher

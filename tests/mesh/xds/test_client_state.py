@@ -7,7 +7,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.any_pb2 import Any
 
 from mesh.api.types import pack
-from mesh.xds.client import MAX_NACK_MESSAGE, Backoff, ClientConfig, ClientState
+from mesh.backoff import Backoff
+from mesh.xds.client import MAX_NACK_MESSAGE, ClientConfig, ClientState
 from tests.controlplane.xds.helpers import ADDRESS, AUTHZ, policy, workload
 
 W1, W2, W3 = "cluster/default/w1", "cluster/default/w2", "cluster/default/w3"
@@ -118,6 +119,7 @@ def test_subscribe_and_unsubscribe():
         ({"subscriptions": {ADDRESS: frozenset({"*"})}}, "use None"),
         ({"subscriptions": {ADDRESS: frozenset()}}, "at least one resource"),
         ({"subscriptions": {ADDRESS: "cluster/default/w1"}}, "not one string"),
+        ({"backoff": Backoff(initial=0, cap=1)}, "must start above 0"),
     ],
 )
 def test_config_is_validated(overrides, message):
@@ -129,9 +131,7 @@ def test_config_is_validated(overrides, message):
 def test_config_hides_secrets_and_backoff_is_bounded():
     config = ClientConfig(target="x:1", root_pem=PEM, token="amt_secret", subscriptions={ADDRESS: [W1]})
     assert "amt_secret" not in repr(config) and config.subscriptions[ADDRESS] == frozenset({W1})
-    backoff = Backoff(initial=1, cap=8, multiplier=2, jitter=0.5)
-    assert [backoff.delay(n) <= min(8, 2 ** n) for n in range(10)] == [True] * 10
-    assert all(backoff.delay(n) >= min(8, 2 ** n) / 2 for n in range(10))
-    assert backoff.delay(10_000) <= 8
-    with pytest.raises(ValueError):
-        Backoff(initial=0)
+    # Reconnects spread out (up to half shorter at random) and never wait more than 30 s.
+    backoff = config.backoff
+    assert all(min(30, 0.5 * 2 ** n) / 2 <= backoff.delay(n) <= min(30, 0.5 * 2 ** n) for n in range(12))
+    assert backoff.delay(10_000) <= 30
