@@ -36,7 +36,8 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 ACCEPT_RETRY_DELAY = 0.1  # seconds to wait after such an error
 
 
-async def accept_loop(listener: trio.socket.SocketType, handle: Callable[[trio.socket.SocketType, Any], object],
+async def accept_loop(listener: trio.socket.SocketType,
+                      handle: Callable[[trio.socket.SocketType, Any], Awaitable[object]],
                       nursery: trio.Nursery, what: str) -> None:
     """Accept connections on ``listener`` for ever, starting ``handle(sock, peer)`` in ``nursery`` for
     each; rides out running out of fds or memory (logged, naming ``what``)."""

@@ -39,7 +39,6 @@ from __future__ import annotations
 import array
 import contextlib
 import enum
-import errno
 import itertools
 import logging
 import os
@@ -55,7 +54,7 @@ import trio
 from google.protobuf.message import DecodeError, Message
 
 from mesh.api import zds_pb2
-from mesh.concurrency import first_of
+from mesh.concurrency import accept_loop, first_of
 
 log = logging.getLogger("ambient.zds")
 
@@ -66,9 +65,6 @@ HELLO_TIMEOUT = 10.0
 SOCKET_MODE = 0o600
 _BACKLOG = 8
 _FD_SIZE = array.array("i").itemsize
-# Accept errors that mean "out of resources right now", not "the listener is broken": log, back off.
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_ACCEPT_BACKOFF = 0.1
 
 M = TypeVar("M", bound=Message)
 
@@ -423,7 +419,7 @@ class ZdsServer:
                 log.info("ZDS listening on %s", self.socket_path)
                 task_status.started()
                 async with trio.open_nursery() as nursery:
-                    await self._accept_loop(listener, nursery)
+                    await accept_loop(listener, self._accept, nursery, "ZDS")
         finally:
             listener.close()
             if inode is not None:
@@ -431,17 +427,8 @@ class ZdsServer:
             self._shut()
             self._serve_done.set()
 
-    async def _accept_loop(self, listener: trio.socket.SocketType, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                sock, _ = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("ZDS accept failed (%s); retrying in %.1f s", os.strerror(exc.errno), _ACCEPT_BACKOFF)
-                await trio.sleep(_ACCEPT_BACKOFF)
-                continue
-            nursery.start_soon(self._handle, _Connection(next(self._connection_ids), sock))
+    async def _accept(self, sock: trio.socket.SocketType, _peer: object) -> None:
+        await self._handle(_Connection(next(self._connection_ids), sock))
 
     async def aclose(self) -> None:
         """Stop serving: close the connection, the listener and every fd held; unlink the socket."""
