@@ -62,7 +62,7 @@ def config_dump(ztunnel) -> dict:
         "node": ztunnel.config.node,
         "workloads": [_workload(w, uid in local) for uid, w in sorted(state.workloads.items())],
         "services": [_service(key, s, len(state.backing(key))) for key, s in sorted(state.services.items())],
-        "policies": [_policy(p) for _, p in sorted(ztunnel.authorizations.items())],
+        "policies": [_policy(p) for _, p in sorted(state.authorizations.items())],
         "certificates": [_certificate(identity, ztunnel.secrets.current(identity), None)
                          for identity in ztunnel.secrets.identities()],
         "connections": ztunnel.tracker.snapshot(),

@@ -47,6 +47,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mesh.api import authorization_pb2 as pb
 from mesh.api import workload_pb2 as wpb
@@ -54,9 +55,10 @@ from mesh.api.types import policy_key
 from mesh.identity import ROOT_NAMESPACE, SpiffeId
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddressLike = IPAddress | str | bytes | int  # what ``ipaddress.ip_address`` reads
 
 
-def _ip(value: object, what: str) -> IPAddress:
+def _ip(value: AddressLike, what: str) -> IPAddress:
     try:
         ip = ipaddress.ip_address(value)  # str, int, 4 or 16 bytes, or an address already
     except ValueError:
@@ -75,9 +77,9 @@ class ConnectionAttributes:
     IPv4-mapped IPv6 address as IPv4. ``destination_port`` 0 means unknown.
     """
 
-    source_ip: IPAddress
+    source_ip: AddressLike  # an IPAddress once built
     source_identity: SpiffeId | None
-    destination_ip: IPAddress
+    destination_ip: AddressLike  # an IPAddress once built
     destination_port: int = 0
     # Derived from the identity, once: what principals, namespaces and service accounts compare.
     source_principal: str | None = field(init=False, repr=False, compare=False)
@@ -91,19 +93,17 @@ class ConnectionAttributes:
         port = self.destination_port
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"destination port {port!r} is not in 0-65535")
-        derived = {
-            "source_ip": _ip(self.source_ip, "source IP"),
-            "destination_ip": _ip(self.destination_ip, "destination IP"),
-            "source_principal": None,
-            "source_namespace": None,
-            "source_service_account": None,
-        }
-        if identity is not None:
-            derived["source_principal"] = str(identity).removeprefix("spiffe://")
-            derived["source_namespace"] = identity.namespace
-            derived["source_service_account"] = (identity.namespace, identity.service_account)
-        for name, value in derived.items():
-            object.__setattr__(self, name, value)
+        set_field = object.__setattr__  # frozen: the derived fields are set once, here
+        set_field(self, "source_ip", _ip(self.source_ip, "source IP"))
+        set_field(self, "destination_ip", _ip(self.destination_ip, "destination IP"))
+        if identity is None:
+            principal, namespace, account = None, None, None
+        else:
+            principal = str(identity).removeprefix("spiffe://")
+            namespace, account = identity.namespace, (identity.namespace, identity.service_account)
+        set_field(self, "source_principal", principal)
+        set_field(self, "source_namespace", namespace)
+        set_field(self, "source_service_account", account)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,8 @@ class Decision:
 # ---------------------------------------------------------------- compiling a policy
 
 # A predicate over one attribute of the connection: "does any entry of the field match this value?"
-_Test = Callable[[object], bool]
+# The value is whatever type that attribute has (an address, a string, a pair, or None): Any.
+_Test = Callable[[Any], bool]
 # One Match: (attribute of ConnectionAttributes, positive test or None, negative test or None), ...
 _Match = tuple[tuple[str, _Test | None, _Test | None], ...]
 # A clause: its alternatives (Matches that set no field are left out, so an empty tuple never holds).
@@ -127,7 +128,7 @@ _Clause = tuple[_Match, ...]
 _Group = tuple[_Clause, ...]
 
 
-def _never(_value: object) -> bool:
+def _never(_value: Any) -> bool:
     return False
 
 
@@ -153,7 +154,7 @@ def _strings(matches: Iterable[pb.StringMatch]) -> _Test | None:
         return None
     starts, ends = tuple(prefixes), tuple(suffixes)
 
-    def test(value: object) -> bool:
+    def test(value: str | None) -> bool:
         if value is None:  # no identity: no principal or namespace, not even for presence
             return False
         return (value in exact or presence
@@ -183,8 +184,8 @@ def _addresses(addresses: Iterable[pb.Address]) -> _Test | None:
     if not networks:
         return _never
 
-    def test(ip: object) -> bool:
-        return any(ip.version == n.version and ip in n for n in networks)  # type: ignore[attr-defined, operator]
+    def test(ip: IPAddress) -> bool:
+        return any(ip.version == n.version and ip in n for n in networks)
 
     return test
 
@@ -325,10 +326,10 @@ def applicable_policies(workload: wpb.Workload, authorizations: Mapping[str, pb.
         seen.add(key)
     chosen = mesh_wide + namespace_wide
     for key in workload.authorization_policies:
-        policy = authorizations.get(key)
-        if policy is not None and key not in seen:
+        named = authorizations.get(key)
+        if named is not None and key not in seen:
             seen.add(key)
-            chosen.append(policy)
+            chosen.append(named)
     return chosen
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -33,7 +32,7 @@ from mesh.xds.client import DiscoveryClient
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker
 from hbone.connect import ConnectRejection
 from hbone.driver import HboneRefused, HboneServerDriver, IncomingConnect
-from ztunnel.inbound import decide_inbound
+from ztunnel.inbound import InboundRequest, decide_inbound
 from ztunnel.metrics import tcp_labels
 from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
 from ztunnel.pods import Pod, PodSet
@@ -73,8 +72,7 @@ class Ztunnel:
         self.discovery = discovery
         self.secrets = secrets
         self.metrics = metrics
-        self.state = ProxyState.from_addresses({})
-        self.authorizations: Mapping = {}
+        self.state = ProxyState.from_addresses({}, root_namespace=config.root_namespace)
         self.contexts = ContextCache()
         self.balancer = RoundRobin()
         self.tracker = ConnectionTracker(metrics, access_log or AccessLog())
@@ -125,8 +123,9 @@ class Ztunnel:
             self.tracker.reevaluate()
 
     def _apply_view(self) -> None:
-        self.state = ProxyState.from_addresses(dict(self.discovery.view(ADDRESS_TYPE_URL)))
-        self.authorizations = dict(self.discovery.view(AUTHORIZATION_TYPE_URL))
+        self.state = ProxyState.from_addresses(dict(self.discovery.view(ADDRESS_TYPE_URL)),
+                                               self.discovery.view(AUTHORIZATION_TYPE_URL),
+                                               root_namespace=self.config.root_namespace)
 
     # ------------------------------------------------------------ pods
 
@@ -283,12 +282,11 @@ class Ztunnel:
         target = request.target
         source_ip = peer[0]
 
+        inbound = InboundRequest(pod.uid, pod.uid in self.pods.pods, (target.ip, target.port), source_ip,
+                                 peer_identity, hbone=True)
+
         def decide():
-            return decide_inbound(
-                destination=self.state.workloads.get(pod.uid), served=pod.uid in self.pods.pods,
-                source_ip=source_ip, source_identity=peer_identity, destination_ip=target.ip,
-                destination_port=target.port, state=self.state, authorizations=self.authorizations, hbone=True,
-                root_namespace=self.config.root_namespace)
+            return decide_inbound(inbound, self.state)
 
         decision = decide()
         conn = self._inbound_connection(pod, "HBONE", target.forwarded_for or peer, (target.ip, target.port),
@@ -318,12 +316,10 @@ class Ztunnel:
         downstream = accepted_stream(tsock)
         ip, port = downstream.socket.getsockname()[:2]
 
+        inbound = InboundRequest(pod.uid, pod.uid in self.pods.pods, (ip, port), peer[0], None, hbone=False)
+
         def decide():
-            return decide_inbound(
-                destination=self.state.workloads.get(pod.uid), served=pod.uid in self.pods.pods,
-                source_ip=peer[0], source_identity=None, destination_ip=ip, destination_port=port,
-                state=self.state, authorizations=self.authorizations, hbone=False,
-                root_namespace=self.config.root_namespace)
+            return decide_inbound(inbound, self.state)
 
         decision = decide()
         conn = self._inbound_connection(pod, "TCP", peer, (ip, port), None, decision, decide)

@@ -8,6 +8,10 @@ Istio, a service's endpoints are derived from its workloads, not the other way r
 is immutable: discovery builds a new one on every change and swaps the reference, so a connection
 plans against one consistent snapshot without locks.
 
+The state also holds the L4 authorization policies of the same view (``<ns>/<name>`` → policy) and
+the root namespace whose GLOBAL policies apply mesh-wide: everything an inbound decision is made
+against comes from one snapshot.
+
 Lookups are keyed by ``(network, ip)``; every address on the default network ``""`` is the common
 case. Addresses that are not 4 or 16 bytes are ignored (the control plane's fault; the rest of the
 resource is still usable).
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from mesh.api import authorization_pb2 as pb
 from mesh.api import workload_pb2 as wpb
-from mesh.identity import DEFAULT_TRUST_DOMAIN, InvalidSpiffeId, SpiffeId
+from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, InvalidSpiffeId, SpiffeId
 
 DEFAULT_SERVICE_ACCOUNT = "default"
 
@@ -112,10 +117,15 @@ class ProxyState:
     _workload_by_ip: Mapping[tuple[str, str], wpb.Workload]
     _service_by_vip: Mapping[tuple[str, str], wpb.Service]
     _backing: Mapping[str, tuple[wpb.Workload, ...]]  # service key → its workloads, by uid
+    authorizations: Mapping[str, pb.Authorization] = field(default_factory=lambda: MappingProxyType({}))
+    root_namespace: str = ROOT_NAMESPACE  # whose GLOBAL policies apply to every workload
 
     @classmethod
-    def from_addresses(cls, addresses: Mapping[str, wpb.Address]) -> ProxyState:
-        """Index ``addresses`` (discovery name → Address) in one pass over them."""
+    def from_addresses(cls, addresses: Mapping[str, wpb.Address],
+                       authorizations: Mapping[str, pb.Authorization] | None = None, *,
+                       root_namespace: str = ROOT_NAMESPACE) -> ProxyState:
+        """Index ``addresses`` (discovery name → Address) in one pass over them; ``authorizations``
+        (``<ns>/<name>`` → policy) are kept as given."""
         workloads: dict[str, wpb.Workload] = {}
         services: dict[str, wpb.Service] = {}
         by_ip: dict[tuple[str, str], wpb.Workload] = {}
@@ -142,7 +152,8 @@ class ProxyState:
                         by_vip[(vip.network, ip)] = service
         ordered = {key: tuple(sorted(found, key=lambda w: w.uid)) for key, found in backing.items()}
         return cls(MappingProxyType(workloads), MappingProxyType(services), MappingProxyType(by_ip),
-                   MappingProxyType(by_vip), MappingProxyType(ordered))
+                   MappingProxyType(by_vip), MappingProxyType(ordered),
+                   MappingProxyType(dict(authorizations or {})), root_namespace)
 
     # ------------------------------------------------------------ lookups
 

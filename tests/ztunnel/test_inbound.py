@@ -1,4 +1,5 @@
-"""ztunnel's inbound decision (``decide_inbound``) as a table, against what the control plane sends.
+"""ztunnel's inbound decision (``decide_inbound(request, state)``) as a table, against what the
+control plane sends.
 
 Each world is Kubernetes YAML run through the control plane's own pipeline (``mesh.parse`` →
 ``ClusterState`` → ``compute_view`` → the packed resources discovery serves → unpacked again), so the
@@ -19,7 +20,7 @@ from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from controlplane.authz import CONVERTED_PEER_AUTHENTICATION
 from mesh.identity import SpiffeId
-from ztunnel.inbound import InboundDecision, decide_inbound
+from ztunnel.inbound import InboundDecision, InboundRequest, decide_inbound
 from ztunnel.state import ProxyState
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 
@@ -99,18 +100,11 @@ WORLDS = {"open": BASE, "policies": BASE + POLICIES, "strict": BASE + STRICT, "m
           "mesh-deny": BASE + MESH_DENY_PLAINTEXT}
 
 
-@dataclass(frozen=True)
-class World:
-    state: ProxyState
-    authorizations: dict
-
-
 @functools.cache
-def world(name: str) -> World:
+def world(name: str) -> ProxyState:
     """What discovery sends for the world, packed and unpacked again, indexed as ztunnel does."""
     view = discovery_view(WORLDS[name], IPS, VIPS)
-    addresses, authorizations = view[ADDRESS_TYPE_URL], view[AUTHORIZATION_TYPE_URL]
-    return World(ProxyState.from_addresses(addresses), authorizations)
+    return ProxyState.from_addresses(view[ADDRESS_TYPE_URL], view[AUTHORIZATION_TYPE_URL])
 
 
 def spiffe(account: str, ns: str = "shop") -> SpiffeId:
@@ -134,15 +128,19 @@ class Case:
     served: bool = True
 
 
-def decide(case: Case, root_namespace: str | None = None) -> InboundDecision:
-    w = world(case.world)
-    destination = w.state.workloads[uid(case.pod)] if case.pod else None
+def request(case: Case) -> InboundRequest:
+    """What the executor builds when the connection arrives at the pod's listener."""
+    pod_uid = uid(case.pod) if case.pod else "no-such-pod"
     destination_ip = IPS[case.pod] if case.pod else "10.244.0.99"
-    kwargs = {"root_namespace": root_namespace} if root_namespace else {}
-    return decide_inbound(destination=destination, served=case.served, source_ip=case.source_ip,
-                          source_identity=case.identity, destination_ip=destination_ip,
-                          destination_port=case.port, state=w.state, authorizations=w.authorizations,
-                          hbone=case.hbone, **kwargs)
+    return InboundRequest(pod_uid=pod_uid, served=case.served, destination=(destination_ip, case.port),
+                          source_ip=case.source_ip, peer_identity=case.identity, hbone=case.hbone)
+
+
+def decide(case: Case, root_namespace: str | None = None) -> InboundDecision:
+    state = world(case.world)
+    if root_namespace is not None:
+        state = dataclasses.replace(state, root_namespace=root_namespace)
+    return decide_inbound(request(case), state)
 
 
 def allowed(reason: str = "no ALLOW policies", policy: str | None = None) -> InboundDecision:
@@ -227,13 +225,13 @@ def test_the_root_namespace_is_a_parameter():
 
 def test_the_worlds_are_what_the_rows_assume():
     """Guards the table: the db pod really has a waypoint, web-0 none, and the policies arrived."""
-    state = world("policies").state
+    state = world("policies")
     db, web = state.workloads[uid("shop/db")], state.workloads[uid("shop/web-0")]
     assert db.HasField("waypoint") and not web.HasField("waypoint")
     assert db.tunnel_protocol == web.tunnel_protocol == wpb.HBONE
     assert state.is_waypoint(state.workloads[uid("shop/wp-waypoint")], db.waypoint)
     assert not state.is_waypoint(state.workloads[uid("shop/impostor")], db.waypoint)
-    assert sorted(world("policies").authorizations) == [
+    assert sorted(state.authorizations) == [
         "shop/allow-client", "shop/allow-metrics-port", "shop/db-from-waypoint", "shop/deny-ops"]
     assert list(world("strict").authorizations) == [CONVERTED]
 
@@ -241,6 +239,20 @@ def test_the_worlds_are_what_the_rows_assume():
 def test_a_policy_change_is_seen_by_the_next_decision():
     """``decide_inbound`` keeps nothing: the same connection decided against a new view (as
     ``ConnectionTracker.reevaluate`` does) follows the new policies."""
-    case = Case("open", "shop/web-0", CLIENT_IP, None, hbone=False)
-    assert decide(case).allowed
-    assert decide(dataclasses.replace(case, world="strict")) == denied_by(CONVERTED)
+    once = request(Case("open", "shop/web-0", CLIENT_IP, None, hbone=False))
+    assert decide_inbound(once, world("open")).allowed
+    assert decide_inbound(once, world("strict")) == denied_by(CONVERTED)
+    assert decide_inbound(once, world("open")).allowed
+
+
+@pytest.mark.parametrize("changes", [
+    pytest.param({"destination": ("10.244.0.11", 70000)}, id="port-out-of-range"),
+    pytest.param({"destination": ("web-0", 8080)}, id="destination-not-an-ip"),
+    pytest.param({"source_ip": "10.244.0.300"}, id="source-not-an-ip"),
+])
+def test_a_request_checks_its_addresses_when_built(changes):
+    """A bad address is the caller's bug: it fails where the request is made, not in a later decision."""
+    fields = dict(pod_uid=uid("shop/web-0"), served=True, destination=("10.244.0.11", 8080), source_ip=CLIENT_IP,
+                  peer_identity=CLIENT, hbone=True)
+    with pytest.raises(ValueError):
+        InboundRequest(**{**fields, **changes})
