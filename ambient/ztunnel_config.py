@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab.cli import LabError, format_table, load_status
+from mesh.addresses import format_address
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
@@ -84,8 +85,7 @@ class Target:
 
     @property
     def description(self) -> str:
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        return f"ztunnel admin at {address}{' ' + self.where if self.where else ''}"
+        return f"ztunnel admin at {format_address(self.host, self.port)}{' ' + self.where if self.where else ''}"
 
 
 def parse_address(text: str) -> tuple[str, int]:

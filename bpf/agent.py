@@ -44,6 +44,7 @@ from bpf.libbpf import BpfError
 from mesh.api import workload_pb2 as wpb, zds_pb2
 from mesh.api.types import ADDRESS_TYPE_URL
 from mesh.concurrency import first_of
+from mesh.errors import describe
 from mesh.netns import netns_path
 from mesh.watched_file import write_json_atomic
 from mesh.xds.client import DiscoveryClient
@@ -218,10 +219,6 @@ def pod_fds(enrollment: PodEnrollment, netns: str) -> list[int]:
     return fds
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
 class NodeAgent:
     def __init__(self, node: str, state_dir: Path, netns_of: Callable[[str, str], str],
                  client: DiscoveryClient, resync_interval: float = RESYNC_INTERVAL) -> None:
@@ -291,7 +288,7 @@ class NodeAgent:
         try:
             enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns)
         except (BpfError, OSError) as exc:
-            self._error(target.key, f"cannot enroll: {_describe(exc)}")
+            self._error(target.key, f"cannot enroll: {describe(exc)}")
             return
         self.pods[target.key] = enrollment
         log.info("pod %s/%s (%s) captured in %.1f ms", target.namespace, target.name, target.ip,
@@ -306,7 +303,7 @@ class NodeAgent:
             try:
                 await trio.to_thread.run_sync(install_routing, netns, target.ip)
             except OSError as exc:
-                self._error(target.key, f"cannot restore routing: {_describe(exc)}")
+                self._error(target.key, f"cannot restore routing: {describe(exc)}")
                 return
             log.info("pod %s/%s (%s): adopted its pinned capture", target.namespace, target.name, target.ip)
         enrollment.target = target
@@ -317,7 +314,7 @@ class NodeAgent:
         try:
             fds = pod_fds(enrollment, netns)
         except OSError as exc:
-            self._error(enrollment.key, f"cannot open its fds for ztunnel: {_describe(exc)}")
+            self._error(enrollment.key, f"cannot open its fds for ztunnel: {describe(exc)}")
             return
         info = zds_pb2.WorkloadInfo(name=target.name, namespace=target.namespace,
                                     service_account=target.service_account)
@@ -334,7 +331,7 @@ class NodeAgent:
         try:
             await trio.to_thread.run_sync(release_pod, self.bpffs, enrollment, netns)
         except (BpfError, OSError) as exc:
-            self._error(key, f"released with an error: {_describe(exc)}")
+            self._error(key, f"released with an error: {describe(exc)}")
         del self.pods[key]  # only now: until the capture is gone, the status says it is there
         if enrollment.target is not None:
             await self.zds.remove(enrollment.target.uid)
