@@ -11,7 +11,6 @@ import importlib
 import logging
 import sys
 
-
 # The module that registers each command, in the order ``ambient --help`` lists them. Only the
 # module of the command being run is imported: a long-running daemon (ztunnel, the node agent)
 # should not hold the lab's or the control plane's modules in memory.

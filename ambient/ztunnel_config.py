@@ -100,9 +100,9 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def resolve_target(args: argparse.Namespace) -> Target:
-    from mesh.errors import UsageError
     from lab import network
     from lab.state import pick_lab
+    from mesh.errors import UsageError
 
     host, port = parse_address(args.admin_address)
     if args.node is None:
@@ -233,7 +233,7 @@ def _valid(cert: dict, now: dt.datetime) -> bool:
         not_after = dt.datetime.fromisoformat(cert["not_after"])
     except (KeyError, TypeError, ValueError):
         return False
-    utc = dt.timezone.utc
+    utc = dt.UTC
     not_before, not_after = (t if t.tzinfo else t.replace(tzinfo=utc) for t in (not_before, not_after))  # naive: UTC
     return cert.get("state") == "available" and not_before <= now <= not_after
 
@@ -291,7 +291,7 @@ _TABLES: dict[str, Callable[[list[dict], dt.datetime], list[list[str]]]] = {
 def render(kind: str, dump: dict, *, namespace: str | None = None, direction: str | None = None,
            now: dt.datetime | None = None) -> str:
     """The table (or, for ``all``, the tables) of ``kind``; certificate errors follow their table."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     parts = []
     for each in KINDS if kind == "all" else (kind,):
         rows = _rows(each, dump, namespace, direction)

@@ -32,8 +32,8 @@ from google.protobuf import struct_pb2
 
 from ca.client import CaClient, new_key_and_csr
 from ca.proto import ca_pb2
-from mesh.identity import SpiffeId
 from lab.launch import run_ambient, start_ca_server
+from mesh.identity import SpiffeId
 
 IDENTITY = SpiffeId("cluster.local", "bench", "client")
 METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
@@ -121,7 +121,7 @@ def main() -> int:
     server = sorted(servers, key=lambda r: r["certificates_per_second"])[len(servers) // 2]
     client = sorted(clients, key=lambda r: r["per_second"])[len(clients) // 2]
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
         "ca_throughput": server,
         "client_round_trip": client,

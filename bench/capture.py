@@ -508,7 +508,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
         "parameters": {"pods": args.pods, "runs": args.runs, "count": args.count, "warmup": WARMUP,
                        "capture_runs": args.capture_runs, "outbound": args.outbound,

@@ -42,7 +42,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from datapath import report  # noqa: E402
 from datapath.lab import (  # noqa: E402
-    BenchFailure, Lab, LabLayout, container_pids, process_rss_by_mapping, pss_kib, ztunnel_pids,
+    BenchFailure,
+    Lab,
+    LabLayout,
+    container_pids,
+    process_rss_by_mapping,
+    pss_kib,
+    ztunnel_pids,
 )
 from datapath.measure import FIGURES, Runner, Settings, round_order  # noqa: E402
 from datapath.paths import BASELINE, PATHS, manifests, planned_ips  # noqa: E402
@@ -231,7 +237,7 @@ def build_result(args, measured: dict, info: dict, stem: str) -> dict:
     rounds, idle, idle_pss = measured["rounds"], measured["idle"], measured["idle_pss"]
     summary = report.summarize(rounds, idle, idle_pss)
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
         "parameters": {"rounds": args.rounds, "threads": args.threads, "connections": args.connections,
                        "seconds": args.seconds, "bulk_seconds": args.bulk_seconds,

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mesh_fixture  # noqa: E402
 
 from controlplane import server as cp  # noqa: E402
+from controlplane.registry import POD_STATUS_FILE, Registry, write_pod_statuses  # noqa: E402
+from controlplane.view import MeshConfig, PodStatus, compute_view, workload_uid  # noqa: E402
 from lab.launch import run_ambient, start_controlplane  # noqa: E402
 from mesh.parse import parse_text  # noqa: E402
-from controlplane.registry import POD_STATUS_FILE, Registry, write_pod_statuses  # noqa: E402
-from controlplane.view import PodStatus, compute_view, workload_uid, MeshConfig  # noqa: E402
 
 WAIT_TIMEOUT = 120.0
 IDLE_SECONDS = 3.0

@@ -99,7 +99,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
         "nodes": args.nodes, "pods": args.pods, "runs": runs,
         "median_up_s": statistics.median(r["up_s"] for r in runs),

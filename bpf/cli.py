@@ -31,8 +31,8 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
     import trio
 
     from bpf.agent import NodeAgent
-    from mesh.errors import UsageError
     from mesh.api.types import ADDRESS_TYPE_URL
+    from mesh.errors import UsageError
     from mesh.netns import pod_netns_name, validate_lab_name
     from mesh.xds.client import ClientConfig, DiscoveryClient
 

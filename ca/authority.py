@@ -60,7 +60,7 @@ def invalid(reason: str, message: str) -> CaRefusal:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)

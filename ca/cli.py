@@ -9,7 +9,6 @@ import argparse
 import datetime as dt
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 

@@ -10,8 +10,6 @@ trio code); ``ca.secrets.SecretManager`` sits on top of it and keeps certificate
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
 import trio
 from cryptography import x509

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from mesh.watched_file import WatchedJsonFile
 from mesh.identity import InvalidSpiffeId, SpiffeId
+from mesh.watched_file import WatchedJsonFile
 
 PLACEMENT_FILE = "placements.json"
 

@@ -88,7 +88,7 @@ class _Entry:
 
 def _deadlines(cert: CertifiedKey) -> tuple[float, float]:
     """``(refresh_at, expires_at)`` in trio time, for a certificate received just now."""
-    t0, w0 = trio.current_time(), dt.datetime.now(dt.timezone.utc)
+    t0, w0 = trio.current_time(), dt.datetime.now(dt.UTC)
     to_expiry = (cert.not_after - w0).total_seconds()
     if to_expiry <= 0:
         raise CertificateError(f"received a certificate that already expired at {cert.not_after.isoformat()}")

@@ -19,8 +19,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.watched_file import WatchedJsonFile, write_json_atomic
 from mesh.identity import InvalidSpiffeId, SpiffeId, validate_k8s_name
+from mesh.watched_file import WatchedJsonFile, write_json_atomic
 
 TOKEN_FILE = "tokens.json"
 TOKEN_PREFIX = "amt_"  # recognisable by secret scanners
@@ -98,7 +98,7 @@ class TokenStore:
         only time it is ever seen."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = {**_caller_record(caller), "sha256": token_digest(token),
-                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                  "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         lock_path = self._path.with_name(f".{self._path.name}.lock")
         with open(lock_path, "a") as lock:  # serialise concurrent `token create` runs
             fcntl.flock(lock, fcntl.LOCK_EX)

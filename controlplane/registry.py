@@ -22,11 +22,11 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from controlplane.validate import cross_check
+from controlplane.view import ClusterState, PodStatus
 from mesh import resources as r
 from mesh.parse import parse_text
 from mesh.source import Severity
-from controlplane.validate import cross_check
-from controlplane.view import ClusterState, PodStatus
 from mesh.watched_file import WatchedJsonFile, file_signature, write_json_atomic
 
 log = logging.getLogger("ambient.registry")

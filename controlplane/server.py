@@ -33,11 +33,11 @@ from ca.authority import IssuancePolicy
 from ca.server import DEFAULT_PORT, DEFAULT_SERVER_NAMES, CaMetrics, CaServer, ServeConfig, start_metrics_server
 from ca.service import CertificateService
 from ca.tokens import TOKEN_FILE, TokenStore
-from mesh.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from controlplane.registry import DEFAULT_SERVICE_CIDR, POD_STATUS_FILE, ConfigDirectory, PodStatusFile, Registry
 from controlplane.view import DataplaneView, MeshConfig, compute_view
 from controlplane.xds.server import discovery_handler
 from controlplane.xds.snapshot import Publisher, VersionedResource
+from mesh.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 
 log = logging.getLogger("ambient.controlplane")
 

@@ -8,9 +8,10 @@ so that later checks (``controlplane.validate``) can point at the file and line.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 # Labels and values the mesh acts on (Istio's names).
 DATAPLANE_MODE = "istio.io/dataplane-mode"  # ambient | none

@@ -13,9 +13,10 @@ problem at its own path when a value is missing or of the wrong type, so parsers
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 

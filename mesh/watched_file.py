@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 log = logging.getLogger("ambient.files")
 T = TypeVar("T")

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from mesh.identity import DEFAULT_TRUST_DOMAIN
 from lab.topology import PodSpec, plan_lab
+from mesh.identity import DEFAULT_TRUST_DOMAIN
 
 from .lab import NODES, LabLayout
 

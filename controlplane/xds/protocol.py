@@ -37,6 +37,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.snapshot import Snapshot
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WILDCARD
+
 DEFAULT_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL})
 # Responses a client may leave un-(N)ACKed before the oldest nonce is forgotten; a late (N)ACK of a
 # forgotten nonce is reported as UnknownNonce. Bounds the memory of a client that never ACKs.

@@ -37,7 +37,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ca.tokens import parse_bearer
 from controlplane.xds.protocol import (
-    DEFAULT_TYPE_URLS, Acked, DeltaStream, Nacked, ProtocolError, Subscribed, UnknownNonce, UnknownType,
+    DEFAULT_TYPE_URLS,
+    Acked,
+    DeltaStream,
+    Nacked,
+    ProtocolError,
+    Subscribed,
+    UnknownNonce,
+    UnknownType,
 )
 from controlplane.xds.snapshot import Publisher
 from mesh.api.types import METHOD_NAME, SERVICE_NAME

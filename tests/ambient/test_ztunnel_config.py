@@ -11,12 +11,19 @@ import socket
 import pytest
 import trio
 
-from mesh.errors import UsageError
-from lab.cli import LabError
-from ztunnel.admin import Response, serve_http
 from ambient.ztunnel_config import (
-    ConfigFetchError, Target, fetch_config_dump, node_netns, parse_address, register, render, select,
+    ConfigFetchError,
+    Target,
+    fetch_config_dump,
+    node_netns,
+    parse_address,
+    register,
+    render,
+    select,
 )
+from lab.cli import LabError
+from mesh.errors import UsageError
+from ztunnel.admin import Response, serve_http
 
 SAMPLE = {
     "node": "node-0",
@@ -54,7 +61,7 @@ SAMPLE = {
          "protocol": "TCP", "policy": None, "bytes_sent": 0, "bytes_received": 0, "duration_seconds": 1.25},
     ],
 }
-NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
 
 
 def lines(text: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from datapath.loads import LoadError, duration_us, iperf_argv, parse_iperf, parse_stub_status, parse_wrk, wrk_argv
 
 # wrk -t2 -c16 -d3s --latency, direct path (keep-alive).

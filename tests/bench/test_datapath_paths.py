@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import yaml
+
 from datapath.lab import LabLayout
 from datapath.paths import (
     BASELINE,
@@ -17,7 +18,6 @@ from datapath.paths import (
     planned_ips,
     spiffe_id,
 )
-
 from mesh.parse import parse_paths
 
 

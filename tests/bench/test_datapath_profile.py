@@ -6,11 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from datapath.profile import (FORMATS, flame_name, package_of, parse_collapsed, record_argv, split_frame,
-                              summarize)
+from datapath.profile import FORMATS, flame_name, package_of, parse_collapsed, record_argv, split_frame, summarize
 
 RUN = "<module> (ambient/__main__.py:5);run (trio/_core/_run.py:2010);unrolled_run (trio/_core/_run.py:2400)"
 PUMP = f"{RUN};Relay.pump (hbone/relay.py:40)"

@@ -6,6 +6,7 @@ The figures are made up (no measured figure is asserted anywhere); only the arit
 from __future__ import annotations
 
 import pytest
+
 from datapath import report
 from datapath.measure import cpu_figures, round_order
 

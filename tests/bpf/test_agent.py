@@ -15,15 +15,24 @@ import pytest
 from hypothesis import given, strategies as st
 
 from bpf.agent import (
-    POD_FDS, Held, PodTarget, ReconcilePlan, adopt_pinned, enroll_pod, netns_inode, plan_reconcile, pod_fds,
-    pods_to_capture, release_pod,
+    POD_FDS,
+    Held,
+    PodTarget,
+    ReconcilePlan,
+    adopt_pinned,
+    enroll_pod,
+    netns_inode,
+    plan_reconcile,
+    pod_fds,
+    pods_to_capture,
+    release_pod,
 )
 from bpf.capture import LINK_PIN, MAPS, PodCapture, Slot, bypass_key, socket_cookie
 from bpf.enrollment import CAPTURE_TABLE, MARK_RULE_PRIORITY, TCP_RULE_PRIORITY
 from bpf.libbpf import Map
-from mesh.api import workload_pb2 as wpb
 from lab import network
 from lab.topology import PodSpec, plan_lab
+from mesh.api import workload_pb2 as wpb
 from tests.bpf.test_capture import bpftool, netns_links
 from tests.bpf.test_enrollment import ip_json
 

@@ -15,7 +15,7 @@ from ca.authority import key_usage
 
 def ca_cert(subject: str, key, issuer_name: x509.Name | None = None, issuer_key=None, *, ca: bool = True,
             days: int = 365) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()

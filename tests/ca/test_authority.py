@@ -10,7 +10,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings, strategies as st
 
 from ca.authority import (
-    CLOCK_SKEW_BACKDATE, CaRefusal, IssuancePolicy, SigningAuthority, Status, verified_csr_public_key,
+    CLOCK_SKEW_BACKDATE,
+    CaRefusal,
+    IssuancePolicy,
+    SigningAuthority,
+    Status,
+    verified_csr_public_key,
 )
 from ca.client import new_key_and_csr, spiffe_id_of
 from mesh.identity import SpiffeId
@@ -32,7 +37,7 @@ def csr_for(key, *, sans=("spiffe://cluster.local/ns/evil/sa/admin", "https://ex
 def test_leaf_carries_only_the_authorised_identity(authority, identity):
     """The CSR asks for a CN, another SPIFFE ID, a URL and a DNS name: none of it is issued."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     leaf, chain = authority.issue(csr_for(key), identity, DAY, now=now)
 
     assert leaf.subject == x509.Name([])
@@ -45,7 +50,7 @@ def test_leaf_carries_only_the_authorised_identity(authority, identity):
 
 
 def test_leaf_extensions_and_validity(authority, identity):
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     leaf, _ = authority.issue(new_key_and_csr(identity)[1], identity, DAY, now=now)
     usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.digital_signature and not usage.key_encipherment and not usage.key_cert_sign
@@ -65,14 +70,14 @@ def test_rsa_key_gets_key_encipherment(authority, identity):
 
 
 def test_leaf_never_outlives_the_ca(identity):
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     authority = SigningAuthority.self_signed("cluster.local", now=now - dt.timedelta(days=3650) + dt.timedelta(hours=1))
     leaf, _ = authority.issue(new_key_and_csr(identity)[1], identity, DAY, now=now)
     assert leaf.not_valid_after_utc == authority.root.not_valid_after_utc
 
 
 def test_expired_ca_refuses(identity):
-    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3651)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3651)
     authority = SigningAuthority.self_signed("cluster.local", now=long_ago)
     with pytest.raises(CaRefusal) as refusal:
         authority.issue(new_key_and_csr(identity)[1], identity, DAY)
@@ -90,7 +95,8 @@ def _tampered_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     der = bytearray(x509.load_pem_x509_csr(csr_for(key).encode()).public_bytes(serialization.Encoding.DER))
     der[-3] ^= 0x55  # inside the signature
-    import base64, textwrap
+    import base64
+    import textwrap
     body = "\n".join(textwrap.wrap(base64.b64encode(bytes(der)).decode(), 64))
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
 

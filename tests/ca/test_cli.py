@@ -10,6 +10,7 @@ from cryptography import x509
 
 from lab.launch import run_ambient, start_ca_server
 
+
 def ambient(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run_ambient(*args, check=check)
 

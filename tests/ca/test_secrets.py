@@ -81,7 +81,7 @@ class Received:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 async def received(manager: SecretManager, identity: SpiffeId) -> Received:

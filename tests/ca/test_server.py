@@ -21,8 +21,8 @@ from ca.placement import PLACEMENT_FILE
 from ca.proto import ca_pb2
 from ca.server import CaMetrics, CaServer, ServeConfig
 from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore, WorkloadCaller
-from mesh.watched_file import write_json_atomic
 from mesh.identity import SpiffeId
+from mesh.watched_file import write_json_atomic
 from tests.ca.pki import write_plugin_ca
 
 CLIENT = SpiffeId("cluster.local", "default", "client")

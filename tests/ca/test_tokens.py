@@ -5,8 +5,8 @@ import stat
 
 from ca.placement import FilePodPlacement
 from ca.tokens import NodeCaller, TokenStore, WorkloadCaller, token_digest
-from mesh.watched_file import write_json_atomic
 from mesh.identity import SpiffeId
+from mesh.watched_file import write_json_atomic
 
 
 def test_tokens_authenticate_and_only_digests_are_stored(tmp_path, identity):

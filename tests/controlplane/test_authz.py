@@ -14,8 +14,15 @@ from google.protobuf.empty_pb2 import Empty
 from controlplane import authz
 from mesh import resources as r
 from mesh.api import authorization_pb2 as pb
-from tests.controlplane.test_view import (authorization_policy, build, namespace, peer_authentication, pod, resources_of,
-                                  workload)
+from tests.controlplane.test_view import (
+    authorization_policy,
+    build,
+    namespace,
+    peer_authentication,
+    pod,
+    resources_of,
+    workload,
+)
 
 ROOT = "istio-system"
 

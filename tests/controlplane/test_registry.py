@@ -14,10 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from mesh import resources as r
-from controlplane.registry import (ConfigDirectory, PodStatusFile, Registry, VipAllocator, parse_pod_statuses,
-                           write_pod_statuses)
+from controlplane.registry import (
+    ConfigDirectory,
+    PodStatusFile,
+    Registry,
+    VipAllocator,
+    parse_pod_statuses,
+    write_pod_statuses,
+)
 from controlplane.view import PodStatus
+from mesh import resources as r
 from tests.controlplane.test_view import namespace, pod, resources_of, service, waypoint
 
 

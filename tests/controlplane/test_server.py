@@ -14,13 +14,13 @@ from ca.client import CaClient, CaRequestFailed
 from ca.server import ServeConfig
 from ca.tokens import NodeCaller, TokenStore
 from controlplane import server as cp
+from controlplane.registry import Registry
+from controlplane.view import MeshConfig, PodStatus, workload_uid
+from lab.launch import run_ambient, start_controlplane
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import SpiffeId
-from lab.launch import run_ambient, start_controlplane
 from mesh.parse import parse_text
-from controlplane.registry import Registry
-from controlplane.view import MeshConfig, PodStatus, workload_uid
 from mesh.xds.client import ClientConfig, DiscoveryClient
 
 APP = """\

@@ -11,12 +11,11 @@ import json
 
 import pytest
 
+from controlplane.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
 from mesh import resources as r
-from mesh.api import authorization_pb2 as apb
-from mesh.api import workload_pb2 as wpb
+from mesh.api import authorization_pb2 as apb, workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from mesh.parse import parse_text
-from controlplane.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
 
 CONFIG = MeshConfig()
 AMBIENT = {r.DATAPLANE_MODE: "ambient"}

@@ -3,8 +3,7 @@ import ipaddress
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
-from mesh.api import authorization_pb2 as authz
-from mesh.api import workload_pb2 as wl
+from mesh.api import authorization_pb2 as authz, workload_pb2 as wl
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack, unpack
 
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from controlplane.validate import cross_check
 from mesh.parse import parse_text
 from mesh.resources import Probe
-from controlplane.validate import cross_check
 
 GOOD = """\
 apiVersion: v1

@@ -23,8 +23,20 @@ from hypothesis import given, strategies as st
 
 from mesh.api import zds_pb2
 from mesh.zds import (
-    MAX_MESSAGE_SIZE, AgentConnection, Phase, Workload, ZdsClient, ZdsConnectError, ZdsPeerClosed, ZdsProtocolError,
-    ZdsServer, check_request, connect_zds, decode, receive_message, send_message,
+    MAX_MESSAGE_SIZE,
+    AgentConnection,
+    Phase,
+    Workload,
+    ZdsClient,
+    ZdsConnectError,
+    ZdsPeerClosed,
+    ZdsProtocolError,
+    ZdsServer,
+    check_request,
+    connect_zds,
+    decode,
+    receive_message,
+    send_message,
 )
 
 BOUND = 5  # seconds: every wait in these tests is bounded

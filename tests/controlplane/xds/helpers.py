@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from mesh.api import authorization_pb2 as authz
-from mesh.api import workload_pb2 as wl
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
 from controlplane.xds.snapshot import VersionedResource
+from mesh.api import authorization_pb2 as authz, workload_pb2 as wl
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
 
 ADDRESS = ADDRESS_TYPE_URL
 AUTHZ = AUTHORIZATION_TYPE_URL

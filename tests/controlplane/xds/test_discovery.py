@@ -29,11 +29,11 @@ from ca.placement import StaticPodPlacement
 from ca.server import CaMetrics, CaServer, ServeConfig
 from ca.service import CertificateService
 from ca.tokens import NodeCaller, TokenStore
-from mesh.backoff import Backoff
-from mesh.xds.client import Change, ChangesLost, ClientConfig, DiscoveryClient
-from mesh.api.types import METHOD_PATH
 from controlplane.xds.server import MAX_QUEUED_REQUESTS, DiscoveryHandler, _Inbox, discovery_handler
 from controlplane.xds.snapshot import Publisher
+from mesh.api.types import METHOD_PATH
+from mesh.backoff import Backoff
+from mesh.xds.client import Change, ChangesLost, ClientConfig, DiscoveryClient
 from tests.controlplane.xds.helpers import ADDRESS, AUTHZ, policy, resources, workload
 
 W1, W2, W3 = "cluster/default/w1", "cluster/default/w2", "cluster/default/w3"

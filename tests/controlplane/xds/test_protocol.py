@@ -8,7 +8,14 @@ from google.rpc import status_pb2
 from hypothesis import given, settings, strategies as st
 
 from controlplane.xds.protocol import (
-    MAX_NONCES_IN_FLIGHT, Acked, DeltaStream, Nacked, ProtocolError, Subscribed, UnknownNonce, UnknownType,
+    MAX_NONCES_IN_FLIGHT,
+    Acked,
+    DeltaStream,
+    Nacked,
+    ProtocolError,
+    Subscribed,
+    UnknownNonce,
+    UnknownType,
 )
 from controlplane.xds.snapshot import Snapshot
 from tests.controlplane.xds.helpers import ADDRESS, AUTHZ, policy, resources, workload
