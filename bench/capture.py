@@ -266,7 +266,7 @@ def enrollment_run(pods: list[PodPlan], mount: Path) -> dict:
                 routing.append(time.perf_counter() - start)
             finally:
                 remove_routing(pod.netns)
-    timed = dict(zip(ENROLLMENT_STEPS, (enroll, release, load, routing)))
+    timed = dict(zip(ENROLLMENT_STEPS, (enroll, release, load, routing), strict=True))
     return {**{key: summary_ms(seconds) for key, seconds in timed.items()},
             **{f"{key}_ms": [round(t * 1000, 3) for t in seconds] for key, seconds in timed.items()}}
 
@@ -416,7 +416,8 @@ def connection_bench(plan, work: Path, binary: Path, count: int, runs: int, outb
     for name, batches in all_runs.items():
         if name == "plain":
             continue
-        mean, p50 = ([b[key] - a[key] for a, b in zip(all_runs["plain"], batches)] for key in ("us_per_conn", "p50_us"))
+        mean, p50 = ([b[key] - a[key] for a, b in zip(all_runs["plain"], batches, strict=True)]
+                     for key in ("us_per_conn", "p50_us"))
         overhead[name] = {
             "us_per_conn": round(statistics.median(mean), 2),
             "us_per_conn_range": [round(min(mean), 2), round(max(mean), 2)],

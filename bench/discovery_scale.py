@@ -82,7 +82,7 @@ def measure_compute(registry: Registry, runs: int) -> dict:
         "state_ms": round(statistics.median(state_s) * 1000, 1),
         "view_ms": round(statistics.median(view_s) * 1000, 1),
         "snapshot_ms": round(statistics.median(snapshot_s) * 1000, 1),
-        "total_ms": round(statistics.median(a + b + c for a, b, c in zip(state_s, view_s, snapshot_s)) * 1000, 1),
+        "total_ms": round(statistics.median(map(sum, zip(state_s, view_s, snapshot_s, strict=True))) * 1000, 1),
     }
 
 
@@ -181,7 +181,8 @@ def measure_delivery(files: dict[str, str], registry: Registry, args: argparse.N
         log = open(Path(tmp, "controlplane.log"), "w")
         server = start_controlplane(config_dir, state_dir, log_level="info", stderr=log)
         try:
-            token = run_ambient("ca", "token", "create", "--dir", str(state_dir / "ca"), "--node", "node-00").stdout.strip()
+            created = run_ambient("ca", "token", "create", "--dir", str(state_dir / "ca"), "--node", "node-00")
+            token = created.stdout.strip()
             watched = sorted(statuses)[0]
             uid = workload_uid(MeshConfig(), *watched)
             per_process = [args.clients // args.client_procs + (i < args.clients % args.client_procs)
@@ -267,10 +268,11 @@ def main() -> int:
     print(f"{delivery['clients']} clients: all hold the full view after {delivery['initial_all_clients_s']} s "
           f"(first {delivery['initial_first_client_s']} s, median {delivery['initial_median_client_s']} s); "
           f"control plane CPU {delivery['initial_controlplane_cpu_s']} s", flush=True)
-    print(f"one pod change reaches all {delivery['clients']} clients in {delivery['change_to_all_clients_median_ms']} ms "
-          f"(median of {args.changes}: {delivery['change_to_all_clients_ms']}; includes up to "
-          f"{delivery['includes_scan_interval_ms']:.0f} ms file polling and {delivery['includes_debounce_quiet_ms']:.0f} ms "
-          f"debounce); control plane CPU per change {delivery['change_controlplane_cpu_ms']} ms")
+    print(f"one pod change reaches all {delivery['clients']} clients in "
+          f"{delivery['change_to_all_clients_median_ms']} ms (median of {args.changes}: "
+          f"{delivery['change_to_all_clients_ms']}; includes up to {delivery['includes_scan_interval_ms']:.0f} ms "
+          f"file polling and {delivery['includes_debounce_quiet_ms']:.0f} ms debounce); "
+          f"control plane CPU per change {delivery['change_controlplane_cpu_ms']} ms")
     result = {
         "date": dt.date.today().isoformat(), "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load": {"pods": args.pods, "services": args.services, "policies": args.policies, "nodes": args.nodes},

@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -263,7 +264,7 @@ class NodeAgent:
         seen = self.client.change_seq
         while True:
             with trio.move_on_after(self.resync_interval):
-                await self.client.wait_until(lambda: self.client.change_seq != seen)
+                await self.client.wait_until(lambda seen=seen: self.client.change_seq != seen)
             seen = self.client.change_seq
             await self.reconcile()
 
@@ -374,4 +375,4 @@ class NodeAgent:
                 written = status
             connected = status["discovery_connected"]
             await first_of(changed_here.wait, changed_zds.wait,
-                           lambda: self.client.wait_until(lambda: self.client.connected != connected))
+                           partial(self.client.wait_until, lambda was=connected: self.client.connected != was))

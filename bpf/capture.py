@@ -138,7 +138,8 @@ class PodCapture:
             result[decision] = sum(struct.unpack(f"={cpus}Q", raw))
         return result
 
-    def test_run(self, remote: tuple[str, int], local: tuple[str, int], protocol: int = socket.IPPROTO_TCP) -> tuple[int, int]:
+    def test_run(self, remote: tuple[str, int], local: tuple[str, int],
+                 protocol: int = socket.IPPROTO_TCP) -> tuple[int, int]:
         """(SK_PASS or SK_DROP, cookie of the selected socket or 0) for one connection."""
         verdict, context = self.program.test_run(sk_lookup_context(remote, local, protocol))
         return verdict, selected_cookie(context)

@@ -55,9 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--dir", type=Path, required=True)
     serve.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT")
     serve.add_argument("--server-name", action="append", metavar="NAME",
-                       help=f"DNS name or IP for the server certificate (repeatable; default {', '.join(DEFAULT_SERVER_NAMES)})")
+                       help="DNS name or IP for the server certificate "
+                            f"(repeatable; default {', '.join(DEFAULT_SERVER_NAMES)})")
     serve.add_argument("--default-ttl", type=_duration, default=DEFAULT_WORKLOAD_TTL, help="default 24h")
-    serve.add_argument("--max-ttl", type=_duration, default=DEFAULT_WORKLOAD_TTL, help="cap on requested validity; default 24h")
+    serve.add_argument("--max-ttl", type=_duration, default=DEFAULT_WORKLOAD_TTL,
+                       help="cap on requested validity; default 24h")
     serve.add_argument("--metrics-listen", default="127.0.0.1:15014", metavar="HOST:PORT",
                        help="Prometheus /metrics (default 127.0.0.1:15014; 'off' to disable)")
     serve.set_defaults(func=cmd_serve)
@@ -116,9 +118,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = config.listen.rpartition(":")[0]
     if args.metrics_listen != "off":
         metrics_server = start_metrics_server(args.metrics_listen, metrics.registry)
-        print(f"metrics on http://{args.metrics_listen.rpartition(':')[0]}:{metrics_server.server_port}/metrics", flush=True)
+        metrics_host = args.metrics_listen.rpartition(":")[0]
+        print(f"metrics on http://{metrics_host}:{metrics_server.server_port}/metrics", flush=True)
     # This line is the readiness signal scripts wait for: the port is bound when it is printed.
-    print(f"serving IstioCertificateService on {host}:{port} (trust domain {service.authority.trust_domain})", flush=True)
+    print(f"serving IstioCertificateService on {host}:{port} (trust domain {service.authority.trust_domain})",
+          flush=True)
     stop.wait()
     server.stop(grace=5.0)
     return 0
@@ -156,7 +160,8 @@ def cmd_request(args: argparse.Namespace) -> int:
     (args.out / "root-cert.pem").write_text(certified.root_pem)
     print(f"identity:  {certified.identity}")
     print(f"expires:   {certified.not_after.isoformat()}")
-    print(f"written:   {args.out}/key.pem (0600), cert-chain.pem ({len(certified.chain_pem)} certificates), root-cert.pem")
+    print(f"written:   {args.out}/key.pem (0600), cert-chain.pem ({len(certified.chain_pem)} certificates), "
+          "root-cert.pem")
     return 0
 
 

@@ -191,7 +191,8 @@ class SecretManager:
                     delay = self._backoff.delay(failures)
                     failures += 1
                     reason = f"{type(exc).__name__}: {exc}"
-                    log.warning("fetching a certificate for %s failed (retry in %.1fs): %s", entry.identity, delay, reason)
+                    log.warning("fetching a certificate for %s failed (retry in %.1fs): %s",
+                                entry.identity, delay, reason)
                     held = entry.cert
                     expired_at = held.not_after if held is not None and entry.valid_cert() is None else None
                     entry.next = _Attempt()

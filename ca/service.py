@@ -43,7 +43,8 @@ class Issued:
 
 def _bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "no bearer token: send `authorization: Bearer <token>`")
+        raise CaRefusal(Status.UNAUTHENTICATED, "missing_token",
+                        "no bearer token: send `authorization: Bearer <token>`")
     token = parse_bearer(authorization)
     if token is None:
         raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "authorization header is not `Bearer <token>`")

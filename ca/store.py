@@ -147,7 +147,9 @@ def load(directory: Path) -> SigningAuthority:
         config = json.loads((directory / CONFIG).read_text())
         trust_domain = validate_trust_domain(config["trust_domain"])
     except FileNotFoundError:
-        raise CaStoreError(f"{directory}: no CA here (missing {CONFIG}); run `ambient ca init --dir {directory}`") from None
+        raise CaStoreError(
+            f"{directory}: no CA here (missing {CONFIG}); run `ambient ca init --dir {directory}`"
+        ) from None
     except (ValueError, KeyError, TypeError, InvalidSpiffeId) as exc:
         raise CaStoreError(f"{directory / CONFIG}: {exc}") from None
     chain = _read_certs(directory / CERT_CHAIN)

@@ -378,7 +378,8 @@ def _attach_peer_authentications(state, config, running, authorizations, attache
     for (namespace, name), pod in running.items():
         candidates = by_namespace.get(namespace, ())
         namespace_policy = authz.pick_policy(p for p in candidates if not p.selector)  # as Istio: {} is none
-        workload_policy = authz.pick_policy(p for p in candidates if p.selector and _selects(p.selector, pod.meta.labels))
+        workload_policy = authz.pick_policy(p for p in candidates
+                                            if p.selector and _selects(p.selector, pod.meta.labels))
         decided = (workload_policy, namespace_policy, mesh_policy)
         memo = tuple(map(id, decided))  # the policies are alive for the whole computation
         key = converted.get(memo, "")

@@ -96,7 +96,8 @@ def parse_document(doc: Document, problems: list[Problem]) -> r.Resource | None:
         top["kind"].warn(f"kind {kind} ({api_version}) is not used by the mesh; skipped")
         return None
     if api_version not in API_VERSIONS[kind]:
-        top["apiVersion"].report(f"{api_version} is not an apiVersion of {kind} (expected {' or '.join(API_VERSIONS[kind])})")
+        expected = " or ".join(API_VERSIONS[kind])
+        top["apiVersion"].report(f"{api_version} is not an apiVersion of {kind} (expected {expected})")
         return None
     meta = _meta(top["metadata"], kind, top.resource)
     if meta is None:
@@ -395,14 +396,16 @@ def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
     listeners = []
     for item in spec["listeners"].items(required=True):
         if item.mapping({"name", "port", "protocol", "hostname", "tls", "allowedRoutes"}):
-            name, port, protocol = item["name"].str(required=True), _port(item["port"]), item["protocol"].str(required=True)
+            name, port = item["name"].str(required=True), _port(item["port"])
+            protocol = item["protocol"].str(required=True)
             if name and port and protocol:
                 listeners.append(r.Listener(name, port, protocol))
     if gateway_class is None:
         return None
     gateway = r.Gateway(meta, origin, gateway_class, tuple(listeners))
     if not gateway.is_waypoint:
-        spec["gatewayClassName"].warn(f"class {gateway_class!r}: only {r.WAYPOINT_CLASS!r} gateways are run by the mesh")
+        spec["gatewayClassName"].warn(
+            f"class {gateway_class!r}: only {r.WAYPOINT_CLASS!r} gateways are run by the mesh")
         return gateway
     if gateway.waypoint_for not in r.WAYPOINT_FOR_VALUES:
         spec.report(f"label {r.WAYPOINT_FOR}={gateway.waypoint_for!r} is not one of {', '.join(r.WAYPOINT_FOR_VALUES)}")

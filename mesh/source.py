@@ -4,7 +4,7 @@ PyYAML's composer gives nodes with their positions; ``load_documents`` turns eac
 plain Python values plus a table ``path -> line`` (a path is a tuple of keys and list indexes), so
 that a problem found anywhere later can name the file, the line, the resource and the field path:
 
-    policy.yaml:12: AuthorizationPolicy default/deny-all: spec.rules[0].to[0].operation.ports[0]: 'http' is not a port number
+    policy.yaml:12: AuthorizationPolicy shop/deny: spec.rules[0].to[0].operation.ports[0]: 'http' is not a port number
 
 ``Field`` is a cursor into one document used by the parsers: it reads typed values and reports a
 problem at its own path when a value is missing or of the wrong type, so parsers stay declarative.

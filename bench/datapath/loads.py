@@ -64,7 +64,8 @@ def parse_wrk(text: str) -> WrkResult:
     if not totals or not rps or sorted(latency) != ["50", "75", "90", "99"]:
         raise LoadError(f"no totals, Requests/sec or latency distribution in wrk's output:\n{text}")
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()))) if errors else {}
+    socket_errors = (dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True))
+                     if errors else {})
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     return WrkResult(
         requests=int(totals.group(1)),

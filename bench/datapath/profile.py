@@ -36,7 +36,8 @@ ATTACH_S = 0.5  # py-spy's start, before the load
 EXTRA_S = 2  # beyond the run: `ambient exec` and wrk's start
 TOP = 10  # functions named in the summary of each ztunnel and figure
 FORMATS = {"flamegraph": "svg", "raw": "txt"}  # py-spy --format: the file's suffix; one sampler each
-OWN = ("ambient", "bpf", "ca", "controlplane", "hbone", "lab", "mesh", "waypoint", "ztunnel")  # the mesh's packages, summarized by module
+# The mesh's packages, summarized by module.
+OWN = ("ambient", "bpf", "ca", "controlplane", "hbone", "lab", "mesh", "waypoint", "ztunnel")
 SAMPLING = "GIL-holding samples only (py-spy record --gil --nonblocking)"
 
 _FRAME = re.compile(r"^(?P<function>.*?) ?\((?P<file>[^()]*?)(?::\d+)?\)$")  # "Func (file:line)"

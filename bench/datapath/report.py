@@ -362,11 +362,11 @@ def charts(result: dict, out_dir: Path, stem: str) -> list[str]:
     for chart, title in CHARTS.items():
         rows = [row for row in ROWS if row.chart == chart]
         fig, axes = plt.subplots(1, len(rows), figsize=(max(5.0, 3.6 * len(rows)), 3.8), squeeze=False)
-        for ax, row in zip(axes[0], rows):
+        for ax, row in zip(axes[0], rows, strict=True):
             shown = [n for n in names if summary[n].get(row.key) is not None]
             values = [summary[n][row.key] for n in shown]
             bars = ax.bar(shown, values, color=["#9aa5b1" if n == baseline else "#3b6ea5" for n in shown])
-            for bar, n, value in zip(bars, shown, values):
+            for bar, n, value in zip(bars, shown, values, strict=True):
                 ratio = rat[n].get(row.key)
                 label = fmt(value, row.digits) + ("" if n == baseline or ratio is None else f"\n{ratio:.2f}×")
                 ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",

@@ -301,7 +301,7 @@ class DiscoveryClient:
 
     async def _changes_after(self, seq: int) -> AsyncIterator[Change]:
         while True:
-            await self.wait_until(lambda: self._seq > seq)
+            await self.wait_until(lambda seq=seq: self._seq > seq)
             if self._history[0].seq > seq + 1:
                 raise ChangesLost(f"changes {seq + 1}..{self._history[0].seq - 1} are no longer kept")
             for change in list(self._history):

@@ -158,7 +158,8 @@ def test_parse_address():
 
 def test_a_target_names_its_address_with_ipv6_hosts_in_brackets():
     assert Target("::1", 15000).description == "ztunnel admin at [::1]:15000"
-    assert Target("10.0.0.1", 15000, where="in node node-0").description == "ztunnel admin at 10.0.0.1:15000 in node node-0"
+    in_node = Target("10.0.0.1", 15000, where="in node node-0")
+    assert in_node.description == "ztunnel admin at 10.0.0.1:15000 in node node-0"
 
 
 def test_node_netns_comes_from_the_lab_status():

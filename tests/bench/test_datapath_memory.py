@@ -10,10 +10,10 @@ SMAPS = """\
 Size:                132 KiB
 Rss:                9040 kB
 Pss:                9040 kB
-7f2a10000000-7f2a10c00000 r-xp 00000000 08:01 1234    /venv/lib/python3.11/site-packages/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so
+7f2a10000000-7f2a10c00000 r-xp 00000000 08:01 1234    /venv/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so
 Size:              12288 kB
 Rss:               11872 kB
-7f2a10c00000-7f2a10c80000 rw-p 00c00000 08:01 1234    /venv/lib/python3.11/site-packages/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so
+7f2a10c00000-7f2a10c80000 rw-p 00c00000 08:01 1234    /venv/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so
 Rss:                 460 kB
 7f2a20000000-7f2a20500000 rw-p 00000000 00:00 0
 Rss:                5036 kB

@@ -49,7 +49,7 @@ def test_manifests_pass_the_mesh_parser(tmp_path):
 def test_pods_clients_on_node_0_servers_on_node_1_apps_first(tmp_path):
     lay = layout(tmp_path)
     docs = manifests(PATHS, lay)
-    for (namespace, name), pod in pods(docs).items():
+    for (_namespace, name), pod in pods(docs).items():
         containers = [c["name"] for c in pod["spec"]["containers"]]
         assert pod["spec"]["nodeName"] == ("node-1" if name == "server" else "node-0")
         # `ambient exec` joins the first container's cgroup: never a proxy's.

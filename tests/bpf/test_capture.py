@@ -127,10 +127,10 @@ def test_pinned_capture_outlives_its_loader_and_is_adopted_not_attached_twice(po
     (link,) = netns_links(netns_inode)
     loaded.pin(bpffs / "pod-a")
     loaded.close()  # the agent goes away
-    assert [l["id"] for l in netns_links(netns_inode)] == [link["id"]]
+    assert [held["id"] for held in netns_links(netns_inode)] == [link["id"]]
 
     adopted = PodCapture.adopt(bpffs / "pod-a")
-    assert [l["id"] for l in netns_links(netns_inode)] == [link["id"]]  # the same link, no second one
+    assert [held["id"] for held in netns_links(netns_inode)] == [link["id"]]  # the same link, no second one
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen()

@@ -25,7 +25,9 @@ from lab import network  # noqa: E402
 from lab.topology import PodSpec, plan_lab  # noqa: E402
 
 IP_TRANSPARENT = 19
-CONNECT = "import socket, sys\ns = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\nprint(s.recv(100).decode())"
+CONNECT = ("import socket, sys\n"
+           "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n"
+           "print(s.recv(100).decode())")
 
 
 @pytest.fixture
@@ -54,7 +56,8 @@ def connect_from(netns: str, ip: str, port: int) -> subprocess.Popen:
 
 
 def ip_json(netns: str, *args: str):
-    return json.loads(subprocess.run(["ip", "-n", netns, "-j", *args], check=True, capture_output=True, text=True).stdout or "[]")
+    shown = subprocess.run(["ip", "-n", netns, "-j", *args], check=True, capture_output=True, text=True)
+    return json.loads(shown.stdout or "[]")
 
 
 def test_enrolled_pod_is_captured_both_ways_and_release_restores_it(lab):

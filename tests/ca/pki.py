@@ -38,7 +38,8 @@ def pem(*certs: x509.Certificate) -> bytes:
 
 
 def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def write_plugin_ca(directory: Path) -> tuple[x509.Certificate, x509.Certificate]:

@@ -111,7 +111,8 @@ def _tampered_csr() -> str:
         (lambda: "A" * 70_000, "malformed_csr", "at most 65536"),
         (_tampered_csr, "bad_csr_signature", "signature does not verify"),
         (lambda: csr_for(ec.generate_private_key(ec.SECP521R1())), "unsupported_key", "secp521r1"),
-        (lambda: csr_for(rsa.generate_private_key(public_exponent=65537, key_size=1024)), "unsupported_key", "1024-bit"),
+        (lambda: csr_for(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+         "unsupported_key", "1024-bit"),
     ],
 )
 def test_bad_csr_is_invalid_argument(authority, identity, make_csr, reason, message):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 
 import pytest
@@ -91,7 +92,7 @@ async def received(manager: SecretManager, identity: SpiffeId) -> Received:
 
 
 def gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def doubling(n: int, initial: float = 1.0, cap: float = 60.0) -> list[float]:
@@ -257,9 +258,10 @@ async def test_default_jitter_shortens_each_backoff_by_at_most_a_fifth(autojump_
     await trio.sleep(1000)
     waits = gaps(ca.calls)
     assert len(waits) >= 10
-    for wait, nominal in zip(waits, doubling(len(waits), 10.0, 80.0)):
+    nominals = doubling(len(waits), 10.0, 80.0)
+    for wait, nominal in zip(waits, nominals, strict=True):
         assert 0.8 * nominal - 1e-6 <= wait <= nominal + 1e-6
-    assert any(wait < nominal - 1e-6 for wait, nominal in zip(waits, doubling(len(waits), 10.0, 80.0)))
+    assert any(wait < nominal - 1e-6 for wait, nominal in zip(waits, nominals, strict=True))
 
 
 async def test_concurrent_waiters_share_one_fetch(autojump_clock, ca, manager):

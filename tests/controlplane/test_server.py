@@ -90,7 +90,8 @@ async def start(nursery: trio.Nursery, config: Path, state: Path) -> tuple[int, 
 def client_for(state: Path, port: int, token: str) -> DiscoveryClient:
     root = (state / "ca" / "root-cert.pem").read_bytes()
     return DiscoveryClient(ClientConfig(f"127.0.0.1:{port}", root, token,
-                                        {ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None}, server_name="localhost"))
+                                        {ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None},
+                                        server_name="localhost"))
 
 
 async def next_change(changes, type_url: str = ADDRESS_TYPE_URL):
@@ -112,14 +113,15 @@ async def test_yaml_and_pod_status_flow_to_discovery_one_resource_at_a_time(dirs
         web = addresses[WEB].workload
         assert web.tunnel_protocol == wpb.NONE and web.node == "node-1"
         assert web.authorization_policies == ["shop/web-from-shop"]
-        assert (web.services[WEB_SERVICE].ports[0].service_port, web.services[WEB_SERVICE].ports[0].target_port) == (80, 8080)
+        port = web.services[WEB_SERVICE].ports[0]
+        assert (port.service_port, port.target_port) == (80, 8080)
         assert len(addresses[WEB_SERVICE].service.addresses) == 1  # a VIP was assigned
         assert set(client.view(AUTHORIZATION_TYPE_URL)) == {"shop/web-from-shop"}
 
         # Enrol the namespace: both pods change, the Service does not.
         changes = client.changes()
-        (config / "app.yaml").write_text(APP.replace("metadata: {name: shop}",
-                                                     "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}"))
+        enrolled = "metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}"
+        (config / "app.yaml").write_text(APP.replace("metadata: {name: shop}", enrolled))
         change = await next_change(changes)
         assert change.updated == {WEB, DB} and not change.removed
         assert client.view(ADDRESS_TYPE_URL)[WEB].workload.tunnel_protocol == wpb.HBONE

@@ -81,7 +81,8 @@ def waypoint(name: str = "wp", ns: str = "shop", for_: str | None = None) -> str
     return _doc("gateway.networking.k8s.io/v1", "Gateway", name, ns, labels, spec)
 
 
-def deployment(name: str, ns: str = "shop", labels: dict | None = None, *, replicas: int = 2, sa: str = "default") -> str:
+def deployment(name: str, ns: str = "shop", labels: dict | None = None, *, replicas: int = 2,
+               sa: str = "default") -> str:
     labels = {"app": name, **(labels or {})}
     spec = {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": labels},

@@ -138,13 +138,15 @@ BROKEN = [
     ("kind: Pod\nmetadata: {name: a}\n", "x.yaml:1: apiVersion: is required"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c}]\n",
      "x.yaml:5: not valid YAML: expected ',' or '}', but got '<stream end>'"),
-    ("apiVersion: v2\nkind: Pod\nmetadata: {name: a}\n", "x.yaml:1: apiVersion: v2 is not an apiVersion of Pod (expected v1)"),
+    ("apiVersion: v2\nkind: Pod\nmetadata: {name: a}\n",
+     "x.yaml:1: apiVersion: v2 is not an apiVersion of Pod (expected v1)"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: []}\n",
      "x.yaml:3: metadata.name: name 'Bad_Name' is not a valid Kubernetes name"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n", "x.yaml:1: Pod default/a: spec: is required"),
     ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  labels: {enabled: true}\nspec: {containers: []}\n",
      'x.yaml:5: Pod default/a: metadata.labels.enabled: expected a string, got a boolean (true); quote it: "true"'),
-    ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - {port: 80}\n  - {port: 70000, name: b}\n",
+    ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n"
+     "  ports:\n  - {port: 80}\n  - {port: 70000, name: b}\n",
      "x.yaml:6: Service default/s: spec.ports[0].name: is required when a Service has more than one port"),
     ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - {port: 70000}\n",
      "x.yaml:6: Service default/s: spec.ports[0].port: 70000 is not a port number (1-65535)"),
@@ -155,18 +157,22 @@ BROKEN = [
      "x.yaml:8: Deployment default/d: spec.template.metadata.labels: does not match spec.selector.matchLabels"),
     ("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: w}\nspec:\n"
      "  gatewayClassName: istio-waypoint\n  listeners: [{name: mesh, port: 15008, protocol: HTTP}]\n",
-     "x.yaml:6: Gateway default/w: spec.listeners: a waypoint needs the listener {name: mesh, port: 15008, protocol: HBONE}"),
+     "x.yaml:6: Gateway default/w: spec.listeners: a waypoint needs the listener "
+     "{name: mesh, port: 15008, protocol: HBONE}"),
     ("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n"
      "  parentRefs: [{kind: Service, name: s}]\n  rules:\n  - timeouts: {request: 10 seconds}\n",
-     "x.yaml:7: HTTPRoute default/r: spec.rules[0].timeouts.request: '10 seconds' is not a duration like 10s, 500ms or 1m30s"),
+     "x.yaml:7: HTTPRoute default/r: spec.rules[0].timeouts.request: '10 seconds' is not a duration "
+     "like 10s, 500ms or 1m30s"),
     ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n",
      "x.yaml:5: AuthorizationPolicy default/p: spec.action: CUSTOM (external authorization) is not supported"),
     ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n"
      "  - from: [{source: {ipBlocks: [10.0.0.0/33]}}]\n",
      "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].from[0].source.ipBlocks[0]: '10.0.0.0/33' is not an IP "
      "address or CIDR block"),
-    ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  mtls: {mode: STRICTER}\n",
-     "x.yaml:5: PeerAuthentication default/p: spec.mtls.mode: 'STRICTER' is not one of UNSET, DISABLE, PERMISSIVE, STRICT"),
+    ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n"
+     "spec:\n  mtls: {mode: STRICTER}\n",
+     "x.yaml:5: PeerAuthentication default/p: spec.mtls.mode: 'STRICTER' is not one of "
+     "UNSET, DISABLE, PERMISSIVE, STRICT"),
     ("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w}\nspec:\n"
      "  url: oci://ghcr.io/x/y:1\n  targetRefs: [{kind: Gateway, name: w}]\n",
      "x.yaml:5: WasmPlugin default/w: spec.url: 'oci://ghcr.io/x/y:1': only file://, http:// and https:// URLs can be "
@@ -174,7 +180,8 @@ BROKEN = [
     ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  name: b\n",
      "x.yaml:5: metadata.name: duplicate key"),
     (AP + "  - when: [{key: source.ip, values: [x]}]\n",
-     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 'x' is not an IP address or CIDR block"),
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 'x' is not an IP address "
+     "or CIDR block"),
     (AP + "  - when:\n    - key: destination.ip\n      notValues:\n      - 10.0.0.1\n      - 10.0.0.0/33\n",
      "x.yaml:10: AuthorizationPolicy default/p: spec.rules[0].when[0].notValues[1]: '10.0.0.0/33' is not an IP "
      "address or CIDR block"),
@@ -183,7 +190,8 @@ BROKEN = [
     (AP + "  - when: [{key: destination.port, values: [http]}]\n",
      "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 'http' is not a port number"),
     (AP + "  - when: [{key: destination.port, notValues: ['80', '70000']}]\n",
-     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].notValues[1]: 70000 is not a port number (1-65535)"),
+     "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].notValues[1]: 70000 is not a port "
+     "number (1-65535)"),
     (AP + "  - when: [{key: destination.port, values: ['0']}]\n",
      "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].when[0].values[0]: 0 is not a port number (1-65535)"),
     (AP + "  - when: [{key: destination.port, values: [8080]}]\n",
@@ -316,8 +324,8 @@ DENY_MORE = "ztunnel enforces this DENY rule at L4 without {}, denying more than
                   f"alternative can never match at L4, so the rule matches only through the others {WAYPOINT_ONLY}"],
                  id="allow-alternative-beside-l4-ones"),
     pytest.param("action: DENY\n  rules: [{to: [{operation: {notMethods: [GET], hosts: [a]}}]}]",
-                 ["spec.rules[0].to[0].operation: warning: L7 fields hosts, notMethods are enforced by a waypoint only; "
-                  + DENY_MORE.format("them")], id="deny-operation"),
+                 ["spec.rules[0].to[0].operation: warning: L7 fields hosts, notMethods are enforced by a "
+                  "waypoint only; " + DENY_MORE.format("them")], id="deny-operation"),
     pytest.param("action: DENY\n  rules: [{when: [{key: 'request.auth.claims[iss]', values: [me]}]}]",
                  ["spec.rules[0].when[0]: warning: L7 condition request.auth.claims[iss] is enforced by a waypoint "
                   "only; " + DENY_MORE.format("it")], id="deny-condition"),

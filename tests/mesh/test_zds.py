@@ -164,11 +164,16 @@ def test_input_out_of_turn_is_a_protocol_error_and_closes(steps, message):
     with pytest.raises(ZdsProtocolError, match=message):
         for step in steps:
             match step:
-                case "hello": conn.receive_hello(hello())
-                case "old hello": conn.receive_hello(hello(zds_pb2.NOT_USED))
-                case "send": assert conn.next_request(state) is not None
-                case "ack": conn.receive_response(ack())
-                case "empty response": conn.receive_response(zds_pb2.WorkloadResponse())
+                case "hello":
+                    conn.receive_hello(hello())
+                case "old hello":
+                    conn.receive_hello(hello(zds_pb2.NOT_USED))
+                case "send":
+                    assert conn.next_request(state) is not None
+                case "ack":
+                    conn.receive_response(ack())
+                case "empty response":
+                    conn.receive_response(zds_pb2.WorkloadResponse())
     assert conn.phase is Phase.CLOSED and conn.next_request(state) is None
 
 

@@ -406,7 +406,7 @@ async def test_a_consumer_that_falls_behind_is_told(plane, token, monkeypatch):
         for i in range(3):
             plane.publisher.publish(resources(address={W1: workload(W1, f"10.0.2.{i}")}))
             with trio.fail_after(BOUND):
-                await client.wait_until(lambda: addresses(client) == {W1: f"10.0.2.{i}"})
+                await client.wait_until(lambda i=i: addresses(client) == {W1: f"10.0.2.{i}"})
         with pytest.raises(ChangesLost, match="no longer kept"):
             await anext(behind)
         # The remedy: re-read the view, then follow from the current change on.
