@@ -14,6 +14,10 @@ this module adds what HBONE means on top of it:
   A malformed ``forwarded`` header is ignored (``forwarded_for=None``), as Istio's ztunnel does:
   DESIGN.md lists it among no 400 causes, it only carries the original source address, and the
   driver falls back to the peer's own address.
+- Each stream's CONNECT state (AWAITING its answer, OPEN) is this layer's own, in its own table, moved
+  only through ``hbone.connect_state``'s transition table; HTTP/2 tells it of each header block and
+  of each stream it lets go. A method called in a state the table has no move for raises
+  ``LocalProtocolError`` and closes the stream (reset with INTERNAL_ERROR): CLOSED is terminal.
 - ``HboneServerConnection`` answers a malformed CONNECT with 400 by itself (and still reports it, for
   the access log); a well-formed one waits in ``AWAITING`` until the driver calls ``accept`` (200,
   once the upstream is up) or ``reject`` (401/503). A refusal is a complete response with END_STREAM
@@ -44,15 +48,22 @@ events.
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from hbone.connect_state import ConnectInput, ConnectState, ConnectStateError, advance
 from hbone.http2 import (
-    ErrorCode, Event as Http2Event, Header, Http2Connection, LocalProtocolError, Setting, StreamAborted,
+    ErrorCode,
+    Event as Http2Event,
+    Header,
+    Http2Connection,
+    LocalProtocolError,
+    Setting,
+    StreamAborted,
 )
+from mesh.addresses import format_address
 
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 4 * 1024 * 1024
@@ -108,10 +119,6 @@ def split_host_port(text: str) -> tuple[IPAddress, int]:
     if not 0 < port < 65536:
         raise ValueError(f"port {port} of {text!r} is out of range")
     return ip, port
-
-
-def _host_port_text(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def _as_bytes(value: bytes | str) -> bytes:
@@ -219,23 +226,20 @@ class ConnectRefused:
     status: int
 
 
+ConnectEvent = ConnectRequested | ConnectAccepted | ConnectRefused
 # What ``receive_bytes`` and ``on_timer`` return: these, and ``hbone.http2``'s stream events
 # (StreamData, StreamHalfClosed, StreamAborted, SendWindowOpened, ConnectionClosed).
-Event = ConnectRequested | ConnectAccepted | ConnectRefused | Http2Event
+Event = ConnectEvent | Http2Event
 
-
-# ---------------------------------------------------------------- stream phases
-
-
-class Phase(enum.Enum):
-    AWAITING = "awaiting"  # CONNECT sent or received, no response yet
-    OPEN = "open"  # 200 sent or received
+_IDLE, _AWAITING, _OPEN, _CLOSED = ConnectState.IDLE, ConnectState.AWAITING, ConnectState.OPEN, ConnectState.CLOSED
 
 
 # ---------------------------------------------------------------- connections
 
 
-class _HbonePeer:
+class HboneConnection:
+    """What both sides share: bytes in and out, the streams' data, half-close and reset, PINGs."""
+
     _client_side: bool
 
     def __init__(self, *, now: float, ping_interval: float, ping_timeout: float) -> None:
@@ -247,9 +251,11 @@ class _HbonePeer:
         }
         if self._client_side:
             settings[Setting.ENABLE_PUSH] = 0
-        self._http2 = Http2Connection(
+        # Live CONNECT streams (AWAITING or OPEN), moved only by ``_step``; see hbone.connect_state.
+        self._streams: dict[int, ConnectState] = {}
+        self._http2: Http2Connection[ConnectEvent] = Http2Connection(
             client_side=self._client_side, settings=settings, connection_window=CONNECTION_WINDOW,
-            on_headers=self._on_headers, on_ping_ack=self._on_ping_ack,
+            on_headers=self._on_headers, on_ping_ack=self._on_ping_ack, on_stream_closed=self._on_stream_closed,
         )
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -275,12 +281,14 @@ class _HbonePeer:
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of ``data`` as the windows allow; return how many bytes were taken.
         ``data`` is held until ``data_to_send``: pass bytes, or a view of bytes."""
-        self._stream(stream_id, Phase.OPEN, "send_data")
+        if self._streams.get(stream_id) is not _OPEN:  # the hot path's check; the table has the rest
+            self._step(stream_id, ConnectInput.SEND_DATA)
         return self._http2.send_data(stream_id, data)
 
     def half_close(self, stream_id: int) -> None:
         """END_STREAM: the TCP side has shut its write half."""
-        self._stream(stream_id, Phase.OPEN, "half_close")
+        if self._streams.get(stream_id) is not _OPEN:
+            self._step(stream_id, ConnectInput.SEND_END_STREAM)
         self._http2.end_stream(stream_id)
 
     def reset(self, stream_id: int, error_code: int = ErrorCode.CONNECT_ERROR) -> None:
@@ -291,10 +299,10 @@ class _HbonePeer:
         """The app side consumed ``n`` bytes of ``StreamData``: give the peer that much window back."""
         self._http2.acknowledge(stream_id, n)
 
-    def phase(self, stream_id: int) -> Phase | None:
-        """The stream's phase, or None once it is gone."""
-        stream = self._http2.streams.get(stream_id)
-        return stream.phase if stream else None
+    def state(self, stream_id: int) -> ConnectState:
+        """The stream's CONNECT state: AWAITING or OPEN while it lives, CLOSED once it is gone (and
+        for an id that never carried a CONNECT)."""
+        return self._streams.get(stream_id, _CLOSED)
 
     def send_window(self, stream_id: int = 0) -> int:
         """How many bytes ``send_data`` would take now (stream 0: the connection's window)."""
@@ -338,21 +346,32 @@ class _HbonePeer:
         if self._ping_sent_at is not None and payload == self._ping_payload:
             self._ping_sent_at = None
 
-    # -- internals
+    # -- the state machine
 
-    def _stream(self, stream_id: int, phase: Phase, action: str):
-        stream = self._http2.streams.get(stream_id)
-        if stream is None:
-            raise LocalProtocolError(f"{action}: stream {stream_id} is not live")
-        if stream.phase is not phase:
-            raise LocalProtocolError(f"{action}: stream {stream_id} is {stream.phase.value}")
-        return stream
+    def _step(self, stream_id: int, input_: ConnectInput, unknown: ConnectState = _CLOSED) -> ConnectState:
+        """Move the stream by ``input_`` (``unknown``: the state of an id not in the table). A move the
+        table lacks closes the stream, resetting it, and raises ``LocalProtocolError``."""
+        try:
+            state = advance(self._streams.get(stream_id, unknown), input_)
+        except ConnectStateError as exc:
+            if self._streams.pop(stream_id, None) is not None:
+                self._http2.reset_stream(stream_id, ErrorCode.INTERNAL_ERROR)
+            raise LocalProtocolError(f"stream {stream_id}: {exc}") from None
+        if state is _CLOSED:
+            self._streams.pop(stream_id, None)
+        else:
+            self._streams[stream_id] = state
+        return state
+
+    def _on_stream_closed(self, stream_id: int) -> None:
+        if stream_id in self._streams:
+            self._step(stream_id, ConnectInput.STREAM_ENDED)
 
     def _on_headers(self, stream_id: int, headers: list[Header], out: list[Event]) -> None:
         raise NotImplementedError
 
 
-class HboneServerConnection(_HbonePeer):
+class HboneServerConnection(HboneConnection):
     """The accepting side: one CONNECT stream per proxied TCP connection, for ``local_addresses``."""
 
     _client_side = False
@@ -366,15 +385,14 @@ class HboneServerConnection(_HbonePeer):
 
     def accept(self, stream_id: int) -> None:
         """200: the upstream connection is up."""
-        stream = self._stream(stream_id, Phase.AWAITING, "accept")
+        self._step(stream_id, ConnectInput.SEND_ACCEPT)
         self._http2.send_headers(stream_id, [(b":status", b"200")])
-        stream.phase = Phase.OPEN
 
     def reject(self, stream_id: int, status: int) -> None:
         """400 malformed, 401 denied by policy, 503 no such workload or upstream refused."""
         if status not in REJECT_STATUSES:
             raise ValueError(f"status {status} is not one of {sorted(REJECT_STATUSES)}")
-        self._stream(stream_id, Phase.AWAITING, "reject")
+        self._step(stream_id, ConnectInput.SEND_REFUSAL)
         self._refuse(stream_id, status)
 
     def _refuse(self, stream_id: int, status: int) -> None:
@@ -383,18 +401,19 @@ class HboneServerConnection(_HbonePeer):
         self._http2.reset_stream(stream_id, ErrorCode.NO_ERROR)
 
     def _on_headers(self, stream_id: int, headers: list[Header], out: list[Event]) -> None:
-        stream = self._http2.streams[stream_id]
-        if stream.phase is not None:
-            return  # trailers: HBONE has no use for them
+        if stream_id in self._streams:
+            self._step(stream_id, ConnectInput.RECV_TRAILERS)  # HBONE has no use for them
+            return
         request = parse_connect(headers, self.local_addresses)
         if isinstance(request, ConnectRejection):
+            self._step(stream_id, ConnectInput.RECV_MALFORMED_CONNECT, _IDLE)
             self._refuse(stream_id, request.status)
         else:
-            stream.phase = Phase.AWAITING
+            self._step(stream_id, ConnectInput.RECV_CONNECT, _IDLE)
         out.append(ConnectRequested(stream_id, request))
 
 
-class HboneClientConnection(_HbonePeer):
+class HboneClientConnection(HboneConnection):
     """The connecting side: ``open_stream`` per proxied TCP connection, while ``streams_available()``."""
 
     _client_side = True
@@ -416,29 +435,33 @@ class HboneClientConnection(_HbonePeer):
         split_host_port(authority)  # ValueError: a bad authority is the caller's bug
         headers = [(b":method", b"CONNECT"), (b":authority", authority.encode())]
         if forwarded_for is not None:
-            headers.append((b"forwarded", f'for="{_host_port_text(*forwarded_for)}"'.encode()))
+            headers.append((b"forwarded", f'for="{format_address(*forwarded_for)}"'.encode()))
         if baggage is not None:
             headers.append((b"baggage", baggage.encode()))
         if traceparent is not None:
             headers.append((b"traceparent", traceparent.encode()))
         stream_id = self._http2.open_stream(headers)
-        self._http2.streams[stream_id].phase = Phase.AWAITING
+        self._step(stream_id, ConnectInput.SEND_CONNECT, _IDLE)
         return stream_id
 
     def _on_headers(self, stream_id: int, headers: list[Header], out: list[Event]) -> None:
-        stream = self._http2.streams[stream_id]
-        if stream.phase is not Phase.AWAITING:
-            return  # trailers
+        if self._streams.get(stream_id) is not _AWAITING:
+            self._step(stream_id, ConnectInput.RECV_TRAILERS)
+            return
         status = _response_status(headers)
         if status is None:
+            self._step(stream_id, ConnectInput.RECV_BAD_RESPONSE)
             self._http2.reset_stream(stream_id, ErrorCode.PROTOCOL_ERROR)
             out.append(StreamAborted(stream_id, ErrorCode.PROTOCOL_ERROR, remote=False))
         elif status == 200:
-            stream.phase = Phase.OPEN
+            self._step(stream_id, ConnectInput.RECV_ACCEPT)
             out.append(ConnectAccepted(stream_id))
-        elif status >= 200:  # any other final status fails the client's connection; 1xx are skipped
+        elif status >= 200:  # any other final status fails the client's connection
+            self._step(stream_id, ConnectInput.RECV_REFUSAL)
             self._http2.reset_stream(stream_id, ErrorCode.CANCEL)
             out.append(ConnectRefused(stream_id, status))
+        else:
+            self._step(stream_id, ConnectInput.RECV_INFORMATIONAL)  # 1xx: the answer is still to come
 
 
 def _response_status(headers: list[Header]) -> int | None:

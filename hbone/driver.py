@@ -28,8 +28,9 @@ import trio
 
 from hbone.connect import (
     ConnectAccepted, ConnectRefused, ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection,
-    HboneServerConnection, Phase,
+    HboneServerConnection,
 )
+from hbone.connect_state import ConnectState
 from hbone.http2 import (
     ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
 )
@@ -208,7 +209,7 @@ class _Driver:
 
     def finish(self, stream: HboneStream) -> None:
         """The stream's owner is done with it: reset it unless it ended cleanly."""
-        if not self.closed and self.peer.phase(stream.stream_id) is not None and not stream.finished:
+        if not self.closed and self.peer.state(stream.stream_id) is not ConnectState.CLOSED and not stream.finished:
             self.peer.reset(stream.stream_id)
             self._kick()
         self.streams.pop(stream.stream_id, None)
@@ -323,7 +324,7 @@ class _Driver:
             self._write_wanted.set()
 
     def _maybe_forget(self, stream_id: int) -> None:
-        if self.peer.phase(stream_id) is None:
+        if self.peer.state(stream_id) is ConnectState.CLOSED:
             stream = self.streams.get(stream_id)
             if stream is not None and stream.finished:
                 self.streams.pop(stream_id, None)
@@ -390,14 +391,14 @@ class IncomingConnect:
     target: ConnectTarget
 
     def accept(self) -> HboneStream:
-        if self.driver.closed or self.driver.peer.phase(self.stream.stream_id) is not Phase.AWAITING:
+        if self.driver.closed or self.driver.peer.state(self.stream.stream_id) is not ConnectState.AWAITING:
             raise trio.BrokenResourceError(self.stream._error or "the client gave up on the CONNECT")
         self.driver.peer.accept(self.stream.stream_id)
         self.driver._kick()
         return self.stream
 
     def reject(self, status: int) -> None:
-        if not self.driver.closed and self.driver.peer.phase(self.stream.stream_id) is Phase.AWAITING:
+        if not self.driver.closed and self.driver.peer.state(self.stream.stream_id) is ConnectState.AWAITING:
             self.driver.peer.reject(self.stream.stream_id, status)
             self.driver._kick()
         self.driver.streams.pop(self.stream.stream_id, None)

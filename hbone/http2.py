@@ -1,4 +1,4 @@
-"""A lean HTTP/2 connection (RFC 9113) for HBONE's subset, sans-IO.
+"""A lean HTTP/2 connection (RFC 9113) for a CONNECT tunnel's subset of the protocol, sans-IO.
 
 Bytes in, events out; method calls queue frames that ``data_to_send()`` hands back. It does what a
 CONNECT tunnel needs and no more: streams carry one header block each way (plus trailers, which are
@@ -10,6 +10,11 @@ encoder, a full decoder); the ``hpack`` library it replaces cost ztunnel up to 2
 Why not ``h2``: HBONE sends and receives one small DATA frame per proxied write, and h2 spends about
 10 µs sending and 14 µs receiving each (frame objects, a state machine per event, an eager
 ``repr`` per received frame). Here a DATA frame is a 9-byte header from one integer and a slice.
+
+Streams: ``streams`` holds each live stream's HTTP/2 state (RFC 9113 section 5.1: open, half-closed
+either way, with its windows). What a stream means to the layer above (a CONNECT awaiting its answer,
+say) is that layer's own business: it hears of each header block through ``on_headers`` and of each
+stream that leaves the table through ``on_stream_closed``, so it can keep its own table in step.
 
 The peer's faults never raise. A connection error (RFC 9113 section 5.4.1) queues GOAWAY and becomes
 ``StreamAborted`` for every live stream, then ``ConnectionClosed``; a stream error queues RST_STREAM
@@ -27,6 +32,7 @@ import enum
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from hbone.hpack_codec import Decoder, Encoder, HpackError
 
@@ -137,11 +143,21 @@ class ConnectionClosed:
 
 
 Event = StreamData | StreamHalfClosed | StreamAborted | SendWindowOpened | ConnectionClosed
+# The layer above may add events of its own (HBONE's ConnectRequested...) to what ``receive_bytes``
+# returns, in order with these: a connection is generic in that type.
+UpperEvent = TypeVar("UpperEvent")
 
 # Called while bytes are being received, so that the layer above can answer or reset a stream
 # before the frames after its header block are read: (stream id, headers, events so far).
-HeadersHook = Callable[[int, list[Header], list[Event]], None]
+HeadersHook = Callable[[int, list[Header], list[Event | UpperEvent]], None]
 PingAckHook = Callable[[bytes], None]
+# Called as a stream leaves ``streams``: reset either way, closed both ways and all it received
+# acknowledged, or the connection ended.
+StreamClosedHook = Callable[[int], None]
+
+
+def _ignore_stream_closed(stream_id: int) -> None:
+    pass
 
 
 class _ConnectionError(Exception):
@@ -154,16 +170,15 @@ class _ConnectionError(Exception):
 
 
 class Stream:
-    """One stream's protocol state. ``phase`` belongs to the layer above (HBONE's AWAITING/OPEN).
+    """One stream's HTTP/2 state.
 
     A stream stays in ``Http2Connection.streams`` until it is reset, or until both halves are closed
     and everything it received has been acknowledged.
     """
 
-    __slots__ = ("phase", "send_window", "recv_window", "unacked", "credit", "local_closed", "remote_closed")
+    __slots__ = ("send_window", "recv_window", "unacked", "credit", "local_closed", "remote_closed")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
-        self.phase: object = None
         self.send_window = send_window  # bytes we may still send
         self.recv_window = recv_window  # bytes the peer may still send
         self.unacked = 0  # delivered, not yet acknowledged by the caller
@@ -179,28 +194,33 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
 # ---------------------------------------------------------------- the connection
 
 
-class Http2Connection:
+class Http2Connection(Generic[UpperEvent]):
     """One HTTP/2 connection, either side. The preface and our SETTINGS are queued at creation."""
 
     def __init__(
         self, *, client_side: bool, settings: Mapping[Setting, int], connection_window: int,
-        on_headers: HeadersHook, on_ping_ack: PingAckHook,
+        on_headers: HeadersHook[UpperEvent], on_ping_ack: PingAckHook,
+        on_stream_closed: StreamClosedHook = _ignore_stream_closed,
     ) -> None:
         self.client_side = client_side
         self._on_headers_hook = on_headers
         self._on_ping_ack = on_ping_ack
+        self._on_stream_closed = on_stream_closed
         self.streams: dict[int, Stream] = {}
         self.closed = False
         self._out: list[bytes | memoryview] = []
-        self._local = dict(_DEFAULT_SETTINGS) | dict(settings)
+        self._local = dict(_DEFAULT_SETTINGS)
+        for key, value in settings.items():
+            self._local[key] = value
         self._remote = dict(_DEFAULT_SETTINGS)
         self._encoder = Encoder()
         self._decoder = Decoder(max_header_list_size=self._local[Setting.MAX_HEADER_LIST_SIZE] or 2**32,
-                                max_table_size=self._local[Setting.HEADER_TABLE_SIZE])
+                                max_table_size=_given(self._local, Setting.HEADER_TABLE_SIZE))
         self._max_block = self._local[Setting.MAX_HEADER_LIST_SIZE] or 2**20
-        self._max_recv_frame = self._local[Setting.MAX_FRAME_SIZE]
+        self._max_recv_frame = _given(self._local, Setting.MAX_FRAME_SIZE)
         self._max_send_frame = DEFAULT_MAX_FRAME_SIZE
-        self._stream_window = self._local[Setting.INITIAL_WINDOW_SIZE]
+        self._stream_window = _given(self._local, Setting.INITIAL_WINDOW_SIZE)  # what the peer may send
+        self._peer_stream_window = DEFAULT_WINDOW  # what we may send, per the peer's INITIAL_WINDOW_SIZE
         self._send_window = DEFAULT_WINDOW  # connection-level, both ways
         self._recv_window = connection_window
         self._connection_window = connection_window
@@ -235,7 +255,7 @@ class Http2Connection:
         self._out.clear()
         return data
 
-    def receive_bytes(self, data: bytes) -> list[Event]:
+    def receive_bytes(self, data: bytes) -> list[Event | UpperEvent]:
         """Feed bytes read from the transport; return what they meant."""
         if self.closed or not data:
             return []
@@ -246,7 +266,7 @@ class Http2Connection:
                 return []
             data = b"".join(self._pending)
             self._pending.clear()
-        out: list[Event] = []
+        out: list[Event | UpperEvent] = []
         try:
             if self._preface_left:
                 data = self._take_preface(data)
@@ -263,7 +283,7 @@ class Http2Connection:
         self._preface_left = expected[len(head):]
         return data[len(head):]
 
-    def _receive_frames(self, data: bytes, out: list[Event]) -> None:
+    def _receive_frames(self, data: bytes, out: list[Event | UpperEvent]) -> None:
         pos, end = 0, len(data)
         unpack, handlers = _HEADER.unpack_from, self._handlers
         while end - pos >= 9 and not self.closed:
@@ -292,7 +312,7 @@ class Http2Connection:
 
     # -- frame handlers: (flags, stream id, buffer, payload start, payload end, events)
 
-    def _on_data(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_data(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent]) -> None:
         if sid == 0:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         length = stop - start
@@ -327,7 +347,9 @@ class Http2Connection:
         if flags & FLAG_END_STREAM:
             self._remote_end(sid, stream, out)
 
-    def _on_headers(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_headers(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if sid == 0:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
         pad = 0
@@ -348,7 +370,9 @@ class Http2Connection:
             self._continuing_end = bool(flags & FLAG_END_STREAM)
             self._check_block_size(len(block))
 
-    def _on_continuation(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_continuation(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if self._continuing is None or self._continuing[0] != sid:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"CONTINUATION on stream {sid} without HEADERS before it")
         blocks = self._continuing[1]
@@ -363,7 +387,7 @@ class Http2Connection:
             raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
                                    f"a header block of more than {self._max_block} bytes")
 
-    def _header_block(self, sid: int, block: bytes, end_stream: bool, out: list[Event]) -> None:
+    def _header_block(self, sid: int, block: bytes, end_stream: bool, out: list[Event | UpperEvent]) -> None:
         # Decoded even for a stream that is gone, so that HPACK's table stays in step with the peer's.
         try:
             headers = self._decoder.decode(block)
@@ -381,7 +405,7 @@ class Http2Connection:
             if limit is not None and self._open_remote >= limit:
                 raise _ConnectionError(ErrorCode.PROTOCOL_ERROR,
                                        f"stream {sid} is over the {limit} concurrent streams advertised")
-            stream = self.streams[sid] = Stream(self._remote[Setting.INITIAL_WINDOW_SIZE], self._stream_window)
+            stream = self.streams[sid] = Stream(self._peer_stream_window, self._stream_window)
             self._open_remote += 1
         elif stream.remote_closed:
             self._stream_error(sid, ErrorCode.STREAM_CLOSED, out)
@@ -390,13 +414,17 @@ class Http2Connection:
         if end_stream and self.streams.get(sid) is stream:  # the hook may have reset it
             self._remote_end(sid, stream, out)
 
-    def _on_priority(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_priority(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if sid == 0:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0")
         if stop - start != 5:
             self._stream_error(sid, ErrorCode.FRAME_SIZE_ERROR, out)
 
-    def _on_rst_stream(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_rst_stream(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if sid == 0:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if stop - start != 4:
@@ -406,8 +434,11 @@ class Http2Connection:
         if stream is not None:
             self._dropped(sid, stream)
             out.append(StreamAborted(sid, _U32.unpack_from(data, start)[0], True))
+            self._on_stream_closed(sid)
 
-    def _on_settings(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_settings(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if sid:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"SETTINGS on stream {sid}")
         if flags & FLAG_ACK:
@@ -436,13 +467,13 @@ class Http2Connection:
         elif key == Setting.INITIAL_WINDOW_SIZE:
             if value > MAX_WINDOW:
                 raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, f"INITIAL_WINDOW_SIZE {value} is over 2^31-1")
-            delta = value - self._remote[Setting.INITIAL_WINDOW_SIZE]
+            delta = value - self._peer_stream_window
             for stream in self.streams.values():
                 stream.send_window += delta
                 if stream.send_window > MAX_WINDOW:
                     raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR,
                                            "INITIAL_WINDOW_SIZE overflows a stream's window")
-            self._remote[key] = value
+            self._remote[key] = self._peer_stream_window = value
             return delta > 0
         elif key == Setting.MAX_FRAME_SIZE:
             if not DEFAULT_MAX_FRAME_SIZE <= value <= LARGEST_FRAME_SIZE:
@@ -452,10 +483,12 @@ class Http2Connection:
             self._remote[key] = value
         return False  # unknown settings are ignored (RFC 9113 section 6.5.2)
 
-    def _on_push_promise(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_push_promise(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE, but push is off")
 
-    def _on_ping(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_ping(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent]) -> None:
         if sid:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"PING on stream {sid}")
         if stop - start != 8:
@@ -466,14 +499,18 @@ class Http2Connection:
         else:
             self._out.append(_frame(PING, FLAG_ACK, 0, bytes(payload)))
 
-    def _on_goaway(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_goaway(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if sid:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"GOAWAY on stream {sid}")
         if stop - start < 8:
             raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, f"GOAWAY of {stop - start} bytes, under 8")
         self._end(_U32.unpack_from(data, start + 4)[0], "GOAWAY received", True, out)
 
-    def _on_window_update(self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event]) -> None:
+    def _on_window_update(
+        self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
+    ) -> None:
         if stop - start != 4:
             raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, f"WINDOW_UPDATE of {stop - start} bytes, not 4")
         increment = _U32.unpack_from(data, start)[0] & MAX_WINDOW
@@ -506,7 +543,7 @@ class Http2Connection:
             raise LocalProtocolError("no stream available on this connection (limit reached or closed)")
         sid = self._next_stream_id
         self._next_stream_id += 2
-        self.streams[sid] = Stream(self._remote[Setting.INITIAL_WINDOW_SIZE], self._stream_window)
+        self.streams[sid] = Stream(self._peer_stream_window, self._stream_window)
         self._open_local += 1
         self._queue_headers(sid, headers, end_stream=False)
         return sid
@@ -560,6 +597,7 @@ class Http2Connection:
         self._dropped(sid, stream)
         if not (stream.local_closed and stream.remote_closed):  # nothing but PRIORITY on a closed stream
             self._out.append(_frame(RST_STREAM, 0, sid, _U32.pack(error_code)))
+        self._on_stream_closed(sid)
 
     def acknowledge(self, sid: int, n: int) -> None:
         """The caller consumed ``n`` bytes of ``StreamData``: credit them back to the peer."""
@@ -576,6 +614,7 @@ class Http2Connection:
             self._credit_stream(sid, stream, n)
         elif stream.local_closed and not stream.unacked:
             del self.streams[sid]
+            self._on_stream_closed(sid)
 
     def send_window(self, sid: int = 0) -> int:
         """How many bytes ``send_data`` would take now on ``sid`` (0: the connection's window)."""
@@ -587,9 +626,9 @@ class Http2Connection:
     def ping(self, payload: bytes) -> None:
         self._out.append(_frame(PING, 0, 0, payload))
 
-    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "closed locally") -> list[Event]:
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "closed locally") -> list[Event | UpperEvent]:
         """GOAWAY: the connection ends, every stream with it; returns those endings as events."""
-        out: list[Event] = []
+        out: list[Event | UpperEvent] = []
         if not self.closed:
             self._end(int(error_code), reason, False, out, send_goaway=True)
         return out
@@ -641,7 +680,7 @@ class Http2Connection:
         if stream.remote_closed:
             self._closed_both_ways(sid, stream)
 
-    def _remote_end(self, sid: int, stream: Stream, out: list[Event]) -> None:
+    def _remote_end(self, sid: int, stream: Stream, out: list[Event | UpperEvent]) -> None:
         stream.remote_closed = True
         out.append(StreamHalfClosed(sid))
         if stream.local_closed:
@@ -651,6 +690,7 @@ class Http2Connection:
         self._count_closed(sid)
         if not stream.unacked:
             del self.streams[sid]
+            self._on_stream_closed(sid)
 
     def _count_closed(self, sid: int) -> None:
         if (sid & 1) == self.client_side:
@@ -665,22 +705,36 @@ class Http2Connection:
         if stream.unacked:
             self._credit_connection(stream.unacked)
 
-    def _stream_error(self, sid: int, code: ErrorCode, out: list[Event]) -> None:
+    def _stream_error(self, sid: int, code: ErrorCode, out: list[Event | UpperEvent]) -> None:
         stream = self.streams.pop(sid, None)
         if stream is not None:
             self._dropped(sid, stream)
             out.append(StreamAborted(sid, int(code), False))
         self._out.append(_frame(RST_STREAM, 0, sid, _U32.pack(code)))
+        if stream is not None:
+            self._on_stream_closed(sid)
 
-    def _fail(self, code: ErrorCode, reason: str, out: list[Event]) -> None:
+    def _fail(self, code: ErrorCode, reason: str, out: list[Event | UpperEvent]) -> None:
         self._end(int(code), f"protocol error: {reason}", False, out, send_goaway=True)
 
-    def _end(self, code: int, reason: str, remote: bool, out: list[Event], *, send_goaway: bool = False) -> None:
+    def _end(
+        self, code: int, reason: str, remote: bool, out: list[Event | UpperEvent], *, send_goaway: bool = False,
+    ) -> None:
         out.extend(StreamAborted(sid, code, remote) for sid in self.streams)
+        gone = list(self.streams)
         self.streams.clear()
         self.closed = True
+        for sid in gone:
+            self._on_stream_closed(sid)
         self._pending.clear()
         if send_goaway:
             debug = reason.encode("utf-8", "replace")[:256]
             self._out.append(_frame(GOAWAY, 0, 0, _U32.pack(self._highest_peer_stream) + _U32.pack(code) + debug))
         out.append(ConnectionClosed(code, reason, remote))
+
+
+def _given(settings: Mapping[int, int | None], key: Setting) -> int:
+    """A setting that always has a value (only the two limits may be unlimited)."""
+    value = settings[key]
+    assert value is not None, f"{key.name} has no default"
+    return value

@@ -19,12 +19,13 @@ from h2.settings import SettingCodes
 
 from hbone.connect import (
     CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, STREAM_WINDOW, ConnectAccepted, ConnectRefused,
-    ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection, HboneServerConnection, Phase,
+    ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection, HboneServerConnection,
     parse_connect, split_host_port,
 )
 from tests.ztunnel.wire import (
     ACK, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, WINDOW_UPDATE, frame, frames_of, literal,
 )
+from hbone.connect_state import ConnectState
 from hbone.http2 import (
     ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
 )
@@ -190,18 +191,41 @@ def test_connect_accepted_only_when_server_accepts_then_data_both_ways():
     client_events, server_events = pump(client, server)
     assert server_events == [ConnectRequested(sid, ConnectTarget(POD, 8080, ("10.0.0.9", 40000), "k=v", "00-ab"))]
     assert client_events == []  # no 200 until the upstream is up
-    assert client.phase(sid) is Phase.AWAITING
-    with pytest.raises(LocalProtocolError):
-        client.send_data(sid, b"early")
+    assert client.state(sid) is ConnectState.AWAITING
     server.accept(sid)
     client_events, _ = pump(client, server)
     assert client_events == [ConnectAccepted(sid)]
+    assert client.state(sid) is server.state(sid) is ConnectState.OPEN
     assert client.send_data(sid, b"ping") == 4
     assert server.send_data(sid, b"pong") == 4
     client_events, server_events = pump(client, server)
     assert received(server_events, sid) == b"ping" and received(client_events, sid) == b"pong"
-    with pytest.raises(LocalProtocolError):
-        server.accept(sid)  # already answered
+
+
+@pytest.mark.parametrize("misuse", ["client sends before the 200", "server sends before its 200",
+                                    "server half-closes before its 200", "server answers twice"])
+def test_a_call_out_of_turn_raises_and_resets_the_stream(misuse):
+    """The state machine's rule: an input it has no move for is an error, and the stream ends (CLOSED
+    is terminal), reset with INTERNAL_ERROR so that the peer and both layers agree it is gone."""
+    client, server = pair()
+    sid = client.open_stream(f"{POD}:8080", None)
+    pump(client, server)
+    if misuse == "server answers twice":
+        server.accept(sid)
+    culprit, victim = (client, server) if misuse.startswith("client") else (server, client)
+    with pytest.raises(LocalProtocolError, match=f"stream {sid}: cannot"):
+        if misuse == "server half-closes before its 200":
+            culprit.half_close(sid)
+        elif misuse == "server answers twice":
+            culprit.accept(sid)
+        else:
+            culprit.send_data(sid, b"early")
+    assert culprit.state(sid) is ConnectState.CLOSED
+    client_events, server_events = pump(client, server)
+    victim_events = server_events if victim is server else client_events
+    assert StreamAborted(sid, ErrorCodes.INTERNAL_ERROR, remote=True) in victim_events
+    assert victim.state(sid) is ConnectState.CLOSED
+    assert open_accepted(client, server) != sid  # the connection goes on
 
 
 def test_ipv6_authority_round_trip():
@@ -231,7 +255,7 @@ def test_malformed_connect_gets_400_on_its_stream_only(headers, reason):
     assert of(raw_events, h2.events.StreamEnded)
     assert [(e.error_code, e.remote_reset) for e in of(raw_events, h2.events.StreamReset)] == [
         (ErrorCodes.NO_ERROR, True)]
-    assert server.phase(sid) is None
+    assert server.state(sid) is ConnectState.CLOSED
     # The connection lives on: the next, well-formed CONNECT is requested.
     sid2 = raw.conn.get_next_available_stream_id()
     raw.conn.send_headers(sid2, [(b":method", b"CONNECT"), (b":authority", f"{POD}:80".encode())])
@@ -263,7 +287,7 @@ def test_reject_reaches_the_client_as_connect_refused(status):
     client_events, server_events = pump(client, server)
     assert client_events == [ConnectRefused(sid, status)]
     assert server_events == []  # the client's cancel of a finished stream is not news
-    assert client.phase(sid) is None and server.phase(sid) is None
+    assert client.state(sid) is ConnectState.CLOSED and server.state(sid) is ConnectState.CLOSED
     assert client.streams_available() == MAX_CONCURRENT_STREAMS
     with pytest.raises(LocalProtocolError):
         client.send_data(sid, b"x")
@@ -315,11 +339,11 @@ def test_half_close_each_direction_independently(first):
     closer_events = ev[0] if first == "client" else ev[1]
     assert closer_events == [StreamHalfClosed(sid)]
     # Both halves closed: a side forgets the stream once it has acknowledged what it read.
-    assert other.phase(sid) is Phase.OPEN
+    assert other.state(sid) is ConnectState.OPEN
     other.acknowledge(sid, len(b"last words"))
-    assert other.phase(sid) is None
+    assert other.state(sid) is ConnectState.CLOSED
     closer.acknowledge(sid, len(b"reply"))
-    assert closer.phase(sid) is None
+    assert closer.state(sid) is ConnectState.CLOSED
 
 
 @pytest.mark.parametrize("resetter", ["client", "server"])
@@ -333,7 +357,7 @@ def test_reset_aborts_the_stream_on_the_other_side(resetter):
     ev = pump(client, server)
     peer_events = ev[1] if resetter == "client" else ev[0]
     assert peer_events == [StreamAborted(sid, ErrorCodes.CONNECT_ERROR, remote=True)]
-    assert peer.phase(sid) is None and me.phase(sid) is None
+    assert peer.state(sid) is ConnectState.CLOSED and me.state(sid) is ConnectState.CLOSED
     with pytest.raises(LocalProtocolError):
         peer.send_data(sid, b"x")
     assert client.send_data(keep, b"still") == 5  # other streams are untouched
