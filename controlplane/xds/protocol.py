@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.snapshot import Snapshot, VersionedResource
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WILDCARD
 
 DEFAULT_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL})
@@ -228,8 +228,10 @@ class DeltaStream:
             return Nacked(type_url, nonce, request.error_detail.code, request.error_detail.message)
         return Acked(type_url, nonce)
 
-    def _diff(self, type_url: str, state: _TypeState, snapshot: Snapshot, *, always: bool):
+    def _diff(self, type_url: str, state: _TypeState, snapshot: Snapshot, *,
+              always: bool) -> discovery_pb2.DeltaDiscoveryResponse | None:
         available = snapshot.of_type(type_url)
+        candidates: Iterable[tuple[str, VersionedResource]]
         if snapshot.delta is not None and state.in_step_with == snapshot.version - 1 and not state.owed:
             # The common case: one small change, many streams. Look only at what changed.
             changed, gone = snapshot.delta.get(type_url, (frozenset(), frozenset()))

@@ -5,6 +5,7 @@ plane's: ``controlplane.xds``. The names below load on first use.
 """
 
 import importlib
+from typing import Any
 
 _HOMES = {
     "Backoff": "mesh.backoff", "Change": "mesh.xds.client", "ChangesLost": "mesh.xds.client",
@@ -14,7 +15,7 @@ _HOMES = {
 __all__ = sorted(_HOMES)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'mesh.xds' has no attribute {name!r}")

@@ -24,9 +24,11 @@ from __future__ import annotations
 import logging
 import queue
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
+from typing import Protocol
 
 import grpc
 import trio
@@ -45,6 +47,7 @@ MAX_NACK_MESSAGE = 4096  # error_detail is for humans and logs; do not echo mega
 CHANGE_HISTORY = 4096
 
 Validate = Callable[[str, str, Message], None]  # (type URL, name, message); raises ValueError to reject
+Applied = tuple[frozenset[str], frozenset[str]]  # the names a response updated, and those it removed
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ class ClientState:
 
         A type whose explicit names were all unsubscribed is left out: a first request naming
         nothing would be read as the legacy wildcard, i.e. everything."""
-        requests = []
+        requests: list[discovery_pb2.DeltaDiscoveryRequest] = []
         for type_url, names in self._subscriptions.items():
             if names is not None and not names:
                 continue
@@ -143,7 +146,9 @@ class ClientState:
             requests.append(request)
         return requests
 
-    def on_response(self, response: discovery_pb2.DeltaDiscoveryResponse):
+    def on_response(
+        self, response: discovery_pb2.DeltaDiscoveryResponse,
+    ) -> tuple[discovery_pb2.DeltaDiscoveryRequest, Applied | None, str | None]:
         """Apply ``response`` or reject it whole. Returns (ACK or NACK request, (updated, removed)
         names or None if rejected, the rejection message or None)."""
         type_url = response.type_url
@@ -152,7 +157,8 @@ class ClientState:
         if error is not None:
             reply.error_detail.CopyFrom(_status(error))
             return reply, None, error
-        decoded, problems = {}, []
+        decoded: dict[str, tuple[str, Message]] = {}
+        problems: list[str] = []
         wanted = self._subscriptions[type_url]
         for resource in response.resources:
             if wanted is not None and resource.name not in wanted:
@@ -198,7 +204,8 @@ class ClientState:
         wanted |= new
         return discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=sorted(new))
 
-    def unsubscribe(self, type_url: str, names: frozenset[str]):
+    def unsubscribe(self, type_url: str,
+                    names: frozenset[str]) -> tuple[discovery_pb2.DeltaDiscoveryRequest | None, frozenset[str]]:
         """Drop ``names`` (and their resources). Returns (request or None, names removed from the view)."""
         wanted = self._explicit(type_url)
         gone = set(names) & wanted
@@ -225,22 +232,31 @@ def _check_names(names: frozenset[str]) -> None:
         raise ValueError(f"resource names are non-empty strings other than {WILDCARD!r}: {sorted(map(repr, names))}")
 
 
-_END = object()  # ends the request generator grpcio is iterating
+# A stream's requests, in order; None ends the request generator grpcio is iterating.
+Outbox = queue.Queue[discovery_pb2.DeltaDiscoveryRequest | None]
 
 
-def _requests(outbox: queue.Queue):
-    while (request := outbox.get()) is not _END:
+class _ResponseStream(Protocol):
+    """What the client uses of grpcio's stream-stream call: its responses, and cancel()."""
+
+    def __next__(self) -> discovery_pb2.DeltaDiscoveryResponse: ...
+
+    def cancel(self) -> bool: ...
+
+
+def _requests(outbox: Outbox) -> Iterator[discovery_pb2.DeltaDiscoveryRequest]:
+    while (request := outbox.get()) is not None:
         yield request
 
 
-async def _cancel_when_cancelled(call) -> None:
+async def _cancel_when_cancelled(call: _ResponseStream) -> None:
     try:
         await trio.sleep_forever()
     finally:
         call.cancel()
 
 
-def _next_response(call) -> discovery_pb2.DeltaDiscoveryResponse | None:
+def _next_response(call: _ResponseStream) -> discovery_pb2.DeltaDiscoveryResponse | None:
     """Blocking, in a worker thread; None once the server ends the stream with OK."""
     try:
         return next(call)
@@ -261,7 +277,7 @@ class DiscoveryClient:
         self._config = config
         self._state = ClientState(config.subscriptions, validate, config.node_id)
         self._connected = False
-        self._outbox: queue.Queue | None = None  # the live stream's requests, if any
+        self._outbox: Outbox | None = None  # the live stream's requests, if any
         self._running = False
         self._seq = 0
         self._history: deque[Change] = deque(maxlen=CHANGE_HISTORY)
@@ -301,7 +317,7 @@ class DiscoveryClient:
 
     async def _changes_after(self, seq: int) -> AsyncIterator[Change]:
         while True:
-            await self.wait_until(lambda seq=seq: self._seq > seq)
+            await self.wait_until(partial(self._changed_after, seq))
             if self._history[0].seq > seq + 1:
                 raise ChangesLost(f"changes {seq + 1}..{self._history[0].seq - 1} are no longer kept")
             for change in list(self._history):
@@ -309,15 +325,18 @@ class DiscoveryClient:
                     seq = change.seq
                     yield change
 
+    def _changed_after(self, seq: int) -> bool:
+        return self._seq > seq
+
     # -- changing the subscription while running
 
-    def subscribe(self, type_url: str, names) -> None:
+    def subscribe(self, type_url: str, names: Iterable[str]) -> None:
         """Also want ``names`` of ``type_url`` (an explicit subscription)."""
         request = self._state.subscribe(type_url, frozenset(names))
         if request is not None and self._outbox is not None:
             self._outbox.put(request)
 
-    def unsubscribe(self, type_url: str, names) -> None:
+    def unsubscribe(self, type_url: str, names: Iterable[str]) -> None:
         """Stop wanting ``names``; they leave the view at once (reported as a ``Change``)."""
         request, dropped = self._state.unsubscribe(type_url, frozenset(names))
         if request is not None and self._outbox is not None:
@@ -363,7 +382,7 @@ class DiscoveryClient:
             self._set_connected(False)
 
     def _channel(self) -> grpc.Channel:
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", self._config.max_response_bytes),
             # A server that vanishes without closing the connection is noticed within ~40 s, and
             # the client reconnects, instead of waiting for TCP's timeout. The server allows this rate.
@@ -377,7 +396,7 @@ class DiscoveryClient:
 
     async def _stream(self, synced: Callable[[], None], delivered: Callable[[], None]) -> str:
         """One stream, until it fails, the server ends it, or we are cancelled; returns why it ended."""
-        outbox: queue.Queue = queue.Queue()
+        outbox: Outbox = queue.Queue()
         initial = self._state.initial_requests()
         for request in initial:
             outbox.put(request)
@@ -409,11 +428,11 @@ class DiscoveryClient:
                     nursery.cancel_scope.cancel()
         finally:
             self._outbox = None
-            outbox.put(_END)  # ends grpcio's request thread, blocked in our generator
+            outbox.put(None)  # ends grpcio's request thread, blocked in our generator
             call.cancel()
             channel.close()
 
-    def _apply(self, response: discovery_pb2.DeltaDiscoveryResponse, outbox: queue.Queue,
+    def _apply(self, response: discovery_pb2.DeltaDiscoveryResponse, outbox: Outbox,
                awaiting_first: set[str]) -> None:
         reply, applied, error = self._state.on_response(response)
         outbox.put(reply)
