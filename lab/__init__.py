@@ -15,7 +15,6 @@ the lab need not hold in memory.
 """
 
 from lab.processes import (
-    Backoff,
     CgroupError,
     CgroupUnavailableError,
     ProcessSpec,
@@ -42,7 +41,6 @@ from lab.topology import (
 )
 
 __all__ = [
-    "Backoff",
     "CgroupError",
     "CgroupUnavailableError",
     "ControlPlanePlan",

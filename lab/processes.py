@@ -6,6 +6,9 @@ nursery; `await supervisor.start(spec)` adds one task per process to it, which l
 
     starting -> running -> (exit) -> backoff -> starting ...   (or -> stopped/failed, by policy)
 
+Restart n waits `spec.backoff.delay(n)` (`mesh.backoff`, no jitter: 0.5 s doubling up to 10 s); a run
+of at least `spec.healthy_after` seconds counts as healthy and starts the count over.
+
 The child is placed *before* it execs: between fork and exec it writes "0" to its cgroup's
 `cgroup.procs` (which moves the writer) and calls setns on the lab netns, so even its first
 instruction runs in the right cgroup and netns, and nothing it forks can escape either. The netns and
@@ -45,8 +48,9 @@ from types import MappingProxyType
 
 import trio
 
-from mesh.netns import enter_netns, netns_path
 from lab.topology import netns_prefix
+from mesh.backoff import Backoff
+from mesh.netns import enter_netns, netns_path
 
 CGROUP_MOUNTS = Path("/proc/self/mounts")
 PREFERRED_CGROUP2_ROOT = Path("/sys/fs/cgroup")
@@ -59,6 +63,9 @@ BASE_ENV: Mapping[str, str] = MappingProxyType(
 DEFAULT_GRACE_PERIOD = 5.0
 _CGROUP_EMPTY_TIMEOUT = 5.0  # after SIGKILL the kernel empties a cgroup in milliseconds
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Restart delays: 0.5 s doubling up to 10 s, without jitter (one supervisor, nobody to spread out from).
+RESTART_BACKOFF = Backoff(initial=0.5, cap=10.0, multiplier=2.0, jitter=0)
+HEALTHY_AFTER = 10.0  # a process up this long counts as healthy: its next restart waits the initial delay
 
 
 class CgroupUnavailableError(RuntimeError):
@@ -91,23 +98,6 @@ class ProcessState(enum.Enum):
 
 
 @dataclass(frozen=True)
-class Backoff:
-    """Delay before restart n+1: initial, doubling up to cap; back to initial after a long run."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    cap: float = 10.0
-    reset_after: float = 10.0  # a process up this long counts as healthy again
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.initial <= self.cap and self.factor >= 1 and self.reset_after >= 0):
-            raise ValueError(f"invalid backoff {self}")
-
-    def next(self, delay: float) -> float:
-        return min(delay * self.factor, self.cap)
-
-
-@dataclass(frozen=True)
 class ProcessSpec:
     name: str  # unique key, e.g. "shop/web/web" (namespace/pod/container) or "controlplane"
     argv: tuple[str, ...]
@@ -117,11 +107,14 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)  # added to BASE_ENV
     cwd: Path | None = None
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
-    backoff: Backoff = Backoff()
+    backoff: Backoff = RESTART_BACKOFF
+    healthy_after: float = HEALTHY_AFTER  # a run this long resets the backoff to its first delay
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("a process needs a name")
+        if self.healthy_after < 0:
+            raise ValueError(f"process {self.name}: healthy_after must be >= 0, not {self.healthy_after}")
         argv = tuple(self.argv)
         if not argv or not all(isinstance(arg, str) and "\0" not in arg for arg in argv) or not argv[0]:
             raise ValueError(
@@ -416,7 +409,7 @@ class Supervisor:
         log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             with record.scope:
-                delay = spec.backoff.initial
+                attempt = 0  # restarts since the last healthy run: the backoff's own count
                 while True:
                     started_at = trio.current_time()
                     try:
@@ -444,14 +437,15 @@ class Supervisor:
                         # Published by _terminate, once the cgroup is gone: "finished" means cleaned up.
                         record.final_state = ProcessState.STOPPED if succeeded else ProcessState.FAILED
                         break
-                    if trio.current_time() - started_at >= spec.backoff.reset_after:
-                        delay = spec.backoff.initial
+                    if trio.current_time() - started_at >= spec.healthy_after:
+                        attempt = 0
+                    delay = spec.backoff.delay(attempt)
                     _log(log_fd, f"{outcome}; restarting in {delay:g} s")
                     self._update(record, state=ProcessState.BACKOFF)
                     task_status.started()  # a start that failed is reported too, in the status
                     task_status = trio.TASK_STATUS_IGNORED
                     await trio.sleep(delay)
-                    delay = spec.backoff.next(delay)
+                    attempt += 1
                     self._update(record, state=ProcessState.STARTING, restarts=record.restarts + 1)
         finally:
             # Shielded: cancellation of the supervisor is exactly when the processes must be stopped.

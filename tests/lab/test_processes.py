@@ -21,7 +21,7 @@ from pyroute2 import netns as pyroute2_netns
 
 from lab.processes import (
     BASE_ENV,
-    Backoff,
+    RESTART_BACKOFF,
     CgroupUnavailableError,
     ProcessSpec,
     ProcessState,
@@ -35,8 +35,9 @@ from lab.processes import (
     process_cgroup,
 )
 from lab.topology import netns_prefix
+from mesh.backoff import Backoff
 
-FAST = Backoff(initial=0.01, cap=0.04, reset_after=60)
+FAST = dict(backoff=Backoff(initial=0.01, cap=0.04, jitter=0), healthy_after=60)  # ProcessSpec fields
 BOUND = 5  # seconds: every wait in these tests is bounded
 
 
@@ -61,7 +62,7 @@ def root_only(test):
 def test_spec_validates_and_freezes(tmp_path):
     spec = ProcessSpec("a", ["sh", "-c", "true"], tmp_path / "a.log", tmp_path / "cg", env={"X": "1"})
     assert spec.argv == ("sh", "-c", "true")
-    assert spec.restart_policy is RestartPolicy.ALWAYS and spec.backoff == Backoff(0.5, 2.0, 10.0, 10.0)
+    assert spec.restart_policy is RestartPolicy.ALWAYS and spec.backoff == RESTART_BACKOFF and spec.healthy_after == 10
     assert spec.environment == {**BASE_ENV, "X": "1"}
     with pytest.raises(TypeError):
         spec.env["Y"] = "2"
@@ -69,7 +70,7 @@ def test_spec_validates_and_freezes(tmp_path):
     assert never.restart_policy is RestartPolicy.NEVER
     bad_fields = [
         dict(argv=()), dict(argv=("",)), dict(argv=("a\0",)), dict(env={"A=B": "1"}), dict(env={"A": 1}),
-        dict(env={"A": "\0"}), dict(name=""),
+        dict(env={"A": "\0"}), dict(name=""), dict(healthy_after=-1),
     ]
     for bad in bad_fields:
         with pytest.raises(ValueError):
@@ -94,14 +95,8 @@ def test_pod_env():
         pod_env("shop", "web", "10.244.0.2", container_env=[{"name": "X", "valueFrom": {}}])
 
 
-def test_backoff_doubles_up_to_the_cap():
-    backoff, delays, delay = Backoff(), [], 0.5
-    for _ in range(7):
-        delays.append(delay)
-        delay = backoff.next(delay)
-    assert delays == [0.5, 1, 2, 4, 8, 10, 10]
-    with pytest.raises(ValueError):
-        Backoff(initial=20)
+def test_restarts_back_off_from_half_a_second_doubling_up_to_ten_without_jitter():
+    assert [RESTART_BACKOFF.delay(n) for n in range(7)] == [0.5, 1, 2, 4, 8, 10, 10]
 
 
 def test_cgroup_names_carry_the_lab_prefix_and_stay_apart(tmp_path):
@@ -270,7 +265,7 @@ async def test_an_exited_process_is_restarted_with_a_new_pid(supervisor, spec_fo
     marker = tmp_path / "ran-once"
     # The first run exits 3; the second stays up.
     script = f"if [ -e {marker} ]; then exec sleep 1000; fi; touch {marker}; exit 3"
-    spec = spec_for("flaky", script, backoff=FAST)
+    spec = spec_for("flaky", script, **FAST)
     with trio.fail_after(BOUND):
         first = await supervisor.start(spec)
         second = await supervisor.wait_for(
@@ -285,7 +280,7 @@ async def test_an_exited_process_is_restarted_with_a_new_pid(supervisor, spec_fo
 
 @root_only
 async def test_restarts_back_off_doubling_up_to_the_cap(supervisor, spec_for):
-    spec = spec_for("crashy", "exit 1", backoff=FAST)
+    spec = spec_for("crashy", "exit 1", **FAST)
     with trio.fail_after(BOUND):
         await supervisor.start(spec)
         # Stopped while it waits for its 5th start, so the exit status stays that of a run.
@@ -299,8 +294,9 @@ async def test_restarts_back_off_doubling_up_to_the_cap(supervisor, spec_for):
 
 
 @root_only
-async def test_a_run_longer_than_reset_after_resets_the_backoff(supervisor, spec_for):
-    spec = spec_for("healthy-crashy", "exit 1", backoff=Backoff(initial=0.01, cap=0.04, reset_after=0))
+async def test_a_run_longer_than_healthy_after_resets_the_backoff(supervisor, spec_for):
+    spec = spec_for("healthy-crashy", "exit 1", backoff=Backoff(initial=0.01, cap=0.04, jitter=0),
+                    healthy_after=0)
     with trio.fail_after(BOUND):
         await supervisor.start(spec)
         await supervisor.wait_for(
@@ -322,7 +318,7 @@ async def test_a_run_longer_than_reset_after_resets_the_backoff(supervisor, spec
 async def test_a_policy_that_does_not_restart_leaves_the_final_status(
     supervisor, spec_for, policy, code, state
 ):
-    spec = spec_for("once", f"exit {code}", restart_policy=policy, backoff=FAST)
+    spec = spec_for("once", f"exit {code}", restart_policy=policy, **FAST)
     with trio.fail_after(BOUND):
         await supervisor.start(spec)
         status = await supervisor.wait_for(spec.name, finished)
@@ -353,7 +349,7 @@ async def test_cancelling_the_supervisor_stops_every_process(lab, netns, spec_fo
 async def test_a_missing_command_or_netns_is_reported_and_the_supervisor_keeps_going(
     supervisor, spec_for, lab
 ):
-    missing = spec_for("missing", argv=("/nonexistent/cmd",), backoff=FAST)
+    missing = spec_for("missing", argv=("/nonexistent/cmd",), **FAST)
     no_netns = spec_for("no-netns", "true", netns=f"{netns_prefix(lab)}nope", restart_policy="Never")
     with trio.fail_after(BOUND):
         status = await supervisor.start(missing)
