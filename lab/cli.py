@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bpf import bpffs
+from mesh.errors import describe
 from mesh.netns import enter_netns, netns_path
 from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from lab.state import (
@@ -210,7 +211,7 @@ def _start_background(args: argparse.Namespace, config_dir: Path, paths: LabPath
 def _run_daemon(config, paths: LabPaths, progress, foreground: bool = False) -> int:
     import trio
 
-    from lab.daemon import Lab, describe_error
+    from lab.daemon import Lab
 
     lock = LabLock(paths)
     lock.acquire()
@@ -227,7 +228,7 @@ def _run_daemon(config, paths: LabPaths, progress, foreground: bool = False) -> 
                     elapsed = await nursery.start(lab.run)
                 except Exception as exc:
                     failed = True
-                    progress(f"The lab failed to start: {describe_error(exc)}")
+                    progress(f"The lab failed to start: {describe(exc)}")
                     raise
                 progress(f"Lab {config.name!r} is up in {elapsed:.1f} s: {len(lab.plan.nodes)} nodes, "
                          f"{len(lab.plan.pods)} pods; state in {paths.root}")

@@ -38,6 +38,7 @@ from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.workloads import ContainerPlan, LabPod, container_plans, desired_pods, node_name, pod_phase
 from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, write_pod_statuses
 from controlplane.view import PodStatus, is_enrolled
+from mesh.errors import describe
 from mesh.watched_file import write_json_atomic
 
 log = logging.getLogger("ambient.lab")
@@ -93,13 +94,6 @@ async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env:
     finally:
         os.close(fd)
     return result.returncode
-
-
-def describe_error(exc: BaseException) -> str:
-    """The messages of the exceptions inside ``exc``, which trio may have wrapped in groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(describe_error(inner) for inner in exc.exceptions)
-    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -263,7 +257,7 @@ class Lab:
                 await self._start_containers(runtime)
             except Exception as exc:  # one pod that cannot start must not take the lab down
                 log.exception("starting pod %s/%s failed", *runtime.lab_pod.key)
-                runtime.problem = describe_error(exc)
+                runtime.problem = describe(exc)
             self._notify()
 
     async def _start_containers(self, runtime: _PodRuntime) -> None:
@@ -345,7 +339,7 @@ class Lab:
                 await self.reconcile()
             except Exception as exc:  # an edit the lab cannot apply must not take the running lab down
                 log.exception("applying the change in %s failed", self.config.config_dir)
-                self.progress(f"Could not apply the change: {describe_error(exc)}; the lab runs on as it was")
+                self.progress(f"Could not apply the change: {describe(exc)}; the lab runs on as it was")
 
     async def reconcile(self) -> None:
         """Bring the running pods in line with the directory: remove, then re-plan, then add."""

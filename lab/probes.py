@@ -24,6 +24,7 @@ import h11
 import trio
 
 from mesh import resources as r
+from mesh.addresses import format_address
 
 USER_AGENT = "ambient-lab-probe"
 MAX_RESPONSE_HEAD = 16 * 1024  # bytes read at most, looking for the status line and headers
@@ -58,10 +59,6 @@ def resolve_port(probe: r.Probe, container: r.Container) -> int:
     return probe.port
 
 
-def _address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def _os_error_reason(exc: OSError) -> tuple[bool, str]:
     """(refused, reason). trio's ``open_tcp_stream`` raises one OSError whose cause is a group of
     the errors of each address it tried; those say what happened."""
@@ -77,7 +74,7 @@ async def _connect(connect: Connect, ip: str, port: int) -> trio.abc.Stream:
         return await connect(ip, port)
     except OSError as exc:
         refused, reason = _os_error_reason(exc)
-        address = _address(ip, port)
+        address = format_address(ip, port)
         raise _Failed(f"connect to {address} refused" if refused else f"connect to {address} failed: {reason}") \
             from None
 
@@ -106,14 +103,14 @@ async def _response_status(stream: trio.abc.Stream, path: str, host: str) -> int
 async def _tcp_socket(ip: str, port: int, connect: Connect) -> ProbeResult:
     stream = await _connect(connect, ip, port)
     await trio.aclose_forcefully(stream)
-    return ProbeResult(True, f"connected to {_address(ip, port)}")
+    return ProbeResult(True, f"connected to {format_address(ip, port)}")
 
 
 async def _http_get(ip: str, port: int, path: str, connect: Connect) -> ProbeResult:
-    url = f"http://{_address(ip, port)}{path}"
+    url = f"http://{format_address(ip, port)}{path}"
     stream = await _connect(connect, ip, port)
     try:
-        status = await _response_status(stream, path, _address(ip, port))
+        status = await _response_status(stream, path, format_address(ip, port))
     except _Failed as exc:
         raise _Failed(f"GET {url} failed: {exc}") from None
     except h11.ProtocolError as exc:
@@ -150,10 +147,10 @@ async def probe_once(probe: r.Probe, container: r.Container, pod_ip: str, *, con
     elif probe.action in ("tcpSocket", "httpGet"):
         port = resolve_port(probe, container)
         if probe.action == "tcpSocket":
-            subject = f"connect to {_address(pod_ip, port)}"
+            subject = f"connect to {format_address(pod_ip, port)}"
             attempt = partial(_tcp_socket, pod_ip, port, connect)
         else:
-            subject = f"GET http://{_address(pod_ip, port)}{probe.path}"
+            subject = f"GET http://{format_address(pod_ip, port)}{probe.path}"
             attempt = partial(_http_get, pod_ip, port, probe.path, connect)
     else:
         raise ValueError(f"unknown probe action {probe.action!r}")
