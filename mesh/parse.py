@@ -14,6 +14,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from mesh import resources as r
@@ -227,7 +228,8 @@ def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
         f.report(f"has {' and '.join(given)}: a probe has exactly one of {', '.join(r.PROBE_ACTIONS)}")
     elif not given and not f["grpc"].present:
         f.report(f"needs one of {', '.join(r.PROBE_ACTIONS)}")
-    timing = dict(
+    probe = partial(
+        r.Probe,
         initial_delay_seconds=_probe_int(f["initialDelaySeconds"], default=0, low=0),
         period_seconds=_probe_int(f["periodSeconds"], default=10, low=1),
         timeout_seconds=_probe_int(f["timeoutSeconds"], default=1, low=1),
@@ -246,12 +248,12 @@ def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
             command.report("is required")
         elif command.value == []:
             command.report("must not be empty")
-        return r.Probe(action, command=command.str_list(), **timing)
+        return probe(action, command=command.str_list())
     if handler["host"].present:
         handler["host"].report("is not supported: the lab probes the pod's IP")
     port = _probe_port(handler["port"], ports)
     if action == "tcpSocket":
-        return r.Probe(action, port=port or 0, **timing)
+        return probe(action, port=port or 0)
     if handler["scheme"].str(default="HTTP", choices=("HTTP", "HTTPS")) == "HTTPS":
         handler["scheme"].report("only HTTP probes are supported")
     path = handler["path"].str(default="/")
@@ -260,7 +262,7 @@ def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
         handler["path"].report(f"{path!r} must start with '/'")
     elif not re.fullmatch(r"[!-~]+", path):  # what a request line can carry
         handler["path"].report(f"{path!r} must be printable ASCII without spaces (percent-encode the rest)")
-    return r.Probe(action, port=port or 0, path=path, **timing)
+    return probe(action, port=port or 0, path=path)
 
 
 def _container(f: Field) -> r.Container | None:
@@ -459,7 +461,7 @@ def _route_match(f: Field) -> r.RouteMatch | None:
 def _header_modifier(f: Field) -> r.HeaderModifier | None:
     if not f.mapping({"set", "add", "remove"}, required=True):
         return None
-    pairs = {}
+    pairs: dict[str, dict[str, str]] = {}
     for op in ("set", "add"):
         pairs[op] = {}
         for item in f[op].items():

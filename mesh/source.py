@@ -12,11 +12,12 @@ problem at its own path when a value is missing or of the wrong type, so parsers
 
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -194,7 +195,17 @@ class Field:
                 self[key].warn("unknown field, ignored")
         return True
 
-    def str(self, *, required: bool = False, default: str | None = None, choices: tuple[str, ...] = ()) -> str | None:
+    # Inside the class, `str` and `bool` name these methods once defined: annotations say builtins.
+    @overload
+    def str(self, *, required: bool = False, default: builtins.str,
+            choices: tuple[builtins.str, ...] = ()) -> builtins.str: ...
+
+    @overload
+    def str(self, *, required: bool = False, default: None = None,
+            choices: tuple[builtins.str, ...] = ()) -> builtins.str | None: ...
+
+    def str(self, *, required: bool = False, default: builtins.str | None = None,
+            choices: tuple[builtins.str, ...] = ()) -> builtins.str | None:
         value = self._typed(str, "a string", required)
         if value is not None and choices and value not in choices:
             # Reported as an error, so the resource is dropped; the default keeps callers simple.
@@ -202,7 +213,7 @@ class Field:
             return default
         return default if value is None else value
 
-    def int(self, *, required: bool = False, default: int | None = None, low: int | None = None,
+    def int(self, *, required: builtins.bool = False, default: int | None = None, low: int | None = None,
             high: int | None = None) -> int | None:
         value = self._typed(int, "an integer", required)
         if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
@@ -210,17 +221,17 @@ class Field:
             return None
         return default if value is None else value
 
-    def bool(self, *, default: bool = False) -> bool:
+    def bool(self, *, default: builtins.bool = False) -> builtins.bool:
         value = self._typed(bool, "true or false", False)
         return default if value is None else value
 
-    def entries(self) -> list[tuple[str, Field]]:
+    def entries(self) -> list[tuple[builtins.str, Field]]:
         """The (key, value) pairs of a mapping whose keys are data, not field names."""
         if self._typed(dict, "a mapping", False) is None:
             return []
         return [(key, self[key]) for key in self.value]
 
-    def items(self, *, required: bool = False) -> list[Field]:
+    def items(self, *, required: builtins.bool = False) -> list[Field]:
         if self._typed(list, "a list", required) is None:
             return []
         return [self[i] for i in range(len(self.value))]
@@ -229,10 +240,10 @@ class Field:
         # __getitem__ would make a Field iterable forever (missing indexes give empty Fields).
         raise TypeError("use .items() to iterate a list field")
 
-    def str_list(self) -> tuple[str, ...]:
+    def str_list(self) -> tuple[builtins.str, ...]:
         return tuple(v for item in self.items() if (v := item.str(required=True)) is not None)
 
-    def str_map(self) -> dict[str, str]:
+    def str_map(self) -> dict[builtins.str, builtins.str]:
         if self._typed(dict, "a mapping of strings", False) is None:
             return {}
         result = {}
