@@ -264,7 +264,8 @@ class BpfObject:
     """An opened and loaded BPF object file; ``close()`` unloads whatever is not pinned or attached."""
 
     def __init__(self, pointer: int, path: Path) -> None:
-        self._pointer, self.path = pointer, path
+        self._pointer: int | None = pointer  # None once closed
+        self.path = path
 
     @classmethod
     def open(cls, path: Path | str) -> BpfObject:

@@ -87,7 +87,7 @@ def parse_tokens(data: object) -> dict[str, Caller]:
 class TokenStore:
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._file = WatchedJsonFile(path, parse_tokens, {})
+        self._file: WatchedJsonFile[dict[str, Caller]] = WatchedJsonFile(path, parse_tokens, {})
 
     def authenticate(self, token: str) -> Caller | None:
         """The caller a presented token stands for, or None for an unknown token."""

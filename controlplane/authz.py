@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.empty_pb2 import Empty
 
@@ -108,10 +109,12 @@ def _group(rule: r.Rule, action: str) -> pb.Group | None:
     """The group for one rule, or None when at L4 it can never match (ALLOW with L7 parts)."""
     allow = action == "ALLOW"
     clauses: list[pb.Rules] = []
-    for items, l7, to_match in (
+    # (alternatives, has L7 parts, L4 match): the same steps for sources and for operations.
+    kinds: tuple[tuple[tuple[Any, ...], Callable[[Any], bool], Callable[[Any], pb.Match]], ...] = (
         (rule.sources, lambda s: any(getattr(s, f) for f in SOURCE_L7_FIELDS), _source_match),
         (rule.operations, lambda o: bool(o.l7_fields()), _operation_match),
-    ):
+    )
+    for items, l7, to_match in kinds:
         if not items:
             continue
         if allow:
@@ -144,7 +147,7 @@ def can_match_at_l4(rule: r.Rule) -> bool:
     return _group(rule, "ALLOW") is not None
 
 
-def scope_of(policy: r.AuthorizationPolicy, root_namespace: str) -> int:
+def scope_of(policy: r.AuthorizationPolicy, root_namespace: str) -> pb.Scope:
     if policy.selector:
         return pb.WORKLOAD_SELECTOR
     return pb.GLOBAL if policy.meta.namespace == root_namespace else pb.NAMESPACE

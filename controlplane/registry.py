@@ -47,7 +47,7 @@ class VipAllocator:
         self._assigned: dict[tuple[str, str], str] = {}
 
     def assign(self, services: Mapping[tuple[str, str], r.Service]) -> dict[tuple[str, str], str]:
-        explicit = {}
+        explicit: dict[tuple[str, str], str] = {}
         for key, svc in sorted(services.items()):
             if svc.cluster_ip in ("", "None"):
                 continue

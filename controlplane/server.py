@@ -180,8 +180,9 @@ async def serve(config: ControlPlaneConfig, *, task_status=trio.TASK_STATUS_IGNO
     registry = Registry(config.service_cidr)
     prometheus = CollectorRegistry()
     control = ControlPlane(registry, config.mesh, ControlPlaneMetrics(prometheus))
-    sources = [ConfigDirectory(config.config_dir, registry),
-               PodStatusFile(config.state_dir / POD_STATUS_FILE, registry)]
+    sources: list[ConfigDirectory | PodStatusFile] = [
+        ConfigDirectory(config.config_dir, registry),
+        PodStatusFile(config.state_dir / POD_STATUS_FILE, registry)]
     for source in sources:  # the first view already has everything that is on disk
         source.scan()
     service = CertificateService(authority, tokens, control, IssuancePolicy())

@@ -57,7 +57,8 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
 
         selector_field = {r.Service: "spec.selector", r.AuthorizationPolicy: "spec.selector.matchLabels",
                           r.PeerAuthentication: "spec.selector.matchLabels"}.get(type(res))
-        if selector_field and res.selector and not _selects_a_pod(res, res.selector, pods):
+        selector = getattr(res, "selector", None)
+        if selector_field and selector and not _selects_a_pod(res, selector, pods):
             problems.append(_problem(res, selector_field, "matches no pod", Severity.WARNING))
 
         if isinstance(res, r.HTTPRoute):
@@ -70,11 +71,11 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
         if isinstance(res, (r.AuthorizationPolicy, r.WasmPlugin)):
             for i, target in enumerate(res.target_refs):
                 key = (target.namespace or res.meta.namespace, target.name)
-                present = {"Gateway": gateways, "Service": services}.get(target.kind)
-                if present is None:
+                targetable = {"Gateway": gateways, "Service": services}.get(target.kind)
+                if targetable is None:
                     problems.append(_problem(res, f"spec.targetRefs[{i}].kind",
                                              f"{target.kind!r} cannot be targeted (Gateway or Service)"))
-                elif key not in present:
+                elif key not in targetable:
                     problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}"))
 
         if isinstance(res, r.AuthorizationPolicy) and not res.enforced_at_l7:

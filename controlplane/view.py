@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from google.protobuf import any_pb2
+
 from controlplane import authz
 from mesh import resources as r
 from mesh.api import authorization_pb2, workload_pb2 as wpb
@@ -140,7 +142,7 @@ class DataplaneView:
     def has_pod(self, node: str, identity: SpiffeId) -> bool:
         return identity in self.placements.get(node, ())
 
-    def resources(self) -> dict[str, dict[str, object]]:
+    def resources(self) -> dict[str, dict[str, any_pb2.Any]]:
         """``{type_url: {name: Any}}``, the packed form discovery serves."""
         addresses = {uid: pack(wpb.Address(workload=w)) for uid, w in self.workloads.items()}
         addresses.update((key, pack(wpb.Address(service=s))) for key, s in self.services.items())
@@ -255,7 +257,7 @@ def _target_port(port: r.ServicePort, pod: r.Pod) -> int:
     return 0  # named port the pod does not have: no endpoint on that port
 
 
-def _canonical(pod: r.Pod) -> tuple[str, str, str, int]:
+def _canonical(pod: r.Pod) -> tuple[str, str, str, wpb.WorkloadType]:
     labels = pod.meta.labels
     kind, _, owner = pod.owner.partition("/")
     workload_name = owner if kind in ("Deployment", "Gateway") else pod.meta.name
@@ -316,7 +318,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
             continue
         name = authz.policy_key(policy.meta.namespace, policy.meta.name)
         authorizations[name] = translated
-        if translated.scope == authorization_pb2.WORKLOAD_SELECTOR:
+        if translated.scope == authorization_pb2.WORKLOAD_SELECTOR and policy.selector:  # as scope_of says
             in_namespace = None if policy.meta.namespace == config.root_namespace else policy.meta.namespace
             for pod_key in index.select(in_namespace, policy.selector):
                 attached[pod_key].append(name)

@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 from google.protobuf.message import DecodeError, Message
@@ -262,7 +262,8 @@ class AgentConnection:
                 del self._told[gone]
                 self._acked.pop(gone, None)
                 self._rejected.pop(gone, None)
-                outgoing = Outgoing("del", gone, 0, zds_pb2.WorkloadRequest(**{"del": zds_pb2.DelWorkload(uid=gone)}))
+                payload: dict[str, Any] = {"del": zds_pb2.DelWorkload(uid=gone)}  # `del` is a Python keyword
+                outgoing = Outgoing("del", gone, 0, zds_pb2.WorkloadRequest(**payload))
         self.in_flight = outgoing
         return outgoing
 
@@ -284,10 +285,12 @@ class AgentConnection:
         self._advance(f"ack {sent.kind if sent else 'none'}")
         assert sent is not None  # "ack none" is in no transition
         error = response.ack.error
-        if sent.kind == "add" and not error:
-            self._acked[sent.uid] = sent.generation
-        elif sent.kind == "add":
-            self._rejected[sent.uid] = (sent.generation, error)
+        if sent.kind == "add":
+            assert sent.uid is not None  # an add names its pod
+            if error:
+                self._rejected[sent.uid] = (sent.generation, error)
+            else:
+                self._acked[sent.uid] = sent.generation
         return Acked(sent.kind, sent.uid, error)
 
     def acknowledged(self, uid: str, generation: int) -> bool:

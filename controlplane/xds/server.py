@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -95,10 +95,12 @@ class DiscoveryHandler(grpc.GenericRpcHandler):
 
     def __init__(self, service: _DiscoveryService) -> None:
         self._service = service
-        method = grpc.stream_stream_rpc_method_handler(
-            service.stream,
-            request_deserializer=None,  # raw bytes: decoded in the handler with a clear error
-            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+        method: grpc.RpcMethodHandler[bytes, discovery_pb2.DeltaDiscoveryResponse] = (
+            grpc.stream_stream_rpc_method_handler(
+                service.stream,
+                request_deserializer=None,  # raw bytes: decoded in the handler with a clear error
+                response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+            )
         )
         self._methods = grpc.method_handlers_generic_handler(SERVICE_NAME, {METHOD_NAME: method})
 
@@ -148,7 +150,8 @@ class _ThreadCount:
 
 def _bearer_token(context: grpc.ServicerContext) -> str | None:
     values = [v for k, v in context.invocation_metadata() if k == "authorization"]
-    return parse_bearer(values[0]) if len(values) == 1 else None
+    # Only keys ending in -bin carry bytes.
+    return parse_bearer(values[0]) if len(values) == 1 and isinstance(values[0], str) else None
 
 
 def _decode(raw: bytes) -> discovery_pb2.DeltaDiscoveryRequest:
@@ -283,8 +286,10 @@ class _DiscoveryService:
                 if self._publisher.closed:
                     self._metrics.rejected.labels("shutdown").inc()
                     return _SHUTDOWN
-                responses = stream.on_snapshot(self._publisher.current())
+                responses: Sequence[discovery_pb2.DeltaDiscoveryResponse] = stream.on_snapshot(
+                    self._publisher.current())
             else:
+                assert isinstance(item, bytes)  # what is not a marker is a request's bytes
                 outcome = stream.on_request(_decode(item), self._publisher.current())
                 for event in outcome.events:
                     self._log_event(event, caller, peer)
