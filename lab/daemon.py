@@ -11,7 +11,8 @@ pod whose spec changed is recreated, as a Kubernetes pod would be.
 
 Every change of a process, a probe or the set of pods rewrites ``status.json`` (for ``ambient lab
 status``) and the control plane's ``pods.json`` (pod IP, node and readiness, which feed the mesh's
-view), each only when its content changed. Cancelling ``run`` stops every process, then removes
+view), each only when its content changed; so does a change of a node agent's own status.json,
+polled as often (``lab.agents``). Cancelling ``run`` stops every process, then removes
 every netns and cgroup of the lab; the caller removes the state directory.
 """
 
@@ -31,9 +32,10 @@ import trio
 from bpf import bpffs
 from bpf.agent import STATUS_FILE as AGENT_STATUS_FILE
 from lab import components, network
+from lab.agents import AgentStatus, capture_state, read_agent_status
 from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
-from lab.state import LabPaths, read_json
+from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.workloads import ContainerPlan, LabPod, container_plans, desired_pods, node_name, pod_phase
 from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, write_pod_statuses
@@ -96,27 +98,6 @@ async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env:
     return result.returncode
 
 
-@dataclass(frozen=True)
-class _AgentStatus:
-    """A node agent's status.json as last read: its signature (mtime, size), the agent's pid, and
-    its entry per pod (namespace, name)."""
-
-    signature: tuple[int, int] | None
-    pid: int | None
-    pods: dict[tuple[str, str], dict]
-
-
-def _capture_state(enrollment: dict | None) -> str:
-    """How the node agent holds a pod, for `lab status`."""
-    if enrollment is None:
-        return "-"
-    if enrollment.get("error"):
-        return f"error: {enrollment['error']}"
-    if enrollment["enrolled"]:
-        return "enrolled"
-    return "captured, awaiting ztunnel" if enrollment["captured"] else "pending"
-
-
 class Lab:
     def __init__(self, config: LabConfig, paths: LabPaths, progress: Callable[[str], None] = lambda line: None) -> None:
         self.config = config
@@ -131,7 +112,7 @@ class Lab:
         self._version = 0
         self._changed = trio.Event()
         self._written: dict[str, object] = {}
-        self._agents: dict[str, _AgentStatus] = {}  # node -> what its agent's status.json said last
+        self._agents: dict[str, AgentStatus] = {}  # node -> what its agent's status.json said last
 
     # -- change notification (status files, waiters)
 
@@ -373,22 +354,10 @@ class Lab:
         changed = False
         for node in self.plan.nodes:
             name = node_name(node.index)
-            path = self.paths.node_dir(name) / AGENT_STATUS_FILE
-            try:
-                info = path.stat()
-                signature = (info.st_mtime_ns, info.st_size)
-            except FileNotFoundError:
-                signature = None
-            if name in self._agents and self._agents[name].signature == signature:
-                continue
-            try:
-                agent_status = (read_json(path) or {}) if signature else {}
-            except RuntimeError as exc:  # not JSON: the agent vouches for nothing until it rewrites it
-                log.error("%s", exc)
-                agent_status = {}
-            pods = {(p["namespace"], p["name"]): p for p in agent_status.get("pods", ())}
-            self._agents[name] = _AgentStatus(signature, agent_status.get("pid"), pods)
-            changed = True
+            status = read_agent_status(self.paths.node_dir(name) / AGENT_STATUS_FILE, self._agents.get(name))
+            if status is not None:
+                self._agents[name] = status
+                changed = True
         return changed
 
     def _enrollment(self, node: str, namespace: str, name: str) -> tuple[dict | None, bool]:
@@ -458,7 +427,7 @@ class Lab:
         node = node_name(runtime.placed.node) if runtime.placed else None
         enrollment, agent_running = self._enrollment(node, namespace, name) if node else (None, False)
         if agent_running or node is None or mode != "ambient":
-            capture = _capture_state(enrollment)
+            capture = capture_state(enrollment)
         else:
             capture = "unknown: its node agent is not running"
         return {
