@@ -1,6 +1,11 @@
 """Open connections: what ``/config_dump`` lists, what metrics count, what the access log records,
 and what a policy change re-evaluates.
 
+A connection's record is built once, when it arrives, by a pure function of what the executor
+knows: ``outbound_connection`` from the plan, ``inbound_connection`` from the request and its
+decision, each against the state the decision was made in; both derive the metric labels
+(``tcp_labels``) there too. ``access_log_entry`` is the JSON object one log line holds.
+
 Every proxied connection is a ``Connection`` registered for its lifetime with ``ConnectionTracker.
 track``. On entry it counts as opened (``istio_tcp_connections_opened_total``); on exit as closed,
 with its bytes, and one JSON line goes to the access log. An inbound connection keeps the facts its
@@ -18,19 +23,29 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TextIO, assert_never
 
 import trio
 
-from mesh.addresses import format_address
-from mesh.identity import SpiffeId
 from hbone.relay import Counts
+from mesh.addresses import format_address
+from mesh.api import workload_pb2 as wpb
+from mesh.identity import SpiffeId
+from ztunnel.inbound import InboundDecision, InboundRequest
+from ztunnel.metrics import REPORTER_DESTINATION, REPORTER_SOURCE, tcp_labels
+from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse
+from ztunnel.state import ProxyState
 
 log = logging.getLogger("ambient.ztunnel.connections")
 
 
 def address_text(address: tuple[str, int] | None) -> str | None:
     return format_address(*address) if address is not None else None
+
+
+def workload_key(workload: wpb.Workload | None) -> str | None:
+    """``<ns>/<name>``, as the access log and ``/config_dump`` name a workload."""
+    return f"{workload.namespace}/{workload.name}" if workload is not None else None
 
 
 @dataclass
@@ -75,6 +90,83 @@ class Connection:
         }
 
 
+def outbound_connection(*, pod: str, client: tuple[str, int], original: tuple[str, int],
+                        source: wpb.Workload | None, source_identity: SpiffeId, plan: Plan,
+                        state: ProxyState) -> Connection:
+    """The record of a connection the app of ``pod`` opened from ``client`` to ``original``, sent
+    as ``plan`` says; ``source`` is the pod's workload (None while discovery does not know it).
+
+    The destination is the workload the plan names: the one addressed (by pod IP, or the endpoint
+    chosen behind a VIP), else the waypoint pod that carries it. Principals are reported for HBONE
+    only: the source's own identity and the one the far side must prove."""
+    hbone = False
+    identity: SpiffeId | None = None
+    destination_uid: str | None = None
+    service_key: str | None = None
+    match plan:
+        case HboneToPod():
+            hbone, identity, destination_uid, service_key = True, plan.identity, plan.workload_uid, plan.service
+        case HboneToWaypoint():
+            hbone, identity, service_key = True, plan.identity, plan.service
+            destination_uid = plan.workload_uid or plan.waypoint_uid
+        case Passthrough():
+            destination_uid, service_key = plan.workload_uid, plan.service
+        case Refuse():
+            pass
+        case _:
+            assert_never(plan)
+    destination = state.workloads.get(destination_uid) if destination_uid else None
+    service = state.services.get(service_key) if service_key else None
+    labels = tcp_labels(
+        reporter=REPORTER_SOURCE, source=source, source_principal=str(source_identity) if hbone else None,
+        destination=destination, destination_principal=str(identity) if identity else None,
+        destination_service=service, mutual_tls=hbone)
+    return Connection(
+        direction="outbound", pod=pod, protocol="HBONE" if hbone else "TCP", source=client, destination=original,
+        source_workload=pod, source_identity=source_identity, destination_workload=workload_key(destination),
+        destination_identity=identity, destination_service=service_key, labels=labels)
+
+
+def inbound_connection(*, pod: str, client: tuple[str, int], request: InboundRequest, own_identity: SpiffeId,
+                       decision: InboundDecision, state: ProxyState) -> Connection:
+    """The record of ``request`` to ``pod``, as ``decision`` (made under ``state``) answered it.
+
+    ``client`` is who the connection is from: the CONNECT's ``forwarded`` address if it gave one,
+    else the peer; its workload is looked up by that address. The source principal is the verified
+    peer identity (none for plaintext)."""
+    peer_identity = request.peer_identity
+    source = state.workload_by_ip(client[0])
+    labels = tcp_labels(
+        reporter=REPORTER_DESTINATION, source=source, source_principal=str(peer_identity) if peer_identity else None,
+        destination=state.workloads.get(request.pod_uid), destination_principal=str(own_identity),
+        destination_service=None, mutual_tls=peer_identity is not None)
+    return Connection(
+        direction="inbound", pod=pod, protocol="HBONE" if request.hbone else "TCP", source=client,
+        destination=request.destination, source_workload=workload_key(source), source_identity=peer_identity,
+        destination_workload=pod, destination_identity=own_identity, labels=labels,
+        decision="allow" if decision.allowed else "deny", policy=decision.policy, reason=decision.reason)
+
+
+def access_log_entry(conn: Connection, duration: float, time: str) -> dict[str, object]:
+    """The access log's JSON object for ``conn``, which lasted ``duration`` seconds and ended at
+    ``time`` (ISO 8601); fields without a value are left out."""
+    entry = {
+        "time": time,
+        "message": "connection complete" if conn.decision == "allow" and conn.error is None else
+                   ("connection denied" if conn.decision == "deny" else "connection failed"),
+        "direction": conn.direction, "protocol": conn.protocol,
+        "src.addr": address_text(conn.source), "src.workload": conn.source_workload,
+        "src.identity": str(conn.source_identity) if conn.source_identity else None,
+        "dst.addr": address_text(conn.destination), "dst.workload": conn.destination_workload,
+        "dst.service": conn.destination_service,
+        "dst.identity": str(conn.destination_identity) if conn.destination_identity else None,
+        "bytes_sent": conn.counts.sent, "bytes_recv": conn.counts.received,
+        "duration_ms": round(duration * 1000, 3),
+        "decision": conn.decision, "policy": conn.policy, "reason": conn.reason, "error": conn.error,
+    }
+    return {k: v for k, v in entry.items() if v is not None}
+
+
 class AccessLog:
     """One JSON object per line, per connection, to ``stream`` (stdout: the component's log)."""
 
@@ -82,21 +174,8 @@ class AccessLog:
         self._stream = stream or sys.stdout
 
     def write(self, conn: Connection, duration: float) -> None:
-        entry = {
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-            "message": "connection complete" if conn.decision == "allow" and conn.error is None else
-                       ("connection denied" if conn.decision == "deny" else "connection failed"),
-            "direction": conn.direction, "protocol": conn.protocol,
-            "src.addr": address_text(conn.source), "src.workload": conn.source_workload,
-            "src.identity": str(conn.source_identity) if conn.source_identity else None,
-            "dst.addr": address_text(conn.destination), "dst.workload": conn.destination_workload,
-            "dst.service": conn.destination_service,
-            "dst.identity": str(conn.destination_identity) if conn.destination_identity else None,
-            "bytes_sent": conn.counts.sent, "bytes_recv": conn.counts.received,
-            "duration_ms": round(duration * 1000, 3),
-            "decision": conn.decision, "policy": conn.policy, "reason": conn.reason, "error": conn.error,
-        }
-        self._stream.write(json.dumps({k: v for k, v in entry.items() if v is not None}) + "\n")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        self._stream.write(json.dumps(access_log_entry(conn, duration, now)) + "\n")
         self._stream.flush()
 
 

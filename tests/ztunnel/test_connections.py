@@ -6,6 +6,7 @@ snapshot through the ``ambient ztunnel-config`` renderer."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 
@@ -18,8 +19,15 @@ from mesh.identity import SpiffeId
 from tests.ambient.test_ztunnel_config import SAMPLE
 from tests.ztunnel.test_metrics import key, samples
 from ambient.ztunnel_config import render
-from ztunnel.connections import AccessLog, Connection, ConnectionTracker
-from ztunnel.metrics import ZtunnelMetrics, tcp_labels
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
+from ztunnel.connections import (
+    AccessLog, Connection, ConnectionTracker, access_log_entry, inbound_connection, outbound_connection,
+)
+from ztunnel.inbound import InboundDecision, InboundRequest
+from ztunnel.metrics import MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels
+from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Refuse
+from ztunnel.state import ProxyState
 
 CLIENT = SpiffeId("cluster.local", "shop", "client")
 WEB = SpiffeId("cluster.local", "shop", "web")
@@ -283,3 +291,150 @@ async def test_snapshot_is_the_config_dump_connections_shape(rec, autojump_clock
         assert table[2].split()[-4:] == ["shop/allow-client", "1200", "80", "1m16s"]
         done.set()
     assert rec.tracker.snapshot() == []
+
+
+# ---------------------------------------------------------------- records, as pure functions
+
+# What the control plane sends for the shared waypoint world (db goes through the waypoint wp) with a
+# Service in front of web-0 and a pod outside the mesh.
+RECORD_WORLD = WAYPOINT_PODS + """---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: shop, labels: {istio.io/dataplane-mode: none}}
+spec: {serviceAccountName: legacy, containers: [{name: app}]}
+"""
+RECORD_IPS = {**WAYPOINT_IPS, "shop/legacy": "10.244.0.40"}
+WEB_SERVICE_KEY = "shop/web.shop.svc.cluster.local"
+DB, WAYPOINT_ID = SpiffeId("cluster.local", "shop", "db"), SpiffeId("cluster.local", "shop", "wp")
+APP = ("10.244.0.10", 40000)  # the client app's address
+
+
+@functools.cache
+def record_state() -> ProxyState:
+    view = discovery_view(RECORD_WORLD, RECORD_IPS, {"shop/wp": "10.96.0.99", "shop/web": "10.96.0.11"})
+    return ProxyState.from_addresses(view[ADDRESS_TYPE_URL], view[AUTHORIZATION_TYPE_URL])
+
+
+def outbound_record(plan, original: tuple[str, int]) -> tuple[tuple, dict[str, str]]:
+    state = record_state()
+    conn = outbound_connection(pod="shop/client", client=APP, original=original,
+                               source=state.workloads[uid("shop/client")], source_identity=CLIENT, plan=plan,
+                               state=state)
+    assert (conn.direction, conn.pod, conn.source, conn.destination, conn.source_workload, conn.source_identity) == (
+        "outbound", "shop/client", APP, original, "shop/client", CLIENT)
+    assert conn.labels["reporter"] == "source" and conn.labels["source_workload"] == "client"
+    assert conn.decision == "allow" and conn.recheck is None
+    record = (conn.protocol, conn.destination_workload, conn.destination_identity, conn.destination_service)
+    return record, {name: conn.labels[name] for name in RECORD_LABELS}
+
+
+RECORD_LABELS = ("source_principal", "destination_workload", "destination_principal", "destination_service",
+                 "destination_service_name", "connection_security_policy")
+U = UNKNOWN
+
+
+def labels_of(*values: str) -> dict[str, str]:
+    return dict(zip(RECORD_LABELS, values, strict=True))
+
+
+OUTBOUND_RECORDS = [
+    pytest.param(HboneToPod(("10.244.0.11", 15008), "10.244.0.11:8080", WEB, uid("shop/web-0")),
+                 ("10.244.0.11", 8080),
+                 ("HBONE", "shop/web-0", WEB, None),
+                 labels_of(str(CLIENT), "web-0", str(WEB), U, U, MUTUAL_TLS), id="hbone-to-a-pod-by-its-ip"),
+    pytest.param(HboneToPod(("10.244.0.11", 15008), "10.244.0.11:8080", WEB, uid("shop/web-0"), WEB_SERVICE_KEY),
+                 ("10.96.0.11", 80),
+                 ("HBONE", "shop/web-0", WEB, WEB_SERVICE_KEY),
+                 labels_of(str(CLIENT), "web-0", str(WEB), "web.shop.svc.cluster.local", "web", MUTUAL_TLS),
+                 id="hbone-to-an-endpoint-of-a-vip-names-the-service"),
+    pytest.param(HboneToWaypoint(("10.244.0.50", 15008), "10.244.0.20:8080", WAYPOINT_ID, uid("shop/wp-waypoint"),
+                                 "shop/wp.shop.svc.cluster.local", workload_uid=uid("shop/db")),
+                 ("10.244.0.20", 8080),
+                 ("HBONE", "shop/db", WAYPOINT_ID, None),
+                 labels_of(str(CLIENT), "db", str(WAYPOINT_ID), U, U, MUTUAL_TLS),
+                 id="waypoint-of-a-pod-the-destination-is-the-pod-addressed-the-principal-the-waypoints"),
+    pytest.param(HboneToWaypoint(("10.244.0.50", 15008), "10.96.0.11:80", WAYPOINT_ID, uid("shop/wp-waypoint"),
+                                 "shop/wp.shop.svc.cluster.local", service=WEB_SERVICE_KEY),
+                 ("10.96.0.11", 80),
+                 ("HBONE", "shop/wp-waypoint", WAYPOINT_ID, WEB_SERVICE_KEY),
+                 labels_of(str(CLIENT), "wp", str(WAYPOINT_ID), "web.shop.svc.cluster.local", "web", MUTUAL_TLS),
+                 id="waypoint-of-a-service-the-destination-is-the-waypoint-pod"),
+    pytest.param(Passthrough(("10.244.0.40", 8080), uid("shop/legacy")), ("10.244.0.40", 8080),
+                 ("TCP", "shop/legacy", None, None),
+                 labels_of(U, "legacy", U, U, U, NO_TLS), id="passthrough-to-a-known-pod-proves-no-identity"),
+    pytest.param(Passthrough(("93.184.216.34", 443)), ("93.184.216.34", 443),
+                 ("TCP", None, None, None),
+                 labels_of(U, U, U, U, U, NO_TLS), id="passthrough-outside-the-mesh"),
+    pytest.param(Refuse("service shop/web.shop.svc.cluster.local has no port 81"), ("10.96.0.11", 81),
+                 ("TCP", None, None, None),
+                 labels_of(U, U, U, U, U, NO_TLS), id="refused"),
+]
+
+
+@pytest.mark.parametrize("plan, original, record, labels", OUTBOUND_RECORDS)
+def test_outbound_connection_is_recorded_from_its_plan(plan, original, record, labels):
+    assert outbound_record(plan, original) == (record, labels)
+
+
+def inbound_record(request: InboundRequest, client: tuple[str, int], decision: InboundDecision):
+    conn = inbound_connection(pod="shop/web-0", client=client, request=request, own_identity=WEB, decision=decision,
+                              state=record_state())
+    assert (conn.direction, conn.destination_workload, conn.destination_identity) == ("inbound", "shop/web-0", WEB)
+    assert conn.labels["reporter"] == "destination" and conn.labels["destination_workload"] == "web-0"
+    assert conn.labels["destination_principal"] == str(WEB)
+    return ((conn.protocol, conn.source, conn.destination, conn.source_workload, conn.source_identity),
+            (conn.decision, conn.policy, conn.reason),
+            {name: conn.labels[name] for name in ("source_workload", "source_principal", "connection_security_policy")})
+
+
+def web_request(source_ip: str, identity: SpiffeId | None, *, port: int = 8080) -> InboundRequest:
+    return InboundRequest(uid("shop/web-0"), True, ("10.244.0.11", port), source_ip, identity,
+                          hbone=identity is not None)
+
+
+ALLOWED = InboundDecision(True, 200, "no ALLOW policies")
+DENIED = InboundDecision(False, 401, "denied by DENY policy shop/deny-ops", "shop/deny-ops")
+
+INBOUND_RECORDS = [
+    pytest.param(web_request("10.244.0.10", CLIENT), ("10.244.0.10", 40000), ALLOWED,
+                 (("HBONE", ("10.244.0.10", 40000), ("10.244.0.11", 8080), "shop/client", CLIENT),
+                  ("allow", None, "no ALLOW policies"),
+                  {"source_workload": "client", "source_principal": str(CLIENT),
+                   "connection_security_policy": MUTUAL_TLS}),
+                 id="hbone-from-a-mesh-pod"),
+    pytest.param(web_request("10.244.0.50", CLIENT), ("10.244.0.10", 40000), ALLOWED,
+                 (("HBONE", ("10.244.0.10", 40000), ("10.244.0.11", 8080), "shop/client", CLIENT),
+                  ("allow", None, "no ALLOW policies"),
+                  {"source_workload": "client", "source_principal": str(CLIENT),
+                   "connection_security_policy": MUTUAL_TLS}),
+                 id="the-source-workload-is-the-forwarded-client-not-the-peer"),
+    pytest.param(web_request("192.0.2.7", None, port=9090), ("192.0.2.7", 5000), DENIED,
+                 (("TCP", ("192.0.2.7", 5000), ("10.244.0.11", 9090), None, None),
+                  ("deny", "shop/deny-ops", "denied by DENY policy shop/deny-ops"),
+                  {"source_workload": UNKNOWN, "source_principal": UNKNOWN, "connection_security_policy": NO_TLS}),
+                 id="plaintext-from-outside-denied"),
+]
+
+
+@pytest.mark.parametrize("request_, client, decision, expected", INBOUND_RECORDS)
+def test_inbound_connection_is_recorded_from_its_request_and_decision(request_, client, decision, expected):
+    assert inbound_record(request_, client, decision) == expected
+
+
+@pytest.mark.parametrize("changes, message", [
+    pytest.param({}, "connection complete", id="complete"),
+    pytest.param({"error": "the app at 10.244.0.11:8080 did not accept: refused"}, "connection failed", id="failed"),
+    pytest.param({"decision": "deny"}, "connection denied", id="denied"),
+    pytest.param({"decision": "deny", "error": "HBONE CONNECT refused with 401"}, "connection denied",
+                 id="denied-with-an-error-is-denied"),
+])
+def test_access_log_entry_says_how_the_connection_ended(changes, message):
+    entry = access_log_entry(inbound(**changes), 0.25, "2024-01-01T00:00:00.000+00:00")
+    assert (entry["message"], entry["time"], entry["duration_ms"]) == (
+        message, "2024-01-01T00:00:00.000+00:00", 250.0)
+    assert None not in entry.values()
