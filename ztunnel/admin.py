@@ -165,7 +165,7 @@ async def _read_request(stream: trio.abc.Stream, connection: h11.Connection) -> 
     while True:
         event = connection.next_event()
         if event is h11.NEED_DATA:
-            connection.receive_data(await stream.receive_some(_RECEIVE_SIZE))
+            connection.receive_data(bytes(await stream.receive_some(_RECEIVE_SIZE)))  # h11 types it bytes
         elif isinstance(event, h11.Request):
             request = event
         elif isinstance(event, h11.Data):
