@@ -67,6 +67,7 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from ztunnel.admin import ZtunnelAdmin
     from ztunnel.metrics import ZtunnelMetrics
+    from ztunnel.pods import PodSet
     from ztunnel.proxy import Ztunnel, ZtunnelConfig
 
     try:
@@ -80,7 +81,7 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     metrics = ZtunnelMetrics()
-    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), str(args.zds), metrics)
+    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), PodSet(str(args.zds)), metrics)
     admin = ZtunnelAdmin(_AdminView(ztunnel, metrics))
 
     async def main() -> None:

@@ -7,6 +7,12 @@ them (which empties the SOCKMAP slots: the pod's traffic is dropped, never let t
 agent is away (restarting) the pods keep being served; when it comes back its replay ends with
 ``SnapshotSent``, after which a pod it did not name is let go. A replayed pod whose netns is the
 same keeps its listeners and open connections; the listeners go into the (possibly new) maps again.
+
+The executor (``ztunnel.proxy``) sees a pod only through ``ServedPod``: who it is, and the few
+operations that need its netns and capture maps (``PodNetwork``: its listeners, the address a
+captured connection was for, a connection out of the pod, a connection to its app from the client's
+own address). ``Pod`` implements them with ``ztunnel.sockets``; an in-process test implements them
+with loopback sockets, and a ``PodSource`` other than ``PodSet`` hands its pods over.
 """
 
 from __future__ import annotations
@@ -14,24 +20,77 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from bpf.capture import Slot
 from bpf.libbpf import Map
+from hbone.tcp_stream import TcpStream
 from mesh.zds import POD_FDS, close_fds, connect_zds
-from ztunnel.sockets import open_pod_listeners, put_in_sockmap
+from ztunnel.sockets import (
+    AppAddress, connect, connect_as_client, open_pod_listeners, put_in_sockmap, upstream_socket,
+)
 
 log = logging.getLogger("ambient.ztunnel.pods")
 
 RECONNECT_DELAY = 0.2
 
 
+class PodNetwork(Protocol):
+    """What the executor does in a pod's network: the operations that need its netns and maps."""
+
+    @property
+    def listeners(self) -> Mapping[Slot, socket.socket]:
+        """The listening sockets the pod's captured connections reach, by slot."""
+        ...
+
+    def original_destination(self, accepted: TcpStream) -> tuple[str, int]:
+        """The ``(ip, port)`` the client of a connection one of the listeners accepted asked for."""
+        ...
+
+    async def connect_upstream(self, address: tuple[str, int]) -> TcpStream:
+        """A connection from the pod (its own address) to ``address`` that capture lets through."""
+        ...
+
+    async def connect_app(self, app: tuple[str, int], client_ip: str) -> TcpStream:
+        """A connection to the pod's app at ``app`` whose source is ``client_ip``."""
+        ...
+
+
+class ServedPod(PodNetwork, Protocol):
+    """A pod as the executor serves it: who it is, and its network."""
+
+    uid: str
+    namespace: str
+    name: str
+    service_account: str
+
+    @property
+    def key(self) -> str:
+        """``<ns>/<name>``"""
+        ...
+
+
+class PodSource(Protocol):
+    """Where the pods to serve come from (``PodSet``: the node agent over ZDS)."""
+
+    @property
+    def pods(self) -> Mapping[str, ServedPod]:
+        """The pods served now, by uid."""
+        ...
+
+    async def run(self, serve: Callable[[ServedPod], Awaitable[None]]) -> None:
+        """Until cancelled: run ``serve(pod)`` for each pod as long as the pod is to be served."""
+        ...
+
+
 @dataclass(eq=False)
 class Pod:
-    """One pod served: its netns (an fd we own), its capture maps, our listeners in its netns."""
+    """One pod served: its netns (an fd we own), its capture maps, our listeners in its netns.
+    A ``ServedPod``, its network made with ``ztunnel.sockets``."""
 
     uid: str
     namespace: str
@@ -41,7 +100,7 @@ class Pod:
     netns_inode: int
     listeners_map: Map
     bypass: Map
-    sockets: dict[Slot, socket.socket]
+    listeners: dict[Slot, socket.socket]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     released: bool = False
@@ -50,18 +109,31 @@ class Pod:
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def original_destination(self, accepted: TcpStream) -> tuple[str, int]:
+        # sk_lookup steers a connection to our listener without rewriting it: its local address is
+        # the one the client dialled.
+        ip, port = accepted.socket.getsockname()[:2]
+        return ip, port
+
+    async def connect_upstream(self, address: tuple[str, int]) -> TcpStream:
+        return await connect(upstream_socket(self.netns_fd), address)
+
+    async def connect_app(self, app: tuple[str, int], client_ip: str) -> TcpStream:
+        ip, port = app
+        return await connect_as_client(AppAddress(self.netns_fd, self.bypass, ip, port), client_ip)
+
     def replace_maps(self, listeners_map: Map, bypass: Map) -> None:
         self.listeners_map.close()
         self.bypass.close()
         self.listeners_map, self.bypass = listeners_map, bypass
-        put_in_sockmap(listeners_map, self.sockets)
+        put_in_sockmap(listeners_map, self.listeners)
 
     def release(self) -> None:
         """Close what the pod holds (listeners first: the SOCKMAP slots empty with them). Once."""
         if self.released:
             return
         self.released = True
-        for sock in self.sockets.values():
+        for sock in self.listeners.values():
             sock.close()
         self.listeners_map.close()
         self.bypass.close()
@@ -87,7 +159,7 @@ def pod_from_request(request, fds: list[int]) -> Pod:
     pod = Pod(uid=request.add.uid, namespace=info.namespace, name=info.name,
               service_account=info.service_account or "default", netns_fd=netns_fd,
               netns_inode=os.fstat(netns_fd).st_ino, listeners_map=listeners_map, bypass=bypass,
-              sockets=sockets)
+              listeners=sockets)
     try:
         put_in_sockmap(listeners_map, sockets)
     except BaseException:
@@ -97,18 +169,19 @@ def pod_from_request(request, fds: list[int]) -> Pod:
 
 
 class PodSet:
-    """Follows the node agent; ``serve(pod)`` runs for each pod until the pod is removed."""
+    """Follows the node agent; ``run(serve)`` runs ``serve(pod)`` for each pod until it is removed.
+    A ``PodSource``."""
 
-    def __init__(self, socket_path: str, serve: Callable[[Pod], Awaitable[None]],
-                 changed: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, socket_path: str, changed: Callable[[], None] = lambda: None) -> None:
         self.socket_path = socket_path
         self.pods: dict[str, Pod] = {}  # uid
         self.agent_connected = False
-        self._serve = serve
+        self._serve: Callable[[Pod], Awaitable[None]] | None = None
         self._changed = changed
         self._nursery: trio.Nursery | None = None
 
-    async def run(self) -> None:
+    async def run(self, serve: Callable[[Pod], Awaitable[None]]) -> None:
+        self._serve = serve
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -179,6 +252,7 @@ class PodSet:
         return ""
 
     async def _run_pod(self, pod: Pod) -> None:
+        assert self._serve is not None
         try:
             with pod.scope:
                 await self._serve(pod)
