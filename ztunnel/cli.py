@@ -25,10 +25,12 @@ def _host_port(text: str) -> tuple[str, int]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT
 
-    zt = subparsers.add_parser("ztunnel", help="the node's L4 proxy: HBONE mTLS tunnels for the pods the node agent captures")
+    zt = subparsers.add_parser(
+        "ztunnel", help="the node's L4 proxy: HBONE mTLS tunnels for the pods the node agent captures")
     zt.add_argument("--node", required=True, help="the node this ztunnel serves")
     zt.add_argument("--zds", required=True, type=Path, metavar="SOCKET", help="the node agent's ZDS socket")
-    zt.add_argument("--discovery-address", required=True, metavar="HOST:PORT", help="the control plane (discovery and CA)")
+    zt.add_argument("--discovery-address", required=True, metavar="HOST:PORT",
+                    help="the control plane (discovery and CA)")
     zt.add_argument("--server-name", help="the TLS name to check on the control plane's certificate")
     zt.add_argument("--ca-root", required=True, type=Path, help="the mesh root certificate (PEM)")
     zt.add_argument("--token-file", required=True, type=Path, help="the node's bearer token")
@@ -60,10 +62,10 @@ class _AdminView:
 def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
-    from mesh.errors import UsageError
     from ca.client import CaClient
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+    from mesh.errors import UsageError
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from ztunnel.admin import ZtunnelAdmin
     from ztunnel.metrics import ZtunnelMetrics

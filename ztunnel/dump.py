@@ -6,8 +6,7 @@ state; never cached.
 
 from __future__ import annotations
 
-from mesh.api import authorization_pb2 as pb
-from mesh.api import workload_pb2 as wpb
+from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from ztunnel.state import ip_text
 
 

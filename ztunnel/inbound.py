@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.api import authorization_pb2 as pb
-from mesh.api import workload_pb2 as wpb
+from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from ztunnel.policy import ConnectionAttributes, applicable_policies, authorize
 from ztunnel.state import ProxyState, identity_of

@@ -211,6 +211,6 @@ class ZtunnelMetrics:
     def _labels(self, key: tuple[str, ...]) -> str:
         rendered = self._rendered_labels.get(key)
         if rendered is None:
-            pairs = ",".join(f'{name}="{_escape(value)}"' for name, value in zip(LABEL_NAMES, key))
+            pairs = ",".join(f'{name}="{_escape(value)}"' for name, value in zip(LABEL_NAMES, key, strict=True))
             rendered = self._rendered_labels[key] = f"{{{pairs}}}"
         return rendered

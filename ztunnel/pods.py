@@ -31,7 +31,12 @@ from bpf.libbpf import Map
 from hbone.tcp_stream import TcpStream
 from mesh.zds import POD_FDS, close_fds, connect_zds
 from ztunnel.sockets import (
-    AppAddress, connect, connect_as_client, open_pod_listeners, put_in_sockmap, upstream_socket,
+    AppAddress,
+    connect,
+    connect_as_client,
+    open_pod_listeners,
+    put_in_sockmap,
+    upstream_socket,
 )
 
 log = logging.getLogger("ambient.ztunnel.pods")

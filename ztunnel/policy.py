@@ -49,8 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.api import authorization_pb2 as pb
-from mesh.api import workload_pb2 as wpb
+from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.api.types import policy_key
 from mesh.identity import ROOT_NAMESPACE, SpiffeId
 

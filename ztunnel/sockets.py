@@ -26,8 +26,8 @@ import trio
 
 from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
-from mesh.netns import inside_netns_fd
 from hbone.tcp_stream import TcpStream
+from mesh.netns import inside_netns_fd
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module
 LISTENER_PORTS = {Slot.OUTBOUND: 15001, Slot.INBOUND: 15006, Slot.HBONE: 15008}

@@ -31,8 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from mesh.api import authorization_pb2 as pb
-from mesh.api import workload_pb2 as wpb
+from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, InvalidSpiffeId, SpiffeId
 
 DEFAULT_SERVICE_ACCOUNT = "default"

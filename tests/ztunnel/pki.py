@@ -8,15 +8,16 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.authority import SigningAuthority
 from ca.client import CertifiedKey, new_key_and_csr
-from mesh.identity import SpiffeId
 from hbone.tls import WorkloadCredentials
+from mesh.identity import SpiffeId
 
 TD = "cluster.local"
 HOUR = dt.timedelta(hours=1)
 
 
 def key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def certified(authority: SigningAuthority, identity: SpiffeId, *, now: dt.datetime | None = None,

@@ -11,7 +11,14 @@ import pytest
 import trio
 
 from ztunnel.admin import (
-    ADMIN_PORT, MAX_REQUEST_BODY, MAX_REQUEST_HEAD, READINESS_PORT, STATS_PORT, Response, ZtunnelAdmin, bind_tcp,
+    ADMIN_PORT,
+    MAX_REQUEST_BODY,
+    MAX_REQUEST_HEAD,
+    READINESS_PORT,
+    STATS_PORT,
+    Response,
+    ZtunnelAdmin,
+    bind_tcp,
     serve_http,
 )
 from ztunnel.metrics import ZtunnelMetrics

@@ -14,15 +14,20 @@ import pytest
 import trio
 import trio.testing
 
+from ambient.ztunnel_config import render
 from mesh.api import workload_pb2 as wpb
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import SpiffeId
 from tests.ambient.test_ztunnel_config import SAMPLE
 from tests.ztunnel.test_metrics import key, samples
-from ambient.ztunnel_config import render
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 from ztunnel.connections import (
-    AccessLog, Connection, ConnectionTracker, access_log_entry, inbound_connection, outbound_connection,
+    AccessLog,
+    Connection,
+    ConnectionTracker,
+    access_log_entry,
+    inbound_connection,
+    outbound_connection,
 )
 from ztunnel.inbound import InboundDecision, InboundRequest
 from ztunnel.metrics import MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels
@@ -90,7 +95,7 @@ async def test_an_allowed_connection_counts_opened_then_closed_with_its_bytes(re
                                   "received_bytes": 80}
     (line,) = rec.log()
     stamp = dt.datetime.fromisoformat(line.pop("time"))
-    assert stamp.tzinfo is not None and abs(dt.datetime.now(dt.timezone.utc) - stamp) < dt.timedelta(minutes=1)
+    assert stamp.tzinfo is not None and abs(dt.datetime.now(dt.UTC) - stamp) < dt.timedelta(minutes=1)
     assert line == {
         "message": "connection complete", "direction": "inbound", "protocol": "HBONE",
         "src.addr": "10.244.1.10:40000", "src.workload": "shop/client", "src.identity": str(CLIENT),

@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.view import ClusterState, PodStatus, compute_view
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, unpack
 from mesh.parse import parse_text
-from controlplane.view import ClusterState, PodStatus, compute_view
 from ztunnel.metrics import (
-    FLAG_DENIED, LABEL_NAMES, MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels,
+    FLAG_DENIED,
+    LABEL_NAMES,
+    MUTUAL_TLS,
+    NO_TLS,
+    UNKNOWN,
+    ZtunnelMetrics,
+    tcp_labels,
 )
 
 WORLD = """

@@ -18,7 +18,13 @@ from mesh.api.types import ADDRESS_TYPE_URL
 from mesh.identity import SpiffeId
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 from ztunnel.outbound import (
-    HboneToPod, HboneToWaypoint, LeastRequests, Passthrough, Refuse, RoundRobin, plan_outbound,
+    HboneToPod,
+    HboneToWaypoint,
+    LeastRequests,
+    Passthrough,
+    Refuse,
+    RoundRobin,
+    plan_outbound,
 )
 from ztunnel.state import Endpoint, ProxyState
 

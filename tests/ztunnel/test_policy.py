@@ -9,18 +9,25 @@ import ipaddress
 import textwrap
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from controlplane import authz
-from mesh.api import authorization_pb2 as pb
-from mesh.api import workload_pb2 as wpb
+from controlplane.view import ClusterState, DataplaneView, MeshConfig, PodStatus, compute_view, workload_uid
+from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from mesh.parse import parse_text
-from controlplane.view import ClusterState, DataplaneView, MeshConfig, PodStatus, compute_view, workload_uid
 from tests.controlplane.test_authz import PRESENT, exact, prefix, suffix  # the StringMatch forms, built once
-from ztunnel.policy import (ConnectionAttributes, Decision, applicable_policies, authorize, clause_holds, compiled,
-                            group_holds, match_holds, policy_matches)
+from ztunnel.policy import (
+    ConnectionAttributes,
+    Decision,
+    applicable_policies,
+    authorize,
+    clause_holds,
+    compiled,
+    group_holds,
+    match_holds,
+    policy_matches,
+)
 
 ROOT = "istio-system"
 M = pb.Match

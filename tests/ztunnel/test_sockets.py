@@ -31,8 +31,15 @@ from bpf.capture import OBJECT_PATH, PROXY_MARK, Decision, PodCapture, Slot, byp
 from bpf.enrollment import install_routing  # noqa: E402
 from lab.network import netns_path, rtnl  # noqa: E402
 from ztunnel.sockets import (  # noqa: E402
-    IP_TRANSPARENT, LISTENER_PORTS, AppAddress, connect, connect_as_client, in_netns, open_pod_listeners,
-    put_in_sockmap, upstream_socket,
+    IP_TRANSPARENT,
+    LISTENER_PORTS,
+    AppAddress,
+    connect,
+    connect_as_client,
+    in_netns,
+    open_pod_listeners,
+    put_in_sockmap,
+    upstream_socket,
 )
 
 POD_IP = "10.244.77.2"

@@ -5,9 +5,9 @@ resources discovery serves → unpacked again), so the tests see exactly the pro
 
 from __future__ import annotations
 
+from controlplane.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
 from mesh.api.types import unpack
 from mesh.parse import parse_text
-from controlplane.view import ClusterState, MeshConfig, PodStatus, compute_view, workload_uid
 
 # An ambient namespace with a waypoint for all traffic, which the pod "db" uses; "impostor" runs as
 # the waypoint's service account but is not its pod. Tests add their Services or policies.
