@@ -2,7 +2,8 @@
 
 ``lab up`` works like ``kind create cluster``: it starts the lab's daemon (``lab.daemon``) in
 its own session, relays its progress lines from a pipe, and returns once the daemon reports every
-pod ready, leaving the lab running in the background; ``--foreground`` runs the daemon in the
+pod ready and every ambient pod enrolled, as its status.json already shows (or ``--timeout``
+passed), leaving the lab running in the background; ``--foreground`` runs the daemon in the
 command itself until Ctrl-C. The daemon writes the progress lines to the pipe and a last line,
 ``READY_MARKER``, then closes it: the end of the pipe without that line means the daemon failed, and
 the command shows the end of its log. The other commands read the daemon's ``status.json`` and act
@@ -61,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--name", default=DEFAULT_LAB_NAME, help=f"the lab's name (default {DEFAULT_LAB_NAME})")
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C takes the lab down")
-    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for every pod to be ready")
+    up.add_argument("--timeout", type=float, default=60.0,
+                    help="seconds to wait for every pod to be ready and every ambient pod enrolled")
     up.add_argument("--no-ztunnel", dest="ztunnel", action="store_false",
                     help="run no ztunnel on the nodes (to test capture with a ztunnel of your own)")
     up.add_argument("--progress-fd", type=int, help=argparse.SUPPRESS)  # the background daemon's pipe

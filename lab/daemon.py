@@ -3,10 +3,12 @@
 How it works: ``Lab.run`` reads the YAML directory into its own ``Registry``, plans the network
 (``topology.plan_lab``), builds it (``network.create``), then under one ``Supervisor`` starts the
 control plane in the ``cp`` netns, each node's components and every pod's containers in the pod's
-netns (``components``, ``workloads``). It reports ``task_status.started()`` once every pod that can
-run is Running and ready (readiness probes pass), then keeps the lab in step with the directory: a
-scan every 0.25 s, and a change re-plans with the previous plan, so pods that stay keep their node
-and IP while new ones get a netns and their processes and deleted ones are stopped and removed. A
+netns (``components``, ``workloads``). It reports ``task_status.started()`` once status.json shows
+every pod that can run Running and ready (readiness probes pass) and every ambient pod enrolled
+(``awaited_pods``): the check reads the status as written, so `lab status` right after `lab up`
+shows what `up` waited for. Then it keeps the lab in step with the directory: a scan every 0.25 s,
+and a change re-plans with the previous plan, so pods that stay keep their node and IP while new
+ones get a netns and their processes and deleted ones are stopped and removed. A
 pod whose spec changed is recreated, as a Kubernetes pod would be.
 
 Every change of a process, a probe or the set of pods rewrites ``status.json`` (for ``ambient lab
@@ -32,7 +34,7 @@ import trio
 from bpf import bpffs
 from bpf.agent import STATUS_FILE as AGENT_STATUS_FILE
 from lab import components, network
-from lab.agents import AgentStatus, capture_state, read_agent_status
+from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
 from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
 from lab.state import LabPaths
@@ -98,6 +100,18 @@ async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env:
     return result.returncode
 
 
+CANNOT_RUN = ("Pending", "Error", "NotRunning")  # pod states `lab up` reports rather than waits for
+
+
+def awaited_pods(status: dict, ztunnel: bool = True) -> list[dict]:
+    """The pods of a ``Lab.status()`` that `lab up` still waits for: each pod that can run, until it
+    is ready; each ambient one, until its node's ztunnel has it (enrolled), or with no ztunnel in the
+    lab (``ztunnel`` False) until its node agent captures it, as its containers wait for."""
+    taken = (ENROLLED,) if ztunnel else (ENROLLED, AWAITING_ZTUNNEL)
+    return [pod for pod in status["pods"] if pod["state"] not in CANNOT_RUN and (
+        not pod["all_ready"] or (pod["dataplane_mode"] == "ambient" and pod["capture"] not in taken))]
+
+
 class Lab:
     def __init__(self, config: LabConfig, paths: LabPaths, progress: Callable[[str], None] = lambda line: None) -> None:
         self.config = config
@@ -112,6 +126,8 @@ class Lab:
         self._version = 0
         self._changed = trio.Event()
         self._written: dict[str, object] = {}
+        self._published: dict | None = None  # the status last written to status.json
+        self._status_written = trio.Event()  # set (and replaced) after each write of status.json
         self._agents: dict[str, AgentStatus] = {}  # node -> what its agent's status.json said last
 
     # -- change notification (status files, waiters)
@@ -127,6 +143,15 @@ class Lab:
             if predicate():
                 return
             await changed.wait()
+
+    async def _wait_until_published(self, predicate: Callable[[dict], bool]) -> None:
+        """Until the status last written to status.json, which `lab status` shows, satisfies
+        ``predicate``: a check of the live state could pass before the file says so."""
+        while True:
+            written = self._status_written
+            if self._published is not None and predicate(self._published):
+                return
+            await written.wait()
 
     # -- the lab's life
 
@@ -154,11 +179,11 @@ class Lab:
                 self._notify()
                 nursery.start_soon(self._watch_directory)
                 with trio.move_on_after(self.config.ready_timeout) as waiting:
-                    await self._wait_until(self._announce_ready)
+                    await self._wait_until_published(self._announce_ready)
                 if waiting.cancelled_caught:
                     self.progress(f"Not every pod is ready after {self.config.ready_timeout:g} s: "
                                   "see `ambient lab status` and `ambient lab logs`")
-                self._report_problems()
+                self._report_problems(gave_up=waiting.cancelled_caught)
                 task_status.started(time.monotonic() - started)
                 await trio.sleep_forever()
         finally:
@@ -480,22 +505,26 @@ class Lab:
             "nodes": nodes, "pods": pods, "services": services,
         }
 
-    def _announce_ready(self) -> bool:
-        """Whether every pod that can run is ready; prints each pod the first time it is."""
-        status = self.status()
-        waiting = [p for p in status["pods"] if p["state"] not in ("Pending", "Error", "NotRunning") and not p["all_ready"]]
+    def _announce_ready(self, status: dict) -> bool:
+        """Whether `lab up` is done waiting for the pods of ``status``; prints each pod the first
+        time it is ready."""
         for pod in status["pods"]:
             key = (pod["namespace"], pod["name"])
             runtime = self.pods.get(key)
             if runtime is not None and pod["all_ready"] and not runtime.announced:
                 runtime.announced = True
                 self.progress(f"Pod {pod['namespace']}/{pod['name']} ready on {pod['node']} ({pod['ip']})")
-        return not waiting
+        return not awaited_pods(status, self.config.ztunnel)
 
-    def _report_problems(self) -> None:
-        for pod in self.status()["pods"]:
-            if pod["state"] in ("Pending", "Error", "NotRunning"):
+    def _report_problems(self, gave_up: bool) -> None:
+        """Print each pod that cannot run, and if ``gave_up`` each one `lab up` stopped waiting for."""
+        status = self.status()
+        for pod in status["pods"]:
+            if pod["state"] in CANNOT_RUN:
                 self.progress(f"Pod {pod['namespace']}/{pod['name']} is {pod['state']}: {pod['message']}")
+        for pod in awaited_pods(status, self.config.ztunnel) if gave_up else ():
+            why = pod["message"] if not pod["all_ready"] and pod["message"] else f"capture: {pod['capture']}"
+            self.progress(f"Pod {pod['namespace']}/{pod['name']} is not ready yet: {why}")
 
     @staticmethod
     def pod_statuses(status: dict) -> dict[tuple[str, str], PodStatus]:
@@ -507,7 +536,8 @@ class Lab:
         return statuses
 
     async def _publish_status(self) -> None:
-        """Rewrite status.json and the control plane's pods.json after changes (only what changed)."""
+        """Rewrite status.json and the control plane's pods.json after changes (only what changed),
+        then wake `_wait_until_published` with the status now in the file."""
         seen = -1
         while True:
             changed = self._changed
@@ -516,6 +546,9 @@ class Lab:
                 # Computed here, on trio's thread, where the lab's state changes; written in a thread.
                 status = self.status()
                 await trio.to_thread.run_sync(self._write_status_files, status, self.pod_statuses(status))
+                self._published = status
+                self._status_written.set()
+                self._status_written = trio.Event()
             await changed.wait()
 
     def _write_status_files(self, status: dict, statuses: dict[tuple[str, str], PodStatus]) -> None:
