@@ -16,11 +16,13 @@ import trio
 
 RECEIVE_SIZE = 256 * 1024
 
+Socket = socket.socket  # the class ``socket`` below names a property
+
 
 class TcpStream(trio.abc.HalfCloseableStream):
     """A connected non-blocking TCP socket; this stream owns it."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Socket) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._receiving = False
@@ -28,13 +30,13 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._closed = False
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> Socket:
         return self._sock
 
-    def setsockopt(self, level: int, option: int, value) -> None:
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
         self._sock.setsockopt(level, option, value)
 
-    def detach(self) -> socket.socket:
+    def detach(self) -> Socket:
         """Hand the socket over (to TLS): this stream is closed without closing it."""
         self._closed = True
         return self._sock

@@ -35,16 +35,16 @@ import ssl
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol, overload
 
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mesh.certs import CertificateError, CertifiedKey, spiffe_id_of
-from mesh.identity import SpiffeId, validate_trust_domain
 from hbone.tcp_stream import TcpStream
 from hbone.tls_stream import TlsStream
+from mesh.certs import CertificateError, CertifiedKey, spiffe_id_of
+from mesh.identity import SpiffeId, validate_trust_domain
 
 ALPN_H2 = "h2"
 TLS_VERSION = "TLSv1.3"
@@ -216,9 +216,12 @@ class TlsSession(Protocol):
     """What the checks read: ``ssl.SSLObject``, ``ssl.SSLSocket``, ``trio.SSLStream`` and
     ``TlsStream`` all have it."""
 
-    context: ssl.SSLContext
-
-    def getpeercert(self, binary_form: bool = ...): ...
+    @property
+    def context(self) -> ssl.SSLContext: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> dict[str, Any] | None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
     def selected_alpn_protocol(self) -> str | None: ...
     def version(self) -> str | None: ...
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from typing import Any, Literal, overload
 
 import trio
 
@@ -80,7 +81,12 @@ class TlsStream(trio.abc.Stream):
     def context(self) -> ssl.SSLContext:
         return self._ssl.context
 
-    def getpeercert(self, binary_form: bool = False):
+    @overload
+    def getpeercert(self, binary_form: Literal[False] = False) -> dict[str, Any] | None: ...
+    @overload
+    def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
+
+    def getpeercert(self, binary_form: bool = False) -> dict[str, Any] | bytes | None:
         return self._ssl.getpeercert(binary_form)
 
     def selected_alpn_protocol(self) -> str | None:
