@@ -1,12 +1,12 @@
-"""HBONE over a real TLS stream: trio drivers for the sans-IO connections of ``hbone.connect``.
+"""HBONE's trio drivers for the sans-IO connections of ``hbone.connect``.
 
-A driver owns one HTTP/2 connection over a ``TlsStream`` and three tasks: the reader feeds received
-bytes to the sans-IO peer and hands its events to the streams; the writer finishes sends the socket
-could not take at once; the timer calls
-``on_timer`` (PINGs) and closes an idle client connection. Each proxied TCP connection is an
+A driver owns one HTTP/2 connection over a ``FrameTransport`` (``hbone.transport``: in production a
+``TlsStream``) and three tasks: the reader feeds received bytes to the sans-IO peer and hands its
+events to the streams; the writer finishes sends the transport could not take at once; the timer
+calls ``on_timer`` (PINGs) and closes an idle client connection. Each proxied TCP connection is an
 ``HboneStream``, a trio ``HalfCloseableStream``, so the relay treats it like a socket.
 
-- Frames go out at once, from whichever task queued them (``TlsStream.send_nowait``: one TLS
+- Frames go out at once, from whichever task queued them (``send_nowait``; over TLS one TLS
   write and one ``send``, no task switch). When the socket does not take everything, the writer task
   waits for it and sends the rest, with whatever was queued meanwhile, in order. Nobody else waits on
   a send, least of all the reader: two proxies whose reader each blocked on a full send buffer would
@@ -21,32 +21,43 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import trio
 
 from hbone.connect import (
-    ConnectAccepted, ConnectRefused, ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection,
+    ConnectAccepted,
+    ConnectRefused,
+    ConnectRejection,
+    ConnectRequested,
+    ConnectTarget,
+    Event,
+    HboneClientConnection,
+    HboneConnection,
     HboneServerConnection,
+    IPAddress,
 )
 from hbone.connect_state import ConnectState
 from hbone.http2 import (
-    ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
+    ConnectionClosed,
+    LocalProtocolError,
+    SendWindowOpened,
+    StreamAborted,
+    StreamData,
+    StreamHalfClosed,
 )
-from hbone.tls_stream import TlsStream
+from hbone.transport import FrameTransport
+from mesh.errors import describe
 
-log = logging.getLogger("ambient.ztunnel.hbone")
+log = logging.getLogger("ambient.hbone")
+
+SideEvent = ConnectRequested | ConnectAccepted | ConnectRefused  # what only one side's driver handles
 
 READ_SIZE = 256 * 1024
 HIGH_WATER = 512 * 1024  # bytes queued for the writer before a sender waits
 IDLE_TIMEOUT = 300.0  # a pooled client connection without streams for this long is closed
 CLOSE_GRACE = 1.0  # seconds to send a final GOAWAY on a closing connection
-
-
-def _reason(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return str(exc) or (f"{type(cause).__name__}: {cause}" if cause else type(exc).__name__)
 
 
 class HboneRefused(Exception):
@@ -89,6 +100,11 @@ class HboneStream(trio.abc.HalfCloseableStream):
             self._error = reason
         self._readable.set()
 
+    @property
+    def error(self) -> str | None:
+        """Why the stream broke (reset, connection lost), or None."""
+        return self._error
+
     # -- the stream interface
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -124,7 +140,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             # The HTTP/2 layer holds what it takes until the socket has it, and our caller may
             # reuse its buffer once we return: only immutable bytes may be held.
-            rest = data if type(data) is bytes else bytes(data)
+            rest: bytes | memoryview = data if type(data) is bytes else bytes(data)
             while rest:
                 self._check_sendable()
                 n = self._driver.send_data(self.stream_id, rest)
@@ -172,9 +188,9 @@ class HboneStream(trio.abc.HalfCloseableStream):
 class _Driver:
     """What the client and server drivers share; see the module docstring."""
 
-    peer: HboneClientConnection | HboneServerConnection
+    peer: HboneConnection
 
-    def __init__(self, transport: TlsStream) -> None:
+    def __init__(self, transport: FrameTransport) -> None:
         self.transport = transport
         self.streams: dict[int, HboneStream] = {}
         self.closed = False
@@ -240,7 +256,9 @@ class _Driver:
                 nursery.cancel_scope.cancel()
         finally:
             self._closed_by(self.close_reason or "the connection was closed")
-            await trio.aclose_forcefully(self.transport)
+            with trio.CancelScope() as forcefully:  # as trio.aclose_forcefully: close, never wait
+                forcefully.cancel()
+                await self.transport.aclose()
 
     def close(self, reason: str = "the connection was closed locally") -> None:
         """GOAWAY now (sent as the driver stops); every stream breaks."""
@@ -259,7 +277,7 @@ class _Driver:
                     self._dispatch(self.peer.receive_bytes(data))
                     self._kick()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._closed_by(f"the connection broke while reading: {_reason(exc)}")
+            self._closed_by(f"the connection broke while reading: {describe(exc)}")
 
     async def _writer(self) -> None:
         try:
@@ -282,7 +300,7 @@ class _Driver:
                     self._writer_busy = False
                 self._writable.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._closed_by(f"the connection broke while writing: {_reason(exc)}")
+            self._closed_by(f"the connection broke while writing: {describe(exc)}")
 
     async def _timer(self) -> None:
         while not self.closed:
@@ -317,7 +335,7 @@ class _Driver:
         try:
             sent = self.transport.send_nowait(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._closed_by(f"the connection broke while writing: {_reason(exc)}")
+            self._closed_by(f"the connection broke while writing: {describe(exc)}")
             return
         if not sent:  # the socket is full: the writer waits for it
             self._writer_busy = True
@@ -344,22 +362,22 @@ class _Driver:
         self._timer_changed.set()
         self._read_scope.cancel()
 
-    def _dispatch(self, events: list) -> None:
+    def _dispatch(self, events: list[Event]) -> None:
         for event in events:
-            kind = type(event)
-            if kind is StreamData:
+            # ``type(...) is``, not isinstance: the cheapest test, on a path taken per DATA frame.
+            if type(event) is StreamData:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     stream._deliver(event.data)
                 else:  # its owner already let it go: nobody will read it
                     self.peer.acknowledge(event.stream_id, len(event.data))
-            elif kind is SendWindowOpened:
+            elif type(event) is SendWindowOpened:
                 self._window.unpark_all()
-            elif kind is StreamHalfClosed:
+            elif type(event) is StreamHalfClosed:
                 stream = self.streams.get(event.stream_id)
                 if stream is not None:
                     stream._end()
-            elif kind is StreamAborted:
+            elif type(event) is StreamAborted:
                 stream = self.streams.pop(event.stream_id, None)
                 if stream is not None:
                     who = "the peer" if event.remote else "this proxy"
@@ -367,12 +385,12 @@ class _Driver:
                     self._window.unpark_all()  # a sender waiting for window must see the break
                     self._stream_count_changed()
                     self._stream_aborted(event.stream_id)
-            elif kind is ConnectionClosed:
+            elif type(event) is ConnectionClosed:
                 self._closed_by(f"connection closed ({event.reason}, error code {event.error_code})")
-            else:
+            elif isinstance(event, (ConnectRequested, ConnectAccepted, ConnectRefused)):
                 self._dispatch_side(event)
 
-    def _dispatch_side(self, event: object) -> None:
+    def _dispatch_side(self, event: SideEvent) -> None:
         raise NotImplementedError
 
     def _stream_aborted(self, stream_id: int) -> None:
@@ -382,7 +400,7 @@ class _Driver:
 # ---------------------------------------------------------------- server
 
 
-@dataclass
+@dataclass(frozen=True)
 class IncomingConnect:
     """A CONNECT for the handler to answer: ``accept()`` once the upstream is up, or ``reject``."""
 
@@ -391,18 +409,13 @@ class IncomingConnect:
     target: ConnectTarget
 
     def accept(self) -> HboneStream:
-        if self.driver.closed or self.driver.peer.state(self.stream.stream_id) is not ConnectState.AWAITING:
-            raise trio.BrokenResourceError(self.stream._error or "the client gave up on the CONNECT")
-        self.driver.peer.accept(self.stream.stream_id)
-        self.driver._kick()
-        return self.stream
+        """200; the stream then carries the tunnel. ``trio.BrokenResourceError`` if the client gave
+        up (or the connection ended) while the upstream was being reached."""
+        return self.driver.accept_connect(self.stream)
 
     def reject(self, status: int) -> None:
-        if not self.driver.closed and self.driver.peer.state(self.stream.stream_id) is ConnectState.AWAITING:
-            self.driver.peer.reject(self.stream.stream_id, status)
-            self.driver._kick()
-        self.driver.streams.pop(self.stream.stream_id, None)
-        self.driver._stream_count_changed()
+        """401 denied by policy, 503 no upstream (400 is the connection's own, for malformed requests)."""
+        self.driver.reject_connect(self.stream, status)
 
 
 Handler = Callable[[IncomingConnect], Awaitable[None]]
@@ -413,7 +426,9 @@ class HboneServerDriver(_Driver):
     """Serves one accepted HBONE connection: each valid CONNECT runs ``handler`` in its own task;
     a malformed one has already been answered 400 and is passed to ``on_rejected`` for the log."""
 
-    def __init__(self, transport: TlsStream, local_addresses, handler: Handler,
+    peer: HboneServerConnection
+
+    def __init__(self, transport: FrameTransport, local_addresses: Collection[IPAddress | str], handler: Handler,
                  on_rejected: RejectionHook | None = None) -> None:
         super().__init__(transport)
         self.peer = HboneServerConnection(local_addresses, now=trio.current_time())
@@ -433,7 +448,23 @@ class HboneServerDriver(_Driver):
         ends a connection at GOAWAY), and let the open ones finish."""
         self.draining = True
 
-    def _dispatch_side(self, event: object) -> None:
+    def accept_connect(self, stream: HboneStream) -> HboneStream:
+        """Answer ``stream``'s CONNECT with 200 (``IncomingConnect.accept``)."""
+        if self.closed or self.peer.state(stream.stream_id) is not ConnectState.AWAITING:
+            raise trio.BrokenResourceError(stream.error or "the client gave up on the CONNECT")
+        self.peer.accept(stream.stream_id)
+        self._kick()
+        return stream
+
+    def reject_connect(self, stream: HboneStream, status: int) -> None:
+        """Refuse ``stream``'s CONNECT with ``status``, unless it is gone already (``IncomingConnect.reject``)."""
+        if not self.closed and self.peer.state(stream.stream_id) is ConnectState.AWAITING:
+            self.peer.reject(stream.stream_id, status)
+            self._kick()
+        self.streams.pop(stream.stream_id, None)
+        self._stream_count_changed()
+
+    def _dispatch_side(self, event: SideEvent) -> None:
         if type(event) is not ConnectRequested:
             return
         request = event.request
@@ -454,7 +485,9 @@ class HboneServerDriver(_Driver):
 class HboneClientDriver(_Driver):
     """One client HTTP/2 connection; ``open`` a CONNECT stream per proxied TCP connection."""
 
-    def __init__(self, transport: TlsStream, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    peer: HboneClientConnection
+
+    def __init__(self, transport: FrameTransport, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         super().__init__(transport)
         self.peer = HboneClientConnection(now=trio.current_time())
         self._idle_timeout = idle_timeout
@@ -489,17 +522,16 @@ class HboneClientDriver(_Driver):
         status = self._refused.pop(stream_id, None)
         if status is not None:
             raise HboneRefused(status)
-        if stream._error is not None:
-            raise trio.BrokenResourceError(stream._error)
+        if stream.error is not None:
+            raise trio.BrokenResourceError(stream.error)
         return stream
 
-    def _dispatch_side(self, event: object) -> None:
-        kind = type(event)
-        if kind is ConnectAccepted:
+    def _dispatch_side(self, event: SideEvent) -> None:
+        if type(event) is ConnectAccepted:
             answered = self._answers.get(event.stream_id)
             if answered is not None:
                 answered.set()
-        elif kind is ConnectRefused:
+        elif type(event) is ConnectRefused:
             self._refused[event.stream_id] = event.status
             self.streams.pop(event.stream_id, None)
             self._stream_count_changed()

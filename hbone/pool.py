@@ -19,13 +19,16 @@ from collections.abc import Awaitable, Callable, Hashable
 import trio
 
 from hbone.driver import IDLE_TIMEOUT, HboneClientDriver, HboneStream
+from hbone.transport import FrameTransport
 
-log = logging.getLogger("ambient.ztunnel.pool")
+log = logging.getLogger("ambient.hbone.pool")
 
-Connect = Callable[[], Awaitable[trio.abc.Stream]]
+Connect = Callable[[], Awaitable[FrameTransport]]
 
 
 class HbonePool:
+    """Client HBONE connections by key, each run by a task in ``nursery``; see the module docstring."""
+
     def __init__(self, nursery: trio.Nursery, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self._nursery = nursery
         self._idle_timeout = idle_timeout
