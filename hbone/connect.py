@@ -38,7 +38,8 @@ this module adds what HBONE means on top of it:
 - Limits: at most 100 concurrent streams. A client asks ``streams_available()`` before
   ``open_stream``. A peer that opens more than we advertised is cut off with GOAWAY
   (PROTOCOL_ERROR), reported as ``ConnectionClosed``.
-- Keepalive: a PING every 10 s; a PING unanswered for 20 s ends the connection.
+- Keepalive: a PING every 10 s; a PING unanswered for 20 s ends the connection. ``PingAnswered``
+  tells the driver that ``next_deadline`` moved from the PING timeout back to the next PING.
 
 Any GOAWAY, sent or received, ends the connection at once (no frame is read or sent after it): every live
 stream is reported as ``StreamAborted``, then ``ConnectionClosed``. Errors: ``LocalProtocolError``
@@ -226,7 +227,13 @@ class ConnectRefused:
     status: int
 
 
-ConnectEvent = ConnectRequested | ConnectAccepted | ConnectRefused
+@dataclass(frozen=True, slots=True)
+class PingAnswered:
+    """Our PING was answered: the next one is due sooner than the PING timeout ``next_deadline``
+    gave before, so a driver asks again."""
+
+
+ConnectEvent = ConnectRequested | ConnectAccepted | ConnectRefused | PingAnswered
 # What ``receive_bytes`` and ``on_timer`` return: these, and ``hbone.http2``'s stream events
 # (StreamData, StreamHalfClosed, StreamAborted, SendWindowOpened, ConnectionClosed).
 Event = ConnectEvent | Http2Event
@@ -342,9 +349,10 @@ class HboneConnection:
             self._next_ping_at = now + self._ping_interval
         return []
 
-    def _on_ping_ack(self, payload: bytes) -> None:
+    def _on_ping_ack(self, payload: bytes, out: list[Event]) -> None:
         if self._ping_sent_at is not None and payload == self._ping_payload:
             self._ping_sent_at = None
+            out.append(PingAnswered())
 
     # -- the state machine
 

@@ -37,6 +37,7 @@ from hbone.connect import (
     HboneConnection,
     HboneServerConnection,
     IPAddress,
+    PingAnswered,
 )
 from hbone.connect_state import ConnectState
 from hbone.http2 import (
@@ -387,6 +388,8 @@ class _Driver:
                     self._stream_aborted(event.stream_id)
             elif type(event) is ConnectionClosed:
                 self._closed_by(f"connection closed ({event.reason}, error code {event.error_code})")
+            elif type(event) is PingAnswered:
+                self._timer_changed.set()  # the next PING is due before the timeout it waited for
             elif isinstance(event, (ConnectRequested, ConnectAccepted, ConnectRefused)):
                 self._dispatch_side(event)
 

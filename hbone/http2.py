@@ -150,7 +150,7 @@ UpperEvent = TypeVar("UpperEvent")
 # Called while bytes are being received, so that the layer above can answer or reset a stream
 # before the frames after its header block are read: (stream id, headers, events so far).
 HeadersHook = Callable[[int, list[Header], list[Event | UpperEvent]], None]
-PingAckHook = Callable[[bytes], None]
+PingAckHook = Callable[[bytes, list[Event | UpperEvent]], None]  # (payload, events so far)
 # Called as a stream leaves ``streams``: reset either way, closed both ways and all it received
 # acknowledged, or the connection ended.
 StreamClosedHook = Callable[[int], None]
@@ -199,7 +199,7 @@ class Http2Connection(Generic[UpperEvent]):
 
     def __init__(
         self, *, client_side: bool, settings: Mapping[Setting, int], connection_window: int,
-        on_headers: HeadersHook[UpperEvent], on_ping_ack: PingAckHook,
+        on_headers: HeadersHook[UpperEvent], on_ping_ack: PingAckHook[UpperEvent],
         on_stream_closed: StreamClosedHook = _ignore_stream_closed,
     ) -> None:
         self.client_side = client_side
@@ -495,7 +495,7 @@ class Http2Connection(Generic[UpperEvent]):
             raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, f"PING of {stop - start} bytes, not 8")
         payload = data[start:stop]
         if flags & FLAG_ACK:
-            self._on_ping_ack(bytes(payload))
+            self._on_ping_ack(bytes(payload), out)
         else:
             self._out.append(_frame(PING, FLAG_ACK, 0, bytes(payload)))
 

@@ -19,7 +19,7 @@ from h2.settings import SettingCodes
 
 from hbone.connect import (
     CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, STREAM_WINDOW, ConnectAccepted, ConnectRefused,
-    ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection, HboneServerConnection,
+    ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection, HboneServerConnection, PingAnswered,
     parse_connect, split_host_port,
 )
 from tests.ztunnel.wire import (
@@ -497,7 +497,7 @@ def test_ping_every_10s_and_answered():
     assert client.on_timer(10.0) == []
     assert client.ping_outstanding
     client_events, _ = pump(client, server)  # the server's HTTP/2 layer answers the PING itself
-    assert client_events == []
+    assert client_events == [PingAnswered()]  # the deadline is the next PING again, no longer the timeout
     assert not client.ping_outstanding
     assert client.next_deadline() == 20.0
     assert client.on_timer(15.0) == [] and client.data_to_send() == b""

@@ -11,8 +11,10 @@ import pytest
 import trio
 import trio.testing
 
+from hbone.connect import PING_INTERVAL, PING_TIMEOUT, HboneServerConnection
 from hbone.driver import HIGH_WATER, HboneClientDriver, HboneRefused, HboneServerDriver, IncomingConnect
-from tests.hbone.memory_transport import memory_transport_pair
+from tests.hbone.memory_transport import MemoryTransport, memory_transport_pair
+from tests.ztunnel.wire import PING, frames_of
 
 POD_IP = "10.244.1.5"
 
@@ -44,6 +46,26 @@ async def memory_pair(handler=echo, *, idle_timeout: float = 300.0,
         client.close()
 
 
+class QuietServer:
+    """The far end of a client driver, sans-IO: answers (SETTINGS, PINGs) until told to stop, and
+    notes when each PING arrived."""
+
+    def __init__(self, transport: MemoryTransport) -> None:
+        self.transport = transport
+        self.connection = HboneServerConnection([POD_IP], now=trio.current_time())
+        self.answering = True
+        self.pings_at: list[float] = []
+
+    async def run(self) -> None:
+        self.transport.send_nowait(self.connection.data_to_send())
+        while data := await self.transport.receive_some():
+            if PING in (kind for kind, flags, _, _ in frames_of(data) if not flags):
+                self.pings_at.append(trio.current_time())
+            self.connection.receive_bytes(data)
+            if self.answering:
+                self.transport.send_nowait(self.connection.data_to_send())
+
+
 async def test_bytes_cross_memory_pipes_both_ways_with_half_close():
     async with memory_pair() as (client, _):
         stream = await client.open(f"{POD_IP}:8080", ("10.244.0.7", 40000))
@@ -51,6 +73,26 @@ async def test_bytes_cross_memory_pipes_both_ways_with_half_close():
         await stream.send_eof()
         assert await read_all(stream) == b"hello over memory"
         assert stream.finished
+
+
+async def test_pings_every_interval_and_a_silent_peer_is_dropped_after_the_timeout(autojump_clock):
+    client_end, server_end = memory_transport_pair()
+    server = QuietServer(server_end)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        start = trio.current_time()
+        client = HboneClientDriver(client_end)
+        await nursery.start(client.run)
+        await trio.sleep_until(start + 2.5 * PING_INTERVAL)
+        assert [at - start for at in server.pings_at] == [PING_INTERVAL, 2 * PING_INTERVAL]
+        assert not client.closed  # answered
+        server.answering = False
+        last_ping = start + 3 * PING_INTERVAL  # the first PING that goes unanswered
+        await trio.sleep_until(last_ping + PING_TIMEOUT - 0.1)
+        assert not client.closed
+        await trio.sleep_until(last_ping + PING_TIMEOUT + 0.1)
+        assert client.closed and "PING timeout" in client.close_reason
+        nursery.cancel_scope.cancel()
 
 
 async def test_an_idle_client_connection_closes_after_the_idle_timeout_to_the_second(autojump_clock):

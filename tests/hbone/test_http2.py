@@ -33,7 +33,7 @@ class Peer:
         self.conn = Http2Connection(
             client_side=client_side, settings=settings, connection_window=CONNECTION_WINDOW,
             on_headers=lambda sid, headers, out: self.headers.append((sid, headers)),
-            on_ping_ack=self.ping_acks.append,
+            on_ping_ack=lambda payload, out: self.ping_acks.append(payload),
         )
 
     def receive_bytes(self, data: bytes) -> list:
