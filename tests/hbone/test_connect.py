@@ -13,21 +13,48 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from hypothesis import given, strategies as st
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
+from hypothesis import given, strategies as st
 
 from hbone.connect import (
-    CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, STREAM_WINDOW, ConnectAccepted, ConnectRefused,
-    ConnectRejection, ConnectRequested, ConnectTarget, HboneClientConnection, HboneServerConnection, PingAnswered,
-    parse_connect, split_host_port,
-)
-from tests.ztunnel.wire import (
-    ACK, DATA, END_HEADERS, END_STREAM, HEADERS, PREFACE, RST_STREAM, SETTINGS, WINDOW_UPDATE, frame, frames_of, literal,
+    CONNECTION_WINDOW,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    STREAM_WINDOW,
+    ConnectAccepted,
+    ConnectRefused,
+    ConnectRejection,
+    ConnectRequested,
+    ConnectTarget,
+    HboneClientConnection,
+    HboneServerConnection,
+    PingAnswered,
+    parse_connect,
+    split_host_port,
 )
 from hbone.connect_state import ConnectState
 from hbone.http2 import (
-    ConnectionClosed, LocalProtocolError, SendWindowOpened, StreamAborted, StreamData, StreamHalfClosed,
+    ConnectionClosed,
+    LocalProtocolError,
+    SendWindowOpened,
+    StreamAborted,
+    StreamData,
+    StreamHalfClosed,
+)
+from tests.ztunnel.wire import (
+    ACK,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+    frames_of,
+    literal,
 )
 
 POD = "10.0.0.1"

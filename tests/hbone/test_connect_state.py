@@ -5,8 +5,7 @@ connection follows the table, closing (and resetting) a stream on any move the t
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from hbone.connect import HboneClientConnection, HboneServerConnection
 from hbone.connect_state import TRANSITIONS, ConnectInput, ConnectState, ConnectStateError, advance

@@ -15,11 +15,11 @@ import trio
 import trio.testing
 
 from ca.authority import SigningAuthority
-from mesh.identity import SpiffeId
-from tests.ztunnel.pki import TD, creds
 from hbone.connect import STREAM_WINDOW, ConnectRejection
 from hbone.driver import HboneClientDriver, HboneRefused, HboneServerDriver, IncomingConnect
 from hbone.tls import client_context, client_handshake, server_context, server_handshake
+from mesh.identity import SpiffeId
+from tests.ztunnel.pki import TD, creds
 
 CLIENT = SpiffeId(TD, "a", "client")
 SERVER = SpiffeId(TD, "b", "server")

@@ -7,14 +7,39 @@ import h2.events
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from hbone.http2 import (
+    ConnectionClosed,
+    ErrorCode,
+    Http2Connection,
+    LocalProtocolError,
+    SendWindowOpened,
+    Setting,
+    StreamAborted,
+    StreamData,
+    StreamHalfClosed,
+)
 from tests.hbone.test_connect import Raw, of, pump
 from tests.ztunnel.wire import (
-    ACK, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PADDED, PING, PREFACE, PRIORITY, PUSH_PROMISE,
-    RST_STREAM, SETTINGS, WINDOW_UPDATE, frame, frames_of, literal, setting, u32,
-)
-from hbone.http2 import (
-    ConnectionClosed, ErrorCode, Http2Connection, LocalProtocolError, SendWindowOpened, Setting, StreamAborted,
-    StreamData, StreamHalfClosed,
+    ACK,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    GOAWAY,
+    HEADERS,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PUSH_PROMISE,
+    RST_STREAM,
+    SETTINGS,
+    WINDOW_UPDATE,
+    frame,
+    frames_of,
+    literal,
+    setting,
+    u32,
 )
 
 STREAM_WINDOW = 1 << 20
@@ -216,7 +241,8 @@ CONNECTION_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("data, code", [(d, c) for _, d, c in CONNECTION_ERRORS], ids=[i for i, _, _ in CONNECTION_ERRORS])
+@pytest.mark.parametrize("data, code", [(d, c) for _, d, c in CONNECTION_ERRORS],
+                         ids=[i for i, _, _ in CONNECTION_ERRORS])
 def test_a_peer_connection_error_ends_the_connection_with_goaway(data, code):
     server = server_with_stream()
     events = server.receive_bytes(data)
@@ -340,7 +366,8 @@ def test_our_settings_preface_and_connection_window():
     settings_frame, update = frames_of(data[len(PREFACE):])
     assert settings_frame[:3] == (SETTINGS, 0, 0)
     assert settings_frame[3] == (setting(Setting.INITIAL_WINDOW_SIZE, STREAM_WINDOW)
-                                 + setting(Setting.MAX_CONCURRENT_STREAMS, 10) + setting(Setting.MAX_HEADER_LIST_SIZE, 65536))
+                                 + setting(Setting.MAX_CONCURRENT_STREAMS, 10)
+                                 + setting(Setting.MAX_HEADER_LIST_SIZE, 65536))
     assert update == (WINDOW_UPDATE, 0, 0, u32(CONNECTION_WINDOW - 65535))
     client.receive_bytes(frame(SETTINGS, 0, 0))
     assert frames_of(client.data_to_send()) == [(SETTINGS, ACK, 0, b"")]
@@ -356,7 +383,8 @@ def test_a_late_header_block_for_a_gone_stream_is_decoded_and_dropped():
     assert server.receive_bytes(raw.data_to_send()) == []
     raw.conn.send_headers(3, [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:81"), (b"x-trailer", b"t")])
     server.receive_bytes(raw.data_to_send())  # refers to the table entry the dropped block made
-    assert server.headers[1:] == [(3, [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:81"), (b"x-trailer", b"t")])]
+    assert server.headers[1:] == [
+        (3, [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:81"), (b"x-trailer", b"t")])]
 
 
 def test_no_reset_is_sent_for_a_stream_closed_both_ways():

@@ -15,12 +15,12 @@ import trio
 import trio.testing
 
 from ca.authority import SigningAuthority
-from mesh.identity import SpiffeId
-from tests.ztunnel.pki import TD, creds
 from hbone.connect import MAX_CONCURRENT_STREAMS
 from hbone.driver import HboneRefused, HboneServerDriver, IncomingConnect
 from hbone.pool import HbonePool
 from hbone.tls import client_context, client_handshake, server_context, server_handshake
+from mesh.identity import SpiffeId
+from tests.ztunnel.pki import TD, creds
 
 CLIENT = SpiffeId(TD, "a", "client")
 SERVER = SpiffeId(TD, "b", "server")

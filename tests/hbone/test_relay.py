@@ -17,10 +17,11 @@ import trio
 import trio.testing
 
 from ca.authority import SigningAuthority
-from tests.ztunnel.pki import TD
-from tests.hbone.test_driver import POD_IP, hbone_pair, read_all
 from hbone.driver import IncomingConnect
 from hbone.relay import Counts, relay
+from tests.hbone.test_driver import POD_IP, hbone_pair, read_all
+from tests.ztunnel.pki import TD
+
 
 async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     """Two ends of one loopback TCP connection: (the connecting side, the accepted side)."""

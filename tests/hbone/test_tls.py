@@ -21,8 +21,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authority import SigningAuthority, key_usage
-from mesh.identity import SpiffeId
-from tests.ztunnel.pki import HOUR, TD, certified, creds, key_pem
 from hbone.tls import (
     ContextCache,
     HandshakeFailed,
@@ -37,6 +35,8 @@ from hbone.tls import (
     server_handshake,
     verify_client_identity,
 )
+from mesh.identity import SpiffeId
+from tests.ztunnel.pki import HOUR, TD, certified, creds, key_pem
 
 CLIENT = SpiffeId(TD, "a", "client")
 SERVER = SpiffeId(TD, "b", "server")
@@ -58,7 +58,7 @@ def other_root() -> SigningAuthority:
 
 
 def expired(authority: SigningAuthority, identity: SpiffeId, *, trusting: SigningAuthority) -> WorkloadCredentials:
-    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     return creds(authority, identity, now=long_ago, lifetime=HOUR, trusting=trusting)
 
 
@@ -66,7 +66,7 @@ def forged_leaf(sans: list[x509.GeneralName] | None, *, signer: SigningAuthority
     """A leaf the CA would never issue: any SANs (``None``: no SAN extension), signed by the mesh
     root (``signer``) or by its own key (``signer=None``: self-signed). Returns (PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "forged workload")])
     issuer_name, issuer_key = (signer.root.subject, signer.key) if signer else (subject, key)
     builder = (
@@ -330,7 +330,8 @@ async def test_client_rejects_a_server_of_another_root(authority, other_root):
     error = error_of(c)
     assert isinstance(error, HandshakeFailed)
     assert "server certificate did not verify" in str(error)
-    assert str(error_of(s)) == "TLS handshake with the client failed: the client closed the connection during the handshake"
+    assert str(error_of(s)) == (
+        "TLS handshake with the client failed: the client closed the connection during the handshake")
 
 
 async def test_client_rejects_a_tls12_only_server(authority, rogue_context):
