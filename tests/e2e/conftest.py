@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
-
 import pytest
 
-from tests.e2e.lab_driver import SAMPLES, Lab
+from tests.e2e.lab_driver import Lab, new_lab
 
 
 @pytest.fixture
@@ -15,12 +12,7 @@ def make_lab(tmp_path):
     labs: list[Lab] = []
 
     def make(documents: list[str], suffix: str = "") -> Lab:
-        name = f"t{uuid.uuid4().hex[:6]}{suffix}"
-        config = tmp_path / name / "config"
-        config.mkdir(parents=True)
-        shutil.copy(SAMPLES / "echo_server.py", config)
-        (config / "apps.yaml").write_text("---".join(documents))
-        lab = Lab(name, config, tmp_path / name / "state")
+        lab = new_lab(tmp_path, documents, suffix)
         labs.append(lab)
         return lab
 

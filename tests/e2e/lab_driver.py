@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -104,20 +106,31 @@ class Lab:
         return json.loads(out)
 
     def wait_for(self, predicate, what: str, timeout: float = 30.0) -> dict:
-        """The status once ``predicate(status)`` holds; re-checked each time status.json changes."""
+        """The status once ``predicate(status)`` holds; re-checked each time status.json changes
+        (its content: two rewrites can share inode number, size and mtime)."""
         path = self.state_root / self.name / "status.json"
         deadline = time.monotonic() + timeout
-        seen = None
+        seen, status = None, None
         while time.monotonic() < deadline:
-            stat = path.stat()
-            signature = (stat.st_ino, stat.st_mtime_ns)
-            if signature != seen:
-                seen = signature
-                status = json.loads(path.read_text())
+            content = path.read_bytes()
+            if content != seen:
+                seen = content
+                status = json.loads(content)
                 if predicate(status):
                     return status
             time.sleep(0.02)  # a file has no change event here; bounded by the deadline
         pytest.fail(f"lab {self.name}: {what} did not happen within {timeout:g} s; last status {status}")
+
+
+def new_lab(root: Path, documents: list[str], suffix: str = "") -> Lab:
+    """A lab with a unique name under ``root``: its YAML directory holds ``documents`` (as apps.yaml)
+    and the echo server; nothing runs until ``up``."""
+    name = f"t{uuid.uuid4().hex[:6]}{suffix}"
+    config = root / name / "config"
+    config.mkdir(parents=True)
+    shutil.copy(SAMPLES / "echo_server.py", config)
+    (config / "apps.yaml").write_text("---".join(documents))
+    return Lab(name, config, root / name / "state")
 
 
 def find_pod(status: dict, namespace: str, name: str) -> dict | None:
