@@ -1,16 +1,24 @@
 """ztunnel in the lab, end to end (root): real capture, real ztunnels, real mTLS across nodes.
 
-Checked through the commands a user types (``ambient exec``, ``ambient lab``, ``ztunnel-config``) and
-an independent view of the wire (tcpdump on the fabric bridge, parsed here):
-- pod to Service across nodes goes through both ztunnels: on the fabric it is TLS 1.3 to port 15008
-  and no plaintext byte of the request crosses; the app sees the client pod's own IP;
-- passthrough to a pod outside the mesh, and plaintext in from outside the mesh, still work;
-- the metric counters of both ztunnels match the connections and bytes sent;
-- an L4 DENY resets the client and writes the access-log line naming the policy; STRICT mTLS
-  rejects a plaintext client from a namespace outside the mesh;
-- adding a policy closes an open connection it now denies;
-- a ztunnel restart drains (an open connection still works during the drain) and, once the new
-  ztunnel has its pods back from the node agent, new connections succeed.
+One lab for the whole module (the ``mesh`` fixture: up once, down at the end, also after a failure),
+then one test per phase, in file order, so that a failure names its phase. Checked through the
+commands a user types (``ambient exec``, ``ambient lab``, ``ztunnel-config``) and an independent
+view of the wire (tcpdump on the fabric bridge, parsed here):
+1. right after `lab up` returned, `lab status` shows both mesh pods enrolled and every pod ready;
+2. pod to Service across nodes goes through both ztunnels: on the fabric it is TLS 1.3 to port 15008
+   and no plaintext byte of the request crosses; the app sees the client pod's own IP;
+3. passthrough to a pod outside the mesh, and plaintext in from outside the mesh, still work;
+4. the metric counters of both ztunnels match the connections and bytes sent;
+5. ``ztunnel-config`` shows the workloads and certificates a ztunnel holds;
+6. adding an L4 DENY closes an open connection it now denies, resets new ones and writes the
+   access-log line naming the policy (the policy is removed again, also if the phase fails);
+7. STRICT mTLS rejects a plaintext client from a namespace outside the mesh, mTLS still passes
+   (STRICT stays on: the last phase only sends mTLS);
+8. a ztunnel restart drains (an open connection still works during the drain) and, once the new
+   ztunnel has its pods back from the node agent, new connections succeed. Last: it restarts ztunnel.
+
+The phases share the lab and nothing else: each one reads what it needs from the ``mesh`` fixture,
+and only phases 6 to 8 change the lab, in that order.
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, client_pod, echo_pod, find_pod
+from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, client_pod, echo_pod, find_pod, new_lab
 
 pytestmark = [
     pytest.mark.root,
@@ -200,8 +209,8 @@ class FabricCapture:
     def __init__(self, lab: Lab, path) -> None:
         self.path = path
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", f"amb-{lab.name}.fabric", "tcpdump", "-Z", "root", "--immediate-mode", "-i", "veth-node-1", "-U", "-n", "-s", "0",
-             "-w", str(path), "tcp"], stderr=subprocess.PIPE, text=True)
+            ["ip", "netns", "exec", f"amb-{lab.name}.fabric", "tcpdump", "-Z", "root", "--immediate-mode",
+             "-i", "veth-node-1", "-U", "-n", "-s", "0", "-w", str(path), "tcp"], stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()  # "tcpdump: listening on br-fabric ..." once it captures
         assert "listening on" in line, line
 
@@ -211,21 +220,51 @@ class FabricCapture:
         return self.path.read_bytes()
 
 
-def test_ztunnel_mtls_policy_metrics_and_restart(make_lab, tmp_path):
-    lab = make_lab([NAMESPACES, SERVICE, echo_pod("mesh", "server", "node-1"), client_pod("mesh", "client", "node-0"),
-                    echo_pod("plain", "echo", "node-1"), client_pod("plain", "legacy", "node-0")])
-    lab.up(nodes=2)
-    status = lab.status()
-    pods = {(p["namespace"], p["name"]): p for p in status["pods"]}
-    assert pods[("mesh", "server")]["capture"] == pods[("mesh", "client")]["capture"] == "enrolled"
-    client_ip, legacy_ip = pods[("mesh", "client")]["ip"], pods[("plain", "legacy")]["ip"]
-    server_ip, echo_ip = pods[("mesh", "server")]["ip"], pods[("plain", "echo")]["ip"]
-    vip = next(s["vip"] for s in status["services"] if s["name"] == "server")
+# ---------------------------------------------------------------- one lab, the phases in order
 
-    # -- mTLS across nodes, seen on the wire
+
+@dataclass(frozen=True)
+class MeshLab:
+    lab: Lab
+    status: dict  # `lab status` right after `lab up` returned
+
+    def pod(self, namespace: str, name: str) -> dict:
+        return find_pod(self.status, namespace, name)
+
+    def ip(self, namespace: str, name: str) -> str:
+        return self.pod(namespace, name)["ip"]
+
+    @property
+    def vip(self) -> str:
+        return next(s["vip"] for s in self.status["services"] if s["name"] == "server")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    """mesh/server (echo) on node-1 behind Service mesh/server, mesh/client on node-0; outside the
+    mesh plain/echo on node-1 and plain/legacy on node-0."""
+    lab = new_lab(tmp_path_factory.mktemp("ztunnel"), [
+        NAMESPACES, SERVICE, echo_pod("mesh", "server", "node-1"), client_pod("mesh", "client", "node-0"),
+        echo_pod("plain", "echo", "node-1"), client_pod("plain", "legacy", "node-0")])
+    try:
+        lab.up(nodes=2)
+        yield MeshLab(lab, lab.status())
+    finally:  # also after a failure: nothing may outlive the module
+        lab.run("lab", "down", "--name", lab.name, check=False)
+
+
+def test_up_returns_with_every_pod_ready_and_the_mesh_pods_enrolled(mesh):
+    pods = {(p["namespace"], p["name"]): p for p in mesh.status["pods"]}
+    assert {key: (p["state"], p["all_ready"]) for key, p in pods.items()} == dict.fromkeys(pods, ("Running", True))
+    assert pods[("mesh", "server")]["capture"] == pods[("mesh", "client")]["capture"] == "enrolled"
+    assert pods[("plain", "echo")]["capture"] == pods[("plain", "legacy")]["capture"] == "-"
+
+
+def test_mtls_across_nodes_on_the_wire(mesh, tmp_path):
+    lab, client_ip, server_ip = mesh.lab, mesh.ip("mesh", "client"), mesh.ip("mesh", "server")
     capture = FabricCapture(lab, tmp_path / "fabric.pcap")
     marker = "/marker-7f3a9c-no-plaintext"
-    result = exchange(lab, "mesh/client", vip, 80, marker)
+    result = exchange(lab, "mesh/client", mesh.vip, 80, marker)
     flows = tcp_payloads(capture.stop())
     assert result[0] == "ok", result
     seen = json.loads(result[3])
@@ -235,30 +274,34 @@ def test_ztunnel_mtls_policy_metrics_and_restart(make_lab, tmp_path):
     assert marker.encode() not in wire and b"HTTP/1.1" not in wire and b"e2e" not in wire
     between_pods = {key: data for key, data in flows.items() if {key[0], key[2]} == {client_ip, server_ip}}
     assert between_pods and all(15008 in (key[1], key[3]) for key in between_pods), list(flows)
-    hbone = between_pods
-    server_side = next(data for key, data in hbone.items() if key[1] == 15008)
+    server_side = next(data for key, data in between_pods.items() if key[1] == 15008)
     kind, hello = tls_records(server_side)[0]
     assert kind == 22 and server_hello_version(hello) == 0x0304  # TLS 1.3
     assert {k for k, _ in tls_records(server_side)[1:]} <= {23, 20}  # then only encrypted records
 
-    # -- passthrough out of the mesh, and plaintext into it from outside
-    out = exchange(lab, "mesh/client", echo_ip, 8080, "/out")
-    assert out[0] == "ok" and json.loads(out[3])["client"]["address"] == client_ip
-    into = exchange(lab, "plain/legacy", server_ip, 8080, "/in")
-    assert into[0] == "ok" and json.loads(into[3])["client"]["address"] == legacy_ip
 
-    # -- metrics match the traffic: N connections of known sizes through both ztunnels
+def test_passthrough_out_of_the_mesh_and_plaintext_into_it(mesh):
+    out = exchange(mesh.lab, "mesh/client", mesh.ip("plain", "echo"), 8080, "/out")
+    assert out[0] == "ok" and json.loads(out[3])["client"]["address"] == mesh.ip("mesh", "client")
+    into = exchange(mesh.lab, "plain/legacy", mesh.ip("mesh", "server"), 8080, "/in")
+    assert into[0] == "ok" and json.loads(into[3])["client"]["address"] == mesh.ip("plain", "legacy")
+
+
+def test_metrics_of_both_ztunnels_count_the_connections_and_bytes(mesh):
+    # N connections of known sizes through both ztunnels
+    lab = mesh.lab
     labels = dict(source_workload="client", destination_workload="server", connection_security_policy="mutual_tls")
     before = {node: metrics(lab, node) for node in ("node-0", "node-1")}
-    sent = [exchange(lab, "mesh/client", vip, 80, f"/count/{i}") for i in range(4)]
+    sent = [exchange(lab, "mesh/client", mesh.vip, 80, f"/count/{i}") for i in range(4)]
     assert all(r[0] == "ok" for r in sent), sent
     request_bytes, response_bytes = sum(int(r[1]) for r in sent), sum(int(r[2]) for r in sent)
 
     def counted(node: str, reporter: str) -> tuple[float, ...]:
         text = metrics(lab, node)
-        return tuple(metric(text, name, reporter=reporter, **labels) - metric(before[node], name, reporter=reporter, **labels)
-                     for name in ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
-                                  "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"))
+        return tuple(
+            metric(text, name, reporter=reporter, **labels) - metric(before[node], name, reporter=reporter, **labels)
+            for name in ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+                         "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total"))
 
     deadline = time.monotonic() + 10
     while (counted("node-0", "source")[1] < 4 or counted("node-1", "destination")[1] < 4) \
@@ -267,52 +310,74 @@ def test_ztunnel_mtls_policy_metrics_and_restart(make_lab, tmp_path):
     assert counted("node-0", "source") == (4, 4, request_bytes, response_bytes)
     assert counted("node-1", "destination") == (4, 4, request_bytes, response_bytes)
 
-    # -- ztunnel-config shows what the ztunnel holds
+
+def test_ztunnel_config_shows_the_workloads_and_certificates_it_holds(mesh):
+    lab, client_ip = mesh.lab, mesh.ip("mesh", "client")
     workloads = lab.run("ztunnel-config", "workloads", "--node", "node-0", "--lab", lab.name).stdout
     assert re.search(rf"mesh\s+client\s+{re.escape(client_ip)}\s+node-0\s+\S+\s+HBONE", workloads), workloads
     certificates = lab.run("ztunnel-config", "certificates", "--node", "node-0", "--lab", lab.name).stdout
     assert "spiffe://cluster.local/ns/mesh/sa/default" in certificates and "Available" in certificates
 
-    # -- a policy change closes an open connection it now denies; new ones are reset and logged
-    held = HeldConnection(lab, "mesh/client", vip, 80, "/held")
-    assert held.request()[0] == "ok"
-    (lab.config_dir / "deny.yaml").write_text(DENY_CLIENT)
-    deadline = time.monotonic() + 15
-    while not any(e.get("reason", "").startswith("policy changed") for e in access_log(lab, "node-1")):
-        assert time.monotonic() < deadline, "the policy change did not close the held connection"
-        time.sleep(0.1)  # the log file has no change event; bounded
-    after = held.request()
-    held.close()
-    assert after[0] == "error" and after[1] in ("ConnectionResetError", "BrokenPipeError"), after
-    denied = exchange(lab, "mesh/client", vip, 80, "/denied")
-    assert denied[0] == "error" and denied[1] == "ConnectionResetError", denied
-    line = [e for e in access_log(lab, "node-1") if e["message"] == "connection denied" and e.get("reason", "").startswith("denied by DENY")]
-    assert line and line[-1]["policy"] == "mesh/deny-client" and line[-1]["src.identity"].endswith("/ns/mesh/sa/default")
-    (lab.config_dir / "deny.yaml").unlink()
 
-    # -- STRICT: plaintext from outside the mesh is rejected, mTLS from inside still works
+def test_a_deny_policy_closes_the_open_connection_resets_new_ones_and_is_logged(mesh):
+    lab, deny = mesh.lab, mesh.lab.config_dir / "deny.yaml"
+    held = HeldConnection(lab, "mesh/client", mesh.vip, 80, "/held")
+    try:
+        assert held.request()[0] == "ok"
+        deny.write_text(DENY_CLIENT)
+        deadline = time.monotonic() + 15
+        while not any(e.get("reason", "").startswith("policy changed") for e in access_log(lab, "node-1")):
+            assert time.monotonic() < deadline, "the policy change did not close the held connection"
+            time.sleep(0.1)  # the log file has no change event; bounded
+        after = held.request()
+        held.close()
+        assert after[0] == "error" and after[1] in ("ConnectionResetError", "BrokenPipeError"), after
+        denied = exchange(lab, "mesh/client", mesh.vip, 80, "/denied")
+        assert denied[0] == "error" and denied[1] == "ConnectionResetError", denied
+        line = [e for e in access_log(lab, "node-1")
+                if e["message"] == "connection denied" and e.get("reason", "").startswith("denied by DENY")]
+        assert line and line[-1]["policy"] == "mesh/deny-client"
+        assert line[-1]["src.identity"].endswith("/ns/mesh/sa/default")
+    finally:  # the next phases need mesh/client let through again
+        held.close()
+        deny.unlink(missing_ok=True)
+
+
+def test_strict_mtls_rejects_plaintext_from_outside_the_mesh_and_mtls_still_passes(mesh):
+    # After the DENY phase: its removal reaches ztunnel no later than STRICT, which is waited for.
+    lab = mesh.lab
     (lab.config_dir / "strict.yaml").write_text(STRICT)
     deadline = time.monotonic() + 15
-    while (r := exchange(lab, "plain/legacy", server_ip, 8080, "/strict"))[0] == "ok":
+    while (r := exchange(lab, "plain/legacy", mesh.ip("mesh", "server"), 8080, "/strict"))[0] == "ok":
         assert time.monotonic() < deadline, "STRICT was never enforced"
         time.sleep(0.2)  # waiting for the control plane's push; bounded
     assert r[1] == "ConnectionResetError", r
-    assert exchange(lab, "mesh/client", vip, 80, "/still")[0] == "ok"
+    assert exchange(lab, "mesh/client", mesh.vip, 80, "/still")[0] == "ok"
 
-    # -- restart: SIGTERM drains (an open connection still works), then the new ztunnel serves
-    held = HeldConnection(lab, "mesh/client", vip, 80, "/drain")
-    assert held.request()[0] == "ok"
-    component = next(c for n in lab.status()["nodes"] if n["name"] == "node-1" for c in n["components"]
-                     if c["name"] == "ztunnel-node-1")
-    os.kill(component["pid"], signal.SIGTERM)
-    during = held.request()
-    held.close()
+
+def test_a_ztunnel_restart_drains_then_the_new_one_serves_the_pods_again(mesh):
+    # SIGTERM drains (an open connection still works), then the new ztunnel serves. Last: the
+    # lab's node-1 runs a new ztunnel from here on.
+    lab = mesh.lab
+    held = HeldConnection(lab, "mesh/client", mesh.vip, 80, "/drain")
+    try:
+        assert held.request()[0] == "ok"
+        component = next(c for n in lab.status()["nodes"] if n["name"] == "node-1" for c in n["components"]
+                         if c["name"] == "ztunnel-node-1")
+        os.kill(component["pid"], signal.SIGTERM)
+        during = held.request()
+    finally:
+        held.close()
     assert during[0] == "ok", during
-    lab.wait_for(lambda s: any(c["name"] == "ztunnel-node-1" and c["state"] == "running" and c["pid"] != component["pid"]
-                               for n in s["nodes"] for c in n["components"]), "the restart of ztunnel-node-1")
+
+    def restarted(status: dict) -> bool:
+        return any(c["name"] == "ztunnel-node-1" and c["state"] == "running" and c["pid"] != component["pid"]
+                   for n in status["nodes"] for c in n["components"])
+
+    lab.wait_for(restarted, "the restart of ztunnel-node-1")
     deadline = time.monotonic() + 20
-    while (again := exchange(lab, "mesh/client", vip, 80, "/after-restart"))[0] != "ok":
+    while (again := exchange(lab, "mesh/client", mesh.vip, 80, "/after-restart"))[0] != "ok":
         assert time.monotonic() < deadline, again
-    assert json.loads(again[3])["client"]["address"] == client_ip
+    assert json.loads(again[3])["client"]["address"] == mesh.ip("mesh", "client")
     assert "drain" in (lab.state_root / lab.name / "logs" / "ztunnel-node-1.log").read_text()
     assert find_pod(lab.status(), "mesh", "server")["capture"] == "enrolled"
