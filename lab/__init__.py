@@ -72,7 +72,9 @@ __all__ = [
     "validate_lab_name",
 ]
 
-_NETWORK_NAMES = frozenset({"LabExistsError", "add_pod", "create", "destroy", "lab_netns", "remove_pod", "run_in_netns"})
+_NETWORK_NAMES = frozenset(
+    {"LabExistsError", "add_pod", "create", "destroy", "lab_netns", "remove_pod", "run_in_netns"}
+)
 
 
 def __getattr__(name: str):

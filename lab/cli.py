@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 from bpf import bpffs
-from mesh.errors import describe
-from mesh.netns import enter_netns, netns_path
 from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from lab.state import (
     DEFAULT_LAB_NAME,
@@ -39,8 +37,10 @@ from lab.state import (
     read_json,
     write_record,
 )
-from lab.topology import LabPlanError, MAX_NODES
+from lab.topology import MAX_NODES, LabPlanError
 from lab.workloads import container_process_name
+from mesh.errors import describe
+from mesh.netns import enter_netns, netns_path
 
 log = logging.getLogger("ambient.lab")
 
@@ -277,7 +277,8 @@ def load_status(paths: LabPaths) -> tuple[dict, bool]:
 
 def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -343,7 +344,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         pod = _find_pod(status, args.target)
         containers = {c["name"]: c for c in pod["containers"]}
         if args.container is None and len(containers) > 1:
-            raise LabError(f"pod {pod['namespace']}/{pod['name']} has containers {', '.join(containers)}: pick one with -c")
+            raise LabError(f"pod {pod['namespace']}/{pod['name']} has containers {', '.join(containers)}: "
+                           "pick one with -c")
         container = containers.get(args.container) if args.container else next(iter(containers.values()), None)
         if container is None or "log" not in container:
             raise LabError(f"no log for container {args.container or '(none)'} of pod {pod['namespace']}/{pod['name']}")

@@ -107,7 +107,9 @@ def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: st
     return (agent, proxy)
 
 
-def waypoint_processes(paths: LabPaths, plan: LabPlan, pod: PodPlan, log_level: str = "info") -> tuple[ProcessSpec, ...] | None:
+def waypoint_processes(
+    paths: LabPaths, plan: LabPlan, pod: PodPlan, log_level: str = "info"
+) -> tuple[ProcessSpec, ...] | None:
     """The waypoint proxy of a waypoint Gateway's pod; None while the waypoint (#8) does not exist,
     which `lab status` reports on the pod instead of running nothing silently."""
     return None

@@ -33,6 +33,8 @@ import trio
 
 from bpf import bpffs
 from bpf.agent import STATUS_FILE as AGENT_STATUS_FILE
+from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, write_pod_statuses
+from controlplane.view import PodStatus, is_enrolled
 from lab import components, network
 from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
 from lab.probes import run_readiness
@@ -40,8 +42,6 @@ from lab.processes import ProcessState, Supervisor, cleanup_cgroups
 from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.workloads import ContainerPlan, LabPod, container_plans, desired_pods, node_name, pod_phase
-from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, write_pod_statuses
-from controlplane.view import PodStatus, is_enrolled
 from mesh.errors import describe
 from mesh.watched_file import write_json_atomic
 
@@ -272,7 +272,7 @@ class Lab:
         for plan in runtime.containers:
             if plan.process is not None:
                 await self.supervisor.start(plan.process)
-        for container, plan in zip(lab_pod.pod.spec.containers, runtime.containers):
+        for container, plan in zip(lab_pod.pod.spec.containers, runtime.containers, strict=True):
             if plan.process is not None:
                 self._nursery.start_soon(self._probe, runtime, container, plan)
 
@@ -428,7 +428,8 @@ class Lab:
                     message = probe_message  # why it is not ready
                 else:
                     message = None
-                entry.update(state=status.state.value if status else "starting", restarts=status.restarts if status else 0,
+                entry.update(state=status.state.value if status else "starting",
+                             restarts=status.restarts if status else 0,
                              pid=status.pid if status else None, ready=running and probe_ok, message=message,
                              log=str(plan.process.log_path))
             result.append(entry)
@@ -461,7 +462,8 @@ class Lab:
             "ip": str(runtime.placed.ip) if runtime.placed else None,
             "netns": runtime.placed.netns if runtime.placed else None,
             "service_account": lab_pod.pod.spec.service_account,
-            "state": phase, "ready": f"{ready}/{len(containers)}", "all_ready": bool(containers) and ready == len(containers),
+            "state": phase, "ready": f"{ready}/{len(containers)}",
+            "all_ready": bool(containers) and ready == len(containers),
             "restarts": sum(c["restarts"] for c in containers),
             "dataplane_mode": mode,
             "enrolled": bool(agent_running and enrollment and enrollment["enrolled"]),  # captured; ztunnel has it
@@ -487,8 +489,9 @@ class Lab:
         for node in self.plan.nodes:
             specs = components.node_processes(self.paths, self.plan, node, self.config.log_level,
                                               ztunnel=self.config.ztunnel)
-            nodes.append({"name": node_name(node.index), "netns": node.netns, "fabric_ip": str(node.fabric_address.ip),
-                          "pod_cidr": str(node.pod_cidr), "pods": sum(1 for p in pods if p["node"] == node_name(node.index)),
+            nodes.append({"name": node_name(node.index), "netns": node.netns,
+                          "fabric_ip": str(node.fabric_address.ip), "pod_cidr": str(node.pod_cidr),
+                          "pods": sum(1 for p in pods if p["node"] == node_name(node.index)),
                           "components": [component(spec.name) for spec in specs]})
         services = []
         for key, svc in sorted(state.services.items()):

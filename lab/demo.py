@@ -55,7 +55,8 @@ def _describe_chain(path: Path) -> None:
         print(f"        issuer:  {cert.issuer.rfc4514_string()}")
         if i == 0:
             print(f"        SAN:     {spiffe_id_of(cert)} (the only SAN)")
-        print(f"        valid:   {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        print(f"        valid:   {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+              f"to {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
 
 
 SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "samples"
@@ -265,8 +266,9 @@ def run_ca(args: argparse.Namespace) -> int:
         _step("openssl verify: the chain against the mesh root")
         chain = x509.load_pem_x509_certificates((out / "cert-chain.pem").read_bytes())
         (state / "leaf.pem").write_bytes(chain[0].public_bytes(serialization.Encoding.PEM))
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca_dir / "root-cert.pem"), str(state / "leaf.pem")],
-                                capture_output=True, text=True)
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(ca_dir / "root-cert.pem"), str(state / "leaf.pem")],
+            capture_output=True, text=True)
         print(f"  {verify.stdout.strip() or verify.stderr.strip()}")
 
         _step(f"the same token asking for {OTHER_IDENTITY} is refused")

@@ -25,14 +25,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from contextlib import contextmanager
 from functools import partial
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as pyroute2_netns
+from pyroute2 import IPRoute, netns as pyroute2_netns
 
-from mesh.netlink import rtnl, write_sysctls  # noqa: F401 (used here and re-exported)
-from mesh.netns import enter_netns, inside_netns, inside_netns_fd, netns_path  # noqa: F401 (used here and re-exported)
 from lab.topology import (
     FABRIC_BRIDGE,
     POD_BRIDGE,
@@ -43,6 +39,9 @@ from lab.topology import (
     Route,
     netns_prefix,
 )
+from mesh.netlink import rtnl, write_sysctls  # noqa: F401 (used here and re-exported)
+from mesh.netns import enter_netns, inside_netns, inside_netns_fd, netns_path  # noqa: F401 (used here and re-exported)
+
 
 class LabExistsError(RuntimeError):
     """Some of the lab's namespaces already exist: destroy the lab first."""

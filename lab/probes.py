@@ -16,9 +16,9 @@ each change.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Awaitable, Callable
 
 import h11
 import trio

@@ -26,9 +26,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.netns import NETNS_RUN_DIR
 from lab.processes import LAB_CGROUP_SUFFIX, CgroupUnavailableError, find_cgroup2_root
 from lab.topology import NETNS_PREFIX, validate_lab_name
+from mesh.netns import NETNS_RUN_DIR
 from mesh.watched_file import write_json_atomic
 
 ROOT_ENV = "AMBIENT_LAB_ROOT"

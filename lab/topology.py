@@ -184,7 +184,7 @@ def plan_lab(
     placement = _place_pods(pods, nodes, previous)
     planned_pods = tuple(
         _plan_pod(prefix, spec, nodes[node_index], address)
-        for spec, (node_index, address) in zip(pods, placement)
+        for spec, (node_index, address) in zip(pods, placement, strict=True)
     )
     control_plane = ControlPlanePlan(
         netns=f"{prefix}cp",

@@ -20,11 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh import resources as r
+from controlplane.view import ClusterState
 from lab.processes import ProcessSpec, pod_env, process_cgroup
 from lab.state import LabPaths
 from lab.topology import PodPlan
-from controlplane.view import ClusterState
+from mesh import resources as r
 
 _NODE_NAME = re.compile(r"node-(0|[1-9][0-9]*)")
 

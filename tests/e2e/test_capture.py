@@ -121,7 +121,8 @@ def standins():
 
 
 def bpftool(*args: str):
-    return json.loads(subprocess.run(["bpftool", "-j", *args], check=True, capture_output=True, text=True).stdout or "[]")
+    out = subprocess.run(["bpftool", "-j", *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out or "[]")
 
 
 def netns_inode(netns: str) -> int:
@@ -144,7 +145,8 @@ def still_loaded(objects: dict[str, set[int]]) -> dict[str, set[int]]:
 
 
 def capture_rules(netns: str) -> list[dict]:
-    return [rule for rule in ip_json("-n", netns, "rule") if rule.get("priority") in (MARK_RULE_PRIORITY, TCP_RULE_PRIORITY)]
+    return [rule for rule in ip_json("-n", netns, "rule")
+            if rule.get("priority") in (MARK_RULE_PRIORITY, TCP_RULE_PRIORITY)]
 
 
 def enrolled(status: dict, namespace: str) -> bool:

@@ -24,7 +24,8 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     assert "Lab 'demo' is up in" in out
     legacy_ip = re.search(r"legacy/sleep \((10\.244\.\d+\.\d+), node-\d\)", out).group(1)
     # Outside the mesh, plain TCP: the echo server saw the client pod's own address.
-    assert re.search(rf"(same node|across nodes): legacy/echo saw GET /hello\?from=legacy from {re.escape(legacy_ip)}\n", out)
+    legacy_hello = rf"legacy/echo saw GET /hello\?from=legacy from {re.escape(legacy_ip)}\n"
+    assert re.search(rf"(same node|across nodes): {legacy_hello}", out)
     # The three ambient pods are captured, one sk_lookup program each, and served by ztunnel.
     assert len(re.findall(r"demo/\S+ on node-\d: enrolled", out)) == 3
     assert "sk_lookup programs attached to their network namespaces (bpftool): 3" in out
@@ -33,7 +34,8 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     assert re.search(rf"saw GET /secret-path-in-the-mesh from {re.escape(sleep_ip)} \(the client pod's own IP\)", out)
     assert re.search(r"on the fabric: [1-9]\d* TCP packets between the pods, on port 15008 \(HBONE\): yes; "
                      r"the request path readable on the wire: no", out)
-    assert out.count('"message": "connection complete"') == 2 and '"src.identity": "spiffe://cluster.local/ns/demo/sa/sleep"' in out
+    assert out.count('"message": "connection complete"') == 2
+    assert '"src.identity": "spiffe://cluster.local/ns/demo/sa/sleep"' in out
     assert re.search(r"spiffe://cluster.local/ns/demo/sa/sleep\s+Leaf\s+Available\s+true", out)
     # The policy denies legacy/sleep (reset, logged with the policy's name); demo/sleep still passes.
     assert "legacy/sleep to demo/echo-" in out and ": connection reset: denied" in out

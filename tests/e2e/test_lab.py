@@ -19,8 +19,16 @@ from ipaddress import ip_network
 import pytest
 
 from lab.state import pidfd_wait
-from tests.e2e.lab_driver import (NAMESPACES, Lab, cgroup_dirs, client_pod, echo_pod, find_pod, lab_netns_inodes,
-                                  living_processes)
+from tests.e2e.lab_driver import (
+    NAMESPACES,
+    Lab,
+    cgroup_dirs,
+    client_pod,
+    echo_pod,
+    find_pod,
+    lab_netns_inodes,
+    living_processes,
+)
 from tests.lab.test_network import LAB_NETWORKS, ip_json, root_netns_state
 
 pytestmark = [
@@ -54,7 +62,8 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     for key, pod in pods.items():
         assert (pod["state"], pod["ready"]) == ("Running", "1/1"), key
     assert pods[("plain", "echo-a")]["node"] == "node-0" and pods[("plain", "echo-b")]["node"] == "node-1"
-    assert pods[("plain", "echo-a")]["ip"].startswith("10.244.0.") and pods[("plain", "echo-b")]["ip"].startswith("10.244.1.")
+    assert pods[("plain", "echo-a")]["ip"].startswith("10.244.0.")
+    assert pods[("plain", "echo-b")]["ip"].startswith("10.244.1.")
     assert pods[("mesh", "client-a")]["dataplane_mode"] == "ambient"
     assert pods[("plain", "client-b")]["dataplane_mode"] == "none"
     assert status["controlplane"]["state"] == "running"

@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from mesh import resources as r
 from lab.probes import MAX_RESPONSE_HEAD, ProbeResult, Readiness, probe_once, resolve_port, run_readiness
+from mesh import resources as r
 
 BOUND = 5  # seconds (real ones, or trio's under the autojump clock): every test finishes well within
 IP = "10.244.0.2"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mesh.api import workload_pb2 as wpb
-from mesh.parse import parse_paths
 from controlplane.validate import cross_check
 from controlplane.view import ClusterState, PodStatus, compute_view
+from mesh.api import workload_pb2 as wpb
+from mesh.parse import parse_paths
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 
@@ -27,7 +27,8 @@ def test_samples_validate_without_a_problem():
 def test_samples_put_one_namespace_in_the_mesh_and_not_the_other():
     state = ClusterState.build(parse_paths([SAMPLES]).resources)
     statuses = {key: PodStatus(f"10.244.0.{i + 2}", "node-0") for i, key in enumerate(sorted(state.pods))}
-    view = compute_view(ClusterState.build(parse_paths([SAMPLES]).resources, statuses, {("demo", "echo"): "10.96.0.10"}))
+    vips = {("demo", "echo"): "10.96.0.10"}
+    view = compute_view(ClusterState.build(parse_paths([SAMPLES]).resources, statuses, vips))
     modes = {(w.namespace, w.canonical_name): w.tunnel_protocol for w in view.workloads.values()}
     assert modes == {("demo", "echo"): wpb.HBONE, ("demo", "sleep"): wpb.HBONE,
                      ("legacy", "echo"): wpb.NONE, ("legacy", "sleep"): wpb.NONE}

@@ -29,7 +29,8 @@ def test_the_lock_dies_with_its_process(tmp_path):
     paths = LabPaths.of("gone", tmp_path)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom lab.state import LabLock, LabPaths\n"
-         f"LabLock(LabPaths.of('gone', Path({str(tmp_path)!r}))).acquire()\nprint('locked', flush=True)\nsys.stdin.read()"],
+         f"LabLock(LabPaths.of('gone', Path({str(tmp_path)!r}))).acquire()\n"
+         "print('locked', flush=True)\nsys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
     assert is_running(paths)

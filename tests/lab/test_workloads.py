@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.view import ClusterState
 from lab.state import LabPaths
 from lab.topology import PodSpec, plan_lab
 from lab.workloads import container_plans, desired_pods, pod_phase
 from mesh.parse import parse_text
-from controlplane.view import ClusterState
 
 YAML = """
 apiVersion: v1
