@@ -129,7 +129,8 @@ def node_netns(status: dict, node: str) -> str:
 
 def fetch_config_dump(target: Target, timeout: float = DEFAULT_TIMEOUT) -> dict:
     """GET /config_dump from ``target``, in its netns if it names one; the JSON object."""
-    if target.netns_path is None:
+    netns_path = target.netns_path
+    if netns_path is None:
         return _get_config_dump(target, timeout)
     outcome: list = []
 
@@ -138,7 +139,7 @@ def fetch_config_dump(target: Target, timeout: float = DEFAULT_TIMEOUT) -> dict:
 
         try:
             try:
-                fd = os.open(target.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise ConfigFetchError(f"{target.netns_path} does not exist: is the lab up?") from None
             try:
@@ -258,7 +259,7 @@ def _services(rows: list[dict], now: dt.datetime) -> list[list[str]]:
 def _policies(rows: list[dict], now: dt.datetime) -> list[list[str]]:
     return [["NAMESPACE", "POLICY NAME", "ACTION", "SCOPE"]] + [
         [_text(p.get("namespace")), _text(p.get("name")), _text(p.get("action")).capitalize(),
-         _SCOPES.get(p.get("scope"), _text(p.get("scope")))]
+         _SCOPES.get(scope := _text(p.get("scope")), scope)]
         for p in sorted(rows, key=lambda p: (str(p.get("namespace")), str(p.get("name"))))]
 
 

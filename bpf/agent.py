@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import trio
 
@@ -264,12 +265,17 @@ class NodeAgent:
         seen = self.client.change_seq
         while True:
             with trio.move_on_after(self.resync_interval):
-                await self.client.wait_until(lambda seen=seen: self.client.change_seq != seen)
+                await self.client.wait_until(partial(self._changed_since, seen))
             seen = self.client.change_seq
             await self.reconcile()
 
+    def _changed_since(self, seq: int) -> bool:
+        return self.client.change_seq != seq
+
     async def reconcile(self) -> None:
-        targets = pods_to_capture(self.client.view(ADDRESS_TYPE_URL), self.node)
+        # The discovery client decodes ADDRESS_TYPE_URL resources as Address messages.
+        addresses = cast(Mapping[str, wpb.Address], self.client.view(ADDRESS_TYPE_URL))
+        targets = pods_to_capture(addresses, self.node)
         self._targets = targets
         netns = {key: self.netns_of(*pod_of(key)) for key in targets.keys() | self.pods.keys()}
         inodes = {key: netns_inode(netns[key]) for key in targets}
@@ -294,7 +300,7 @@ class NodeAgent:
         self.pods[target.key] = enrollment
         log.info("pod %s/%s (%s) captured in %.1f ms", target.namespace, target.name, target.ip,
                  (time.monotonic() - started) * 1000)
-        await self._hand_over(enrollment, netns)
+        await self._hand_over(enrollment, target, netns)
 
     async def _match(self, enrollment: PodEnrollment, target: PodTarget, netns: str) -> None:
         """A kept capture: hand it over if not done yet (adopted), or again if its Workload changed."""
@@ -308,10 +314,9 @@ class NodeAgent:
                 return
             log.info("pod %s/%s (%s): adopted its pinned capture", target.namespace, target.name, target.ip)
         enrollment.target = target
-        await self._hand_over(enrollment, netns)
+        await self._hand_over(enrollment, target, netns)
 
-    async def _hand_over(self, enrollment: PodEnrollment, netns: str) -> None:
-        target = enrollment.target
+    async def _hand_over(self, enrollment: PodEnrollment, target: PodTarget, netns: str) -> None:
         try:
             fds = pod_fds(enrollment, netns)
         except OSError as exc:
@@ -351,9 +356,11 @@ class NodeAgent:
             enrollment = self.pods.get(key)
             target = self._targets.get(key) or (enrollment.target if enrollment else None)
             namespace, name = pod_of(key)
-            captured = enrollment is not None and enrollment.handed
-            acknowledged = captured and self.zds.acknowledged(target.uid)
-            rejection = self.zds.rejection(target.uid) if captured else None
+            # The uid ztunnel was told, for a pod handed over (always with its target).
+            handed = target.uid if enrollment is not None and enrollment.handed and target is not None else None
+            captured = handed is not None
+            acknowledged = handed is not None and self.zds.acknowledged(handed)
+            rejection = self.zds.rejection(handed) if handed is not None else None
             pods.append({
                 "namespace": namespace, "name": name, "uid": target.uid if target else None,
                 "ip": target.ip if target else enrollment.held.ip if enrollment else None,
@@ -363,6 +370,9 @@ class NodeAgent:
             })
         return {"node": self.node, "pid": os.getpid(), "ztunnel_connected": self.zds.connected,
                 "discovery_connected": self.client.connected, "pods": pods}
+
+    def _connection_is_not(self, connected: bool) -> bool:
+        return self.client.connected != connected
 
     async def _publish_status(self) -> None:
         path = self.state_dir / STATUS_FILE
@@ -375,4 +385,4 @@ class NodeAgent:
                 written = status
             connected = status["discovery_connected"]
             await first_of(changed_here.wait, changed_zds.wait,
-                           partial(self.client.wait_until, lambda was=connected: self.client.connected != was))
+                           partial(self.client.wait_until, partial(self._connection_is_not, connected)))

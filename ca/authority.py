@@ -98,7 +98,7 @@ def key_usage(**enabled: bool) -> x509.KeyUsage:
     return x509.KeyUsage(**{**dict.fromkeys(_KEY_USAGES, False), **enabled})
 
 
-def signature_hash(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> hashes.HashAlgorithm:
+def signature_hash(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
@@ -122,14 +122,15 @@ class SigningAuthority:
             raise ValueError(f"CA key must be ECDSA or RSA, not {type(self.key).__name__}")
         if not self.chain:
             raise ValueError("CA chain is empty")
-        if self.key.public_key().public_numbers() != self.signing_cert.public_key().public_numbers():
+        if self.key.public_key() != self.signing_cert.public_key():
             raise ValueError("CA key does not match the signing certificate")
         pem = tuple(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
         object.__setattr__(self, "chain_pem", pem)
         object.__setattr__(
             self,
             "_authority_key_id",
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.signing_cert.public_key()),
+            # The key's public half: the signing certificate's, as checked above.
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
         )
 
     @property

@@ -20,7 +20,7 @@ from ca.client import CaClient, CertificateError
 from ca.placement import PLACEMENT_FILE, FilePodPlacement
 from ca.server import DEFAULT_PORT, DEFAULT_SERVER_NAMES, CaMetrics, CaServer, ServeConfig, start_metrics_server
 from ca.service import CertificateService
-from ca.tokens import TOKEN_FILE, NodeCaller, TokenStore, WorkloadCaller
+from ca.tokens import TOKEN_FILE, Caller, NodeCaller, TokenStore, WorkloadCaller
 from mesh.errors import UsageError
 from mesh.identity import DEFAULT_TRUST_DOMAIN, InvalidSpiffeId, SpiffeId, validate_k8s_name
 
@@ -132,7 +132,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     config = store.load(args.dir)  # refuse to mint tokens for a directory that holds no CA
     if args.node:
         try:
-            caller = NodeCaller(validate_k8s_name("node", args.node))
+            caller: Caller = NodeCaller(validate_k8s_name("node", args.node))
         except InvalidSpiffeId as exc:
             raise UsageError(f"--node: {exc}") from None
     else:

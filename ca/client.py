@@ -67,7 +67,7 @@ def verify_issued(
     got = spiffe_id_of(leaf)
     if got != identity:
         raise CertificateError(f"CA issued a certificate for {got}, not for the requested {identity}")
-    if leaf.public_key().public_numbers() != key.public_key().public_numbers():
+    if leaf.public_key() != key.public_key():
         raise CertificateError("issued certificate does not carry the public key of our CSR")
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -118,7 +118,8 @@ def _decode(raw: bytes, authorization: str | None) -> CertificateRequest:
 
 
 def _authorization(context: grpc.ServicerContext) -> str | None:
-    values = [v for k, v in context.invocation_metadata() if k == "authorization"]
+    # Only keys ending in -bin carry bytes.
+    values = [v for k, v in context.invocation_metadata() if k == "authorization" and isinstance(v, str)]
     if len(values) > 1:
         raise CaRefusal(Status.UNAUTHENTICATED, "missing_token", "more than one authorization header")
     return values[0] if values else None
@@ -150,7 +151,7 @@ class CaServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        handler = grpc.unary_unary_rpc_method_handler(
+        handler: grpc.RpcMethodHandler[bytes, ca_pb2.IstioCertificateResponse] = grpc.unary_unary_rpc_method_handler(
             self._create_certificate,
             request_deserializer=None,  # raw bytes: decoded in _decode with a clear error
             response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
@@ -162,7 +163,9 @@ class CaServer:
 
     def start(self) -> int:
         credentials = grpc.dynamic_ssl_server_credentials(
-            self._certificate.issue(), self._certificate.maybe_renew, require_client_authentication=False
+            # maybe_renew returns None to keep the current certificate, as grpcio allows; the stub says no.
+            self._certificate.issue(), self._certificate.maybe_renew,  # type: ignore[arg-type]
+            require_client_authentication=False,
         )
         try:
             port = self._server.add_secure_port(self._config.listen, credentials)
