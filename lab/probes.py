@@ -97,7 +97,7 @@ async def _response_status(stream: trio.abc.Stream, path: str, host: str) -> int
             received += len(data)
             if received > MAX_RESPONSE_HEAD:
                 raise _Failed(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
-            connection.receive_data(data)
+            connection.receive_data(bytes(data))  # trio may hand a bytearray; h11 is typed for bytes
 
 
 async def _tcp_socket(ip: str, port: int, connect: Connect) -> ProbeResult:

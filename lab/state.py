@@ -158,7 +158,7 @@ def daemon_pid(paths: LabPaths) -> int | None:
 
 
 def _names_from_netns() -> set[str]:
-    names = set()
+    names: set[str] = set()
     try:
         entries = os.listdir(NETNS_RUN_DIR)
     except OSError:

@@ -264,7 +264,7 @@ def _place_pods(pods, nodes: tuple[NodePlan, ...], previous: LabPlan | None):
                 and _is_pod_address(nodes[old.node], old.address)
             ):
                 kept[old.key] = (old.node, old.address)
-    used = {index: set() for index in range(len(nodes))}
+    used: dict[int, set[IPv4Interface]] = {index: set() for index in range(len(nodes))}
     for node_index, address in kept.values():
         used[node_index].add(address)
 
