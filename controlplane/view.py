@@ -38,7 +38,7 @@ from controlplane import authz
 from mesh import resources as r
 from mesh.api import authorization_pb2, workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
-from mesh.identity import SpiffeId
+from mesh.identity import ROOT_NAMESPACE, SpiffeId
 from mesh.ports import HBONE_PORT
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -49,7 +49,7 @@ USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 class MeshConfig:
     cluster_id: str = "Kubernetes"
     trust_domain: str = "cluster.local"
-    root_namespace: str = "istio-system"
+    root_namespace: str = ROOT_NAMESPACE
     network: str = ""
     domain_suffix: str = "cluster.local"
 
