@@ -165,6 +165,16 @@ def living_processes() -> dict[int, tuple[str, int | None]]:
     return processes
 
 
+def netns_names() -> set[str]:
+    return set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
+
+
+def without_other_labs(names: set[str], lab_name: str) -> set[str]:
+    """``names`` (netns or cgroups) less those of other labs (``amb-<other lab>.``): tests that run
+    beside this one, by other hands, make and remove labs of their own meanwhile."""
+    return {n for n in names if not n.startswith("amb-") or "." not in n or n.startswith(f"amb-{lab_name}.")}
+
+
 def cgroup_dirs() -> set[str]:
     from lab.processes import find_cgroup2_root
 

@@ -28,6 +28,8 @@ from tests.e2e.lab_driver import (
     find_pod,
     lab_netns_inodes,
     living_processes,
+    netns_names,
+    without_other_labs,
 )
 from tests.lab.test_network import LAB_NETWORKS, ip_json, root_netns_state
 
@@ -38,20 +40,21 @@ pytestmark = [
 
 
 def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
-    before_root = root_netns_state()
-    before_netns = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
-    before_cgroups = cgroup_dirs()
     # Plain pods talk plain TCP; the ambient client is captured and served by its node's ztunnel.
     lab = make_lab([NAMESPACES, echo_pod("plain", "echo-a", "node-0"), echo_pod("plain", "echo-b", "node-1"),
                     client_pod("mesh", "client-a", "node-1"), client_pod("plain", "client-b", "node-0")])
+    before_root = root_netns_state()
+    # This lab's names and names of no lab: other labs (other tests, beside this one) come and go.
+    before_netns = without_other_labs(netns_names(), lab.name)
+    before_cgroups = without_other_labs(cgroup_dirs(), lab.name)
 
     up = lab.up(nodes=2)
     assert "is up in" in up.stdout and "running in the background" in up.stdout, up.stdout
     inodes = lab_netns_inodes(lab.name)
     assert len(inodes) == 1 + 1 + 2 + 4  # fabric, control plane, 2 nodes, 4 pods
     # Every name the lab made carries its prefix: netns, and cgroups (the root netns has no new link).
-    assert all(n.startswith(f"amb-{lab.name}.") for n in set(os.listdir("/var/run/netns")) - before_netns)
-    assert cgroup_dirs() - before_cgroups == {f"amb-{lab.name}.lab"}
+    assert all(n.startswith(f"amb-{lab.name}.") for n in without_other_labs(netns_names(), lab.name) - before_netns)
+    assert without_other_labs(cgroup_dirs(), lab.name) - before_cgroups == {f"amb-{lab.name}.lab"}
     assert root_netns_state() == before_root
 
     status = lab.status()
@@ -130,8 +133,8 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     assert f"Lab {lab.name!r} is down" in down.stdout
     # Nothing of the lab is left: netns, links and routes, cgroups, processes, state files.
     assert root_netns_state() == before_root
-    assert set(os.listdir("/var/run/netns")) == before_netns
-    assert cgroup_dirs() == before_cgroups
+    assert without_other_labs(netns_names(), lab.name) == before_netns
+    assert without_other_labs(cgroup_dirs(), lab.name) == before_cgroups
     leftovers = {pid: cmd for pid, (cmd, netns) in living_processes().items()
                  if netns in inodes or lab.name in cmd or str(lab.config_dir) in cmd}
     assert leftovers == {}
