@@ -7,7 +7,9 @@ on 15008 and every plaintext connection on 15006, and again with the same reques
 connections whenever the view changes, so that a connection a new policy denies is closed. Its
 order follows Istio's ztunnel (inbound.rs):
 
-1. the target must be a workload this proxy serves (503 otherwise: nothing to connect to);
+1. the target must be a workload this proxy serves, on a port that is not one of ztunnel's own
+   listeners in the pod (503 otherwise: nothing to connect to; dialling 15001/15006/15008 would
+   loop back into ztunnel, as Istio's ztunnel also refuses);
 2. HBONE traffic to a workload that has a waypoint must come from that waypoint (401,
    "bypassed waypoint"), so L7 policy cannot be skipped by tunnelling straight to the pod; whether
    the peer is that waypoint is looked up in the state of each decision;
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.identity import SpiffeId
+from mesh.ports import ZTUNNEL_POD_PORTS
 from ztunnel.policy import ConnectionAttributes, applicable_policies, authorize
 from ztunnel.state import ProxyState, identity_of
 
@@ -60,6 +63,8 @@ def decide_inbound(request: InboundRequest, state: ProxyState) -> InboundDecisio
     destination = state.workloads.get(request.pod_uid)
     if destination is None or not request.served:
         return InboundDecision(False, 503, f"no workload at {request.destination[0]} is served by this ztunnel")
+    if request.destination[1] in ZTUNNEL_POD_PORTS:
+        return InboundDecision(False, 503, f"port {request.destination[1]} is ztunnel's own listener, not the app's")
     if request.hbone and destination.HasField("waypoint") and not _from_waypoint(destination, request, state):
         return InboundDecision(False, 401,
                                f"bypassed waypoint: {_name(destination)} must be reached through its waypoint")

@@ -167,6 +167,11 @@ CASES = [
      InboundDecision(False, 503, "no workload at 10.244.0.11 is served by this ztunnel")),
     ("not-served-is-503-even-for-plaintext", Case("open", None, CLIENT_IP, None, hbone=False),
      InboundDecision(False, 503, "no workload at 10.244.0.99 is served by this ztunnel")),
+    # ztunnel's own listeners are never a destination: dialling them would loop back into ztunnel.
+    *[(f"ztunnel-own-port-{port}-is-503-{'hbone' if hbone else 'plaintext'}",
+       Case("open", "shop/web-0", CLIENT_IP, CLIENT if hbone else None, hbone=hbone, port=port),
+       InboundDecision(False, 503, f"port {port} is ztunnel's own listener, not the app's"))
+      for port in (15001, 15006, 15008) for hbone in (True, False)],
     # The waypoint rule.
     ("hbone-to-a-waypointed-pod-from-a-client-bypassed-it", Case("open", "shop/db", CLIENT_IP, CLIENT),
      bypassed("shop/db")),

@@ -559,6 +559,23 @@ async def test_inbound_when_the_app_refuses_is_503(authority):
     assert inbound["error"].startswith(f"the app at {WEB_IP}:{DEAD_PORT} did not accept: ")
 
 
+@pytest.mark.parametrize("own_port", [15001, 15006, 15008])
+async def test_inbound_connect_to_a_ztunnel_listener_port_is_503_and_dials_nothing(authority, own_port):
+    """A CONNECT naming one of ztunnel's own ports in the pod would be dialled back into ztunnel's own
+    listener (a forwarding loop): it is refused before any dial."""
+    async with node(authority) as mesh:
+        app = await web_app(mesh)
+        async with remote_ztunnel(authority, CLIENT, CLIENT_IP, mesh.pods["shop/web-0"], WEB) as far:
+            with pytest.raises(HboneRefused) as refused:
+                await far.open(f"{WEB_IP}:{own_port}", None)
+            assert refused.value.status == 503
+            await mesh.settled()
+    assert app.peers == []
+    inbound = only(mesh.log(), direction="inbound")
+    assert (inbound["message"], inbound["reason"]) == (
+        "connection denied", f"port {own_port} is ztunnel's own listener, not the app's")
+
+
 async def test_inbound_from_a_peer_of_another_trust_domain_is_refused_at_the_handshake(authority):
     other = SigningAuthority.self_signed("elsewhere.example")
     async with node(authority) as mesh:
