@@ -228,46 +228,58 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+def _leaf(cert: dict) -> dict:
+    chain = cert.get("certChain")
+    return chain[0] if isinstance(chain, list) and chain and isinstance(chain[0], dict) else {}
+
+
 def _valid(cert: dict, now: dt.datetime) -> bool:
+    leaf = _leaf(cert)
     try:
-        not_before = dt.datetime.fromisoformat(cert["not_before"])
-        not_after = dt.datetime.fromisoformat(cert["not_after"])
+        not_before = dt.datetime.fromisoformat(leaf["validFrom"])
+        not_after = dt.datetime.fromisoformat(leaf["expirationTime"])
     except (KeyError, TypeError, ValueError):
         return False
     utc = dt.UTC
     not_before, not_after = (t if t.tzinfo else t.replace(tzinfo=utc) for t in (not_before, not_after))  # naive: UTC
-    return cert.get("state") == "available" and not_before <= now <= not_after
+    return cert.get("state") == "Available" and not_before <= now <= not_after
 
 
-_SCOPES = {"WORKLOAD_SELECTOR": "WorkloadSelector", "NAMESPACE": "Namespace", "GLOBAL": "Global"}
+def _waypoint(entry: dict) -> object:
+    waypoint = entry.get("waypoint")
+    return waypoint.get("destination") if isinstance(waypoint, dict) else None
+
+
+def _without_network(address: object) -> str:
+    """Istio's dump writes a VIP as ``<network>/<ip>``; the table shows the IP."""
+    return str(address).rpartition("/")[2]
 
 
 def _workloads(rows: list[dict], now: dt.datetime) -> list[list[str]]:
     return [["NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"]] + [
-        [_text(w.get("namespace")), _text(w.get("name")), ",".join(w.get("addresses") or ()) or NONE,
-         _text(w.get("node")), _text(w.get("waypoint")), _text(w.get("protocol"))]
+        [_text(w.get("namespace")), _text(w.get("name")), ",".join(w.get("workloadIps") or ()) or NONE,
+         _text(w.get("node")), _text(_waypoint(w)), _text(w.get("protocol"))]
         for w in sorted(rows, key=lambda w: (str(w.get("namespace")), str(w.get("name"))))]
 
 
 def _services(rows: list[dict], now: dt.datetime) -> list[list[str]]:
     return [["NAMESPACE", "SERVICE NAME", "SERVICE VIP", "WAYPOINT", "ENDPOINTS"]] + [
-        [_text(s.get("namespace")), _text(s.get("name")), ",".join(s.get("vips") or ()) or NONE,
-         _text(s.get("waypoint")), _text(s.get("endpoints"), "0")]
+        [_text(s.get("namespace")), _text(s.get("name")), ",".join(map(_without_network, s.get("vips") or ())) or NONE,
+         _text(_waypoint(s)), str(len(s.get("endpoints") or ()))]
         for s in sorted(rows, key=lambda s: (str(s.get("namespace")), str(s.get("name"))))]
 
 
 def _policies(rows: list[dict], now: dt.datetime) -> list[list[str]]:
     return [["NAMESPACE", "POLICY NAME", "ACTION", "SCOPE"]] + [
-        [_text(p.get("namespace")), _text(p.get("name")), _text(p.get("action")).capitalize(),
-         _SCOPES.get(scope := _text(p.get("scope")), scope)]
+        [_text(p.get("namespace")), _text(p.get("name")), _text(p.get("action")), _text(p.get("scope"))]
         for p in sorted(rows, key=lambda p: (str(p.get("namespace")), str(p.get("name"))))]
 
 
 def _certificates(rows: list[dict], now: dt.datetime) -> list[list[str]]:
     return [["CERTIFICATE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE"]] + [
-        [_text(c.get("identity")), "Leaf" if c.get("serial") else NA, _text(c.get("state")).capitalize(),
-         str(_valid(c, now)).lower(), _text(c.get("serial"), NA), _text(c.get("not_after"), NA),
-         _text(c.get("not_before"), NA)]
+        [_text(c.get("identity")), "Leaf" if _leaf(c) else NA, _text(c.get("state")),
+         str(_valid(c, now)).lower(), _text(_leaf(c).get("serialNumber"), NA),
+         _text(_leaf(c).get("expirationTime"), NA), _text(_leaf(c).get("validFrom"), NA)]
         for c in sorted(rows, key=lambda c: str(c.get("identity")))]
 
 

@@ -1,68 +1,168 @@
-"""``/config_dump``: what a ztunnel knows and holds, as the JSON that ``ambient ztunnel-config``
-(ambient/ztunnel_config.py) reads: node, workloads, services, policies, certificates with serial and
-expiry, and open connections (``ConnectionTracker.snapshot``). Built on request from the live
-state; never cached.
+"""``/config_dump``: what a ztunnel knows and holds, in the shape of Istio's ztunnel.
+
+Tools written for ``istioctl ztunnel-config -o json`` read it unchanged: camelCase ``workloads``,
+``services`` (with their endpoints by workload uid), ``policies`` (with their rules nested as Istio
+nests them: rules, clauses, matches), ``certificates`` (``certChain`` and ``rootCerts``, each
+certificate with its PEM, serial and validity), plus ``config`` and ``version``. What Istio's dump
+lacks and ``ambient ztunnel-config`` shows is added beside it: ``node``, each workload's ``local``
+(served by this ztunnel), a certificate's ``error``, and the open ``connections``. Built on request
+from the live state; never cached. ``ambient ztunnel-config`` (ambient/ztunnel_config.py) reads it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography import x509
+
+import mesh
 from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
+from mesh.certs import CertifiedKey
 from ztunnel.state import ip_text
 
+_PROTOCOLS = {wpb.HBONE: "HBONE"}  # anything else: plain TCP, as Istio's dump names it
+_HEALTHY = "Healthy"
 
-def _waypoint(workload_or_service) -> str:
+
+def gateway_destination(workload_or_service: wpb.Workload | wpb.Service) -> dict[str, str] | None:
+    """Istio's ``{"destination": ...}`` for a waypoint: ``<ns>/<hostname>`` or ``<network>/<ip>``."""
     if not workload_or_service.HasField("waypoint"):
-        return ""
+        return None
     gateway = workload_or_service.waypoint
     kind = gateway.WhichOneof("destination")
     if kind == "hostname":
-        return f"{gateway.hostname.namespace}/{gateway.hostname.hostname}"
+        return {"destination": f"{gateway.hostname.namespace}/{gateway.hostname.hostname}"}
     if kind == "address":
-        return ip_text(gateway.address.address) or ""
-    return ""
+        return {"destination": f"{gateway.address.network}/{ip_text(gateway.address.address) or ''}"}
+    return None
 
 
-def _workload(workload: wpb.Workload, local: bool) -> dict:
-    return {
-        "uid": workload.uid, "name": workload.name, "namespace": workload.namespace,
-        "service_account": workload.service_account or "default", "node": workload.node,
-        "addresses": [ip for ip in map(ip_text, workload.addresses) if ip],
-        "protocol": "HBONE" if workload.tunnel_protocol == wpb.HBONE else "TCP",
-        "waypoint": _waypoint(workload), "local": local,
+def _workload(workload: wpb.Workload, local: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "uid": workload.uid,
+        "workloadIps": [ip for ip in map(ip_text, workload.addresses) if ip],
+        "protocol": _PROTOCOLS.get(workload.tunnel_protocol, "TCP"),
+        "name": workload.name, "namespace": workload.namespace,
+        "serviceAccount": workload.service_account or "default",
+        "workloadName": workload.workload_name, "workloadType": wpb.WorkloadType.Name(workload.workload_type).lower(),
+        "canonicalName": workload.canonical_name, "canonicalRevision": workload.canonical_revision,
+        "clusterId": workload.cluster_id, "trustDomain": workload.trust_domain or "cluster.local",
+        "locality": {key: value for key, value in (("region", workload.locality.region),
+                                                   ("zone", workload.locality.zone),
+                                                   ("subzone", workload.locality.subzone)) if value},
+        "node": workload.node, "network": workload.network,
+        "status": _HEALTHY if workload.status == wpb.HEALTHY else "Unhealthy",
+        "hostname": workload.hostname,
+        "authorizationPolicies": list(workload.authorization_policies),
+        "local": local,
     }
+    waypoint = gateway_destination(workload)
+    if waypoint is not None:
+        entry["waypoint"] = waypoint
+    return entry
 
 
-def _service(key: str, service: wpb.Service, endpoints: int) -> dict:
-    return {
+def _service(key: str, service: wpb.Service, backing: Iterable[wpb.Workload]) -> dict[str, Any]:
+    endpoints = {}
+    for workload in backing:
+        ports = {str(port.service_port): port.target_port
+                 for port in (workload.services[key].ports if key in workload.services else ())}
+        addresses = [ip for ip in map(ip_text, workload.addresses) if ip]
+        endpoints[workload.uid] = {"workloadUid": workload.uid, "service": f"{service.namespace}/{service.hostname}",
+                                   **({"address": f"{workload.network}/{addresses[0]}"} if addresses else {}),
+                                   "port": ports}
+    entry: dict[str, Any] = {
         "name": service.name, "namespace": service.namespace, "hostname": service.hostname,
-        "vips": [ip for ip in (ip_text(vip.address) for vip in service.addresses) if ip],
+        "vips": [f"{vip.network}/{ip}" for vip in service.addresses if (ip := ip_text(vip.address))],
         "ports": {str(port.service_port): port.target_port for port in service.ports},
-        "endpoints": endpoints, "waypoint": _waypoint(service),
+        "endpoints": endpoints,
+        "subjectAltNames": list(service.subject_alt_names),
+        "ipFamilies": "IPv4",
+    }
+    waypoint = gateway_destination(service)
+    if waypoint is not None:
+        entry["waypoint"] = waypoint
+    return entry
+
+
+def _string_matches(matches: Iterable[pb.StringMatch]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for match in matches:
+        kind = match.WhichOneof("match_type")
+        if kind == "presence":
+            out.append({"Presence": {}})
+        else:
+            kind = kind or "exact"
+            out.append({kind.capitalize(): getattr(match, kind)})
+    return out
+
+
+def _cidrs(addresses: Iterable[pb.Address]) -> list[str]:
+    return [f"{ip_text(a.address)}/{a.length}" for a in addresses if ip_text(a.address)]
+
+
+def _accounts(accounts: Iterable[pb.ServiceAccountMatch]) -> list[dict[str, str]]:
+    return [{"namespace": a.namespace, "serviceAccount": a.service_account} for a in accounts]
+
+
+def policy_match(match: pb.Match) -> dict[str, Any]:
+    """One match in Istio's dump names; fields left empty are left out, as Istio's are."""
+    fields: dict[str, Any] = {
+        "namespaces": _string_matches(match.namespaces), "notNamespaces": _string_matches(match.not_namespaces),
+        "principals": _string_matches(match.principals), "notPrincipals": _string_matches(match.not_principals),
+        "sourceIps": _cidrs(match.source_ips), "notSourceIps": _cidrs(match.not_source_ips),
+        "destinationIps": _cidrs(match.destination_ips), "notDestinationIps": _cidrs(match.not_destination_ips),
+        "destinationPorts": list(match.destination_ports), "notDestinationPorts": list(match.not_destination_ports),
+        "serviceAccounts": _accounts(match.service_accounts),
+        "notServiceAccounts": _accounts(match.not_service_accounts),
+    }
+    return {name: value for name, value in fields.items() if value}
+
+
+def _policy(policy: pb.Authorization) -> dict[str, Any]:
+    return {
+        "name": policy.name, "namespace": policy.namespace,
+        "scope": _title(pb.Scope.Name(policy.scope)), "action": _title(pb.Action.Name(policy.action)),
+        "rules": [[[policy_match(m) for m in rules.matches] for rules in group.rules] for group in policy.groups],
     }
 
 
-def _policy(policy: pb.Authorization) -> dict:
-    return {"name": policy.name, "namespace": policy.namespace, "scope": pb.Scope.Name(policy.scope),
-            "action": pb.Action.Name(policy.action), "rules": len(policy.groups)}
+def _title(enum_name: str) -> str:
+    """``WORKLOAD_SELECTOR`` → ``WorkloadSelector``, as Istio's ztunnel writes its enums."""
+    return "".join(part.capitalize() for part in enum_name.split("_"))
 
 
-def _certificate(identity, cert, error: str | None) -> dict:
+def _cert(pem: str) -> dict[str, str]:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return {"pem": pem, "serialNumber": format(cert.serial_number, "x"),
+            "validFrom": cert.not_valid_before_utc.isoformat(), "expirationTime": cert.not_valid_after_utc.isoformat()}
+
+
+def certificate_entry(identity: object, cert: CertifiedKey | None, error: str | None = None) -> dict[str, Any]:
+    """Istio's ``CertsDump`` for ``identity``: ``Available`` with the chain, else ``Initializing`` (no
+    certificate yet) or ``Unavailable`` (with why, in ``error``)."""
     if cert is None:
-        return {"identity": str(identity), "state": "unavailable" if error else "pending", "serial": None,
-                "not_before": None, "not_after": None, "error": error}
-    return {"identity": str(identity), "state": "available", "serial": format(cert.leaf.serial_number, "x"),
-            "not_before": cert.not_before.isoformat(), "not_after": cert.not_after.isoformat(), "error": None}
+        return {"identity": str(identity), "state": "Unavailable" if error else "Initializing",
+                "certChain": [], "rootCerts": [], "error": error}
+    return {"identity": str(identity), "state": "Available",
+            "certChain": [_cert(pem) for pem in cert.chain_pem[:-1]], "rootCerts": [_cert(cert.chain_pem[-1])],
+            "error": None}
 
 
-def config_dump(ztunnel) -> dict:
+def config_dump(ztunnel: Any) -> dict[str, Any]:
     state = ztunnel.state
     local = set(ztunnel.pods.pods)
+    config = ztunnel.config
     return {
-        "node": ztunnel.config.node,
         "workloads": [_workload(w, uid in local) for uid, w in sorted(state.workloads.items())],
-        "services": [_service(key, s, len(state.backing(key))) for key, s in sorted(state.services.items())],
+        "services": [_service(key, s, state.backing(key)) for key, s in sorted(state.services.items())],
         "policies": [_policy(p) for _, p in sorted(state.authorizations.items())],
-        "certificates": [_certificate(identity, ztunnel.secrets.current(identity), None)
+        "certificates": [certificate_entry(identity, ztunnel.secrets.current(identity))
                          for identity in ztunnel.secrets.identities()],
+        "config": {"node": config.node, "trustDomain": config.trust_domain, "rootNamespace": config.root_namespace,
+                   "connectTimeout": config.connect_timeout, "drainTimeout": config.drain_timeout},
+        "version": mesh.__version__,
+        "node": config.node,
         "connections": ztunnel.tracker.snapshot(),
     }

@@ -25,31 +25,38 @@ from lab.cli import LabError
 from mesh.errors import UsageError
 from ztunnel.admin import Response, serve_http
 
+# A dump in the shape of Istio's ztunnel (istioctl's configdump types), with our additions
+# (node, local, error, connections); tests/ztunnel/test_dump.py checks ztunnel writes this shape.
 SAMPLE = {
     "node": "node-0",
     "workloads": [
-        {"uid": "Kubernetes//v1/Pod/shop/web-0", "name": "web-0", "namespace": "shop", "service_account": "web",
-         "node": "node-0", "addresses": ["10.244.0.11"], "protocol": "HBONE", "waypoint": "shop/wp", "local": True},
-        {"uid": "Kubernetes//v1/Pod/shop/client", "name": "client", "namespace": "shop", "service_account": "client",
-         "node": "node-1", "addresses": ["10.244.1.10"], "protocol": "HBONE", "waypoint": "", "local": False},
-        {"uid": "Kubernetes//v1/Pod/legacy/db", "name": "db", "namespace": "legacy", "service_account": "default",
-         "node": "node-0", "addresses": [], "protocol": "TCP", "waypoint": "", "local": True},
+        {"uid": "Kubernetes//v1/Pod/shop/web-0", "name": "web-0", "namespace": "shop", "serviceAccount": "web",
+         "node": "node-0", "workloadIps": ["10.244.0.11"], "protocol": "HBONE",
+         "waypoint": {"destination": "shop/wp"}, "local": True},
+        {"uid": "Kubernetes//v1/Pod/shop/client", "name": "client", "namespace": "shop", "serviceAccount": "client",
+         "node": "node-1", "workloadIps": ["10.244.1.10"], "protocol": "HBONE", "local": False},
+        {"uid": "Kubernetes//v1/Pod/legacy/db", "name": "db", "namespace": "legacy", "serviceAccount": "default",
+         "node": "node-0", "workloadIps": [], "protocol": "TCP", "local": True},
     ],
     "services": [
-        {"name": "web", "namespace": "shop", "hostname": "web.shop.svc.cluster.local", "vips": ["10.96.0.10"],
-         "ports": {"80": 8080}, "endpoints": 2, "waypoint": "shop/wp"},
+        {"name": "web", "namespace": "shop", "hostname": "web.shop.svc.cluster.local", "vips": ["/10.96.0.10"],
+         "ports": {"80": 8080}, "endpoints": {"a": {}, "b": {}}, "waypoint": {"destination": "shop/wp"}},
         {"name": "db", "namespace": "legacy", "hostname": "db.legacy.svc.cluster.local", "vips": [],
-         "ports": {"5432": 5432}, "endpoints": 0, "waypoint": ""},
+         "ports": {"5432": 5432}, "endpoints": {}},
     ],
     "policies": [
-        {"name": "allow-client", "namespace": "shop", "scope": "WORKLOAD_SELECTOR", "action": "ALLOW", "rules": 1},
-        {"name": "deny-all", "namespace": "istio-system", "scope": "GLOBAL", "action": "DENY", "rules": 0},
+        {"name": "allow-client", "namespace": "shop", "scope": "WorkloadSelector", "action": "Allow",
+         "rules": [[[{"principals": [{"Exact": "cluster.local/ns/shop/sa/client"}]}]]]},
+        {"name": "deny-all", "namespace": "istio-system", "scope": "Global", "action": "Deny", "rules": []},
     ],
     "certificates": [
-        {"identity": "spiffe://cluster.local/ns/shop/sa/web", "state": "available", "serial": "1a2b",
-         "not_before": "2026-01-01T00:00:00+00:00", "not_after": "2026-01-02T00:00:00+00:00", "error": None},
-        {"identity": "spiffe://cluster.local/ns/legacy/sa/default", "state": "unavailable", "serial": None,
-         "not_before": None, "not_after": None, "error": "CA refused: token expired"},
+        {"identity": "spiffe://cluster.local/ns/shop/sa/web", "state": "Available",
+         "certChain": [{"pem": "", "serialNumber": "1a2b", "validFrom": "2026-01-01T00:00:00+00:00",
+                        "expirationTime": "2026-01-02T00:00:00+00:00"}],
+         "rootCerts": [{"pem": "", "serialNumber": "1", "validFrom": "2025-01-01T00:00:00+00:00",
+                        "expirationTime": "2035-01-01T00:00:00+00:00"}], "error": None},
+        {"identity": "spiffe://cluster.local/ns/legacy/sa/default", "state": "Unavailable", "certChain": [],
+         "rootCerts": [], "error": "CA refused: token expired"},
     ],
     "connections": [
         {"direction": "inbound", "pod": "shop/web-0", "source": "10.244.1.10:40000",
@@ -107,8 +114,9 @@ def test_certificates_table_with_validity_and_errors():
     ]
     later = NOW + dt.timedelta(days=2)
     assert "Available    false" in render("certificates", SAMPLE, now=later)
-    naive = {"certificates": [{**SAMPLE["certificates"][0], "not_before": "2026-01-01T00:00:00",
-                               "not_after": "2026-01-02T00:00:00"}]}  # read as UTC
+    naive = {"certificates": [{**SAMPLE["certificates"][0], "certChain": [
+        {"serialNumber": "1a2b", "validFrom": "2026-01-01T00:00:00", "expirationTime": "2026-01-02T00:00:00"}]}]}
+    # read as UTC
     assert "Available  true" in render("certificates", naive, now=NOW)
 
 
