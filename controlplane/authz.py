@@ -7,9 +7,12 @@ does; a ``Match`` holds when every field it sets does. An ALLOW policy with no g
 
 ztunnel sees only L4: peer identity, addresses and ports. Parts of a rule that need L7 (methods,
 paths, hosts, request principals, remote IPs, conditions on request attributes) cannot be evaluated
-there, so the translation takes the safe side (DESIGN.md section 2): in an ALLOW rule such a part can
-never match, so it is dropped from its clause's alternatives, and a clause left with none drops the
-whole rule; in a DENY rule the L7 fields are removed, so the rule denies more than written.
+there, so the translation does what Istio does (DESIGN.md section 2; istiod's ``handleRule``, and
+ztunnel skipping an empty ``Match``): an ALLOW rule with any L7 part is dropped whole; a DENY rule
+keeps the L4 fields of each alternative, and an alternative left empty matches nothing (so a DENY of
+``methods`` alone has no effect at L4). A field the mesh does not understand (``Rule.unknown``) may
+only make a rule match less: it drops an ALLOW rule whole, and a DENY keeps its known fields.
+A policy annotated ``istio.io/dry-run: "true"`` is sent with ``dry_run`` set: ztunnel only logs it.
 
 PeerAuthentication: the effective mode of a workload is its own selector policy, else its namespace's,
 else the mesh's (root namespace), per port where ``portLevelMtls`` says so. STRICT becomes a DENY of
@@ -74,18 +77,26 @@ def _address(cidr: str) -> pb.Address:  # cached: parsing is slow, and messages 
     return pb.Address(address=network.network_address.packed, length=network.prefixlen)
 
 
-def _source_match(source: r.Source) -> pb.Match:
+def _service_account(value: str, namespace: str) -> pb.ServiceAccountMatch:
+    """``ns/sa``, or ``sa`` in the policy's namespace (istiod's ``stringToServiceAccountMatch``)."""
+    ns, _, sa = value.rpartition("/")
+    return pb.ServiceAccountMatch(namespace=ns or namespace, service_account=sa)
+
+
+def _source_match(source: r.Source, namespace: str) -> pb.Match:
     return pb.Match(
         principals=[_principal(p) for p in source.principals],
         not_principals=[_principal(p) for p in source.not_principals],
         namespaces=[string_match(n) for n in source.namespaces],
         not_namespaces=[string_match(n) for n in source.not_namespaces],
+        service_accounts=[_service_account(a, namespace) for a in source.service_accounts],
+        not_service_accounts=[_service_account(a, namespace) for a in source.not_service_accounts],
         source_ips=[_address(c) for c in source.ip_blocks],
         not_source_ips=[_address(c) for c in source.not_ip_blocks],
     )
 
 
-def _operation_match(operation: r.Operation) -> pb.Match:
+def _operation_match(operation: r.Operation, _namespace: str) -> pb.Match:
     return pb.Match(destination_ports=operation.ports, not_destination_ports=operation.not_ports)
 
 
@@ -105,46 +116,42 @@ def _condition_match(condition: r.Condition) -> pb.Match:
     raise ValueError(f"condition key {key!r} is not evaluated at L4")
 
 
-def _group(rule: r.Rule, action: str) -> pb.Group | None:
-    """The group for one rule, or None when at L4 it can never match (ALLOW with L7 parts)."""
-    allow = action == "ALLOW"
-    clauses: list[pb.Rules] = []
-    # (alternatives, has L7 parts, L4 match): the same steps for sources and for operations.
-    kinds: tuple[tuple[tuple[Any, ...], Callable[[Any], bool], Callable[[Any], pb.Match]], ...] = (
-        (rule.sources, lambda s: any(getattr(s, f) for f in SOURCE_L7_FIELDS), _source_match),
-        (rule.operations, lambda o: bool(o.l7_fields()), _operation_match),
-    )
-    for items, l7, to_match in kinds:
-        if not items:
-            continue
-        if allow:
-            matches = [to_match(item) for item in items if not l7(item)]
-            if not matches:
-                return None
-        else:  # DENY: the L4 part of every alternative
-            matches = [to_match(item) for item in items]
-        _add_clause(clauses, matches)
-    for condition in rule.conditions:
-        if condition.key in L4_CONDITION_KEYS:
-            _add_clause(clauses, [_condition_match(condition)])
-        elif allow:
-            return None
-    return pb.Group(rules=clauses)
-
-
 _ANY = pb.Match()
 
 
-def _add_clause(clauses: list[pb.Rules], matches: list[pb.Match]) -> None:
-    """A clause with an empty alternative always holds, so it is left out rather than sent: no
-    empty ``Match`` goes on the wire, where Istio's ztunnel would skip it as matching nothing."""
-    if _ANY not in matches:
-        clauses.append(pb.Rules(matches=matches))
+def _group(rule: r.Rule, action: str, namespace: str = "") -> pb.Group | None:
+    """The group for one rule, or None when at L4 it can never match.
+
+    As istiod (``handleRule``) and ztunnel (which skips an empty ``Match``): an ALLOW rule with any
+    L7 part is dropped whole, and so is one with a field the mesh does not understand. A DENY rule
+    keeps the L4 fields of each alternative; an alternative left empty by removing its L7 fields is
+    skipped (it matches nothing), so a clause made only of such alternatives, or an L7 condition,
+    makes the rule match nothing. An alternative with an unknown field keeps its known L4 fields,
+    even if none: then it matches anyone, the deny as wide as what the mesh understands of it.
+    """
+    if action == "ALLOW" and (rule.unknown or l7_parts_of_rule(rule)):
+        return None
+    clauses: list[pb.Rules] = []
+    kinds: tuple[tuple[tuple[Any, ...], Callable[[Any, str], pb.Match]], ...] = (
+        (rule.sources, _source_match), (rule.operations, _operation_match))
+    for items, to_match in kinds:
+        if not items:
+            continue
+        matches = [m for item in items if (m := to_match(item, namespace)) != _ANY or item.unknown]
+        if not matches:
+            return None
+        if _ANY not in matches:  # an alternative that always holds makes the clause hold: left out
+            clauses.append(pb.Rules(matches=matches))
+    for condition in rule.conditions:
+        if condition.key not in L4_CONDITION_KEYS:
+            return None
+        clauses.append(pb.Rules(matches=[_condition_match(condition)]))
+    return pb.Group(rules=clauses)
 
 
-def can_match_at_l4(rule: r.Rule) -> bool:
-    """Whether an ALLOW rule keeps, at L4, an alternative ztunnel can evaluate in each clause."""
-    return _group(rule, "ALLOW") is not None
+def can_match_at_l4(rule: r.Rule, action: str = "ALLOW") -> bool:
+    """Whether the rule, enforced by ztunnel in a policy of ``action``, can match any connection."""
+    return _group(rule, action) is not None
 
 
 def scope_of(policy: r.AuthorizationPolicy, root_namespace: str) -> pb.Scope:
@@ -157,13 +164,15 @@ def translate_policy(policy: r.AuthorizationPolicy, root_namespace: str) -> pb.A
     """The L4 form of a policy ztunnel enforces; None for one it does not (waypoint-bound, AUDIT)."""
     if policy.enforced_at_l7 or policy.action not in ("ALLOW", "DENY"):
         return None
-    groups = [g for rule in policy.rules if (g := _group(rule, policy.action)) is not None]
+    namespace = policy.meta.namespace
+    groups = [g for rule in policy.rules if (g := _group(rule, policy.action, namespace)) is not None]
     return pb.Authorization(
         name=policy.meta.name,
-        namespace=policy.meta.namespace,
+        namespace=namespace,
         scope=scope_of(policy, root_namespace),
         action=pb.ALLOW if policy.action == "ALLOW" else pb.DENY,
         groups=groups,
+        dry_run=policy.dry_run,
     )
 
 

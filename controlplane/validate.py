@@ -2,8 +2,10 @@
 
 Per-resource problems come from ``mesh.parse``. This module adds the checks that need the whole
 set: selectors that match nothing, ``istio.io/use-waypoint`` naming a Gateway that does not exist,
-HTTPRoutes and WasmPlugins whose parent or target is missing, and L7 fields in a policy that the
-destination ztunnel will enforce at L4 (such an ALLOW rule can never match, so it denies).
+HTTPRoutes and WasmPlugins whose parent or target is missing, L7 fields in a policy that the
+destination ztunnel will enforce at L4 (as Istio: such an ALLOW rule is dropped whole, a DENY rule
+keeps its L4 fields), and fields of a rule the mesh does not understand (an error in an ALLOW rule,
+which then never matches; a warning in a DENY rule, which keeps its known fields).
 """
 
 from __future__ import annotations
@@ -78,30 +80,54 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                 elif key not in targetable:
                     problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}"))
 
-        if isinstance(res, r.AuthorizationPolicy) and not res.enforced_at_l7:
-            problems.extend(_l7_at_l4(res))
+        if isinstance(res, r.AuthorizationPolicy):
+            problems.extend(_unknown_fields(res))
+            if not res.enforced_at_l7:
+                in_namespace = sorted(name for ns, name in gateways if ns == res.meta.namespace)
+                problems.extend(_l7_at_l4(res, in_namespace))
     return problems
 
 
-def _l7_at_l4(policy: r.AuthorizationPolicy) -> list[Problem]:
+def _l7_at_l4(policy: r.AuthorizationPolicy, waypoints: list[str]) -> list[Problem]:
     """An L4-enforced policy cannot see request attributes (``controlplane.authz.l7_parts_of_rule``): say
-    what that does to each rule."""
+    what that does to each rule, as istiod's translation does it, and which waypoint to target."""
     problems = []
+    if waypoints:
+        fix = f"attach the policy to the waypoint: targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, " \
+              f"name: {waypoints[0]}}}]"
+    else:
+        fix = f"no waypoint Gateway (class {r.WAYPOINT_CLASS}) in {policy.meta.namespace}: create one and target " \
+              "it with targetRefs"
     for i, rule in enumerate(policy.rules):
         for where, names in authz.l7_parts_of_rule(rule):
             condition = where.startswith("when")
-            if policy.action != "ALLOW":
-                effect = f"ztunnel enforces this DENY rule at L4 without {'it' if condition else 'them'}, denying " \
-                         "more than written"
-            elif authz.can_match_at_l4(rule):  # the other alternatives of that from/to are L4
-                effect = "this alternative can never match at L4, so the rule matches only through the others " \
-                         "(attach the policy to a waypoint with targetRefs)"
+            if policy.action == "ALLOW":
+                effect = "ztunnel drops this whole ALLOW rule at L4, so it allows nothing"
+            elif authz.can_match_at_l4(rule, policy.action):
+                effect = "ztunnel enforces this DENY rule at L4 with its L4 fields only"
             else:
-                effect = "this ALLOW rule can never match at L4, so it denies (attach the policy to a waypoint with " \
-                         "targetRefs)"
+                effect = "this DENY rule has no L4 fields left to match, so it has no effect at L4"
             what = f"L7 condition {names[0]} is" if condition else f"L7 fields {', '.join(map(_yaml_name, names))} are"
             problems.append(_problem(policy, f"spec.rules[{i}].{where}",
-                                     f"{what} enforced by a waypoint only; {effect}", Severity.WARNING))
+                                     f"{what} enforced by a waypoint only; {effect} ({fix})", Severity.WARNING))
+    return problems
+
+
+def _unknown_fields(policy: r.AuthorizationPolicy) -> list[Problem]:
+    """Fields of a rule the mesh does not understand: they may only make the rule match less."""
+    problems = []
+    for i, rule in enumerate(policy.rules):
+        for where in rule.unknown:
+            field = f"spec.rules[{i}].{where}"
+            if policy.enforced_at_l7:
+                problems.append(_problem(policy, field, "unknown field, ignored", Severity.WARNING))
+            elif policy.action == "ALLOW":
+                problems.append(_problem(policy, field, "unknown field: the mesh does not understand it, so this "
+                                         "ALLOW rule never matches"))
+            else:
+                problems.append(_problem(policy, field, "unknown field, ignored: this rule is enforced with its "
+                                         "known fields only, so it denies at least as much as written",
+                                         Severity.WARNING))
     return problems
 
 

@@ -546,43 +546,80 @@ def _ports(f: Field) -> tuple[int, ...]:
 
 
 _SOURCE_FIELDS = {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
-                  "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"}
+                  "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
+                  "serviceAccounts", "notServiceAccounts"}
 _OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"}
 
 
+def _service_accounts(f: Field) -> tuple[str, ...]:
+    """Istio's ``serviceAccounts``: exact ``ns/sa`` names, or ``sa`` in the policy's namespace."""
+    result = []
+    for item in f.items():
+        value = item.str(required=True)
+        if value is None:
+            continue
+        parts = value.split("/")
+        if len(parts) > 2 or not all(parts) or "*" in value:
+            item.report(f"{value!r} is not a service account (namespace/name, or name; no wildcards)")
+            continue
+        result.append(value)
+    return tuple(result)
+
+
 def _rule(f: Field) -> r.Rule | None:
-    if not f.mapping({"from", "to", "when"}):
+    """A rule; the fields it does not know are collected in ``Rule.unknown`` (``validate`` reports
+    them: what they do depends on the action) rather than warned about as ignored."""
+    unknown: list[str] = []
+
+    def note(where: str, names: list[str]) -> tuple[str, ...]:
+        paths = tuple(f"{where}.{name}" if where else name for name in names)
+        unknown.extend(paths)
+        return paths
+
+    names: list[str] = []
+    if not f.mapping({"from", "to", "when"}, unknown=names):
         return None
+    note("", names)
     sources = []
-    for item in f["from"].items():
-        if item.mapping({"source"}) and item["source"].mapping(_SOURCE_FIELDS, required=True):
+    for i, item in enumerate(f["from"].items()):
+        outer: list[str] = []
+        inner: list[str] = []
+        if item.mapping({"source"}, unknown=outer) and item["source"].mapping(_SOURCE_FIELDS, required=True,
+                                                                               unknown=inner):
             s = item["source"]
-            if not any(s[name].value for name in _SOURCE_FIELDS):  # as Istio: a mistake, not "anyone"
+            if not any(s[name].value for name in _SOURCE_FIELDS) and not inner:  # as Istio: a mistake, not "anyone"
                 s.report("must not be empty")
             sources.append(r.Source(
                 s["principals"].str_list(), s["notPrincipals"].str_list(), s["requestPrincipals"].str_list(),
                 s["notRequestPrincipals"].str_list(), s["namespaces"].str_list(), s["notNamespaces"].str_list(),
                 _cidrs(s["ipBlocks"]), _cidrs(s["notIpBlocks"]), _cidrs(s["remoteIpBlocks"]),
-                _cidrs(s["notRemoteIpBlocks"]),
+                _cidrs(s["notRemoteIpBlocks"]), _service_accounts(s["serviceAccounts"]),
+                _service_accounts(s["notServiceAccounts"]),
+                note(f"from[{i}]", outer) + note(f"from[{i}].source", inner),
             ))
     operations = []
-    for item in f["to"].items():
-        if item.mapping({"operation"}) and item["operation"].mapping(_OPERATION_FIELDS, required=True):
+    for i, item in enumerate(f["to"].items()):
+        outer, inner = [], []
+        if item.mapping({"operation"}, unknown=outer) and item["operation"].mapping(
+                _OPERATION_FIELDS, required=True, unknown=inner):
             o = item["operation"]
-            if not any(o[name].value for name in _OPERATION_FIELDS):
+            if not any(o[name].value for name in _OPERATION_FIELDS) and not inner:
                 o.report("must not be empty")
             operations.append(r.Operation(
                 o["hosts"].str_list(), o["notHosts"].str_list(), _ports(o["ports"]), _ports(o["notPorts"]),
                 o["methods"].str_list(), o["notMethods"].str_list(), o["paths"].str_list(), o["notPaths"].str_list(),
+                note(f"to[{i}]", outer) + note(f"to[{i}].operation", inner),
             ))
     conditions = []
-    for item in f["when"].items():
-        if item.mapping({"key", "values", "notValues"}) and (key := item["key"].str(required=True)):
+    for i, item in enumerate(f["when"].items()):
+        names = []
+        if item.mapping({"key", "values", "notValues"}, unknown=names) and (key := item["key"].str(required=True)):
+            note(f"when[{i}]", names)
             if not item["values"].value and not item["notValues"].value:
                 item.report(f"condition {key} needs values or notValues")
             conditions.append(r.Condition(key, _condition_values(item["values"], key),
                                           _condition_values(item["notValues"], key)))
-    return r.Rule(tuple(sources), tuple(operations), tuple(conditions))
+    return r.Rule(tuple(sources), tuple(operations), tuple(conditions), tuple(unknown))
 
 
 _IP_KEYS = ("source.ip", "destination.ip", "remote.ip")
@@ -619,7 +656,12 @@ def _authorization_policy(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Auth
         spec["selector"].report("selector and targetRefs cannot both be set")
     rules = tuple(rule for item in spec["rules"].items() if (rule := _rule(item)))
     return r.AuthorizationPolicy(meta, origin, action, rules, r.frozen_map(selector) if selector is not None else None,
-                                 targets)
+                                 targets, _dry_run(meta))
+
+
+def _dry_run(meta: r.Meta) -> bool:
+    """``istio.io/dry-run``, read as Istio does (Go's ``strconv.ParseBool``: anything else is false)."""
+    return meta.annotations.get(r.DRY_RUN, "") in ("1", "t", "T", "TRUE", "true", "True")
 
 
 _MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")

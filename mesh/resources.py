@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 # Labels and values the mesh acts on (Istio's names).
 DATAPLANE_MODE = "istio.io/dataplane-mode"  # ambient | none
+DRY_RUN = "istio.io/dry-run"
 USE_WAYPOINT = "istio.io/use-waypoint"
 WAYPOINT_FOR = "istio.io/waypoint-for"  # service | workload | all | none
 WAYPOINT_CLASS = "istio-waypoint"
@@ -259,6 +260,11 @@ class Source:
     not_ip_blocks: tuple[str, ...] = ()
     remote_ip_blocks: tuple[str, ...] = ()
     not_remote_ip_blocks: tuple[str, ...] = ()
+    # Istio's ServiceAccountMatch: "ns/sa", or "sa" in the policy's own namespace.
+    service_accounts: tuple[str, ...] = ()
+    not_service_accounts: tuple[str, ...] = ()
+    # Fields the mesh does not understand (as written, e.g. "serviceAcounts"): see Rule.unknown.
+    unknown: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,7 @@ class Operation:
     not_methods: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     not_paths: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()  # fields the mesh does not understand: see Rule.unknown
 
     L7_FIELDS = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
 
@@ -290,6 +297,10 @@ class Rule:
     sources: tuple[Source, ...] = ()
     operations: tuple[Operation, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    # Paths inside the rule (e.g. "from[0].source.serviceAcounts") of every field the mesh does not
+    # understand. Such a field may only make the rule match less: an ALLOW rule with one never
+    # matches; a DENY rule keeps as wide as its known fields (controlplane.authz).
+    unknown: tuple[str, ...] = ()
 
 
 @_kind("AuthorizationPolicy")
@@ -299,6 +310,7 @@ class AuthorizationPolicy(Resource):
     rules: tuple[Rule, ...]
     selector: Mapping[str, str] | None = None  # None: namespace-wide (or root-namespace-wide)
     target_refs: tuple[ObjectRef, ...] = ()
+    dry_run: bool = False  # annotation istio.io/dry-run: "true": logged, never enforced
 
     @property
     def enforced_at_l7(self) -> bool:

@@ -186,13 +186,18 @@ class Field:
             return None
         return self.value
 
-    def mapping(self, known: set[str] | frozenset[str], *, required: bool = False) -> bool:
-        """True if a mapping is here; warns about each unknown field of it."""
+    def mapping(self, known: set[str] | frozenset[str], *, required: bool = False,
+                unknown: list[builtins.str] | None = None) -> bool:
+        """True if a mapping is here; warns about each unknown field of it, or, given ``unknown``,
+        appends their names to it instead (for a caller whose meaning depends on them)."""
         if self._typed(dict, "a mapping", required) is None:
             return False
         for key in self.value:
             if key not in known:
-                self[key].warn("unknown field, ignored")
+                if unknown is None:
+                    self[key].warn("unknown field, ignored")
+                else:
+                    unknown.append(builtins.str(key))
         return True
 
     # Inside the class, `str` and `bool` name these methods once defined: annotations say builtins.

@@ -8,6 +8,8 @@ policies that govern the destination workload (``applicable_policies``) and asks
 Evaluation follows Istio's ztunnel (``src/rbac.rs`` ``Authorization::matches``; ``src/state.rs``
 ``assert_rbac``), over the messages ``controlplane.authz`` produces:
 
+- a dry-run policy (``dry_run``, from ``istio.io/dry-run``) never changes a decision: ``authorize``
+  decides without it, then logs (once per connection) what it would have decided with it.
 - any matching DENY policy denies; else, with no ALLOW policy, allow; else at least one ALLOW policy
   must match, or deny. The proto offers only ALLOW and DENY (AUDIT and CUSTOM policies are never
   sent to ztunnel: ``controlplane.authz.translate_policy`` keeps them off the wire). An action number this
@@ -44,6 +46,7 @@ says so), so a message seen again is the same policy.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +58,7 @@ from mesh.identity import ROOT_NAMESPACE, SpiffeId
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressLike = IPAddress | str | bytes | int  # what ``ipaddress.ip_address`` reads
+log = logging.getLogger("ambient.ztunnel.policy")
 
 
 def _ip(value: AddressLike, what: str) -> IPAddress:
@@ -84,6 +88,9 @@ class ConnectionAttributes:
     source_principal: str | None = field(init=False, repr=False, compare=False)
     source_namespace: str | None = field(init=False, repr=False, compare=False)
     source_service_account: tuple[str, str] | None = field(init=False, repr=False, compare=False)
+    # The dry-run outcomes already logged for this connection (``authorize`` logs each once, however
+    # often the connection is decided again).
+    dry_run_logged: set[str] = field(init=False, repr=False, compare=False, default_factory=set)
 
     def __post_init__(self) -> None:
         identity = self.source_identity
@@ -112,6 +119,7 @@ class Decision:
     allowed: bool
     policy: str | None
     reason: str
+    dry_run: str | None = None  # what the dry-run policies would have done, if any applies
 
 
 # ---------------------------------------------------------------- compiling a policy
@@ -240,6 +248,7 @@ class CompiledPolicy:
     key: str
     action: int
     groups: tuple[_Group, ...]
+    dry_run: bool = False
 
     @property
     def is_allow(self) -> bool:
@@ -251,7 +260,7 @@ class CompiledPolicy:
 
 def compile_policy(policy: pb.Authorization) -> CompiledPolicy:
     return CompiledPolicy(policy_key(policy.namespace, policy.name), policy.action,
-                          tuple(_compile_group(g) for g in policy.groups))
+                          tuple(_compile_group(g) for g in policy.groups), policy.dry_run)
 
 
 _CACHE_SIZE = 4096
@@ -333,9 +342,34 @@ def applicable_policies(workload: wpb.Workload, authorizations: Mapping[str, pb.
 
 
 def authorize(conn: ConnectionAttributes, policies: Iterable[pb.Authorization]) -> Decision:
-    """DENY first (any match denies), then ALLOW (none present: allow; else one must match)."""
+    """DENY first (any match denies), then ALLOW (none present: allow; else one must match).
+
+    Dry-run policies (``istio.io/dry-run``) never change the decision: it is made without them.
+    When some apply, ``Decision.dry_run`` says what the decision would be were they enforced,
+    naming the dry-run policies that would decide, and it is logged once per connection."""
+    compiled_policies = [compiled(p) for p in policies]
+    enforced = [p for p in compiled_policies if not p.dry_run]
+    decision = _decide(conn, enforced)
+    if len(enforced) == len(compiled_policies):
+        return decision
+    would = _decide(conn, compiled_policies)
+    dry = [p.key for p in compiled_policies if p.dry_run]
+    if would.policy in dry:
+        names = would.policy
+    elif would.allowed == decision.allowed:
+        names = ",".join(dry)
+    else:  # no ALLOW matched once the dry-run ALLOW policies count
+        names = ",".join(p.key for p in compiled_policies if p.dry_run and p.is_allow)
+    note = f"dry-run policy {names} would {'allow' if would.allowed else 'deny'}: {would.reason}"
+    if note not in conn.dry_run_logged:
+        conn.dry_run_logged.add(note)
+        log.info("%s (enforced: %s)", note, decision.reason)
+    return Decision(decision.allowed, decision.policy, decision.reason, note)
+
+
+def _decide(conn: ConnectionAttributes, policies: list[CompiledPolicy]) -> Decision:
     allow: list[CompiledPolicy] = []
-    for policy in map(compiled, policies):
+    for policy in policies:
         if policy.is_allow:
             allow.append(policy)
         elif policy.matches(conn):

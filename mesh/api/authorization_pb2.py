@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmesh/api/authorization.proto\x12\x0eistio.security\x1a\x1bgoogle/protobuf/empty.proto\"\xa5\x01\n\rAuthorization\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12$\n\x05scope\x18\x03 \x01(\x0e\x32\x15.istio.security.Scope\x12&\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x16.istio.security.Action\x12%\n\x06groups\x18\x05 \x03(\x0b\x32\x15.istio.security.Group\"-\n\x05Group\x12$\n\x05rules\x18\x01 \x03(\x0b\x32\x15.istio.security.Rules\"/\n\x05Rules\x12&\n\x07matches\x18\x02 \x03(\x0b\x32\x15.istio.security.Match\"\xd5\x04\n\x05Match\x12/\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12\x33\n\x0enot_namespaces\x18\x02 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12=\n\x10service_accounts\x18\x0b \x03(\x0b\x32#.istio.security.ServiceAccountMatch\x12\x41\n\x14not_service_accounts\x18\x0c \x03(\x0b\x32#.istio.security.ServiceAccountMatch\x12/\n\nprincipals\x18\x03 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12\x33\n\x0enot_principals\x18\x04 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12+\n\nsource_ips\x18\x05 \x03(\x0b\x32\x17.istio.security.Address\x12/\n\x0enot_source_ips\x18\x06 \x03(\x0b\x32\x17.istio.security.Address\x12\x30\n\x0f\x64\x65stination_ips\x18\x07 \x03(\x0b\x32\x17.istio.security.Address\x12\x34\n\x13not_destination_ips\x18\x08 \x03(\x0b\x32\x17.istio.security.Address\x12\x19\n\x11\x64\x65stination_ports\x18\t \x03(\r\x12\x1d\n\x15not_destination_ports\x18\n \x03(\r\"*\n\x07\x41\x64\x64ress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\r\"A\n\x13ServiceAccountMatch\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x17\n\x0fservice_account\x18\x02 \x01(\t\"|\n\x0bStringMatch\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x12\x10\n\x06suffix\x18\x03 \x01(\tH\x00\x12*\n\x08presence\x18\x04 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x42\x0c\n\nmatch_type*9\n\x05Scope\x12\n\n\x06GLOBAL\x10\x00\x12\r\n\tNAMESPACE\x10\x01\x12\x15\n\x11WORKLOAD_SELECTOR\x10\x02*\x1d\n\x06\x41\x63tion\x12\t\n\x05\x41LLOW\x10\x00\x12\x08\n\x04\x44\x45NY\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmesh/api/authorization.proto\x12\x0eistio.security\x1a\x1bgoogle/protobuf/empty.proto\"\xb6\x01\n\rAuthorization\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12$\n\x05scope\x18\x03 \x01(\x0e\x32\x15.istio.security.Scope\x12&\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x16.istio.security.Action\x12%\n\x06groups\x18\x05 \x03(\x0b\x32\x15.istio.security.Group\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\"-\n\x05Group\x12$\n\x05rules\x18\x01 \x03(\x0b\x32\x15.istio.security.Rules\"/\n\x05Rules\x12&\n\x07matches\x18\x02 \x03(\x0b\x32\x15.istio.security.Match\"\xd5\x04\n\x05Match\x12/\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12\x33\n\x0enot_namespaces\x18\x02 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12=\n\x10service_accounts\x18\x0b \x03(\x0b\x32#.istio.security.ServiceAccountMatch\x12\x41\n\x14not_service_accounts\x18\x0c \x03(\x0b\x32#.istio.security.ServiceAccountMatch\x12/\n\nprincipals\x18\x03 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12\x33\n\x0enot_principals\x18\x04 \x03(\x0b\x32\x1b.istio.security.StringMatch\x12+\n\nsource_ips\x18\x05 \x03(\x0b\x32\x17.istio.security.Address\x12/\n\x0enot_source_ips\x18\x06 \x03(\x0b\x32\x17.istio.security.Address\x12\x30\n\x0f\x64\x65stination_ips\x18\x07 \x03(\x0b\x32\x17.istio.security.Address\x12\x34\n\x13not_destination_ips\x18\x08 \x03(\x0b\x32\x17.istio.security.Address\x12\x19\n\x11\x64\x65stination_ports\x18\t \x03(\r\x12\x1d\n\x15not_destination_ports\x18\n \x03(\r\"*\n\x07\x41\x64\x64ress\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\x0c\x12\x0e\n\x06length\x18\x02 \x01(\r\"A\n\x13ServiceAccountMatch\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x17\n\x0fservice_account\x18\x02 \x01(\t\"|\n\x0bStringMatch\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x12\x10\n\x06suffix\x18\x03 \x01(\tH\x00\x12*\n\x08presence\x18\x04 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x42\x0c\n\nmatch_type*9\n\x05Scope\x12\n\n\x06GLOBAL\x10\x00\x12\r\n\tNAMESPACE\x10\x01\x12\x15\n\x11WORKLOAD_SELECTOR\x10\x02*\x1d\n\x06\x41\x63tion\x12\t\n\x05\x41LLOW\x10\x00\x12\x08\n\x04\x44\x45NY\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.api.authorization_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=1178
-  _globals['_SCOPE']._serialized_end=1235
-  _globals['_ACTION']._serialized_start=1237
-  _globals['_ACTION']._serialized_end=1266
+  _globals['_SCOPE']._serialized_start=1195
+  _globals['_SCOPE']._serialized_end=1252
+  _globals['_ACTION']._serialized_start=1254
+  _globals['_ACTION']._serialized_end=1283
   _globals['_AUTHORIZATION']._serialized_start=78
-  _globals['_AUTHORIZATION']._serialized_end=243
-  _globals['_GROUP']._serialized_start=245
-  _globals['_GROUP']._serialized_end=290
-  _globals['_RULES']._serialized_start=292
-  _globals['_RULES']._serialized_end=339
-  _globals['_MATCH']._serialized_start=342
-  _globals['_MATCH']._serialized_end=939
-  _globals['_ADDRESS']._serialized_start=941
-  _globals['_ADDRESS']._serialized_end=983
-  _globals['_SERVICEACCOUNTMATCH']._serialized_start=985
-  _globals['_SERVICEACCOUNTMATCH']._serialized_end=1050
-  _globals['_STRINGMATCH']._serialized_start=1052
-  _globals['_STRINGMATCH']._serialized_end=1176
+  _globals['_AUTHORIZATION']._serialized_end=260
+  _globals['_GROUP']._serialized_start=262
+  _globals['_GROUP']._serialized_end=307
+  _globals['_RULES']._serialized_start=309
+  _globals['_RULES']._serialized_end=356
+  _globals['_MATCH']._serialized_start=359
+  _globals['_MATCH']._serialized_end=956
+  _globals['_ADDRESS']._serialized_start=958
+  _globals['_ADDRESS']._serialized_end=1000
+  _globals['_SERVICEACCOUNTMATCH']._serialized_start=1002
+  _globals['_SERVICEACCOUNTMATCH']._serialized_end=1067
+  _globals['_STRINGMATCH']._serialized_start=1069
+  _globals['_STRINGMATCH']._serialized_end=1193
 # @@protoc_insertion_point(module_scope)

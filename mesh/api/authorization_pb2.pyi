@@ -25,18 +25,20 @@ ALLOW: Action
 DENY: Action
 
 class Authorization(_message.Message):
-    __slots__ = ("name", "namespace", "scope", "action", "groups")
+    __slots__ = ("name", "namespace", "scope", "action", "groups", "dry_run")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     scope: Scope
     action: Action
     groups: _containers.RepeatedCompositeFieldContainer[Group]
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., action: _Optional[_Union[Action, str]] = ..., groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., action: _Optional[_Union[Action, str]] = ..., groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class Group(_message.Message):
     __slots__ = ("rules",)

@@ -131,8 +131,9 @@ RULES = [
     ("allow-l7-rule-dropped-others-kept", "ALLOW", [{"to": [GET]}, {"to": [to(ports=["80"])]}],
      [group([M(destination_ports=[80])])]),
     ("allow-l7-with-ports-in-one-operation-is-dropped", "ALLOW", [{"to": [to(ports=["80"], methods=["GET"])]}], []),
-    ("allow-clause-keeps-its-l4-alternatives", "ALLOW", [{"to": [GET, to(ports=["8080"])]}],
-     [group([M(destination_ports=[8080])])]),
+    ("allow-l7-alternative-drops-the-whole-rule", "ALLOW", [{"to": [GET, to(ports=["8080"])]}], []),
+    ("allow-l7-alternative-drops-only-its-rule", "ALLOW", [{"to": [to(ports=["80"]), GET]}, {"to": [to(ports=["81"])]}],
+     [group([M(destination_ports=[81])])]),
     ("allow-every-l7-kind-in-operations", "ALLOW",
      [{"to": [to(hosts=["a"])]}, {"to": [to(notHosts=["a"])]}, {"to": [to(paths=["/a"])]},
       {"to": [to(notPaths=["/a"])]}, {"to": [to(notMethods=["GET"])]}], []),
@@ -142,24 +143,47 @@ RULES = [
     ("allow-not-remote-ip-blocks-dropped", "ALLOW", [{"from": [src(notRemoteIpBlocks=["1.2.3.4"])]}], []),
     ("allow-l7-source-mixed-with-l4-is-dropped", "ALLOW",
      [{"from": [src(principals=["td/ns/a/sa/b"], requestPrincipals=["iss/sub"])]}], []),
-    ("allow-source-alternatives-keep-l4", "ALLOW",
-     [{"from": [src(requestPrincipals=["iss/sub"]), src(namespaces=["a"])]}], [group([M(namespaces=[exact("a")])])]),
+    ("allow-l7-source-alternative-drops-the-rule", "ALLOW",
+     [{"from": [src(requestPrincipals=["iss/sub"]), src(namespaces=["a"])]}], []),
     ("allow-request-condition-dropped", "ALLOW",
      [{"from": [src(namespaces=["a"])], "when": [when("request.headers[x-id]", ["1"])]}], []),
     ("allow-jwt-claim-condition-dropped", "ALLOW", [{"when": [when("request.auth.claims[iss]", ["me"])]}], []),
     ("allow-remote-ip-condition-dropped", "ALLOW", [{"when": [when("remote.ip", ["1.2.3.4"])]}], []),
-    # DENY: the L7 parts are removed, so the rule denies more than written.
+    # DENY: the L7 fields are removed; an alternative left empty matches nothing (Istio's ztunnel skips it).
     ("deny-l7-fields-removed-keeps-ports", "DENY", [{"to": [to(ports=["80"], methods=["GET"])]}],
      [group([M(destination_ports=[80])])]),
-    ("deny-l7-only-operation-denies-everything", "DENY", [{"to": [GET]}], [group()]),
-    ("deny-l7-only-alternative-makes-the-clause-always-true", "DENY",
-     [{"from": [src(namespaces=["a"])], "to": [GET, to(ports=["80"])]}], [group([M(namespaces=[exact("a")])])]),
+    ("deny-l7-only-operation-has-no-effect", "DENY", [{"to": [GET]}], []),
+    ("deny-l7-only-alternative-is-skipped", "DENY",
+     [{"from": [src(namespaces=["a"])], "to": [GET, to(ports=["80"])]}],
+     [group([M(namespaces=[exact("a")])], [M(destination_ports=[80])])]),
     ("deny-request-principals-removed", "DENY",
      [{"from": [src(principals=["td/ns/a/sa/b"], requestPrincipals=["iss/sub"], remoteIpBlocks=["1.2.3.4"])]}],
      [group([M(principals=[exact("td/ns/a/sa/b")])])]),
-    ("deny-request-condition-removed", "DENY",
+    ("deny-request-condition-never-matches", "DENY",
      [{"to": [to(ports=["80"])], "when": [when("request.headers[x-id]", ["1"]), when("source.namespace", ["a"])]}],
-     [group([M(destination_ports=[80])], [M(namespaces=[exact("a")])])]),
+     []),
+    ("deny-other-rules-kept", "DENY", [{"to": [GET]}, {"to": [to(ports=["22"])]}],
+     [group([M(destination_ports=[22])])]),
+    # serviceAccounts (Istio's ServiceAccountMatch): "ns/sa", or "sa" in the policy's namespace.
+    ("service-accounts", "ALLOW",
+     [{"from": [src(namespaces=["default"], serviceAccounts=["default/curl", "web"], notServiceAccounts=["x/y"])]}],
+     [group([M(namespaces=[exact("default")],
+               service_accounts=[pb.ServiceAccountMatch(namespace="default", service_account="curl"),
+                                 pb.ServiceAccountMatch(namespace="shop", service_account="web")],
+               not_service_accounts=[pb.ServiceAccountMatch(namespace="x", service_account="y")])])]),
+    # A field the mesh does not understand: an ALLOW rule with one never matches...
+    ("allow-unknown-source-field-drops-the-rule", "ALLOW",
+     [{"from": [src(namespaces=["default"], serviceAcounts=["default/curl"])]}, {"to": [to(ports=["81"])]}],
+     [group([M(destination_ports=[81])])]),
+    ("allow-unknown-rule-field-drops-the-rule", "ALLOW", [{"to": [to(ports=["80"])], "fromm": []}], []),
+    ("allow-unknown-condition-field-drops-the-rule", "ALLOW",
+     [{"when": [{"key": "source.ip", "values": ["1.2.3.4"], "notValue": ["1.2.3.4"]}]}], []),
+    # ... and a DENY rule keeps as wide as its known fields.
+    ("deny-unknown-field-keeps-known-fields", "DENY",
+     [{"from": [src(namespaces=["a"], serviceAcounts=["a/b"])], "to": [to(ports=["80"], portz=["81"])]}],
+     [group([M(namespaces=[exact("a")])], [M(destination_ports=[80])])]),
+    ("deny-unknown-only-source-denies-everyone", "DENY",
+     [{"from": [src(serviceAcounts=["a/b"])], "to": [to(ports=["80"])]}], [group([M(destination_ports=[80])])]),
 ]
 
 
@@ -336,3 +360,13 @@ def test_effective_mtls(workload_mode, namespace_mode, mesh_mode, expected):
         return r.PeerAuthentication(r.Meta("x", "shop"), r.Origin("t.yaml", 1), mode, selector)
     mode, _ = authz.effective_mtls(pa(workload_mode, {"app": "a"}), pa(namespace_mode), pa(mesh_mode))
     assert mode.mode == expected
+
+
+def test_dry_run_annotation_is_sent():
+    """``istio.io/dry-run: "true"`` → ``Authorization.dry_run`` (Istio's field 6), for ztunnel to log only."""
+    (resource,) = resources_of("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                               "metadata: {name: p, namespace: shop, annotations: {istio.io/dry-run: 'true'}}\n"
+                               "spec: {action: DENY, rules: [{}]}\n")
+    assert authz.translate_policy(resource, ROOT).dry_run is True
+    assert translate({"action": "DENY", "rules": [{}]}).dry_run is False
+    assert pb.Authorization.DESCRIPTOR.fields_by_name["dry_run"].number == 6

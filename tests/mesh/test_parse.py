@@ -298,14 +298,15 @@ def test_cross_references():
         "x.yaml:5: Service shop/web: spec.selector: warning: matches no pod",
         "x.yaml:10: HTTPRoute shop/r: spec.parentRefs[0]: no Service shop/gone",
         "x.yaml:15: AuthorizationPolicy shop/get-only: spec.rules[0].to[0].operation: warning: L7 fields methods, "
-        "paths are enforced by a waypoint only; this ALLOW rule can never match at L4, so it denies (attach the "
-        "policy to a waypoint with targetRefs)",
+        "paths are enforced by a waypoint only; ztunnel drops this whole ALLOW rule at L4, so it allows nothing "
+        "(no waypoint Gateway (class istio-waypoint) in shop: create one and target it with targetRefs)",
     ]
 
 
-WAYPOINT_ONLY = "(attach the policy to a waypoint with targetRefs)"
-ALLOW_DENIES = f"this ALLOW rule can never match at L4, so it denies {WAYPOINT_ONLY}"
-DENY_MORE = "ztunnel enforces this DENY rule at L4 without {}, denying more than written"
+WAYPOINT_ONLY = "(no waypoint Gateway (class istio-waypoint) in default: create one and target it with targetRefs)"
+ALLOW_DENIES = f"ztunnel drops this whole ALLOW rule at L4, so it allows nothing {WAYPOINT_ONLY}"
+DENY_L4 = f"ztunnel enforces this DENY rule at L4 with its L4 fields only {WAYPOINT_ONLY}"
+DENY_NONE = f"this DENY rule has no L4 fields left to match, so it has no effect at L4 {WAYPOINT_ONLY}"
 
 
 @pytest.mark.parametrize("spec, warnings", [
@@ -320,15 +321,17 @@ DENY_MORE = "ztunnel enforces this DENY rule at L4 without {}, denying more than
                  [f"spec.rules[0].when[0]: warning: L7 condition request.headers[x-id] is enforced by a waypoint "
                   f"only; {ALLOW_DENIES}"], id="allow-request-condition"),
     pytest.param("rules: [{to: [{operation: {methods: [GET]}}, {operation: {ports: ['80']}}]}]",
-                 ["spec.rules[0].to[0].operation: warning: L7 fields methods are enforced by a waypoint only; this "
-                  f"alternative can never match at L4, so the rule matches only through the others {WAYPOINT_ONLY}"],
-                 id="allow-alternative-beside-l4-ones"),
+                 ["spec.rules[0].to[0].operation: warning: L7 fields methods are enforced by a waypoint only; "
+                  + ALLOW_DENIES], id="allow-alternative-beside-l4-ones"),
     pytest.param("action: DENY\n  rules: [{to: [{operation: {notMethods: [GET], hosts: [a]}}]}]",
                  ["spec.rules[0].to[0].operation: warning: L7 fields hosts, notMethods are enforced by a "
-                  "waypoint only; " + DENY_MORE.format("them")], id="deny-operation"),
+                  "waypoint only; " + DENY_NONE], id="deny-operation"),
+    pytest.param("action: DENY\n  rules: [{to: [{operation: {methods: [GET], ports: ['80']}}]}]",
+                 ["spec.rules[0].to[0].operation: warning: L7 fields methods are enforced by a "
+                  "waypoint only; " + DENY_L4], id="deny-operation-with-port"),
     pytest.param("action: DENY\n  rules: [{when: [{key: 'request.auth.claims[iss]', values: [me]}]}]",
                  ["spec.rules[0].when[0]: warning: L7 condition request.auth.claims[iss] is enforced by a waypoint "
-                  "only; " + DENY_MORE.format("it")], id="deny-condition"),
+                  "only; " + DENY_NONE], id="deny-condition"),
     pytest.param("rules: [{from: [{source: {principals: [a]}}], to: [{operation: {ports: ['80']}}], "
                  "when: [{key: destination.port, values: ['80']}]}]", [], id="l4-only"),
     pytest.param("targetRefs: [{kind: Service, group: '', name: web}]\n"
@@ -492,3 +495,50 @@ def test_unknown_probe_fields_warn_and_the_probe_is_kept(body, warning):
     result = parse_text(probe_pod(body), "x.yaml")
     assert [str(p) for p in result.problems] == [warning]
     assert result.resources[0].spec.containers[0].readiness_probe is not None
+
+
+def test_l7_warning_names_the_waypoint_to_target():
+    text = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: wp}\n" \
+           "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n---\n" \
+           "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n" \
+           "spec: {rules: [{to: [{operation: {methods: [GET]}}]}]}\n"
+    result = parse_text(text, "x.yaml")
+    assert [str(p) for p in result.problems] == []
+    (warning,) = [str(p) for p in cross_check(result.resources)]
+    assert warning.endswith("(attach the policy to the waypoint: targetRefs: [{kind: Gateway, group: "
+                            "gateway.networking.k8s.io, name: wp}])")
+
+
+@pytest.mark.parametrize("action, severity, effect", [
+    pytest.param("ALLOW", "", "unknown field: the mesh does not understand it, so this ALLOW rule never matches",
+                 id="allow-error"),
+    pytest.param("DENY", "warning: ", "unknown field, ignored: this rule is enforced with its known fields only, so "
+                 "it denies at least as much as written", id="deny-warning"),
+])
+def test_unknown_fields_in_a_rule(action, severity, effect):
+    """A field the mesh does not understand may only make a rule match less: an error in an ALLOW."""
+    text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n" \
+           f"  action: {action}\n  rules: [{{from: [{{source: {{namespaces: [default], serviceAcounts: [a/b]}}}}], " \
+           "to: [{operation: {ports: ['80']}, extra: 1}]}]\n"
+    result = parse_text(text, "x.yaml")
+    assert [str(p) for p in result.problems] == []
+    prefix = "x.yaml:1: AuthorizationPolicy default/p: spec.rules[0]."
+    assert [str(p) for p in cross_check(result.resources)] == [
+        f"{prefix}from[0].source.serviceAcounts: {severity}{effect}", f"{prefix}to[0].extra: {severity}{effect}"]
+
+
+@pytest.mark.parametrize("value, dry_run", [("true", True), ("True", True), ("false", False), ("yes", False)])
+def test_dry_run_annotation(value, dry_run):
+    text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n" \
+           f"metadata: {{name: p, annotations: {{istio.io/dry-run: '{value}'}}}}\nspec: {{}}\n"
+    (policy,) = parse_text(text, "x.yaml").resources
+    assert policy.dry_run is dry_run
+
+
+@pytest.mark.parametrize("value", ["a/b/c", "/sa", "ns/", "ns/*"])
+def test_bad_service_accounts(value):
+    text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n" \
+           f"spec: {{rules: [{{from: [{{source: {{serviceAccounts: ['{value}']}}}}]}}]}}\n"
+    result = parse_text(text, "x.yaml")
+    assert [p.message for p in result.errors] == [
+        f"{value!r} is not a service account (namespace/name, or name; no wildcards)"]

@@ -389,27 +389,27 @@ YAML = [
           - operation:
               methods: ["GET"]
      """, {"client": False, "admin": False, "plaintext": False}),
-    ("allow-l7-alternative-keeps-the-l4-one", """
+    ("allow-l7-alternative-drops-the-whole-rule-as-istio", """
         rules:
         - to:
           - operation:
               methods: ["GET"]
           - operation:
               ports: ["9090"]
-     """, {"client": False, "admin": True, "plaintext": False}),
+     """, {"client": False, "admin": False, "plaintext": False}),
     ("allow-request-principals-allows-nothing", """
         rules:
         - from:
           - source:
               requestPrincipals: ["*"]
      """, {"client": False, "admin": False, "plaintext": False}),
-    ("deny-methods-denies-everything", """
+    ("deny-methods-alone-has-no-effect-at-l4", """
         action: DENY
         rules:
         - to:
           - operation:
               methods: ["GET"]
-     """, {"client": False, "admin": False, "plaintext": False}),
+     """, {"client": True, "admin": True, "plaintext": True}),
     ("deny-methods-and-port-denies-the-port", """
         action: DENY
         rules:
@@ -418,7 +418,7 @@ YAML = [
               methods: ["POST"]
               ports: ["9090"]
      """, {"client": True, "admin": False, "plaintext": True}),
-    ("deny-header-condition-keeps-the-namespace", """
+    ("deny-header-condition-never-matches-at-l4", """
         action: DENY
         rules:
         - from:
@@ -427,7 +427,7 @@ YAML = [
           when:
           - key: request.headers[x-debug]
             values: ["1"]
-     """, {"client": True, "admin": False, "plaintext": True}),
+     """, {"client": True, "admin": True, "plaintext": True}),
 ]
 
 
@@ -597,7 +597,7 @@ def test_peer_authentication(docs, port, plaintext):
     assert decide(view, "shop", "web", conn(str(MTLS.source_identity), src="10.244.0.7", port=port)).allowed
 
 
-def test_l7_deny_at_l4_denies_only_what_it_selects():
+def test_l7_only_deny_at_l4_has_no_effect():
     view = view_of(policy_yaml("""
         selector: {matchLabels: {app: web}}
         action: DENY
@@ -607,7 +607,7 @@ def test_l7_deny_at_l4_denies_only_what_it_selects():
               methods: ["GET"]
               paths: ["/admin"]
     """, name="no-admin"))
-    assert decide(view, "shop", "web", MTLS) == Decision(False, "shop/no-admin", "denied by DENY policy shop/no-admin")
+    assert decide(view, "shop", "web", MTLS) == Decision(True, None, "no ALLOW policies")
     assert decide(view, "shop", "db", MTLS) == Decision(True, None, "no ALLOW policies")
     assert decide(view, "other", "web", MTLS) == Decision(True, None, "no ALLOW policies")
 
@@ -691,3 +691,109 @@ _CONNECTIONS = st.builds(
 def test_a_field_and_its_not_twin_are_complements(field_entries, connection):
     name, entries = field_entries
     assert match_holds(M(**{name: entries}), connection) != match_holds(M(**{f"not_{name}": entries}), connection)
+
+
+# ---------------------------------------------------------------- issue #9: never wider than written, dry-run
+
+
+def test_service_accounts_allow_only_the_ones_named():
+    """Istio's ``serviceAccounts`` (``ns/sa``): default/other is not default/curl."""
+    policy = translated("""
+        rules:
+        - from:
+          - source:
+              namespaces: ["default"]
+              serviceAccounts: ["default/curl"]
+    """)
+    curl = conn("spiffe://cluster.local/ns/default/sa/curl")
+    other = conn("spiffe://cluster.local/ns/default/sa/other")
+    assert [authorize(c, [policy]).allowed for c in (curl, other, conn(None))] == [True, False, False]
+
+
+def test_an_unknown_field_never_widens_an_allow():
+    policy = translated("""
+        rules:
+        - from:
+          - source:
+              namespaces: ["shop"]
+              serviceAcounts: ["shop/admin"]
+    """)
+    assert {name: authorize(c, [policy]).allowed for name, c in NAMED.items()} == \
+        {"client": False, "admin": False, "plaintext": False}
+
+
+def test_an_unknown_field_keeps_a_deny_as_wide_as_its_known_fields():
+    policy = translated("""
+        action: DENY
+        rules:
+        - from:
+          - source:
+              namespaces: ["shop"]
+              serviceAcounts: ["shop/admin"]
+    """)
+    assert {name: authorize(c, [policy]).allowed for name, c in NAMED.items()} == \
+        {"client": False, "admin": True, "plaintext": True}
+
+
+DRY_DENY = """
+    action: DENY
+    rules:
+    - from:
+      - source:
+          namespaces: ["shop"]
+"""
+DRY_ALLOW = """
+    rules:
+    - from:
+      - source:
+          namespaces: ["ops"]
+"""
+
+
+def dry(spec: str, name: str) -> pb.Authorization:
+    (resource,) = parse(policy_yaml(spec, name=name).replace(
+        f"name: {name}\n", f"name: {name}\n  annotations: {{istio.io/dry-run: 'true'}}\n"))
+    result = authz.translate_policy(resource, ROOT)
+    assert result is not None and result.dry_run
+    return result
+
+
+def test_a_dry_run_deny_never_denies_and_says_what_it_would_do(caplog):
+    policy = dry(DRY_DENY, "no-shop")
+    caplog.set_level("INFO", logger="ambient.ztunnel.policy")
+    client = conn("spiffe://cluster.local/ns/shop/sa/client")
+    decision = authorize(client, [policy])
+    assert decision == Decision(True, None, "no ALLOW policies", "dry-run policy shop/no-shop would deny: denied by "
+                                "DENY policy shop/no-shop")
+    authorize(client, [policy])  # decided again (the view changed): logged once per connection
+    assert [r.getMessage() for r in caplog.records] == [
+        "dry-run policy shop/no-shop would deny: denied by DENY policy shop/no-shop (enforced: no ALLOW policies)"]
+    authorize(conn("spiffe://cluster.local/ns/shop/sa/client"), [policy])  # another connection: logged again
+    assert len(caplog.records) == 2
+    assert authorize(ADMIN, [policy]) == Decision(True, None, "no ALLOW policies",
+                                                 "dry-run policy shop/no-shop would allow: no ALLOW policies")
+
+
+def test_a_dry_run_allow_never_denies():
+    policy = dry(DRY_ALLOW, "ops-only")
+    assert authorize(CLIENT, [policy]) == Decision(True, None, "no ALLOW policies",
+                                                  "dry-run policy shop/ops-only would deny: no ALLOW policy matched")
+    assert authorize(ADMIN, [policy]).dry_run == "dry-run policy shop/ops-only would allow: allowed by shop/ops-only"
+
+
+def test_a_dry_run_policy_beside_enforced_ones_changes_nothing():
+    enforced = translated(DRY_ALLOW)  # shop/p: only ops
+    policies = [enforced, dry(DRY_DENY, "no-shop"), dry("rules: [{}]", "everyone")]
+    for name, c in NAMED.items():
+        without = authorize(c, [enforced])
+        decision = authorize(c, policies)
+        assert (decision.allowed, decision.policy, decision.reason) == (without.allowed, without.policy,
+                                                                        without.reason), name
+    assert authorize(CLIENT, policies).dry_run == \
+        "dry-run policy shop/no-shop would deny: denied by DENY policy shop/no-shop"
+    assert authorize(PLAINTEXT, policies).dry_run == \
+        "dry-run policy shop/everyone would allow: allowed by shop/everyone"
+
+
+def test_without_dry_run_policies_a_decision_has_no_dry_run_note():
+    assert authorize(CLIENT, [translated(DRY_DENY)]).dry_run is None
