@@ -124,6 +124,7 @@ def _policy(policy: pb.Authorization) -> dict[str, Any]:
     return {
         "name": policy.name, "namespace": policy.namespace,
         "scope": _title(pb.Scope.Name(policy.scope)), "action": _title(pb.Action.Name(policy.action)),
+        "dryRun": policy.dry_run,
         "rules": [[[policy_match(m) for m in rules.matches] for rules in group.rules] for group in policy.groups],
     }
 

@@ -72,7 +72,7 @@ def decide_inbound(request: InboundRequest, state: ProxyState) -> InboundDecisio
     decision = authorize(request.attributes, policies)
     policy = decision.policy
     if not decision.allowed and policy is None:  # no ALLOW matched: name the ones that did not
-        policy = ",".join(f"{p.namespace}/{p.name}" for p in policies if p.action == pb.ALLOW) or None
+        policy = ",".join(f"{p.namespace}/{p.name}" for p in policies if p.action == pb.ALLOW and not p.dry_run) or None
     return InboundDecision(decision.allowed, 200 if decision.allowed else 401, decision.reason, policy)
 
 

@@ -99,7 +99,7 @@ def test_services_list_their_endpoints_by_workload_uid(dump):
 
 def test_policies_carry_their_rules_nested_as_istio_nests_them(dump):
     policy = only(dump["policies"], name="allow-client")
-    assert (policy["scope"], policy["action"]) == ("WorkloadSelector", "Allow")
+    assert (policy["scope"], policy["action"], policy["dryRun"]) == ("WorkloadSelector", "Allow", False)
     matches = [match for group in policy["rules"] for rules in group for match in rules]
     assert matches == [  # the rule's from and to, each a clause of its own; empty fields left out
         {"principals": [{"Exact": "cluster.local/ns/shop/sa/client"}], "notNamespaces": [{"Exact": "legacy"}]},

@@ -96,7 +96,19 @@ spec:
   rules: [{from: [{source: {notPrincipals: ["*"]}}]}]
 """
 
-WORLDS = {"open": BASE, "policies": BASE + POLICIES, "strict": BASE + STRICT, "mesh-strict": BASE + MESH_STRICT,
+# The web pod's policies plus an ALLOW in dry-run: logged, never enforced, never named as considered.
+DRY_RUN_ALLOW = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: trial-allow-ops, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec:
+  selector: {matchLabels: {app: web}}
+  rules: [{from: [{source: {namespaces: ["ops"]}}]}]
+"""
+
+WORLDS = {"open": BASE, "policies": BASE + POLICIES, "dry-run": BASE + POLICIES + DRY_RUN_ALLOW,
+          "strict": BASE + STRICT, "mesh-strict": BASE + MESH_STRICT,
           "mesh-deny": BASE + MESH_DENY_PLAINTEXT}
 
 
@@ -205,6 +217,11 @@ CASES = [
     ("the-waypoint-rule-comes-before-policy", Case("policies", "shop/db", CLIENT_IP, CLIENT), bypassed("shop/db")),
     ("plaintext-to-the-waypointed-pod-meets-its-policy", Case("policies", "shop/db", CLIENT_IP, None, hbone=False),
      InboundDecision(False, 401, "no ALLOW policy matched", "shop/db-from-waypoint")),
+    # A dry-run ALLOW neither allows nor is named among the ALLOW policies that did not match.
+    ("dry-run-allow-allows-nothing-and-is-not-named", Case("dry-run", "shop/web-0", OFF_MESH_IP, ADMIN),
+     denied_by("shop/deny-ops")),
+    ("dry-run-allow-is-not-among-the-allows-considered", Case("dry-run", "shop/web-0", OFF_MESH_IP, STRANGER),
+     NO_ALLOW_MATCHED),
     # STRICT PeerAuthentication, converted by the control plane into a DENY of plaintext.
     ("strict-denies-plaintext", Case("strict", "shop/web-0", CLIENT_IP, None, hbone=False), denied_by(CONVERTED)),
     ("strict-denies-plaintext-to-a-waypointed-pod", Case("strict", "shop/db", CLIENT_IP, None, hbone=False),
