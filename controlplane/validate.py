@@ -47,6 +47,9 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
     pods = _pods_by_namespace(resources)
     gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway) and g.is_waypoint}
     services = {(s.meta.namespace, s.meta.name) for s in resources if isinstance(s, r.Service)}
+    # Every Gateway, run or not: a route attached to an ingress Gateway is not a dangling reference
+    # (the Gateway's own warning says neither runs).
+    any_gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway)}
 
     for res in resources:
         waypoint = res.meta.labels.get(r.USE_WAYPOINT)
@@ -66,7 +69,7 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
         if isinstance(res, r.HTTPRoute):
             for i, parent in enumerate(res.parents):
                 key = (parent.namespace or res.meta.namespace, parent.name)
-                present = services if parent.kind == "Service" else gateways
+                present = services if parent.kind == "Service" else any_gateways
                 if key not in present:
                     problems.append(_problem(res, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}"))
 

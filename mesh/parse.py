@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mesh import resources as r
 from mesh.identity import InvalidSpiffeId, validate_k8s_name
-from mesh.source import Document, Field, Problem, Severity, YamlError, load_documents, yaml_files
+from mesh.source import Code, Document, Field, Problem, Severity, YamlError, load_documents, yaml_files
 
 GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
 ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -30,6 +30,28 @@ API_VERSIONS: dict[str, tuple[str, ...]] = {
     "WasmPlugin": ("extensions.istio.io/v1alpha1",),
 }
 CLUSTER_SCOPED = {"Namespace"}
+
+# Istio kinds an ambient mesh of ztunnel and waypoints does without: read, skipped with one warning
+# that says what the mesh uses instead (never an error: real Istio manifests carry them).
+REPLACED_KINDS: dict[tuple[str, str], str] = {
+    ("networking.istio.io", "Gateway"): "ingress gateways are not run; a Gateway API Gateway of class "
+                                        "istio-waypoint is the mesh's waypoint",
+    ("networking.istio.io", "VirtualService"): "use an HTTPRoute whose parentRefs name the Service "
+                                               "(applied by its waypoint)",
+    ("networking.istio.io", "DestinationRule"): "traffic between enrolled pods is always HBONE mTLS; use an "
+                                                "HTTPRoute's timeouts and retry on the waypoint",
+    ("networking.istio.io", "ServiceEntry"): "the mesh routes only Kubernetes Services; other destinations "
+                                             "are reached directly",
+    ("networking.istio.io", "Sidecar"): "ambient mode has no sidecars; each node's ztunnel serves its "
+                                        "enrolled pods",
+    ("networking.istio.io", "WorkloadEntry"): "only Kubernetes pods are workloads of the mesh",
+    ("networking.istio.io", "WorkloadGroup"): "only Kubernetes pods are workloads of the mesh",
+    ("networking.istio.io", "EnvoyFilter"): "ztunnel and the waypoint are not configured through Envoy; use "
+                                            "a WasmPlugin targeting the waypoint",
+    ("networking.istio.io", "ProxyConfig"): "ztunnel is configured by its command line",
+    ("telemetry.istio.io", "Telemetry"): "ztunnel always reports Istio's TCP metrics and writes its access log",
+    ("security.istio.io", "RequestAuthentication"): "JWT authentication is not supported (it needs a waypoint)",
+}
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 # Kubernetes fields that are valid but that the mesh does not act on: accepted without a warning.
@@ -61,7 +83,7 @@ def parse_paths(paths: list[Path]) -> ParseResult:
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            result.problems.append(Problem(Severity.ERROR, str(path), 1, "", "", f"cannot read: {exc}"))
+            result.problems.append(Problem(Severity.ERROR, str(path), 1, "", "", f"cannot read: {exc}", Code.YAML))
             continue
         part = parse_text(text, str(path))
         result.resources += part.resources
@@ -93,8 +115,14 @@ def parse_document(doc: Document, problems: list[Problem]) -> r.Resource | None:
     api_version = top["apiVersion"].str(required=True)
     if kind is None or api_version is None:
         return None
+    replaced = REPLACED_KINDS.get((api_version.split("/")[0], kind))
+    if replaced is not None:
+        top["kind"].report(f"{kind} ({api_version}) is not used in ambient mode: {replaced}; skipped",
+                           Severity.WARNING, code=Code.REPLACED_KIND)
+        return None
     if kind not in API_VERSIONS:
-        top["kind"].warn(f"kind {kind} ({api_version}) is not used by the mesh; skipped")
+        top["kind"].report(f"kind {kind} ({api_version}) is not used by the mesh; skipped", Severity.WARNING,
+                           code=Code.UNUSED_KIND)
         return None
     if api_version not in API_VERSIONS[kind]:
         expected = " or ".join(API_VERSIONS[kind])
@@ -406,8 +434,10 @@ def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
         return None
     gateway = r.Gateway(meta, origin, gateway_class, tuple(listeners))
     if not gateway.is_waypoint:
-        spec["gatewayClassName"].warn(
-            f"class {gateway_class!r}: only {r.WAYPOINT_CLASS!r} gateways are run by the mesh")
+        what = " (an ingress gateway)" if gateway_class == "istio" else ""
+        spec["gatewayClassName"].report(
+            f"class {gateway_class!r}{what} is not run by the mesh, nor are the routes attached to it: only "
+            f"{r.WAYPOINT_CLASS!r} gateways are", Severity.WARNING, code=Code.GATEWAY_NOT_RUN)
         return gateway
     if gateway.waypoint_for not in r.WAYPOINT_FOR_VALUES:
         spec.report(f"label {r.WAYPOINT_FOR}={gateway.waypoint_for!r} is not one of {', '.join(r.WAYPOINT_FOR_VALUES)}")

@@ -29,6 +29,30 @@ class Severity(enum.Enum):
     WARNING = "warning"
 
 
+class Code:
+    """Stable codes of findings, like ``istioctl analyze``'s IST0xxx (README.md, ``ambient validate``,
+    has the table). A code names a kind of finding; its message says the particulars. Never renumber."""
+
+    YAML = "AMB0001"  # not YAML, or the file cannot be read
+    INVALID = "AMB0002"  # a field is missing, mistyped or out of range: the resource is not used
+    UNKNOWN_FIELD = "AMB0003"  # a field the mesh does not know, ignored
+    UNSUPPORTED = "AMB0004"  # a valid setting the mesh does not act on, ignored
+    UNUSED_KIND = "AMB0005"  # a kind the mesh does not use, skipped
+    REPLACED_KIND = "AMB0006"  # an Istio kind ambient mode does without, skipped; says what to use instead
+    GATEWAY_NOT_RUN = "AMB0007"  # a Gateway of a class other than istio-waypoint (e.g. ingress), not run
+    ACTION_NOT_ENFORCED = "AMB0008"  # an AuthorizationPolicy action ztunnel does not enforce (CUSTOM, AUDIT)
+    NOT_FOUND = "AMB0101"  # a reference to a resource that does not exist (waypoint, parentRef, targetRef)
+    MATCHES_NOTHING = "AMB0102"  # a selector that matches no pod
+    L7_AT_L4 = "AMB0103"  # L7 fields in a policy ztunnel enforces at L4
+    UNKNOWN_RULE_FIELD = "AMB0104"  # a rule field the mesh does not understand
+    DATAPLANE_MODE = "AMB0105"  # an istio.io/dataplane-mode value that is neither ambient nor none
+    TARGET_PORT = "AMB0106"  # a Service targetPort name that no selected pod's container declares
+
+    @staticmethod
+    def default(severity: Severity) -> str:
+        return Code.INVALID if severity is Severity.ERROR else Code.UNSUPPORTED
+
+
 @dataclass(frozen=True)
 class Problem:
     severity: Severity
@@ -37,6 +61,11 @@ class Problem:
     resource: str  # "Kind namespace/name", or "" before the resource is known
     field: str  # "spec.rules[0]...", or ""
     message: str
+    code: str = ""  # a ``Code``; by default INVALID for an error, UNSUPPORTED for a warning
+
+    def __post_init__(self) -> None:
+        if not self.code:
+            object.__setattr__(self, "code", Code.default(self.severity))
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}: "
@@ -131,7 +160,7 @@ def _load_documents(loader_class, text: str, file: str, problems: list[Problem])
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         reason = getattr(exc, "problem", None) or str(exc)
-        raise YamlError(Problem(Severity.ERROR, file, line, "", "", f"not valid YAML: {reason}")) from None
+        raise YamlError(Problem(Severity.ERROR, file, line, "", "", f"not valid YAML: {reason}", Code.YAML)) from None
     finally:
         loader.dispose()
     return documents
@@ -169,9 +198,9 @@ class Field:
     def present(self) -> bool:
         return self.value is not None
 
-    def report(self, message: str, severity: Severity = Severity.ERROR) -> None:
+    def report(self, message: str, severity: Severity = Severity.ERROR, *, code: builtins.str = "") -> None:
         self.problems.append(Problem(severity, self.doc.file, self.doc.line_of(self.path), self.resource[0],
-                                     format_path(self.path), message))
+                                     format_path(self.path), message, code))
 
     def warn(self, message: str) -> None:
         self.report(message, Severity.WARNING)
@@ -195,7 +224,7 @@ class Field:
         for key in self.value:
             if key not in known:
                 if unknown is None:
-                    self[key].warn("unknown field, ignored")
+                    self[key].report("unknown field, ignored", Severity.WARNING, code=Code.UNKNOWN_FIELD)
                 else:
                     unknown.append(builtins.str(key))
         return True

@@ -542,3 +542,57 @@ def test_bad_service_accounts(value):
     result = parse_text(text, "x.yaml")
     assert [p.message for p in result.errors] == [
         f"{value!r} is not a service account (namespace/name, or name; no wildcards)"]
+
+
+# Istio's other kinds: skipped with one warning saying what ambient mode uses instead, never an error.
+@pytest.mark.parametrize("api_version, kind, instead", [
+    ("networking.istio.io/v1", "Gateway", "a Gateway API Gateway of class istio-waypoint"),
+    ("networking.istio.io/v1beta1", "VirtualService", "HTTPRoute"),
+    ("networking.istio.io/v1alpha3", "DestinationRule", "HBONE mTLS"),
+    ("networking.istio.io/v1", "ServiceEntry", "Kubernetes Services"),
+    ("networking.istio.io/v1", "Sidecar", "no sidecars"),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter", "WasmPlugin"),
+    ("telemetry.istio.io/v1", "Telemetry", "TCP metrics"),
+])
+def test_istio_kinds_ambient_does_without_are_skipped_with_a_warning(api_version, kind, instead):
+    text = f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x, namespace: shop}}\n" \
+           "spec:\n  anything: [1, {goes: here}]\n"
+    result = parse_text(text, "x.yaml")
+    assert result.resources == []
+    (problem,) = result.problems
+    assert problem.severity.value == "warning"
+    assert str(problem).startswith(f"x.yaml:2: kind: warning: {kind} ({api_version}) is not used in ambient mode: ")
+    assert instead in problem.message and problem.message.endswith("; skipped")
+
+
+INGRESS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bookinfo-gateway, namespace: shop}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Same}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: productpage, namespace: shop}
+spec: {ports: [{port: 9080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookinfo, namespace: shop}
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+  rules:
+  - matches: [{path: {type: Exact, value: /productpage}}]
+    backendRefs: [{name: productpage, port: 9080}]
+"""
+
+
+def test_an_ingress_gateway_is_warned_once_and_its_routes_are_not_errors():
+    result = parse_text(INGRESS, "x.yaml")
+    problems = result.problems + cross_check(result.resources)
+    assert [str(p) for p in problems] == [
+        "x.yaml:5: Gateway shop/bookinfo-gateway: spec.gatewayClassName: warning: class 'istio' (an ingress gateway) "
+        "is not run by the mesh, nor are the routes attached to it: only 'istio-waypoint' gateways are"]
