@@ -83,7 +83,7 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                 elif key not in targetable:
                     problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}"))
 
-        if isinstance(res, r.AuthorizationPolicy):
+        if isinstance(res, r.AuthorizationPolicy) and res.action in ("ALLOW", "DENY"):  # others: skipped
             problems.extend(_unknown_fields(res))
             if not res.enforced_at_l7:
                 in_namespace = sorted(name for ns, name in gateways if ns == res.meta.namespace)

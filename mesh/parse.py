@@ -676,10 +676,13 @@ def _authorization_policy(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Auth
     if spec.present and not spec.mapping({"selector", "targetRef", "targetRefs", "action", "rules", "provider"}):
         return None
     action = spec["action"].str(default="ALLOW", choices=("ALLOW", "DENY", "AUDIT", "CUSTOM"))
+    # As Istio's ambient translation: ztunnel enforces ALLOW and DENY only; it skips the others.
     if action == "CUSTOM":
-        spec["action"].report("CUSTOM (external authorization) is not supported")
+        spec["action"].report("CUSTOM (external authorization) is not enforced by ztunnel, nor by the mesh's "
+                              "waypoint: the policy is skipped", Severity.WARNING, code=Code.ACTION_NOT_ENFORCED)
     elif action == "AUDIT":
-        spec["action"].warn("AUDIT policies only log in Istio; the mesh ignores them")
+        spec["action"].report("AUDIT has no effect at L4: ztunnel ignores AUDIT policies, and the mesh writes no "
+                              "audit log: the policy is skipped", Severity.WARNING, code=Code.ACTION_NOT_ENFORCED)
     selector = _labels_selector(spec["selector"])
     targets = _target_refs(spec)
     if selector is not None and targets:

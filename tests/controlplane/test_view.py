@@ -389,7 +389,8 @@ def test_policies_enforced_elsewhere_are_not_in_the_view():
     view = build(pod("web"), waypoint("wp"),
                  authorization_policy("l7", "shop", {"targetRefs": [{"kind": "Gateway", "group":
                                                                      "gateway.networking.k8s.io", "name": "wp"}]}),
-                 authorization_policy("audit", "shop", {**SELECT_WEB, "action": "AUDIT"}))
+                 authorization_policy("audit", "shop", {**SELECT_WEB, "action": "AUDIT"}),
+                 authorization_policy("custom", "shop", {**SELECT_WEB, "action": "CUSTOM", "provider": {"name": "x"}}))
     assert view.authorizations == {}
     assert list(workload(view, "shop/web").authorization_policies) == []
 

@@ -163,8 +163,6 @@ BROKEN = [
      "  parentRefs: [{kind: Service, name: s}]\n  rules:\n  - timeouts: {request: 10 seconds}\n",
      "x.yaml:7: HTTPRoute default/r: spec.rules[0].timeouts.request: '10 seconds' is not a duration "
      "like 10s, 500ms or 1m30s"),
-    ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: CUSTOM\n",
-     "x.yaml:5: AuthorizationPolicy default/p: spec.action: CUSTOM (external authorization) is not supported"),
     ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n"
      "  - from: [{source: {ipBlocks: [10.0.0.0/33]}}]\n",
      "x.yaml:6: AuthorizationPolicy default/p: spec.rules[0].from[0].source.ipBlocks[0]: '10.0.0.0/33' is not an IP "
@@ -596,3 +594,25 @@ def test_an_ingress_gateway_is_warned_once_and_its_routes_are_not_errors():
     assert [str(p) for p in problems] == [
         "x.yaml:5: Gateway shop/bookinfo-gateway: spec.gatewayClassName: warning: class 'istio' (an ingress gateway) "
         "is not run by the mesh, nor are the routes attached to it: only 'istio-waypoint' gateways are"]
+
+
+@pytest.mark.parametrize("action, message", [
+    ("CUSTOM", "CUSTOM (external authorization) is not enforced by ztunnel, nor by the mesh's waypoint: "
+               "the policy is skipped"),
+    ("AUDIT", "AUDIT has no effect at L4: ztunnel ignores AUDIT policies, and the mesh writes no audit log: "
+              "the policy is skipped"),
+])
+def test_policy_actions_ztunnel_does_not_enforce_are_a_warning_not_an_error(action, message):
+    """As Istio's ambient translation: only ALLOW and DENY reach ztunnel. The rules of a skipped
+    policy (here L7 fields, which would otherwise be reported as enforced at L4) are not checked."""
+    text = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n" \
+           "metadata: {name: ext-authz, namespace: shop}\n" \
+           f"spec:\n  selector: {{matchLabels: {{app: web}}}}\n  action: {action}\n  provider: {{name: opa}}\n" \
+           "  rules: [{to: [{operation: {paths: [/admin/*]}}]}]\n---\n" \
+           "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\n" \
+           "spec: {containers: [{name: web}]}\n"
+    result = parse_text(text, "x.yaml")
+    problems = result.problems + cross_check(result.resources)
+    assert [str(p) for p in problems] == [
+        f"x.yaml:6: AuthorizationPolicy shop/ext-authz: spec.action: warning: {message}"]
+    assert [type(res).__name__ for res in result.resources] == ["AuthorizationPolicy", "Pod"]
