@@ -111,8 +111,8 @@ def _show_entry(entry: dict | None) -> None:
     if entry is None:
         print("  (no access-log line found)")
         return
-    keys = ("message", "direction", "src.addr", "src.identity", "dst.addr", "dst.identity", "bytes_sent",
-            "bytes_recv", "policy", "reason")
+    keys = ("message", "direction", "src.addr", "src.workload", "src.identity", "dst.addr", "dst.hbone_addr",
+            "dst.workload", "dst.identity", "bytes_sent", "bytes_recv", "duration", "policy", "reason")
     print("  " + json.dumps({k: entry[k] for k in keys if k in entry}))
 
 
@@ -196,7 +196,7 @@ def run_lab() -> int:
               f"{'yes' if 15008 in ports and 8080 not in ports else 'NO'}; the request path readable on the wire: "
               f"{'YES: NOT ENCRYPTED' if marker in wire else 'no'}")
         print("  ztunnel access log, client side and server side:")
-        _show_entry(_access_log(sleep["node"], direction="outbound", **{"dst.addr": f"{echo['ip']}:8080"}))
+        _show_entry(_access_log(sleep["node"], direction="outbound", **{"dst.hbone_addr": f"{echo['ip']}:8080"}))
         _show_entry(_access_log(echo["node"], direction="inbound", **{"dst.addr": f"{echo['ip']}:8080"}))
 
         _step(f"ambient ztunnel-config workloads --node {sleep['node']} (what its ztunnel knows)")

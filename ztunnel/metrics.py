@@ -3,15 +3,22 @@
 Two halves. ``tcp_labels`` is pure: from what the proxy knows about a connection (the reporter, the
 source and destination workloads as discovery sent them, the verified principals, the destination
 service, whether it is mTLS) it returns the label set, following Istio's ztunnel
-(``src/proxy/metrics.rs``, ``CommonTrafficLabels``): every value that is not known is ``"unknown"``.
+(``src/proxy/metrics.rs``, ``CommonTrafficLabels``, locality labels included): every value that is not
+known is ``"unknown"``; a plaintext connection's ``connection_security_policy`` is ``"unknown"`` too.
 ``ZtunnelMetrics`` holds the counters, keyed by label set, and renders them in Prometheus's text
 format (``exposition``, version 0.0.4, which every Prometheus scraper reads):
 
     istio_tcp_connections_opened_total   +1 when a connection is opened (``opened``)
     istio_tcp_connections_closed_total   +1 when it ends, whatever the outcome (``closed``)
+    istio_tcp_connections_failed_total   +1 when it ends having failed to connect upstream
     istio_tcp_received_bytes_total       bytes of the request direction (client → server)
     istio_tcp_sent_bytes_total           bytes of the response direction (server → client)
     istio_build{component="ztunnel",tag} 1, as every Istio component exports
+
+As in Istio's ztunnel, a connection's ``response_flags`` is known only when it ends: it is opened,
+and its bytes counted, under ``"-"``, and closed under the flag of its outcome: ``"DENY"`` (denied
+by an AuthorizationPolicy), ``"CONNECT"`` (no upstream connection could be made; also counted as
+failed) or ``"-"``. A denied connection is therefore counted as opened and as closed.
 
 The byte directions are Istio's definitions ("received during request", "sent during response"),
 the same for both reporters. Bytes may be added while the connection runs (``add_bytes``) or at the
@@ -39,14 +46,14 @@ DEFAULT_CLUSTER = "Kubernetes"  # Istio's default cluster id
 REPORTER_SOURCE = "source"  # outbound: the ztunnel of the client
 REPORTER_DESTINATION = "destination"  # inbound: the ztunnel of the server
 MUTUAL_TLS = "mutual_tls"
-NO_TLS = "none"  # what Istio's proxies report for plaintext (its ztunnel says "unknown")
+NO_TLS = "unknown"  # what Istio's ztunnel reports for plaintext (its Envoy proxies say "none")
 
 # response_flags, as Istio's ztunnel writes them.
 FLAG_NONE = "-"
 FLAG_DENIED = "DENY"  # denied by an AuthorizationPolicy
 FLAG_CONNECT_FAILED = "CONNECT"  # no upstream connection could be made
 
-# Istio's CommonTrafficLabels, in its order, without the locality labels.
+# Istio's CommonTrafficLabels, in its order, the locality labels last.
 LABEL_NAMES: tuple[str, ...] = (
     "reporter",
     "source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace",
@@ -56,17 +63,21 @@ LABEL_NAMES: tuple[str, ...] = (
     "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
     "destination_cluster",
     "request_protocol", "response_flags", "connection_security_policy",
+    "source_region", "source_zone", "destination_region", "destination_zone",
 )
+_FLAGS = LABEL_NAMES.index("response_flags")
 
 OPENED = "istio_tcp_connections_opened"
 CLOSED = "istio_tcp_connections_closed"
 RECEIVED = "istio_tcp_received_bytes"
 SENT = "istio_tcp_sent_bytes"
+FAILED = "istio_tcp_connections_failed"
 _HELP = {
     OPENED: "The total number of TCP connections opened",
     CLOSED: "The total number of TCP connections closed",
     RECEIVED: "The size of total bytes received during request in case of a TCP connection",
     SENT: "The size of total bytes sent during response in case of a TCP connection",
+    FAILED: "The total number of TCP connections that failed to establish",
 }
 
 
@@ -79,11 +90,11 @@ def _workload_labels(side: str, workload: wpb.Workload | None) -> dict[str, str]
     the ``service.istio.io/canonical-name``, ``app.kubernetes.io/name`` and ``app`` labels, as Istio
     does; Istio's ztunnel also reports it as ``app``) and fall back to the workload name;
     ``canonical_revision`` and ``version`` are ``canonical_revision``; ``cluster`` is ``cluster_id``,
-    else ``Kubernetes``."""
+    else ``Kubernetes``; ``region`` and ``zone`` are the workload's locality's."""
     if workload is None:
         return {f"{side}_{name}": UNKNOWN for name in
                 ("workload", "canonical_service", "canonical_revision", "workload_namespace", "app", "version",
-                 "cluster")}
+                 "cluster", "region", "zone")}
     name = workload.workload_name or workload.name or UNKNOWN
     canonical = workload.canonical_name or name
     revision = workload.canonical_revision or UNKNOWN
@@ -95,6 +106,8 @@ def _workload_labels(side: str, workload: wpb.Workload | None) -> dict[str, str]
         f"{side}_app": canonical,
         f"{side}_version": revision,
         f"{side}_cluster": workload.cluster_id or DEFAULT_CLUSTER,
+        f"{side}_region": workload.locality.region or UNKNOWN,
+        f"{side}_zone": workload.locality.zone or UNKNOWN,
     }
 
 
@@ -151,13 +164,15 @@ def _escape(value: str) -> str:
 class ZtunnelMetrics:
     """The TCP counters, rendered by ``exposition``.
 
-    Every method takes the label set of ``tcp_labels`` (all of ``LABEL_NAMES``, nothing else:
-    anything else is a bug and raises ValueError). Safe to call from any thread."""
+    Every method takes the label set of ``tcp_labels`` as the connection was opened (all of
+    ``LABEL_NAMES``, nothing else: anything else is a bug and raises ValueError); ``closed`` takes
+    the outcome's ``response_flags`` beside it. Safe to call from any thread."""
 
     def __init__(self, *, build_tag: str | None = None) -> None:
         self.build_tag = build_tag or __version__
         self._lock = threading.Lock()
-        self._values: dict[str, dict[tuple[str, ...], int]] = {OPENED: {}, CLOSED: {}, RECEIVED: {}, SENT: {}}
+        self._values: dict[str, dict[tuple[str, ...], int]] = {
+            OPENED: {}, CLOSED: {}, RECEIVED: {}, SENT: {}, FAILED: {}}
         self._rendered_labels: dict[tuple[str, ...], str] = {}  # a label set's `{...}`, made once
 
     @staticmethod
@@ -178,20 +193,30 @@ class ZtunnelMetrics:
 
     def add_bytes(self, labels: Mapping[str, str], sent: int, received: int) -> None:
         """Bytes relayed so far: ``received`` from the client, ``sent`` to it."""
-        self._add(self._key(labels), sent, received, closed=0)
+        self._add(self._key(labels), sent, received)
 
-    def closed(self, labels: Mapping[str, str], sent: int = 0, received: int = 0) -> None:
-        """One connection ended; ``sent`` and ``received`` are its bytes not yet added."""
-        self._add(self._key(labels), sent, received, closed=1)
+    def closed(self, labels: Mapping[str, str], sent: int = 0, received: int = 0, *,
+               response_flags: str = FLAG_NONE) -> None:
+        """One connection ended; ``sent`` and ``received`` are its bytes not yet added (to the series
+        of ``labels``). It is counted closed under ``labels`` with ``response_flags`` (``FLAG_*``),
+        and failed too when that is ``FLAG_CONNECT_FAILED``."""
+        if response_flags not in (FLAG_NONE, FLAG_DENIED, FLAG_CONNECT_FAILED):
+            raise ValueError(f"unknown response_flags {response_flags!r}")
+        key = self._key(labels)
+        ended = (*key[:_FLAGS], response_flags, *key[_FLAGS + 1:])
+        self._add(key, sent, received, ended=ended, failed=response_flags == FLAG_CONNECT_FAILED)
 
-    def _add(self, key: tuple[str, ...], sent: int, received: int, closed: int) -> None:
+    def _add(self, key: tuple[str, ...], sent: int, received: int, *, ended: tuple[str, ...] | None = None,
+             failed: bool = False) -> None:
         if sent < 0 or received < 0:
             raise ValueError(f"byte counts cannot be negative (sent {sent}, received {received})")
         with self._lock:
             self._values[SENT][key] = self._values[SENT].get(key, 0) + sent
             self._values[RECEIVED][key] = self._values[RECEIVED].get(key, 0) + received
-            if closed:
-                self._values[CLOSED][key] = self._values[CLOSED].get(key, 0) + closed
+            if ended is not None:
+                self._values[CLOSED][ended] = self._values[CLOSED].get(ended, 0) + 1
+            if failed and ended is not None:
+                self._values[FAILED][ended] = self._values[FAILED].get(ended, 0) + 1
 
     # -- the exposition
 

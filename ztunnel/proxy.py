@@ -237,10 +237,10 @@ class Ztunnel:
                     return await self._open_tunnel(pod, plan, client)
                 case _:
                     assert_never(plan)
-        except HboneRefused as exc:
-            conn.fail(str(exc), denied=exc.status == 401)
+        except HboneRefused as exc:  # 401: denied there; otherwise (503) it could not reach the app
+            conn.fail(str(exc), denied=exc.status == 401, connect=exc.status != 401)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError, HboneTlsError, CertificateError) as exc:
-            conn.fail(f"cannot reach {format_address(*plan.address)}: {_describe(exc)}")
+            conn.fail(f"cannot reach {format_address(*plan.address)}: {_describe(exc)}", connect=True)
         return None
 
     async def _open_tunnel(self, pod: ServedPod, plan: HboneToPod | HboneToWaypoint,
@@ -303,7 +303,8 @@ class Ztunnel:
                 with trio.fail_after(self.config.connect_timeout):
                     app = await pod.connect_app(inbound.destination, peer[0])
             except (OSError, trio.TooSlowError) as exc:
-                conn.fail(f"the app at {format_address(*inbound.destination)} did not accept: {_describe(exc)}")
+                conn.fail(f"the app at {format_address(*inbound.destination)} did not accept: {_describe(exc)}",
+                          connect=True)
                 request.reject(503)
                 return
             try:
@@ -329,7 +330,8 @@ class Ztunnel:
                 with trio.fail_after(self.config.connect_timeout):
                     app = await pod.connect_app(inbound.destination, peer[0])
             except (OSError, trio.TooSlowError) as exc:
-                conn.fail(f"the app at {format_address(*inbound.destination)} did not accept: {_describe(exc)}")
+                conn.fail(f"the app at {format_address(*inbound.destination)} did not accept: {_describe(exc)}",
+                          connect=True)
                 await reset(downstream)
                 return
             await _relay(conn, downstream, app)

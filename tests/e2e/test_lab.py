@@ -88,7 +88,7 @@ def test_up_traffic_status_logs_restart_edit_and_down_leaves_nothing(make_lab):
     assert passthrough["client"]["address"] == client_a
     ztunnel_log = lab.state_root / lab.name / "logs" / "ztunnel-node-1.log"
     deadline = time.monotonic() + 10  # the access-log line is written as ztunnel closes its side
-    while '"dst.workload": "plain/echo-b"' not in ztunnel_log.read_text():
+    while '"dst.workload": "echo-b"' not in ztunnel_log.read_text():  # Istio's field: the pod name
         assert time.monotonic() < deadline, ztunnel_log.read_text()
         time.sleep(0.05)  # a log file has no change event; bounded
 

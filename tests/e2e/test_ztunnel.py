@@ -290,7 +290,9 @@ def test_passthrough_out_of_the_mesh_and_plaintext_into_it(mesh):
 def test_metrics_of_both_ztunnels_count_the_connections_and_bytes(mesh):
     # N connections of known sizes through both ztunnels
     lab = mesh.lab
-    labels = dict(source_workload="client", destination_workload="server", connection_security_policy="mutual_tls")
+    # Both reporters name the Service the client addressed (the destination guesses it from the port).
+    labels = dict(source_workload="client", destination_workload="server", connection_security_policy="mutual_tls",
+                  destination_service_name="server", response_flags="-")
     before = {node: metrics(lab, node) for node in ("node-0", "node-1")}
     sent = [exchange(lab, "mesh/client", mesh.vip, 80, f"/count/{i}") for i in range(4)]
     assert all(r[0] == "ok" for r in sent), sent
@@ -338,6 +340,12 @@ def test_a_deny_policy_closes_the_open_connection_resets_new_ones_and_is_logged(
                 if e["message"] == "connection denied" and e.get("reason", "").startswith("denied by DENY")]
         assert line and line[-1]["policy"] == "mesh/deny-client"
         assert line[-1]["src.identity"].endswith("/ns/mesh/sa/default")
+        assert (line[-1]["src.workload"], line[-1]["src.namespace"], line[-1]["dst.namespace"]) == (
+            "client", "mesh", "mesh")
+        assert re.fullmatch(r"\d+ms", line[-1]["duration"])
+        denied_total = metric(metrics(lab, "node-1"), "istio_tcp_connections_closed_total", reporter="destination",
+                              response_flags="DENY", source_workload="client")
+        assert denied_total >= 1
     finally:  # the next phases need mesh/client let through again
         held.close()
         deny.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from ztunnel.connections import (
     outbound_connection,
 )
 from ztunnel.inbound import InboundDecision, InboundRequest
-from ztunnel.metrics import MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels
+from ztunnel.metrics import FLAG_DENIED, MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels
 from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Refuse
 from ztunnel.state import ProxyState
 
@@ -55,6 +55,11 @@ class Recorder:
         return {name: self.value(name, labels) for name in
                 ("connections_opened", "connections_closed", "sent_bytes", "received_bytes")}
 
+    def closed(self, labels: dict[str, str], flags: str) -> dict[str, float]:
+        """How many connections opened under ``labels`` were closed, and failed, with ``flags``."""
+        ended = {**labels, "response_flags": flags}
+        return {name: self.value(name, ended) for name in ("connections_closed", "connections_failed")}
+
     def log(self) -> list[dict]:
         text = self.out.getvalue()
         assert text == "" or text.endswith("\n")
@@ -74,7 +79,9 @@ def inbound_labels() -> dict[str, str]:
 def inbound(**kw) -> Connection:
     args = dict(direction="inbound", pod="shop/web-0", protocol="HBONE", source=("10.244.1.10", 40000),
                 destination=("10.244.0.11", 8080), source_workload="shop/client", source_identity=CLIENT,
-                destination_workload="shop/web-0", destination_identity=WEB, labels=inbound_labels())
+                destination_workload="shop/web-0", destination_identity=WEB, labels=inbound_labels(),
+                hbone_address="10.244.0.11:8080", source_name="client", source_namespace="shop",
+                destination_name="web-0", destination_namespace="shop")
     return Connection(**{**args, **kw})
 
 
@@ -96,12 +103,14 @@ async def test_an_allowed_connection_counts_opened_then_closed_with_its_bytes(re
     (line,) = rec.log()
     stamp = dt.datetime.fromisoformat(line.pop("time"))
     assert stamp.tzinfo is not None and abs(dt.datetime.now(dt.UTC) - stamp) < dt.timedelta(minutes=1)
-    assert line == {
-        "message": "connection complete", "direction": "inbound", "protocol": "HBONE",
-        "src.addr": "10.244.1.10:40000", "src.workload": "shop/client", "src.identity": str(CLIENT),
-        "dst.addr": "10.244.0.11:8080", "dst.workload": "shop/web-0", "dst.identity": str(WEB),
-        "bytes_sent": 1200, "bytes_recv": 80, "duration_ms": 1500.0, "decision": "allow",
-        "policy": "shop/allow-client", "reason": "allowed by shop/allow-client",
+    assert line == {  # Istio ztunnel's fields, then ours
+        "message": "connection complete", "direction": "inbound",
+        "src.addr": "10.244.1.10:40000", "src.workload": "client", "src.namespace": "shop",
+        "src.identity": str(CLIENT), "dst.addr": "10.244.0.11:8080", "dst.hbone_addr": "10.244.0.11:8080",
+        "dst.workload": "web-0", "dst.namespace": "shop", "dst.identity": str(WEB),
+        "bytes_sent": 1200, "bytes_recv": 80, "duration": "1500ms",
+        "protocol": "HBONE", "decision": "allow", "policy": "shop/allow-client",
+        "reason": "allowed by shop/allow-client",
     }
 
 
@@ -116,13 +125,16 @@ async def test_connections_with_the_same_labels_add_up(rec):
     assert len(rec.log()) == 3
 
 
-async def test_a_denied_connection_is_logged_but_not_counted(rec):
+async def test_a_denied_connection_is_counted_opened_and_closed_with_deny(rec):
     labels = inbound_labels()
-    conn = inbound(decision="deny", policy="shop/deny-ops", reason="denied by DENY policy shop/deny-ops")
+    conn = inbound(decision="deny", policy="shop/deny-ops", reason="denied by DENY policy shop/deny-ops",
+                   response_flags=FLAG_DENIED)
     with rec.tracker.track(conn):
         pass
-    assert key("istio_tcp_connections_opened_total", labels) not in samples(rec.metrics)
-    assert key("istio_tcp_connections_closed_total", labels) not in samples(rec.metrics)
+    # As Istio's ztunnel: opened (its flag not known yet), then closed with DENY; not a failed connect.
+    assert rec.values(labels) == {"connections_opened": 1, "connections_closed": 0, "sent_bytes": 0,
+                                  "received_bytes": 0}
+    assert rec.closed(labels, "DENY") == {"connections_closed": 1, "connections_failed": 0}
     (line,) = rec.log()
     assert (line["message"], line["decision"], line["policy"], line["reason"]) == (
         "connection denied", "deny", "shop/deny-ops", "denied by DENY policy shop/deny-ops")
@@ -135,6 +147,7 @@ async def test_a_failed_connection_is_counted_and_logged_with_its_error(rec):
     with rec.tracker.track(conn):
         conn.fail("the app at 10.244.0.11:8080 did not accept: Connection refused")
     assert rec.values(labels)["connections_opened"] == rec.values(labels)["connections_closed"] == 1
+    assert rec.closed(labels, "CONNECT")["connections_failed"] == 0  # not said to be a connect failure
     (line,) = rec.log()
     assert (line["message"], line["decision"], line["error"]) == (
         "connection failed", "allow", "the app at 10.244.0.11:8080 did not accept: Connection refused")
@@ -150,22 +163,39 @@ async def test_a_connection_denied_after_it_was_counted_is_also_counted_closed(r
     with rec.tracker.track(conn):
         conn.counts.received = 5
         conn.fail("HBONE CONNECT refused with 401", denied=True)
-    assert rec.values(labels) == {"connections_opened": 1, "connections_closed": 1, "sent_bytes": 0,
+    assert rec.values(labels) == {"connections_opened": 1, "connections_closed": 0, "sent_bytes": 0,
                                   "received_bytes": 5}
+    assert rec.closed(labels, "DENY") == {"connections_closed": 1, "connections_failed": 0}
     (line,) = rec.log()
     assert (line["message"], line["decision"], line["error"]) == (
         "connection denied", "deny", "HBONE CONNECT refused with 401")
 
 
+async def test_a_failed_upstream_connect_is_closed_with_connect_and_counted_failed(rec):
+    labels = inbound_labels()
+    with rec.tracker.track(conn := inbound()):
+        conn.fail("the app at 10.244.0.11:8080 did not accept: refused", connect=True)
+    assert rec.values(labels)["connections_opened"] == 1
+    assert rec.closed(labels, "-") == {"connections_closed": 0, "connections_failed": 0}
+    assert rec.closed(labels, "CONNECT") == {"connections_closed": 1, "connections_failed": 1}
+    (line,) = rec.log()
+    assert (line["message"], line["error"]) == (
+        "connection failed", "the app at 10.244.0.11:8080 did not accept: refused")
+    text = rec.metrics.exposition().decode()
+    assert "# TYPE istio_tcp_connections_failed_total counter" in text
+
+
 async def test_plaintext_and_ipv6_addresses_in_the_log(rec):
     conn = inbound(protocol="TCP", source=("fd00::7", 40000), destination=("fd00::5", 8080), source_identity=None,
-                   source_workload=None, destination_service="shop/web.shop.svc.cluster.local")
+                   source_name=None, source_namespace=None, hbone_address=None,
+                   destination_hostname="web.shop.svc.cluster.local")
     with rec.tracker.track(conn):
         pass
     (line,) = rec.log()
-    assert (line["src.addr"], line["dst.addr"], line["dst.service"]) == (
-        "[fd00::7]:40000", "[fd00::5]:8080", "shop/web.shop.svc.cluster.local")
-    assert "src.identity" not in line and "src.workload" not in line
+    assert (line["src.addr"], line["dst.addr"], line["dst.service"], line["dst.workload"]) == (
+        "[fd00::7]:40000", "[fd00::5]:8080", "web.shop.svc.cluster.local", "web-0")
+    # Plaintext proves no identity: none is logged, not even the destination's own.
+    assert not {"src.identity", "dst.identity", "src.workload", "src.namespace", "dst.hbone_addr"} & set(line)
 
 
 async def test_without_metrics_only_the_log_is_written():
@@ -394,7 +424,8 @@ def inbound_record(request: InboundRequest, client: tuple[str, int], decision: I
     assert conn.labels["destination_principal"] == str(WEB)
     return ((conn.protocol, conn.source, conn.destination, conn.source_workload, conn.source_identity),
             (conn.decision, conn.policy, conn.reason),
-            {name: conn.labels[name] for name in ("source_workload", "source_principal", "connection_security_policy")})
+            {name: conn.labels[name] for name in ("source_workload", "source_principal", "connection_security_policy",
+                                                  "destination_service", "destination_service_name")})
 
 
 def web_request(source_ip: str, identity: SpiffeId | None, *, port: int = 8080) -> InboundRequest:
@@ -410,19 +441,22 @@ INBOUND_RECORDS = [
                  (("HBONE", ("10.244.0.10", 40000), ("10.244.0.11", 8080), "shop/client", CLIENT),
                   ("allow", None, "no ALLOW policies"),
                   {"source_workload": "client", "source_principal": str(CLIENT),
-                   "connection_security_policy": MUTUAL_TLS}),
-                 id="hbone-from-a-mesh-pod"),
+                   "connection_security_policy": MUTUAL_TLS, "destination_service": "web.shop.svc.cluster.local",
+                   "destination_service_name": "web"}),
+                 id="hbone-from-a-mesh-pod-to-the-target-port-of-a-service-names-it"),
     pytest.param(web_request("10.244.0.50", CLIENT), ("10.244.0.10", 40000), ALLOWED,
                  (("HBONE", ("10.244.0.10", 40000), ("10.244.0.11", 8080), "shop/client", CLIENT),
                   ("allow", None, "no ALLOW policies"),
                   {"source_workload": "client", "source_principal": str(CLIENT),
-                   "connection_security_policy": MUTUAL_TLS}),
+                   "connection_security_policy": MUTUAL_TLS, "destination_service": "web.shop.svc.cluster.local",
+                   "destination_service_name": "web"}),
                  id="the-source-workload-is-the-forwarded-client-not-the-peer"),
     pytest.param(web_request("192.0.2.7", None, port=9090), ("192.0.2.7", 5000), DENIED,
                  (("TCP", ("192.0.2.7", 5000), ("10.244.0.11", 9090), None, None),
                   ("deny", "shop/deny-ops", "denied by DENY policy shop/deny-ops"),
-                  {"source_workload": UNKNOWN, "source_principal": UNKNOWN, "connection_security_policy": NO_TLS}),
-                 id="plaintext-from-outside-denied"),
+                  {"source_workload": UNKNOWN, "source_principal": UNKNOWN, "connection_security_policy": "unknown",
+                   "destination_service": UNKNOWN, "destination_service_name": UNKNOWN}),
+                 id="plaintext-from-outside-denied-to-a-port-of-no-service"),
 ]
 
 
@@ -440,6 +474,42 @@ def test_inbound_connection_is_recorded_from_its_request_and_decision(request_, 
 ])
 def test_access_log_entry_says_how_the_connection_ended(changes, message):
     entry = access_log_entry(inbound(**changes), 0.25, "2024-01-01T00:00:00.000+00:00")
-    assert (entry["message"], entry["time"], entry["duration_ms"]) == (
-        message, "2024-01-01T00:00:00.000+00:00", 250.0)
+    assert (entry["message"], entry["time"], entry["duration"]) == (
+        message, "2024-01-01T00:00:00.000+00:00", "250ms")
     assert None not in entry.values()
+
+
+def test_inbound_records_carry_what_the_access_log_names():
+    conn = inbound_connection(pod="shop/web-0", client=("10.244.0.10", 40000),
+                              request=web_request("10.244.0.10", CLIENT), own_identity=WEB, decision=ALLOWED,
+                              state=record_state())
+    entry = access_log_entry(conn, 0.0125, "t")
+    assert {k: entry.get(k) for k in ("src.workload", "src.namespace", "dst.addr", "dst.hbone_addr", "dst.service",
+                                      "dst.workload", "dst.namespace", "duration")} == {
+        "src.workload": "client", "src.namespace": "shop", "dst.addr": "10.244.0.11:8080",
+        "dst.hbone_addr": "10.244.0.11:8080", "dst.service": "web.shop.svc.cluster.local",
+        "dst.workload": "web-0", "dst.namespace": "shop", "duration": "12ms"}
+    denied = inbound_connection(pod="shop/web-0", client=("192.0.2.7", 5000), request=web_request("192.0.2.7", None),
+                                own_identity=WEB, decision=DENIED, state=record_state())
+    assert denied.response_flags == FLAG_DENIED
+
+
+def test_outbound_records_log_the_l4_destination_and_the_hbone_target():
+    state = record_state()
+    plan = HboneToPod(("10.244.0.11", 15008), "10.244.0.11:8080", WEB, uid("shop/web-0"), WEB_SERVICE_KEY)
+    conn = outbound_connection(pod="shop/client", client=APP, original=("10.96.0.11", 80),
+                               source=state.workloads[uid("shop/client")], source_identity=CLIENT, plan=plan,
+                               state=state)
+    conn.counts.received, conn.counts.sent = 80, 1200  # from the client app, back to it
+    entry = access_log_entry(conn, 2.0, "t")
+    assert {k: entry.get(k) for k in ("src.workload", "dst.addr", "dst.hbone_addr", "dst.service", "dst.workload",
+                                      "bytes_sent", "bytes_recv", "duration")} == {
+        "src.workload": "client", "dst.addr": "10.244.0.11:15008", "dst.hbone_addr": "10.244.0.11:8080",
+        "dst.service": "web.shop.svc.cluster.local", "dst.workload": "web-0", "bytes_sent": 80, "bytes_recv": 1200,
+        "duration": "2000ms"}
+    passthrough = outbound_connection(pod="shop/client", client=APP, original=("93.184.216.34", 443),
+                                      source=state.workloads[uid("shop/client")], source_identity=CLIENT,
+                                      plan=Passthrough(("93.184.216.34", 443)), state=state)
+    entry = access_log_entry(passthrough, 0, "t")
+    assert entry["dst.addr"] == "93.184.216.34:443"
+    assert not {"dst.hbone_addr", "dst.workload", "dst.service", "src.identity", "dst.identity"} & set(entry)

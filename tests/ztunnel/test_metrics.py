@@ -10,6 +10,7 @@ from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, unpack
 from mesh.parse import parse_text
 from ztunnel.metrics import (
+    FLAG_CONNECT_FAILED,
     FLAG_DENIED,
     LABEL_NAMES,
     MUTUAL_TLS,
@@ -87,6 +88,7 @@ def test_outbound_mtls_labels_from_real_workloads():
         "destination_principal": WEB_ID, "destination_app": "web", "destination_version": "v1",
         "destination_cluster": "Kubernetes",
         "request_protocol": "tcp", "response_flags": "-", "connection_security_policy": "mutual_tls",
+        "source_region": UNKNOWN, "source_zone": UNKNOWN, "destination_region": UNKNOWN, "destination_zone": UNKNOWN,
     }
     assert tuple(labels) == LABEL_NAMES
 
@@ -98,7 +100,7 @@ def test_principals_default_to_the_workloads_identity_only_over_mtls():
     plaintext = tcp_labels(reporter="destination", source=CLIENT, source_principal=None, destination=WEB,
                            destination_principal=None, destination_service=None, mutual_tls=False)
     assert (plaintext["source_principal"], plaintext["destination_principal"]) == (UNKNOWN, UNKNOWN)
-    assert plaintext["connection_security_policy"] == NO_TLS == "none"
+    assert plaintext["connection_security_policy"] == NO_TLS == "unknown"  # as Istio's ztunnel says
     assert plaintext["source_workload"] == "client"  # known by its IP, though unproven
 
 
@@ -123,6 +125,15 @@ def test_fallbacks_when_the_proto_is_sparse():
     labels = tcp_labels(reporter="destination", source=None, source_principal=None, destination=broken,
                         destination_principal=None, destination_service=None, mutual_tls=True)
     assert labels["destination_principal"] == UNKNOWN
+
+
+def test_locality_labels_are_the_workloads_locality():
+    east = wpb.Workload(name="a", namespace="ns", locality=wpb.Locality(region="eu-west", zone="eu-west-1b"))
+    labels = tcp_labels(reporter="source", source=east, source_principal=None, destination=None,
+                        destination_principal=None, destination_service=None, mutual_tls=False)
+    assert {k: labels[k] for k in ("source_region", "source_zone", "destination_region", "destination_zone")} == {
+        "source_region": "eu-west", "source_zone": "eu-west-1b", "destination_region": UNKNOWN,
+        "destination_zone": UNKNOWN}
 
 
 def test_reporter_is_checked():
@@ -153,25 +164,28 @@ def test_exposition_has_istios_names_and_values():
     assert samples(metrics)[key("istio_tcp_sent_bytes_total", outbound)] == 0  # exists from the start
     metrics.add_bytes(outbound, sent=100, received=10)
     metrics.closed(outbound, sent=5, received=1)
-    denied = {**inbound, "response_flags": FLAG_DENIED}
-    metrics.closed(denied)
+    metrics.closed(outbound, sent=1, received=0, response_flags=FLAG_CONNECT_FAILED)
+    metrics.closed(inbound, response_flags=FLAG_DENIED)  # opened under "-", closed under DENY
+    denied = {**inbound, "response_flags": "DENY"}
+    failed = {**outbound, "response_flags": "CONNECT"}
     values = samples(metrics)
     assert values == {
         key("istio_tcp_connections_opened_total", outbound): 2,
         key("istio_tcp_connections_opened_total", inbound): 1,
         key("istio_tcp_connections_closed_total", outbound): 1,
+        key("istio_tcp_connections_closed_total", failed): 1,
         key("istio_tcp_connections_closed_total", denied): 1,
-        key("istio_tcp_sent_bytes_total", outbound): 105,
+        key("istio_tcp_connections_failed_total", failed): 1,
+        key("istio_tcp_sent_bytes_total", outbound): 106,  # bytes stay under the labels opened with
         key("istio_tcp_received_bytes_total", outbound): 11,
         key("istio_tcp_sent_bytes_total", inbound): 0,
         key("istio_tcp_received_bytes_total", inbound): 0,
-        key("istio_tcp_sent_bytes_total", denied): 0,
-        key("istio_tcp_received_bytes_total", denied): 0,
         ("istio_build", (("component", "ztunnel"), ("tag", "1.2.3"))): 1,
     }
     text = metrics.exposition().decode()
     for name in ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
-                 "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"):
+                 "istio_tcp_connections_failed_total", "istio_tcp_sent_bytes_total",
+                 "istio_tcp_received_bytes_total"):
         assert f"# TYPE {name} counter" in text
     assert "_created" not in text
     assert outbound["connection_security_policy"] == MUTUAL_TLS
@@ -187,6 +201,8 @@ def test_label_sets_other_than_tcp_labels_are_refused():
         metrics.closed({**labels, "pod": "x"})
     with pytest.raises(ValueError, match="negative"):
         metrics.add_bytes(labels, sent=-1, received=0)
+    with pytest.raises(ValueError, match="response_flags"):
+        metrics.closed(labels, response_flags="UF")
 
 
 def test_label_values_are_escaped_for_any_text():

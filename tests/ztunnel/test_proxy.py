@@ -23,6 +23,7 @@ import contextlib
 import functools
 import io
 import json
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -398,17 +399,20 @@ async def test_outbound_to_a_pod_goes_over_hbone_to_its_ztunnel_and_the_app_sees
     assert [ip for ip, _ in app.peers] == [CLIENT_IP]  # from the client's own address, not ztunnel's
     lines = mesh.log()
     outbound = only(lines, direction="outbound")
-    assert {k: outbound[k] for k in ("message", "protocol", "src.workload", "src.identity", "dst.addr",
-                                     "dst.workload", "dst.identity", "bytes_sent", "bytes_recv")} == {
-        "message": "connection complete", "protocol": "HBONE", "src.workload": "shop/client",
-        "src.identity": str(CLIENT), "dst.addr": f"{WEB_IP}:{APP_PORT}", "dst.workload": "shop/web-0",
-        "dst.identity": str(WEB), "bytes_sent": 22, "bytes_recv": 22}
+    assert {k: outbound[k] for k in ("message", "protocol", "src.workload", "src.namespace", "src.identity",
+                                     "dst.addr", "dst.hbone_addr", "dst.workload", "dst.namespace", "dst.identity",
+                                     "bytes_sent", "bytes_recv")} == {
+        "message": "connection complete", "protocol": "HBONE", "src.workload": "client", "src.namespace": "shop",
+        "src.identity": str(CLIENT), "dst.addr": f"{WEB_IP}:15008", "dst.hbone_addr": f"{WEB_IP}:{APP_PORT}",
+        "dst.workload": "web-0", "dst.namespace": "shop", "dst.identity": str(WEB), "bytes_sent": 22,
+        "bytes_recv": 22}
+    assert re.fullmatch(r"\d+ms", outbound["duration"])
     inbound = only(lines, direction="inbound")
     assert {k: inbound[k] for k in ("message", "protocol", "src.workload", "src.identity", "dst.addr",
-                                    "dst.workload", "decision")} == {
-        "message": "connection complete", "protocol": "HBONE", "src.workload": "shop/client",
-        "src.identity": str(CLIENT), "dst.addr": f"{WEB_IP}:{APP_PORT}", "dst.workload": "shop/web-0",
-        "decision": "allow"}
+                                    "dst.hbone_addr", "dst.workload", "decision")} == {
+        "message": "connection complete", "protocol": "HBONE", "src.workload": "client",
+        "src.identity": str(CLIENT), "dst.addr": f"{WEB_IP}:{APP_PORT}", "dst.hbone_addr": f"{WEB_IP}:{APP_PORT}",
+        "dst.workload": "web-0", "decision": "allow"}
     assert inbound["src.addr"] == outbound["src.addr"]  # the client's address, forwarded in the CONNECT
     for reporter in ("source", "destination"):
         labels = dict(reporter=reporter, source_workload="client", destination_workload="web-0",
@@ -426,10 +430,12 @@ async def test_outbound_to_a_service_vip_reaches_an_endpoint_on_its_target_port(
         await mesh.settled()
     assert [ip for ip, _ in app.peers] == [CLIENT_IP]
     outbound = only(mesh.log(), direction="outbound")
-    assert (outbound["dst.addr"], outbound["dst.service"], outbound["dst.workload"]) == (
-        f"{WEB_VIP}:80", WEB_SERVICE, "shop/web-0")
-    assert mesh.counted("connections_opened", reporter="source", destination_service="web.shop.svc.cluster.local",
-                        destination_service_name="web") == 1
+    assert (outbound["dst.hbone_addr"], outbound["dst.service"], outbound["dst.workload"]) == (
+        f"{WEB_IP}:{APP_PORT}", "web.shop.svc.cluster.local", "web-0")
+    # Both reporters name the service: the destination guesses it from the port its app was asked on.
+    for reporter in ("source", "destination"):
+        assert mesh.counted("connections_opened", reporter=reporter, destination_service="web.shop.svc.cluster.local",
+                            destination_service_name="web", destination_service_namespace="shop") == 1
 
 
 async def test_outbound_to_a_pod_with_a_waypoint_goes_to_the_waypoint(authority):
@@ -444,7 +450,7 @@ async def test_outbound_to_a_pod_with_a_waypoint_goes_to_the_waypoint(authority)
     assert forwarded is not None and forwarded[0] == CLIENT_IP
     outbound = only(mesh.log(), direction="outbound")
     assert (outbound["message"], outbound["protocol"], outbound["dst.workload"], outbound["dst.identity"]) == (
-        "connection complete", "HBONE", "shop/db", str(WAYPOINT))
+        "connection complete", "HBONE", "db", str(WAYPOINT))
 
 
 async def test_outbound_to_an_address_outside_the_mesh_passes_through_in_plaintext(authority):
@@ -458,7 +464,8 @@ async def test_outbound_to_an_address_outside_the_mesh_passes_through_in_plainte
     assert (outbound["message"], outbound["protocol"], outbound["dst.addr"]) == (
         "connection complete", "TCP", f"{OFF_MESH_IP}:{outside.address[1]}")
     assert "dst.identity" not in outbound and "dst.workload" not in outbound
-    assert mesh.counted("connections_opened", reporter="source", connection_security_policy="none") == 1
+    assert "dst.hbone_addr" not in outbound and "src.identity" not in outbound  # plaintext proves no identity
+    assert mesh.counted("connections_opened", reporter="source", connection_security_policy="unknown") == 1
 
 
 async def test_outbound_the_plan_refuses_is_reset(authority):
@@ -486,6 +493,12 @@ async def test_outbound_the_far_side_denies_is_reset_and_logged_denied(authority
     inbound = only(lines, direction="inbound")
     assert (inbound["message"], inbound["policy"], inbound["reason"]) == (
         "connection denied", "shop/deny-admin-port", "denied by DENY policy shop/deny-admin-port")
+    # Both sides count it opened, then closed with DENY; neither as a failed connect.
+    for reporter in ("source", "destination"):
+        assert mesh.counted("connections_opened", reporter=reporter, response_flags="-") == 1
+        assert mesh.counted("connections_closed", reporter=reporter, response_flags="DENY") == 1
+        assert mesh.counted("connections_closed", reporter=reporter) == 1
+    assert mesh.counted("connections_failed") == 0
 
 
 async def test_outbound_to_an_unreachable_address_is_reset_with_the_reason(authority):
@@ -498,6 +511,8 @@ async def test_outbound_to_an_unreachable_address_is_reset_with_the_reason(autho
             await mesh.settled()
     outbound = only(mesh.log(), direction="outbound")
     assert outbound["message"] == "connection failed"
+    assert mesh.counted("connections_closed", reporter="source", response_flags="CONNECT") == 1
+    assert mesh.counted("connections_failed", reporter="source", response_flags="CONNECT") == 1
     assert outbound["error"].startswith(f"cannot reach {OFF_MESH_IP}:")
     assert "refused" in outbound["error"].lower()
 
@@ -516,7 +531,7 @@ async def test_inbound_allowed_connect_reaches_the_app_from_the_peers_address(au
     inbound = only(mesh.log(), direction="inbound")
     assert {k: inbound[k] for k in ("message", "src.addr", "src.workload", "src.identity", "dst.identity",
                                     "decision", "reason")} == {
-        "message": "connection complete", "src.addr": f"{CLIENT_IP}:40000", "src.workload": "shop/client",
+        "message": "connection complete", "src.addr": f"{CLIENT_IP}:40000", "src.workload": "client",
         "src.identity": str(CLIENT), "dst.identity": str(WEB), "decision": "allow", "reason": "no ALLOW policies"}
 
 
@@ -532,7 +547,8 @@ async def test_inbound_denied_by_policy_is_401_and_never_reaches_the_app(authori
     inbound = only(mesh.log(), direction="inbound")
     assert (inbound["message"], inbound["decision"], inbound["policy"]) == (
         "connection denied", "deny", "shop/deny-admin-port")
-    assert mesh.counted("connections_opened", reporter="destination") == 0  # denied at once: never opened
+    assert mesh.counted("connections_opened", reporter="destination", response_flags="-") == 1  # as Istio's ztunnel
+    assert mesh.counted("connections_closed", reporter="destination", response_flags="DENY") == 1
 
 
 async def test_inbound_to_a_pod_with_a_waypoint_from_elsewhere_is_401(authority):
@@ -557,6 +573,7 @@ async def test_inbound_when_the_app_refuses_is_503(authority):
     inbound = only(mesh.log(), direction="inbound")
     assert inbound["message"] == "connection failed"
     assert inbound["error"].startswith(f"the app at {WEB_IP}:{DEAD_PORT} did not accept: ")
+    assert mesh.counted("connections_failed", reporter="destination", response_flags="CONNECT") == 1
 
 
 @pytest.mark.parametrize("own_port", [15001, 15006, 15008])
@@ -621,4 +638,7 @@ async def test_inbound_plaintext_is_decided_without_an_identity(authority):
     lines = mesh.log()
     assert [(line["protocol"], line["message"], line.get("src.identity")) for line in lines] == [
         ("TCP", "connection complete", None), ("TCP", "connection denied", None)]
-    assert mesh.counted("connections_opened", reporter="destination", connection_security_policy="none") == 1
+    # As Istio's ztunnel: plaintext is "unknown"; the denied one is opened too, and closed with DENY.
+    assert mesh.counted("connections_opened", reporter="destination", connection_security_policy="unknown") == 2
+    assert mesh.counted("connections_closed", reporter="destination", connection_security_policy="unknown",
+                        response_flags="DENY") == 1
