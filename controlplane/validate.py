@@ -20,11 +20,12 @@ from pathlib import Path
 from controlplane import authz
 from mesh import resources as r
 from mesh.parse import parse_paths
-from mesh.source import Problem, Severity
+from mesh.source import Code, Problem, Severity
 
 
-def _problem(resource: r.Resource, field: str, message: str, severity: Severity = Severity.ERROR) -> Problem:
-    return Problem(severity, resource.origin.file, resource.origin.line, resource.label, field, message)
+def _problem(resource: r.Resource, field: str, message: str, severity: Severity = Severity.ERROR,
+             code: str = "") -> Problem:
+    return Problem(severity, resource.origin.file, resource.origin.line, resource.label, field, message, code)
 
 
 def _pods_by_namespace(resources: Iterable[r.Resource]) -> dict[str, list[r.Pod]]:
@@ -60,6 +61,10 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                 problems.append(_problem(res, f"metadata.labels[{r.USE_WAYPOINT}]",
                                          f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})"))
 
+        problems.extend(_dataplane_mode(res))
+        if isinstance(res, r.Service) and res.selector:
+            problems.extend(_target_port_names(res, pods))
+
         selector_field = {r.Service: "spec.selector", r.AuthorizationPolicy: "spec.selector.matchLabels",
                           r.PeerAuthentication: "spec.selector.matchLabels"}.get(type(res))
         selector = getattr(res, "selector", None)
@@ -88,6 +93,45 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
             if not res.enforced_at_l7:
                 in_namespace = sorted(name for ns, name in gateways if ns == res.meta.namespace)
                 problems.extend(_l7_at_l4(res, in_namespace))
+    return problems
+
+
+def _dataplane_mode(res: r.Resource) -> list[Problem]:
+    """``istio.io/dataplane-mode`` other than ``ambient`` or ``none``: istio-cni ignores it (on a pod it
+    does not opt out; on a namespace it does not enrol), which a typo should not do silently."""
+    follows = "neither enrolled nor opted out by it: {} the namespace's mode"
+    if isinstance(res, r.Deployment):
+        labels, where, effect = res.template_labels, "spec.template.metadata.labels", follows.format("its pods follow")
+    elif isinstance(res, r.Pod):
+        labels, where, effect = res.meta.labels, "metadata.labels", follows.format("the pod follows")
+    elif isinstance(res, r.Namespace):
+        labels, where, effect = res.meta.labels, "metadata.labels", "its pods are not enrolled by it"
+    else:
+        return []
+    mode = labels.get(r.DATAPLANE_MODE)
+    if mode is None or mode in ("ambient", "none"):
+        return []
+    hint = f" (values are case-sensitive: write {mode.lower()!r})" if mode.lower() in ("ambient", "none") else ""
+    return [_problem(res, f"{where}[{r.DATAPLANE_MODE}]", f"{mode!r} is neither 'ambient' nor 'none', so it is "
+                     f"ignored: {effect}{hint}", Severity.WARNING, Code.DATAPLANE_MODE)]
+
+
+def _target_port_names(service: r.Service, pods: dict[str, list[r.Pod]]) -> list[Problem]:
+    """A named targetPort that none of the selected pods declares: the Service has no endpoint on
+    that port (as Kubernetes). Nothing to say when it selects no pod (reported on its own)."""
+    selected = [p for p in pods.get(service.meta.namespace, ())
+                if all(p.meta.labels.get(k) == v for k, v in (service.selector or {}).items())]
+    problems = []
+    for i, port in enumerate(service.ports):
+        if not isinstance(port.target_port, str) or not selected:
+            continue
+        if not any(c.name == port.target_port and c.protocol == port.protocol
+                   for p in selected for container in p.spec.containers for c in container.ports):
+            problems.append(_problem(service, f"spec.ports[{i}].targetPort",
+                                     f"no container of the {len(selected)} pod(s) it selects declares a "
+                                     f"{port.protocol} port named {port.target_port!r}: port {port.port} has no "
+                                     "endpoints",
+                                     Severity.WARNING, Code.TARGET_PORT))
     return problems
 
 

@@ -9,7 +9,8 @@ Workload.
 
 The label rules (DESIGN.md section 2, as in Istio):
 - enrolment: pod label ``istio.io/dataplane-mode`` (``ambient`` or ``none``) wins over the
-  namespace's; enrolled workloads get tunnel protocol HBONE, others NONE.
+  namespace's; another value on the pod is ignored, as istio-cni does; enrolled workloads get tunnel
+  protocol HBONE, others NONE.
 - waypoint: ``istio.io/use-waypoint`` on the pod (for Workloads) or the Service, else on the
   namespace; ``none`` opts out of the namespace's; ``istio.io/use-waypoint-namespace`` names another
   namespace. It applies only if that waypoint Gateway exists and serves that kind of traffic
@@ -173,10 +174,12 @@ def service_key(namespace: str, hostname: str) -> str:
 
 
 def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
-    mode = pod_labels.get(r.DATAPLANE_MODE)
-    if mode is not None:
-        return mode == "ambient"
-    return namespace_labels.get(r.DATAPLANE_MODE) == "ambient"
+    """As istio-cni decides: the pod or its namespace says ``ambient`` and the pod does not say
+    ``none``. Any other value (``Ambient``, ``sidecar``) is no opinion: it neither enrols nor opts out."""
+    pod_mode = pod_labels.get(r.DATAPLANE_MODE)
+    if pod_mode == "none":
+        return False
+    return pod_mode == "ambient" or namespace_labels.get(r.DATAPLANE_MODE) == "ambient"
 
 
 def waypoint_ref(own: r.Meta, namespace_labels: Mapping[str, str]) -> tuple[str, str] | None:

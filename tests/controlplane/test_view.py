@@ -161,6 +161,11 @@ def ip(text: str) -> bytes:
     pytest.param({r.DATAPLANE_MODE: "sidecar"}, {}, wpb.NONE, id="other-namespace-value-is-not-ambient"),
     pytest.param(None, {}, wpb.NONE, id="undeclared-namespace"),
     pytest.param(None, AMBIENT, wpb.HBONE, id="undeclared-namespace-pod-ambient"),
+    # As istio-cni: only "none" on the pod opts out; another value neither enrols nor opts out.
+    pytest.param(AMBIENT, {r.DATAPLANE_MODE: "sidecar"}, wpb.HBONE, id="other-pod-value-does-not-opt-out"),
+    pytest.param(AMBIENT, {r.DATAPLANE_MODE: "Ambient"}, wpb.HBONE, id="wrong-case-pod-value-does-not-opt-out"),
+    pytest.param({}, {r.DATAPLANE_MODE: "Ambient"}, wpb.NONE, id="wrong-case-pod-value-does-not-enrol"),
+    pytest.param({r.DATAPLANE_MODE: "Ambient"}, {}, wpb.NONE, id="wrong-case-namespace-value-does-not-enrol"),
 ])
 def test_enrolment(ns_labels, pod_labels, expected):
     docs = [pod("a", labels=pod_labels)]

@@ -616,3 +616,56 @@ def test_policy_actions_ztunnel_does_not_enforce_are_a_warning_not_an_error(acti
     assert [str(p) for p in problems] == [
         f"x.yaml:6: AuthorizationPolicy shop/ext-authz: spec.action: warning: {message}"]
     assert [type(res).__name__ for res in result.resources] == ["AuthorizationPolicy", "Pod"]
+
+
+ENROLMENT = """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/dataplane-mode: %s}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web, istio.io/dataplane-mode: %s}
+spec:
+  containers: [{name: web, ports: [{name: http, containerPort: 8080}]}]
+"""
+
+
+@pytest.mark.parametrize("ns_mode, pod_mode, warnings", [
+    ("ambient", "none", []),
+    ("ambient", "Ambient", ["x.yaml:7: Pod shop/web: metadata.labels[istio.io/dataplane-mode]: warning: 'Ambient' is "
+                            "neither 'ambient' nor 'none', so it is ignored: neither enrolled nor opted out by it: the "
+                            "pod follows the namespace's mode (values are case-sensitive: write 'ambient')"]),
+    ("ambient", "sidecar", ["x.yaml:7: Pod shop/web: metadata.labels[istio.io/dataplane-mode]: warning: 'sidecar' is "
+                            "neither 'ambient' nor 'none', so it is ignored: neither enrolled nor opted out by it: the "
+                            "pod follows the namespace's mode"]),
+    ("AMBIENT", "none", ["x.yaml:1: Namespace shop: metadata.labels[istio.io/dataplane-mode]: warning: 'AMBIENT' is "
+                         "neither 'ambient' nor 'none', so it is ignored: its pods are not enrolled by it (values are "
+                         "case-sensitive: write 'ambient')"]),
+])
+def test_dataplane_mode_values_istio_cni_ignores_are_warnings(ns_mode, pod_mode, warnings):
+    result = parse_text(ENROLMENT % (ns_mode, pod_mode), "x.yaml")
+    assert result.problems == []
+    problems = cross_check(result.resources)
+    assert [str(p) for p in problems] == warnings
+    assert {p.code for p in problems} <= {"AMB0105"}
+
+
+@pytest.mark.parametrize("target_port, warnings", [
+    ("http", []),
+    (8080, []),
+    ("grpc", ["x.yaml:16: Service shop/web: spec.ports[0].targetPort: warning: no container of the 1 pod(s) it "
+              "selects declares a TCP port named 'grpc': port 80 has no endpoints"]),
+])
+def test_a_target_port_name_no_selected_container_declares_is_a_warning(target_port, warnings):
+    text = ENROLMENT % ("ambient", "ambient") + "---\napiVersion: v1\nkind: Service\n" \
+        f"metadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{app: web}}\n" \
+        f"  ports: [{{port: 80, targetPort: {target_port}}}]\n"
+    result = parse_text(text, "x.yaml")
+    assert result.problems == []
+    assert [str(p) for p in cross_check(result.resources)] == warnings
