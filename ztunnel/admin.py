@@ -1,20 +1,25 @@
-"""ztunnel's node ports: admin (``/config_dump``), stats (``/metrics``) and readiness (DESIGN.md section 7).
+"""ztunnel's node ports: admin (``/config_dump``, ``/logging``, ``/quitquitquit``), stats (``/metrics``)
+and readiness (DESIGN.md section 7).
 
 ``serve_http`` is a small HTTP/1.1 server: h11 parses and frames, this module only moves bytes and
 routes. It binds, reports the bound port through ``task_status.started``, then serves each accepted
 connection in its own task (``trio.serve_listeners``, which also rides out EMFILE). Per connection,
 one exchange after another (keep-alive, pipelining): read a whole request, look its path up (query
-string ignored), call the handler, send the response; a request body is read and discarded. The
+string apart), call the handler, send the response; a request body is read and discarded. The
 peer's faults end only its own connection: a malformed request, or a head over
 ``MAX_REQUEST_HEAD`` bytes, gets h11's status hint (400, 431), a body over ``MAX_REQUEST_BODY``
 bytes a 413, each with ``Connection: close``; an exchange that takes longer than
 ``request_timeout`` (a slow or silent client, an idle keep-alive connection) closes the
-connection. Handlers are plain functions of no arguments that return a ``Response``; one that
-raises gets a 500 with a one-line message, and the exception is logged. Unknown paths are 404
-(naming the known ones); methods other than GET and HEAD are 405.
+connection. A route is a plain function of no arguments (GET and HEAD), or a ``Route``: its
+methods, and a function of the ``Request`` (method, path, decoded query). Either returns a
+``Response``; one that raises gets a 500 with a one-line message, and the exception is logged.
+Unknown paths are 404 (naming the known ones); a method the route does not take is 405.
 
 ``ZtunnelAdmin`` builds the three route tables from an ``AdminView`` (what the ztunnel process
-knows: its config dump, its readiness, its metrics registry) and runs the three servers.
+knows: its config dump, its readiness, its metrics registry) and runs the three servers. As Istio's
+ztunnel (src/admin.rs), two admin routes act, and take POST only: ``/logging`` reads and changes
+the process's log levels (``LogLevels``), ``/quitquitquit`` sets ``quit_requested``, the event the
+ztunnel process waits on besides SIGTERM to drain and exit, and answers at once.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
+from urllib.parse import parse_qsl
 
 import h11
 import trio
@@ -48,7 +54,6 @@ REQUEST_TIMEOUT = 10.0  # seconds for one whole exchange, including the wait for
 LINGER_TIMEOUT = 1.0  # after a last response: time for the peer to read it before we close
 SERVER_NAME = "ambient-ztunnel"
 _RECEIVE_SIZE = 4 * 1024
-_ALLOWED_METHODS = (b"GET", b"HEAD")
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -69,6 +74,25 @@ class Response:
 
 
 Handler = Callable[[], Response]
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: Mapping[str, str]  # form-decoded; a name given twice keeps its last value, ``?x`` is ``""``
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route that takes other methods than GET and HEAD, or reads the request."""
+
+    handler: Callable[[Request], Response]
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    usage: str = ""  # appended to its 405
+
+
+Routes = Mapping[str, Handler | Route]
 
 
 class _BodyTooLarge(Exception):
@@ -101,14 +125,14 @@ def bound_port(listener: trio.SocketListener) -> int:
     return listener.socket.getsockname()[1]
 
 
-async def serve_listener(listener: trio.SocketListener, routes: Mapping[str, Handler], *,
+async def serve_listener(listener: trio.SocketListener, routes: Routes, *,
                          request_timeout: float = REQUEST_TIMEOUT) -> None:
     """Serve ``routes`` (exact path → handler) on ``listener`` until cancelled; closes it then."""
     handler = partial(_serve_connection, routes=dict(routes), request_timeout=request_timeout)
     await trio.serve_listeners(handler, [listener])
 
 
-async def serve_http(listen: tuple[str, int], routes: Mapping[str, Handler], *,
+async def serve_http(listen: tuple[str, int], routes: Routes, *,
                      request_timeout: float = REQUEST_TIMEOUT,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``routes`` (exact path → handler) over HTTP/1.1 on ``listen`` until cancelled.
@@ -120,7 +144,7 @@ async def serve_http(listen: tuple[str, int], routes: Mapping[str, Handler], *,
     await serve_listener(listener, routes, request_timeout=request_timeout)
 
 
-async def _serve_connection(stream: trio.abc.HalfCloseableStream, *, routes: Mapping[str, Handler],
+async def _serve_connection(stream: trio.abc.HalfCloseableStream, *, routes: Routes,
                             request_timeout: float) -> None:
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
     try:
@@ -141,7 +165,7 @@ async def _serve_connection(stream: trio.abc.HalfCloseableStream, *, routes: Map
         await trio.aclose_forcefully(stream)
 
 
-async def _exchange(stream: trio.abc.Stream, connection: h11.Connection, routes: Mapping[str, Handler]) -> bool:
+async def _exchange(stream: trio.abc.Stream, connection: h11.Connection, routes: Routes) -> bool:
     """Read one request and answer it; False if there was nothing to answer (the peer closed)."""
     try:
         request = await _read_request(stream, connection)
@@ -179,16 +203,20 @@ async def _read_request(stream: trio.abc.Stream, connection: h11.Connection) -> 
         # nothing else reaches a server before EndOfMessage: h11 would have raised
 
 
-def _dispatch(request: h11.Request, routes: Mapping[str, Handler]) -> Response:
-    path = request.target.split(b"?", 1)[0].split(b"#", 1)[0].decode("ascii", "replace")
-    handler = routes.get(path)
-    if handler is None:
+def _dispatch(request: h11.Request, routes: Routes) -> Response:
+    target = request.target.split(b"#", 1)[0].decode("ascii", "replace")
+    path, _, query = target.partition("?")
+    route = routes.get(path)
+    if route is None:
         return Response.text(404, f"no such path {path}; this port serves {', '.join(sorted(routes))}\n")
-    if request.method not in _ALLOWED_METHODS:
-        return Response.text(405, f"method {request.method.decode('ascii', 'replace')} not allowed on {path}\n",
-                             headers=(("Allow", "GET, HEAD"),))
+    if not isinstance(route, Route):
+        route = Route(_ignoring_request(route))
+    method = request.method.decode("ascii", "replace")
+    if method not in route.methods:
+        return Response.text(405, f"method {method} not allowed on {path}\n{route.usage}",
+                             headers=(("Allow", ", ".join(route.methods)),))
     try:
-        response = handler()
+        response = route.handler(Request(method, path, dict(parse_qsl(query, keep_blank_values=True))))
         if not isinstance(response, Response):
             raise TypeError(f"handler returned {type(response).__name__}, not a Response")
         return response
@@ -197,6 +225,10 @@ def _dispatch(request: h11.Request, routes: Mapping[str, Handler]) -> Response:
         message = str(exc).splitlines()[0] if str(exc) else ""
         return Response.text(500, f"internal error serving {path}: {type(exc).__name__}"
                                   f"{': ' + message if message else ''}\n")
+
+
+def _ignoring_request(handler: Handler) -> Callable[[Request], Response]:
+    return lambda _request: handler()
 
 
 async def _send(stream: trio.abc.Stream, connection: h11.Connection, response: Response, *,
@@ -229,6 +261,81 @@ async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
             pass
 
 
+# -- log levels, as /logging reads and changes them
+
+# Istio ztunnel's level names; Python has no trace and no off: below DEBUG, above CRITICAL.
+LEVELS = {"off": logging.CRITICAL + 10, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO,
+          "debug": logging.DEBUG, "trace": logging.DEBUG - 5}
+
+LOGGING_USAGE = """\
+usage: POST /logging                                  (the current levels)
+       POST /logging?level=LEVEL                      (the default level)
+       POST /logging?level=NAME:LEVEL,NAME:LEVEL      (a logger's level, and its children's)
+       POST /logging?reset                            (the levels at start; with level=, then those)
+levels: error|warn|info|debug|trace|off
+names: logger names, e.g. ambient.ztunnel.proxy (NAME=LEVEL works too)
+"""
+
+
+def parse_levels(spec: str) -> tuple[str | None, dict[str, str]]:
+    """``level=``'s value: a default level (the last bare one, or None) and per-logger levels.
+
+    Raises ValueError, naming the clause, unless every comma-separated clause is a level or
+    ``NAME:LEVEL`` / ``NAME=LEVEL`` (a bare name, which tracing reads as trace, is refused as Istio does)."""
+    default: str | None = None
+    loggers: dict[str, str] = {}
+    for clause in spec.split(","):
+        name, sep, level = clause.strip().rpartition("=" if "=" in clause else ":")
+        level = level.strip().lower()
+        if level not in LEVELS or (sep and not name.strip()):
+            raise ValueError(f"level {clause!r} is invalid")
+        if sep:
+            loggers[name.strip()] = level
+        else:
+            default = level
+    return default, loggers
+
+
+class LogLevels:
+    """The levels of the process's loggers: a default (the root logger's) and per-logger levels.
+
+    Changes add to what is there, as Istio's ztunnel does: a bare level replaces the default and
+    keeps the per-logger ones; ``reset`` first goes back to the levels at start."""
+
+    def __init__(self, root: logging.Logger | None = None) -> None:
+        self.root = root if root is not None else logging.getLogger()
+        self.initial = self._name(self.root.level)
+        self.default = self.initial
+        self.loggers: dict[str, str] = {}
+
+    def describe(self) -> str:
+        """As tracing writes a filter: ``NAME=LEVEL`` for each logger set, then the default."""
+        return ",".join([*(f"{name}={level}" for name, level in sorted(self.loggers.items())), self.default])
+
+    def change(self, spec: str, reset: bool = False) -> None:
+        """Apply ``level=``'s value (raises ValueError, changing nothing, if it is invalid)."""
+        default, loggers = parse_levels(spec) if spec else (None, {})
+        if reset:
+            for name in self.loggers:
+                self.root.manager.getLogger(name).setLevel(logging.NOTSET)
+            self.loggers.clear()
+            self.default = self.initial
+        if default is not None:
+            self.default = default
+        self.loggers.update(loggers)
+        self.root.setLevel(LEVELS[self.default])
+        for name, level in self.loggers.items():
+            self.root.manager.getLogger(name).setLevel(LEVELS[level])
+        log.info("log levels now %s", self.describe())
+
+    @staticmethod
+    def _name(level: int) -> str:
+        for name, value in sorted(LEVELS.items(), key=lambda item: item[1]):
+            if level <= value:
+                return name
+        return "off"
+
+
 # -- ztunnel's three servers
 
 
@@ -248,19 +355,24 @@ class AdminView(Protocol):
 class ZtunnelAdmin:
     """The admin, stats and readiness servers of one ztunnel, over ``view``."""
 
-    def __init__(self, view: AdminView) -> None:
+    def __init__(self, view: AdminView, log_levels: LogLevels | None = None) -> None:
         self.view = view
+        self.log_levels = log_levels if log_levels is not None else LogLevels()
+        self.quit_requested = trio.Event()  # set by POST /quitquitquit: drain and exit, as on SIGTERM
 
-    def admin_routes(self) -> dict[str, Handler]:
-        routes: dict[str, Handler] = {"/config_dump": self.config_dump, "/healthz/ready": self.readiness}
+    def admin_routes(self) -> dict[str, Handler | Route]:
+        routes: dict[str, Handler | Route] = {
+            "/config_dump": self.config_dump, "/healthz/ready": self.readiness,
+            "/logging": Route(self.handle_logging, methods=("POST",), usage=LOGGING_USAGE),
+            "/quitquitquit": Route(self.handle_quitquitquit, methods=("POST",))}
         listing = "".join(f"  {path}\n" for path in sorted([*routes, "/"]))
         routes["/"] = lambda: Response.text(200, f"ztunnel admin:\n{listing}")
         return routes
 
-    def stats_routes(self) -> dict[str, Handler]:
+    def stats_routes(self) -> Routes:
         return {"/metrics": self.metrics, "/stats/prometheus": self.metrics}
 
-    def readiness_routes(self) -> dict[str, Handler]:
+    def readiness_routes(self) -> Routes:
         return {"/healthz/ready": self.readiness}
 
     def config_dump(self) -> Response:
@@ -275,6 +387,23 @@ class ZtunnelAdmin:
             return Response.text(200, "ready\n")
         return Response.text(503, f"not ready: {reason}\n")
 
+    def handle_logging(self, request: Request) -> Response:
+        """Istio's answers: the levels now (200), or 400 with the usage; ``?x=debug`` alone lists."""
+        level = request.query.get("level", "")
+        reset = "reset" in request.query
+        if level or reset:
+            try:
+                self.log_levels.change(level, reset=reset)
+            except ValueError:
+                return Response.text(400, f"Invalid level provided: {level}\n{LOGGING_USAGE}")
+        return Response.text(200, f"current log level is {self.log_levels.describe()}\n")
+
+    def handle_quitquitquit(self, _request: Request) -> Response:
+        if not self.quit_requested.is_set():
+            log.info("/quitquitquit: draining")
+            self.quit_requested.set()
+        return Response.text(200, "shutdown now\n")
+
     async def run(self, admin_listen: tuple[str, int] = DEFAULT_ADMIN_LISTEN,
                   stats_listen: tuple[str, int] = DEFAULT_STATS_LISTEN,
                   ready_listen: tuple[str, int] = DEFAULT_READINESS_LISTEN, *,
@@ -282,8 +411,9 @@ class ZtunnelAdmin:
         """Serve the three ports until cancelled; ``task_status.started({"admin": port, "stats":
         port, "readiness": port})`` once all three are bound. All three are bound before any is
         served: a failure to bind one raises OSError (naming its address) and closes the others."""
-        tables = {"admin": (admin_listen, self.admin_routes()), "stats": (stats_listen, self.stats_routes()),
-                  "readiness": (ready_listen, self.readiness_routes())}
+        tables: dict[str, tuple[tuple[str, int], Routes]] = {
+            "admin": (admin_listen, self.admin_routes()), "stats": (stats_listen, self.stats_routes()),
+            "readiness": (ready_listen, self.readiness_routes())}
         listeners: dict[str, trio.SocketListener] = {}
         try:
             for name, (listen, _) in tables.items():

@@ -2,7 +2,8 @@
 
 The process connects to the control plane with the node's token (discovery, and the CA on behalf of
 the workloads on its node), follows the node agent over ZDS, and serves the admin (15000, loopback),
-stats (15020) and readiness (15021) ports. SIGTERM or SIGINT: drain (DESIGN.md section 7), exit.
+stats (15020) and readiness (15021) ports. SIGTERM, SIGINT or ``POST /quitquitquit`` on the admin
+port: drain (DESIGN.md section 7), exit. ``POST /logging`` there changes the log levels live.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import trio
 
 log = logging.getLogger("ambient.ztunnel")
 
@@ -59,6 +65,22 @@ class _AdminView:
         return self._ztunnel.ready()
 
 
+async def wait_for_stop(signals: AsyncIterator[int], quit_requested: trio.Event) -> str:
+    """Wait for the first request to stop: a signal (its name), or ``/quitquitquit`` (the admin
+    port's ``quit_requested``)."""
+    from mesh.concurrency import first_of
+
+    received: list[int] = []
+
+    async def next_signal() -> None:
+        async for signum in signals:
+            received.append(signum)
+            return
+
+    first = await first_of(next_signal, quit_requested.wait)
+    return signal.Signals(received[0]).name if first == 0 else "/quitquitquit"
+
+
 def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
@@ -93,11 +115,9 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
                 await nursery.start(ztunnel.run)
                 print(f"ztunnel of {args.node} running (admin {ports['admin']}, stats {ports['stats']}, "
                       f"readiness {ports['readiness']}), following the node agent at {args.zds}", flush=True)
-                async for signum in signals:
-                    log.info("%s: draining", signal.Signals(signum).name)
-                    await ztunnel.drain()
-                    nursery.cancel_scope.cancel()
-                    break
+                log.info("%s: draining", await wait_for_stop(signals, admin.quit_requested))
+                await ztunnel.drain()
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)

@@ -16,7 +16,9 @@ from ztunnel.admin import (
     MAX_REQUEST_HEAD,
     READINESS_PORT,
     STATS_PORT,
+    LogLevels,
     Response,
+    Route,
     ZtunnelAdmin,
     bind_tcp,
     serve_http,
@@ -60,6 +62,7 @@ class Client:
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
+                assert head is not None  # h11 gives the head before the end
                 return head, body
 
     async def aclose(self) -> None:
@@ -104,6 +107,9 @@ ROUTES = {
     "/data.json": lambda: Response.json({"a": 1}),
     "/boom": fail,
     "/wrong": lambda: "not a response",
+    "/echo": Route(lambda request: Response.json({"method": request.method, "path": request.path,
+                                                  "query": dict(request.query)}),
+                   methods=("POST", "PUT"), usage="usage: POST /echo\n"),
 }
 
 
@@ -135,7 +141,7 @@ async def test_head_has_the_headers_of_get_and_no_body(port):
 async def test_unknown_path_is_404_naming_the_known_ones(port):
     response, body = await get(port, "/nope")
     assert response.status_code == 404
-    assert body.decode() == "no such path /nope; this port serves /boom, /data.json, /hello, /wrong\n"
+    assert body.decode() == "no such path /nope; this port serves /boom, /data.json, /echo, /hello, /wrong\n"
 
 
 async def test_other_methods_are_405_and_the_connection_stays_usable(port):
@@ -147,6 +153,16 @@ async def test_other_methods_are_405_and_the_connection_stays_usable(port):
     response, body = await client.request("GET", "/hello")  # the body was read: keep-alive goes on
     assert (response.status_code, body) == (200, b"hello\n")
     await client.aclose()
+
+
+async def test_a_route_with_methods_reads_the_decoded_query(port):
+    response, body = await get(port, "/echo?level=a.b%3Ddebug&reset&level=x+y", method="POST")
+    assert response.status_code == 200
+    assert json.loads(body) == {"method": "POST", "path": "/echo", "query": {"level": "x y", "reset": ""}}
+    response, body = await get(port, "/echo")  # GET is not among its methods: 405, with its usage
+    assert response.status_code == 405
+    assert header(response, "Allow") == "POST, PUT"
+    assert body == b"method GET not allowed on /echo\nusage: POST /echo\n"
 
 
 async def test_keep_alive_two_requests_on_one_connection(port):
@@ -288,7 +304,8 @@ async def test_admin_port_serves_the_config_dump_and_an_index(admin):
     assert body.startswith(b'{\n  "node": "node-0"')  # indented
     response, body = await get(ports["admin"], "/")
     assert response.status_code == 200
-    assert body.decode().split() == ["ztunnel", "admin:", "/", "/config_dump", "/healthz/ready"]
+    assert body.decode().split() == ["ztunnel", "admin:", "/", "/config_dump", "/healthz/ready", "/logging",
+                                     "/quitquitquit"]
     response, _ = await get(ports["admin"], "/metrics")  # not on this port
     assert response.status_code == 404
 
@@ -333,3 +350,107 @@ async def test_run_binds_all_or_nothing(nursery):
         await ZtunnelAdmin(FakeView()).run((LOCAL, free), (LOCAL, taken), (LOCAL, 0))
     second = await bind_tcp((LOCAL, free))  # the admin socket bound first was closed
     await second.aclose()
+
+
+# -- /logging and /quitquitquit, as Istio's ztunnel
+
+
+def isolated_root(level: int) -> logging.Logger:
+    """A root logger with its own hierarchy, so that the tests do not change the process's levels."""
+    root = logging.RootLogger(level)
+    root.manager = logging.Manager(root)
+    return root
+
+
+@pytest.fixture
+async def levels_admin(nursery):
+    root = isolated_root(logging.INFO)
+    admin = ZtunnelAdmin(FakeView(), LogLevels(root))
+    ports = await nursery.start(admin.run, (LOCAL, 0), (LOCAL, 0), (LOCAL, 0))
+    return root, admin, ports["admin"]
+
+
+async def test_logging_post_lists_the_current_level(levels_admin):
+    _, _, port = levels_admin
+    response, body = await get(port, "/logging", method="POST")
+    assert (response.status_code, body) == (200, b"current log level is info\n")
+
+
+async def test_logging_get_is_405_with_the_usage(levels_admin):
+    root, _, port = levels_admin
+    response, body = await get(port, "/logging?level=debug")
+    assert response.status_code == 405
+    assert header(response, "Allow") == "POST"
+    assert b"usage: POST /logging" in body
+    assert root.level == logging.INFO  # nothing changed
+
+
+async def test_logging_sets_the_default_level_live(levels_admin):
+    root, _, port = levels_admin
+    proxy = root.manager.getLogger("ambient.ztunnel.proxy")
+    assert not proxy.isEnabledFor(logging.DEBUG)
+    response, body = await get(port, "/logging?level=debug", method="POST")
+    assert (response.status_code, body) == (200, b"current log level is debug\n")
+    assert proxy.isEnabledFor(logging.DEBUG)
+    response, body = await get(port, "/logging?level=off", method="POST")
+    assert body == b"current log level is off\n"
+    assert not proxy.isEnabledFor(logging.CRITICAL)
+
+
+async def test_logging_sets_one_loggers_level_and_keeps_the_others(levels_admin):
+    root, _, port = levels_admin
+    proxy, pool = root.manager.getLogger("ambient.ztunnel.proxy"), root.manager.getLogger("ambient.hbone.pool")
+    response, body = await get(port, "/logging?level=ambient.ztunnel:debug,ambient.hbone=error", method="POST")
+    assert response.status_code == 200
+    assert body == b"current log level is ambient.hbone=error,ambient.ztunnel=debug,info\n"
+    assert proxy.isEnabledFor(logging.DEBUG) and not pool.isEnabledFor(logging.WARNING)  # children too
+    assert root.isEnabledFor(logging.INFO) and not root.isEnabledFor(logging.DEBUG)
+    response, body = await get(port, "/logging?level=warn", method="POST")  # adds to what is there
+    assert body == b"current log level is ambient.hbone=error,ambient.ztunnel=debug,warn\n"
+    assert proxy.isEnabledFor(logging.DEBUG) and not root.isEnabledFor(logging.INFO)
+
+
+async def test_logging_reset_goes_back_to_the_levels_at_start(levels_admin):
+    root, _, port = levels_admin
+    proxy = root.manager.getLogger("ambient.ztunnel.proxy")
+    await get(port, "/logging?level=ambient.ztunnel.proxy:trace,error", method="POST")
+    response, body = await get(port, "/logging?reset", method="POST")
+    assert (response.status_code, body) == (200, b"current log level is info\n")
+    assert proxy.level == logging.NOTSET and proxy.isEnabledFor(logging.INFO)
+    assert not proxy.isEnabledFor(logging.DEBUG)
+    response, body = await get(port, "/logging?reset&level=ambient.ca:debug", method="POST")
+    assert body == b"current log level is ambient.ca=debug,info\n"
+
+
+@pytest.mark.parametrize("spec", ["verbose", "ambient.ztunnel", "ambient.ztunnel:loud", "debug,", ":debug",
+                                  "info,ambient.ca:nope"])
+async def test_logging_an_invalid_level_is_400_and_changes_nothing(levels_admin, spec):
+    root, admin, port = levels_admin
+    response, body = await get(port, f"/logging?level={spec}", method="POST")
+    assert response.status_code == 400
+    assert body.startswith(f"Invalid level provided: {spec}\n".encode())
+    assert b"usage: POST /logging" in body
+    assert (root.level, admin.log_levels.describe()) == (logging.INFO, "info")
+
+
+def test_log_levels_start_from_the_roots_level():
+    assert LogLevels(isolated_root(logging.WARNING)).describe() == "warn"
+    assert LogLevels(isolated_root(logging.DEBUG)).describe() == "debug"
+
+
+async def test_quitquitquit_answers_at_once_and_triggers_the_drain(levels_admin):
+    _, admin, port = levels_admin
+    assert not admin.quit_requested.is_set()
+    response, body = await get(port, "/quitquitquit", method="POST")
+    assert (response.status_code, body) == (200, b"shutdown now\n")
+    with trio.fail_after(5):
+        await admin.quit_requested.wait()  # what the ztunnel process waits on, besides SIGTERM
+
+
+async def test_quitquitquit_takes_post_only(levels_admin):
+    _, admin, port = levels_admin
+    for method in ("GET", "HEAD"):
+        response, _ = await get(port, "/quitquitquit", method=method)
+        assert response.status_code == 405
+        assert header(response, "Allow") == "POST"
+    assert not admin.quit_requested.is_set()
