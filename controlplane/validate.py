@@ -11,6 +11,7 @@ which then never matches; a warning in a DENY rule, which keeps its known fields
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections import defaultdict
@@ -59,7 +60,8 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
             namespace = res.meta.labels.get("istio.io/use-waypoint-namespace", namespace)
             if (namespace, waypoint) not in gateways:
                 problems.append(_problem(res, f"metadata.labels[{r.USE_WAYPOINT}]",
-                                         f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})"))
+                                         f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})",
+                                         code=Code.NOT_FOUND))
 
         problems.extend(_dataplane_mode(res))
         if isinstance(res, r.Service) and res.selector:
@@ -69,14 +71,15 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                           r.PeerAuthentication: "spec.selector.matchLabels"}.get(type(res))
         selector = getattr(res, "selector", None)
         if selector_field and selector and not _selects_a_pod(res, selector, pods):
-            problems.append(_problem(res, selector_field, "matches no pod", Severity.WARNING))
+            problems.append(_problem(res, selector_field, "matches no pod", Severity.WARNING, Code.MATCHES_NOTHING))
 
         if isinstance(res, r.HTTPRoute):
             for i, parent in enumerate(res.parents):
                 key = (parent.namespace or res.meta.namespace, parent.name)
                 present = services if parent.kind == "Service" else any_gateways
                 if key not in present:
-                    problems.append(_problem(res, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}"))
+                    problems.append(_problem(res, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}",
+                                             code=Code.NOT_FOUND))
 
         if isinstance(res, (r.AuthorizationPolicy, r.WasmPlugin)):
             for i, target in enumerate(res.target_refs):
@@ -86,7 +89,8 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                     problems.append(_problem(res, f"spec.targetRefs[{i}].kind",
                                              f"{target.kind!r} cannot be targeted (Gateway or Service)"))
                 elif key not in targetable:
-                    problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}"))
+                    problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}",
+                                             code=Code.NOT_FOUND))
 
         if isinstance(res, r.AuthorizationPolicy) and res.action in ("ALLOW", "DENY"):  # others: skipped
             problems.extend(_unknown_fields(res))
@@ -156,7 +160,8 @@ def _l7_at_l4(policy: r.AuthorizationPolicy, waypoints: list[str]) -> list[Probl
                 effect = "this DENY rule has no L4 fields left to match, so it has no effect at L4"
             what = f"L7 condition {names[0]} is" if condition else f"L7 fields {', '.join(map(_yaml_name, names))} are"
             problems.append(_problem(policy, f"spec.rules[{i}].{where}",
-                                     f"{what} enforced by a waypoint only; {effect} ({fix})", Severity.WARNING))
+                                     f"{what} enforced by a waypoint only; {effect} ({fix})", Severity.WARNING,
+                                     Code.L7_AT_L4))
     return problems
 
 
@@ -167,14 +172,15 @@ def _unknown_fields(policy: r.AuthorizationPolicy) -> list[Problem]:
         for where in rule.unknown:
             field = f"spec.rules[{i}].{where}"
             if policy.enforced_at_l7:
-                problems.append(_problem(policy, field, "unknown field, ignored", Severity.WARNING))
+                problems.append(_problem(policy, field, "unknown field, ignored", Severity.WARNING,
+                                         Code.UNKNOWN_RULE_FIELD))
             elif policy.action == "ALLOW":
                 problems.append(_problem(policy, field, "unknown field: the mesh does not understand it, so this "
-                                         "ALLOW rule never matches"))
+                                         "ALLOW rule never matches", code=Code.UNKNOWN_RULE_FIELD))
             else:
                 problems.append(_problem(policy, field, "unknown field, ignored: this rule is enforced with its "
                                          "known fields only, so it denies at least as much as written",
-                                         Severity.WARNING))
+                                         Severity.WARNING, Code.UNKNOWN_RULE_FIELD))
     return problems
 
 
@@ -191,7 +197,19 @@ def validate(paths: list[Path]) -> tuple[list[r.Resource], list[Problem]]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     cmd = subparsers.add_parser("validate", help="check Kubernetes-format YAML for the mesh")
     cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or directories of YAML")
+    cmd.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                     help="text: one line per finding, ending in its code; json: one document")
     cmd.set_defaults(func=run)
+
+
+def to_json(resources: list[r.Resource], problems: list[Problem]) -> dict:
+    """The ``-o json`` document: counts, then every finding with its stable code."""
+    errors = sum(p.severity is Severity.ERROR for p in problems)
+    return {
+        "resources": len(resources), "errors": errors, "warnings": len(problems) - errors,
+        "findings": [{"code": p.code, "severity": p.severity.value, "file": p.file, "line": p.line,
+                      "resource": p.resource, "field": p.field, "message": p.message} for p in problems],
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -200,9 +218,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"ambient: error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 1
     resources, problems = validate(args.paths)
-    for problem in sorted(problems, key=lambda p: (p.file, p.line)):
-        print(problem)
-    errors = sum(p.severity is Severity.ERROR for p in problems)
-    warnings = len(problems) - errors
-    print(f"{len(resources)} resources, {errors} errors, {warnings} warnings", file=sys.stderr)
-    return 1 if errors else 0
+    problems = sorted(problems, key=lambda p: (p.file, p.line))
+    summary = to_json(resources, problems)
+    if getattr(args, "output", "text") == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        for problem in problems:
+            print(f"{problem} [{problem.code}]")
+    print(f"{summary['resources']} resources, {summary['errors']} errors, {summary['warnings']} warnings",
+          file=sys.stderr)
+    return 1 if summary["errors"] else 0
