@@ -39,7 +39,7 @@ from controlplane import authz
 from mesh import resources as r
 from mesh.api import authorization_pb2, workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
-from mesh.identity import ROOT_NAMESPACE, SpiffeId
+from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
 from mesh.ports import HBONE_PORT
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -163,7 +163,14 @@ def waypoint_pod(gateway: r.Gateway) -> r.Pod:
 
 
 def workload_uid(config: MeshConfig, namespace: str, name: str) -> str:
-    return f"{config.cluster_id}//v1/Pod/{namespace}/{name}"
+    """A pod's discovery key as istiod writes it: ``<cluster>//Pod/<namespace>/<name>``."""
+    return f"{config.cluster_id}//Pod/{namespace}/{name}"
+
+
+def wire_trust_domain(config: MeshConfig) -> str:
+    """The trust domain as istiod puts it on a Workload: empty for the default ``cluster.local``
+    (ztunnel reads empty as that default), else the mesh's own."""
+    return "" if config.trust_domain == DEFAULT_TRUST_DOMAIN else config.trust_domain
 
 
 def service_key(namespace: str, hostname: str) -> str:
@@ -260,7 +267,7 @@ def _target_port(port: r.ServicePort, pod: r.Pod) -> int:
     return 0  # named port the pod does not have: no endpoint on that port
 
 
-def _canonical(pod: r.Pod) -> tuple[str, str, str, wpb.WorkloadType]:
+def _canonical(pod: r.Pod) -> tuple[str, str, str]:
     labels = pod.meta.labels
     kind, _, owner = pod.owner.partition("/")
     workload_name = owner if kind in ("Deployment", "Gateway") else pod.meta.name
@@ -268,7 +275,7 @@ def _canonical(pod: r.Pod) -> tuple[str, str, str, wpb.WorkloadType]:
             or labels.get("app") or workload_name)
     revision = (labels.get("service.istio.io/canonical-revision") or labels.get("app.kubernetes.io/version")
                 or labels.get("version") or "latest")
-    return name, revision, workload_name, wpb.DEPLOYMENT if kind in ("Deployment", "Gateway") else wpb.POD
+    return name, revision, workload_name
 
 
 def waypoint_service(gateway: r.Gateway) -> r.Service:
@@ -329,6 +336,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
 
     workloads: dict[str, wpb.Workload] = {}
     placements: dict[str, set[SpiffeId]] = defaultdict(set)
+    trust_domain = wire_trust_domain(config)
     identities: dict[tuple[str, str], SpiffeId] = {}
     for (namespace, name), pod in state.pods.items():
         identity = identities.get((namespace, pod.spec.service_account))
@@ -342,19 +350,19 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
         if status is None:
             continue
         labels = ns_labels(namespace)
-        canonical_name, revision, workload_name, workload_type = _canonical(pod)
+        canonical_name, revision, workload_name = _canonical(pod)
         uid = workload_uid(config, namespace, name)
         workloads[uid] = wpb.Workload(
             uid=uid, name=name, namespace=namespace,
             addresses=[socket.inet_aton(status.ip)],  # IPv4, checked by PodStatus
             network=config.network,
             tunnel_protocol=wpb.HBONE if is_enrolled(pod.meta.labels, labels) else wpb.NONE,
-            trust_domain=config.trust_domain,
+            trust_domain=trust_domain,
             service_account=pod.spec.service_account,
             waypoint=_waypoint_for(pod.meta, labels, state, "workload", config),
             node=node,
             canonical_name=canonical_name, canonical_revision=revision,
-            workload_type=workload_type, workload_name=workload_name,
+            workload_type=wpb.POD, workload_name=workload_name,  # as istiod: every pod is a POD
             services=backs.get((namespace, name), {}),
             authorization_policies=sorted(attached.get((namespace, name), ())),
             status=wpb.HEALTHY if status.ready else wpb.UNHEALTHY,

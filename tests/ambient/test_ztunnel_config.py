@@ -30,12 +30,12 @@ from ztunnel.admin import Response, serve_http
 SAMPLE = {
     "node": "node-0",
     "workloads": [
-        {"uid": "Kubernetes//v1/Pod/shop/web-0", "name": "web-0", "namespace": "shop", "serviceAccount": "web",
+        {"uid": "Kubernetes//Pod/shop/web-0", "name": "web-0", "namespace": "shop", "serviceAccount": "web",
          "node": "node-0", "workloadIps": ["10.244.0.11"], "protocol": "HBONE",
          "waypoint": {"destination": "shop/wp"}, "local": True},
-        {"uid": "Kubernetes//v1/Pod/shop/client", "name": "client", "namespace": "shop", "serviceAccount": "client",
+        {"uid": "Kubernetes//Pod/shop/client", "name": "client", "namespace": "shop", "serviceAccount": "client",
          "node": "node-1", "workloadIps": ["10.244.1.10"], "protocol": "HBONE", "local": False},
-        {"uid": "Kubernetes//v1/Pod/legacy/db", "name": "db", "namespace": "legacy", "serviceAccount": "default",
+        {"uid": "Kubernetes//Pod/legacy/db", "name": "db", "namespace": "legacy", "serviceAccount": "default",
          "node": "node-0", "workloadIps": [], "protocol": "TCP", "local": True},
     ],
     "services": [

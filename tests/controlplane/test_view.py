@@ -261,12 +261,19 @@ def test_workload_fields():
     view = build(namespace("shop", AMBIENT), pod("a", sa="web"), running=status,
                  config=MeshConfig(cluster_id="c1", network="n1"))
     (uid, w), = view.workloads.items()
-    assert uid == "c1//v1/Pod/shop/a" == w.uid
+    assert uid == "c1//Pod/shop/a" == w.uid  # as istiod names a pod: <cluster>//Pod/<ns>/<name>
+    # The default trust domain is left empty on the wire, as istiod does; ztunnel reads it as cluster.local.
     assert (w.name, w.namespace, w.service_account, w.node, w.network, w.cluster_id, w.trust_domain) == \
-        ("a", "shop", "web", "node-b", "n1", "c1", "cluster.local")
+        ("a", "shop", "web", "node-b", "n1", "c1", "")
     assert list(w.addresses) == [ip("10.244.1.7")]
     assert w.status == wpb.UNHEALTHY
     assert (w.workload_type, w.workload_name) == (wpb.POD, "a")
+
+
+def test_a_trust_domain_other_than_the_default_is_on_every_workload():
+    view = build(pod("a"), config=MeshConfig(trust_domain="example.org"))
+    (w,) = view.workloads.values()
+    assert w.trust_domain == "example.org"
 
 
 def test_pods_without_status_are_pending():
@@ -300,7 +307,7 @@ def test_deployment_pods_are_workloads():
     for w in workloads:
         assert w.name.startswith("web-")
         assert (w.workload_type, w.workload_name, w.canonical_name, w.canonical_revision, w.service_account) == \
-            (wpb.DEPLOYMENT, "web", "web", "v2", "web")
+            (wpb.POD, "web", "web", "v2", "web")  # as istiod: a pod is a POD; the owner names the workload
 
 
 @pytest.mark.parametrize("labels, expected", [

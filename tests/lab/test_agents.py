@@ -13,7 +13,7 @@ from lab.agents import AWAITING_ZTUNNEL, ENROLLED, NOT_LISTED, PENDING, AgentSta
 
 def agent_status(acknowledged: bool, pid: int = 4242) -> bytes:
     """A node agent's status.json with one pod: captured, and acknowledged by ztunnel or not."""
-    pod = {"namespace": "mesh", "name": "client", "uid": "Kubernetes//v1/Pod/mesh/client", "ip": "10.244.0.2",
+    pod = {"namespace": "mesh", "name": "client", "uid": "Kubernetes//Pod/mesh/client", "ip": "10.244.0.2",
            "captured": True, "acknowledged": acknowledged, "enrolled": acknowledged, "netns_inode": 4026532000,
            "error": None}
     return json.dumps({"node": "node-0", "pid": pid, "ztunnel_connected": True, "pods": [pod]}).encode()
