@@ -267,6 +267,21 @@ def _target_port(port: r.ServicePort, pod: r.Pod) -> int:
     return 0  # named port the pod does not have: no endpoint on that port
 
 
+_APP_PROTOCOLS = {"http": wpb.HTTP11, "http2": wpb.HTTP2, "grpc": wpb.GRPC}
+
+
+def app_protocol(port: r.ServicePort) -> wpb.AppProtocol:
+    """The application protocol istiod puts on a Service port: from ``appProtocol`` if set, else from
+    the port name's prefix before the first ``-`` (``http``, ``http2``, ``grpc``; any case). UDP and
+    SCTP ports, ``grpc-web`` and any other name are UNKNOWN."""
+    if port.protocol != "TCP":
+        return wpb.UNKNOWN
+    name = (port.app_protocol or port.name).lower()
+    if name.startswith("grpc-web"):  # its own protocol to Istio, not gRPC
+        return wpb.UNKNOWN
+    return _APP_PROTOCOLS.get(name.partition("-")[0], wpb.UNKNOWN)
+
+
 def _canonical(pod: r.Pod) -> tuple[str, str, str]:
     labels = pod.meta.labels
     kind, _, owner = pod.owner.partition("/")
@@ -307,8 +322,10 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
             name=name, namespace=namespace, hostname=hostname,
             addresses=[wpb.NetworkAddress(network=config.network, address=socket.inet_aton(vip))]
             if vip else [],
-            ports=[wpb.Port(service_port=p.port, target_port=p.target_port if isinstance(p.target_port, int) else 0)
-                   for p in svc.ports if p.protocol == "TCP"],
+            # Every port of the Service, as istiod lists them (a named targetPort is resolved per workload).
+            ports=[wpb.Port(service_port=p.port, target_port=p.target_port if isinstance(p.target_port, int) else 0,
+                            app_protocol=app_protocol(p))
+                   for p in svc.ports],
             waypoint=_waypoint_for(svc.meta, ns_labels(namespace), state, "service", config),
         )
         if not svc.selector:

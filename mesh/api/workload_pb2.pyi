@@ -19,6 +19,13 @@ class WorkloadType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POD: _ClassVar[WorkloadType]
     JOB: _ClassVar[WorkloadType]
 
+class AppProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNKNOWN: _ClassVar[AppProtocol]
+    HTTP11: _ClassVar[AppProtocol]
+    HTTP2: _ClassVar[AppProtocol]
+    GRPC: _ClassVar[AppProtocol]
+
 class TunnelProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NONE: _ClassVar[TunnelProtocol]
@@ -29,6 +36,10 @@ DEPLOYMENT: WorkloadType
 CRONJOB: WorkloadType
 POD: WorkloadType
 JOB: WorkloadType
+UNKNOWN: AppProtocol
+HTTP11: AppProtocol
+HTTP2: AppProtocol
+GRPC: AppProtocol
 NONE: TunnelProtocol
 HBONE: TunnelProtocol
 
@@ -128,12 +139,14 @@ class PortList(_message.Message):
     def __init__(self, ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ...) -> None: ...
 
 class Port(_message.Message):
-    __slots__ = ("service_port", "target_port")
+    __slots__ = ("service_port", "target_port", "app_protocol")
     SERVICE_PORT_FIELD_NUMBER: _ClassVar[int]
     TARGET_PORT_FIELD_NUMBER: _ClassVar[int]
+    APP_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     service_port: int
     target_port: int
-    def __init__(self, service_port: _Optional[int] = ..., target_port: _Optional[int] = ...) -> None: ...
+    app_protocol: AppProtocol
+    def __init__(self, service_port: _Optional[int] = ..., target_port: _Optional[int] = ..., app_protocol: _Optional[_Union[AppProtocol, str]] = ...) -> None: ...
 
 class GatewayAddress(_message.Message):
     __slots__ = ("hostname", "address", "hbone_mtls_port")

@@ -349,9 +349,41 @@ def test_service_vip_and_headless():
 ])
 def test_service_ports(container_ports, expected):
     view = build(service("web", ports=((80, 8080), (81, "http"), (53, 53, "UDP"))), pod("web", ports=container_ports))
-    # The Service itself: numeric targets, 0 for a named one (resolved per workload); TCP only.
-    assert ports_of(svc_of(view, "shop/web")) == [(80, 8080), (81, 0)]
+    # The Service itself: every port, as istiod lists them; numeric targets, 0 for a named one
+    # (resolved per workload). A workload lists the TCP ports it serves.
+    assert ports_of(svc_of(view, "shop/web")) == [(80, 8080), (81, 0), (53, 53)]
     assert ports_of(workload(view, "shop/web").services["shop/web.shop.svc.cluster.local"]) == expected
+
+
+@pytest.mark.parametrize("port, expected", [
+    pytest.param({"name": "http"}, wpb.HTTP11, id="name-http"),
+    pytest.param({"name": "http-web"}, wpb.HTTP11, id="name-prefix-http"),
+    pytest.param({"name": "HTTP2-api"}, wpb.HTTP2, id="name-prefix-http2-any-case"),
+    pytest.param({"name": "grpc"}, wpb.GRPC, id="name-grpc"),
+    pytest.param({"name": "grpc-web"}, wpb.UNKNOWN, id="grpc-web-is-not-grpc"),
+    pytest.param({"name": "https"}, wpb.UNKNOWN, id="name-https"),
+    pytest.param({"name": "tcp-db"}, wpb.UNKNOWN, id="name-tcp"),
+    pytest.param({"name": "web"}, wpb.UNKNOWN, id="name-without-a-protocol"),
+    pytest.param({}, wpb.UNKNOWN, id="no-name"),
+    pytest.param({"name": "tcp", "appProtocol": "http"}, wpb.HTTP11, id="appProtocol-wins-over-the-name"),
+    pytest.param({"name": "http", "appProtocol": "tcp"}, wpb.UNKNOWN, id="appProtocol-tcp-wins-over-http-name"),
+    pytest.param({"appProtocol": "grpc"}, wpb.GRPC, id="appProtocol-grpc"),
+    pytest.param({"name": "http", "protocol": "UDP"}, wpb.UNKNOWN, id="udp-port"),
+])
+def test_service_port_app_protocol(port, expected):
+    doc = _doc("v1", "Service", "web", "shop", None,
+               {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080, **port}]})
+    (p,) = svc_of(build(doc), "shop/web").ports
+    assert (p.service_port, p.target_port, p.app_protocol) == (80, 8080, expected)
+
+
+def test_port_app_protocol_is_on_the_wire_as_istio_has_it():
+    # istio.workload.Port.app_protocol = 3, enum AppProtocol {UNKNOWN, HTTP11, HTTP2, GRPC}: Istio's ztunnel
+    # decodes our Service ports, and we decode istiod's.
+    assert wpb.Port.DESCRIPTOR.fields_by_name["app_protocol"].number == 3
+    assert dict(wpb.AppProtocol.items()) == {"UNKNOWN": 0, "HTTP11": 1, "HTTP2": 2, "GRPC": 3}
+    decoded = wpb.Port.FromString(bytes([0x08, 80, 0x10, 0x90, 0x3F, 0x18, 3]))  # 1: 80, 2: 8080, 3: GRPC
+    assert (decoded.service_port, decoded.target_port, decoded.app_protocol) == (80, 8080, wpb.GRPC)
 
 
 @pytest.mark.parametrize("docs, expected", [
