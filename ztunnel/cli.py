@@ -105,7 +105,9 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     metrics = ZtunnelMetrics()
-    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), PodSet(str(args.zds)), metrics)
+    pods = PodSet(str(args.zds))
+    metrics.follow(discovery=discovery, pods=pods)
+    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), pods, metrics)
     admin = ZtunnelAdmin(_AdminView(ztunnel, metrics))
 
     async def main() -> None:

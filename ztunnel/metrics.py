@@ -15,6 +15,18 @@ format (``exposition``, version 0.0.4, which every Prometheus scraper reads):
     istio_tcp_sent_bytes_total           bytes of the response direction (server → client)
     istio_build{component="ztunnel",tag} 1, as every Istio component exports
 
+and, read at each scrape from the discovery client and the pods ztunnel serves (``follow``), the
+families of Istio's ztunnel ``src/xds/metrics.rs`` and ``src/inpod/metrics.rs``:
+
+    istio_xds_connection_terminations_total{reason}  discovery streams ended: ConnectionError, Error,
+                                                     Reconnect or Complete
+    istio_message_types_total{url}                   discovery responses received, by type URL
+    istio_total_messages_size_total                  the bytes of the resources in them
+    istio_inpod_active_proxy_count                   pods served now (gauge)
+    istio_inpod_pending_proxy_count                  pods added whose listeners are being made (gauge)
+    istio_inpod_proxies_started_total                pods whose serving started
+    istio_inpod_proxies_stopped_total                pods whose serving ended
+
 As in Istio's ztunnel, a connection's ``response_flags`` is known only when it ends: it is opened,
 and its bytes counted, under ``"-"``, and closed under the flag of its outcome: ``"DENY"`` (denied
 by an AuthorizationPolicy), ``"CONNECT"`` (no upstream connection could be made; also counted as
@@ -32,7 +44,8 @@ them exists from the first scrape. The exposition is rendered here rather than b
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
+from typing import Protocol
 
 from mesh import __version__
 from mesh.api import workload_pb2 as wpb
@@ -79,6 +92,35 @@ _HELP = {
     SENT: "The size of total bytes sent during response in case of a TCP connection",
     FAILED: "The total number of TCP connections that failed to establish",
 }
+
+
+class DiscoveryCounts(Protocol):
+    """What the discovery client counts (``mesh.xds.client.DiscoveryClient``)."""
+
+    @property
+    def terminations(self) -> Mapping[str, int]: ...
+
+    @property
+    def messages(self) -> Mapping[str, int]: ...
+
+    @property
+    def received_bytes(self) -> int: ...
+
+
+class PodCounts(Protocol):
+    """What the pod set counts (``ztunnel.pods.PodSet``): ``pods`` served now, ``pending`` ones."""
+
+    @property
+    def pods(self) -> Sized: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def started(self) -> int: ...
+
+    @property
+    def stopped(self) -> int: ...
 
 
 def _workload_labels(side: str, workload: wpb.Workload | None) -> dict[str, str]:
@@ -174,6 +216,14 @@ class ZtunnelMetrics:
         self._values: dict[str, dict[tuple[str, ...], int]] = {
             OPENED: {}, CLOSED: {}, RECEIVED: {}, SENT: {}, FAILED: {}}
         self._rendered_labels: dict[tuple[str, ...], str] = {}  # a label set's `{...}`, made once
+        self._discovery: DiscoveryCounts | None = None
+        self._pods: PodCounts | None = None
+
+    def follow(self, *, discovery: DiscoveryCounts | None = None, pods: PodCounts | None = None) -> None:
+        """Export the counts of ``discovery`` and ``pods`` too, read at each scrape (a source not
+        given: its families are not exported)."""
+        self._discovery = discovery
+        self._pods = pods
 
     @staticmethod
     def _key(labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -229,9 +279,42 @@ class ZtunnelMetrics:
             total = f"{name}_total"
             lines += [f"# HELP {total} {_HELP[name]}", f"# TYPE {total} counter"]
             lines += [f"{total}{self._labels(key)} {value}" for key, value in series]
+        if self._discovery is not None:
+            lines += self._discovery_lines(self._discovery)
+        if self._pods is not None:
+            lines += self._pod_lines(self._pods)
         lines += ["# HELP istio_build Istio component build info", "# TYPE istio_build gauge",
                   f'istio_build{{component="ztunnel",tag="{_escape(self.build_tag)}"}} 1', ""]
         return "\n".join(lines).encode()
+
+    @staticmethod
+    def _discovery_lines(source: DiscoveryCounts) -> list[str]:
+        terminations, messages, size = dict(source.terminations), dict(source.messages), source.received_bytes
+        name = "istio_xds_connection_terminations_total"
+        lines = [f"# HELP {name} The total number of completed connections to xds server (unstable)",
+                 f"# TYPE {name} counter"]
+        lines += [f'{name}{{reason="{_escape(reason)}"}} {count}' for reason, count in sorted(terminations.items())]
+        name = "istio_message_types_total"
+        lines += [f"# HELP {name} Total number of messages received (unstable)", f"# TYPE {name} counter"]
+        lines += [f'{name}{{url="{_escape(url)}"}} {count}' for url, count in sorted(messages.items())]
+        name = "istio_total_messages_size_total"
+        return lines + [f"# HELP {name} Total number of bytes received (unstable)", f"# TYPE {name} counter",
+                        f"{name} {size}"]
+
+    @staticmethod
+    def _pod_lines(pods: PodCounts) -> list[str]:
+        values = (("istio_inpod_active_proxy_count", "gauge",
+                   "The total number current workloads with active inpod proxies", len(pods.pods)),
+                  ("istio_inpod_pending_proxy_count", "gauge",
+                   "The total number current workloads with pending inpod proxies", pods.pending),
+                  ("istio_inpod_proxies_started_total", "counter", "The total number of inpod proxies started",
+                   pods.started),
+                  ("istio_inpod_proxies_stopped_total", "counter", "The total number of inpod proxies stopped",
+                   pods.stopped))
+        lines: list[str] = []
+        for name, kind, help_text, value in values:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return lines
 
     def _labels(self, key: tuple[str, ...]) -> str:
         rendered = self._rendered_labels.get(key)

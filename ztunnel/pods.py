@@ -181,6 +181,9 @@ class PodSet:
         self.socket_path = socket_path
         self.pods: dict[str, Pod] = {}  # uid
         self.agent_connected = False
+        self.pending = 0  # pods the agent added whose listeners are still being made
+        self.started = 0  # pods ever served, and pods whose serving ended (for /metrics)
+        self.stopped = 0
         self._serve: Callable[[Pod], Awaitable[None]] | None = None
         self._changed = changed
         self._nursery: trio.Nursery | None = None
@@ -249,8 +252,13 @@ class PodSet:
             return ""
         if known is not None:  # recreated: new netns, new listeners
             await self.remove(uid)
-        pod = await trio.to_thread.run_sync(pod_from_request, request, fds)
+        self.pending += 1
+        try:
+            pod = await trio.to_thread.run_sync(pod_from_request, request, fds)
+        finally:
+            self.pending -= 1
         self.pods[uid] = pod
+        self.started += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._run_pod, pod, name=f"pod {pod.key}")
         log.info("serving pod %s (listeners 15001/15006/15008 in its netns)", pod.key)
@@ -262,6 +270,7 @@ class PodSet:
             with pod.scope:
                 await self._serve(pod)
         finally:
+            self.stopped += 1
             pod.release()
             pod.done.set()
 

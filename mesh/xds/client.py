@@ -15,6 +15,11 @@ no thread outlives ``run``. A broken stream is retried with exponential backoff 
 once a stream delivers a response); meanwhile ``view`` keeps returning the last good resources
 and ``connected`` is False.
 
+For ztunnel's ``/metrics`` (Istio's ``src/xds/metrics.rs``) the client counts what it received and why
+its streams ended: ``ClientState.messages`` (type URL → responses received, applied or not) and
+``received_bytes`` (the resources' payload bytes), ``DiscoveryClient.terminations`` (reason →
+streams ended, ``termination_reason``).
+
 A caller learns about updates through ``changes()`` (each applied response as a ``Change``: which
 names it updated or removed) or ``wait_until(predicate)``, woken whenever anything changed.
 """
@@ -48,6 +53,34 @@ CHANGE_HISTORY = 4096
 
 Validate = Callable[[str, str, Message], None]  # (type URL, name, message); raises ValueError to reject
 Applied = tuple[frozenset[str], frozenset[str]]  # the names a response updated, and those it removed
+
+# Why a stream ended, with the label values of Istio's ztunnel (``ConnectionTerminationReason``).
+CONNECTION_ERROR = "ConnectionError"  # no stream could be established (the server unreachable)
+ERROR = "Error"  # the stream failed with a gRPC status
+RECONNECT = "Reconnect"  # the server let go of the stream in the ordinary way (restart, GOAWAY, max age)
+COMPLETE = "Complete"  # the server ended the stream with OK
+TERMINATION_REASONS = (CONNECTION_ERROR, ERROR, RECONNECT, COMPLETE)
+_RECONNECT_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
+# gRPC-Go's words for a server going away, and grpcio's (a stopping server cancels its calls so).
+_RECONNECT_DETAILS = ("transport is closing", "received prior goaway", "cancelling all calls")
+
+
+def termination_reason(code: grpc.StatusCode | None, details: str, established: bool) -> str:
+    """The reason (``TERMINATION_REASONS``) a stream ended, as Istio's ztunnel classifies it: ``code``
+    None is an end with OK; ``established`` tells whether any response came on the stream.
+
+    grpcio connects lazily, so a stream that never delivered anything and ended UNAVAILABLE is
+    taken as one that could not be established. Istio's ztunnel reconnects at once after
+    UNKNOWN, CANCELLED, DEADLINE_EXCEEDED or an UNAVAILABLE that says the server is going away
+    (``_RECONNECT_DETAILS``): those are ``Reconnect``, any other status ``Error``."""
+    if code is None:
+        return COMPLETE
+    if code == grpc.StatusCode.UNAVAILABLE and not established:
+        return CONNECTION_ERROR
+    if code in _RECONNECT_CODES or (code == grpc.StatusCode.UNAVAILABLE
+                                    and any(d in details.lower() for d in _RECONNECT_DETAILS)):
+        return RECONNECT
+    return ERROR
 
 
 @dataclass(frozen=True)
@@ -120,6 +153,13 @@ class ClientState:
         self._node = base_pb2.Node(id=node_id) if node_id else None
         self._views: dict[str, dict[str, Message]] = {t: {} for t in subscriptions}
         self._versions: dict[str, dict[str, str]] = {t: {} for t in subscriptions}
+        self._messages: dict[str, int] = {}
+        self.received_bytes = 0  # the payload bytes of every resource received
+
+    @property
+    def messages(self) -> Mapping[str, int]:
+        """type URL → responses received (applied, NACKed or of a type not subscribed to)."""
+        return MappingProxyType(self._messages)
 
     def view(self, type_url: str) -> Mapping[str, Message]:
         return MappingProxyType(self._views[type_url])
@@ -152,6 +192,8 @@ class ClientState:
         """Apply ``response`` or reject it whole. Returns (ACK or NACK request, (updated, removed)
         names or None if rejected, the rejection message or None)."""
         type_url = response.type_url
+        self._messages[type_url] = self._messages.get(type_url, 0) + 1
+        self.received_bytes += sum(len(r.resource.value) for r in response.resources)
         reply = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
         error = self._check(response)
         if error is not None:
@@ -284,6 +326,7 @@ class DiscoveryClient:
         self._changed = trio.Event()
         self.responses_applied = 0  # counters, for logs and tests
         self.responses_rejected = 0
+        self._terminations: dict[str, int] = {}
 
     # -- reading the view
 
@@ -296,6 +339,20 @@ class DiscoveryClient:
     def connected(self) -> bool:
         """True while a stream is up and has delivered at least one response."""
         return self._connected
+
+    @property
+    def messages(self) -> Mapping[str, int]:
+        """type URL → responses received (``ClientState.messages``)."""
+        return self._state.messages
+
+    @property
+    def received_bytes(self) -> int:
+        return self._state.received_bytes
+
+    @property
+    def terminations(self) -> Mapping[str, int]:
+        """reason (``TERMINATION_REASONS``) → streams that ended so; ``wait_until`` wakes on each."""
+        return MappingProxyType(self._terminations)
 
     @property
     def change_seq(self) -> int:
@@ -368,14 +425,16 @@ class DiscoveryClient:
                     nonlocal delivered
                     delivered = True
 
-                reason = await self._stream(synced, delivered_once)
+                description, reason = await self._stream(synced, delivered_once)
+                self._terminations[reason] = self._terminations.get(reason, 0) + 1
                 self._set_connected(False)
+                self._notify()
                 if delivered:
                     failures = 0  # a stream that worked resets the backoff
                 delay = self._config.backoff.delay(failures)
                 failures += 1
                 log.warning("discovery stream to %s ended (%s); serving the last good view, retrying in %.2fs",
-                            self._config.target, reason, delay)
+                            self._config.target, description, delay)
                 await trio.sleep(delay)
         finally:
             self._running = False
@@ -394,8 +453,10 @@ class DiscoveryClient:
         credentials = grpc.ssl_channel_credentials(root_certificates=self._config.root_pem)
         return grpc.secure_channel(self._config.target, credentials, options)
 
-    async def _stream(self, synced: Callable[[], None], delivered: Callable[[], None]) -> str:
-        """One stream, until it fails, the server ends it, or we are cancelled; returns why it ended."""
+    async def _stream(self, synced: Callable[[], None], delivered: Callable[[], None]) -> tuple[str, str]:
+        """One stream, until it fails, the server ends it, or we are cancelled; returns why it ended
+        (for the log, and as ``termination_reason``)."""
+        established = False
         outbox: Outbox = queue.Queue()
         initial = self._state.initial_requests()
         for request in initial:
@@ -417,13 +478,15 @@ class DiscoveryClient:
                         # blocked next() at once, so no worker thread outlives this stream.
                         response = await trio.to_thread.run_sync(_next_response, call)
                         if response is None:
-                            return "the server ended the stream"
+                            return "the server ended the stream", termination_reason(None, "", established)
+                        established = True
                         delivered()
                         self._apply(response, outbox, awaiting_first)
                         if not awaiting_first:
                             synced()
                 except grpc.RpcError as exc:  # caught here: the nursery would wrap it in a group
-                    return f"{exc.code().name}: {exc.details()}"
+                    code, details = exc.code(), exc.details() or ""
+                    return f"{code.name}: {details}", termination_reason(code, details, established)
                 finally:
                     nursery.cancel_scope.cancel()
         finally:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.any_pb2 import Any
 
 from mesh.api.types import pack
 from mesh.backoff import Backoff
-from mesh.xds.client import MAX_NACK_MESSAGE, ClientConfig, ClientState
+from mesh.xds.client import MAX_NACK_MESSAGE, ClientConfig, ClientState, termination_reason
 from tests.controlplane.xds.helpers import ADDRESS, AUTHZ, policy, workload
 
 W1, W2, W3 = "cluster/default/w1", "cluster/default/w2", "cluster/default/w3"
@@ -72,6 +73,38 @@ def test_a_bad_response_is_nacked_whole_and_the_view_kept(bad, expected):
     assert reply.error_detail.code == 3 and reply.error_detail.message == error
     assert reply.response_nonce == bad.nonce
     assert dict(state.view(ADDRESS)) == {W1: workload(W1)} and dict(state.versions(ADDRESS)) == {W1: "v1"}
+
+
+def test_every_response_received_is_counted_by_type_url_as_istio_does():
+    """ztunnel's istio_message_types_total{url} and istio_total_messages_size_total: per response
+    received, applied or NACKed, whatever it carries; the size is that of the resources' payloads."""
+    state = ClientState({ADDRESS: None})
+    first = response(nonce="1", w1=("v1", workload(W1)), w2=("v1", workload(W2)))
+    state.on_response(first)
+    state.on_response(response(nonce="2", removed=[W2]))
+    state.on_response(response(nonce="3", w1=("v2", Any(type_url=ADDRESS, value=b"\xff\xff"))))  # NACKed
+    state.on_response(response(type_url=AUTHZ, nonce="4", allow=("v1", policy("allow"))))  # not subscribed
+    assert dict(state.messages) == {ADDRESS: 3, AUTHZ: 1}
+    assert state.received_bytes == (sum(len(r.resource.value) for r in first.resources) + 2
+                                     + len(pack(policy("allow")).value))
+
+
+@pytest.mark.parametrize(
+    "code, details, established, reason",
+    [
+        (None, "", True, "Complete"),  # the server ended the stream with OK
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", False, "ConnectionError"),
+        (grpc.StatusCode.UNAVAILABLE, "Cancelling all calls", True, "Reconnect"),  # a server stopping
+        (grpc.StatusCode.UNAVAILABLE, "transport is closing", True, "Reconnect"),
+        (grpc.StatusCode.UNAVAILABLE, "Socket closed", True, "Error"),
+        (grpc.StatusCode.CANCELLED, "", True, "Reconnect"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "", False, "Reconnect"),
+        (grpc.StatusCode.UNAUTHENTICATED, "bad token", False, "Error"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad request", True, "Error"),
+    ],
+)
+def test_termination_reasons_are_istios(code, details, established, reason):
+    assert termination_reason(code, details, established) == reason
 
 
 def test_validate_rejects_with_its_message_and_long_messages_are_cut():
