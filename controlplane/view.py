@@ -282,6 +282,25 @@ def app_protocol(port: r.ServicePort) -> wpb.AppProtocol:
     return _APP_PROTOCOLS.get(name.partition("-")[0], wpb.UNKNOWN)
 
 
+TRAFFIC_DISTRIBUTION_ANNOTATION = "networking.istio.io/traffic-distribution"  # istiod's legacy spelling
+_LB = wpb.LoadBalancing
+_PREFER_CLOSE = _LB(routing_preference=[_LB.NETWORK, _LB.REGION, _LB.ZONE, _LB.SUBZONE], mode=_LB.FAILOVER)
+_NODE_LOCAL = _LB(routing_preference=[_LB.NODE], mode=_LB.STRICT)
+
+
+def load_balancing(svc: r.Service) -> wpb.LoadBalancing | None:
+    """A Service's endpoint choice as istiod maps it: ``internalTrafficPolicy: Local`` → only the
+    client's node (STRICT NODE), which wins over ``trafficDistribution: PreferClose`` (or the legacy
+    annotation) → the closest endpoints first (FAILOVER NETWORK, REGION, ZONE, SUBZONE); else None."""
+    if svc.internal_traffic_policy == "Local":
+        return _NODE_LOCAL
+    if svc.traffic_distribution:  # the field wins over the annotation, which is read in any case
+        prefer_close = svc.traffic_distribution == "PreferClose"
+    else:
+        prefer_close = svc.meta.annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION, "").lower() == "preferclose"
+    return _PREFER_CLOSE if prefer_close else None
+
+
 def _canonical(pod: r.Pod) -> tuple[str, str, str]:
     labels = pod.meta.labels
     kind, _, owner = pod.owner.partition("/")
@@ -327,6 +346,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
                             app_protocol=app_protocol(p))
                    for p in svc.ports],
             waypoint=_waypoint_for(svc.meta, ns_labels(namespace), state, "service", config),
+            load_balancing=load_balancing(svc),
         )
         if not svc.selector:
             continue

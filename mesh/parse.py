@@ -64,7 +64,7 @@ _CONTAINER_IGNORED = {"resources", "imagePullPolicy", "livenessProbe", "startupP
                       "volumeMounts", "securityContext", "workingDir", "lifecycle", "terminationMessagePath",
                       "terminationMessagePolicy", "stdin", "tty"}
 _SERVICE_IGNORED = {"type", "sessionAffinity", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
-                    "internalTrafficPolicy", "externalTrafficPolicy", "publishNotReadyAddresses"}
+                    "externalTrafficPolicy", "publishNotReadyAddresses"}
 
 
 @dataclass
@@ -370,7 +370,8 @@ def _deployment(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Deployment | N
 
 
 def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
-    if not spec.mapping({"selector", "clusterIP", "ports"} | _SERVICE_IGNORED, required=True):
+    if not spec.mapping({"selector", "clusterIP", "ports", "internalTrafficPolicy", "trafficDistribution"}
+                        | _SERVICE_IGNORED, required=True):
         return None
     cluster_ip = spec["clusterIP"].str(default="")
     if cluster_ip not in ("", "None"):
@@ -399,7 +400,10 @@ def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
             ports.append(r.ServicePort(port, target, name, item["protocol"].str(default="TCP", choices=PROTOCOLS),
                                        item["appProtocol"].str(default="")))
     selector = spec["selector"].str_map() if spec["selector"].present else None
-    return r.Service(meta, origin, r.frozen_map(selector) if selector is not None else None, tuple(ports), cluster_ip)
+    internal = spec["internalTrafficPolicy"].str(default="Cluster", choices=("Cluster", "Local"))
+    distribution = spec["trafficDistribution"].str(default="")
+    return r.Service(meta, origin, r.frozen_map(selector) if selector is not None else None, tuple(ports), cluster_ip,
+                     internal, distribution)
 
 
 # ---------------------------------------------------------------- Gateway API

@@ -151,6 +151,8 @@ class Service(Resource):
     selector: Mapping[str, str] | None  # None: no selector (endpoints managed elsewhere)
     ports: tuple[ServicePort, ...]
     cluster_ip: str = ""  # "" to be assigned; "None" for headless
+    internal_traffic_policy: str = "Cluster"  # or "Local": only endpoints on the client's node
+    traffic_distribution: str = ""  # e.g. "PreferClose"
 
     @property
     def hostname(self) -> str:

@@ -13,6 +13,10 @@ four plans; a separate executor does the I/O. The rules, after Istio ztunnel's `
      ``HboneToPod`` (pod IP, 15008; ``:authority`` = pod IP and the target port) if it is in the mesh,
      else ``Passthrough`` to the pod IP and the target port. A workload waypoint of the chosen pod is
      not used for service-addressed traffic (as Istio: the service's waypoint, or none, decides).
+   - A Service's ``load_balancing`` narrows the endpoints first, as Istio's ztunnel does: STRICT keeps
+     those that match the client in every scope (``internalTrafficPolicy: Local`` is STRICT NODE:
+     only endpoints on the client's node, none is a ``Refuse``); FAILOVER keeps those that match in
+     the most leading scopes (``trafficDistribution: PreferClose``).
    - A port the Service does not list, or no healthy endpoint: ``Refuse``. Istio's current ztunnel
      does the same (``NoHealthyUpstream``); older ones passed such a connection through to the VIP
      unchanged, which reaches nothing where only ztunnel knows the VIPs.
@@ -211,6 +215,47 @@ class LeastRequests:
         self._ties.forget(service_key)
 
 
+# ---------------------------------------------------------------- locality
+
+
+def _same(scope: int, a: wpb.Workload, b: wpb.Workload) -> bool:
+    lb = wpb.LoadBalancing
+    if scope == lb.NODE:
+        return a.node == b.node
+    if scope == lb.REGION:
+        return a.locality.region == b.locality.region
+    if scope == lb.ZONE:
+        return a.locality.zone == b.locality.zone
+    if scope == lb.SUBZONE:
+        return a.locality.subzone == b.locality.subzone
+    if scope == lb.CLUSTER:
+        return a.cluster_id == b.cluster_id
+    if scope == lb.NETWORK:
+        return a.network == b.network
+    return True  # UNSPECIFIED_SCOPE or one this ztunnel does not know: no constraint
+
+
+def closest(source: wpb.Workload, endpoints: Sequence[Endpoint], lb: wpb.LoadBalancing) -> tuple[Endpoint, ...]:
+    """The endpoints a Service's ``load_balancing`` lets ``source`` use, as Istio's ztunnel ranks them:
+    STRICT keeps those that match the source in every scope of ``routing_preference`` (none may be
+    left: the caller refuses); FAILOVER keeps those that match in the most leading scopes. Without a
+    mode, all of them."""
+    if lb.mode == lb.STRICT:
+        return tuple(e for e in endpoints if all(_same(s, source, e.workload) for s in lb.routing_preference))
+    if lb.mode != lb.FAILOVER:
+        return tuple(endpoints)
+    ranked: list[tuple[int, Endpoint]] = []
+    for endpoint in endpoints:
+        rank = 0
+        for scope in lb.routing_preference:
+            if not _same(scope, source, endpoint.workload):
+                break
+            rank += 1
+        ranked.append((rank, endpoint))
+    best = max((rank for rank, _ in ranked), default=0)
+    return tuple(e for rank, e in ranked if rank == best)
+
+
 # ---------------------------------------------------------------- the decision
 
 
@@ -238,6 +283,13 @@ def _to_service(source: wpb.Workload, destination: tuple[str, int], service: wpb
         if all(p.service_port != port for p in service.ports):
             return Refuse(f"service {key} has no port {port}")
         return Refuse(f"service {key} has no healthy endpoint for port {port}")
+    if service.HasField("load_balancing"):
+        endpoints = closest(source, endpoints, service.load_balancing)
+        if not endpoints:
+            lb = service.load_balancing
+            scopes = ", ".join(wpb.LoadBalancing.Scope.Name(s) for s in lb.routing_preference)
+            return Refuse(f"service {key} has no healthy endpoint for port {port} that matches this client "
+                          f"in {scopes} ({wpb.LoadBalancing.Mode.Name(lb.mode)}), as its load balancing requires")
     chosen: Endpoint = balancer.pick(key, endpoints)
     if not chosen.hbone:
         return Passthrough((chosen.ip, chosen.port), chosen.uid, key)

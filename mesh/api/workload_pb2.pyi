@@ -52,7 +52,7 @@ class Address(_message.Message):
     def __init__(self, workload: _Optional[_Union[Workload, _Mapping]] = ..., service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "namespace", "hostname", "addresses", "ports", "subject_alt_names", "waypoint")
+    __slots__ = ("name", "namespace", "hostname", "addresses", "ports", "subject_alt_names", "waypoint", "load_balancing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Service(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_ALT_NAMES_FIELD_NUMBER: _ClassVar[int]
     WAYPOINT_FIELD_NUMBER: _ClassVar[int]
+    LOAD_BALANCING_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     hostname: str
@@ -67,7 +68,40 @@ class Service(_message.Message):
     ports: _containers.RepeatedCompositeFieldContainer[Port]
     subject_alt_names: _containers.RepeatedScalarFieldContainer[str]
     waypoint: GatewayAddress
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[NetworkAddress, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., subject_alt_names: _Optional[_Iterable[str]] = ..., waypoint: _Optional[_Union[GatewayAddress, _Mapping]] = ...) -> None: ...
+    load_balancing: LoadBalancing
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[NetworkAddress, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., subject_alt_names: _Optional[_Iterable[str]] = ..., waypoint: _Optional[_Union[GatewayAddress, _Mapping]] = ..., load_balancing: _Optional[_Union[LoadBalancing, _Mapping]] = ...) -> None: ...
+
+class LoadBalancing(_message.Message):
+    __slots__ = ("routing_preference", "mode")
+    class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNSPECIFIED_SCOPE: _ClassVar[LoadBalancing.Scope]
+        REGION: _ClassVar[LoadBalancing.Scope]
+        ZONE: _ClassVar[LoadBalancing.Scope]
+        SUBZONE: _ClassVar[LoadBalancing.Scope]
+        NODE: _ClassVar[LoadBalancing.Scope]
+        CLUSTER: _ClassVar[LoadBalancing.Scope]
+        NETWORK: _ClassVar[LoadBalancing.Scope]
+    UNSPECIFIED_SCOPE: LoadBalancing.Scope
+    REGION: LoadBalancing.Scope
+    ZONE: LoadBalancing.Scope
+    SUBZONE: LoadBalancing.Scope
+    NODE: LoadBalancing.Scope
+    CLUSTER: LoadBalancing.Scope
+    NETWORK: LoadBalancing.Scope
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNSPECIFIED_MODE: _ClassVar[LoadBalancing.Mode]
+        STRICT: _ClassVar[LoadBalancing.Mode]
+        FAILOVER: _ClassVar[LoadBalancing.Mode]
+    UNSPECIFIED_MODE: LoadBalancing.Mode
+    STRICT: LoadBalancing.Mode
+    FAILOVER: LoadBalancing.Mode
+    ROUTING_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    routing_preference: _containers.RepeatedScalarFieldContainer[LoadBalancing.Scope]
+    mode: LoadBalancing.Mode
+    def __init__(self, routing_preference: _Optional[_Iterable[_Union[LoadBalancing.Scope, str]]] = ..., mode: _Optional[_Union[LoadBalancing.Mode, str]] = ...) -> None: ...
 
 class Workload(_message.Message):
     __slots__ = ("uid", "name", "namespace", "addresses", "hostname", "network", "tunnel_protocol", "trust_domain", "service_account", "waypoint", "network_gateway", "node", "canonical_name", "canonical_revision", "workload_type", "workload_name", "services", "authorization_policies", "status", "cluster_id", "locality")

@@ -377,6 +377,44 @@ def test_service_port_app_protocol(port, expected):
     assert (p.service_port, p.target_port, p.app_protocol) == (80, 8080, expected)
 
 
+LB = wpb.LoadBalancing
+
+
+@pytest.mark.parametrize("spec, annotations, expected", [
+    pytest.param({}, None, None, id="none"),
+    pytest.param({"internalTrafficPolicy": "Cluster"}, None, None, id="cluster"),
+    pytest.param({"internalTrafficPolicy": "Local"}, None, ([LB.NODE], LB.STRICT), id="local-is-strict-node"),
+    pytest.param({"trafficDistribution": "PreferClose"}, None,
+                 ([LB.NETWORK, LB.REGION, LB.ZONE, LB.SUBZONE], LB.FAILOVER), id="prefer-close-fails-over"),
+    pytest.param({"trafficDistribution": "PreferClose", "internalTrafficPolicy": "Local"}, None,
+                 ([LB.NODE], LB.STRICT), id="local-wins-over-prefer-close"),
+    pytest.param({}, {"networking.istio.io/traffic-distribution": "preferclose"},
+                 ([LB.NETWORK, LB.REGION, LB.ZONE, LB.SUBZONE], LB.FAILOVER), id="legacy-annotation-any-case"),
+    pytest.param({"trafficDistribution": "PreferSameNode"}, {"networking.istio.io/traffic-distribution": "PreferClose"},
+                 None, id="the-field-wins-over-the-annotation"),
+])
+def test_service_load_balancing(spec, annotations, expected):
+    doc = _doc("v1", "Service", "web", "shop", None,
+               {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}], **spec})
+    if annotations:
+        parsed = json.loads(doc)
+        parsed["metadata"]["annotations"] = annotations
+        doc = json.dumps(parsed)
+    service_ = svc_of(build(doc), "shop/web")
+    if expected is None:
+        assert not service_.HasField("load_balancing")
+    else:
+        assert (list(service_.load_balancing.routing_preference), service_.load_balancing.mode) == expected
+
+
+def test_load_balancing_is_on_the_wire_as_istio_has_it():
+    assert wpb.Service.DESCRIPTOR.fields_by_name["load_balancing"].number == 8
+    assert {f.name: f.number for f in LB.DESCRIPTOR.fields} == {"routing_preference": 1, "mode": 2}
+    assert dict(LB.Scope.items()) == {"UNSPECIFIED_SCOPE": 0, "REGION": 1, "ZONE": 2, "SUBZONE": 3, "NODE": 4,
+                                      "CLUSTER": 5, "NETWORK": 6}
+    assert dict(LB.Mode.items()) == {"UNSPECIFIED_MODE": 0, "STRICT": 1, "FAILOVER": 2}
+
+
 def test_port_app_protocol_is_on_the_wire_as_istio_has_it():
     # istio.workload.Port.app_protocol = 3, enum AppProtocol {UNKNOWN, HTTP11, HTTP2, GRPC}: Istio's ztunnel
     # decodes our Service ports, and we decode istiod's.

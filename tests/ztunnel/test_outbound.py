@@ -24,6 +24,7 @@ from ztunnel.outbound import (
     Passthrough,
     Refuse,
     RoundRobin,
+    closest,
     plan_outbound,
 )
 from ztunnel.state import Endpoint, ProxyState
@@ -404,3 +405,97 @@ def test_plans_are_frozen():
     plan = Passthrough(("10.0.0.1", 80))
     with pytest.raises(AttributeError):
         plan.address = ("10.0.0.2", 80)
+
+
+# ---------------------------------------------------------------- load balancing by locality
+
+# Pods on two nodes (a third node runs only a client) behind Services with each kind of load balancing.
+SPREAD = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-a, namespace: shop, labels: {app: client}}
+spec: {serviceAccountName: client, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-c, namespace: shop, labels: {app: client}}
+spec: {serviceAccountName: client, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: shop, labels: {app: web}}
+spec: {serviceAccountName: web, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, namespace: shop, labels: {app: web}}
+spec: {serviceAccountName: web, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: shop}
+spec: {selector: {app: web}, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080}]}
+"""
+SPREAD_IPS = {"shop/client-a": "10.244.0.10", "shop/client-c": "10.244.2.10", "shop/web-a": "10.244.0.11",
+              "shop/web-b": "10.244.1.11"}
+SPREAD_NODES = {"shop/client-a": "node-a", "shop/client-c": "node-c", "shop/web-a": "node-a", "shop/web-b": "node-b"}
+SPREAD_VIPS = {"shop/web": "10.96.0.10", "shop/web-local": "10.96.0.11"}
+
+
+def spread() -> ProxyState:
+    return ProxyState.from_addresses(
+        discovery_view(SPREAD, SPREAD_IPS, SPREAD_VIPS, nodes=SPREAD_NODES)[ADDRESS_TYPE_URL])
+
+
+def picked(state: ProxyState, src: str, vip: str, times: int = 4) -> list:
+    balancer = RoundRobin()
+    return [plan_outbound(source(state, src), (vip, 80), state, balancer) for _ in range(times)]
+
+
+def test_internal_traffic_policy_local_keeps_a_client_on_its_own_node():
+    state = spread()
+    assert {p.workload_uid for p in picked(state, "shop/client-a", "10.96.0.10")} == \
+        {uid("shop/web-a"), uid("shop/web-b")}  # without the policy: both nodes
+    assert [p.workload_uid for p in picked(state, "shop/client-a", "10.96.0.11")] == [uid("shop/web-a")] * 4
+
+
+def test_internal_traffic_policy_local_refuses_a_client_on_a_node_without_an_endpoint():
+    state = spread()
+    (plan,) = picked(state, "shop/client-c", "10.96.0.11", times=1)
+    assert plan == Refuse(f"service {svc('web-local')} has no healthy endpoint for port 80 that matches this "
+                          "client in NODE (STRICT), as its load balancing requires")
+
+
+def _at(uid_: str, node: str = "n", region: str = "r", zone: str = "z", network: str = "") -> Endpoint:
+    workload = wpb.Workload(uid=uid_, node=node, network=network,
+                            locality=wpb.Locality(region=region, zone=zone))
+    return Endpoint(uid_, workload, "10.0.0.1", 80)
+
+
+PREFER_CLOSE = wpb.LoadBalancing(routing_preference=[wpb.LoadBalancing.NETWORK, wpb.LoadBalancing.REGION,
+                                                     wpb.LoadBalancing.ZONE, wpb.LoadBalancing.SUBZONE],
+                                 mode=wpb.LoadBalancing.FAILOVER)
+
+
+@pytest.mark.parametrize("endpoints, expected", [
+    pytest.param([_at("same-zone"), _at("other-zone", zone="y"), _at("other-region", region="q")], {"same-zone"},
+                 id="the-same-zone-first"),
+    pytest.param([_at("other-zone", zone="y"), _at("other-region", region="q", zone="z")], {"other-zone"},
+                 id="then-the-same-region-a-same-zone-name-elsewhere-does-not-count"),
+    pytest.param([_at("q1", region="q"), _at("q2", region="q", zone="y")], {"q1", "q2"},
+                 id="then-anything-on-the-network"),
+    pytest.param([_at("near", network="far"), _at("far", network="far")], {"near", "far"},
+                 id="other-network-only-still-served"),
+])
+def test_prefer_close_fails_over_to_the_closest_endpoints(endpoints, expected):
+    client = wpb.Workload(uid="c", node="n", locality=wpb.Locality(region="r", zone="z"))
+    assert {e.uid for e in closest(client, endpoints, PREFER_CLOSE)} == expected
