@@ -49,7 +49,15 @@ from mesh.addresses import format_address
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import InvalidSpiffeId, SpiffeId
 from mesh.ports import HBONE_PORT
-from ztunnel.state import Endpoint, ProxyState, identity_of, ip_text, service_key_of, subject_alt_names
+from ztunnel.state import (
+    Endpoint,
+    ProxyState,
+    capacity_of,
+    identity_of,
+    ip_text,
+    service_key_of,
+    subject_alt_names,
+)
 
 
 def _check_address(address: tuple[str, int]) -> None:
@@ -163,15 +171,38 @@ def _next_after(candidates: Sequence[C], last: str | None) -> C:
     return after if after is not None else smallest
 
 
-class RoundRobin:
-    """Each service's candidates in turn (by uid), remembering per service the last one picked."""
+def _capacity(candidate: Candidate) -> int:
+    workload = getattr(candidate, "workload", None)
+    return capacity_of(workload) if isinstance(workload, wpb.Workload) else 1
 
-    def __init__(self) -> None:
-        self._last: dict[str, str] = {}
+
+class RoundRobin:
+    """Each service's candidates in turn (by uid), remembering per service the last one picked.
+
+    Weighted by capacity (the default), as Istio's ztunnel weights its choice by each workload's
+    ``capacity``: a candidate keeps the turn for ``capacity`` picks in a row, so over a round each
+    gets its capacity's share; one of capacity 0 is passed over unless all have 0. With every
+    capacity 1 (what the control plane sends for pods) this is a plain rotation.
+    ``RoundRobin(weighted=False)`` ignores capacity."""
+
+    def __init__(self, *, weighted: bool = True) -> None:
+        self.weighted = weighted
+        self._last: dict[str, tuple[str, int]] = {}  # service → (uid picked last, picks in a row)
 
     def pick(self, service_key: str, candidates: Sequence[C]) -> C:
-        chosen = _next_after(candidates, self._last.get(service_key))
-        self._last[service_key] = chosen.uid
+        last, streak = self._last.get(service_key, (None, 0))
+        if not self.weighted:
+            chosen = _next_after(candidates, last)
+            self._last[service_key] = (chosen.uid, 1)
+            return chosen
+        capacities = {c.uid: _capacity(c) for c in candidates}
+        usable = [c for c in candidates if capacities[c.uid] > 0] or list(candidates)
+        for candidate in usable:
+            if candidate.uid == last and streak < capacities[last]:
+                self._last[service_key] = (last, streak + 1)
+                return candidate
+        chosen = _next_after(usable, last)
+        self._last[service_key] = (chosen.uid, 1)
         return chosen
 
     def forget(self, service_key: str) -> None:

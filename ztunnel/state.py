@@ -51,6 +51,11 @@ def service_key_of(service: wpb.Service) -> str:
     return f"{service.namespace}/{service.hostname}"
 
 
+def capacity_of(workload: wpb.Workload) -> int:
+    """The workload's ``capacity``: its share of a service's connections; unset means 1, as Istio."""
+    return workload.capacity.value if workload.HasField("capacity") else 1
+
+
 def identity_of(workload: wpb.Workload) -> SpiffeId:
     """The workload's SPIFFE ID; empty trust domain / service account mean the mesh defaults.
 

@@ -499,3 +499,37 @@ PREFER_CLOSE = wpb.LoadBalancing(routing_preference=[wpb.LoadBalancing.NETWORK, 
 def test_prefer_close_fails_over_to_the_closest_endpoints(endpoints, expected):
     client = wpb.Workload(uid="c", node="n", locality=wpb.Locality(region="r", zone="z"))
     assert {e.uid for e in closest(client, endpoints, PREFER_CLOSE)} == expected
+
+
+# ---------------------------------------------------------------- capacity
+
+
+def _weighted(uid_: str, capacity: int | None) -> Endpoint:
+    workload = wpb.Workload(uid=uid_)
+    if capacity is not None:
+        workload.capacity.value = capacity
+    return Endpoint(uid_, workload, "10.0.0.1", 80)
+
+
+@pytest.mark.parametrize("capacities, expected", [
+    pytest.param({"a": None, "b": None}, "abababab", id="unset-is-1-a-plain-rotation"),
+    pytest.param({"a": 3, "b": 1}, "aaabaaab", id="three-to-one"),
+    pytest.param({"a": 0, "b": 2}, "bbbbbbbb", id="zero-takes-nothing-while-another-has-capacity"),
+    pytest.param({"a": 0, "b": 0}, "abababab", id="all-zero-falls-back-to-a-rotation"),
+])
+def test_round_robin_weighs_endpoints_by_capacity(capacities, expected):
+    endpoints = [_weighted(u, c) for u, c in capacities.items()]
+    balancer = RoundRobin()
+    assert "".join(balancer.pick("svc", endpoints).uid for _ in range(8)) == expected
+
+
+def test_round_robin_can_ignore_capacity():
+    endpoints = [_weighted("a", 3), _weighted("b", 1)]
+    balancer = RoundRobin(weighted=False)
+    assert "".join(balancer.pick("svc", endpoints).uid for _ in range(4)) == "abab"
+
+
+def test_capacity_is_on_the_wire_as_istio_has_it():
+    field = wpb.Workload.DESCRIPTOR.fields_by_name["capacity"]
+    assert (field.number, field.message_type.full_name) == (27, "google.protobuf.UInt32Value")
+    assert wpb.Workload.FromString(bytes([0xDA, 0x01, 0x02, 0x08, 0x05])).capacity.value == 5  # 27: {1: 5}
