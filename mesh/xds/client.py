@@ -16,7 +16,8 @@ once a stream delivers a response); meanwhile ``view`` keeps returning the last 
 and ``connected`` is False.
 
 For ztunnel's ``/metrics`` (Istio's ``src/xds/metrics.rs``) the client counts what it received and why
-its streams ended: ``ClientState.messages`` (type URL → responses received, applied or not) and
+its streams ended: ``ClientState.messages`` (type URL → responses received, applied or not; unknown type URLs
+all under ``OTHER_TYPE_URL``) and
 ``received_bytes`` (the resources' payload bytes), ``DiscoveryClient.terminations`` (reason →
 streams ended, ``termination_reason``).
 
@@ -50,6 +51,9 @@ log = logging.getLogger("ambient.xds.client")
 KNOWN_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL})
 MAX_NACK_MESSAGE = 4096  # error_detail is for humans and logs; do not echo megabytes back
 CHANGE_HISTORY = 4096
+# Responses of a type URL the mesh does not know are counted under this one label, so a server that
+# sends made-up type URLs cannot grow ``messages`` (and /metrics' label series) without bound.
+OTHER_TYPE_URL = "other"
 
 Validate = Callable[[str, str, Message], None]  # (type URL, name, message); raises ValueError to reject
 Applied = tuple[frozenset[str], frozenset[str]]  # the names a response updated, and those it removed
@@ -192,7 +196,8 @@ class ClientState:
         """Apply ``response`` or reject it whole. Returns (ACK or NACK request, (updated, removed)
         names or None if rejected, the rejection message or None)."""
         type_url = response.type_url
-        self._messages[type_url] = self._messages.get(type_url, 0) + 1
+        counted = type_url if type_url in KNOWN_TYPE_URLS else OTHER_TYPE_URL
+        self._messages[counted] = self._messages.get(counted, 0) + 1
         self.received_bytes += sum(len(r.resource.value) for r in response.resources)
         reply = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
         error = self._check(response)

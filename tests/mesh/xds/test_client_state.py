@@ -9,7 +9,7 @@ from google.protobuf.any_pb2 import Any
 
 from mesh.api.types import pack
 from mesh.backoff import Backoff
-from mesh.xds.client import MAX_NACK_MESSAGE, ClientConfig, ClientState, termination_reason
+from mesh.xds.client import MAX_NACK_MESSAGE, OTHER_TYPE_URL, ClientConfig, ClientState, termination_reason
 from tests.controlplane.xds.helpers import ADDRESS, AUTHZ, policy, workload
 
 W1, W2, W3 = "cluster/default/w1", "cluster/default/w2", "cluster/default/w3"
@@ -87,6 +87,14 @@ def test_every_response_received_is_counted_by_type_url_as_istio_does():
     assert dict(state.messages) == {ADDRESS: 3, AUTHZ: 1}
     assert state.received_bytes == (sum(len(r.resource.value) for r in first.resources) + 2
                                      + len(pack(policy("allow")).value))
+
+
+def test_made_up_type_urls_are_counted_under_one_label():
+    """A server cannot grow the counts (and /metrics' label series) by inventing type URLs."""
+    state = ClientState({ADDRESS: None})
+    for n in range(100):
+        state.on_response(response(type_url=f"type.googleapis.com/made.up.T{n}", nonce=str(n)))
+    assert dict(state.messages) == {OTHER_TYPE_URL: 100}
 
 
 @pytest.mark.parametrize(
