@@ -28,9 +28,10 @@ from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
 from hbone.tcp_stream import TcpStream
 from mesh.netns import inside_netns_fd
+from mesh.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module
-LISTENER_PORTS = {Slot.OUTBOUND: 15001, Slot.INBOUND: 15006, Slot.HBONE: 15008}
+LISTENER_PORTS = {Slot.OUTBOUND: OUTBOUND_PORT, Slot.INBOUND: INBOUND_PLAINTEXT_PORT, Slot.HBONE: HBONE_PORT}
 LISTEN_BACKLOG = 1024
 # Large kernel buffers: fewer, larger reads and writes per Python call.
 SOCKET_BUFFER = 4 * 1024 * 1024
