@@ -19,6 +19,7 @@ from cryptography import x509
 import mesh
 from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.certs import CertifiedKey
+from mesh.identity import DEFAULT_TRUST_DOMAIN
 from ztunnel.state import ip_text
 
 _PROTOCOLS = {wpb.HBONE: "HBONE"}  # anything else: plain TCP, as Istio's dump names it
@@ -47,7 +48,7 @@ def _workload(workload: wpb.Workload, local: bool) -> dict[str, Any]:
         "serviceAccount": workload.service_account or "default",
         "workloadName": workload.workload_name, "workloadType": wpb.WorkloadType.Name(workload.workload_type).lower(),
         "canonicalName": workload.canonical_name, "canonicalRevision": workload.canonical_revision,
-        "clusterId": workload.cluster_id, "trustDomain": workload.trust_domain or "cluster.local",
+        "clusterId": workload.cluster_id, "trustDomain": workload.trust_domain or DEFAULT_TRUST_DOMAIN,
         "locality": {key: value for key, value in (("region", workload.locality.region),
                                                    ("zone", workload.locality.zone),
                                                    ("subzone", workload.locality.subzone)) if value},
