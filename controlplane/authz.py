@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,10 +84,61 @@ def _service_account(value: str, namespace: str) -> pb.ServiceAccountMatch:
     return pb.ServiceAccountMatch(namespace=ns or namespace, service_account=sa)
 
 
-def _source_match(source: r.Source, namespace: str) -> pb.Match:
+def _within_trust_domain(principal: pb.StringMatch, domain: str, action: str) -> pb.StringMatch | None:
+    """The principals that both match ``principal`` and are in ``domain``; None for none.
+
+    A principal is ``<trust domain>/ns/<ns>/sa/<sa>`` and a trust domain has no ``/``, so an exact or
+    prefix match narrows to one that names the domain, or to nothing. A suffix match cannot carry a
+    second condition in one ``StringMatch``: an ALLOW keeps it only where the suffix spells out the
+    rest of the principal (``*/ns/a/sa/b``), else drops it (matching less); a DENY keeps it as written
+    (denying more). Neither can widen an ALLOW.
+    """
+    head = domain + "/"
+    kind = principal.WhichOneof("match_type")
+    if kind == "presence":
+        return pb.StringMatch(prefix=head)
+    if kind == "exact":
+        return principal if principal.exact.startswith(head) else None
+    if kind == "prefix":
+        if principal.prefix.startswith(head):
+            return principal
+        return pb.StringMatch(prefix=head) if head.startswith(principal.prefix) else None
+    if kind == "suffix" and re.fullmatch(r"/ns/[^/]+/sa/[^/]+", principal.suffix):
+        return pb.StringMatch(exact=domain + principal.suffix)
+    return principal if action == "DENY" and kind == "suffix" else None
+
+
+def _principals(source: r.Source, action: str) -> list[list[pb.StringMatch]]:
+    """The ``principals`` of each Match a source becomes: one Match unless ``trustDomains`` is set,
+    which must hold together with ``principals``. A Match holds one list per field, so the pairs
+    are intersected here (``_within_trust_domain``); an empty list of lists means the source matches
+    no principal at all."""
+    principals = [_principal(p) for p in source.principals]
+    if not source.trust_domains:
+        return [principals]
+    if not principals:
+        return [[string_match(d) if d == "*" else pb.StringMatch(prefix=d + "/") for d in source.trust_domains]]
+    if "*" in source.trust_domains:
+        return [principals]
+    narrowed = [m for p in principals for d in source.trust_domains
+                if (m := _within_trust_domain(p, d, action)) is not None]
+    return [narrowed] if narrowed else []
+
+
+def _source_match(source: r.Source, namespace: str, action: str) -> list[pb.Match]:
+    not_principals = [_principal(p) for p in source.not_principals]
+    # "none of these principals and none of these domains" is one list of exclusions
+    not_principals += [string_match(d) if d == "*" else pb.StringMatch(prefix=d + "/")
+                       for d in source.not_trust_domains]
+    return [_source_fields(source, namespace, principals, not_principals)
+            for principals in _principals(source, action)]
+
+
+def _source_fields(source: r.Source, namespace: str, principals: list[pb.StringMatch],
+                   not_principals: list[pb.StringMatch]) -> pb.Match:
     return pb.Match(
-        principals=[_principal(p) for p in source.principals],
-        not_principals=[_principal(p) for p in source.not_principals],
+        principals=principals,
+        not_principals=not_principals,
         namespaces=[string_match(n) for n in source.namespaces],
         not_namespaces=[string_match(n) for n in source.not_namespaces],
         service_accounts=[_service_account(a, namespace) for a in source.service_accounts],
@@ -96,8 +148,8 @@ def _source_match(source: r.Source, namespace: str) -> pb.Match:
     )
 
 
-def _operation_match(operation: r.Operation, _namespace: str) -> pb.Match:
-    return pb.Match(destination_ports=operation.ports, not_destination_ports=operation.not_ports)
+def _operation_match(operation: r.Operation, _namespace: str, _action: str) -> list[pb.Match]:
+    return [pb.Match(destination_ports=operation.ports, not_destination_ports=operation.not_ports)]
 
 
 def _condition_match(condition: r.Condition) -> pb.Match:
@@ -132,12 +184,12 @@ def _group(rule: r.Rule, action: str, namespace: str = "") -> pb.Group | None:
     if action == "ALLOW" and (rule.unknown or l7_parts_of_rule(rule)):
         return None
     clauses: list[pb.Rules] = []
-    kinds: tuple[tuple[tuple[Any, ...], Callable[[Any, str], pb.Match]], ...] = (
+    kinds: tuple[tuple[tuple[Any, ...], Callable[[Any, str, str], list[pb.Match]]], ...] = (
         (rule.sources, _source_match), (rule.operations, _operation_match))
     for items, to_match in kinds:
         if not items:
             continue
-        matches = [m for item in items if (m := to_match(item, namespace)) != _ANY or item.unknown]
+        matches = [m for item in items for m in to_match(item, namespace, action) if m != _ANY or item.unknown]
         if not matches:
             return None
         if _ANY not in matches:  # an alternative that always holds makes the clause hold: left out

@@ -581,7 +581,7 @@ def _ports(f: Field) -> tuple[int, ...]:
 
 _SOURCE_FIELDS = {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
                   "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
-                  "serviceAccounts", "notServiceAccounts"}
+                  "serviceAccounts", "notServiceAccounts", "trustDomains", "notTrustDomains"}
 _OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"}
 
 
@@ -595,6 +595,25 @@ def _service_accounts(f: Field) -> tuple[str, ...]:
         parts = value.split("/")
         if len(parts) > 2 or not all(parts) or "*" in value:
             item.report(f"{value!r} is not a service account (namespace/name, or name; no wildcards)")
+            continue
+        result.append(value)
+    return tuple(result)
+
+
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")  # SPIFFE's trust domain characters
+
+
+def _trust_domains(f: Field) -> tuple[str, ...]:
+    """Istio's ``trustDomains``: the peer's trust domain, exactly, or ``*`` for any peer with one.
+    Partial wildcards are refused: a principal match cannot express them together with the rest."""
+    result = []
+    for item in f.items():
+        value = item.str(required=True)
+        if value is None:
+            continue
+        if value != "*" and not _TRUST_DOMAIN.fullmatch(value):
+            item.report(f"{value!r} is not a trust domain (lower-case letters, digits, '.', '-', '_'; "
+                        "or '*' alone)")
             continue
         result.append(value)
     return tuple(result)
@@ -628,7 +647,8 @@ def _rule(f: Field) -> r.Rule | None:
                 s["notRequestPrincipals"].str_list(), s["namespaces"].str_list(), s["notNamespaces"].str_list(),
                 _cidrs(s["ipBlocks"]), _cidrs(s["notIpBlocks"]), _cidrs(s["remoteIpBlocks"]),
                 _cidrs(s["notRemoteIpBlocks"]), _service_accounts(s["serviceAccounts"]),
-                _service_accounts(s["notServiceAccounts"]),
+                _service_accounts(s["notServiceAccounts"]), _trust_domains(s["trustDomains"]),
+                _trust_domains(s["notTrustDomains"]),
                 note(f"from[{i}]", outer) + note(f"from[{i}].source", inner),
             ))
     operations = []

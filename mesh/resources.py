@@ -265,6 +265,9 @@ class Source:
     # Istio's ServiceAccountMatch: "ns/sa", or "sa" in the policy's own namespace.
     service_accounts: tuple[str, ...] = ()
     not_service_accounts: tuple[str, ...] = ()
+    # The peer's trust domain (exact, or "*"): Istio's trustDomains/notTrustDomains.
+    trust_domains: tuple[str, ...] = ()
+    not_trust_domains: tuple[str, ...] = ()
     # Fields the mesh does not understand (as written, e.g. "serviceAcounts"): see Rule.unknown.
     unknown: tuple[str, ...] = ()
 

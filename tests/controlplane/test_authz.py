@@ -370,3 +370,72 @@ def test_dry_run_annotation_is_sent():
     assert authz.translate_policy(resource, ROOT).dry_run is True
     assert translate({"action": "DENY", "rules": [{}]}).dry_run is False
     assert pb.Authorization.DESCRIPTOR.fields_by_name["dry_run"].number == 6
+
+
+# trustDomains / notTrustDomains: the peer's trust domain, together with the source's other fields.
+def _allowed(spec_source: dict, action: str, peer: str | None) -> bool:
+    from mesh.identity import SpiffeId
+    from ztunnel.policy import ConnectionAttributes, authorize
+
+    compiled = translate({"action": action, "rules": [{"from": [spec_source]}]})
+    identity = SpiffeId.parse(peer) if peer else None
+    return authorize(ConnectionAttributes("10.0.0.1", identity, "10.0.0.2", 80), [compiled]).allowed
+
+
+@pytest.mark.parametrize("source, peer, allowed", [
+    (src(trustDomains=["corp.example"]), "spiffe://corp.example/ns/a/sa/b", True),
+    (src(trustDomains=["corp.example"]), "spiffe://cluster.local/ns/a/sa/b", False),
+    (src(trustDomains=["corp.example"]), None, False),
+    # a domain that is a prefix of another is not that other
+    (src(trustDomains=["corp"]), "spiffe://corp.example/ns/a/sa/b", False),
+    (src(trustDomains=["*"]), "spiffe://any.where/ns/a/sa/b", True),
+    (src(trustDomains=["*"]), None, False),
+    # with principals, both must hold (Istio ANDs a source's fields)
+    (src(trustDomains=["corp.example"], principals=["cluster.local/ns/a/sa/b"]), "spiffe://cluster.local/ns/a/sa/b",
+     False),
+    (src(trustDomains=["corp.example"], principals=["*"]), "spiffe://cluster.local/ns/a/sa/b", False),
+    (src(trustDomains=["corp.example"], principals=["corp*"]), "spiffe://corp.example/ns/a/sa/b", True),
+    (src(trustDomains=["corp.example"], principals=["*/ns/a/sa/b"]), "spiffe://corp.example/ns/a/sa/b", True),
+    (src(trustDomains=["corp.example"], principals=["*/ns/a/sa/b"]), "spiffe://cluster.local/ns/a/sa/b", False),
+    # a suffix the intersection cannot express: an ALLOW matches less, never more
+    (src(trustDomains=["corp.example"], principals=["*sa/b"]), "spiffe://cluster.local/ns/a/sa/b", False),
+    (src(trustDomains=["corp.example"], principals=["*sa/b"]), "spiffe://corp.example/ns/a/sa/b", False),
+    (src(trustDomains=["corp.example"], namespaces=["a"]), "spiffe://corp.example/ns/b/sa/b", False),
+    (src(notTrustDomains=["corp.example"]), "spiffe://corp.example/ns/a/sa/b", False),
+    (src(notTrustDomains=["corp.example"]), "spiffe://cluster.local/ns/a/sa/b", True),
+    (src(notTrustDomains=["corp.example"], notPrincipals=["cluster.local/ns/a/*"]), "spiffe://cluster.local/ns/a/sa/b",
+     False),
+])
+def test_trust_domains_in_allow(source, peer, allowed):
+    assert _allowed(source, "ALLOW", peer) is allowed
+
+
+@pytest.mark.parametrize("source, peer, denied", [
+    (src(trustDomains=["corp.example"]), "spiffe://corp.example/ns/a/sa/b", True),
+    (src(trustDomains=["corp.example"]), "spiffe://cluster.local/ns/a/sa/b", False),
+    # a suffix the intersection cannot express: a DENY denies more, never less
+    (src(trustDomains=["corp.example"], principals=["*sa/b"]), "spiffe://corp.example/ns/a/sa/b", True),
+    (src(trustDomains=["corp.example"], principals=["*sa/b"]), "spiffe://cluster.local/ns/a/sa/b", True),
+    (src(notTrustDomains=["cluster.local"]), None, True),
+])
+def test_trust_domains_in_deny(source, peer, denied):
+    assert _allowed(source, "DENY", peer) is not denied
+
+
+@pytest.mark.parametrize("value", ["corp.*", "*.example", "Corp", "a/b"])
+def test_partial_trust_domain_wildcards_are_errors(value):
+    from mesh.parse import parse_text
+
+    result = parse_text(yaml_policy(value), "p.yaml")
+    assert [p.field for p in result.errors] == ["spec.rules[0].from[0].source.trustDomains[0]"]
+
+
+def yaml_policy(domain: str) -> str:
+    return f"""apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: p, namespace: shop}}
+spec:
+  rules:
+  - from:
+    - source: {{trustDomains: ["{domain}"]}}
+"""
