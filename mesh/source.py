@@ -47,6 +47,8 @@ class Code:
     UNKNOWN_RULE_FIELD = "AMB0104"  # a rule field the mesh does not understand
     DATAPLANE_MODE = "AMB0105"  # an istio.io/dataplane-mode value that is neither ambient nor none
     TARGET_PORT = "AMB0106"  # a Service targetPort name that no selected pod's container declares
+    WAYPOINT_NOT_ADMITTED = "AMB0107"  # use-waypoint names a waypoint whose allowedRoutes refuse the namespace
+    WAYPOINT_TRAFFIC_TYPE = "AMB0108"  # use-waypoint names a waypoint not for this kind of traffic (waypoint-for)
 
     @staticmethod
     def default(severity: Severity) -> str:
