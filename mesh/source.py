@@ -41,6 +41,7 @@ class Code:
     REPLACED_KIND = "AMB0006"  # an Istio kind ambient mode does without, skipped; says what to use instead
     GATEWAY_NOT_RUN = "AMB0007"  # a Gateway of a class other than istio-waypoint (e.g. ingress), not run
     ACTION_NOT_ENFORCED = "AMB0008"  # an AuthorizationPolicy action ztunnel does not enforce (CUSTOM, AUDIT)
+    INGRESS_ONLY = "AMB0009"  # a setting only Istio's ingress gateways act on (no ingress gateway runs here)
     NOT_FOUND = "AMB0101"  # a reference to a resource that does not exist (waypoint, parentRef, targetRef)
     MATCHES_NOTHING = "AMB0102"  # a selector that matches no pod
     L7_AT_L4 = "AMB0103"  # L7 fields in a policy ztunnel enforces at L4
