@@ -35,7 +35,7 @@ this module adds what HBONE means on top of it:
   unacknowledged when a stream is reset or refused are credited then, since nobody will read them.
   ``send_data`` takes what the windows allow and returns that count; ``SendWindowOpened`` says when to
   try again (stream 0: any stream may).
-- Limits: at most 100 concurrent streams. A client asks ``streams_available()`` before
+- Limits (all in ``hbone.limits``): at most 100 concurrent streams. A client asks ``streams_available()`` before
   ``open_stream``. A peer that opens more than we advertised is cut off with GOAWAY
   (PROTOCOL_ERROR), reported as ``ConnectionClosed``.
 - Keepalive: a PING every 10 s; a PING unanswered for 20 s ends the connection. ``PingAnswered``
@@ -64,16 +64,17 @@ from hbone.http2 import (
     Setting,
     StreamAborted,
 )
+from hbone.limits import (  # the limits, importable from here as before
+    CONNECTION_WINDOW as CONNECTION_WINDOW,
+    MAX_CONCURRENT_STREAMS as MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE as MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE as MAX_HEADER_LIST_SIZE,
+    PING_INTERVAL as PING_INTERVAL,
+    PING_TIMEOUT as PING_TIMEOUT,
+    STREAM_WINDOW as STREAM_WINDOW,
+)
 from mesh.addresses import format_address
 
-MAX_CONCURRENT_STREAMS = 100
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 16 * 1024 * 1024
-# Larger frames than the 16 KiB default: fewer frames, so fewer Python calls per byte.
-MAX_FRAME_SIZE = 1024 * 1024
-MAX_HEADER_LIST_SIZE = 64 * 1024
-PING_INTERVAL = 10.0
-PING_TIMEOUT = 20.0
 REJECT_STATUSES = frozenset({400, 401, 503})
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

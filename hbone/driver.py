@@ -48,17 +48,18 @@ from hbone.http2 import (
     StreamData,
     StreamHalfClosed,
 )
+from hbone.limits import (  # the limits, importable from here as before
+    CLOSE_GRACE as CLOSE_GRACE,
+    HIGH_WATER as HIGH_WATER,
+    IDLE_TIMEOUT as IDLE_TIMEOUT,
+    READ_SIZE as READ_SIZE,
+)
 from hbone.transport import FrameTransport
 from mesh.errors import describe
 
 log = logging.getLogger("ambient.hbone")
 
 SideEvent = ConnectRequested | ConnectAccepted | ConnectRefused  # what only one side's driver handles
-
-READ_SIZE = 256 * 1024
-HIGH_WATER = 512 * 1024  # bytes queued for the writer before a sender waits
-IDLE_TIMEOUT = 300.0  # a pooled client connection without streams for this long is closed
-CLOSE_GRACE = 1.0  # seconds to send a final GOAWAY on a closing connection
 
 
 class HboneRefused(Exception):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from hbone.hpack_codec import Decoder, Encoder, HpackError
+from hbone.limits import DEFAULT_MAX_HEADER_BLOCK
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_WINDOW = 65535
@@ -216,7 +217,7 @@ class Http2Connection(Generic[UpperEvent]):
         self._encoder = Encoder()
         self._decoder = Decoder(max_header_list_size=self._local[Setting.MAX_HEADER_LIST_SIZE] or 2**32,
                                 max_table_size=_given(self._local, Setting.HEADER_TABLE_SIZE))
-        self._max_block = self._local[Setting.MAX_HEADER_LIST_SIZE] or 2**20
+        self._max_block = self._local[Setting.MAX_HEADER_LIST_SIZE] or DEFAULT_MAX_HEADER_BLOCK
         self._max_recv_frame = _given(self._local, Setting.MAX_FRAME_SIZE)
         self._max_send_frame = DEFAULT_MAX_FRAME_SIZE
         self._stream_window = _given(self._local, Setting.INITIAL_WINDOW_SIZE)  # what the peer may send
