@@ -15,6 +15,7 @@ listeners, which the control plane uses to recompute the view (debounced) and pu
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import threading
@@ -164,8 +165,7 @@ class Registry:
         state = ClusterState.build(resources, self.pod_statuses())
         with self._lock:  # state.services includes the waypoints' Services: ClusterIP too, as in Istio
             vips = self._vips.assign(state.services)
-        return ClusterState(state.namespaces, state.pods, state.services, state.gateways, state.policies,
-                            state.peer_authentications, state.pod_status, vips)
+        return dataclasses.replace(state, vips=vips)
 
 
 class ConfigDirectory:

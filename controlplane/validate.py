@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from controlplane import authz
+from controlplane.view import USE_WAYPOINT_NAMESPACE, ClusterState, serves
 from mesh import resources as r
 from mesh.parse import parse_paths
 from mesh.source import Code, Problem, Severity
@@ -44,6 +45,9 @@ def _selects_a_pod(res: r.Resource, selector, pods: dict[str, list[r.Pod]]) -> b
     return any(all(p.meta.labels.get(k) == v for k, v in selector.items()) for p in pods.get(res.meta.namespace, ()))
 
 
+INGRESS_USE_WAYPOINT = "istio.io/ingress-use-waypoint"
+
+
 def cross_check(resources: list[r.Resource]) -> list[Problem]:
     problems: list[Problem] = []
     pods = _pods_by_namespace(resources)
@@ -53,15 +57,10 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
     # (the Gateway's own warning says neither runs).
     any_gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway)}
 
+    state = ClusterState.build(resources)
     for res in resources:
-        waypoint = res.meta.labels.get(r.USE_WAYPOINT)
-        if waypoint and waypoint != "none" and isinstance(res, (r.Namespace, r.Service, r.Pod, r.Deployment)):
-            namespace = res.meta.name if isinstance(res, r.Namespace) else res.meta.namespace
-            namespace = res.meta.labels.get("istio.io/use-waypoint-namespace", namespace)
-            if (namespace, waypoint) not in gateways:
-                problems.append(_problem(res, f"metadata.labels[{r.USE_WAYPOINT}]",
-                                         f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})",
-                                         code=Code.NOT_FOUND))
+        problems.extend(_use_waypoint(res, state))
+        problems.extend(_ingress_use_waypoint(res))
 
         problems.extend(_dataplane_mode(res))
         if isinstance(res, r.Service) and res.selector:
@@ -98,6 +97,50 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
                 in_namespace = sorted(name for ns, name in gateways if ns == res.meta.namespace)
                 problems.extend(_l7_at_l4(res, in_namespace))
     return problems
+
+
+def _use_waypoint(res: r.Resource, state: ClusterState) -> list[Problem]:
+    """``istio.io/use-waypoint`` naming a waypoint that is missing, that does not admit the object's
+    namespace (its listener's allowedRoutes), or that does not take this kind of traffic: as in
+    Istio, such an object has no waypoint and its traffic goes directly, without the waypoint's L7
+    policy. The first two are errors; the third is a warning (Istio's status says the same)."""
+    if not isinstance(res, (r.Namespace, r.Service, r.Pod, r.Deployment)):
+        return []
+    waypoint = res.meta.labels.get(r.USE_WAYPOINT)
+    if not waypoint or waypoint == "none":
+        return []
+    own_namespace = res.meta.name if isinstance(res, r.Namespace) else res.meta.namespace
+    namespace = res.meta.labels.get(USE_WAYPOINT_NAMESPACE, own_namespace)
+    where = f"metadata.labels[{r.USE_WAYPOINT}]"
+    gateway = state.gateways.get((namespace, waypoint))
+    if gateway is None:
+        return [_problem(res, where, f"no waypoint Gateway {namespace}/{waypoint} (class {r.WAYPOINT_CLASS})",
+                         code=Code.NOT_FOUND)]
+    if not state.attachment_allowed(gateway, own_namespace):
+        allowed = gateway.allowed_namespaces
+        return [_problem(res, where, f"waypoint {namespace}/{waypoint} does not admit namespace {own_namespace} "
+                         f"(its HBONE listener's allowedRoutes.namespaces.from is {allowed.source}), so this "
+                         "traffic bypasses it; set from: All, or a Selector matching this namespace",
+                         code=Code.WAYPOINT_NOT_ADMITTED)]
+    traffic = state.waypoint_for(gateway)
+    kinds = {r.Service: ("service",), r.Pod: ("workload",), r.Deployment: ("workload",),
+             r.Namespace: ("service", "workload")}[type(res)]
+    if not any(serves(traffic, kind) for kind in kinds):
+        return [_problem(res, where, f"waypoint {namespace}/{waypoint} is for {traffic!r} traffic "
+                         f"({r.WAYPOINT_FOR}), so it takes none addressed to this {kinds[0]}", Severity.WARNING,
+                         Code.WAYPOINT_TRAFFIC_TYPE)]
+    return []
+
+
+def _ingress_use_waypoint(res: r.Resource) -> list[Problem]:
+    """``istio.io/ingress-use-waypoint`` tells Istio's ingress gateways to send a Service's traffic
+    through its waypoint. This mesh runs no ingress gateway, so it changes nothing here; mesh traffic
+    to the Service goes through its waypoint with or without it."""
+    if not isinstance(res, (r.Service, r.Namespace)) or INGRESS_USE_WAYPOINT not in res.meta.labels:
+        return []
+    return [_problem(res, f"metadata.labels[{INGRESS_USE_WAYPOINT}]", "has no effect: the mesh runs no ingress "
+                     "gateway (Gateways of class 'istio' are not run); traffic from enrolled pods uses the "
+                     "Service's waypoint regardless", Severity.WARNING, Code.INGRESS_ONLY)]
 
 
 def _dataplane_mode(res: r.Resource) -> list[Problem]:

@@ -13,8 +13,10 @@ The label rules (DESIGN.md section 2, as in Istio):
   protocol HBONE, others NONE.
 - waypoint: ``istio.io/use-waypoint`` on the pod (for Workloads) or the Service, else on the
   namespace; ``none`` opts out of the namespace's; ``istio.io/use-waypoint-namespace`` names another
-  namespace. It applies only if that waypoint Gateway exists and serves that kind of traffic
-  (``istio.io/waypoint-for``: ``service`` (default), ``workload``, ``all``, ``none``).
+  namespace. It applies only if that waypoint Gateway exists, serves that kind of traffic
+  (``istio.io/waypoint-for`` on the Gateway, else on its GatewayClass: ``service`` (default),
+  ``workload``, ``all``, ``none``), and admits the object's namespace (its HBONE listener's
+  ``allowedRoutes.namespaces``: ``Same`` by default, ``All``, or ``Selector``).
 - endpoints: a Service selects pods in its namespace; each Workload carries the Services it backs
   with the target port resolved (a named targetPort through the pod's container ports).
 - a pod appears once it has an IP (runtime status from the lab); until then it is pending.
@@ -85,11 +87,12 @@ class ClusterState:
     peer_authentications: tuple[r.PeerAuthentication, ...]
     pod_status: Mapping[tuple[str, str], PodStatus]
     vips: Mapping[tuple[str, str], str]  # Service (ns, name) → its cluster IP
+    gateway_classes: Mapping[str, r.GatewayClass] = field(default_factory=dict)  # by name
 
     @classmethod
     def build(cls, resources: Iterable[r.Resource], pod_status: Mapping[tuple[str, str], PodStatus] | None = None,
               vips: Mapping[tuple[str, str], str] | None = None) -> ClusterState:
-        namespaces, pods, services, gateways, policies, peer = {}, {}, {}, {}, [], []
+        namespaces, pods, services, gateways, policies, peer, classes = {}, {}, {}, {}, [], [], {}
         for res in resources:
             key = (res.meta.namespace, res.meta.name)
             if isinstance(res, r.Namespace):
@@ -108,10 +111,22 @@ class ClusterState:
                 policies.append(res)
             elif isinstance(res, r.PeerAuthentication):
                 peer.append(res)
+            elif isinstance(res, r.GatewayClass):
+                classes[res.meta.name] = res
         for key, gateway in gateways.items():  # a Service per waypoint, unless the user declared one
             services.setdefault(key, waypoint_service(gateway))
         return cls(namespaces, pods, services, gateways, tuple(policies), tuple(peer),
-                   dict(pod_status or {}), dict(vips or {}))
+                   dict(pod_status or {}), dict(vips or {}), classes)
+
+    def waypoint_for(self, gateway: r.Gateway) -> str:
+        """The traffic a waypoint takes: its own label, else its GatewayClass's, else ``service``."""
+        return gateway.waypoint_for(self.gateway_classes.get(gateway.gateway_class))
+
+    def attachment_allowed(self, gateway: r.Gateway, namespace: str) -> bool:
+        """Whether objects of ``namespace`` may use this waypoint (its listener's allowedRoutes)."""
+        ns = self.namespaces.get(namespace)
+        labels = ns.meta.labels if ns is not None else {}
+        return gateway.allowed_namespaces.admits(gateway.meta.namespace, namespace, labels)
 
 
 @dataclass(frozen=True)
@@ -198,9 +213,9 @@ def waypoint_ref(own: r.Meta, namespace_labels: Mapping[str, str]) -> tuple[str,
     return None
 
 
-def serves(gateway: r.Gateway, kind: str) -> bool:
-    """Whether a waypoint takes traffic addressed to a ``service`` or a ``workload``."""
-    return gateway.waypoint_for in (kind, "all")
+def serves(traffic_type: str, kind: str) -> bool:
+    """Whether a waypoint of ``traffic_type`` takes traffic addressed to a ``service`` or a ``workload``."""
+    return traffic_type in (kind, "all")
 
 
 def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
@@ -246,7 +261,11 @@ def _gateway_address(gateway: r.Gateway, config: MeshConfig) -> wpb.GatewayAddre
 def _waypoint_for(meta: r.Meta, ns_labels, state: ClusterState, kind: str, config: MeshConfig):
     ref = waypoint_ref(meta, ns_labels)
     gateway = state.gateways.get(ref) if ref else None
-    if gateway is None or not serves(gateway, kind):
+    if gateway is None or not serves(state.waypoint_for(gateway), kind):
+        return None
+    # As istiod: the waypoint's HBONE listener must admit the object's namespace (allowedRoutes,
+    # default Same); else no waypoint, and ``ambient validate`` says why.
+    if not state.attachment_allowed(gateway, meta.namespace):
         return None
     # A waypoint's own pods and Service never go through a waypoint, not even another one (as
     # Istio): its pods carry the gateway-name label, its Service has the Gateway's name.
@@ -408,7 +427,8 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
 
     waypoints = {}
     for (namespace, name), gateway in state.gateways.items():
-        waypoint = Waypoint(namespace, name, gateway.waypoint_for, SpiffeId(config.trust_domain, namespace, name),
+        waypoint = Waypoint(namespace, name, state.waypoint_for(gateway),
+                            SpiffeId(config.trust_domain, namespace, name),
                             f"{name}.{namespace}.svc.{config.domain_suffix}", waypoint_pod(gateway).meta.name)
         waypoints[waypoint.key] = waypoint
 

@@ -25,11 +25,11 @@ GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta
 ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
 API_VERSIONS: dict[str, tuple[str, ...]] = {
     "Namespace": ("v1",), "ServiceAccount": ("v1",), "Pod": ("v1",), "Service": ("v1",),
-    "Deployment": ("apps/v1",), "Gateway": GATEWAY_API, "HTTPRoute": GATEWAY_API,
+    "Deployment": ("apps/v1",), "Gateway": GATEWAY_API, "GatewayClass": GATEWAY_API, "HTTPRoute": GATEWAY_API,
     "AuthorizationPolicy": ISTIO_SECURITY, "PeerAuthentication": ISTIO_SECURITY,
     "WasmPlugin": ("extensions.istio.io/v1alpha1",),
 }
-CLUSTER_SCOPED = {"Namespace"}
+CLUSTER_SCOPED = {"Namespace", "GatewayClass"}
 
 # Istio kinds an ambient mesh of ztunnel and waypoints does without: read, skipped with one warning
 # that says what the mesh uses instead (never an error: real Istio manifests carry them).
@@ -432,8 +432,9 @@ def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
         if item.mapping({"name", "port", "protocol", "hostname", "tls", "allowedRoutes"}):
             name, port = item["name"].str(required=True), _port(item["port"])
             protocol = item["protocol"].str(required=True)
-            if name and port and protocol:
-                listeners.append(r.Listener(name, port, protocol))
+            allowed = _allowed_namespaces(item["allowedRoutes"])
+            if name and port and protocol and allowed:
+                listeners.append(r.Listener(name, port, protocol, allowed))
     if gateway_class is None:
         return None
     gateway = r.Gateway(meta, origin, gateway_class, tuple(listeners))
@@ -443,11 +444,62 @@ def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
             f"class {gateway_class!r}{what} is not run by the mesh, nor are the routes attached to it: only "
             f"{r.WAYPOINT_CLASS!r} gateways are", Severity.WARNING, code=Code.GATEWAY_NOT_RUN)
         return gateway
-    if gateway.waypoint_for not in r.WAYPOINT_FOR_VALUES:
-        spec.report(f"label {r.WAYPOINT_FOR}={gateway.waypoint_for!r} is not one of {', '.join(r.WAYPOINT_FOR_VALUES)}")
-    if r.Listener("mesh", 15008, "HBONE") not in listeners:
+    _check_waypoint_for(spec, meta)
+    if not any((lis.name, lis.port, lis.protocol) == r.WAYPOINT_LISTENER for lis in listeners):
         spec["listeners"].report("a waypoint needs the listener {name: mesh, port: 15008, protocol: HBONE}")
     return gateway
+
+
+def _check_waypoint_for(at: Field, meta: r.Meta) -> None:
+    value = meta.labels.get(r.WAYPOINT_FOR)
+    if value is not None and value not in r.WAYPOINT_FOR_VALUES:
+        at.report(f"label {r.WAYPOINT_FOR}={value!r} is not one of {', '.join(r.WAYPOINT_FOR_VALUES)}")
+
+
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _allowed_namespaces(f: Field) -> r.AllowedNamespaces | None:
+    """``allowedRoutes`` (its ``kinds`` are not checked: a waypoint takes any route kind it runs)."""
+    if not f.present:
+        return r.AllowedNamespaces()
+    if not f.mapping({"namespaces", "kinds"}):
+        return None
+    namespaces = f["namespaces"]
+    if not namespaces.present:
+        return r.AllowedNamespaces()
+    if not namespaces.mapping({"from", "selector"}):
+        return None
+    source = namespaces["from"].str(default="Same", choices=("All", "Same", "Selector"))
+    selector = namespaces["selector"]
+    if source == "Selector" and not selector.present:
+        selector.report("is required when from is Selector")
+        return None
+    if not selector.present or not selector.mapping({"matchLabels", "matchExpressions"}):
+        return r.AllowedNamespaces(source or "Same")
+    expressions = []
+    for item in selector["matchExpressions"].items():
+        if not item.mapping({"key", "operator", "values"}):
+            continue
+        key = item["key"].str(required=True)
+        operator = item["operator"].str(required=True, choices=_SELECTOR_OPERATORS)
+        values = item["values"].str_list()
+        if operator in ("In", "NotIn") and not values:
+            item["values"].report(f"must not be empty for {operator}")
+        elif operator in ("Exists", "DoesNotExist") and values:
+            item["values"].report(f"must be empty for {operator}")
+        if key and operator:
+            expressions.append(r.LabelRequirement(key, operator, values))
+    return r.AllowedNamespaces(source or "Same", r.frozen_map(selector["matchLabels"].str_map()), tuple(expressions))
+
+
+def _gateway_class(spec: Field, meta: r.Meta, origin: r.Origin) -> r.GatewayClass | None:
+    if not spec.mapping({"controllerName", "parametersRef", "description"}, required=True):
+        return None
+    controller = spec["controllerName"].str(required=True)
+    if meta.name == r.WAYPOINT_CLASS:
+        _check_waypoint_for(spec, meta)
+    return r.GatewayClass(meta, origin, controller) if controller else None
 
 
 _DURATION = re.compile(r"^(?:\d{1,5}(?:h|ms|m|s)){1,4}$")
@@ -766,7 +818,7 @@ def _wasm_plugin(spec: Field, meta: r.Meta, origin: r.Origin) -> r.WasmPlugin | 
 
 _PARSERS = {
     "Namespace": _namespace, "ServiceAccount": _service_account, "Pod": _pod, "Deployment": _deployment,
-    "Service": _service, "Gateway": _gateway, "HTTPRoute": _http_route,
+    "Service": _service, "Gateway": _gateway, "GatewayClass": _gateway_class, "HTTPRoute": _http_route,
     "AuthorizationPolicy": _authorization_policy, "PeerAuthentication": _peer_authentication,
     "WasmPlugin": _wasm_plugin,
 }

@@ -160,10 +160,50 @@ class Service(Resource):
 
 
 @dataclass(frozen=True)
+class LabelRequirement:
+    """One ``matchExpressions`` entry of a Kubernetes label selector."""
+
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+    def holds(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":  # as Kubernetes: an absent label is "not in"
+            return labels.get(self.key) not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels  # DoesNotExist
+
+
+@dataclass(frozen=True)
+class AllowedNamespaces:
+    """A listener's ``allowedRoutes.namespaces``: which namespaces may attach to it (Gateway API:
+    ``Same`` by default, ``All``, or ``Selector`` over the namespace's labels)."""
+
+    source: str = "Same"  # the field "from"
+    match_labels: Mapping[str, str] = field(default_factory=frozen_map)
+    match_expressions: tuple[LabelRequirement, ...] = ()
+
+    def admits(self, own_namespace: str, namespace: str, namespace_labels: Mapping[str, str]) -> bool:
+        if self.source == "All":
+            return True
+        if self.source == "Selector":  # an empty selector selects every namespace, as Kubernetes
+            return (all(namespace_labels.get(k) == v for k, v in self.match_labels.items())
+                    and all(e.holds(namespace_labels) for e in self.match_expressions))
+        return namespace == own_namespace
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str
     port: int
     protocol: str
+    allowed_namespaces: AllowedNamespaces = AllowedNamespaces()
+
+
+WAYPOINT_LISTENER = ("mesh", 15008, "HBONE")  # name, port, protocol: what a waypoint Gateway declares
 
 
 @_kind("Gateway")
@@ -176,9 +216,28 @@ class Gateway(Resource):
     def is_waypoint(self) -> bool:
         return self.gateway_class == WAYPOINT_CLASS
 
+    def waypoint_for(self, gateway_class: GatewayClass | None = None) -> str:
+        """The traffic the waypoint takes, as istiod reads it: the Gateway's ``istio.io/waypoint-for``
+        label, else its GatewayClass's, else ``service``."""
+        class_labels = gateway_class.meta.labels if gateway_class is not None else {}
+        return self.meta.labels.get(WAYPOINT_FOR, class_labels.get(WAYPOINT_FOR, "service"))
+
     @property
-    def waypoint_for(self) -> str:
-        return self.meta.labels.get(WAYPOINT_FOR, "service")
+    def allowed_namespaces(self) -> AllowedNamespaces:
+        """Who may use this waypoint from another namespace: the HBONE listener on 15008 says (as
+        istiod's ``makeAllowedRoutes``); without one, only its own namespace."""
+        for listener in self.listeners:
+            if (listener.protocol, listener.port) == ("HBONE", 15008):
+                return listener.allowed_namespaces
+        return AllowedNamespaces()
+
+
+@_kind("GatewayClass")
+@dataclass(frozen=True)
+class GatewayClass(Resource):
+    """Cluster-scoped. Read for its ``istio.io/waypoint-for`` label, which its waypoints inherit."""
+
+    controller: str
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ def test_ambient_validate_reports_no_error_on_istio_samples():
     # Only the findings that say what the mesh does not run; no field of these manifests is
     # reported as unknown or unsupported, and no reference among them dangles.
     codes = Counter(f["code"] for f in document["findings"])
-    assert set(codes) == {"AMB0006", "AMB0007", "AMB0008", "AMB0103"}, document["findings"]
+    assert set(codes) == {"AMB0006", "AMB0007", "AMB0008", "AMB0009", "AMB0103"}, document["findings"]
+    assert codes["AMB0009"] == 1  # istio.io/ingress-use-waypoint: no ingress gateway runs
     assert codes["AMB0007"] == 1  # the ingress Gateway, once; not its HTTPRoute
     assert codes["AMB0008"] == 2  # CUSTOM and AUDIT
 
@@ -30,8 +31,8 @@ def test_ambient_validate_reports_no_error_on_istio_samples():
 def test_every_kind_of_the_samples_is_accounted_for():
     resources, problems = validate([FIXTURES])
     kinds = Counter(type(res).__name__ for res in resources)
-    assert kinds == {"Namespace": 4, "ServiceAccount": 6, "Service": 10, "Deployment": 12, "Gateway": 2,
-                     "HTTPRoute": 2, "AuthorizationPolicy": 11, "PeerAuthentication": 2}
+    assert kinds == {"Namespace": 6, "ServiceAccount": 6, "Service": 11, "Deployment": 13, "Gateway": 3,
+                     "GatewayClass": 1, "HTTPRoute": 2, "AuthorizationPolicy": 11, "PeerAuthentication": 2}
     skipped = sorted(p.message.split(" ")[0] for p in problems if p.code == "AMB0006")
     assert skipped == ["DestinationRule", "EnvoyFilter", "Gateway", "RequestAuthentication", "ServiceEntry",
                        "Sidecar", "Telemetry", "VirtualService", "VirtualService"]

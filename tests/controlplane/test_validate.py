@@ -81,3 +81,90 @@ def test_problems_found_in_code_have_codes(tmp_path):
     (tmp_path / "a.yaml").write_text(FINDINGS)
     _, problems = validate([tmp_path])
     assert all(re.fullmatch(r"AMB\d{4}", p.code) for p in problems)
+
+
+WAYPOINTS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: istio-waypoint, labels: {istio.io/waypoint-for: workload}}
+spec: {controllerName: istio.io/mesh-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: private, namespace: infra}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: shared, namespace: infra, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {mesh: shared}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: infra}
+"""
+
+
+def _findings(tmp_path, extra: str) -> list[tuple[str, str, str]]:
+    (tmp_path / "a.yaml").write_text(WAYPOINTS + "---\n" + extra)
+    _, problems = validate([tmp_path])
+    return [(p.code, p.resource, p.message) for p in problems]
+
+
+def test_a_waypoint_that_refuses_the_namespace_is_an_error(tmp_path):
+    found = _findings(tmp_path, """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {istio.io/use-waypoint: private, istio.io/use-waypoint-namespace: infra}
+""")
+    assert [(c, res) for c, res, _ in found] == [(Code.WAYPOINT_NOT_ADMITTED, "Namespace shop")]
+    assert "does not admit namespace shop" in found[0][2] and "from is Same" in found[0][2]
+
+
+def test_a_selector_that_admits_the_namespace_is_clean(tmp_path):
+    assert _findings(tmp_path, """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {mesh: shared, istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra}
+""") == []
+
+
+def test_a_waypoint_for_other_traffic_is_a_warning(tmp_path):
+    # "private" inherits waypoint-for: workload from its GatewayClass; a Service cannot use it.
+    found = _findings(tmp_path, """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: infra
+  labels: {istio.io/use-waypoint: private}
+spec: {ports: [{port: 80}]}
+""")
+    assert [c for c, _, _ in found] == [Code.WAYPOINT_TRAFFIC_TYPE]
+    assert "is for 'workload' traffic" in found[0][2]
+
+
+def test_ingress_use_waypoint_is_recognised_and_said_to_have_no_effect(tmp_path):
+    found = _findings(tmp_path, """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: infra
+  labels: {istio.io/ingress-use-waypoint: "true"}
+spec: {ports: [{port: 80}]}
+""")
+    assert [(c, res) for c, res, _ in found] == [(Code.INGRESS_ONLY, "Service infra/web")]
+    assert "no ingress gateway" in found[0][2]

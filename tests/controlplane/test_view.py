@@ -75,10 +75,19 @@ def service(name: str, ns: str = "shop", labels: dict | None = None, *, selector
     return _doc("v1", "Service", name, ns, labels, spec)
 
 
-def waypoint(name: str = "wp", ns: str = "shop", for_: str | None = None) -> str:
+def waypoint(name: str = "wp", ns: str = "shop", for_: str | None = None, allowed: dict | None = None) -> str:
+    """``allowed``: the HBONE listener's ``allowedRoutes.namespaces`` (absent: Same)."""
     labels = {r.WAYPOINT_FOR: for_} if for_ else None
-    spec = {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
+    listener: dict = {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+    if allowed is not None:
+        listener["allowedRoutes"] = {"namespaces": allowed}
+    spec = {"gatewayClassName": "istio-waypoint", "listeners": [listener]}
     return _doc("gateway.networking.k8s.io/v1", "Gateway", name, ns, labels, spec)
+
+
+def gateway_class(name: str = "istio-waypoint", labels: dict | None = None) -> str:
+    return _doc("gateway.networking.k8s.io/v1", "GatewayClass", name, None, labels,
+                {"controllerName": "istio.io/mesh-controller"})
 
 
 def deployment(name: str, ns: str = "shop", labels: dict | None = None, *, replicas: int = 2,
@@ -209,10 +218,59 @@ def test_use_waypoint(ns_labels, svc_labels, pod_labels, wp_for, svc_expected, p
     view = build(
         namespace("shop", {**AMBIENT, **ns_labels}), namespace("infra"),
         service("web", labels=svc_labels), pod("web", labels=pod_labels),
-        waypoint("wp", for_=wp_for), waypoint("other", for_="all"), waypoint("shared", "infra", for_="all"),
+        waypoint("wp", for_=wp_for), waypoint("other", for_="all"),
+        waypoint("shared", "infra", for_="all", allowed={"from": "All"}),
     )
     assert waypoint_of(svc_of(view, "shop/web")) == svc_expected
     assert waypoint_of(workload(view, "shop/web")) == pod_expected
+
+
+# A waypoint in another namespace is used only where its HBONE listener's allowedRoutes admits the
+# object's namespace (istiod's AllowsAttachmentFromNamespace); default Same.
+ATTACHMENT_ROWS = [
+    ("default-same-refuses-other-namespaces", None, {}, None),
+    ("explicit-same-refuses", {"from": "Same"}, {}, None),
+    ("all-admits", {"from": "All"}, {}, "infra/shared"),
+    ("selector-admits-matching-labels", {"from": "Selector", "selector": {"matchLabels": {"team": "a"}}},
+     {"team": "a"}, "infra/shared"),
+    ("selector-refuses-other-labels", {"from": "Selector", "selector": {"matchLabels": {"team": "a"}}},
+     {"team": "b"}, None),
+    ("selector-expressions", {"from": "Selector", "selector": {"matchExpressions": [
+        {"key": "team", "operator": "In", "values": ["a", "b"]}, {"key": "frozen", "operator": "DoesNotExist"}]}},
+     {"team": "b"}, "infra/shared"),
+    ("selector-expressions-refuse", {"from": "Selector", "selector": {"matchExpressions": [
+        {"key": "team", "operator": "NotIn", "values": ["a"]}]}}, {"team": "a"}, None),
+]
+
+
+@pytest.mark.parametrize("allowed, shop_labels, expected", [row[1:] for row in ATTACHMENT_ROWS],
+                         ids=[row[0] for row in ATTACHMENT_ROWS])
+def test_cross_namespace_waypoint_needs_allowed_routes(allowed, shop_labels, expected):
+    view = build(namespace("shop", {**AMBIENT, **shop_labels, **use("shared", "infra")}), namespace("infra"),
+                 service("web"), pod("web"), waypoint("shared", "infra", for_="all", allowed=allowed))
+    assert waypoint_of(svc_of(view, "shop/web")) == expected
+    assert waypoint_of(workload(view, "shop/web")) == expected
+
+
+def test_same_namespace_waypoint_needs_no_allowed_routes():
+    view = build(namespace("shop", {**AMBIENT, **use("wp")}), service("web"), pod("web"), waypoint("wp"))
+    assert waypoint_of(svc_of(view, "shop/web")) == "shop/wp"
+
+
+@pytest.mark.parametrize("class_label, gateway_label, expected", [
+    (None, None, "service"),
+    ("workload", None, "workload"),
+    ("workload", "all", "all"),  # the Gateway's own label wins, as in istiod
+    ("none", None, "none"),
+])
+def test_waypoint_for_from_the_gateway_class(class_label, gateway_label, expected):
+    docs = [namespace("shop", {**AMBIENT, **use("wp")}), service("web"), pod("web"),
+            waypoint("wp", for_=gateway_label),
+            gateway_class(labels={r.WAYPOINT_FOR: class_label} if class_label else None)]
+    view = build(*docs)
+    assert view.waypoints["shop/wp"].waypoint_for == expected
+    assert (waypoint_of(svc_of(view, "shop/web")) == "shop/wp") == (expected in ("service", "all"))
+    assert (waypoint_of(workload(view, "shop/web")) == "shop/wp") == (expected in ("workload", "all"))
 
 
 def test_waypoint_pods_and_services_never_use_a_waypoint():
