@@ -303,21 +303,32 @@ def app_protocol(port: r.ServicePort) -> wpb.AppProtocol:
 
 TRAFFIC_DISTRIBUTION_ANNOTATION = "networking.istio.io/traffic-distribution"  # istiod's legacy spelling
 _LB = wpb.LoadBalancing
-_PREFER_CLOSE = _LB(routing_preference=[_LB.NETWORK, _LB.REGION, _LB.ZONE, _LB.SUBZONE], mode=_LB.FAILOVER)
-_NODE_LOCAL = _LB(routing_preference=[_LB.NODE], mode=_LB.STRICT)
+_PREFER_SAME_ZONE = (_LB.NETWORK, _LB.REGION, _LB.ZONE)
+_PREFER_SAME_NODE = (_LB.NETWORK, _LB.REGION, _LB.ZONE, _LB.SUBZONE, _LB.NODE)
+# trafficDistribution values istiod reads (the field, else the annotation, which is case-insensitive).
+_DISTRIBUTIONS = {"PreferClose": _PREFER_SAME_ZONE, "PreferSameZone": _PREFER_SAME_ZONE,
+                  "PreferSameNode": _PREFER_SAME_NODE}
 
 
 def load_balancing(svc: r.Service) -> wpb.LoadBalancing | None:
-    """A Service's endpoint choice as istiod maps it: ``internalTrafficPolicy: Local`` → only the
-    client's node (STRICT NODE), which wins over ``trafficDistribution: PreferClose`` (or the legacy
-    annotation) → the closest endpoints first (FAILOVER NETWORK, REGION, ZONE, SUBZONE); else None."""
+    """A Service's endpoint choice as istiod maps it (``constructService``): ``internalTrafficPolicy:
+    Local`` → only the client's node (STRICT NODE), which wins over ``trafficDistribution``:
+    ``PreferClose``/``PreferSameZone`` → FAILOVER over NETWORK, REGION, ZONE; ``PreferSameNode`` →
+    the same plus SUBZONE, NODE. A field value istiod does not know falls back to the annotation.
+    ``publishNotReadyAddresses`` adds health policy ALLOW_ALL. None when nothing applies."""
+    lb: wpb.LoadBalancing | None
     if svc.internal_traffic_policy == "Local":
-        return _NODE_LOCAL
-    if svc.traffic_distribution:  # the field wins over the annotation, which is read in any case
-        prefer_close = svc.traffic_distribution == "PreferClose"
+        lb = wpb.LoadBalancing(routing_preference=[_LB.NODE], mode=_LB.STRICT)
     else:
-        prefer_close = svc.meta.annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION, "").lower() == "preferclose"
-    return _PREFER_CLOSE if prefer_close else None
+        scopes = _DISTRIBUTIONS.get(svc.traffic_distribution)
+        if scopes is None:
+            annotation = svc.meta.annotations.get(TRAFFIC_DISTRIBUTION_ANNOTATION, "").lower()
+            scopes = next((v for k, v in _DISTRIBUTIONS.items() if k.lower() == annotation), None)
+        lb = wpb.LoadBalancing(routing_preference=scopes, mode=_LB.FAILOVER) if scopes else None
+    if svc.publish_not_ready_addresses:
+        lb = lb or wpb.LoadBalancing()
+        lb.health_policy = _LB.ALLOW_ALL
+    return lb
 
 
 def _canonical(pod: r.Pod) -> tuple[str, str, str]:

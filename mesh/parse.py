@@ -64,7 +64,7 @@ _CONTAINER_IGNORED = {"resources", "imagePullPolicy", "livenessProbe", "startupP
                       "volumeMounts", "securityContext", "workingDir", "lifecycle", "terminationMessagePath",
                       "terminationMessagePolicy", "stdin", "tty"}
 _SERVICE_IGNORED = {"type", "sessionAffinity", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
-                    "externalTrafficPolicy", "publishNotReadyAddresses"}
+                    "externalTrafficPolicy"}
 
 
 @dataclass
@@ -370,8 +370,8 @@ def _deployment(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Deployment | N
 
 
 def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
-    if not spec.mapping({"selector", "clusterIP", "ports", "internalTrafficPolicy", "trafficDistribution"}
-                        | _SERVICE_IGNORED, required=True):
+    if not spec.mapping({"selector", "clusterIP", "ports", "internalTrafficPolicy", "trafficDistribution",
+                         "publishNotReadyAddresses"} | _SERVICE_IGNORED, required=True):
         return None
     cluster_ip = spec["clusterIP"].str(default="")
     if cluster_ip not in ("", "None"):
@@ -402,8 +402,9 @@ def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
     selector = spec["selector"].str_map() if spec["selector"].present else None
     internal = spec["internalTrafficPolicy"].str(default="Cluster", choices=("Cluster", "Local"))
     distribution = spec["trafficDistribution"].str(default="")
+    publish_not_ready = spec["publishNotReadyAddresses"].bool(default=False)
     return r.Service(meta, origin, r.frozen_map(selector) if selector is not None else None, tuple(ports), cluster_ip,
-                     internal, distribution)
+                     internal, distribution, bool(publish_not_ready))
 
 
 # ---------------------------------------------------------------- Gateway API

@@ -153,6 +153,7 @@ class Service(Resource):
     cluster_ip: str = ""  # "" to be assigned; "None" for headless
     internal_traffic_policy: str = "Cluster"  # or "Local": only endpoints on the client's node
     traffic_distribution: str = ""  # e.g. "PreferClose"
+    publish_not_ready_addresses: bool = False  # endpoints take traffic before they are ready
 
     @property
     def hostname(self) -> str:

@@ -56,6 +56,8 @@ def _workload(workload: wpb.Workload, local: bool) -> dict[str, Any]:
         "status": _HEALTHY if workload.status == wpb.HEALTHY else "Unhealthy",
         "hostname": workload.hostname,
         "authorizationPolicies": list(workload.authorization_policies),
+        # Istio's ztunnel reads an absent capacity as 1
+        "capacity": workload.capacity.value if workload.HasField("capacity") else 1,
         "local": local,
     }
     waypoint = gateway_destination(workload)
@@ -81,10 +83,30 @@ def _service(key: str, service: wpb.Service, backing: Iterable[wpb.Workload]) ->
         "subjectAltNames": list(service.subject_alt_names),
         "ipFamilies": "IPv4",
     }
+    app_protocols = {str(port.service_port): _APP_PROTOCOLS[port.app_protocol]
+                     for port in service.ports if port.app_protocol in _APP_PROTOCOLS}
+    if app_protocols:  # Istio's dump leaves the map out when empty
+        entry["appProtocols"] = app_protocols
+    if service.HasField("load_balancing"):
+        entry["loadBalancer"] = load_balancer(service.load_balancing)
     waypoint = gateway_destination(service)
     if waypoint is not None:
         entry["waypoint"] = waypoint
     return entry
+
+
+# As Istio's ztunnel names them in its dump (serde of its AppProtocol and LoadBalancer enums).
+_APP_PROTOCOLS = {wpb.HTTP11: "Http11", wpb.HTTP2: "Http2", wpb.GRPC: "Grpc"}
+_LB_MODES = {wpb.LoadBalancing.STRICT: "Strict", wpb.LoadBalancing.FAILOVER: "Failover"}
+_HEALTH_POLICIES = {wpb.LoadBalancing.ALLOW_ALL: "AllowAll"}
+
+
+def load_balancer(lb: wpb.LoadBalancing) -> dict[str, Any]:
+    return {
+        "routingPreferences": [_title(wpb.LoadBalancing.Scope.Name(s)) for s in lb.routing_preference],
+        "mode": _LB_MODES.get(lb.mode, "Standard"),
+        "healthPolicy": _HEALTH_POLICIES.get(lb.health_policy, "OnlyHealthy"),
+    }
 
 
 def _string_matches(matches: Iterable[pb.StringMatch]) -> list[dict[str, Any]]:

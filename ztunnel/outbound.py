@@ -309,15 +309,17 @@ def _to_service(source: wpb.Workload, destination: tuple[str, int], service: wpb
     if service.HasField("waypoint") and not state.is_waypoint(source, service.waypoint):
         return _via_waypoint(service.waypoint, destination, state, balancer, f"service {key}", service=key)
     ip, port = destination
-    endpoints = state.endpoints(key, port, prefer_ip_version=6 if ":" in ip else 4)
+    # publishNotReadyAddresses (health policy ALLOW_ALL): endpoints not yet ready take traffic too
+    lb = service.load_balancing if service.HasField("load_balancing") else None
+    healthy_only = lb is None or lb.health_policy != wpb.LoadBalancing.ALLOW_ALL
+    endpoints = state.endpoints(key, port, prefer_ip_version=6 if ":" in ip else 4, healthy_only=healthy_only)
     if not endpoints:
         if all(p.service_port != port for p in service.ports):
             return Refuse(f"service {key} has no port {port}")
         return Refuse(f"service {key} has no healthy endpoint for port {port}")
-    if service.HasField("load_balancing"):
-        endpoints = closest(source, endpoints, service.load_balancing)
+    if lb is not None:
+        endpoints = closest(source, endpoints, lb)
         if not endpoints:
-            lb = service.load_balancing
             scopes = ", ".join(wpb.LoadBalancing.Scope.Name(s) for s in lb.routing_preference)
             return Refuse(f"service {key} has no healthy endpoint for port {port} that matches this client "
                           f"in {scopes} ({wpb.LoadBalancing.Mode.Name(lb.mode)}), as its load balancing requires")

@@ -73,7 +73,7 @@ class Service(_message.Message):
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., hostname: _Optional[str] = ..., addresses: _Optional[_Iterable[_Union[NetworkAddress, _Mapping]]] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., subject_alt_names: _Optional[_Iterable[str]] = ..., waypoint: _Optional[_Union[GatewayAddress, _Mapping]] = ..., load_balancing: _Optional[_Union[LoadBalancing, _Mapping]] = ...) -> None: ...
 
 class LoadBalancing(_message.Message):
-    __slots__ = ("routing_preference", "mode")
+    __slots__ = ("routing_preference", "mode", "health_policy")
     class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNSPECIFIED_SCOPE: _ClassVar[LoadBalancing.Scope]
@@ -98,11 +98,19 @@ class LoadBalancing(_message.Message):
     UNSPECIFIED_MODE: LoadBalancing.Mode
     STRICT: LoadBalancing.Mode
     FAILOVER: LoadBalancing.Mode
+    class HealthPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ONLY_HEALTHY: _ClassVar[LoadBalancing.HealthPolicy]
+        ALLOW_ALL: _ClassVar[LoadBalancing.HealthPolicy]
+    ONLY_HEALTHY: LoadBalancing.HealthPolicy
+    ALLOW_ALL: LoadBalancing.HealthPolicy
     ROUTING_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_POLICY_FIELD_NUMBER: _ClassVar[int]
     routing_preference: _containers.RepeatedScalarFieldContainer[LoadBalancing.Scope]
     mode: LoadBalancing.Mode
-    def __init__(self, routing_preference: _Optional[_Iterable[_Union[LoadBalancing.Scope, str]]] = ..., mode: _Optional[_Union[LoadBalancing.Mode, str]] = ...) -> None: ...
+    health_policy: LoadBalancing.HealthPolicy
+    def __init__(self, routing_preference: _Optional[_Iterable[_Union[LoadBalancing.Scope, str]]] = ..., mode: _Optional[_Union[LoadBalancing.Mode, str]] = ..., health_policy: _Optional[_Union[LoadBalancing.HealthPolicy, str]] = ...) -> None: ...
 
 class Workload(_message.Message):
     __slots__ = ("uid", "name", "namespace", "addresses", "hostname", "network", "tunnel_protocol", "trust_domain", "service_account", "waypoint", "network_gateway", "node", "canonical_name", "canonical_revision", "workload_type", "workload_name", "services", "authorization_policies", "status", "cluster_id", "locality", "capacity")

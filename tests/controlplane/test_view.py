@@ -438,18 +438,36 @@ def test_service_port_app_protocol(port, expected):
 LB = wpb.LoadBalancing
 
 
+SAME_ZONE = [LB.NETWORK, LB.REGION, LB.ZONE]
+SAME_NODE = [LB.NETWORK, LB.REGION, LB.ZONE, LB.SUBZONE, LB.NODE]
+
+
+# As istiod's constructService and GetTrafficDistribution.
 @pytest.mark.parametrize("spec, annotations, expected", [
     pytest.param({}, None, None, id="none"),
     pytest.param({"internalTrafficPolicy": "Cluster"}, None, None, id="cluster"),
-    pytest.param({"internalTrafficPolicy": "Local"}, None, ([LB.NODE], LB.STRICT), id="local-is-strict-node"),
-    pytest.param({"trafficDistribution": "PreferClose"}, None,
-                 ([LB.NETWORK, LB.REGION, LB.ZONE, LB.SUBZONE], LB.FAILOVER), id="prefer-close-fails-over"),
+    pytest.param({"internalTrafficPolicy": "Local"}, None, ([LB.NODE], LB.STRICT, LB.ONLY_HEALTHY),
+                 id="local-is-strict-node"),
+    pytest.param({"trafficDistribution": "PreferClose"}, None, (SAME_ZONE, LB.FAILOVER, LB.ONLY_HEALTHY),
+                 id="prefer-close-is-same-zone"),
+    pytest.param({"trafficDistribution": "PreferSameZone"}, None, (SAME_ZONE, LB.FAILOVER, LB.ONLY_HEALTHY),
+                 id="prefer-same-zone"),
+    pytest.param({"trafficDistribution": "PreferSameNode"}, None, (SAME_NODE, LB.FAILOVER, LB.ONLY_HEALTHY),
+                 id="prefer-same-node"),
     pytest.param({"trafficDistribution": "PreferClose", "internalTrafficPolicy": "Local"}, None,
-                 ([LB.NODE], LB.STRICT), id="local-wins-over-prefer-close"),
+                 ([LB.NODE], LB.STRICT, LB.ONLY_HEALTHY), id="local-wins-over-prefer-close"),
     pytest.param({}, {"networking.istio.io/traffic-distribution": "preferclose"},
-                 ([LB.NETWORK, LB.REGION, LB.ZONE, LB.SUBZONE], LB.FAILOVER), id="legacy-annotation-any-case"),
+                 (SAME_ZONE, LB.FAILOVER, LB.ONLY_HEALTHY), id="legacy-annotation-any-case"),
+    pytest.param({}, {"networking.istio.io/traffic-distribution": "PREFERSAMENODE"},
+                 (SAME_NODE, LB.FAILOVER, LB.ONLY_HEALTHY), id="legacy-annotation-same-node"),
     pytest.param({"trafficDistribution": "PreferSameNode"}, {"networking.istio.io/traffic-distribution": "PreferClose"},
-                 None, id="the-field-wins-over-the-annotation"),
+                 (SAME_NODE, LB.FAILOVER, LB.ONLY_HEALTHY), id="the-field-wins-over-the-annotation"),
+    pytest.param({"trafficDistribution": "Elsewhere"}, {"networking.istio.io/traffic-distribution": "PreferClose"},
+                 (SAME_ZONE, LB.FAILOVER, LB.ONLY_HEALTHY), id="an-unknown-field-value-falls-back-to-the-annotation"),
+    pytest.param({"publishNotReadyAddresses": True}, None, ([], LB.UNSPECIFIED_MODE, LB.ALLOW_ALL),
+                 id="publish-not-ready-allows-all"),
+    pytest.param({"publishNotReadyAddresses": True, "internalTrafficPolicy": "Local"}, None,
+                 ([LB.NODE], LB.STRICT, LB.ALLOW_ALL), id="publish-not-ready-with-local"),
 ])
 def test_service_load_balancing(spec, annotations, expected):
     doc = _doc("v1", "Service", "web", "shop", None,
@@ -462,12 +480,15 @@ def test_service_load_balancing(spec, annotations, expected):
     if expected is None:
         assert not service_.HasField("load_balancing")
     else:
-        assert (list(service_.load_balancing.routing_preference), service_.load_balancing.mode) == expected
+        lb = service_.load_balancing
+        assert (list(lb.routing_preference), lb.mode, lb.health_policy) == expected
 
 
 def test_load_balancing_is_on_the_wire_as_istio_has_it():
     assert wpb.Service.DESCRIPTOR.fields_by_name["load_balancing"].number == 8
-    assert {f.name: f.number for f in LB.DESCRIPTOR.fields} == {"routing_preference": 1, "mode": 2}
+    assert {f.name: f.number for f in LB.DESCRIPTOR.fields} == {"routing_preference": 1, "mode": 2,
+                                                                "health_policy": 3}
+    assert dict(LB.HealthPolicy.items()) == {"ONLY_HEALTHY": 0, "ALLOW_ALL": 1}
     assert dict(LB.Scope.items()) == {"UNSPECIFIED_SCOPE": 0, "REGION": 1, "ZONE": 2, "SUBZONE": 3, "NODE": 4,
                                       "CLUSTER": 5, "NETWORK": 6}
     assert dict(LB.Mode.items()) == {"UNSPECIFIED_MODE": 0, "STRICT": 1, "FAILOVER": 2}

@@ -23,7 +23,12 @@ DOCS = WAYPOINT_PODS + """---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
-spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: grpc-api, port: 9090, targetPort: 9090},
+          {name: db, port: 5432, targetPort: 5432}]
+  internalTrafficPolicy: Local
+  publishNotReadyAddresses: true
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -90,11 +95,23 @@ def test_workloads_use_istios_camel_case_names(dump):
 def test_services_list_their_endpoints_by_workload_uid(dump):
     web = only(dump["services"], name="web")
     assert web["vips"] == ["/10.96.0.10"]  # <network>/<ip>, the default network being ""
-    assert web["ports"] == {"80": 8080}
+    assert web["ports"] == {"80": 8080, "9090": 9090, "5432": 5432}
     assert list(web["endpoints"]) == [uid("shop/web-0")]
     assert web["endpoints"][uid("shop/web-0")] == {
         "workloadUid": uid("shop/web-0"), "service": "shop/web.shop.svc.cluster.local",
-        "address": "/10.244.0.11", "port": {"80": 8080}}
+        "address": "/10.244.0.11", "port": {"80": 8080, "9090": 9090, "5432": 5432}}
+
+
+def test_services_show_app_protocols_and_load_balancing_as_istio_names_them(dump):
+    web = only(dump["services"], name="web")
+    assert web["appProtocols"] == {"80": "Http11", "9090": "Grpc"}  # the unknown protocol is left out
+    assert web["loadBalancer"] == {"routingPreferences": ["Node"], "mode": "Strict", "healthPolicy": "AllowAll"}
+    assert "appProtocols" not in only(dump["services"], name="wp")  # HBONE's port 15008 has none
+    assert "loadBalancer" not in only(dump["services"], name="wp")
+
+
+def test_workloads_show_their_capacity(dump):
+    assert only(dump["workloads"], name="web-0")["capacity"] == 1  # unset reads as 1, as Istio's
 
 
 def test_policies_carry_their_rules_nested_as_istio_nests_them(dump):

@@ -84,11 +84,16 @@ apiVersion: v1
 kind: Service
 metadata: {name: sick, namespace: shop}
 spec: {selector: {tier: sick}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sick-published, namespace: shop}
+spec: {selector: {tier: sick}, ports: [{port: 80, targetPort: 8080}], publishNotReadyAddresses: true}
 """
 PLAIN_IPS = {"shop/client": "10.244.0.10", "shop/web-0": "10.244.0.11", "shop/web-1": "10.244.0.12",
              "shop/web-sick": "10.244.0.13", "shop/legacy": "10.244.0.14"}
 PLAIN_VIPS = {"shop/web": "10.96.0.10", "shop/legacy": "10.96.0.20", "shop/empty": "10.96.0.30",
-              "shop/sick": "10.96.0.40"}
+              "shop/sick": "10.96.0.40", "shop/sick-published": "10.96.0.41"}
 
 # A waypoint for all traffic: the Service "web" and the pod "db" use it; the Service "db" does not.
 WAYPOINT = WAYPOINT_PODS + """---
@@ -162,6 +167,10 @@ WP_POD = ("10.244.0.50", 15008)
     pytest.param("plain", "shop/client", ("10.96.0.40", 80),
                  Refuse(f"service {svc('sick')} has no healthy endpoint for port 80"),
                  id="vip-with-only-unhealthy-endpoints-is-refused"),
+    pytest.param("plain", "shop/client", ("10.96.0.41", 80),
+                 HboneToPod(("10.244.0.13", 15008), "10.244.0.13:8080", WEB, uid("shop/web-sick"),
+                            svc("sick-published")),
+                 id="publish-not-ready-addresses-lets-unready-endpoints-take-traffic"),
     # Pod IPs, no waypoint.
     pytest.param("plain", "shop/client", ("10.244.0.12", 8080),
                  HboneToPod(("10.244.0.12", 15008), "10.244.0.12:8080", WEB, uid("shop/web-1")),
