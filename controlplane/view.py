@@ -88,11 +88,12 @@ class ClusterState:
     pod_status: Mapping[tuple[str, str], PodStatus]
     vips: Mapping[tuple[str, str], str]  # Service (ns, name) → its cluster IP
     gateway_classes: Mapping[str, r.GatewayClass] = field(default_factory=dict)  # by name
+    nodes: Mapping[str, r.Node] = field(default_factory=dict)  # by name; only those declared in YAML
 
     @classmethod
     def build(cls, resources: Iterable[r.Resource], pod_status: Mapping[tuple[str, str], PodStatus] | None = None,
               vips: Mapping[tuple[str, str], str] | None = None) -> ClusterState:
-        namespaces, pods, services, gateways, policies, peer, classes = {}, {}, {}, {}, [], [], {}
+        namespaces, pods, services, gateways, policies, peer, classes, nodes = {}, {}, {}, {}, [], [], {}, {}
         for res in resources:
             key = (res.meta.namespace, res.meta.name)
             if isinstance(res, r.Namespace):
@@ -113,10 +114,12 @@ class ClusterState:
                 peer.append(res)
             elif isinstance(res, r.GatewayClass):
                 classes[res.meta.name] = res
+            elif isinstance(res, r.Node):
+                nodes[res.meta.name] = res
         for key, gateway in gateways.items():  # a Service per waypoint, unless the user declared one
             services.setdefault(key, waypoint_service(gateway))
         return cls(namespaces, pods, services, gateways, tuple(policies), tuple(peer),
-                   dict(pod_status or {}), dict(vips or {}), classes)
+                   dict(pod_status or {}), dict(vips or {}), classes, nodes)
 
     def waypoint_for(self, gateway: r.Gateway) -> str:
         """The traffic a waypoint takes: its own label, else its GatewayClass's, else ``service``."""
@@ -331,6 +334,23 @@ def load_balancing(svc: r.Service) -> wpb.LoadBalancing | None:
     return lb
 
 
+def locality(pod: r.Pod, node: r.Node | None) -> wpb.Locality | None:
+    """As istiod: the pod's ``istio-locality`` label (``region.zone.subzone``, ``/`` also accepted),
+    else its node's ``topology.kubernetes.io/region``/``zone`` and ``topology.istio.io/subzone``."""
+    label = pod.meta.labels.get(r.POD_LOCALITY)
+    if label:
+        region, zone, subzone = (label.replace(".", "/").split("/", 2) + ["", ""])[:3]
+    elif node is not None:
+        labels = node.meta.labels
+        region, zone, subzone = (labels.get(r.NODE_REGION, ""), labels.get(r.NODE_ZONE, ""),
+                                 labels.get(r.NODE_SUBZONE, ""))
+    else:
+        return None
+    if not (region or zone or subzone):
+        return None
+    return wpb.Locality(region=region, zone=zone, subzone=subzone)
+
+
 def _canonical(pod: r.Pod) -> tuple[str, str, str]:
     labels = pod.meta.labels
     kind, _, owner = pod.owner.partition("/")
@@ -427,7 +447,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
             trust_domain=trust_domain,
             service_account=pod.spec.service_account,
             waypoint=_waypoint_for(pod.meta, labels, state, "workload", config),
-            node=node,
+            node=node, locality=locality(pod, state.nodes.get(node)),
             canonical_name=canonical_name, canonical_revision=revision,
             workload_type=wpb.POD, workload_name=workload_name,  # as istiod: every pod is a POD
             services=backs.get((namespace, name), {}),

@@ -24,12 +24,12 @@ from mesh.source import Code, Document, Field, Problem, Severity, YamlError, loa
 GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
 ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
 API_VERSIONS: dict[str, tuple[str, ...]] = {
-    "Namespace": ("v1",), "ServiceAccount": ("v1",), "Pod": ("v1",), "Service": ("v1",),
+    "Namespace": ("v1",), "Node": ("v1",), "ServiceAccount": ("v1",), "Pod": ("v1",), "Service": ("v1",),
     "Deployment": ("apps/v1",), "Gateway": GATEWAY_API, "GatewayClass": GATEWAY_API, "HTTPRoute": GATEWAY_API,
     "AuthorizationPolicy": ISTIO_SECURITY, "PeerAuthentication": ISTIO_SECURITY,
     "WasmPlugin": ("extensions.istio.io/v1alpha1",),
 }
-CLUSTER_SCOPED = {"Namespace", "GatewayClass"}
+CLUSTER_SCOPED = {"Namespace", "Node", "GatewayClass"}
 
 # Istio kinds an ambient mesh of ztunnel and waypoints does without: read, skipped with one warning
 # that says what the mesh uses instead (never an error: real Istio manifests carry them).
@@ -205,6 +205,10 @@ def _labels_selector(f: Field) -> dict[str, str] | None:
 
 def _namespace(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Namespace:
     return r.Namespace(meta, origin)
+
+
+def _node(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Node:
+    return r.Node(meta, origin)  # its spec (podCIDR, taints...) is the cluster's business, not the mesh's
 
 
 def _service_account(spec: Field, meta: r.Meta, origin: r.Origin) -> r.ServiceAccount:
@@ -818,7 +822,7 @@ def _wasm_plugin(spec: Field, meta: r.Meta, origin: r.Origin) -> r.WasmPlugin | 
 
 
 _PARSERS = {
-    "Namespace": _namespace, "ServiceAccount": _service_account, "Pod": _pod, "Deployment": _deployment,
+    "Namespace": _namespace, "Node": _node, "ServiceAccount": _service_account, "Pod": _pod, "Deployment": _deployment,
     "Service": _service, "Gateway": _gateway, "GatewayClass": _gateway_class, "HTTPRoute": _http_route,
     "AuthorizationPolicy": _authorization_policy, "PeerAuthentication": _peer_authentication,
     "WasmPlugin": _wasm_plugin,

@@ -15,6 +15,11 @@ from typing import Any, ClassVar
 
 # Labels and values the mesh acts on (Istio's names).
 DATAPLANE_MODE = "istio.io/dataplane-mode"  # ambient | none
+# Locality: a pod's own label (region/zone/subzone, "." or "/" separated), else its node's labels.
+POD_LOCALITY = "istio-locality"
+NODE_REGION = "topology.kubernetes.io/region"
+NODE_ZONE = "topology.kubernetes.io/zone"
+NODE_SUBZONE = "topology.istio.io/subzone"
 DRY_RUN = "istio.io/dry-run"
 USE_WAYPOINT = "istio.io/use-waypoint"
 WAYPOINT_FOR = "istio.io/waypoint-for"  # service | workload | all | none
@@ -68,6 +73,12 @@ def _kind(name: str):
 @dataclass(frozen=True)
 class Namespace(Resource):
     pass
+
+
+@_kind("Node")
+@dataclass(frozen=True)
+class Node(Resource):
+    """Cluster-scoped. Read for its topology labels: the locality of the pods it runs."""
 
 
 @_kind("ServiceAccount")

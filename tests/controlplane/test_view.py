@@ -567,3 +567,28 @@ def test_resources_are_packed_by_type_url():
     addresses = packed["type.googleapis.com/istio.workload.Address"]
     assert set(addresses) == {workload_uid(CONFIG, "shop", "web"), "shop/web.shop.svc.cluster.local"}
     assert set(packed["type.googleapis.com/istio.security.Authorization"]) == {"shop/p"}
+
+
+def node(name: str, labels: dict | None = None) -> str:
+    return _doc("v1", "Node", name, None, labels, None)
+
+
+# Locality as istiod reads it: the pod's istio-locality label, else its node's topology labels.
+@pytest.mark.parametrize("pod_labels, node_labels, expected", [
+    pytest.param({}, None, None, id="no-node-declared"),
+    pytest.param({}, {}, None, id="node-without-topology-labels"),
+    pytest.param({}, {"topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": "eu-west-1a",
+                      "topology.istio.io/subzone": "rack-7"}, ("eu-west", "eu-west-1a", "rack-7"), id="from-the-node"),
+    pytest.param({"istio-locality": "us-east.us-east-1b"}, {"topology.kubernetes.io/region": "eu-west"},
+                 ("us-east", "us-east-1b", ""), id="the-pod-label-wins"),
+    pytest.param({"istio-locality": "r/z/s"}, None, ("r", "z", "s"), id="slashes-too"),
+])
+def test_workload_locality(pod_labels, node_labels, expected):
+    docs = [namespace("shop", AMBIENT), pod("web", labels=pod_labels)]
+    if node_labels is not None:
+        docs.append(node("node-a", node_labels))
+    wl = workload(build(*docs), "shop/web")
+    if expected is None:
+        assert not wl.HasField("locality")
+    else:
+        assert (wl.locality.region, wl.locality.zone, wl.locality.subzone) == expected
