@@ -108,62 +108,231 @@ class YamlError(Exception):
         self.problem = problem
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, lines: dict, problems: list, file: str):
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
+# What one file may make the reader spend. A file past any of these is refused whole, as one AMB0001
+# finding at the line where the bound was passed; the registry keeps that file's last good resources.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""Kubernetes refuses a single object over 1.5 MiB (etcd's request limit); a file holds several.
+libyaml reads ~4 MB/s here with the conversion, so the largest file costs about a second."""
+MAX_DOCUMENTS = 10_000
+"""Documents (``---``) in one file: a whole cluster exported to one file has thousands."""
+MAX_DEPTH = 100
+"""Nesting of mappings and lists, once aliases are expanded. Kubernetes objects nest ~15 levels,
+CRD schemas ~40; this keeps the recursive conversion far below Python's recursion limit (1000)."""
+MAX_NODES = 500_000
+"""Nodes in one file, counted twice: as written (what the composer builds), and as visited once
+aliases are expanded (what the conversion builds: an alias is visited again at each use, so a
+600-byte "billion laughs" counts its 387 million strings and stops here). A 4 MiB manifest in
+block style has ~300,000; the Python values of 500,000 take ~150 MB."""
+RETRY_MAX_BYTES = 256 * 1024
+"""A file that libyaml cannot parse is parsed again by the pure-Python parser, for its clearer
+message, only up to this size: that parser is ~10 times slower."""
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_VALUE_TAG = "tag:yaml.org,2002:value"  # a `=` key, which PyYAML reads as the string "="
+_NO_KEY = object()
+
+
+class _Refused(Exception):
+    """A bound above was passed: the file is refused as it is (no retry with the slower parser)."""
+
+    def __init__(self, line: int, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+        self.field = field
+
+
+def _node(loader: Any, event: Any, anchors: dict[str, yaml.Node]) -> yaml.Node:
+    """The node an event starts, as PyYAML's composer makes it (same tags, marks and anchors)."""
+    kind = event.__class__
+    if kind is yaml.AliasEvent:
+        if event.anchor not in anchors:
+            raise yaml.composer.ComposerError(None, None, f"found undefined alias {event.anchor!r}",
+                                              event.start_mark)
+        return anchors[event.anchor]
+    tag = event.tag
+    node: yaml.Node
+    if kind is yaml.ScalarEvent:
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+    else:
+        node_kind = yaml.SequenceNode if kind is yaml.SequenceStartEvent else yaml.MappingNode
+        if tag is None or tag == "!":
+            tag = loader.resolve(node_kind, None, event.implicit)
+        node = node_kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+    if event.anchor is not None:
+        if event.anchor in anchors:
+            raise yaml.composer.ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence",
+                                              anchors[event.anchor].start_mark, "second occurrence",
+                                              event.start_mark)
+        anchors[event.anchor] = node  # before its contents, as PyYAML does: `&a [*a]` refers to itself
+    return node
+
+
+def _compose(loader: Any) -> Iterator[yaml.Node]:
+    """The root node of each document, built from the parser's events without recursion, with the
+    bounds checked as the events arrive (PyYAML's composer recurses once per level, unbounded)."""
+    get_event, resolve = loader.get_event, loader.resolve
+    get_event()  # StreamStartEvent
+    documents = nodes = 0
+    while not loader.check_event(yaml.StreamEndEvent):
+        start = get_event()  # DocumentStartEvent
+        documents += 1
+        if documents > MAX_DOCUMENTS:
+            raise _Refused(start.start_mark.line + 1, f"more than {MAX_DOCUMENTS} documents in one file")
+        anchors: dict[str, yaml.Node] = {}
+        # The collections open around the next node, outermost first, and the key of each mapping
+        # among them that waits for its value.
+        open_nodes: list[yaml.CollectionNode] = []
+        keys: list[Any] = []
+        root: yaml.Node | None = None
+        while root is None or open_nodes:
+            event = get_event()
+            kind = event.__class__
+            if kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+                open_nodes.pop().end_mark = event.end_mark
+                keys.pop()
+                continue
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise _Refused(event.start_mark.line + 1, f"more than {MAX_NODES} nodes in one file")
+            if kind is yaml.ScalarEvent and event.anchor is None:  # most nodes: the short way
+                tag = event.tag
+                if tag is None or tag == "!":
+                    tag = resolve(yaml.ScalarNode, event.value, event.implicit)
+                node: yaml.Node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark,
+                                                  style=event.style)
+            else:
+                node = _node(loader, event, anchors)
+            if not open_nodes:
+                root = node
+            elif open_nodes[-1].__class__ is yaml.SequenceNode:
+                open_nodes[-1].value.append(node)
+            elif keys[-1] is _NO_KEY:
+                keys[-1] = node
+            else:
+                open_nodes[-1].value.append((keys[-1], node))
+                keys[-1] = _NO_KEY
+            if kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
+                assert isinstance(node, yaml.CollectionNode)
+                open_nodes.append(node)
+                keys.append(_NO_KEY)
+                if len(open_nodes) > MAX_DEPTH:
+                    raise _Refused(event.start_mark.line + 1, f"nested deeper than {MAX_DEPTH} levels")
+        get_event()  # DocumentEndEvent
+        yield root
+
+
+class _Converter:
+    """Plain Python values and the line of every path, from one file's nodes. Every node visited
+    counts towards MAX_NODES, an alias at each use: the count is the size of what is built."""
+
+    def __init__(self, loader: Any, file: str, problems: list[Problem]) -> None:
+        self.loader = loader
+        self.file = file
+        self.problems = problems
+        self.visits = 0
+
+    def convert(self, node: yaml.Node, path: PathKey, lines: dict[PathKey, int], depth: int = 0) -> Any:
+        """``depth`` counts the mappings merged in (<<) as levels too: a chain of them recurses."""
+        self.visits += 1
+        line = node.start_mark.line + 1
+        if self.visits > MAX_NODES:
+            raise _Refused(line, f"aliases expand to more than {MAX_NODES} nodes", format_path(path[:4]))
+        if depth > MAX_DEPTH:
+            raise _Refused(line, f"nested deeper than {MAX_DEPTH} levels once aliases are expanded")
+        result: Any
+        if isinstance(node, yaml.MappingNode):
+            result = self._mapping(node, path, lines, depth)
+        elif isinstance(node, yaml.SequenceNode):
+            result = [self.convert(item, path + (i,), lines, depth + 1) for i, item in enumerate(node.value)]
+        else:
+            try:
+                result = self.loader.construct_object(node, deep=True)
+            except ValueError as exc:  # an integer of more than 4300 digits
+                raise _Refused(line, f"cannot read the value: {exc}", format_path(path)) from None
+        lines[path] = line  # after the merged mappings, converted at this path, recorded theirs
+        return result
+
+    def _mapping(self, node: yaml.MappingNode, path: PathKey, lines: dict[PathKey, int], depth: int) -> dict:
+        merged: dict = {}  # YAML merge keys (<<): the first mapping that has a key gives its value
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"expected a mapping or list of mappings for merging, but found {source.id}",
+                            source.start_mark)
+                    for key, value in self.convert(source, path, lines, depth + 1).items():
+                        merged.setdefault(key, value)
         result: dict = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            if key_node.tag == _MERGE_TAG:
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):  # its text could expand like any value
+                self.problems.append(Problem(Severity.ERROR, self.file, key_node.start_mark.line + 1, "",
+                                             format_path(path), "a mapping key must be a string or a number",
+                                             Code.YAML))
+                continue
+            key = key_node.value if key_node.tag == _VALUE_TAG else self.convert(key_node, path, {}, depth + 1)
             if isinstance(key, bool):  # YAML 1.1: `on:`/`yes:` keys are booleans; JSON says "true"
                 key = str(key).lower()
             elif not isinstance(key, str):
                 key = str(key)  # Kubernetes keys are strings; `80: x` means "80"
             if key in result:
-                problems.append(Problem(Severity.ERROR, file, key_node.start_mark.line + 1, "",
-                                        format_path(path + (key,)), "duplicate key"))
-            result[key] = _convert(loader, value_node, path + (key,), lines, problems, file)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, path + (i,), lines, problems, file) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+                self.problems.append(Problem(Severity.ERROR, self.file, key_node.start_mark.line + 1, "",
+                                             format_path(path + (key,)), "duplicate key"))
+            result[key] = self.convert(value_node, path + (key,), lines, depth + 1)
+        return {**merged, **result}
 
 
 def load_documents(text: str, file: str, problems: list[Problem]) -> list[Document]:
-    """Every non-empty document of a YAML stream. Raises ``YamlError`` for a syntax error.
+    """Every non-empty document of a YAML stream. Raises ``YamlError`` for a syntax error, and for
+    a file past a bound above (MAX_FILE_BYTES, MAX_DOCUMENTS, MAX_DEPTH, MAX_NODES).
 
     Parsed with libyaml when PyYAML has it (several times faster on large manifests, same nodes
     and marks); a file that fails is parsed again by the pure-Python parser, whose messages say
     more ("expected ',' or '}', but got '<stream end>'")."""
+    if len(text) > MAX_FILE_BYTES:  # characters: never fewer than the bytes they came from
+        raise YamlError(Problem(Severity.ERROR, file, 1, "", "", f"larger than {MAX_FILE_BYTES} bytes; file refused",
+                                Code.YAML))
     fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        try:
-            return _load_documents(fast, text, file, problems)
-        except YamlError:
-            pass
-    return _load_documents(yaml.SafeLoader, text, file, problems)
+    try:
+        if fast is not None:
+            try:
+                return _load_documents(fast, text, file, problems)
+            except YamlError:
+                if len(text) > RETRY_MAX_BYTES:
+                    raise
+        return _load_documents(yaml.SafeLoader, text, file, problems)
+    except _Refused as exc:  # not retried: the other parser would only spend as much again
+        raise YamlError(Problem(Severity.ERROR, file, exc.line, "", exc.field, f"{exc.message}; file refused",
+                                Code.YAML)) from None
 
 
 def _load_documents(loader_class, text: str, file: str, problems: list[Problem]) -> list[Document]:
     loader = loader_class(text)
     documents: list[Document] = []
     reported = len(problems)
+    converter = _Converter(loader, file, problems)
     try:
-        index = 0
-        while loader.check_node():
-            node = loader.get_node()
-            if node is not None:
-                lines: dict[PathKey, int] = {}
-                data = _convert(loader, node, (), lines, problems, file)
-                if data is not None:
-                    documents.append(Document(file, index, data, lines))
-            index += 1
+        for index, node in enumerate(_compose(loader)):
+            lines: dict[PathKey, int] = {}
+            data = converter.convert(node, (), lines)
+            if data is not None:
+                documents.append(Document(file, index, data, lines))
     except yaml.YAMLError as exc:
         del problems[reported:]  # the retry reports them again
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         reason = getattr(exc, "problem", None) or str(exc)
         raise YamlError(Problem(Severity.ERROR, file, line, "", "", f"not valid YAML: {reason}", Code.YAML)) from None
+    except _Refused:
+        del problems[reported:]
+        raise
     finally:
         loader.dispose()
     return documents
