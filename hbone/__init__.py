@@ -3,6 +3,8 @@
 Layers, bottom up, each usable on its own:
 - ``tcp_stream`` and ``tls_stream``: trio streams driven straight on a socket (TLS through a memory BIO);
 - ``tls``: TLS 1.3 / ALPN h2 contexts for a workload's certificate and the SPIFFE checks of a peer;
+- ``limits``: every bound HBONE puts on a peer (streams, windows, header blocks, hostile-peer caps,
+  timeouts), in one place for ztunnel and the waypoint;
 - ``hpack_codec`` and ``http2``: a sans-IO HTTP/2 connection for HBONE's subset of the protocol;
 - ``connect`` and ``connect_state``: the CONNECT layer on it, sans-IO (validation, 200/400/401/503,
   half-close), and its per-stream state machine;

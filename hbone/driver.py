@@ -15,6 +15,12 @@ calls ``on_timer`` (PINGs) and closes an idle client connection. Each proxied TC
   app stops its sender through the HTTP/2 windows rather than through our memory.
 - A stream the peer resets, or a connection that ends, makes the stream's next operation raise
   ``trio.BrokenResourceError``. ``aclose`` of a stream not cleanly finished both ways resets it.
+- Server: a CONNECT the client reset before its handler could be started (in the same read: rapid
+  reset) never reaches the handler, and a handler still reaching the upstream when its stream is reset,
+  or the connection ends, is cancelled. The HTTP/2 layer bounds how often a client may do either.
+- A peer that sends and does not read: control frames it provokes are bounded in the HTTP/2 layer; and
+  while more than ``MAX_QUEUED_OUTPUT_BYTES`` wait for the socket the reader reads nothing more, until
+  the writer has sent them (or the PING timeout ends the connection).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from hbone.limits import (  # the limits, importable from here as before
     CLOSE_GRACE as CLOSE_GRACE,
     HIGH_WATER as HIGH_WATER,
     IDLE_TIMEOUT as IDLE_TIMEOUT,
+    MAX_QUEUED_OUTPUT_BYTES,
     READ_SIZE as READ_SIZE,
 )
 from hbone.transport import FrameTransport
@@ -272,6 +279,8 @@ class _Driver:
         try:
             with self._read_scope:
                 while not self.closed:
+                    while self._queued + self.transport.unsent >= MAX_QUEUED_OUTPUT_BYTES and not self.closed:
+                        await self._writable.park()  # backpressure: the writer wakes us as it sends
                     data = await self.transport.receive_some(READ_SIZE)
                     if not data:
                         self._closed_by("the peer closed the connection")
@@ -439,6 +448,8 @@ class HboneServerDriver(_Driver):
         self._handler = handler
         self._on_rejected = on_rejected
         self._handlers: trio.Nursery | None = None
+        # The handlers of CONNECTs not answered yet, by stream: a reset of the stream cancels its handler.
+        self._unanswered: dict[int, trio.CancelScope] = {}
         self.draining = False
 
     async def serve(self) -> None:
@@ -456,12 +467,14 @@ class HboneServerDriver(_Driver):
         """Answer ``stream``'s CONNECT with 200 (``IncomingConnect.accept``)."""
         if self.closed or self.peer.state(stream.stream_id) is not ConnectState.AWAITING:
             raise trio.BrokenResourceError(stream.error or "the client gave up on the CONNECT")
+        self._unanswered.pop(stream.stream_id, None)  # the tunnel's, from now on: no longer cancelled here
         self.peer.accept(stream.stream_id)
         self._kick()
         return stream
 
     def reject_connect(self, stream: HboneStream, status: int) -> None:
         """Refuse ``stream``'s CONNECT with ``status``, unless it is gone already (``IncomingConnect.reject``)."""
+        self._unanswered.pop(stream.stream_id, None)
         if not self.closed and self.peer.state(stream.stream_id) is ConnectState.AWAITING:
             self.peer.reject(stream.stream_id, status)
             self._kick()
@@ -476,11 +489,32 @@ class HboneServerDriver(_Driver):
             if self._on_rejected is not None:
                 self._on_rejected(request)
             return
+        if self.closed or self.peer.state(event.stream_id) is not ConnectState.AWAITING:
+            return  # reset (or the connection ended) later in the same read: never handed over
         if self.draining or self._handlers is None:
             self.peer.reject(event.stream_id, 503)
             return
         stream = self.streams[event.stream_id] = HboneStream(self, event.stream_id)
-        self._handlers.start_soon(self._handler, IncomingConnect(self, stream, request))
+        scope = self._unanswered[event.stream_id] = trio.CancelScope()
+        self._handlers.start_soon(self._handle, IncomingConnect(self, stream, request), scope)
+
+    async def _handle(self, request: IncomingConnect, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await self._handler(request)
+        finally:
+            self._unanswered.pop(request.stream.stream_id, None)
+
+    def _stream_aborted(self, stream_id: int) -> None:
+        scope = self._unanswered.pop(stream_id, None)  # its upstream is being reached for nobody
+        if scope is not None:
+            scope.cancel()
+
+    def _closed_by(self, reason: str) -> None:
+        super()._closed_by(reason)
+        for scope in self._unanswered.values():
+            scope.cancel()
+        self._unanswered.clear()
 
 
 # ---------------------------------------------------------------- client

@@ -20,6 +20,15 @@ The peer's faults never raise. A connection error (RFC 9113 section 5.4.1) queue
 ``StreamAborted`` for every live stream, then ``ConnectionClosed``; a stream error queues RST_STREAM
 and becomes ``StreamAborted`` for that stream. ``LocalProtocolError`` is the caller's bug.
 
+Hostile peers (the bounds are ``hbone.limits``'s; over one, GOAWAY(ENHANCE_YOUR_CALM)): a header block
+takes at most MAX_CONTINUATION_FRAMES CONTINUATION frames and is gathered in linear work; control
+frames we queue (PING and SETTINGS ACKs, RST_STREAM) wait for ``data_to_send`` at most
+MAX_PENDING_CONTROL_FRAMES at a time, so a peer that does not read cannot grow our output; streams the
+peer resets before we answer them spend a budget of MAX_PREMATURE_RESETS that each answer refills by
+one (rapid reset); a SETTINGS frame has at most MAX_SETTINGS_ENTRIES entries; one ``receive_bytes`` holds
+at most MAX_EMPTY_FRAMES_PER_READ frames that carry nothing. A WINDOW_UPDATE becomes
+``SendWindowOpened`` only when the window it opens was exhausted, since no sender waits otherwise.
+
 Flow control: received DATA is credited back only when the caller ``acknowledge``s it, and credit is
 batched: a WINDOW_UPDATE goes out once half a window has been consumed (the sender still has the
 other half in hand, so it never stalls for it). Padding, and data on streams that are gone, are
@@ -35,7 +44,14 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from hbone.hpack_codec import Decoder, Encoder, HpackError
-from hbone.limits import DEFAULT_MAX_HEADER_BLOCK
+from hbone.limits import (
+    DEFAULT_MAX_HEADER_BLOCK,
+    MAX_CONTINUATION_FRAMES,
+    MAX_EMPTY_FRAMES_PER_READ,
+    MAX_PENDING_CONTROL_FRAMES,
+    MAX_PREMATURE_RESETS,
+    MAX_SETTINGS_ENTRIES,
+)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_WINDOW = 65535
@@ -177,7 +193,7 @@ class Stream:
     and everything it received has been acknowledged.
     """
 
-    __slots__ = ("send_window", "recv_window", "unacked", "credit", "local_closed", "remote_closed")
+    __slots__ = ("send_window", "recv_window", "unacked", "credit", "local_closed", "remote_closed", "answered")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.send_window = send_window  # bytes we may still send
@@ -186,6 +202,7 @@ class Stream:
         self.credit = 0  # acknowledged, not yet returned in a WINDOW_UPDATE
         self.local_closed = False  # END_STREAM sent
         self.remote_closed = False  # END_STREAM received
+        self.answered = False  # a header block sent on a stream the peer opened
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -230,8 +247,14 @@ class Http2Connection(Generic[UpperEvent]):
         self._highest_peer_stream = 0
         self._open_local = 0  # streams we opened that are open or half-closed
         self._open_remote = 0
-        self._continuing: tuple[int, list[bytes]] | None = None  # (stream, header block so far)
+        self._continuing: int | None = None  # the stream whose header block awaits CONTINUATION
         self._continuing_end = False
+        self._fragments: list[bytes] = []  # that header block so far, joined once complete
+        self._block_size = 0  # their total length, kept as they come: summing them anew is quadratic
+        self._continuations = 0  # CONTINUATION frames in that header block
+        self._control_frames = 0  # control frames queued that data_to_send has not taken yet
+        self._reset_budget = MAX_PREMATURE_RESETS  # see hbone.limits
+        self._empty_frames = 0  # frames carrying nothing in this receive_bytes
         self._preface_left = b"" if client_side else PREFACE
         self._settings_seen = False
         self._pending: list[bytes] = []  # an incomplete frame's bytes so far
@@ -254,6 +277,8 @@ class Http2Connection(Generic[UpperEvent]):
             return b""
         data = b"".join(self._out)
         self._out.clear()
+        if self._control_frames:
+            self._control_frames = 0
         return data
 
     def receive_bytes(self, data: bytes) -> list[Event | UpperEvent]:
@@ -268,10 +293,13 @@ class Http2Connection(Generic[UpperEvent]):
             data = b"".join(self._pending)
             self._pending.clear()
         out: list[Event | UpperEvent] = []
+        self._empty_frames = 0
         try:
             if self._preface_left:
                 data = self._take_preface(data)
             self._receive_frames(data, out)
+            if self._control_frames > MAX_PENDING_CONTROL_FRAMES and not self.closed:  # resets made by hooks
+                self._too_many_control_frames()
         except _ConnectionError as exc:
             self._fail(exc.code, str(exc), out)
         return out
@@ -328,6 +356,8 @@ class Http2Connection(Generic[UpperEvent]):
             first, last = start + 1, stop - pad
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
+            if not length and not flags & FLAG_END_STREAM:
+                self._empty_frame()
             self._check_not_idle(sid, "DATA")
             self._credit_connection(length)  # nobody will read it
             if stream is not None:  # data after END_STREAM
@@ -345,6 +375,8 @@ class Http2Connection(Generic[UpperEvent]):
         if n:  # copied only now: data for a stream that is gone is never sliced out
             stream.unacked += n
             out.append(StreamData(sid, data[first:last]))
+        elif not flags & FLAG_END_STREAM:
+            self._empty_frame()
         if flags & FLAG_END_STREAM:
             self._remote_end(sid, stream, out)
 
@@ -364,24 +396,34 @@ class Http2Connection(Generic[UpperEvent]):
         if start + pad > stop:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS padding or priority longer than the frame")
         block = data[start:stop - pad]
+        if not block and not flags & FLAG_END_STREAM:
+            self._empty_frame()
         if flags & FLAG_END_HEADERS:
             self._header_block(sid, block, bool(flags & FLAG_END_STREAM), out)
         else:
-            self._continuing = (sid, [block])
+            self._continuing = sid
             self._continuing_end = bool(flags & FLAG_END_STREAM)
-            self._check_block_size(len(block))
+            self._fragments = [block]
+            self._block_size = len(block)
+            self._continuations = 0
+            self._check_block_size(self._block_size)
 
     def _on_continuation(
         self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
     ) -> None:
-        if self._continuing is None or self._continuing[0] != sid:
+        if self._continuing != sid:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"CONTINUATION on stream {sid} without HEADERS before it")
-        blocks = self._continuing[1]
-        blocks.append(data[start:stop])
-        self._check_block_size(sum(map(len, blocks)))
+        self._continuations += 1
+        if self._continuations > MAX_CONTINUATION_FRAMES:  # the CONTINUATION flood: empty ones add no size
+            raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
+                                   f"a header block in over {MAX_CONTINUATION_FRAMES} CONTINUATION frames")
+        self._block_size += stop - start
+        self._check_block_size(self._block_size)
+        self._fragments.append(data[start:stop])
         if flags & FLAG_END_HEADERS:
-            self._continuing = None
-            self._header_block(sid, b"".join(blocks), self._continuing_end, out)
+            block = b"".join(self._fragments)
+            self._continuing, self._fragments = None, []
+            self._header_block(sid, block, self._continuing_end, out)
 
     def _check_block_size(self, size: int) -> None:
         if size > self._max_block:
@@ -436,6 +478,11 @@ class Http2Connection(Generic[UpperEvent]):
             self._dropped(sid, stream)
             out.append(StreamAborted(sid, _U32.unpack_from(data, start)[0], True))
             self._on_stream_closed(sid)
+            if not stream.answered and (sid & 1) != self.client_side:  # rapid reset, CVE-2023-44487
+                self._reset_budget -= 1
+                if self._reset_budget < 0:
+                    raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
+                                           f"over {MAX_PREMATURE_RESETS} streams reset before they were answered")
 
     def _on_settings(
         self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
@@ -448,11 +495,14 @@ class Http2Connection(Generic[UpperEvent]):
             return
         if (stop - start) % 6:
             raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, f"SETTINGS of {stop - start} bytes, not a multiple of 6")
+        if (stop - start) // 6 > MAX_SETTINGS_ENTRIES:
+            raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
+                                   f"SETTINGS of {(stop - start) // 6} entries, over {MAX_SETTINGS_ENTRIES}")
         window_grew = False
         for offset in range(start, stop, 6):
             key, value = _SETTING.unpack_from(data, offset)
             window_grew |= self._apply_setting(key, value)
-        self._out.append(_frame(SETTINGS, FLAG_ACK, 0))
+        self._queue_control(_frame(SETTINGS, FLAG_ACK, 0))
         if window_grew:
             out.append(SendWindowOpened(0))
 
@@ -498,7 +548,7 @@ class Http2Connection(Generic[UpperEvent]):
         if flags & FLAG_ACK:
             self._on_ping_ack(bytes(payload), out)
         else:
-            self._out.append(_frame(PING, FLAG_ACK, 0, bytes(payload)))
+            self._queue_control(_frame(PING, FLAG_ACK, 0, bytes(payload)))
 
     def _on_goaway(
         self, flags: int, sid: int, data: bytes, start: int, stop: int, out: list[Event | UpperEvent],
@@ -518,10 +568,12 @@ class Http2Connection(Generic[UpperEvent]):
         if sid == 0:
             if not increment:
                 raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 for the connection")
+            exhausted = self._send_window <= 0  # else no sender waits for it: a storm of them is no events
             self._send_window += increment
             if self._send_window > MAX_WINDOW:
                 raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "the connection's send window is over 2^31-1")
-            out.append(SendWindowOpened(0))
+            if exhausted:
+                out.append(SendWindowOpened(0))
             return
         self._check_not_idle(sid, "WINDOW_UPDATE")
         stream = self.streams.get(sid)
@@ -530,10 +582,11 @@ class Http2Connection(Generic[UpperEvent]):
         if not increment:
             self._stream_error(sid, ErrorCode.PROTOCOL_ERROR, out)
             return
+        exhausted = stream.send_window <= 0
         stream.send_window += increment
         if stream.send_window > MAX_WINDOW:
             self._stream_error(sid, ErrorCode.FLOW_CONTROL_ERROR, out)
-        elif not stream.local_closed:
+        elif exhausted and not stream.local_closed:
             out.append(SendWindowOpened(sid))
 
     # -- what the caller does
@@ -559,6 +612,10 @@ class Http2Connection(Generic[UpperEvent]):
 
     def send_headers(self, sid: int, headers: Iterable[Header], *, end_stream: bool = False) -> None:
         stream = self._sendable(sid, "send_headers")
+        if not stream.answered:
+            stream.answered = True
+            if self._reset_budget < MAX_PREMATURE_RESETS:  # an answer earns back a premature reset
+                self._reset_budget += 1
         self._queue_headers(sid, headers, end_stream)
         if end_stream:
             self._local_end(sid, stream)
@@ -598,6 +655,7 @@ class Http2Connection(Generic[UpperEvent]):
         self._dropped(sid, stream)
         if not (stream.local_closed and stream.remote_closed):  # nothing but PRIORITY on a closed stream
             self._out.append(_frame(RST_STREAM, 0, sid, _U32.pack(error_code)))
+            self._control_frames += 1  # checked by receive_bytes: a caller's call never raises
         self._on_stream_closed(sid)
 
     def acknowledge(self, sid: int, n: int) -> None:
@@ -711,9 +769,26 @@ class Http2Connection(Generic[UpperEvent]):
         if stream is not None:
             self._dropped(sid, stream)
             out.append(StreamAborted(sid, int(code), False))
-        self._out.append(_frame(RST_STREAM, 0, sid, _U32.pack(code)))
         if stream is not None:
             self._on_stream_closed(sid)
+        self._queue_control(_frame(RST_STREAM, 0, sid, _U32.pack(code)))  # the reset flood, CVE-2019-9514
+
+    def _queue_control(self, frame: bytes) -> None:
+        """Queue a control frame the peer provoked; over the bound, end the connection (see hbone.limits)."""
+        self._out.append(frame)
+        self._control_frames += 1
+        if self._control_frames > MAX_PENDING_CONTROL_FRAMES:
+            self._too_many_control_frames()
+
+    def _too_many_control_frames(self) -> None:
+        raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
+                               f"over {MAX_PENDING_CONTROL_FRAMES} control frames queued that the peer has not read")
+
+    def _empty_frame(self) -> None:
+        self._empty_frames += 1
+        if self._empty_frames > MAX_EMPTY_FRAMES_PER_READ:
+            raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
+                                   f"over {MAX_EMPTY_FRAMES_PER_READ} frames carrying nothing in one read")
 
     def _fail(self, code: ErrorCode, reason: str, out: list[Event | UpperEvent]) -> None:
         self._end(int(code), f"protocol error: {reason}", False, out, send_goaway=True)
