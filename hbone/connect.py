@@ -35,9 +35,10 @@ this module adds what HBONE means on top of it:
   unacknowledged when a stream is reset or refused are credited then, since nobody will read them.
   ``send_data`` takes what the windows allow and returns that count; ``SendWindowOpened`` says when to
   try again (stream 0: any stream may).
-- Limits (all in ``hbone.limits``): at most 100 concurrent streams. A client asks ``streams_available()`` before
-  ``open_stream``. A peer that opens more than we advertised is cut off with GOAWAY
-  (PROTOCOL_ERROR), reported as ``ConnectionClosed``.
+- Limits (all in ``hbone.limits``): at most 100 concurrent streams. A client asks
+  ``streams_available()`` before ``open_stream``. A peer that opens more than we advertised is cut
+  off with GOAWAY (PROTOCOL_ERROR), reported as ``ConnectionClosed``; one that floods us (CONTINUATION,
+  PING, SETTINGS, resets, rapid reset) with GOAWAY(ENHANCE_YOUR_CALM), as ``hbone.http2`` describes.
 - Keepalive: a PING every 10 s; a PING unanswered for 20 s ends the connection. ``PingAnswered``
   tells the driver that ``next_deadline`` moved from the PING timeout back to the next PING.
 
@@ -207,7 +208,10 @@ def parse_connect(
 
 @dataclass(frozen=True, slots=True)
 class ConnectRequested:
-    """Server: a CONNECT arrived. A ``ConnectRejection`` has already been answered with 400."""
+    """Server: a CONNECT arrived. A ``ConnectRejection`` has already been answered with 400.
+
+    The client may have reset the stream later in the same ``receive_bytes``: a stream whose ``state``
+    is no longer AWAITING is gone, and is not to be handed to an application (rapid reset)."""
 
     stream_id: int
     request: ConnectTarget | ConnectRejection
