@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Hashable
 
 import trio
 
-from hbone.driver import IDLE_TIMEOUT, HboneClientDriver, HboneStream
+from hbone.driver import HboneClientDriver, HboneStream
+from hbone.limits import IDLE_TIMEOUT
 from hbone.transport import FrameTransport
 
 log = logging.getLogger("ambient.hbone.pool")
