@@ -65,9 +65,10 @@ MAX_EMPTY_FRAMES_PER_READ = 100
 
 # ---------------------------------------------------------------- timeouts
 
-# A PING every PING_INTERVAL seconds; one unanswered for PING_TIMEOUT ends the connection (DESIGN.md
-# section 6). It also ends a peer that stopped reading: our PING never reaches it.
+# A PING every 10 s (DESIGN.md section 6): a dead peer is noticed without any traffic of ours.
 PING_INTERVAL = 10.0
+# A PING unanswered for 20 s ends the connection (DESIGN.md section 6). It also ends a peer that
+# stopped reading (our PING never reaches it), while the reader waits for the writer.
 PING_TIMEOUT = 20.0
 # A pooled client connection without streams for this long is closed (DESIGN.md section 6).
 IDLE_TIMEOUT = 300.0
