@@ -2,8 +2,9 @@
 
 Sources:
 - YAML files (``ConfigDirectory`` watches a directory; each file's resources are replaced as a
-  unit, so an edit to one file changes only what that file declares; a file with errors keeps its
-  previous good resources in force and the problems are logged);
+  unit, so an edit to one file changes only what that file declares, once the file has settled; a
+  file with errors, or refused by a bound of ``mesh.source``, keeps its previous good resources in
+  force and the problems are logged);
 - the pods' runtime status (IP, node, ready), which the lab reports through ``set_pod_status``, in
   process or through a watched ``pods.json`` (``PodStatusFile``) when the control plane runs as its
   own process.
@@ -19,6 +20,7 @@ import dataclasses
 import ipaddress
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -26,9 +28,9 @@ from pathlib import Path
 from controlplane.validate import cross_check
 from controlplane.view import ClusterState, PodStatus
 from mesh import resources as r
-from mesh.parse import parse_text
-from mesh.source import Severity
-from mesh.watched_file import WatchedJsonFile, file_signature, write_json_atomic
+from mesh.parse import ParseResult, parse_text
+from mesh.source import MAX_FILE_BYTES, Severity, oversized
+from mesh.watched_file import SettleGate, Signature, WatchedJsonFile, file_signature, read_at_most, write_json_atomic
 
 log = logging.getLogger("ambient.registry")
 
@@ -170,12 +172,21 @@ class Registry:
 
 class ConfigDirectory:
     """A directory of YAML feeding the registry. ``scan()`` applies what changed since the last
-    scan; the control plane calls it periodically (a stat per file when nothing changed)."""
+    scan; the control plane calls it periodically (a stat per file when nothing changed).
 
-    def __init__(self, root: Path, registry: Registry) -> None:
+    The first scan applies every file as it is: nothing is in force yet, and the first view should
+    hold everything on disk. After it, a change (a new, edited or deleted file) is applied only once
+    it has settled (``SettleGate``: the same signature and content over SETTLE_INTERVAL), so that a
+    file caught half-written, such as an ALLOW policy whose rules are not written yet, is never
+    applied. A file refused (too large, not YAML, invalid) keeps its last good resources in force."""
+
+    def __init__(self, root: Path, registry: Registry, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = root
         self._registry = registry
-        self._seen: dict[Path, tuple[int, int, int]] = {}
+        self._clock = clock
+        self._seen: dict[Path, Signature] = {}  # the signature of each file as last applied (or refused)
+        self._gate = SettleGate()
+        self._scanned = False
 
     def _files(self) -> list[Path]:
         if not self.root.is_dir():
@@ -188,32 +199,47 @@ class ConfigDirectory:
                       and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
 
     def scan(self) -> bool:
-        """Apply changed, new and deleted files; True if any file changed."""
+        """Apply changed, new and deleted files that have settled; True if any was applied."""
+        now, first = self._clock(), not self._scanned
+        self._scanned = True
         current = {p: sig for p in self._files() if (sig := file_signature(p)) is not None}
         changed = False
-        for path in set(self._seen) - set(current):
-            log.info("%s: removed; its resources are withdrawn", path)
-            self._registry.remove_file(str(path))
-            changed = True
+        for path in sorted(set(self._seen) - set(current)):
+            if first or self._gate.settled(path, None, None, now):
+                log.info("%s: removed; its resources are withdrawn", path)
+                del self._seen[path]
+                self._registry.remove_file(str(path))
+                changed = True
         for path, sig in current.items():
             if self._seen.get(path) == sig:
+                self._gate.forget(path)  # as applied: an edit undone before it settled
+                continue
+            try:
+                content = None if sig[1] > MAX_FILE_BYTES else read_at_most(path, MAX_FILE_BYTES)
+            except OSError as exc:
+                log.error("%s: cannot read (%s); keeping its previous resources in force", path, exc)
+                self._gate.forget(path)
+                continue  # tried again at the next scan
+            if not first and not self._gate.settled(path, sig, content, now):
                 continue
             self._seen[path] = sig
             changed = True
-            self._load(path)
-        self._seen = {p: s for p, s in self._seen.items() if p in current}
+            self._load(path, content)
+        for key in self._gate.waiting() - set(current) - set(self._seen):
+            self._gate.forget(key)  # a new file deleted before it settled
         if changed:
             for problem in cross_check(self._registry.resources()):
                 log.warning("%s", problem)
         return changed
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, content: bytes | None) -> None:
+        """Apply the file's ``content`` (None: over MAX_FILE_BYTES, refused unread)."""
+        name = str(path.relative_to(self.root))
         try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
+            result = ParseResult(problems=[oversized(name)]) if content is None else parse_text(content.decode(), name)
+        except UnicodeDecodeError as exc:
             log.error("%s: cannot read (%s); keeping its previous resources in force", path, exc)
             return
-        result = parse_text(text, str(path.relative_to(self.root)))
         for problem in result.problems:
             (log.error if problem.severity is Severity.ERROR else log.warning)("%s", problem)
         if result.errors:

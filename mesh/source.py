@@ -289,6 +289,11 @@ class _Converter:
         return {**merged, **result}
 
 
+def oversized(file: str) -> Problem:
+    """The finding for a file over MAX_FILE_BYTES, which a reader should not even read whole."""
+    return Problem(Severity.ERROR, file, 1, "", "", f"larger than {MAX_FILE_BYTES} bytes; file refused", Code.YAML)
+
+
 def load_documents(text: str, file: str, problems: list[Problem]) -> list[Document]:
     """Every non-empty document of a YAML stream. Raises ``YamlError`` for a syntax error, and for
     a file past a bound above (MAX_FILE_BYTES, MAX_DOCUMENTS, MAX_DEPTH, MAX_NODES).
@@ -297,8 +302,7 @@ def load_documents(text: str, file: str, problems: list[Problem]) -> list[Docume
     and marks); a file that fails is parsed again by the pure-Python parser, whose messages say
     more ("expected ',' or '}', but got '<stream end>'")."""
     if len(text) > MAX_FILE_BYTES:  # characters: never fewer than the bytes they came from
-        raise YamlError(Problem(Severity.ERROR, file, 1, "", "", f"larger than {MAX_FILE_BYTES} bytes; file refused",
-                                Code.YAML))
+        raise YamlError(oversized(file))
     fast = getattr(yaml, "CSafeLoader", None)
     try:
         if fast is not None:

@@ -6,29 +6,87 @@ create``, the lab) while the CA serves; the registry watches YAML and ``pods.jso
 its identity (inode, size, mtime) changed. A file that fails to parse or validate keeps the last good
 contents in force and logs why, so a bad edit never locks every caller out. Writers replace the file
 atomically (``write_json_atomic``), so a reader never sees half a file.
+
+Files that people edit (the registry's YAML) are written by tools that do not rename: an editor,
+``cat >``, a copy. ``SettleGate`` holds such a change back until the file has stayed the same for
+``SETTLE_INTERVAL``, so that a file caught half-written is never applied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
 log = logging.getLogger("ambient.files")
 T = TypeVar("T")
+Signature = tuple[int, int, int]
 
 
-def file_signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> Signature | None:
     """(inode, size, mtime): changes when the file is replaced or rewritten; None if it is missing."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+SETTLE_INTERVAL = 0.4
+"""Seconds a changed file must keep its signature and content before it is applied. A writer that
+saves in several steps (an editor that truncates then writes, `cat a >f; cat b >>f`) finishes within
+milliseconds; 0.4 s is well past that and adds little to what a change takes to reach the dataplane
+(the control plane's poll of 0.25 s and its debounce). A writer that pauses longer than this between
+steps is not protected: replace the file by rename (``kubectl``, ``write_json_atomic``, `mv`)."""
+
+
+@dataclass(frozen=True)
+class _Look:
+    signature: Signature | None
+    digest: bytes | None  # of the content; None when the file is missing or was not read
+    since: float
+
+
+class SettleGate:
+    """When a changed file may be applied: once two looks at least ``interval`` apart found the same
+    signature (inode, size, mtime) and the same content. Sans-IO: the caller stats and reads the
+    file and says what time it is, and applies the content of the look that answered True, so what
+    is applied is exactly what was seen to settle. A missing file settles like any other state."""
+
+    def __init__(self, interval: float = SETTLE_INTERVAL) -> None:
+        self.interval = interval
+        self._looks: dict[Hashable, _Look] = {}
+
+    def settled(self, key: Hashable, signature: Signature | None, content: bytes | None, now: float) -> bool:
+        digest = None if content is None else hashlib.blake2b(content, digest_size=16).digest()
+        look = self._looks.get(key)
+        if look is None or (look.signature, look.digest) != (signature, digest):
+            self._looks[key] = _Look(signature, digest, now)  # changed since the last look: wait again
+            return False
+        if now - look.since < self.interval:
+            return False
+        del self._looks[key]
+        return True
+
+    def forget(self, key: Hashable) -> None:
+        """The file is back as it was applied (or no longer of interest): nothing is waiting."""
+        self._looks.pop(key, None)
+
+    def waiting(self) -> set[Hashable]:
+        return set(self._looks)
+
+
+def read_at_most(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None if it holds more than ``limit`` (only ``limit + 1`` are read)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 class WatchedJsonFile(Generic[T]):

@@ -1,7 +1,9 @@
 """The registry: Service VIPs, files replaced as units, and the watched sources (YAML directory, pods.json).
 
 File tests write through a temporary file and a rename, as kubectl, editors and the lab do, so that
-every write is a new inode and a scan sees it without sleeping for the clock to tick.
+every write is a new inode and a scan sees it without sleeping for the clock to tick. A change after
+the first scan is applied once it has settled: the tests drive the directory's clock (``Clock``)
+rather than sleep.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from controlplane.registry import (
     write_pod_statuses,
 )
 from controlplane.view import PodStatus
-from mesh import resources as r
+from mesh import resources as r, source
+from mesh.parse import parse_text
+from mesh.watched_file import SETTLE_INTERVAL
 from tests.controlplane.test_view import namespace, pod, resources_of, service, waypoint
+from tests.mesh.test_source import billion_laughs
+
+POLL = 0.25  # as the control plane and the lab poll the directory (SCAN_INTERVAL)
 
 
 def svc(name: str, ns: str = "shop", cluster_ip: str = "") -> r.Service:
@@ -181,6 +188,25 @@ A = "\n---\n".join([namespace("shop"), pod("one")])
 B = pod("two")
 
 
+class Clock:
+    """The directory's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settle(directory: ConfigDirectory, clock: Clock) -> bool:
+    """Scan as the control plane does until a change has had time to settle; True if one was applied."""
+    changed = directory.scan()
+    for _ in range(int(SETTLE_INTERVAL / POLL) + 1):
+        clock.now += POLL
+        changed = directory.scan() or changed
+    return changed
+
+
 def test_initial_scan_and_an_idle_scan(tmp_path):
     write(tmp_path / "a.yaml", A)
     write(tmp_path / "sub" / "b.yml", B)
@@ -195,13 +221,14 @@ def test_initial_scan_and_an_idle_scan(tmp_path):
 def test_editing_one_file_changes_only_its_resources(tmp_path):
     write(tmp_path / "a.yaml", A)
     write(tmp_path / "b.yaml", B)
-    registry = Registry()
-    directory = ConfigDirectory(tmp_path, registry)
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
     directory.scan()
     (two,) = [res for res in registry.resources() if res.meta.name == "two"]
     version = registry.version
     write(tmp_path / "a.yaml", pod("three"))
-    assert directory.scan() is True
+    assert directory.scan() is False and registry.version == version  # not settled yet
+    assert settle(directory, clock) is True
     assert registry.version == version + 1
     assert keys(registry) == {("Pod", "shop", "three"), ("Pod", "shop", "two")}
     assert [res for res in registry.resources() if res.meta.name == "two"][0] is two  # not even re-parsed
@@ -209,19 +236,19 @@ def test_editing_one_file_changes_only_its_resources(tmp_path):
 
 def test_a_broken_edit_keeps_the_previous_resources_and_logs_why(tmp_path, caplog):
     write(tmp_path / "a.yaml", A)
-    registry = Registry()
-    directory = ConfigDirectory(tmp_path, registry)
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
     directory.scan()
     before, version = keys(registry), registry.version
     broken = pod("one").replace('"containers"', '"containerz"')
     write(tmp_path / "a.yaml", "\n---\n".join([namespace("shop"), broken]))
     with caplog.at_level(logging.INFO, logger="ambient.registry"):
-        directory.scan()
+        settle(directory, clock)
     assert keys(registry) == before and registry.version == version
     assert "a.yaml:3: Pod shop/one: spec.containers: is required" in caplog.text
     assert "a.yaml: 1 error(s); keeping its previous resources in force" in caplog.text
     write(tmp_path / "a.yaml", pod("fixed"))
-    directory.scan()
+    settle(directory, clock)
     assert keys(registry) == {("Pod", "shop", "fixed")}
 
 
@@ -237,15 +264,114 @@ def test_a_file_broken_from_the_start_contributes_nothing(tmp_path, caplog):
 def test_deleting_a_file_withdraws_its_resources(tmp_path):
     write(tmp_path / "a.yaml", A)
     write(tmp_path / "b.yaml", B)
-    registry = Registry()
-    directory = ConfigDirectory(tmp_path, registry)
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
     directory.scan()
     (tmp_path / "a.yaml").unlink()
-    assert directory.scan() is True
+    assert settle(directory, clock) is True
     assert keys(registry) == {("Pod", "shop", "two")}
     write(tmp_path / "a.yaml", A)  # and it comes back
-    assert directory.scan() is True
+    assert settle(directory, clock) is True
     assert ("Pod", "shop", "one") in keys(registry)
+
+
+# An ALLOW policy in two parts: the head alone is a valid policy that allows nothing.
+POLICY_HEAD = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+"""
+POLICY_RULES = """  rules:
+  - from:
+    - source: {namespaces: [shop]}
+"""
+
+
+def policy_rules(registry: Registry) -> dict[str, int]:
+    return {res.meta.name: len(res.rules) for res in registry.resources() if isinstance(res, r.AuthorizationPolicy)}
+
+
+def test_a_policy_caught_half_written_is_never_applied(tmp_path):
+    (head_only,) = parse_text(POLICY_HEAD, "policy.yaml").resources
+    assert isinstance(head_only, r.AuthorizationPolicy) and head_only.rules == ()  # applied, it denies all
+    registry, clock = Registry(), Clock()
+    published: list[dict[str, int]] = []
+    registry.on_change(lambda: published.append(policy_rules(registry)))
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
+    directory.scan()
+    with open(tmp_path / "policy.yaml", "w") as policy:  # saved in two steps, as `cat >` or an editor may
+        policy.write(POLICY_HEAD)
+        policy.flush()
+        for _ in range(2):  # the control plane polls while the writer is between its steps
+            clock.now += POLL
+            directory.scan()
+        policy.write(POLICY_RULES)
+    assert settle(directory, clock) is True
+    assert published == [{"allow-web": 1}]
+
+
+def test_a_file_that_keeps_changing_waits_until_it_stops(tmp_path):
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
+    directory.scan()
+    for i in range(10):  # rewritten at every poll, for longer than the settle interval
+        write(tmp_path / "a.yaml", pod(f"p{i}"))
+        clock.now += POLL
+        assert directory.scan() is False
+    assert settle(directory, clock) is True
+    assert keys(registry) == {("Pod", "shop", "p9")}
+
+
+def test_a_file_deleted_and_written_again_before_it_settles_is_not_withdrawn(tmp_path):
+    write(tmp_path / "a.yaml", A)
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
+    directory.scan()
+    version = registry.version
+    (tmp_path / "a.yaml").unlink()  # an editor that deletes, then writes the file anew
+    assert directory.scan() is False
+    write(tmp_path / "a.yaml", A)
+    assert settle(directory, clock) is True  # the new inode, with the same resources
+    assert registry.version == version and ("Pod", "shop", "one") in keys(registry)
+
+
+def test_the_first_scan_applies_what_is_on_disk_at_once(tmp_path):
+    write(tmp_path / "a.yaml", A)
+    registry = Registry()
+    assert ConfigDirectory(tmp_path, registry, clock=Clock()).scan() is True
+    assert ("Pod", "shop", "one") in keys(registry)
+
+
+def test_a_yaml_bomb_keeps_the_files_previous_resources(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(source, "MAX_NODES", 10_000)  # the bound itself: tests/mesh/test_source.py
+    write(tmp_path / "a.yaml", service("web"))
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
+    directory.scan()
+    before, version = keys(registry), registry.version
+    write(tmp_path / "a.yaml", billion_laughs())
+    settle(directory, clock)
+    assert keys(registry) == before == {("Service", "shop", "web")} and registry.version == version
+    assert "a.yaml:7: metadata.annotations.a" in caplog.text
+    assert "aliases expand to more than 10000 nodes; file refused" in caplog.text
+    assert "a.yaml: 1 error(s); keeping its previous resources in force" in caplog.text
+
+
+def test_a_file_over_the_size_bound_is_refused_unread(tmp_path, caplog, monkeypatch):
+    write(tmp_path / "a.yaml", B)
+    registry, clock = Registry(), Clock()
+    directory = ConfigDirectory(tmp_path, registry, clock=clock)
+    directory.scan()
+    with open(tmp_path / "a.yaml", "a") as f:
+        f.truncate(source.MAX_FILE_BYTES + 1)  # sparse: no need to write 4 MiB
+    read = []
+    monkeypatch.setattr("controlplane.registry.parse_text", lambda *args: read.append(args))
+    settle(directory, clock)
+    assert read == [] and keys(registry) == {("Pod", "shop", "two")}
+    assert f"a.yaml:1: larger than {source.MAX_FILE_BYTES} bytes; file refused" in caplog.text
+    assert "a.yaml: 1 error(s); keeping its previous resources in force" in caplog.text
 
 
 @pytest.mark.parametrize("name", [".hidden.yaml", "notes.txt", "a.yaml~", "a.yaml.swp", ".git/x.yaml",
