@@ -82,6 +82,11 @@ class SettleGate:
         return set(self._looks)
 
 
+MAX_JSON_BYTES = 64 * 1024 * 1024
+"""A watched JSON file larger than this is not read. The largest is pods.json: ~100 bytes a pod, so
+this is room for half a million pods while still bounding what one bad write costs every reader."""
+
+
 def read_at_most(path: Path, limit: int) -> bytes | None:
     """The file's bytes, or None if it holds more than ``limit`` (only ``limit + 1`` are read)."""
     with open(path, "rb") as f:
@@ -118,8 +123,13 @@ class WatchedJsonFile(Generic[T]):
             self._value = self._empty
         else:
             try:
-                self._value = self._parse(json.loads(self._path.read_text()))
-            except (OSError, ValueError) as exc:
+                data = read_at_most(self._path, MAX_JSON_BYTES)
+                if data is None:
+                    raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+                self._value = self._parse(json.loads(data))
+            except RecursionError:  # json nests by recursion: `[[[[...` 100,000 deep
+                log.error("%s: nested too deeply; keeping the previous %s in force", self._path, self._what)
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
                 log.error("%s: %s; keeping the previous %s in force", self._path, exc, self._what)
         self._signature = signature
 

@@ -1,8 +1,15 @@
-"""SettleGate: a changed file is applied only once it has looked the same for the settle interval."""
+"""SettleGate: a changed file is applied only once it has looked the same for the settle interval.
+WatchedJsonFile: a bad file (too deep, too large, not JSON) keeps the previous value in force."""
 
 from __future__ import annotations
 
-from mesh.watched_file import SETTLE_INTERVAL, SettleGate, read_at_most
+import json
+import os
+
+import pytest
+
+from mesh import watched_file
+from mesh.watched_file import SETTLE_INTERVAL, SettleGate, WatchedJsonFile, read_at_most
 
 SIG = (1, 10, 100)
 
@@ -47,3 +54,25 @@ def test_read_at_most_reads_no_more_than_the_bound_and_one(tmp_path):
     path.write_bytes(b"12345")
     assert read_at_most(path, 5) == b"12345"
     assert read_at_most(path, 4) is None
+
+
+def replace(path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # a new inode: the watcher sees the change without waiting for the clock
+
+
+@pytest.mark.parametrize("text, reason", [
+    pytest.param("[" * 100_000 + "]" * 100_000, "nested too deeply", id="deep"),
+    pytest.param(json.dumps({"pods": "x" * 300_000}), "larger than 300000 bytes", id="large"),
+    pytest.param("{", "Expecting property name", id="not-json"),
+])
+def test_a_bad_json_file_keeps_the_previous_value(tmp_path, caplog, monkeypatch, text, reason):
+    monkeypatch.setattr(watched_file, "MAX_JSON_BYTES", 300_000)
+    path = tmp_path / "pods.json"
+    watched = WatchedJsonFile(path, lambda data: data, {}, what="pod status")
+    replace(path, json.dumps({"pods": 1}))
+    assert watched.get() == {"pods": 1}
+    replace(path, text)
+    assert watched.get() == {"pods": 1}
+    assert f"pods.json: {reason}" in caplog.text and "keeping the previous pod status in force" in caplog.text
