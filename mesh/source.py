@@ -110,22 +110,24 @@ class YamlError(Exception):
 
 # What one file may make the reader spend. A file past any of these is refused whole, as one AMB0001
 # finding at the line where the bound was passed; the registry keeps that file's last good resources.
-MAX_FILE_BYTES = 4 * 1024 * 1024
-"""Kubernetes refuses a single object over 1.5 MiB (etcd's request limit); a file holds several.
-libyaml reads ~4 MB/s here with the conversion, so the largest file costs about a second."""
-MAX_DOCUMENTS = 10_000
-"""Documents (``---``) in one file: a whole cluster exported to one file has thousands."""
+MAX_FILE_BYTES = 2 * 1024 * 1024
+"""Kubernetes refuses a single object over 1.5 MiB (etcd's request limit); a file of this mesh's
+resources that size holds thousands. Read with libyaml and converted at ~2 MB/s on this machine,
+the largest file costs one to two seconds."""
+MAX_DOCUMENTS = 50_000
+"""Documents (``---``) in one file. The smallest resource, a Namespace, takes ~50 bytes: a
+MAX_FILE_BYTES file of them is ~40,000 documents, each a ``Document`` and a table of lines."""
 MAX_DEPTH = 100
 """Nesting of mappings and lists, once aliases are expanded. Kubernetes objects nest ~15 levels,
 CRD schemas ~40; this keeps the recursive conversion far below Python's recursion limit (1000)."""
 MAX_NODES = 500_000
 """Nodes in one file, counted twice: as written (what the composer builds), and as visited once
 aliases are expanded (what the conversion builds: an alias is visited again at each use, so a
-600-byte "billion laughs" counts its 387 million strings and stops here). A 4 MiB manifest in
-block style has ~300,000; the Python values of 500,000 take ~150 MB."""
+600-byte "billion laughs" counts its 387 million strings and stops here). Manifests have ~140
+nodes a KiB (bench/mesh_fixture.py), so a MAX_FILE_BYTES file ~290,000; 500,000 take ~100 MB."""
 RETRY_MAX_BYTES = 256 * 1024
 """A file that libyaml cannot parse is parsed again by the pure-Python parser, for its clearer
-message, only up to this size: that parser is ~10 times slower."""
+message, only up to this size: that parser is ~4 times slower."""
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _VALUE_TAG = "tag:yaml.org,2002:value"  # a `=` key, which PyYAML reads as the string "="

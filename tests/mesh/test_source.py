@@ -73,6 +73,34 @@ def test_a_billion_laughs_is_refused_without_expanding_it():
                         rf"{source.MAX_NODES} nodes; file refused", message) and code == Code.YAML
 
 
+POD = """apiVersion: v1
+kind: Pod
+metadata:
+  name: web-{i}
+  namespace: shop
+  labels: {{app: web, version: v1}}
+spec:
+  serviceAccountName: web
+  containers:
+  - name: web
+    image: nginx
+    ports: [{{containerPort: 8080, name: http}}]
+"""
+
+
+def test_a_file_of_ordinary_resources_near_the_size_bound_is_read():
+    count = source.MAX_FILE_BYTES * 9 // 10 // len(POD.format(i=10_000))
+    text = "---\n".join(POD.format(i=i) for i in range(count))
+    assert source.MAX_FILE_BYTES * 8 // 10 < len(text) <= source.MAX_FILE_BYTES
+    assert len(load_documents(text, "x.yaml", [])) == count
+
+
+def test_a_file_of_the_smallest_resources_near_the_size_bound_is_read():
+    namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n%d}\n"
+    count = source.MAX_FILE_BYTES * 9 // 10 // len("---\n" + namespace % 10_000)
+    assert len(load_documents("---\n".join(namespace % i for i in range(count)), "x.yaml", [])) == count
+
+
 def test_aliases_that_expand_within_the_bound_are_read():
     (doc,) = load_documents(billion_laughs(levels=2), "x.yaml", [])
     assert len(doc.data["metadata"]["annotations"]["a2"]) == 9
