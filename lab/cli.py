@@ -38,7 +38,7 @@ from lab.state import (
     write_record,
 )
 from lab.topology import MAX_NODES, LabPlanError
-from lab.workloads import container_process_name
+from lab.workloads import container_process_name, pod_sandbox
 from mesh.errors import describe
 from mesh.netns import enter_netns, netns_path
 
@@ -422,6 +422,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
             continue
         break
     env = {**os.environ, "POD_NAME": pod["name"], "POD_NAMESPACE": pod["namespace"], "POD_IP": pod["ip"]}
+    # As isolated from the node as the pod's own containers: what a pod can do, exec can, no more.
+    pod_sandbox(paths, Path(status["config_dir"])).prepare()()
     sys.stdout.flush()
     try:
         os.execvpe(command[0], command, env)

@@ -37,6 +37,7 @@ from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, wr
 from controlplane.view import PodStatus, is_enrolled
 from lab import components, network
 from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
+from lab.isolation import PodSandbox
 from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
 from lab.state import LabPaths
@@ -87,13 +88,22 @@ async def open_tcp_in_netns(netns: str, host: str, port: int) -> trio.SocketStre
     return trio.SocketStream(sock)
 
 
-async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env: dict[str, str]) -> int:
-    """Run ``argv`` in ``netns`` (an exec probe); its exit status. Cancelling kills it."""
+async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env: dict[str, str],
+                              sandbox: PodSandbox | None = None) -> int:
+    """Run ``argv`` in ``netns`` (an exec probe), isolated as the pod's containers are (``sandbox``);
+    its exit status. Cancelling kills it."""
+    isolate = sandbox.prepare() if sandbox is not None else None
+
+    def enter(fd: int) -> None:  # in the child: system calls only (see lab.processes)
+        network.enter_netns(fd)
+        if isolate is not None:
+            isolate()
+
     fd = os.open(network.netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         result = await trio.run_process(
             list(argv), check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd=cwd, env=env, preexec_fn=partial(network.enter_netns, fd),
+            stderr=subprocess.DEVNULL, cwd=cwd, env=env, preexec_fn=partial(enter, fd),
         )
     finally:
         os.close(fd)
@@ -306,12 +316,13 @@ class Lab:
         await run_readiness(
             plan.readiness_probe, container, str(placed.ip),
             connect=partial(open_tcp_in_netns, placed.netns),
-            run_command=partial(self._exec_probe, placed.netns, plan.process.environment),
+            run_command=partial(self._exec_probe, placed.netns, plan.process.environment, plan.process.sandbox),
             on_change=on_change, on_result=on_result,
         )
 
-    async def _exec_probe(self, netns: str, env: dict[str, str], argv: tuple[str, ...]) -> int:
-        return await run_in_netns_status(netns, argv, self.config.config_dir, env)
+    async def _exec_probe(self, netns: str, env: dict[str, str], sandbox: PodSandbox | None,
+                          argv: tuple[str, ...]) -> int:
+        return await run_in_netns_status(netns, argv, self.config.config_dir, env, sandbox)
 
     async def _stop_pod(self, runtime: _PodRuntime) -> None:
         runtime.stopped = True

@@ -13,9 +13,11 @@ The child is placed *before* it execs: between fork and exec it writes "0" to it
 `cgroup.procs` (which moves the writer) and calls setns on the lab netns, so even its first
 instruction runs in the right cgroup and netns, and nothing it forks can escape either. The netns and
 `cgroup.procs` are opened by the parent first, so a missing netns is a clear error rather than a bare
-"exception in preexec_fn". Its environment is a minimal base (PATH, HOME) plus `spec.env`, never the
-supervisor's own. stdout and stderr are appended to `spec.log_path`, interleaved with one
-"[supervisor]" line per event ("started pid N", "exited with status S; restarting in X s").
+"exception in preexec_fn". A pod's process then isolates itself from the node (`spec.sandbox`, see
+`lab.isolation`), last, since that drops the capabilities the steps before need. Its environment is
+a minimal base (PATH, HOME) plus `spec.env`, never the supervisor's own. stdout and stderr are
+appended to `spec.log_path`, interleaved with one "[supervisor]" line per event ("started pid N",
+"exited with status S; restarting in X s").
 
 When the main process exits, whatever it left in its cgroup is killed before a restart, so restarts
 never pile up orphans. Stopping (`stop`, or cancelling `run`) sends SIGTERM to the main process, waits
@@ -48,6 +50,7 @@ from types import MappingProxyType
 
 import trio
 
+from lab.isolation import PodSandbox
 from lab.topology import netns_prefix
 from mesh.backoff import Backoff
 from mesh.netns import enter_netns, netns_path
@@ -109,6 +112,7 @@ class ProcessSpec:
     restart_policy: RestartPolicy = RestartPolicy.ALWAYS
     backoff: Backoff = RESTART_BACKOFF
     healthy_after: float = HEALTHY_AFTER  # a run this long resets the backoff to its first delay
+    sandbox: PodSandbox | None = None  # a pod's isolation from the node (`lab.isolation`); None for the mesh's own
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -281,11 +285,13 @@ def _rmdir(path: Path) -> None:
         pass
 
 
-def _enter(procs_fd: int, netns_fd: int | None) -> None:
+def _enter(procs_fd: int, netns_fd: int | None, isolate: Callable[[], None] | None) -> None:
     # Runs in the child between fork and exec: system calls only, no imports, no locks.
     os.write(procs_fd, b"0")  # "0" moves the writing process into this cgroup
     if netns_fd is not None:
         enter_netns(netns_fd)
+    if isolate is not None:  # last: it drops the capabilities the steps above need
+        isolate()
 
 
 def _describe_exit(returncode: int) -> str:
@@ -465,6 +471,7 @@ class Supervisor:
         spec.cgroup.mkdir(exist_ok=True)
         if _populated(spec.cgroup):  # left over by a supervisor of this lab that crashed
             await trio.to_thread.run_sync(kill_cgroup, spec.cgroup)
+        isolate = spec.sandbox.prepare() if spec.sandbox is not None else None
         procs_fd = os.open(spec.cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         netns_fd = None
         try:
@@ -483,7 +490,7 @@ class Supervisor:
                 env=spec.environment,
                 cwd=spec.cwd,
                 # Fine here despite threads: _enter makes only system calls (see the docstring).
-                preexec_fn=lambda: _enter(procs_fd, netns_fd),
+                preexec_fn=lambda: _enter(procs_fd, netns_fd, isolate),
                 # Its own session: a Ctrl-C at the terminal reaches only the supervisor, which then
                 # stops the processes in order.
                 start_new_session=True,

@@ -7,8 +7,9 @@ a diff of two of their results.
   name the lab does not have leaves the pod Pending with the reason, as a Kubernetes scheduler would.
 - A container runs ``command`` + ``args`` in the pod's netns, in its own cgroup, with the pod's
   environment and the YAML directory as its working directory (the samples run files beside their
-  manifest). The lab runs commands, not images: a container without ``command`` cannot start, and
-  its pod says why.
+  manifest), isolated from the node by ``pod_sandbox``: it cannot see any lab's state directory,
+  where the CA key, the node tokens and the node agents' sockets are. The lab runs commands, not
+  images: a container without ``command`` cannot start, and its pod says why.
 - A waypoint's pod gets its netns and IP like any pod; its proxy is a component of the lab
   (``lab.components.waypoint_processes``).
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.view import ClusterState
+from lab.isolation import PodSandbox
 from lab.processes import ProcessSpec, pod_env, process_cgroup
 from lab.state import LabPaths
 from lab.topology import PodPlan
@@ -82,6 +84,16 @@ def container_process_name(namespace: str, pod: str, container: str) -> str:
     return f"{namespace}/{pod}/{container}"
 
 
+def pod_sandbox(paths: LabPaths, config_dir: Path) -> PodSandbox:
+    """The isolation of every pod's processes (containers, exec probes, `ambient exec`): the state
+    root of all labs is hidden, since a pod of one lab has no business with another's secrets either;
+    only this lab's own directory if the YAML directory, which pods run from, lies in that root."""
+    state_root = paths.root.parent
+    if Path(config_dir).absolute().is_relative_to(state_root.absolute()):
+        return PodSandbox(hidden=(paths.root,))
+    return PodSandbox(hidden=(state_root,))
+
+
 def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path) -> tuple[ContainerPlan, ...]:
     pod = lab_pod.pod
     namespace, name = lab_pod.key
@@ -104,6 +116,7 @@ def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path
                 netns=placed.netns,
                 env=env,
                 cwd=cwd,
+                sandbox=pod_sandbox(paths, cwd),
             )
         except ValueError as exc:
             plans.append(ContainerPlan(container.name, None, str(exc)))
