@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ca.cert_store import CertificateStore
 from mesh.backoff import Backoff
 from mesh.certs import CertificateError, CertifiedKey
 from mesh.identity import SpiffeId
@@ -109,12 +110,14 @@ class SecretManager:
     ``backoff.cap`` during an outage): callers that need a bound put it in a cancel scope.
     """
 
-    def __init__(self, fetch: Fetch, *, backoff: Backoff = REFRESH_BACKOFF) -> None:
+    def __init__(self, fetch: Fetch, *, backoff: Backoff = REFRESH_BACKOFF, store: CertificateStore | None = None,
+                 ) -> None:
         if backoff.initial <= 0:
             # A failing CA would be called in a busy loop.
             raise ValueError(f"the retry backoff must start above 0 s: {backoff}")
         self._fetch = fetch
         self._backoff = backoff
+        self._store = store  # certificates kept across restarts (ca.cert_store), if any
         self._entries: dict[SpiffeId, _Entry] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -158,6 +161,8 @@ class SecretManager:
         if entry is not None:
             entry.scope.cancel()
             entry.next.fail("it was forgotten before a certificate arrived")
+        if self._store is not None:
+            self._store.remove(identity)  # no key kept for an identity no longer served
 
     def current(self, identity: SpiffeId) -> CertifiedKey | None:
         """The still-valid certificate for ``identity``, if one is held; never fetches."""
@@ -179,9 +184,26 @@ class SecretManager:
             self._nursery.start_soon(self._refresh, entry, name=f"refresh certificate {identity}")
         return entry
 
+    def _restore(self, entry: _Entry) -> None:
+        assert self._store is not None
+        cert = self._store.load(entry.identity)
+        if cert is None:
+            return
+        try:
+            _, expires_at = _deadlines(cert)
+        except CertificateError:
+            return
+        entry.cert, entry.expires_at = cert, expires_at
+        attempt, entry.next = entry.next, _Attempt()
+        attempt.succeed(cert)
+        log.info("serving %s with its stored certificate (valid until %s) until the CA answers", entry.identity,
+                 cert.not_after.isoformat())
+
     async def _refresh(self, entry: _Entry) -> None:
         failures = 0  # in a row: the next retry's attempt number
         with entry.scope:
+            if self._store is not None:
+                self._restore(entry)  # served at once; a fresh one is fetched all the same
             while True:
                 attempt = entry.next
                 try:
@@ -203,5 +225,10 @@ class SecretManager:
                     entry.next = _Attempt()
                     attempt.succeed(cert)
                     failures = 0
+                    if self._store is not None:
+                        try:
+                            self._store.save(cert)
+                        except OSError as exc:
+                            log.warning("cannot keep the certificate of %s across restarts: %s", entry.identity, exc)
                     log.debug("certificate for %s valid until %s", entry.identity, cert.not_after.isoformat())
                     await trio.sleep_until(refresh_at)

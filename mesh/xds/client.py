@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
@@ -45,6 +46,8 @@ from google.rpc import code_pb2, status_pb2
 
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, METHOD_PATH, WILDCARD, unpack
 from mesh.backoff import Backoff
+from mesh.private_files import private_directory, read_private, write_private
+from mesh.xds import cache
 
 log = logging.getLogger("ambient.xds.client")
 
@@ -54,6 +57,9 @@ CHANGE_HISTORY = 4096
 # Responses of a type URL the mesh does not know are counted under this one label, so a server that
 # sends made-up type URLs cannot grow ``messages`` (and /metrics' label series) without bound.
 OTHER_TYPE_URL = "other"
+VIEW_FILE = "discovery.view"  # in ClientConfig.cache_dir
+# A saved view larger than this is not read: the server's own responses are bounded the same way.
+MAX_SAVED_VIEW_BYTES = 256 * 1024 * 1024
 
 Validate = Callable[[str, str, Message], None]  # (type URL, name, message); raises ValueError to reject
 Applied = tuple[frozenset[str], frozenset[str]]  # the names a response updated, and those it removed
@@ -100,6 +106,8 @@ class ClientConfig:
     # Reconnects: 0.5 s doubling to 30 s, each up to half shorter at random.
     backoff: Backoff = Backoff(initial=0.5, cap=30.0, multiplier=2.0, jitter=0.5)
     max_response_bytes: int = 64 * 1024 * 1024
+    # Where the last good view is kept across restarts (``mesh.xds.cache``); None: not kept.
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.backoff.initial <= 0:
@@ -204,6 +212,25 @@ class ClientState:
         if error is not None:
             reply.error_detail.CopyFrom(_status(error))
             return reply, None, error
+        decoded, problems = self._decode(response)
+        if problems:
+            error = (f"rejected {len(problems)} of {len(response.resources)} {type_url} resources "
+                     f"(nonce {response.nonce}); keeping the previous ones: " + "; ".join(problems))
+            reply.error_detail.CopyFrom(_status(error))
+            return reply, None, error
+
+        view, versions = self._views[type_url], self._versions[type_url]
+        for name, (version, message) in decoded.items():
+            view[name], versions[name] = message, version
+        removed = {name for name in response.removed_resources if name in view}
+        for name in removed:
+            del view[name], versions[name]
+        return reply, (frozenset(decoded), frozenset(removed)), None
+
+    def _decode(self, response: discovery_pb2.DeltaDiscoveryResponse) -> tuple[dict[str, tuple[str, Message]],
+                                                                               list[str]]:
+        """Each wanted resource decoded and validated: (name → (version, message), problems)."""
+        type_url = response.type_url
         decoded: dict[str, tuple[str, Message]] = {}
         problems: list[str] = []
         wanted = self._subscriptions[type_url]
@@ -218,19 +245,27 @@ class ClientState:
                 problems.append(f"{resource.name}: {exc}")
                 continue
             decoded[resource.name] = (resource.version, message)
-        if problems:
-            error = (f"rejected {len(problems)} of {len(response.resources)} {type_url} resources "
-                     f"(nonce {response.nonce}); keeping the previous ones: " + "; ".join(problems))
-            reply.error_detail.CopyFrom(_status(error))
-            return reply, None, error
+        return decoded, problems
 
-        view, versions = self._views[type_url], self._versions[type_url]
-        for name, (version, message) in decoded.items():
-            view[name], versions[name] = message, version
-        removed = {name for name in response.removed_resources if name in view}
-        for name in removed:
-            del view[name], versions[name]
-        return reply, (frozenset(decoded), frozenset(removed)), None
+    def saved(self) -> bytes:
+        """What ``restore`` reads back: every resource held, with its version (``mesh.xds.cache``)."""
+        return cache.encode({t: [(name, self._versions[t][name], message) for name, message in view.items()]
+                             for t, view in self._views.items()})
+
+    def restore(self, data: bytes) -> int:
+        """Load a view ``saved`` earlier, checked as a server's response is; the number of resources.
+        ``ValueError`` (nothing loaded) if any part of it would be rejected."""
+        loaded: dict[str, dict[str, tuple[str, Message]]] = {}
+        for response in cache.decode(data):
+            error = self._check(response)
+            decoded, problems = self._decode(response) if error is None else ({}, [error])
+            if problems:
+                raise ValueError(f"saved {response.type_url} view refused: " + "; ".join(problems[:5]))
+            loaded[response.type_url] = decoded
+        for type_url, decoded in loaded.items():
+            self._views[type_url] = {name: message for name, (_, message) in decoded.items()}
+            self._versions[type_url] = {name: version for name, (version, _) in decoded.items()}
+        return sum(map(len, loaded.values()))
 
     def _check(self, response: discovery_pb2.DeltaDiscoveryResponse) -> str | None:
         if response.type_url not in self._subscriptions:
@@ -329,7 +364,10 @@ class DiscoveryClient:
         self._seq = 0
         self._history: deque[Change] = deque(maxlen=CHANGE_HISTORY)
         self._changed = trio.Event()
+        self._stale = False  # serving a view saved before a restart, not yet confirmed by the server
+        self._synced = False  # a stream has delivered every subscribed type at least once
         self.responses_applied = 0  # counters, for logs and tests
+        self.saves = 0  # views written to ClientConfig.cache_dir
         self.responses_rejected = 0
         self._terminations: dict[str, int] = {}
 
@@ -344,6 +382,12 @@ class DiscoveryClient:
     def connected(self) -> bool:
         """True while a stream is up and has delivered at least one response."""
         return self._connected
+
+    @property
+    def stale(self) -> bool:
+        """True while the view is the one saved before a restart (``ClientConfig.cache_dir``) and no
+        stream has brought it up to date yet."""
+        return self._stale
 
     @property
     def messages(self) -> Mapping[str, int]:
@@ -417,33 +461,87 @@ class DiscoveryClient:
 
         def synced() -> None:
             nonlocal started
+            self._synced = True
+            if self._stale:
+                self._stale = False
+                log.info("discovery: the view from %s replaces the saved one", self._config.target)
+                self._notify()
             if not started:
                 started = True
                 task_status.started()
 
-        failures = 0
+        if self._restore_saved():
+            started = True
+            task_status.started()
         try:
-            while True:
-                delivered = False
-
-                def delivered_once() -> None:
-                    nonlocal delivered
-                    delivered = True
-
-                description, reason = await self._stream(synced, delivered_once)
-                self._terminations[reason] = self._terminations.get(reason, 0) + 1
-                self._set_connected(False)
-                self._notify()
-                if delivered:
-                    failures = 0  # a stream that worked resets the backoff
-                delay = self._config.backoff.delay(failures)
-                failures += 1
-                log.warning("discovery stream to %s ended (%s); serving the last good view, retrying in %.2fs",
-                            self._config.target, description, delay)
-                await trio.sleep(delay)
+            async with trio.open_nursery() as nursery:
+                if self._config.cache_dir is not None:
+                    nursery.start_soon(self._keep_saved, self._config.cache_dir / VIEW_FILE)
+                await self._keep_connected(synced)
         finally:
             self._running = False
             self._set_connected(False)
+
+    def _restore_saved(self) -> bool:
+        """Serve the view saved before a restart, if there is a good one (``mesh.xds.cache``)."""
+        if self._config.cache_dir is None:
+            return False
+        path = self._config.cache_dir / VIEW_FILE
+        try:
+            private_directory(self._config.cache_dir)
+            data = read_private(path, MAX_SAVED_VIEW_BYTES)
+            if data is None:
+                return False
+            count = self._state.restore(data)
+        except (OSError, ValueError) as exc:
+            log.error("discovery: not using the saved view %s: %s; waiting for %s", path, exc, self._config.target)
+            return False
+        self._stale = True
+        self._notify()
+        log.warning("discovery: serving the view saved in %s (%d resources) until %s answers", path, count,
+                    self._config.target)
+        return True
+
+    async def _keep_saved(self, path: Path) -> None:
+        """Save the view after it changes (not while it is the stale one), at most every SAVE_INTERVAL."""
+        seen = self._seq
+        while True:
+            await self.wait_until(partial(self._unsaved, seen))
+            seen = self._seq
+            data = self._state.saved()
+            try:
+                await trio.to_thread.run_sync(write_private, path, data)
+            except OSError as exc:
+                log.warning("discovery: cannot save the view to %s: %s", path, exc)
+            else:
+                self.saves += 1
+                self._notify()
+            await trio.sleep(cache.SAVE_INTERVAL)
+
+    def _unsaved(self, saved_seq: int) -> bool:
+        # Saved once every type has arrived (a view missing a type would pass for a whole one).
+        return self._seq != saved_seq and self._synced and not self._stale
+
+    async def _keep_connected(self, synced: Callable[[], None]) -> None:
+        failures = 0
+        while True:
+            delivered = False
+
+            def delivered_once() -> None:
+                nonlocal delivered
+                delivered = True
+
+            description, reason = await self._stream(synced, delivered_once)
+            self._terminations[reason] = self._terminations.get(reason, 0) + 1
+            self._set_connected(False)
+            self._notify()
+            if delivered:
+                failures = 0  # a stream that worked resets the backoff
+            delay = self._config.backoff.delay(failures)
+            failures += 1
+            log.warning("discovery stream to %s ended (%s); serving the last good view, retrying in %.2fs",
+                        self._config.target, description, delay)
+            await trio.sleep(delay)
 
     def _channel(self) -> grpc.Channel:
         options: list[tuple[str, int | str]] = [

@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 import trio
+import trio.testing
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
@@ -443,3 +444,82 @@ async def test_client_trusts_only_the_mesh_root_it_was_given(plane, token):
             nursery.cancel_scope.cancel()
     assert not client.connected and client.responses_applied == 0
     assert plane.registry.get_sample_value("ambient_xds_streams_rejected_total", {"reason": "unauthenticated"}) is None
+
+
+# ---------------------------------------------------------------- the saved view (issue 18, defect 6)
+
+
+async def test_a_restarted_client_serves_the_saved_view_while_the_server_is_away(plane, token, tmp_path):
+    saved = tmp_path / "state"
+    first = DiscoveryClient(plane.config(token, cache_dir=saved))
+    async with running(first):
+        with trio.fail_after(BOUND):
+            await first.wait_until(lambda: first.saves >= 1)
+    assert oct((saved / "discovery.view").stat().st_mode & 0o777) == "0o600"
+    assert oct(saved.stat().st_mode & 0o777) == "0o700"
+    plane.stop()  # the control plane is away; the client restarts
+
+    second = DiscoveryClient(plane.config(token, cache_dir=saved))
+    async with running(second):  # started at once, from the saved view
+        assert second.stale and not second.connected
+        assert addresses(second) == {W1: "10.0.0.1", W2: "10.0.0.2"}
+        assert set(second.view(AUTHZ)) == {"default/allow"}
+        # The control plane returns with one workload changed and one gone: the saved versions spare
+        # the rest, and the view is current again.
+        plane.publisher = Publisher()
+        plane.publisher.publish(resources(address={W1: workload(W1, "10.0.0.8")},
+                                          authz={"default/allow": policy("allow")}))
+        plane.start()
+        with trio.fail_after(BOUND):
+            await second.wait_until(lambda: not second.stale and addresses(second) == {W1: "10.0.0.8"})
+        assert plane.metric("ambient_xds_resources_sent_total", AUTHZ) == 0
+        with trio.fail_after(BOUND):  # and what is saved follows
+            await second.wait_until(lambda: second.saves >= 1)
+        assert _saved_addresses(saved) == {W1}
+    plane.publisher.close()
+
+
+def _saved_addresses(saved: Path) -> set[str]:
+    from mesh.xds.cache import decode
+
+    (address,) = [r for r in decode((saved / "discovery.view").read_bytes()) if r.type_url == ADDRESS]
+    return {r.name for r in address.resources}
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"", None])
+async def test_a_damaged_saved_view_is_not_served(plane, token, tmp_path, content, caplog):
+    saved = tmp_path / "state"
+    first = DiscoveryClient(plane.config(token, cache_dir=saved))
+    async with running(first):
+        with trio.fail_after(BOUND):
+            await first.wait_until(lambda: first.saves >= 1)
+    view = saved / "discovery.view"
+    if content is None:  # a valid file with a resource the validator refuses
+        pass
+    else:
+        view.write_bytes(content)
+    plane.stop()
+
+    def refuse_all(type_url, name, message) -> None:
+        raise ValueError("refused")
+
+    second = DiscoveryClient(plane.config(token, cache_dir=saved), validate=refuse_all if content is None else None)
+    with caplog.at_level(logging.ERROR, "ambient.xds.client"):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second.run)
+            await trio.testing.wait_all_tasks_blocked()  # run() has read the file and is connecting
+            assert not second.stale
+            assert addresses(second) == {}
+            nursery.cancel_scope.cancel()
+    assert any("not using the saved view" in r.getMessage() for r in caplog.records)
+    plane.publisher.close()
+
+
+def test_a_saved_view_others_can_read_is_refused(tmp_path):
+    from mesh.private_files import UnsafeDirectory, private_directory
+
+    wide = tmp_path / "wide"
+    wide.mkdir(mode=0o755)
+    wide.chmod(0o755)
+    with pytest.raises(UnsafeDirectory, match="mode 0700"):
+        private_directory(wide)
