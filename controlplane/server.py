@@ -141,11 +141,13 @@ class ControlPlane:
 
 
 async def watch_sources(sources, interval: float = SCAN_INTERVAL) -> None:
-    """Poll each source's ``scan()`` (a stat per file when nothing changed)."""
+    """Poll each source's ``scan()`` (a stat per file when nothing changed). In a worker thread:
+    parsing a large file takes up to a second or two, which must not stall discovery and the CA
+    (the registry's change listener is thread-safe)."""
     while True:
         for source in sources:
             try:
-                source.scan()
+                await trio.to_thread.run_sync(source.scan)
             except Exception:
                 log.exception("reading %s failed; keeping what was loaded before", getattr(source, "root", source))
         await trio.sleep(interval)

@@ -19,7 +19,18 @@ from pathlib import Path
 
 from mesh import resources as r
 from mesh.identity import InvalidSpiffeId, validate_k8s_name
-from mesh.source import Code, Document, Field, Problem, Severity, YamlError, load_documents, yaml_files
+from mesh.source import (
+    MAX_FILE_BYTES,
+    Code,
+    Document,
+    Field,
+    Problem,
+    Severity,
+    YamlError,
+    load_documents,
+    yaml_files,
+)
+from mesh.watched_file import read_at_most
 
 GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
 ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -81,7 +92,10 @@ def parse_paths(paths: list[Path]) -> ParseResult:
     result = ParseResult()
     for path in yaml_files(paths):
         try:
-            text = path.read_text()
+            data = read_at_most(path, MAX_FILE_BYTES)  # a huge file is refused unread, as the watchers do
+            if data is None:
+                raise OSError(f"larger than the {MAX_FILE_BYTES} bytes a manifest file may hold")
+            text = data.decode()
         except (OSError, UnicodeDecodeError) as exc:
             result.problems.append(Problem(Severity.ERROR, str(path), 1, "", "", f"cannot read: {exc}", Code.YAML))
             continue

@@ -168,3 +168,14 @@ spec: {ports: [{port: 80}]}
 """)
     assert [(c, res) for c, res, _ in found] == [(Code.INGRESS_ONLY, "Service infra/web")]
     assert "no ingress gateway" in found[0][2]
+
+
+def test_a_file_over_the_size_bound_is_refused_unread(tmp_path):
+    from mesh.source import MAX_FILE_BYTES
+
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: nothing is written, and nothing should be read
+    _, problems = validate([tmp_path])
+    assert [(p.code, p.file) for p in problems] == [(Code.YAML, str(big))]
+    assert "larger than" in problems[0].message
