@@ -27,7 +27,7 @@ from ca.authority import CaRefusal, Status, utcnow
 from ca.client import IMPERSONATED_IDENTITY
 from ca.proto import ca_pb2
 from ca.service import CertificateRequest, CertificateService
-from ca.tokens import NodeCaller
+from ca.tokens import NodeCaller, parse_peer
 
 log = logging.getLogger("ambient.ca")
 
@@ -98,7 +98,7 @@ class _ServerCertificate:
             return self.issue() if utcnow() >= self.renew_at else None
 
 
-def _decode(raw: bytes, authorization: str | None) -> CertificateRequest:
+def _decode(raw: bytes, authorization: str | None, peer: str = "") -> CertificateRequest:
     if len(raw) > MAX_REQUEST_BYTES:
         raise CaRefusal(Status.INVALID_ARGUMENT, "malformed_request",
                         f"request of {len(raw)} bytes is over the limit of {MAX_REQUEST_BYTES}")
@@ -114,6 +114,7 @@ def _decode(raw: bytes, authorization: str | None) -> CertificateRequest:
         csr=message.csr,
         validity_seconds=message.validity_duration,
         impersonated_identity=metadata.get(IMPERSONATED_IDENTITY),
+        peer_address=parse_peer(peer),  # a node token bound to addresses is checked against it
     )
 
 
@@ -181,7 +182,7 @@ class CaServer:
 
     def _create_certificate(self, raw: bytes, context: grpc.ServicerContext) -> ca_pb2.IstioCertificateResponse:
         try:
-            issued = self._service.create_certificate(_decode(raw, _authorization(context)))
+            issued = self._service.create_certificate(_decode(raw, _authorization(context), context.peer()))
         except CaRefusal as refusal:
             self._metrics.rejected.labels(refusal.reason).inc()
             log.warning(

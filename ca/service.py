@@ -3,6 +3,9 @@
 Order matters: the caller is authenticated first (an unknown caller learns nothing about its
 request), then the identity it asks for is authorised, and only then is the CSR examined and signed.
 
+Authentication: the token must be known and, for a node token bound to its node's addresses,
+presented from one of them (``peer_address``; an unknown peer cannot present a bound token).
+
 Authorisation:
 - a workload token obtains its own bound identity only (``ImpersonatedIdentity``, if sent, must
   equal it);
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 from ca.authority import CaRefusal, IssuancePolicy, SigningAuthority, Status, invalid
 from ca.placement import PodPlacement
-from ca.tokens import Caller, NodeCaller, TokenStore, WorkloadCaller, parse_bearer
+from ca.tokens import Caller, NodeCaller, PeerAddress, TokenStore, WorkloadCaller, parse_bearer
 from mesh.identity import InvalidSpiffeId, SpiffeId
 
 
@@ -30,6 +33,7 @@ class CertificateRequest:
     csr: str
     validity_seconds: int
     impersonated_identity: object = None  # as sent: must be a SPIFFE ID string if present
+    peer_address: PeerAddress | None = None  # where the request came from, if the transport knows
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,15 @@ class CertificateService:
         self._placement = placement
         self._policy = policy
 
-    def authenticate(self, authorization: str | None) -> Caller:
+    def authenticate(self, authorization: str | None, peer: PeerAddress | None = None) -> Caller:
         caller = self._tokens.authenticate(_bearer_token(authorization))
         if caller is None:
             raise CaRefusal(Status.UNAUTHENTICATED, "unknown_token", "bearer token is not known to this CA")
+        if isinstance(caller, NodeCaller) and not caller.allows_peer(peer):
+            refusal = CaRefusal(Status.UNAUTHENTICATED, "token_address",
+                                f"the token of {caller} is not valid from {peer or 'an unknown address'}")
+            refusal.caller = caller
+            raise refusal
         return caller
 
     def authorize(self, caller: Caller, impersonated: object) -> SpiffeId:
@@ -104,7 +113,7 @@ class CertificateService:
         return requested
 
     def create_certificate(self, request: CertificateRequest) -> Issued:
-        caller = self.authenticate(request.authorization)
+        caller = self.authenticate(request.authorization, request.peer_address)
         try:
             identity = self.authorize(caller, request.impersonated_identity)
             lifetime = self._policy.lifetime(request.validity_seconds)

@@ -4,6 +4,10 @@ Two kinds of caller. A workload token is bound to one SPIFFE ID and obtains cert
 ID only. A node token is bound to a node name and obtains certificates for the identities of the
 pods scheduled on that node (``ca.placement``), which is how a ztunnel serves its node's pods.
 
+A node token can also be bound to the addresses its node connects from (``NodeCaller.addresses``):
+the CA then refuses it from any other peer address, so a token that leaked to a pod or to another
+node is of no use there. Unbound tokens (no addresses) work from anywhere, as before.
+
 Tokens are 256 random bits; the store keeps only their SHA-256 digests (``tokens.json``, mode
 0600), so reading the file gives no usable token. A plain hash suffices for secrets of that entropy:
 there is nothing to brute-force. The running CA sees tokens created after it started.
@@ -17,6 +21,7 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 from mesh.identity import InvalidSpiffeId, SpiffeId, validate_k8s_name
@@ -26,9 +31,20 @@ TOKEN_FILE = "tokens.json"
 TOKEN_PREFIX = "amt_"  # recognisable by secret scanners
 
 
+PeerAddress = IPv4Address | IPv6Address
+
+
 @dataclass(frozen=True)
 class NodeCaller:
     node: str
+    addresses: frozenset[PeerAddress] = frozenset()  # where the token is valid from; empty: anywhere
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "addresses", frozenset(_unmapped(ip_address(a)) for a in self.addresses))
+
+    def allows_peer(self, peer: PeerAddress | None) -> bool:
+        """Whether a request from ``peer`` (None: an unknown address) may use this token."""
+        return not self.addresses or (peer is not None and _unmapped(peer) in self.addresses)
 
     def __str__(self) -> str:
         return f"node {self.node}"
@@ -56,9 +72,30 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _caller_record(caller: Caller) -> dict[str, str]:
+def parse_peer(peer: str) -> PeerAddress | None:
+    """The IP address of a gRPC peer string (``ipv4:10.0.0.1:5000``, ``ipv6:[::1]:5000``); None for
+    any other kind of peer (``unix:...``) or a string that is not one."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0]
+    if kind not in ("ipv4", "ipv6") or not host:
+        return None
+    try:
+        return _unmapped(ip_address(host.removeprefix("[").removesuffix("]").split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def _unmapped(address: PeerAddress) -> PeerAddress:
+    # A dual-stack listener sees an IPv4 client as ::ffff:a.b.c.d: the same peer.
+    return (address.ipv4_mapped or address) if isinstance(address, IPv6Address) else address
+
+
+def _caller_record(caller: Caller) -> dict[str, object]:
     if isinstance(caller, NodeCaller):
-        return {"node": caller.node}
+        record: dict[str, object] = {"node": caller.node}
+        if caller.addresses:
+            record["addresses"] = sorted(str(a) for a in caller.addresses)
+        return record
     return {"identity": str(caller.identity)}
 
 
@@ -68,7 +105,14 @@ def _parse_record(index: int, record: object) -> tuple[str, Caller]:
         raise ValueError(f"{where}: expected an object with a sha256 digest")
     try:
         if "node" in record:
-            caller: Caller = NodeCaller(validate_k8s_name("node", record["node"]))
+            addresses = record.get("addresses", [])
+            if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+                raise ValueError(f"{where}: addresses must be a list of IP addresses")
+            try:
+                bound = frozenset(ip_address(a) for a in addresses)
+            except ValueError as exc:
+                raise ValueError(f"{where}: addresses: {exc}") from None
+            caller: Caller = NodeCaller(validate_k8s_name("node", record["node"]), bound)
         elif "identity" in record:
             caller = WorkloadCaller(SpiffeId.parse(record["identity"]))
         else:

@@ -5,9 +5,10 @@ these functions return, supervises it like a pod's container and logs it to ``lo
 - The control plane (CA and discovery) runs in the lab's ``cp`` netns on the fabric, at
   10.255.0.2:15012 (metrics on 15014), and serves the lab's YAML directory; every node reaches it.
 - Each node runs its node agent (eBPF capture and ZDS, ``bpf.agent``) and its ztunnel (the L4
-  proxy, ``ztunnel.proxy``) in the node's netns: ``node_processes``. Both reach the control plane with the node's
-  token, which ``prepare_node`` mints once the control plane's CA exists; the agent's state (bpffs,
-  ZDS socket, status.json) is ``LabPaths.node_dir``.
+  proxy, ``ztunnel.proxy``) in the node's netns: ``node_processes``. Both reach the control plane
+  with the node's token (valid from the node's fabric address only), which ``prepare_node`` mints
+  once the control plane's CA exists; the agent's state (bpffs, ZDS socket, status.json) is
+  ``LabPaths.node_dir``, which no pod can see (``lab.isolation``).
 - Each waypoint Gateway will run its proxy (issue #8) in the waypoint pod's netns:
   ``waypoint_processes``.
 """
@@ -64,12 +65,15 @@ def node_token_path(paths: LabPaths, node: NodePlan) -> Path:
 
 
 def prepare_node(paths: LabPaths, node: NodePlan) -> None:
-    """Mint the node's token for the control plane (its CA must exist) unless it has one."""
+    """Mint the node's token for the control plane (its CA must exist) unless it has one. The token
+    is bound to the node's fabric address, the source of every connection its agent and ztunnel make
+    to the control plane (on-link on the fabric): the CA refuses it from a pod or another node."""
     token_path = node_token_path(paths, node)
     if token_path.exists():
         return
     token_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = TokenStore(paths.controlplane / CA_SUBDIR / TOKEN_FILE).create(NodeCaller(node_name(node.index)))
+    token = TokenStore(paths.controlplane / CA_SUBDIR / TOKEN_FILE).create(
+        NodeCaller(node_name(node.index), frozenset({node.fabric_address.ip})))
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import grpc
@@ -162,6 +163,20 @@ def test_node_impersonation_follows_scheduling(running_ca):
     write_json_atomic(running_ca.dir / PLACEMENT_FILE, {"nodes": {}})  # the pod went away
     assert _refusal(running_ca, node_token, SERVER).code == grpc.StatusCode.PERMISSION_DENIED
     assert running_ca.metric("ambient_ca_certificates_issued_total", caller="node") == issued_before + 1
+
+
+def test_a_node_token_is_refused_from_another_address_than_its_node_s(running_ca):
+    # The client connects from 127.0.0.1: a token bound to 127.0.0.2 is another node's.
+    write_json_atomic(running_ca.dir / PLACEMENT_FILE, {"nodes": {"node-1": [str(SERVER)]}})
+    elsewhere = running_ca.tokens.create(NodeCaller("node-1", frozenset({IPv4Address("127.0.0.2")})))
+    refused_before = running_ca.metric("ambient_ca_requests_rejected_total", reason="token_address")
+    failure = _refusal(running_ca, elsewhere, SERVER)
+    assert failure.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "the token of node node-1 is not valid from 127.0.0.1" in failure.details
+    assert running_ca.metric("ambient_ca_requests_rejected_total", reason="token_address") == refused_before + 1
+    here = running_ca.tokens.create(NodeCaller("node-1", frozenset({IPv4Address("127.0.0.1")})))
+    with running_ca.client(here) as client:
+        assert client.create_certificate(SERVER).identity == SERVER
 
 
 def test_garbage_request_body_is_invalid_argument(running_ca, client_token):

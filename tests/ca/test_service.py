@@ -1,5 +1,7 @@
 """Who gets which certificate: the authorisation table, without I/O."""
 
+from ipaddress import IPv4Address
+
 import pytest
 
 from ca.authority import CaRefusal, Status
@@ -72,3 +74,19 @@ def test_refusal_after_authentication_names_the_caller(setup):
         service.create_certificate(CertificateRequest("Bearer " + tokens["node-1"], "garbage", 0, str(CLIENT)))
     assert refusal.value.status is Status.INVALID_ARGUMENT
     assert refusal.value.caller == NodeCaller("node-1")
+
+
+@pytest.mark.parametrize("peer, refused", [("10.255.0.10", False), ("10.255.0.11", True), (None, True)])
+def test_a_bound_node_token_works_only_from_its_addresses(tmp_path, authority, peer, refused):
+    tokens = TokenStore(tmp_path / "tokens.json")
+    service = CertificateService(authority, tokens, StaticPodPlacement({"node-1": {CLIENT}}))
+    token = tokens.create(NodeCaller("node-1", frozenset({IPv4Address("10.255.0.10")})))
+    request = CertificateRequest(f"Bearer {token}", new_key_and_csr(CLIENT)[1], 0, str(CLIENT),
+                                 peer_address=IPv4Address(peer) if peer else None)
+    if not refused:
+        assert service.create_certificate(request).identity == CLIENT
+        return
+    with pytest.raises(CaRefusal) as refusal:
+        service.create_certificate(request)
+    assert (refusal.value.status, refusal.value.reason) == (Status.UNAUTHENTICATED, "token_address")
+    assert str(refusal.value) == f"the token of node node-1 is not valid from {peer or 'an unknown address'}"

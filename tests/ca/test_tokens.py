@@ -2,9 +2,12 @@
 
 import json
 import stat
+from ipaddress import IPv4Address, ip_address
+
+import pytest
 
 from ca.placement import FilePodPlacement
-from ca.tokens import NodeCaller, TokenStore, WorkloadCaller, token_digest
+from ca.tokens import NodeCaller, TokenStore, WorkloadCaller, parse_peer, token_digest
 from mesh.identity import SpiffeId
 from mesh.watched_file import write_json_atomic
 
@@ -52,3 +55,41 @@ def test_placements_follow_the_file(tmp_path, identity):
     assert not placement.has_pod("node-1", SpiffeId("cluster.local", "default", "other"))
     write_json_atomic(path, {"nodes": {}})
     assert not placement.has_pod("node-1", identity)
+
+
+def test_a_node_token_bound_to_addresses_keeps_them_and_allows_only_those_peers(tmp_path):
+    tokens = TokenStore(tmp_path / "tokens.json")
+    token = tokens.create(NodeCaller("node-0", frozenset({IPv4Address("10.255.0.10")})))
+    caller = tokens.authenticate(token)
+    assert caller == NodeCaller("node-0", frozenset({IPv4Address("10.255.0.10")}))
+    assert json.loads((tmp_path / "tokens.json").read_text())["tokens"][0]["addresses"] == ["10.255.0.10"]
+    assert caller.allows_peer(IPv4Address("10.255.0.10"))
+    assert caller.allows_peer(ip_address("::ffff:10.255.0.10"))  # a dual-stack listener's view of it
+    for other in (IPv4Address("10.255.0.11"), IPv4Address("10.244.0.2"), None):
+        assert not caller.allows_peer(other)
+    # An unbound token (made before tokens had addresses) is valid from anywhere, as it was.
+    unbound = tokens.authenticate(tokens.create(NodeCaller("node-1")))
+    assert unbound.allows_peer(IPv4Address("10.244.0.2")) and unbound.allows_peer(None)
+
+
+def test_a_record_with_bad_addresses_is_refused_naming_it(tmp_path, caplog):
+    path = tmp_path / "tokens.json"
+    tokens = TokenStore(path)
+    token = tokens.create(NodeCaller("node-0"))
+    assert tokens.authenticate(token) == NodeCaller("node-0")
+    write_json_atomic(path, {"tokens": [{"sha256": token_digest(token), "node": "node-0", "addresses": ["nope"]}]})
+    assert tokens.authenticate(token) == NodeCaller("node-0")  # the previous contents stay
+    assert "tokens[0]: addresses" in caplog.text
+
+
+@pytest.mark.parametrize("peer, address", [
+    ("ipv4:10.255.0.10:43210", IPv4Address("10.255.0.10")),
+    ("ipv6:[::1]:43210", ip_address("::1")),
+    ("ipv6:[::ffff:10.255.0.10]:43210", IPv4Address("10.255.0.10")),
+    ("ipv6:[fe80::1%eth0]:43210", ip_address("fe80::1")),
+    ("unix:/run/ca.sock", None),
+    ("ipv4:not-an-address:1", None),
+    ("", None),
+])
+def test_parse_peer(peer, address):
+    assert parse_peer(peer) == address
