@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,13 +36,17 @@ async def first_of(*waits: Callable[[], Awaitable[object]]) -> int:
 # as trio.serve_listeners does, instead of ending the listener. Anything else ends it.
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_DELAY = 0.1  # seconds to wait after such an error
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a RST
 
 
 async def accept_loop(listener: trio.socket.SocketType,
                       handle: Callable[[trio.socket.SocketType, Any], Awaitable[object]],
-                      nursery: trio.Nursery, what: str) -> None:
+                      nursery: trio.Nursery, what: str,
+                      admit: Callable[[trio.socket.SocketType, Any], bool] | None = None) -> None:
     """Accept connections on ``listener`` for ever, starting ``handle(sock, peer)`` in ``nursery`` for
-    each; rides out running out of fds or memory (logged, naming ``what``)."""
+    each; rides out running out of fds or memory (logged, naming ``what``). A connection that
+    ``admit(sock, peer)`` refuses is reset at once, in this loop: a flood of refused connections
+    costs no task each."""
     while True:
         try:
             sock, peer = await listener.accept()
@@ -50,4 +56,16 @@ async def accept_loop(listener: trio.socket.SocketType,
             log.error("%s: cannot accept (%s); retrying in %.1f s", what, os.strerror(exc.errno), ACCEPT_RETRY_DELAY)
             await trio.sleep(ACCEPT_RETRY_DELAY)
             continue
+        if admit is not None and not admit(sock, peer):
+            refuse(sock)
+            continue
         nursery.start_soon(handle, sock, peer)
+
+
+def refuse(sock: trio.socket.SocketType | socket.socket) -> None:
+    """Close an accepted ``sock`` with a reset: the client knows at once, and no TIME_WAIT is left."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()

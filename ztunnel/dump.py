@@ -185,7 +185,12 @@ def config_dump(ztunnel: Any) -> dict[str, Any]:
         "certificates": [certificate_entry(identity, ztunnel.secrets.current(identity))
                          for identity in ztunnel.secrets.identities()],
         "config": {"node": config.node, "trustDomain": config.trust_domain, "rootNamespace": config.root_namespace,
-                   "connectTimeout": config.connect_timeout, "drainTimeout": config.drain_timeout},
+                   "connectTimeout": config.connect_timeout, "drainTimeout": config.drain_timeout,
+                   # the bounds of ztunnel.limits in force
+                   "maxConnectionsPerPod": config.max_connections_per_pod,
+                   "maxConnectionsPerNode": config.max_connections_per_node,
+                   "hboneHandshakeTimeout": config.hbone_handshake_timeout,
+                   "plaintextIdleTimeout": config.plaintext_idle_timeout},
         "version": mesh.__version__,
         "node": config.node,
         "connections": ztunnel.tracker.snapshot(),

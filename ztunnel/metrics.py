@@ -27,6 +27,13 @@ families of Istio's ztunnel ``src/xds/metrics.rs`` and ``src/inpod/metrics.rs``:
     istio_inpod_proxies_started_total                pods whose serving started
     istio_inpod_proxies_stopped_total                pods whose serving ended
 
+and one family of our own, which Istio's ztunnel does not have (``ztunnel.limits``):
+
+    ambient_ztunnel_connections_refused_total{listener,reason}  connections closed at once, or CONNECTs
+                                                     answered 503, because of a bound: ``reason``
+                                                     pod_limit, node_limit or handshake_timeout;
+                                                     ``listener`` outbound, inbound or hbone
+
 As in Istio's ztunnel, a connection's ``response_flags`` is known only when it ends: it is opened,
 and its bytes counted, under ``"-"``, and closed under the flag of its outcome: ``"DENY"`` (denied
 by an AuthorizationPolicy), ``"CONNECT"`` (no upstream connection could be made; also counted as
@@ -92,6 +99,11 @@ _HELP = {
     SENT: "The size of total bytes sent during response in case of a TCP connection",
     FAILED: "The total number of TCP connections that failed to establish",
 }
+
+
+REFUSED = "ambient_ztunnel_connections_refused_total"
+_REFUSED_HELP = ("Connections ztunnel closed at once, or CONNECTs it answered 503, because a bound was reached "
+                 "(ambient-mesh's own: Istio's ztunnel has no such bounds)")
 
 
 class DiscoveryCounts(Protocol):
@@ -216,6 +228,7 @@ class ZtunnelMetrics:
         self._values: dict[str, dict[tuple[str, ...], int]] = {
             OPENED: {}, CLOSED: {}, RECEIVED: {}, SENT: {}, FAILED: {}}
         self._rendered_labels: dict[tuple[str, ...], str] = {}  # a label set's `{...}`, made once
+        self._refused: dict[tuple[str, str], int] = {}  # (listener, reason) → count
         self._discovery: DiscoveryCounts | None = None
         self._pods: PodCounts | None = None
 
@@ -256,6 +269,11 @@ class ZtunnelMetrics:
         ended = (*key[:_FLAGS], response_flags, *key[_FLAGS + 1:])
         self._add(key, sent, received, ended=ended, failed=response_flags == FLAG_CONNECT_FAILED)
 
+    def refused(self, listener: str, reason: str) -> None:
+        """One connection on ``listener`` (outbound, inbound, hbone) refused for ``reason`` (``ztunnel.limits``)."""
+        with self._lock:
+            self._refused[(listener, reason)] = self._refused.get((listener, reason), 0) + 1
+
     def _add(self, key: tuple[str, ...], sent: int, received: int, *, ended: tuple[str, ...] | None = None,
              failed: bool = False) -> None:
         if sent < 0 or received < 0:
@@ -274,11 +292,15 @@ class ZtunnelMetrics:
         """Every series in Prometheus's text format, families in a fixed order (``CONTENT_TYPE``)."""
         with self._lock:
             snapshot = {name: list(series.items()) for name, series in self._values.items()}
+            refused = sorted(self._refused.items())
         lines: list[str] = []
         for name, series in snapshot.items():
             total = f"{name}_total"
             lines += [f"# HELP {total} {_HELP[name]}", f"# TYPE {total} counter"]
             lines += [f"{total}{self._labels(key)} {value}" for key, value in series]
+        lines += [f"# HELP {REFUSED} {_REFUSED_HELP}", f"# TYPE {REFUSED} counter"]
+        lines += [f'{REFUSED}{{listener="{_escape(listener)}",reason="{_escape(reason)}"}} {count}'
+                  for (listener, reason), count in refused]
         if self._discovery is not None:
             lines += self._discovery_lines(self._discovery)
         if self._pods is not None:

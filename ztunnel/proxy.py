@@ -42,18 +42,31 @@ from hbone.relay import relay, reset
 from hbone.tls import ContextCache, HboneTlsError, WorkloadCredentials, client_handshake, server_handshake
 from hbone.tls_stream import TlsStream
 from mesh.addresses import format_address
+from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.certs import CertificateError, CertifiedKey
 from mesh.concurrency import accept_loop
 from mesh.errors import describe
 from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
+from mesh.ports import ZTUNNEL_POD_PORTS
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker, inbound_connection, outbound_connection
 from ztunnel.inbound import InboundDecision, InboundRequest, decide_inbound
+from ztunnel.limits import (
+    HANDSHAKE_TIMEOUT,
+    HBONE_HANDSHAKE_TIMEOUT,
+    IDLE_CHECKS,
+    MAX_CONNECTIONS_PER_NODE,
+    MAX_CONNECTIONS_PER_POD,
+    PLAINTEXT_IDLE_TIMEOUT,
+    ConnectionBudget,
+    RefusalLog,
+    check_limits,
+)
 from ztunnel.metrics import ZtunnelMetrics
 from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
 from ztunnel.pods import PodSource, ServedPod
 from ztunnel.sockets import accepted_stream
-from ztunnel.state import ProxyState, identity_of
+from ztunnel.state import ProxyState, identity_of, ip_text
 
 log = logging.getLogger("ambient.ztunnel")
 
@@ -66,13 +79,21 @@ class ZtunnelConfig:
     connect_timeout: float = 10.0  # TCP connect plus TLS handshake, and the app's connect
     certificate_timeout: float = 10.0  # how long a connection waits for its first certificate
     drain_timeout: float = 5.0  # SIGTERM: how long open connections may finish
+    # What a pod can make ztunnel spend (ztunnel.limits says why each default has its value).
+    max_connections_per_pod: int = MAX_CONNECTIONS_PER_POD
+    max_connections_per_node: int = MAX_CONNECTIONS_PER_NODE
+    hbone_handshake_timeout: float = HBONE_HANDSHAKE_TIMEOUT  # TLS handshake and first CONNECT on 15008
+    plaintext_idle_timeout: float = PLAINTEXT_IDLE_TIMEOUT  # no byte either way on 15006 → closed
 
     def __post_init__(self) -> None:
         if not self.node:
             raise ValueError("the node name is required")
-        for name in ("connect_timeout", "certificate_timeout", "drain_timeout"):
+        for name in ("connect_timeout", "certificate_timeout", "drain_timeout", "hbone_handshake_timeout",
+                     "plaintext_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        check_limits(max_connections_per_pod=self.max_connections_per_pod,
+                     max_connections_per_node=self.max_connections_per_node)
 
 
 class Discovery(Protocol):
@@ -99,6 +120,9 @@ class Ztunnel:
         self.contexts = ContextCache()
         self.balancer = RoundRobin()
         self.tracker = ConnectionTracker(metrics, access_log or AccessLog())
+        # Open connections by pod: those its listeners accepted and its HBONE connections' CONNECTs.
+        self.budget = ConnectionBudget(config.max_connections_per_pod, config.max_connections_per_node)
+        self.refusals = RefusalLog(trio.current_time)
         self.pods = pods
         self.pool: HbonePool | None = None
         self.servers: set[HboneServerDriver] = set()
@@ -171,10 +195,14 @@ class Ztunnel:
                         accepting.cancel()
                     async with trio.open_nursery() as acceptors:
                         for slot, sock in pod.listeners.items():
-                            acceptors.start_soon(self._accept, sock, functools.partial(handlers[slot], pod),
-                                                 connections, f"pod {pod.key} {slot.name.lower()}")
+                            listener = slot.name.lower()
+                            acceptors.start_soon(self._accept, sock,
+                                                 functools.partial(self._counted, pod, handlers[slot]),
+                                                 functools.partial(self._admit, pod, listener),
+                                                 connections, f"pod {pod.key} {listener}")
         finally:
             self._accepting.pop(pod.uid, None)
+            self.refusals.forget(pod.key)
             self._forget_pod(pod, identity)
 
     def _forget_pod(self, pod: ServedPod, identity: SpiffeId) -> None:
@@ -188,9 +216,36 @@ class Ztunnel:
             self._credentials.pop(identity, None)
 
     @staticmethod
-    async def _accept(sock, handle, connections: trio.Nursery, what: str) -> None:
+    async def _accept(sock, handle, admit, connections: trio.Nursery, what: str) -> None:
         with trio.socket.from_stdlib_socket(sock) as listener:  # closed when accepting stops: its SOCKMAP slot empties
-            await accept_loop(listener, handle, connections, what)
+            await accept_loop(listener, handle, connections, what, admit)
+
+    # ------------------------------------------------------------ bounds (ztunnel.limits)
+
+    def _admit(self, pod: ServedPod, listener: str, tsock, peer: tuple[str, int]) -> bool:
+        """Count a connection ``listener`` accepted for ``pod``, or refuse it (the accept loop resets it)."""
+        return self._within_budget(pod, listener, peer)
+
+    def _within_budget(self, pod: ServedPod, listener: str, peer: tuple[str, int]) -> bool:
+        reason = self.budget.acquire(pod.uid)
+        if reason is None:
+            return True
+        self._refused(pod, listener, reason, f"{listener} connection from {format_address(*peer)}; "
+                      f"{self.budget.held(pod.uid)} open for the pod (at most {self.budget.per_pod}), "
+                      f"{self.budget.held()} for the node (at most {self.budget.per_node})")
+        return False
+
+    def _refused(self, pod: ServedPod, listener: str, reason: str, detail: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(listener, reason)
+        self.refusals.refused(pod.key, reason, detail)
+
+    async def _counted(self, pod: ServedPod, handle, tsock, peer: tuple[str, int]) -> None:
+        """Run ``handle`` for a connection ``_admit`` counted; it is given back when it ends."""
+        try:
+            await handle(pod, tsock, peer)
+        finally:
+            self.budget.release(pod.uid)
 
     async def certificate(self, identity: SpiffeId) -> WorkloadCredentials:
         with trio.fail_after(self.config.certificate_timeout):
@@ -209,6 +264,9 @@ class Ztunnel:
         source = state.workloads.get(pod.uid)
         plan: Plan = (plan_outbound(source, original, state, self.balancer) if source is not None
                       else Refuse(f"pod {pod.key} is not in the discovery view yet"))
+        loop = _own_listener(pod, source, original, plan)
+        if loop is not None:
+            plan = Refuse(f"{format_address(*loop)} is ztunnel's own listener in pod {pod.key}: a loop")
         conn = outbound_connection(pod=pod.key, client=client, original=original, source=source,
                                    source_identity=self.pod_identity(pod), plan=plan, state=state)
         with self.tracker.track(conn):
@@ -265,24 +323,53 @@ class Ztunnel:
         local_ip = pod.original_destination(stream)[0]
         try:
             credentials = await self.certificate(self.pod_identity(pod))
-            with trio.fail_after(self.config.connect_timeout):
-                tls, peer_identity = await server_handshake(stream, self.contexts.server(credentials),
-                                                            self.config.trust_domain)
-        except (HboneTlsError, CertificateError, trio.TooSlowError) as exc:
+        except (CertificateError, trio.TooSlowError) as exc:
             log.warning("pod %s: HBONE connection from %s refused: %s", pod.key, format_address(*peer),
                         _describe(exc))
             await trio.aclose_forcefully(stream)
             return
-        handler = functools.partial(self._on_connect, pod, peer, peer_identity)
+        # From here the peer has hbone_handshake_timeout for its TLS handshake and its first CONNECT.
+        deadline = trio.current_time() + self.config.hbone_handshake_timeout
+        try:
+            with trio.fail_at(deadline):
+                tls, peer_identity = await server_handshake(stream, self.contexts.server(credentials),
+                                                            self.config.trust_domain)
+        except trio.TooSlowError:
+            self._handshake_timed_out(pod, peer, "no TLS handshake")
+            await trio.aclose_forcefully(stream)
+            return
+        except HboneTlsError as exc:
+            log.warning("pod %s: HBONE connection from %s refused: %s", pod.key, format_address(*peer),
+                        _describe(exc))
+            await trio.aclose_forcefully(stream)
+            return
+        first_connect = trio.Event()
+        handler = functools.partial(self._on_connect, pod, peer, peer_identity, first_connect)
         rejected = functools.partial(self._on_malformed, pod, peer, peer_identity)
         server = HboneServerDriver(tls, [local_ip], handler, rejected)
         if self.draining:
             server.drain()
         self.servers.add(server)
         try:
-            await server.serve()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._close_without_connect, pod, peer, server, first_connect, deadline)
+                await server.serve()
+                nursery.cancel_scope.cancel()
         finally:
             self.servers.discard(server)
+
+    async def _close_without_connect(self, pod: ServedPod, peer: tuple[str, int], server: HboneServerDriver,
+                                     first_connect: trio.Event, deadline: float) -> None:
+        """Close ``server``'s connection unless its first CONNECT arrives by ``deadline``."""
+        with trio.move_on_at(deadline):
+            await first_connect.wait()
+            return
+        self._handshake_timed_out(pod, peer, "no CONNECT")
+        server.close(f"no CONNECT within {self.config.hbone_handshake_timeout:g} s")
+
+    def _handshake_timed_out(self, pod: ServedPod, peer: tuple[str, int], what: str) -> None:
+        self._refused(pod, "hbone", HANDSHAKE_TIMEOUT, f"{what} from {format_address(*peer)} within "
+                      f"{self.config.hbone_handshake_timeout:g} s")
 
     def _on_malformed(self, pod: ServedPod, peer: tuple[str, int], peer_identity: SpiffeId,
                       rejection: ConnectRejection) -> None:
@@ -290,7 +377,19 @@ class Ztunnel:
                     format_address(*peer), rejection.status, rejection.reason)
 
     async def _on_connect(self, pod: ServedPod, peer: tuple[str, int], peer_identity: SpiffeId,
-                          request: IncomingConnect) -> None:
+                          first_connect: trio.Event, request: IncomingConnect) -> None:
+        first_connect.set()
+        # Each CONNECT holds a connection to the app: it counts against the pod's bounds as its own.
+        if not self._within_budget(pod, "hbone", peer):
+            request.reject(503)
+            return
+        try:
+            await self._serve_connect(pod, peer, peer_identity, request)
+        finally:
+            self.budget.release(pod.uid)
+
+    async def _serve_connect(self, pod: ServedPod, peer: tuple[str, int], peer_identity: SpiffeId,
+                             request: IncomingConnect) -> None:
         target = request.target
         inbound = InboundRequest(pod.uid, pod.uid in self.pods.pods, (target.ip, target.port), peer[0],
                                  peer_identity, hbone=True)
@@ -334,7 +433,7 @@ class Ztunnel:
                           connect=True)
                 await reset(downstream)
                 return
-            await _relay(conn, downstream, app)
+            await _relay(conn, downstream, app, idle_timeout=self.config.plaintext_idle_timeout)
 
     def _decide_inbound(self, pod: ServedPod, inbound: InboundRequest,
                         client: tuple[str, int]) -> tuple[InboundDecision, Connection]:
@@ -366,11 +465,55 @@ class Ztunnel:
 
 
 async def _relay(conn: Connection, downstream: trio.abc.HalfCloseableStream,
-                 upstream: trio.abc.HalfCloseableStream) -> None:
-    try:
-        await relay(downstream, upstream, conn.counts)
-    except trio.BrokenResourceError as exc:
-        conn.error = str(exc)
+                 upstream: trio.abc.HalfCloseableStream, *, idle_timeout: float | None = None) -> None:
+    """Relay until both directions end; with an ``idle_timeout``, or until no byte moved either way
+    for that long (both sides are reset)."""
+    async with trio.open_nursery() as nursery:
+        if idle_timeout is not None:
+            nursery.start_soon(_close_when_idle, conn, idle_timeout, nursery.cancel_scope)
+        try:
+            await relay(downstream, upstream, conn.counts)
+        except trio.BrokenResourceError as exc:
+            conn.error = str(exc)
+        nursery.cancel_scope.cancel()
+
+
+async def _close_when_idle(conn: Connection, timeout: float, relaying: trio.CancelScope) -> None:
+    """Cancel ``relaying`` once ``conn``'s byte counts have not moved for ``timeout`` seconds (looked
+    at IDLE_CHECKS times per timeout: closed after between 1 and 1 + 1/IDLE_CHECKS timeouts)."""
+    seen = (conn.counts.sent, conn.counts.received)
+    quiet_since = trio.current_time()
+    while True:
+        await trio.sleep(timeout / IDLE_CHECKS)
+        now = (conn.counts.sent, conn.counts.received)
+        if now != seen:
+            seen, quiet_since = now, trio.current_time()
+        elif trio.current_time() - quiet_since >= timeout:
+            conn.error = f"closed: idle for {timeout:g} s (no byte either way)"
+            relaying.cancel()
+            return
+
+
+def _own_listener(pod: ServedPod, source: wpb.Workload | None, original: tuple[str, int],
+                  plan: Plan) -> tuple[str, int] | None:
+    """The address among where ``plan`` sends a connection of ``pod`` that is one of ztunnel's own
+    listeners in the pod (its IP, a port of ``ZTUNNEL_POD_PORTS``), if one is: dialling it would come
+    back into ztunnel (a forwarding loop), so the executor refuses it before any dial. The far
+    side's ztunnel refuses such a CONNECT too (``decide_inbound``); here it costs no dial at all."""
+    if source is None:
+        return None
+    own_ips = {ip for ip in map(ip_text, source.addresses) if ip}
+    targets = [original]
+    match plan:
+        case Passthrough():
+            targets.append(plan.address)
+        case HboneToPod() if plan.workload_uid == pod.uid:
+            host, _, port = plan.authority.rpartition(":")
+            if port.isdigit():
+                targets.append((host.strip("[]"), int(port)))
+        case _:
+            pass
+    return next((target for target in targets if target[0] in own_ips and target[1] in ZTUNNEL_POD_PORTS), None)
 
 
 def _describe(exc: BaseException) -> str:

@@ -247,7 +247,8 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def node(authority: SigningAuthority) -> AsyncIterator[Node]:
+async def node(authority: SigningAuthority, **config: object) -> AsyncIterator[Node]:
+    """One ztunnel serving the three pods; ``config`` overrides fields of its ``ZtunnelConfig``."""
     net = Loopback()
     pods = {key: LoopbackPod(net, key, account) for key, account in
             (("shop/client", "client"), ("shop/web-0", "web"), ("shop/db", "db"))}
@@ -257,7 +258,8 @@ async def node(authority: SigningAuthority) -> AsyncIterator[Node]:
 
     discovery = StaticDiscovery(WORLD)
     metrics, out = ZtunnelMetrics(build_tag="test"), io.StringIO()
-    ztunnel = Ztunnel(ZtunnelConfig(node="node-a", connect_timeout=5.0), discovery, SecretManager(fetch),
+    settings: dict = {"node": "node-a", "connect_timeout": 5.0, **config}
+    ztunnel = Ztunnel(ZtunnelConfig(**settings), discovery, SecretManager(fetch),
                       StaticPods(list(pods.values())), metrics, AccessLog(out))
     try:
         async with trio.open_nursery() as nursery:
