@@ -4,6 +4,9 @@ The process connects to the control plane with the node's token (discovery, and 
 the workloads on its node), follows the node agent over ZDS, and serves the admin (15000, loopback),
 stats (15020) and readiness (15021) ports. SIGTERM, SIGINT or ``POST /quitquitquit`` on the admin
 port: drain (DESIGN.md section 7), exit. ``POST /logging`` there changes the log levels live.
+
+At start it raises its soft file descriptor limit to the hard one and keeps the node's connection
+bound within what that limit holds (``ztunnel.limits``), and logs the figures.
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT
+    from ztunnel.limits import MAX_CONNECTIONS_PER_NODE, MAX_CONNECTIONS_PER_POD
 
     zt = subparsers.add_parser(
         "ztunnel", help="the node's L4 proxy: HBONE mTLS tunnels for the pods the node agent captures")
@@ -45,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     zt.add_argument("--stats-listen", type=_host_port, default=("0.0.0.0", STATS_PORT), metavar="HOST:PORT")
     zt.add_argument("--ready-listen", type=_host_port, default=("0.0.0.0", READINESS_PORT), metavar="HOST:PORT")
     zt.add_argument("--drain-timeout", type=float, default=5.0, help="seconds open connections may finish on SIGTERM")
+    zt.add_argument("--max-connections-per-pod", type=_positive_int, default=MAX_CONNECTIONS_PER_POD, metavar="N",
+                    help="open connections of one pod, over its three listeners (below the node's)")
+    zt.add_argument("--max-connections-per-node", type=_positive_int, default=MAX_CONNECTIONS_PER_NODE, metavar="N",
+                    help="open connections of all pods together (lowered to what the fd limit holds)")
     zt.set_defaults(func=cmd_ztunnel)
 
 
@@ -81,6 +95,24 @@ async def wait_for_stop(signals: AsyncIterator[int], quit_requested: trio.Event)
     return signal.Signals(received[0]).name if first == 0 else "/quitquitquit"
 
 
+def connection_bounds(per_pod: int, per_node: int, fd_limit: int | None = None) -> tuple[int, int]:
+    """The connection bounds to run with, per pod and per node: those asked for (ValueError if the
+    pod's is not below the node's), the node's lowered to what ``fd_limit`` (by default: the soft
+    limit after raising it to the hard one) holds, and the pod's kept below it."""
+    from ztunnel.limits import check_limits, node_connection_cap, pod_connection_cap, raise_fd_limit
+
+    check_limits(max_connections_per_pod=per_pod, max_connections_per_node=per_node)
+    if fd_limit is None:
+        fd_limit = raise_fd_limit()
+    node_cap = node_connection_cap(fd_limit, per_node)
+    pod_cap = per_pod if per_pod < node_cap else pod_connection_cap(node_cap, per_pod)
+    if (pod_cap, node_cap) != (per_pod, per_node):
+        log.warning("a file descriptor limit of %d holds %d connections, not %d: at most %d per pod",
+                    fd_limit, node_cap, per_node, pod_cap)
+    log.info("connection bounds: %d per pod, %d per node", pod_cap, node_cap)
+    return pod_cap, node_cap
+
+
 def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
@@ -101,7 +133,9 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
             target=args.discovery_address, root_pem=root_pem, token=token, server_name=args.server_name,
             subscriptions={ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None}, node_id=f"ztunnel~{args.node}"))
         ca = CaClient(args.discovery_address, root_pem, token, server_name=args.server_name)
-        config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout)
+        per_pod, per_node = connection_bounds(args.max_connections_per_pod, args.max_connections_per_node)
+        config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout,
+                               max_connections_per_pod=per_pod, max_connections_per_node=per_node)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     metrics = ZtunnelMetrics()

@@ -77,6 +77,11 @@ def test_the_top_level_is_istios_with_ours_beside_it(dump):
     assert {"workloads", "services", "policies", "certificates", "config", "version"} <= set(dump)
     assert dump["config"]["node"] == dump["node"] == "node-a"
     assert dump["config"]["trustDomain"] == "cluster.local"
+    # The connection bounds in force (ztunnel.limits), as ztunnel runs with them.
+    assert {key: dump["config"][key] for key in ("maxConnectionsPerPod", "maxConnectionsPerNode",
+                                                 "hboneHandshakeTimeout", "plaintextIdleTimeout")} == {
+        "maxConnectionsPerPod": 4_000, "maxConnectionsPerNode": 20_000, "hboneHandshakeTimeout": 10.0,
+        "plaintextIdleTimeout": 3600.0}
 
 
 def test_workloads_use_istios_camel_case_names(dump):
