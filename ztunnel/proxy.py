@@ -12,6 +12,12 @@ Per pod, three accept loops, on the pod's listeners:
   app refuses, 401 if denied).
 - 15006 plaintext inbound: the same decision with no identity (STRICT's policy denies it).
 
+What a pod can make ztunnel spend is bounded (``ztunnel.limits``): each accepted connection and
+each CONNECT counts against its pod's and the node's connection bounds (over them: reset at once, or
+503), a plaintext inbound connection ends when idle, an HBONE one that does not finish its handshake
+and send a CONNECT in time is closed. A connection of a pod to one of ztunnel's own listeners in
+that pod (a loop) is refused before anything is dialled.
+
 Every connection is tracked for metrics, the access log, ``/config_dump`` and policy re-evaluation;
 its record is built once, when it arrives (``ztunnel.connections``). State comes from discovery
 (workloads, services, policies) and is swapped whole on each change.

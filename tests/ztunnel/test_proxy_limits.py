@@ -121,6 +121,23 @@ async def test_the_node_cap_holds_over_all_pods(authority):
     assert refused(mesh, reason="pod_limit") == 0
 
 
+async def test_a_pod_flooding_out_is_held_to_its_cap_on_15001_too(authority):
+    async with node(authority, max_connections_per_pod=2, max_connections_per_node=10) as mesh:
+        outside = await echo_app(mesh.nursery, OFF_MESH_IP)
+        streams = []
+        for _ in range(3):
+            try:
+                streams.append(await mesh.app_connects("shop/client", outside.address))
+            except ConnectionResetError:  # reset before the connect was even up
+                streams.append(None)
+        assert [await echoed(stream) for stream in streams] == [True, True, False]
+        for stream in streams:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+        await mesh.settled()
+    assert refused(mesh, reason="pod_limit", listener="outbound") == 1
+
+
 async def test_the_pods_cap_counts_the_connect_streams_of_its_hbone_connections(authority):
     """Each CONNECT holds a connection to the app: a mesh peer's 100 streams per HBONE connection
     count against the pod's cap, one by one, and the one over it is answered 503."""
