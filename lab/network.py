@@ -12,6 +12,10 @@ is per thread), creates the netlink socket or opens the /proc/sys/net file, whic
 netns for life, and returns to its own netns at once. That is ~100x cheaper than pyroute2's
 `IPRoute(netns=...)`, which forks a helper process per socket, and than running `sh` for sysctls.
 
+Each pod's node-side veth gets the node's filter on what the pod sends (``lab.pod_filter``, at tc
+ingress, attached before the link is up): only the pod's own source address, and nothing to the
+mesh's metrics ports, which the fabric side still reaches.
+
 `create` refuses a lab whose namespaces already exist and removes what it built if it fails halfway.
 `destroy(lab_name)` removes every netns whose name has the lab's prefix, which removes their
 interfaces and routes with them; it is safe to run twice and after a crashed `create`. A netns lives
@@ -26,12 +30,16 @@ import os
 import socket
 import subprocess
 from functools import partial
+from ipaddress import IPv4Address
 
 from pyroute2 import IPRoute, netns as pyroute2_netns
 
+from lab import pod_filter
 from lab.topology import (
     FABRIC_BRIDGE,
+    FABRIC_SUBNET,
     POD_BRIDGE,
+    POD_NETWORK,
     UPLINK,
     LabPlan,
     NodePlan,
@@ -170,7 +178,9 @@ def _create_pod(node: NodePlan, pod: PodPlan) -> None:
     _create_netns(pod.netns)
     with rtnl(node.netns) as ipr:
         ipr.link("add", ifname=pod.node_veth, kind="veth", peer={"ifname": UPLINK, "net_ns_fd": pod.netns})
-        ipr.link("set", index=_index(ipr, pod.node_veth), master=_index(ipr, POD_BRIDGE), state="up")
+        veth = _index(ipr, pod.node_veth)
+        _filter_pod(ipr, veth, pod.ip)  # before the link is up: no packet of the pod goes unfiltered
+        ipr.link("set", index=veth, master=_index(ipr, POD_BRIDGE), state="up")
     with rtnl(pod.netns) as ipr:
         uplink = _index(ipr, UPLINK)
         _add_address(ipr, uplink, pod.address)
@@ -190,3 +200,14 @@ def _add_address(ipr: IPRoute, index: int, address) -> None:
 def _add_routes(ipr: IPRoute, routes: tuple[Route, ...]) -> None:
     for route in routes:
         ipr.route("add", dst=str(route.destination), gateway=str(route.gateway))
+
+
+def _filter_pod(ipr: IPRoute, veth: int, pod_ip: IPv4Address) -> None:
+    """Attach the node's filter on what the pod sends (``lab.pod_filter``) at tc ingress of ``veth``."""
+    fd = pod_filter.load(pod_filter.program(pod_ip, FABRIC_SUBNET, POD_NETWORK))
+    try:
+        ipr.tc("add", "ingress", veth, "ffff:")
+        ipr.tc("add-filter", "bpf", veth, ":1", fd=fd, name="amb_pod_filter", parent="ffff:",
+               direct_action=True)
+    finally:
+        os.close(fd)  # the attached filter holds the program
