@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 
@@ -257,3 +260,55 @@ spec:
     assert "plain/lost" not in reported
     table = lab.run("lab", "status", "--name", lab.name).stdout
     assert "Not ready:" in table and "plain/lost: spec.nodeName" in table
+
+
+CA_PROBE = """
+import sys
+from ca.client import CaClient, CaRequestFailed
+from mesh.identity import SpiffeId
+root, token, identity = open(sys.argv[1], "rb").read(), open(sys.argv[2]).read().strip(), sys.argv[3]
+try:
+    with CaClient("10.255.0.2:15012", root, token, server_name="istiod.istio-system.svc", timeout=10) as client:
+        print("issued", client.create_certificate(SpiffeId.parse(identity)).identity)
+except CaRequestFailed as exc:
+    print(exc.code.name, exc.details)
+"""
+
+
+def test_a_pod_reaches_neither_the_node_s_secrets_nor_its_metrics(make_lab):
+    lab = make_lab([NAMESPACES, echo_pod("mesh", "server", "node-0"), client_pod("mesh", "client", "node-1"),
+                    client_pod("plain", "thief", "node-0")])
+    lab.up(nodes=2)
+    status = lab.status()
+    server, client, thief = (find_pod(status, *key) for key in (("mesh", "server"), ("mesh", "client"),
+                                                                 ("plain", "thief")))
+    # The mesh works with the node tokens bound to their nodes: both ztunnels got certificates.
+    assert lab.get("mesh/client", server["ip"], "/")["client"]["address"] == client["ip"]
+
+    state = lab.state_root / lab.name
+    token, key = state / "nodes/node-0/token", state / "controlplane/ca/ca-key.pem"
+    root = state / "controlplane/ca/root-cert.pem"
+    for secret in (token, key, state / "status.json"):
+        read = lab.exec("plain/thief", "cat", str(secret), check=False)
+        assert read.returncode != 0 and "No such file or directory" in read.stderr, (secret, read)
+
+    node_0 = "10.255.0.10"
+    assert lab.exec("plain/thief", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
+                    f"http://{node_0}:15021/healthz/ready").stdout == "200"
+    for url in (f"http://{node_0}:15020/metrics", "http://10.244.0.1:15020/metrics", "http://10.255.0.2:15014/metrics"):
+        scrape = lab.exec("plain/thief", "curl", "-sS", "--max-time", "2", url, check=False)
+        assert scrape.returncode == 28, (url, scrape)  # curl: timed out (the SYN was dropped)
+    metrics = subprocess.run(["ip", "netns", "exec", f"amb-{lab.name}.node-1", "curl", "-sS", "--max-time", "5",
+                              f"http://{node_0}:15020/metrics"], capture_output=True, text=True, check=True).stdout
+    assert "istio_tcp_connections_opened_total" in metrics
+
+    # node-0's token (read by the test, as root) works from node-0 and is refused from its pod.
+    identity = "spiffe://cluster.local/ns/mesh/sa/default"
+    outcomes = {}
+    for netns in (f"amb-{lab.name}.node-0", thief["netns"]):
+        outcomes[netns] = subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", CA_PROBE, str(root), str(token), identity],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    assert outcomes[f"amb-{lab.name}.node-0"] == f"issued {identity}"
+    assert outcomes[thief["netns"]].startswith("UNAUTHENTICATED the token of node node-0 is not valid from "
+                                               f"{thief['ip']}")
