@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="open connections of one pod, over its three listeners (below the node's)")
     zt.add_argument("--max-connections-per-node", type=_positive_int, default=MAX_CONNECTIONS_PER_NODE, metavar="N",
                     help="open connections of all pods together (lowered to what the fd limit holds)")
+    zt.add_argument("--state-dir", type=Path, metavar="DIR",
+                    help="keep the last discovery view and each workload's certificate and key here (a directory "
+                         "only this user may read, made 0700), so a restart serves while the control plane is "
+                         "away; without it, a restarted ztunnel waits for the control plane")
     zt.set_defaults(func=cmd_ztunnel)
 
 
@@ -116,6 +120,7 @@ def connection_bounds(per_pod: int, per_node: int, fd_limit: int | None = None) 
 def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
+    from ca.cert_store import CertificateStore
     from ca.client import CaClient
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
@@ -131,8 +136,10 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
         token = args.token_file.read_text().strip()
         discovery = DiscoveryClient(ClientConfig(
             target=args.discovery_address, root_pem=root_pem, token=token, server_name=args.server_name,
-            subscriptions={ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None}, node_id=f"ztunnel~{args.node}"))
+            subscriptions={ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None}, node_id=f"ztunnel~{args.node}",
+            cache_dir=args.state_dir / "discovery" if args.state_dir else None))
         ca = CaClient(args.discovery_address, root_pem, token, server_name=args.server_name)
+        store = CertificateStore(args.state_dir / "certificates", root_pem) if args.state_dir else None
         per_pod, per_node = connection_bounds(args.max_connections_per_pod, args.max_connections_per_node)
         config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout,
                                max_connections_per_pod=per_pod, max_connections_per_node=per_node)
@@ -141,7 +148,7 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     metrics = ZtunnelMetrics()
     pods = PodSet(str(args.zds))
     metrics.follow(discovery=discovery, pods=pods)
-    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch), pods, metrics)
+    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch, store=store), pods, metrics)
     admin = ZtunnelAdmin(_AdminView(ztunnel, metrics))
 
     async def main() -> None:

@@ -112,6 +112,11 @@ class Discovery(Protocol):
     @property
     def change_seq(self) -> int: ...
 
+    @property
+    def stale(self) -> bool:
+        """Serving a view saved before a restart, not yet confirmed by the control plane."""
+        ...
+
     async def wait_until(self, predicate: Callable[[], bool]) -> None: ...
 
 
@@ -467,6 +472,9 @@ class Ztunnel:
         if missing:
             return False, f"waiting for certificates: {', '.join(missing)}"
         # The first view arrived before any pod was served; a later disconnect keeps the last view.
+        if self.discovery.stale:  # serving, from what was saved before a restart (--state-dir)
+            return True, f"serving {len(self.pods.pods)} pod(s) with stale config: the view saved before this " \
+                         "restart, until the control plane answers"
         return True, f"serving {len(self.pods.pods)} pod(s)"
 
 

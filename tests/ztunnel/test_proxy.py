@@ -180,6 +180,7 @@ class StaticDiscovery:
     def __init__(self, docs: str) -> None:
         self._view = self._resolve(docs)
         self.change_seq = 0
+        self.stale = False  # True: as if restored from a view saved before a restart
         self._changed = trio.Event()
 
     @staticmethod
@@ -644,3 +645,14 @@ async def test_inbound_plaintext_is_decided_without_an_identity(authority):
     assert mesh.counted("connections_opened", reporter="destination", connection_security_policy="unknown") == 2
     assert mesh.counted("connections_closed", reporter="destination", connection_security_policy="unknown",
                         response_flags="DENY") == 1
+
+
+async def test_readiness_says_when_the_config_is_the_one_saved_before_a_restart(authority):
+    async with node(authority) as n:
+        with trio.fail_after(5):  # the certificates of the pods it serves
+            for pod in n.ztunnel.pods.pods.values():
+                await n.ztunnel.secrets.get(n.ztunnel.pod_identity(pod))
+        assert n.ztunnel.ready()[0] and "stale" not in n.ztunnel.ready()[1]
+        n.discovery.stale = True
+        ready, reason = n.ztunnel.ready()
+        assert ready and "stale config" in reason
