@@ -20,13 +20,20 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpm
 BENCH_COMMANDS := wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx stunnel:stunnel4 haproxy:haproxy ss:iproute2
 BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
-.PHONY: demo test lint constraints system-deps venv bpf protos check-protos bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
+.PHONY: demo test fuzz lint constraints system-deps venv bpf protos check-protos bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
 
 demo: system-deps venv bpf
 	$(VENV)/bin/ambient demo
 
 test: system-deps venv bpf check-protos
 	$(PY) -m pytest
+
+# The fuzz targets (tests/fuzz/, which `make test` runs with a few hundred examples each, the same
+# every run) with the `fuzz` Hypothesis profile: 20 times the examples, at random, in about 10
+# minutes. A failure is kept in .hypothesis/ and tried first by the next run; the statistics say how
+# many inputs each target tried.
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -p no:cacheprovider --hypothesis-show-statistics tests/fuzz
 
 # ruff, mypy and the import layering contract (all configured in pyproject.toml). Each runs even if
 # one before it failed, so that one run reports every finding.

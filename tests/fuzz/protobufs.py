@@ -59,7 +59,7 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
 def _fill(draw: st.DrawFn, message: Message, depth: int) -> None:
     descriptor: Descriptor = message.DESCRIPTOR
     for field in descriptor.fields:
-        if not draw(st.integers(0, 2)):  # each field is left unset a third of the time
+        if draw(st.booleans()):  # each field is left unset half of the time
             continue
         name = field.name
         if field.type == F.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
@@ -77,7 +77,7 @@ def _fill(draw: st.DrawFn, message: Message, depth: int) -> None:
             if depth >= MAX_DEPTH:
                 continue
             if field.is_repeated:
-                for _ in range(draw(st.integers(0, 3))):
+                for _ in range(draw(st.integers(0, 2 if depth < 2 else 1))):  # a tree, not a forest
                     _fill(draw, getattr(message, name).add(), depth + 1)
             else:
                 getattr(message, name).SetInParent()

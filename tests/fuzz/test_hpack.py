@@ -83,7 +83,7 @@ def decode_all(decoder: Decoder, sequence: list[bytes]) -> None:
         check_decoder_state(decoder)
 
 
-@fuzz_settings(500)
+@fuzz_settings(300)
 @given(sequence=blocks, max_list=st.sampled_from([0, 100, 4096, 65536]),
        max_table=st.sampled_from([0, 64, 4096, 65536]))
 @example(sequence=[b"\x3f\xe1\x1f" + b"\x40\x01a\x01b" * 3], max_list=65536, max_table=4096)  # grow, then add

@@ -70,7 +70,7 @@ SUBSCRIPTIONS = [
 ]
 
 
-@fuzz_settings(300)
+@fuzz_settings(200)
 @given(subscriptions=st.sampled_from(SUBSCRIPTIONS), sequence=st.lists(responses(), min_size=1, max_size=6))
 def test_a_response_is_applied_or_rejected_whole(subscriptions, sequence) -> None:
     state = ClientState(subscriptions)
