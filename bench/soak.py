@@ -234,6 +234,12 @@ class Soak:
                 self.samples.append({"at": round(at, 3), "phase": phase, "point": point, "component": name,
                                      "pid": pid, "fds": fd_count(pid), "rss_kib": rss_kib(pid)})
 
+    def not_enrolled(self) -> list[str]:
+        """The soak's pods that are not enrolled (captured and handed to their ztunnel) right now."""
+        pods = json.loads(self.status_file.read_text())["pods"]
+        return sorted(f"{p['namespace']}/{p['name']}: {p['capture']}" for p in pods
+                      if p["namespace"] == NAMESPACE and not p["enrolled"])
+
     def kill(self, component: str) -> tuple[int, float]:
         """SIGKILL to the component's process, once it is checked to be that component of this lab; its
         pid, and the time just before the kill."""
@@ -302,6 +308,7 @@ class Soak:
                 self.sample(phase.name, "periodic")
         self.sample(phase.name, "end")
         record["end"] = time.time()
+        record["not_enrolled"] = self.not_enrolled()
         self.phases.append(record)
         ok = {load.name: sum(b["ok"] for b in load.buckets if b["second"] >= start) for load in self.loads}
         failed = {load.name: sum(b["failed"] for b in load.buckets if b["second"] >= start) for load in self.loads}

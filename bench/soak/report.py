@@ -2,7 +2,8 @@
 
 The records (`bench/soak.py` makes them; times are Unix seconds):
 
-- `phases`: one dict per phase: `name`, `kill` (a component or None), `start`, `end`, and for a kill
+- `phases`: one dict per phase: `name`, `kill` (a component or None), `start`, `end`, `not_enrolled`
+  (the soak's pods not enrolled at its end), and for a kill
   `killed_pid`, `back_pid`, `back_at` (running again under a new pid), `ready_at` (ztunnel's 15021
   said ready; None for the others), `served_at` (both loads served again without failures; None if
   not within the bound);
@@ -108,11 +109,16 @@ def drift(samples: list[dict]) -> list[dict]:
     out = []
     for (component, pid), taken in sorted(series.items(), key=lambda kv: (kv[0][0], kv[1][0]["at"])):
         first, last = taken[0], taken[-1]
+        # The second half alone: growth that levels off (arenas, pools warming up) against growth that goes on.
+        middle = [s for s in taken if s["at"] <= (first["at"] + last["at"]) / 2][-1]
         out.append({"component": component, "pid": pid, "samples": len(taken),
                     "seconds": round(last["at"] - first["at"], 1),
                     "first": {k: first[k] for k in ("phase", "point", "fds", "rss_kib")},
                     "last": {k: last[k] for k in ("phase", "point", "fds", "rss_kib")},
-                    "fds_delta": last["fds"] - first["fds"], "rss_kib_delta": last["rss_kib"] - first["rss_kib"]})
+                    "fds_delta": last["fds"] - first["fds"], "rss_kib_delta": last["rss_kib"] - first["rss_kib"],
+                    "second_half": {"seconds": round(last["at"] - middle["at"], 1),
+                                    "fds_delta": last["fds"] - middle["fds"],
+                                    "rss_kib_delta": last["rss_kib"] - middle["rss_kib"]}})
     return out
 
 
@@ -153,8 +159,14 @@ def analyze(phases: list[dict], buckets: dict[str, list[dict]], samples: list[di
             notes.append(f"{component} restarted {count} times (expected {expected})")
     for d in drifts:
         if abs(d["fds_delta"]) >= FD_DRIFT_NOTE or abs(d["rss_kib_delta"]) >= RSS_DRIFT_NOTE_KIB:
+            late = d["second_half"]
             notes.append(f"{d['component']} (pid {d['pid']}): {d['fds_delta']:+d} fds, "
-                         f"{d['rss_kib_delta'] / 1024:+.1f} MiB RSS over {d['seconds']:g} s")
+                         f"{d['rss_kib_delta'] / 1024:+.1f} MiB RSS over {d['seconds']:g} s "
+                         f"({late['fds_delta']:+d} fds, {late['rss_kib_delta'] / 1024:+.1f} MiB in the last "
+                         f"{late['seconds']:g} s)")
+    for phase in phases:
+        if phase.get("not_enrolled"):
+            notes.append(f"not enrolled at the end of the {phase['name']} phase: {', '.join(phase['not_enrolled'])}")
     return {"phases": rows, "totals": totals, "corrupted": corrupted, "drift": drifts,
             "verdict": {"pass": not failures, "failures": failures, "notes": notes}}
 
@@ -205,13 +217,15 @@ def markdown(result: dict) -> str:
     lines += ["", "## fd and RSS drift", "",
               "Each process against itself: its first sample after the warm-up and its last (a killed "
               "component's new process has its own row).", "",
-              "| component | pid | from | to | seconds | fds | Δ fds | RSS MiB | Δ RSS MiB |",
-              "|---|---:|---|---|---:|---|---:|---|---:|"]
+              "| component | pid | from | to | seconds | fds | Δ fds | RSS MiB | Δ RSS MiB "
+              "| 2nd half: Δ fds, Δ RSS MiB |",
+              "|---|---:|---|---|---:|---|---:|---|---:|---|"]
     for d in analysis["drift"]:
         f, t = d["first"], d["last"]
         lines.append(f"| {d['component']} | {d['pid']} | {f['phase']} ({f['point']}) | {t['phase']} ({t['point']}) | "
                      f"{d['seconds']:g} | {f['fds']} -> {t['fds']} | {d['fds_delta']:+d} | "
-                     f"{f['rss_kib'] / 1024:.1f} -> {t['rss_kib'] / 1024:.1f} | {d['rss_kib_delta'] / 1024:+.1f} |")
+                     f"{f['rss_kib'] / 1024:.1f} -> {t['rss_kib'] / 1024:.1f} | {d['rss_kib_delta'] / 1024:+.1f} | "
+                     f"{d['second_half']['fds_delta']:+d}, {d['second_half']['rss_kib_delta'] / 1024:+.1f} |")
     lines += ["", "## Notes", ""]
     lines += [f"- {note}" for note in verdict["notes"] + result.get("warnings", [])] or ["- none"]
     excerpts = result.get("load_stderr") or {}

@@ -116,13 +116,17 @@ def test_notes_failures_without_a_kill_unexpected_restarts_and_drift() -> None:
     buckets = {"keepalive": steady(0, 12) + [bucket(12, failed=2, first=12.1, last=12.2)] + steady(13, 40),
                "newconn": steady(0, 40)}
     samples = [sample(10, "baseline", "controlplane", 7, 30, 50_000),
+               sample(25, "kill ztunnel-node-1", "controlplane", 7, 32, 50_000, "periodic"),
                sample(40, "kill ztunnel-node-1", "controlplane", 7, 30 + report.FD_DRIFT_NOTE, 50_000, "end")]
-    result = analyzed(buckets, samples, restarts={"ztunnel-node-1": 1, "ztunnel-node-0": 2})
+    result = report.analyze([*phases()[:2], {**phases()[2], "not_enrolled": ["soak/server: awaiting ztunnel"]}],
+                            buckets, samples, restarts={"ztunnel-node-1": 1, "ztunnel-node-0": 2})
     assert result["verdict"]["pass"]  # reported, not failed: the exit criteria are corruption and recovery
     assert result["verdict"]["notes"] == [
         "2 requests failed in the baseline phase, with nothing killed",
         "ztunnel-node-0 restarted 2 times (expected 0)",
-        f"controlplane (pid 7): +{report.FD_DRIFT_NOTE} fds, +0.0 MiB RSS over 30 s"]
+        f"controlplane (pid 7): +{report.FD_DRIFT_NOTE} fds, +0.0 MiB RSS over 30 s "
+        f"(+{report.FD_DRIFT_NOTE - 2} fds, +0.0 MiB in the last 15 s)",
+        "not enrolled at the end of the kill ztunnel-node-1 phase: soak/server: awaiting ztunnel"]
 
 
 def test_markdown_shows_the_verdict_the_kills_and_the_drift() -> None:
@@ -138,5 +142,5 @@ def test_markdown_shows_the_verdict_the_kills_and_the_drift() -> None:
     assert "**Verdict: PASS**" in text
     assert "| ztunnel-node-1 | 100 (200) | 0.6 | 1.0 | 4.0 |" in text
     assert ("| controlplane | 7 | baseline (start) | kill ztunnel-node-1 (end) | 30 | 30 -> 31 | +1 | 50.0 -> 51.0 "
-            "| +1.0 |") in text
+            "| +1.0 | +1, +1.0 |") in text
     assert "a line" in text
