@@ -32,6 +32,7 @@ CONTROLPLANE = "controlplane"
 CONTROLPLANE_PORT = 15012
 CONTROLPLANE_METRICS_PORT = 15014
 CONTROLPLANE_SERVER_NAME = "istiod.istio-system.svc"
+ZTUNNEL_STATE_DIR = "ztunnel-state"  # in the node's directory: what a restarted ztunnel serves from
 
 
 def controlplane_address(plan: LabPlan) -> tuple[str, int]:
@@ -105,6 +106,9 @@ def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: st
         "--zds", str(paths.node_dir(node_name(node.index)) / ZDS_SOCKET),
         "--discovery-address", f"{host}:{port}", "--server-name", CONTROLPLANE_SERVER_NAME,
         "--ca-root", str(paths.controlplane / CA_SUBDIR / ROOT_CERT), "--token-file", str(node_token_path(paths, node)),
+        # Its last view and certificates, so a restart serves while the control plane is away; under the
+        # node's own directory, which pods cannot see (lab.isolation).
+        "--state-dir", str(paths.node_dir(node_name(node.index)) / ZTUNNEL_STATE_DIR),
     )
     proxy = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
                         cgroup=process_cgroup(paths.name, name), netns=node.netns)

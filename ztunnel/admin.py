@@ -383,8 +383,8 @@ class ZtunnelAdmin:
 
     def readiness(self) -> Response:
         ready, reason = self.view.ready()
-        if ready:
-            return Response.text(200, "ready\n")
+        if ready:  # "ready", and the reason when there is more to say (serving a stale config)
+            return Response.text(200, f"ready: {reason}\n" if "stale config" in reason else "ready\n")
         return Response.text(503, f"not ready: {reason}\n")
 
     def handle_logging(self, request: Request) -> Response:

@@ -35,7 +35,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ca.tokens import parse_bearer
+from ca.tokens import NodeCaller, parse_bearer, parse_peer
 from controlplane.xds.protocol import (
     DEFAULT_TYPE_URLS,
     Acked,
@@ -227,9 +227,14 @@ class _DiscoveryService:
         peer = context.peer()
         token = _bearer_token(context)
         caller = self._authenticate(token) if token else None
+        reason = ""
         if caller is None:
-            self._metrics.rejected.labels("unauthenticated").inc()
             reason = "token not known to this server" if token else "no `authorization: Bearer <token>` metadata"
+        elif isinstance(caller, NodeCaller) and not caller.allows_peer(parse_peer(peer)):
+            # A node token bound to its node's addresses (as the CA checks it): a copied token is no use elsewhere.
+            reason = f"the token of {caller} is not valid from this address"
+        if reason:
+            self._metrics.rejected.labels("unauthenticated").inc()
             log.warning("discovery stream refused: UNAUTHENTICATED: %s; peer %s", reason, peer)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 

@@ -390,3 +390,34 @@ def test_a_ztunnel_restart_drains_then_the_new_one_serves_the_pods_again(mesh):
     assert "drain" in (lab.state_root / lab.name / "logs" / "ztunnel-node-1.log").read_text()
     # The lab polls the agent's status every 0.25 s: `lab status` catches up with the replay shortly.
     lab.wait_for(lambda s: find_pod(s, "mesh", "server")["capture"] == "enrolled", "mesh/server enrolled again")
+
+
+def test_a_ztunnel_restarted_while_the_control_plane_is_away_serves_from_its_saved_state(mesh):
+    # Issue 18, defect 6: with the control plane stopped (SIGSTOP) and ztunnel killed, every pod of the
+    # node was unreachable until the control plane returned. Now the new ztunnel serves the view and
+    # the certificates it saved (--state-dir), and its readiness says the config is stale.
+    lab = mesh.lab
+    status = lab.status()
+    controlplane = status["controlplane"]["pid"]
+    ztunnel = next(c for n in status["nodes"] if n["name"] == "node-1" for c in n["components"]
+                   if c["name"] == "ztunnel-node-1")
+    node_1 = next(n for n in status["nodes"] if n["name"] == "node-1")
+
+    def restarted(status: dict) -> bool:
+        return any(c["name"] == "ztunnel-node-1" and c["state"] == "running" and c["pid"] != ztunnel["pid"]
+                   for n in status["nodes"] for c in n["components"])
+
+    os.kill(controlplane, signal.SIGSTOP)
+    try:
+        os.kill(ztunnel["pid"], signal.SIGKILL)
+        lab.wait_for(restarted, "the restart of ztunnel-node-1")
+        deadline = time.monotonic() + 20
+        while (again := exchange(lab, "mesh/client", mesh.vip, 80, "/control-plane-away"))[0] != "ok":
+            assert time.monotonic() < deadline, again
+        ready = subprocess.run(["ip", "netns", "exec", node_1["netns"], sys.executable, "-c",
+                                "import urllib.request as u; print(u.urlopen('http://127.0.0.1:15021/healthz/ready',"
+                                " timeout=5).read().decode())"], capture_output=True, text=True, timeout=30)
+        assert "stale config" in ready.stdout, ready
+    finally:
+        os.kill(controlplane, signal.SIGCONT)
+    assert json.loads(again[3])["client"]["address"] == mesh.ip("mesh", "client")

@@ -523,3 +523,20 @@ def test_a_saved_view_others_can_read_is_refused(tmp_path):
     wide.chmod(0o755)
     with pytest.raises(UnsafeDirectory, match="mode 0700"):
         private_directory(wide)
+
+
+async def test_a_node_token_bound_to_another_address_is_refused(plane, caplog):
+    import ipaddress
+
+    elsewhere = plane.tokens.create(NodeCaller("node-b", (ipaddress.ip_address("127.0.0.2"),)))
+    here = plane.tokens.create(NodeCaller("node-a", (ipaddress.ip_address("127.0.0.1"),)))
+    refused = DiscoveryClient(plane.config(elsewhere))
+    with LogWaiter("ambient.xds", "not valid from this address") as refusal:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(refused.run)
+            await refusal.wait()
+            assert refused.view(ADDRESS) == {}
+            nursery.cancel_scope.cancel()
+    accepted = DiscoveryClient(plane.config(here))
+    async with running(accepted):
+        assert addresses(accepted) == {W1: "10.0.0.1", W2: "10.0.0.2"}
