@@ -16,6 +16,7 @@ a diff of two of their results.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -105,6 +106,11 @@ def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path
                        + (f" ({container.image})" if container.image else ""))
             plans.append(ContainerPlan(container.name, None, problem))
             continue
+        if container.run_as_non_root and not container.run_as_user:
+            # As the kubelet: a lab container runs as root unless the YAML names another user.
+            plans.append(ContainerPlan(container.name, None, f"container {container.name!r} has runAsNonRoot "
+                                       "but would run as root: set securityContext.runAsUser to a non-zero uid"))
+            continue
         try:
             env = pod_env(namespace, name, str(placed.ip), pod.spec.service_account, dict(container.env))
             process_name = container_process_name(namespace, name, container.name)
@@ -116,7 +122,8 @@ def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path
                 netns=placed.netns,
                 env=env,
                 cwd=cwd,
-                sandbox=pod_sandbox(paths, cwd),
+                sandbox=dataclasses.replace(pod_sandbox(paths, cwd), run_as_user=container.run_as_user,
+                                            run_as_group=container.run_as_group),
             )
         except ValueError as exc:
             plans.append(ContainerPlan(container.name, None, str(exc)))

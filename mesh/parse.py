@@ -311,7 +311,23 @@ def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
     return probe(action, port=port or 0, path=path)
 
 
-def _container(f: Field) -> r.Container | None:
+MAX_ID = 2**32 - 2  # a uid or gid; (uid_t)-1 means "unchanged" to the kernel
+
+
+def _security_context(f: Field, inherited: tuple[int | None, int | None, bool] = (None, None, False),
+                      ) -> tuple[int | None, int | None, bool]:
+    """(runAsUser, runAsGroup, runAsNonRoot) of a securityContext over ``inherited`` (the pod's).
+    Its other fields (capabilities, seccomp, ...) are the container runtime's, not read here."""
+    if not f.present or not isinstance(f.value, dict):
+        return inherited
+    user = f["runAsUser"].int(low=0, high=MAX_ID)
+    group = f["runAsGroup"].int(low=0, high=MAX_ID)
+    non_root = f["runAsNonRoot"].bool(default=inherited[2]) if f["runAsNonRoot"].present else inherited[2]
+    return (inherited[0] if user is None else user, inherited[1] if group is None else group, non_root)
+
+
+def _container(f: Field, pod_context: tuple[int | None, int | None, bool] = (None, None, False),
+               ) -> r.Container | None:
     if not f.mapping({"name", "image", "command", "args", "env", "ports", "readinessProbe"} | _CONTAINER_IGNORED):
         return None
     env: dict[str, str] = {}
@@ -329,10 +345,11 @@ def _container(f: Field) -> r.Container | None:
             if port is not None:
                 ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol))
     probe = _probe(f["readinessProbe"], ports) if f["readinessProbe"].present else None
+    user, group, non_root = _security_context(f["securityContext"], pod_context)
     return r.Container(
         name=_name(f["name"], "container name") or "", image=f["image"].str(default=""),
         command=f["command"].str_list(), args=f["args"].str_list(), env=r.frozen_map(env), ports=tuple(ports),
-        readiness_probe=probe,
+        readiness_probe=probe, run_as_user=user, run_as_group=group, run_as_non_root=non_root,
     )
 
 
@@ -342,7 +359,8 @@ def _pod_spec(f: Field) -> r.PodSpec | None:
         return None
     if f["initContainers"].present:
         f["initContainers"].warn("init containers are not run by the lab")
-    containers = tuple(c for item in f["containers"].items(required=True) if (c := _container(item)))
+    pod_context = _security_context(f["securityContext"])
+    containers = tuple(c for item in f["containers"].items(required=True) if (c := _container(item, pod_context)))
     account = _name(f["serviceAccountName"], "service account", required=False) \
         or _name(f["serviceAccount"], "service account", required=False) or "default"
     return r.PodSpec(containers, account, _name(f["nodeName"], "node name", required=False) or "")

@@ -121,6 +121,11 @@ class Container:
     env: Mapping[str, str] = field(default_factory=frozen_map)
     ports: tuple[ContainerPort, ...] = ()
     readiness_probe: Probe | None = None
+    # securityContext, the container's over the pod's: who its processes run as (None: root, as the
+    # lab runs images that name no user), and whether root is refused.
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool = False
 
 
 @dataclass(frozen=True)

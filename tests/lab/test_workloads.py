@@ -102,3 +102,48 @@ def test_container_processes_have_the_pod_environment_netns_cgroup_and_log(state
 ])
 def test_pod_phase_in_kubectl_words(containers, problems, unschedulable, phase):
     assert pod_phase(containers, problems, unschedulable) == phase
+
+
+SECURITY = """
+apiVersion: v1
+kind: Pod
+metadata: {name: secure, namespace: shop}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 3000, fsGroup: 2000, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: inherits
+    command: [sleep, infinity]
+  - name: overrides
+    command: [sleep, infinity]
+    securityContext: {runAsUser: 2000, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot, namespace: shop}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: as-root, command: [sleep, infinity]}
+  - {name: as-user, command: [sleep, infinity], securityContext: {runAsUser: 1001}}
+"""
+
+
+def test_security_context_runs_containers_as_its_user_and_group(tmp_path):
+    # Issue 18, defect 9: "where the YAML's securityContext asks, as another user".
+    result = parse_text(SECURITY, "secure.yaml")
+    assert not result.errors and not result.problems, result.problems  # its other fields are not warned about
+    state = ClusterState.build(result.resources)
+    pods = desired_pods(state, node_count=1)
+    plan = plan_lab("shop", [PodSpec("shop", "secure", node=0), PodSpec("shop", "nonroot", node=0)], node_count=1)
+    paths = LabPaths.of("shop", tmp_path)
+    inherits, overrides = container_plans(paths, pods[("shop", "secure")], plan.pod("shop", "secure"), Path("/cfg"))
+    assert (inherits.process.sandbox.run_as_user, inherits.process.sandbox.run_as_group) == (1000, 3000)
+    assert (overrides.process.sandbox.run_as_user, overrides.process.sandbox.run_as_group) == (2000, 3000)
+    as_root, as_user = container_plans(paths, pods[("shop", "nonroot")], plan.pod("shop", "nonroot"), Path("/cfg"))
+    assert as_root.process is None and "runAsNonRoot" in as_root.problem
+    assert as_user.process.sandbox.run_as_user == 1001
+
+
+def test_a_security_context_user_out_of_range_is_an_error():
+    result = parse_text(SECURITY.replace("runAsUser: 1000", "runAsUser: -1"), "secure.yaml")
+    assert [p.field for p in result.errors] == ["spec.securityContext.runAsUser"]
