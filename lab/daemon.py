@@ -347,7 +347,7 @@ class Lab:
             await trio.sleep(SCAN_INTERVAL)
             try:
                 changed = await trio.to_thread.run_sync(self.directory.scan)
-            except OSError:
+            except Exception:  # any failure to read the directory must not take the running lab down
                 log.exception("reading %s failed; keeping the lab as it is", self.config.config_dir)
                 continue
             if not changed:

@@ -90,3 +90,39 @@ async def test_accept_loop_ends_on_any_other_error():
     with pytest.RaisesGroup(pytest.RaisesExc(OSError, match="Bad file descriptor")):
         async with trio.open_nursery() as nursery:
             await accept_loop(_Listener([OSError(errno.EBADF, "Bad file descriptor")]), trio.sleep, nursery, "test")
+
+
+async def test_accept_loop_resets_what_admit_refuses_without_a_task(autojump_clock):
+    import socket
+
+    a, b = socket.socketpair()
+    listener_side = trio.socket.from_stdlib_socket(a)
+
+    class OneSocket:
+        def __init__(self) -> None:
+            self.given = False
+
+        async def accept(self):
+            await trio.lowlevel.checkpoint()
+            if not self.given:
+                self.given = True
+                return listener_side, ("10.0.0.9", 4321)
+            await trio.sleep_forever()
+
+    handled, asked = [], []
+
+    async def handle(sock, peer):
+        handled.append(peer)
+
+    def admit(sock, peer) -> bool:
+        asked.append(peer)
+        return False
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_loop, OneSocket(), handle, nursery, "test", admit)
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert asked == [("10.0.0.9", 4321)] and handled == []
+    assert listener_side.fileno() == -1  # closed in the loop
+    assert b.recv(1) == b""  # the other side sees it end
+    b.close()
