@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import signal
 import threading
+from ipaddress import ip_address
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("--node", help="a node token: certificates for the pods scheduled on NODE")
     who.add_argument("--identity", type=_spiffe_id, help="a workload token bound to one SPIFFE ID")
+    create.add_argument("--address", action="append", default=[], metavar="IP",
+                        help="with --node: the token is valid only from this address (repeat for several), as "
+                             "the lab binds each node's token to its node")
     create.set_defaults(func=cmd_token_create)
 
     request = sub.add_parser("request", help="obtain a workload certificate over gRPC")
@@ -132,9 +136,13 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     config = store.load(args.dir)  # refuse to mint tokens for a directory that holds no CA
     if args.node:
         try:
-            caller: Caller = NodeCaller(validate_k8s_name("node", args.node))
+            caller: Caller = NodeCaller(validate_k8s_name("node", args.node), tuple(map(ip_address, args.address)))
         except InvalidSpiffeId as exc:
             raise UsageError(f"--node: {exc}") from None
+        except ValueError as exc:
+            raise UsageError(f"--address: {exc}") from None
+    elif args.address:
+        raise UsageError("--address binds a node token; a workload token is bound to its identity")
     else:
         if args.identity.trust_domain != config.trust_domain:
             raise UsageError(f"--identity {args.identity} is outside the CA's trust domain {config.trust_domain}")

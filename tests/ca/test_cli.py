@@ -57,6 +57,10 @@ def test_request_with_a_bad_token_fails_in_one_line(serving, tmp_path):
     [
         (["ca", "token", "create", "--identity", "spiffe://other.org/ns/a/sa/b"], "outside the CA's trust domain"),
         (["ca", "token", "create", "--node", "Node_1"], "--node: node 'Node_1' is not a valid Kubernetes name"),
+        (["ca", "token", "create", "--node", "n1", "--address", "10.0.0.300"], "--address: '10.0.0.300' does not "
+                                                                                "appear to be an IPv4 or IPv6 address"),
+        (["ca", "token", "create", "--identity", "spiffe://cluster.local/ns/a/sa/b", "--address", "10.0.0.1"],
+         "--address binds a node token"),
         (["ca", "init", "--trust-domain", "cluster.local"], "a CA already exists"),
         (["ca", "serve", "--listen", "nowhere"], "listen address 'nowhere' is not HOST:PORT"),
     ],
@@ -101,3 +105,16 @@ def test_ca_demo_runs(tmp_path):
     assert "leaf.pem: OK" in result.stdout
     assert "PERMISSION_DENIED" in result.stdout
     assert 'ambient_ca_certificates_issued_total{caller="workload"} 1.0' in result.stdout
+
+
+def test_a_node_token_can_be_bound_to_addresses(tmp_path):
+    from ca.tokens import TOKEN_FILE, TokenStore
+
+    ambient("ca", "init", "--dir", str(tmp_path))
+    token = ambient("ca", "token", "create", "--dir", str(tmp_path), "--node", "node-1", "--address", "10.0.0.1",
+                    "--address", "fd00::1").stdout.strip()
+    caller = TokenStore(tmp_path / TOKEN_FILE).authenticate(token)
+    from ipaddress import ip_address
+
+    assert caller.allows_peer(ip_address("10.0.0.1")) and caller.allows_peer(ip_address("fd00::1"))
+    assert not caller.allows_peer(ip_address("10.0.0.2"))
