@@ -136,7 +136,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     config = store.load(args.dir)  # refuse to mint tokens for a directory that holds no CA
     if args.node:
         try:
-            caller: Caller = NodeCaller(validate_k8s_name("node", args.node), tuple(map(ip_address, args.address)))
+            caller: Caller = NodeCaller(validate_k8s_name("node", args.node), frozenset(map(ip_address, args.address)))
         except InvalidSpiffeId as exc:
             raise UsageError(f"--node: {exc}") from None
         except ValueError as exc:
