@@ -45,12 +45,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from soak import plan as timeline, report  # noqa: E402  (bench/soak/, the package beside this script)
-
 from datapath.lab import BenchFailure, Lab, LabLayout, cgroup_pids, rss_kib  # noqa: E402
 from datapath.paths import container, planned_ips, pod  # noqa: E402
 from lab.components import CONTROLPLANE  # noqa: E402
 from lab.processes import process_cgroup  # noqa: E402
+from soak import plan as timeline, report  # noqa: E402  (bench/soak/, the package beside this script)
 from ztunnel.admin import READINESS_PORT  # noqa: E402
 
 LAB = "soak"

@@ -9,6 +9,7 @@ import socket
 import threading
 
 import pytest
+
 from soak import load
 
 
