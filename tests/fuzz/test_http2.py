@@ -74,6 +74,8 @@ ADVERTISED: list[tuple[Mapping[Setting, int], int]] = [
 ]
 REQUEST: list[Header] = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
 REQUEST_BLOCK = Encoder().encode(REQUEST)
+# The PING flood (CVE-2019-9512) from a peer that does not read: one frame past the control bound.
+PING_FLOOD = frame(PING, 0, 0, bytes(8)) * (MAX_PENDING_CONTROL_FRAMES + 2)
 
 
 class Peer:
@@ -221,18 +223,20 @@ def test_client_bytes_at_random(data, garbage: bytes, advertised: int, answer: b
 @fuzz_settings(400)
 @given(data=st.data(), settings_first=settings_first, streams=st.integers(0, 3),
        sequence=st.lists(frames(), max_size=12), **peer_options)
+@example(data=None, settings_first=True, streams=0, sequence=[PING_FLOOD], advertised=1, answer=False, read=False)
 def test_server_frames(data, settings_first: bool, streams: int, sequence: list[bytes], advertised: int,
                        answer: bool, read: bool) -> None:
     peer = Peer(False, advertised, answer=answer and read, read=read)
     stream = PREFACE + (frame(SETTINGS, 0, 0) if settings_first else b"") + opening(streams, REQUEST_BLOCK)
     stream += b"".join(sequence)
-    run(peer, data.draw(cut(stream)))
+    run(peer, data.draw(cut(stream)) if data is not None else [stream])
 
 
 @fuzz_settings(400)
 @given(data=st.data(), settings_first=settings_first, sequence=st.lists(frames(), max_size=12), **peer_options)
+@example(data=None, settings_first=True, sequence=[PING_FLOOD], advertised=1, answer=False, read=False)
 def test_client_frames(data, settings_first: bool, sequence: list[bytes], advertised: int, answer: bool,
                        read: bool) -> None:
     peer = Peer(True, advertised, answer=answer and read, read=read)
     stream = (frame(SETTINGS, 0, 0) if settings_first else b"") + b"".join(sequence)
-    run(peer, data.draw(cut(stream)))
+    run(peer, data.draw(cut(stream)) if data is not None else [stream])
