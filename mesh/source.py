@@ -320,11 +320,14 @@ def load_documents(text: str, file: str, problems: list[Problem]) -> list[Docume
 
 
 def _load_documents(loader_class, text: str, file: str, problems: list[Problem]) -> list[Document]:
-    loader = loader_class(text)
     documents: list[Document] = []
     reported = len(problems)
-    converter = _Converter(loader, file, problems)
+    loader = None
     try:
+        # In the try: the pure-Python loader's reader checks the whole text for characters YAML
+        # forbids (control characters) as it is made, and raises a YAML error then.
+        loader = loader_class(text)
+        converter = _Converter(loader, file, problems)
         for index, node in enumerate(_compose(loader)):
             lines: dict[PathKey, int] = {}
             data = converter.convert(node, (), lines)
@@ -340,7 +343,8 @@ def _load_documents(loader_class, text: str, file: str, problems: list[Problem])
         del problems[reported:]
         raise
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return documents
 
 

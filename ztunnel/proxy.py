@@ -45,6 +45,7 @@ from hbone.connect import ConnectRejection
 from hbone.driver import HboneRefused, HboneServerDriver, IncomingConnect
 from hbone.pool import HbonePool
 from hbone.relay import relay, reset
+from hbone.tcp_stream import TcpStream
 from hbone.tls import ContextCache, HboneTlsError, WorkloadCredentials, client_handshake, server_handshake
 from hbone.tls_stream import TlsStream
 from mesh.addresses import format_address
@@ -252,9 +253,16 @@ class Ztunnel:
         self.refusals.refused(pod.key, reason, detail)
 
     async def _counted(self, pod: ServedPod, handle, tsock, peer: tuple[str, int]) -> None:
-        """Run ``handle`` for a connection ``_admit`` counted; it is given back when it ends."""
+        """Run ``handle`` for a connection ``_admit`` counted; it is given back when it ends. A bug that
+        one connection runs into ends that connection, logged, never the pod's other connections."""
         try:
-            await handle(pod, tsock, peer)
+            stream = accepted_stream(tsock)
+            try:
+                await handle(pod, stream, peer)
+            except Exception:
+                log.exception("pod %s: the connection from %s:%d failed unexpectedly; the pod is served on",
+                              pod.key, peer[0], peer[1])
+                await reset(stream)  # the client knows at once
         finally:
             self.budget.release(pod.uid)
 
@@ -268,8 +276,7 @@ class Ztunnel:
 
     # ------------------------------------------------------------ outbound (15001)
 
-    async def _outbound(self, pod: ServedPod, tsock, client: tuple[str, int]) -> None:
-        downstream = accepted_stream(tsock)
+    async def _outbound(self, pod: ServedPod, downstream: TcpStream, client: tuple[str, int]) -> None:
         original = pod.original_destination(downstream)
         state = self.state
         source = state.workloads.get(pod.uid)
@@ -329,8 +336,7 @@ class Ztunnel:
 
     # ------------------------------------------------------------ inbound HBONE (15008)
 
-    async def _hbone_inbound(self, pod: ServedPod, tsock, peer: tuple[str, int]) -> None:
-        stream = accepted_stream(tsock)
+    async def _hbone_inbound(self, pod: ServedPod, stream: TcpStream, peer: tuple[str, int]) -> None:
         local_ip = pod.original_destination(stream)[0]
         try:
             credentials = await self.certificate(self.pod_identity(pod))
@@ -427,8 +433,7 @@ class Ztunnel:
 
     # ------------------------------------------------------------ inbound plaintext (15006)
 
-    async def _plaintext_inbound(self, pod: ServedPod, tsock, peer: tuple[str, int]) -> None:
-        downstream = accepted_stream(tsock)
+    async def _plaintext_inbound(self, pod: ServedPod, downstream: TcpStream, peer: tuple[str, int]) -> None:
         inbound = InboundRequest(pod.uid, pod.uid in self.pods.pods, pod.original_destination(downstream), peer[0],
                                  None, hbone=False)
         decision, conn = self._decide_inbound(pod, inbound, peer)

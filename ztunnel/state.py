@@ -36,6 +36,8 @@ from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, InvalidSpiffeId,
 
 DEFAULT_SERVICE_ACCOUNT = "default"
 
+MAX_PORT = 65535  # ports are uint32 in the workload API: anything above is not a TCP port
+
 
 def ip_text(raw: bytes) -> str | None:
     """The text form of a 4- or 16-byte address, or None for anything else."""
@@ -197,7 +199,7 @@ class ProxyState:
                 if port.service_port == service_port:
                     target = port.target_port
                     break
-            if not target:  # a named targetPort this pod does not have
+            if not 0 < target <= MAX_PORT:  # 0: a named targetPort this pod does not have; above: not a port
                 continue
             ip = pick_address(workload, prefer_ip_version)
             if ip is None:
@@ -213,6 +215,8 @@ class ProxyState:
         By hostname: the Service ``<ns>/<hostname>`` (the control plane's form). By address: a
         Service VIP, else a workload's IP (the workload itself is then the only waypoint pod)."""
         port = gateway.hbone_mtls_port
+        if not 0 < port <= MAX_PORT:  # a uint32 on the wire: a waypoint on no TCP port names nothing
+            return None
         kind = gateway.WhichOneof("destination")
         if kind == "hostname":
             key = f"{gateway.hostname.namespace}/{gateway.hostname.hostname}"

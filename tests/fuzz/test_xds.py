@@ -14,7 +14,6 @@ so for any that decode it must not raise, nor must the lookups a connection make
 
 from __future__ import annotations
 
-import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.any_pb2 import Any
 from google.rpc import code_pb2
@@ -202,8 +201,6 @@ PORT_OUT_OF_RANGE = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="ztunnel.state: Endpoint.port is an unchecked uint32 (target_port 65536 "
-                                       "passes), and an out-of-range port crashes the outbound dial")
 @fuzz_settings(100)
 @given(address_list=st.lists(meshes(), max_size=6))
 @example(address_list=PORT_OUT_OF_RANGE)

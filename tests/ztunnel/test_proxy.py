@@ -657,3 +657,26 @@ async def test_readiness_says_when_the_config_is_the_one_saved_before_a_restart(
         n.discovery.stale = True
         ready, reason = n.ztunnel.ready()
         assert ready and "stale config" in reason
+
+
+async def test_a_bug_one_connection_meets_ends_only_that_connection(authority, monkeypatch, caplog):
+    import ztunnel.proxy as proxy_module
+
+    real = proxy_module.plan_outbound
+    calls = []
+
+    def first_one_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OverflowError("a bug")  # e.g. a port the dial cannot take
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(proxy_module, "plan_outbound", first_one_fails)
+    async with node(authority) as mesh:
+        await web_app(mesh)
+        broken = await mesh.app_connects("shop/client", (WEB_IP, APP_PORT))
+        await assert_reset(broken)
+        again = await mesh.app_connects("shop/client", (WEB_IP, APP_PORT))
+        assert await round_trip(again) == b"hello through the mesh"
+        await mesh.settled()
+    assert any("failed unexpectedly; the pod is served on" in r.getMessage() for r in caplog.records)
