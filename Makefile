@@ -29,7 +29,7 @@ test: system-deps venv bpf check-protos
 	$(PY) -m pytest
 
 # The fuzz targets (tests/fuzz/, which `make test` runs with a few hundred examples each, the same
-# every run) with the `fuzz` Hypothesis profile: 20 times the examples, at random, in about 10
+# every run) with the `fuzz` Hypothesis profile: 15 times the examples, at random, in about 10
 # minutes. A failure is kept in .hypothesis/ and tried first by the next run; the statistics say how
 # many inputs each target tried.
 fuzz: venv

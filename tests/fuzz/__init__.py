@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, settings
 PROFILE_VARIABLE = "HYPOTHESIS_PROFILE"
 CI_PROFILE = "ci"
 FUZZ_PROFILE = "fuzz"
-# ``make fuzz`` tries this many times the examples of ``make test``: the CI profile takes ~30 s for
-# all targets on a 2-core machine, so the fuzz profile takes ~10 minutes.
-FUZZ_SCALE = 20
+# ``make fuzz`` tries this many times the examples of ``make test``: the CI profile takes ~25 s for
+# all targets on a 2-core machine, so the fuzz profile takes ~7 minutes idle and ~10 while others
+# share it (20 times took 12.7 minutes so).
+FUZZ_SCALE = 15
 
 # Inputs are built by several draws and some targets use a socket per example: slow generation and
 # large inputs are what these targets are for, not a problem with the strategies.

@@ -47,7 +47,7 @@ from hbone.http2 import (
     StreamHalfClosed,
 )
 from tests.fuzz import fuzz_settings
-from tests.fuzz.frames import cut, frame, frames, frames_of, header_lists, skip_preface
+from tests.fuzz.frames import frame, frames, frames_of, header_lists, pieces, skip_preface
 
 PODS = ("10.0.0.1", "fd00::1")
 LOCAL = frozenset(ipaddress.ip_address(pod) for pod in PODS)
@@ -203,7 +203,7 @@ def test_server_answers_every_connect_and_never_raises(data, requests: list[list
     blocks = [Encoder().encode(headers) for headers in requests]
     stream = PREFACE + frame(SETTINGS, 0, 0) + request_frames(blocks, end_stream + [False] * len(blocks))
     stream += b"".join(sequence)
-    for piece in (data.draw(cut(stream)) if data is not None else [stream]):
+    for piece in pieces(data, stream):
         server.feed(piece)
     server.finish()
 
@@ -261,5 +261,5 @@ def test_client_reads_any_answer_and_never_raises(data, streams: int, responses:
     answers = b"".join(frame(HEADERS, FLAG_END_HEADERS | (FLAG_END_STREAM if end else 0), 1 + 2 * (i % streams), b)
                        for i, (b, end) in enumerate(zip(blocks, end_stream + [False] * len(blocks), strict=False)))
     stream = frame(SETTINGS, 0, 0) + answers + b"".join(sequence)
-    for piece in data.draw(cut(stream)):
+    for piece in pieces(data, stream):
         client.feed(piece)

@@ -53,7 +53,7 @@ from hbone.limits import (
     STREAM_WINDOW,
 )
 from tests.fuzz import fuzz_settings
-from tests.fuzz.frames import cut, frame, frames, frames_of, opening, skip_preface
+from tests.fuzz.frames import frame, frames, frames_of, opening, pieces, skip_preface
 
 # A GOAWAY we send: its header, last stream id, error code and at most 256 bytes of reason.
 GOAWAY_MAX = 9 + 8 + 256
@@ -210,14 +210,14 @@ def test_server_bytes_at_random_after_the_preface(data, garbage: bytes, advertis
                                                   read: bool) -> None:
     peer = Peer(False, advertised, answer=answer and read, read=read)
     stream = PREFACE + garbage
-    run(peer, data.draw(cut(stream)) if data is not None else [stream])
+    run(peer, pieces(data, stream))
 
 
 @fuzz_settings(300)
 @given(data=st.data(), garbage=st.binary(max_size=2000), **peer_options)
 def test_client_bytes_at_random(data, garbage: bytes, advertised: int, answer: bool, read: bool) -> None:
     peer = Peer(True, advertised, answer=answer and read, read=read)
-    run(peer, data.draw(cut(garbage)))
+    run(peer, pieces(data, garbage))
 
 
 @fuzz_settings(400)
@@ -229,7 +229,7 @@ def test_server_frames(data, settings_first: bool, streams: int, sequence: list[
     peer = Peer(False, advertised, answer=answer and read, read=read)
     stream = PREFACE + (frame(SETTINGS, 0, 0) if settings_first else b"") + opening(streams, REQUEST_BLOCK)
     stream += b"".join(sequence)
-    run(peer, data.draw(cut(stream)) if data is not None else [stream])
+    run(peer, pieces(data, stream))
 
 
 @fuzz_settings(400)
@@ -239,4 +239,4 @@ def test_client_frames(data, settings_first: bool, sequence: list[bytes], advert
                        read: bool) -> None:
     peer = Peer(True, advertised, answer=answer and read, read=read)
     stream = (frame(SETTINGS, 0, 0) if settings_first else b"") + b"".join(sequence)
-    run(peer, data.draw(cut(stream)) if data is not None else [stream])
+    run(peer, pieces(data, stream))

@@ -152,7 +152,7 @@ def _lookups(state: ProxyState, address_list: list[workload_pb2.Address]) -> Non
             subject_alt_names(service)
             for port in service.ports:
                 for endpoint in state.endpoints(key, port.service_port, healthy_only=False):
-                    assert endpoint.ip and endpoint.port > 0
+                    assert endpoint.ip and 0 < endpoint.port <= 65535
                 state.endpoints(key, port.service_port, prefer_ip_version=6)
             state.backing(key)
             if service.HasField("waypoint"):
@@ -171,7 +171,7 @@ def _lookups(state: ProxyState, address_list: list[workload_pb2.Address]) -> Non
     for gateway in gateways:
         resolved = state.waypoint_of(gateway)
         if resolved is not None:
-            assert all(endpoint.ip for endpoint in resolved.endpoints)
+            assert all(endpoint.ip and 0 < endpoint.port <= 65535 for endpoint in resolved.endpoints)
         for workload in workloads[:3]:
             assert isinstance(state.is_waypoint(workload, gateway), bool)
 
@@ -189,9 +189,8 @@ def test_any_decodable_addresses_index_and_resolve(address_list: list[workload_p
     _lookups(state, decoded)
 
 
-# Found by the target above: a Service's (or a Workload's) target_port, a uint32 on the wire, reaches
-# an Endpoint unchecked, so ztunnel would dial (ip, 65536): socket.connect raises OverflowError, which
-# ztunnel.proxy._open_upstream does not catch (it catches OSError), so it ends the pod's serving task.
+# Found by the target above: ports are uint32 on the wire, and a target_port of 65536 used to reach an
+# Endpoint, whose dial raised OverflowError and ended the pod's serving task.
 PORT_OUT_OF_RANGE = [
     workload_pb2.Address(service=workload_pb2.Service(
         name="svc", namespace="ns", hostname="svc", ports=[workload_pb2.Port(service_port=80, target_port=65536)])),

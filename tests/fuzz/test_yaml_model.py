@@ -114,13 +114,6 @@ def mutated_fixtures(draw: st.DrawFn) -> str:
 LINE_BREAKS = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
-def printable(text: str) -> str:
-    """``text`` without the characters YAML forbids (control characters but tab and newlines, the
-    surrogates, U+FFFE and U+FFFF): ``test_a_control_character_is_a_finding`` holds the known crash on
-    them, so that the other targets go on finding others meanwhile. Drop this once that test passes."""
-    return yaml.reader.Reader.NON_PRINTABLE.sub("", text)
-
-
 def check(text: str) -> None:
     result = parse_text(text, "fuzz.yaml")  # the promise: findings, never an exception
     lines = len(LINE_BREAKS.split(text))
@@ -133,13 +126,13 @@ def check(text: str) -> None:
 
 
 @fuzz_settings(300)
-@given(text=dumped.map(printable))
+@given(text=dumped)
 def test_kubernetes_shaped_yaml_is_findings_never_an_exception(text: str) -> None:
     check(text)
 
 
 @fuzz_settings(300)
-@given(text=(punctuation | st.text(max_size=60)).map(printable))
+@given(text=punctuation | st.text(max_size=60))
 @example(text="a: &x [*x]")  # an alias inside its own anchor
 @example(text="- &a [&b [*a]]\n")
 @example(text="? [a]\n: b\n")  # a key that is a list
@@ -151,7 +144,7 @@ def test_yaml_punctuation_is_findings_never_an_exception(text: str) -> None:
 
 
 @fuzz_settings(150)
-@given(text=mutated_fixtures().map(printable))
+@given(text=mutated_fixtures())
 def test_mutated_istio_samples_are_findings_never_an_exception(text: str) -> None:
     check(text)
 
