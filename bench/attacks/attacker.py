@@ -47,6 +47,8 @@ CONNECT_TIMEOUT_S = 2.0
 # PINGs per write in the flood, at most (64 KiB of frames): the attacker never holds 85 MB of frames
 # at once. `--batch` writes fewer at a time, below what the server may answer from one read.
 PING_BATCH = 3855
+# The longest pause between two writes of the PING flood: it still ends within its --seconds.
+MAX_PAUSE_S = 1.0
 # Bytes read back after an attack, at most (the answers to a PING flood are PING ACKs, 17 bytes each).
 MAX_READ_BACK = 64 * 1024 * 1024
 # Bytes per write of a one-shot attack: one TLS record, so a write cut short by the server's close
@@ -253,6 +255,8 @@ def ping_flood(args: argparse.Namespace) -> dict:
             if time.monotonic() - started > args.seconds:
                 outcome = f"time bound ({args.seconds:g} s)"
                 break
+            if args.pause:
+                time.sleep(args.pause)  # pacing the writes, not a synchronisation
             try:
                 sock.sendall(batch)
             except TimeoutError:
@@ -264,7 +268,8 @@ def ping_flood(args: argparse.Namespace) -> dict:
         write_end = time.monotonic()
         answers = Answers(sock, time.monotonic() + IO_TIMEOUT_S * 2)
         answers.thread.run()  # read back in this thread
-        return {"batch": args.batch, "pings_sent": sent, "bytes_sent": sent * 17, "write_outcome": outcome,
+        return {"batch": args.batch, "pause_s": args.pause, "pings_sent": sent, "bytes_sent": sent * 17,
+                "write_outcome": outcome,
                 "write_seconds": round(write_end - started, 3), **answers.summary(),
                 "seconds": round(time.monotonic() - started, 3)}
     finally:
@@ -353,12 +358,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--hold", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=PING_BATCH, help="PINGs per write (ping-flood)")
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between writes (ping-flood)")
     args = parser.parse_args(argv)
     bound = COUNT_BOUNDS.get(args.attack, 1)
     if not 1 <= args.count <= bound:
         parser.error(f"--count for {args.attack} must be 1-{bound}, not {args.count}")
-    if not 1 <= args.batch <= PING_BATCH:
-        parser.error(f"--batch must be 1-{PING_BATCH}, not {args.batch}")
+    if not 1 <= args.batch <= PING_BATCH or not 0 <= args.pause <= MAX_PAUSE_S:
+        parser.error(f"--batch must be 1-{PING_BATCH} and --pause 0-{MAX_PAUSE_S:g} s")
     if not 0 < args.seconds <= MAX_SECONDS or not 0 <= args.hold <= MAX_SECONDS:
         parser.error(f"--seconds and --hold must be within {MAX_SECONDS:g} s")
     if args.attack in ("loop-hbone", "continuation", "rapid-reset", "ping-flood") and args.certs is None:

@@ -113,12 +113,14 @@ def test_the_half_written_policy_passes_only_with_no_denial_and_the_final_policy
 def test_the_markdown_table_puts_each_after_figure_beside_the_issues():
     rec = record("1-loop", LOOP_FIXED)
     rec["verdict"] = report.verdict(rec)
+    rec["ztunnel_warnings"] = {"count": 2, "first": ["WARNING ambient.ztunnel.proxy: a loop refused"]}
     result = {"date": "2026-12-06T22:34:13+00:00", "code": {"commit": "abc1234", "modified": []},
               "parameters": {"lab": "attacks", "target_node": "node-1"}, "seconds": 120.0, "attacks": [rec],
               "notes": ["a note"], "json": "2026-12-06-attacks.json"}
     text = report.markdown(result)
     row = next(line for line in text.splitlines() if line.startswith("| 1. "))
     assert "18,412 fds in 12 s" in row and "HBONE: :status 503" in row and row.endswith("| PASS |")
+    assert "ztunnel logged 2 warning(s), first: `WARNING ambient.ztunnel.proxy: a loop refused`" in text
     assert "- a note" in text and "`2026-12-06-attacks.json`" in text
 
 
@@ -130,10 +132,27 @@ def test_the_slowest_request_is_named_with_when_it_was_sent():
     assert "slowest 1.90 s (sent 4.5 s into the window)" in why  # record()'s window starts at 0.5
 
 
-def test_the_ping_flood_passes_only_if_its_paced_run_is_cut_off_too():
+def test_the_ping_flood_passes_only_if_the_server_also_closes_its_paced_run():
     calm = {"goaway": {"code": "ENHANCE_YOUR_CALM"}, "batch": 3855, "pings_sent": 3855}
-    paced_calm = {**calm, "batch": 100, "pings_sent": 12_000}
-    assert report.verdict(record("4-ping-flood", {**calm, "paced": paced_calm}))["pass"]
-    unbounded = report.verdict(record("4-ping-flood", {**calm, "paced": {**paced_calm, "goaway": None}}))
-    assert not unbounded["pass"] and "GOAWAY ENHANCE_YOUR_CALM then None" in unbounded["why"]
-    assert "12,000 PINGs in writes of 100" in report.after_figure(record("4-ping-flood", {**calm, "paced": paced_calm}))
+    closed = {"goaway": None, "batch": 500, "pause_s": 0.005, "pings_sent": 554_500,
+              "write_outcome": "server closed: ConnectionResetError", "write_seconds": 31.2, "connection": "reset"}
+    assert report.verdict(record("4-ping-flood", {**calm, "paced": closed}))["pass"]
+    # Open for the whole bound; the end came only once the attacker read what the server had sent.
+    held_open = {**closed, "write_outcome": "time bound (45 s)", "connection": "eof"}
+    assert not report.verdict(record("4-ping-flood", {**calm, "paced": held_open}))["pass"]
+    figure = report.after_figure(record("4-ping-flood", {**calm, "paced": closed}))
+    assert "554,500 PINGs in writes of 500 with pauses: server closed" in figure
+
+
+def test_a_slow_bystander_request_gets_a_note_even_when_the_attack_passes():
+    slow = record("5-plaintext-inbound", {"connected": 8000}, requests=steady(0.0, 5.0) + [request(4.0, took=1.95)])
+    fast = record("1-loop", LOOP_FIXED)
+    assert report.findings([slow, fast]) == [
+        "5-plaintext-inbound: the slowest bystander request took 1.95 s, sent 3.5 s after the attack began"]
+
+
+def test_a_paced_flood_held_open_until_the_attacker_read_is_a_finding():
+    held = {"write_outcome": "time bound (45 s)", "write_seconds": 45.9, "bytes_sent": 9_435_000,
+            "bytes_read": 2_890_055, "connection": "eof", "goaway": None}
+    (note,) = report.findings([record("4-ping-flood", {"goaway": {"code": "ENHANCE_YOUR_CALM"}, "paced": held})])
+    assert "stayed open for its whole bound (45.9 s, 9,435,000 bytes written" in note
