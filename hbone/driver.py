@@ -207,6 +207,7 @@ class _Driver:
         self._queued = 0  # DATA bytes the peer holds that were not handed to the socket yet
         self._write_wanted = trio.Event()
         self._writer_busy = False  # the writer owns sending until it has flushed
+        self._flush_scope = trio.CancelScope()  # the writer's flush in progress (_closed_by bounds it)
         # Any number of senders wait on these; a ParkingLot wakes them all.
         self._writable = trio.lowlevel.ParkingLot()
         self._window = trio.lowlevel.ParkingLot()
@@ -306,7 +307,12 @@ class _Driver:
                             await self.transport.flush()
                         return
                     self.transport.send_nowait(data)
-                    await self.transport.flush()
+                    # Cancelled by _closed_by after CLOSE_GRACE: a peer that stopped reading must not
+                    # hold the connection (and its socket buffers) open once we have closed it.
+                    with self._new_flush_scope() as flushing:
+                        await self.transport.flush()
+                    if flushing.cancelled_caught:
+                        return
                 finally:
                     self._writer_busy = False
                 self._writable.unpark_all()
@@ -359,11 +365,17 @@ class _Driver:
                 self.streams.pop(stream_id, None)
                 self._stream_count_changed()
 
+    def _new_flush_scope(self) -> trio.CancelScope:
+        self._flush_scope = trio.CancelScope()
+        return self._flush_scope
+
     def _closed_by(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
+        # A write in progress may finish (and the GOAWAY follow) within the grace, then it is given up.
+        self._flush_scope.deadline = min(self._flush_scope.deadline, trio.current_time() + CLOSE_GRACE)
         for stream in list(self.streams.values()):
             stream._break(reason)
         self.streams.clear()

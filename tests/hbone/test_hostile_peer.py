@@ -348,3 +348,34 @@ async def test_the_reader_stops_while_the_output_backlog_is_over_the_bound(monke
             received += await attacker.end.receive_some()
         assert download_sent.is_set() and not driver.closed
         nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_closed_while_its_peer_does_not_read_ends_within_the_grace(autojump_clock):
+    """A peer that sends PINGs slowly enough to stay under every flood bound, and never reads: our
+    output waits for the socket, the PING timeout (or any close) ends the connection, and the driver
+    stops within CLOSE_GRACE of that instead of waiting for the peer to read (found by bench/attacks.py:
+    the connection stayed open, holding its socket buffers, until the attacker went away)."""
+    attacker = Attacker(capacity_to_attacker=16 * 1024)
+    ended = trio.Event()
+    async with trio.open_nursery() as nursery:
+        driver = HboneServerDriver(attacker.server_end, [POD], attacker.handler)
+
+        async def serve() -> None:
+            await driver.serve()
+            ended.set()
+
+        nursery.start_soon(serve)
+        attacker.send(OPENING)
+        ping = FLOODS["PING (CVE-2019-9512)"]
+        while attacker.server_end.unsent == 0:  # paced: each batch read and answered, until the pipe is full
+            attacker.send(ping * 100)
+            await trio.testing.wait_all_tasks_blocked()
+        assert not driver.closed
+        closed_at = trio.current_time()
+        driver.close("closed locally, as ztunnel does on its handshake timeout")
+        with trio.move_on_after(hbone.driver.CLOSE_GRACE + 1) as waited:
+            await ended.wait()
+        assert not waited.cancelled_caught, "the driver still held the connection after its grace"
+        assert trio.current_time() - closed_at <= hbone.driver.CLOSE_GRACE + 0.01
+        assert attacker.server_end._closed
+        nursery.cancel_scope.cancel()
