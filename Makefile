@@ -20,7 +20,7 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpm
 BENCH_COMMANDS := wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx stunnel:stunnel4 haproxy:haproxy ss:iproute2
 BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
-.PHONY: demo test fuzz soak lint constraints system-deps venv bpf protos check-protos bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
+.PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
 
 demo: system-deps venv bpf
 	$(VENV)/bin/ambient demo
@@ -140,6 +140,11 @@ bench-capture: system-deps venv bpf
 # agent and the control plane are each SIGKILLed once; within 10 minutes. SOAK_ARGS=--quick: 90 s.
 soak: system-deps venv bpf
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# Issue 18's attacks re-run against one lab (root, bench/README.md), bounded: about 2 minutes.
+# ATTACKS_ARGS=--only 2,3 for some of them.
+attacks: system-deps venv bpf
+	$(PY) bench/attacks.py $(ATTACKS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info $(BPF_OBJECTS)

@@ -53,7 +53,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from attacks import report  # noqa: E402  (bench/attacks/, the package beside this script)
-
 from datapath.lab import BenchFailure, Lab, LabLayout, rss_kib  # noqa: E402
 from datapath.paths import container, planned_ips, pod  # noqa: E402
 from ztunnel.limits import node_connection_cap, pod_connection_cap  # noqa: E402

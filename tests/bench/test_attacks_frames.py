@@ -7,8 +7,9 @@ import struct
 
 import hpack
 import pytest
-from attacks import attacker, frames
 from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame
+
+from attacks import attacker, frames
 
 
 def parse_all(data: bytes) -> list[Frame]:
