@@ -51,7 +51,7 @@ from datapath.lab import (  # noqa: E402
     ztunnel_pids,
 )
 from datapath.measure import FIGURES, Runner, Settings, round_order  # noqa: E402
-from datapath.paths import BASELINE, PATHS, manifests, planned_ips  # noqa: E402
+from datapath.paths import BASELINE, PATHS, MtlsProxyPath, manifests, planned_ips, spiffe_id  # noqa: E402
 from datapath.profile import profile, py_spy  # noqa: E402
 
 LAB = "bench-dp"
@@ -186,7 +186,8 @@ def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
         path.prepare(layout, ips[(path.namespace, "server")])
     (layout.config_dir / "pods.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
 
-    lab_up_s = lab.up(nodes=2, ready_timeout=READY_TIMEOUT_S)
+    lab_up_s = lab.up(nodes=2, ready_timeout=READY_TIMEOUT_S,
+                      workload_tokens=tuple(spiffe_id(p.namespace) for p in paths if isinstance(p, MtlsProxyPath)))
     status = check_lab(lab, paths, ips)
     pids = {**container_pids(status), **ztunnel_pids(status)}
     servers = {p.name: ips[(p.namespace, "server")] for p in paths}

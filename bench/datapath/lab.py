@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ca.store import ROOT_CERT
+from ca.tokens import TOKEN_FILE
 from controlplane.server import CA_SUBDIR
 from lab.components import CONTROLPLANE_PORT, CONTROLPLANE_SERVER_NAME, ztunnel_name
 from lab.processes import process_cgroup
@@ -75,6 +76,19 @@ class LabLayout:
 
     def node_token(self, node: str) -> Path:
         return self.paths.node_dir(node) / "token"
+
+    # What the bench hands its own proxies (stunnel, haproxy) in the YAML directory, which pods see:
+    # the lab's state (root certificate, node tokens) is hidden from pods (lab.isolation).
+    @property
+    def pod_secrets(self) -> Path:
+        return self.config_dir / ".bench-secrets"
+
+    @property
+    def pod_ca_root(self) -> Path:
+        return self.pod_secrets / ROOT_CERT
+
+    def pod_token(self, namespace: str) -> Path:
+        return self.pod_secrets / f"{namespace}.token"
 
     def container_cgroup(self, namespace: str, pod: str, container: str) -> Path:
         return process_cgroup(self.name, container_process_name(namespace, pod, container))
@@ -180,13 +194,44 @@ class Lab:
             raise BenchFailure(f"`ambient {' '.join(args)}` exited {done.returncode}:\n{done.stdout}{done.stderr}")
         return done.stdout
 
-    def up(self, nodes: int = 2, ready_timeout: float = 90.0) -> float:
-        """`ambient lab up`; returns its wall time in seconds (it returns once every pod is ready)."""
+    def up(self, nodes: int = 2, ready_timeout: float = 90.0, workload_tokens: tuple[str, ...] = ()) -> float:
+        """`ambient lab up`; returns its wall time in seconds (it returns once every pod is ready).
+
+        ``workload_tokens``: SPIFFE IDs whose pods obtain their own certificate (the bench's stunnel and
+        haproxy). Once the lab's CA exists, a workload token for each (``ambient ca token create``) and the
+        root certificate are put in ``pod_secrets``, where those pods wait for them."""
         self.started = True
         start = time.perf_counter()
-        self.ambient("lab", "up", str(self.layout.config_dir), "--name", self.layout.name, "--nodes", str(nodes),
-                     "--timeout", f"{ready_timeout:g}", timeout=ready_timeout + 60)
+        argv = [self.layout.python, "-m", "ambient", "lab", "up", str(self.layout.config_dir), "--name",
+                self.layout.name, "--nodes", str(nodes), "--timeout", f"{ready_timeout:g}"]
+        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=self.layout.env) as up:
+            try:
+                if workload_tokens:
+                    self._hand_out_tokens(workload_tokens, deadline=time.monotonic() + ready_timeout)
+                output, _ = up.communicate(timeout=ready_timeout + 60)
+            except BaseException:
+                up.kill()
+                raise
+        if up.returncode != 0:
+            raise BenchFailure(f"`ambient lab up` exited {up.returncode}:\n{output}")
         return time.perf_counter() - start
+
+    def _hand_out_tokens(self, identities: tuple[str, ...], deadline: float) -> None:
+        ca_dir = self.layout.ca_root.parent
+        while not (ca_dir / TOKEN_FILE).exists() or not self.layout.ca_root.exists():  # the CA is being made
+            if time.monotonic() > deadline:
+                raise BenchFailure(f"the lab's CA did not appear in {ca_dir}")
+            time.sleep(0.1)
+        secrets = self.layout.pod_secrets
+        secrets.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(self.layout.ca_root, self.layout.pod_ca_root)
+        for identity in identities:
+            token = self.ambient("ca", "token", "create", "--dir", str(ca_dir), "--identity", identity).strip()
+            namespace = identity.split("/ns/", 1)[1].split("/", 1)[0]
+            path = self.layout.pod_token(namespace)
+            path.write_text(token + "\n")
+            path.chmod(0o600)
 
     def status(self) -> dict:
         return json.loads(self.ambient("lab", "status", "--name", self.layout.name, "-o", "json"))

@@ -230,15 +230,15 @@ class MtlsProxyPath(DataPath):
         return ""
 
     def proxy_command(self, layout: LabLayout, side: str) -> list[str]:
-        """Obtain the side's SPIFFE certificate from the lab's CA with the node's token (retrying while
-        the CA starts, bounded), then exec the proxy."""
-        node = CLIENT_NODE if side == "client" else SERVER_NODE
+        """Obtain the side's SPIFFE certificate from the lab's CA with a workload token for it (which
+        ``Lab.up`` puts where the pod can read it once the CA exists; retrying meanwhile, bounded), then
+        exec the proxy. Not with the node's token: pods cannot see it (lab.isolation)."""
         certs = self.cert_dir(layout, side)
         request = " ".join(shlex.quote(arg) for arg in (
             layout.python, "-m", "ambient", "ca", "request", "--server", layout.ca_address,
-            "--server-name", layout.ca_server_name, "--root", str(layout.ca_root),
+            "--server-name", layout.ca_server_name, "--root", str(layout.pod_ca_root),
             "--identity", spiffe_id(self.namespace), "--out", str(certs)))
-        token = shlex.quote(str(layout.node_token(node)))
+        token = shlex.quote(str(layout.pod_token(self.namespace)))
         proxy = " ".join(shlex.quote(arg) for arg in self.proxy_argv(self.config_path(layout, side)))
         script = (f"umask 077; n=0; "
                   f"until [ -s {token} ] && AMBIENT_CA_TOKEN=\"$(cat {token})\" {request} >/dev/null; do "

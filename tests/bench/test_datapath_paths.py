@@ -126,15 +126,18 @@ def test_prepare_writes_each_side_with_mutual_tls_1_3(tmp_path):
         assert conf.count("verify required ssl-min-ver TLSv1.3") == len(FORWARDS)
 
 
-def test_proxy_command_gets_its_certificate_with_its_nodes_token(tmp_path):
+def test_proxy_command_gets_its_certificate_with_a_workload_token_it_can_see(tmp_path):
+    # Not the node's token, nor the root in the lab's state: pods cannot see the lab's state (issue 18).
     lay = layout(tmp_path)
     client = Stunnel().proxy_command(lay, "client")
     server = Haproxy().proxy_command(lay, "server")
     assert client[:2] == ["sh", "-c"]
     assert "ca request --server 10.255.0.2:15012" in client[2]
     assert f"--identity {spiffe_id('dp-stunnel')}" in client[2]
-    assert str(lay.node_token("node-0")) in client[2] and "node-1" not in client[2]
-    assert str(lay.node_token("node-1")) in server[2]
+    assert str(lay.pod_token("dp-stunnel")) in client[2] and str(lay.pod_ca_root) in client[2]
+    assert str(lay.pod_token("dp-haproxy")) in server[2]
+    for command in (client, server):
+        assert str(lay.state_root) not in command[2] and lay.pod_secrets.is_relative_to(lay.config_dir)
     assert client[2].rstrip().endswith(f"exec stunnel {lay.config_dir}/stunnel-dp-stunnel-client.conf")
     assert "crt.pem" in server[2] and "exec haproxy -db -f" in server[2]
     assert spiffe_id("dp-haproxy") == "spiffe://cluster.local/ns/dp-haproxy/sa/default"
