@@ -290,7 +290,7 @@ class Stunnel(MtlsProxyPath):
         # Global options before the first service are every service's defaults.
         lines = ["foreground = yes", "pid =", "syslog = no", "debug = 3",
                  "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1",
-                 f"cert = {certs}/cert-chain.pem", f"key = {certs}/key.pem", f"CAfile = {layout.ca_root}",
+                 f"cert = {certs}/cert-chain.pem", f"key = {certs}/key.pem", f"CAfile = {layout.pod_ca_root}",
                  "verifyChain = yes", "requireCert = yes", "sslVersionMin = TLSv1.3"]
         for f in FORWARDS:
             lines.append(f"\n[{f.name}]")
@@ -320,7 +320,7 @@ class Haproxy(MtlsProxyPath):
         return f"cat {shlex.quote(str(cert_dir / 'cert-chain.pem'))} {shlex.quote(str(cert_dir / 'key.pem'))} > {pem}; "
 
     def render(self, layout: LabLayout, side: str, server_ip: str) -> str:
-        crt, root = self.cert_dir(layout, side) / "crt.pem", layout.ca_root
+        crt, root = self.cert_dir(layout, side) / "crt.pem", layout.pod_ca_root
         tls = f"crt {crt} ca-file {root} verify required ssl-min-ver TLSv1.3"
         lines = ["global", "    maxconn 4096", "    ssl-server-verify required", "",
                  "defaults", "    mode tcp", "    timeout connect 5s", "    timeout client 30s",

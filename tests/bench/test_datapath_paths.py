@@ -114,7 +114,7 @@ def test_prepare_writes_each_side_with_mutual_tls_1_3(tmp_path):
     stunnel_server = (lay.config_dir / "stunnel-dp-stunnel-server.conf").read_text()
     for conf in (stunnel_client, stunnel_server):
         assert "verifyChain = yes" in conf and "sslVersionMin = TLSv1.3" in conf
-        assert f"CAfile = {lay.ca_root}" in conf
+        assert f"CAfile = {lay.pod_ca_root}" in conf
     assert "connect = 10.244.1.9:8443" in stunnel_client and "accept = 127.0.0.1:18080" in stunnel_client
     assert "connect = 127.0.0.1:8080" in stunnel_server and "accept = 0.0.0.0:8443" in stunnel_server
     haproxy_client = (lay.config_dir / "haproxy-dp-haproxy-client.cfg").read_text()
