@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from attacks import report  # noqa: E402  (bench/attacks/, the package beside this script)
-from datapath.lab import BenchFailure, Lab, LabLayout, rss_kib  # noqa: E402
+from datapath.lab import BenchFailure, Lab, LabLayout, code_state, lab_session, rss_kib  # noqa: E402
 from datapath.paths import container, planned_ips, pod  # noqa: E402
 from ztunnel.limits import node_connection_cap, pod_connection_cap  # noqa: E402
 from ztunnel.metrics import REFUSED  # noqa: E402
@@ -500,18 +500,6 @@ def warnings_since(log: Path, offset: int) -> dict:
     return {"count": len(lines), "first": [line[:300] for line in lines[:LOG_LINES_KEPT]]}
 
 
-def code() -> dict:
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-    changed = git("status", "--porcelain", "--", "ztunnel", "mesh", "ca", "bpf", "hbone", "controlplane", "lab")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "modified": [line[3:] for line in changed.splitlines()]}
-
-
 def run(args: argparse.Namespace, lab: Lab, work: Path) -> dict:
     layout = lab.layout
     layout.config_dir.mkdir()
@@ -564,23 +552,11 @@ def main() -> int:
     stem = f"{dt.date.today().isoformat()}-attacks"
     work = Path(tempfile.mkdtemp(prefix=f"ambient-{LAB}-"))
     lab = Lab(LabLayout(LAB, work / "state", work / "config"))
-    try:
+    with lab_session(lab, work, ("ztunnel-node-*.log", "controlplane.log", "lab.log")):
         measured = run(args, lab, work)
-    except BaseException as exc:
-        if lab.started:
-            kept = lab.save_logs(("ztunnel-node-*.log", "controlplane.log", "lab.log"))
-            if kept:
-                print(f"{type(exc).__name__}: {exc}\nthe lab's logs are kept in {kept}", file=sys.stderr)
-        raise
-    finally:
-        if not lab.started or lab.down():
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"the lab may still be running: `AMBIENT_LAB_ROOT={lab.layout.state_root} ambient lab down "
-                  f"--name {LAB}`, then remove {work}", file=sys.stderr)
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code": code(),
+        "code": code_state(REPO),
         "parameters": {"lab": LAB, "target_node": TARGET_NODE, "attacker_node": ATTACKER_NODE, "only": args.only,
                        "continuation_frames": CONTINUATION_FRAMES, "rapid_resets": RAPID_RESETS, "pings": PINGS,
                        "ping_seconds": PING_SECONDS,

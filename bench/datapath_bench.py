@@ -45,7 +45,9 @@ from datapath.lab import (  # noqa: E402
     BenchFailure,
     Lab,
     LabLayout,
+    code_state,
     container_pids,
+    lab_session,
     process_rss_by_mapping,
     pss_kib,
     ztunnel_pids,
@@ -120,21 +122,7 @@ def machine() -> dict:
         except (OSError, subprocess.TimeoutExpired):
             versions[tool] = None
     return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "python": platform.python_version(), "tools": versions, "code": code()}
-
-
-def code() -> dict:
-    """The commit measured, and the files of the mesh that differ from it (the ztunnel measured is the
-    working tree's)."""
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-    changed = git("status", "--porcelain", "--", "ztunnel", "mesh", "ca", "bpf")
-    return {"commit": git("rev-parse", "HEAD") or None,
-            "modified": [line[3:] for line in changed.splitlines()]}
+            "python": platform.python_version(), "tools": versions, "code": code_state(REPO)}
 
 
 def check_lab(lab: Lab, paths, ips: dict) -> dict:
@@ -281,21 +269,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix=f"ambient-{LAB}-"))
     lab = Lab(LabLayout(LAB, work / "state", work / "config"))
-    try:
+    with lab_session(lab, work):
         info = machine()
         measured = run_lab(args, lab, out_dir, stem, started)
-    except BaseException as exc:
-        if lab.started:
-            kept = lab.save_logs()
-            if kept:
-                print(f"{type(exc).__name__}: {exc}\nthe lab's logs are kept in {kept}", file=sys.stderr)
-        raise
-    finally:
-        if not lab.started or lab.down():
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"the lab may still be running: `AMBIENT_LAB_ROOT={lab.layout.state_root} ambient lab down "
-                  f"--name {LAB}`, then remove {work}", file=sys.stderr)
 
     result = build_result(args, measured, info, stem)
     result["charts"] = report.charts(result, out_dir, stem)

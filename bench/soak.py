@@ -45,7 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from datapath.lab import BenchFailure, Lab, LabLayout, cgroup_pids, rss_kib  # noqa: E402
+from datapath.lab import BenchFailure, Lab, LabLayout, cgroup_pids, code_state, lab_session, rss_kib  # noqa: E402
 from datapath.paths import container, planned_ips, pod  # noqa: E402
 from lab.components import CONTROLPLANE  # noqa: E402
 from lab.processes import process_cgroup  # noqa: E402
@@ -314,18 +314,6 @@ class Soak:
         print(f"{phase.name}: {record['end'] - start:.0f} s; ok {ok}, failed {failed}", flush=True)
 
 
-def code() -> dict:
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-    changed = git("status", "--porcelain", "--", "ztunnel", "mesh", "ca", "bpf", "hbone", "controlplane", "lab")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "modified": [line[3:] for line in changed.splitlines()]}
-
-
 def run(args: argparse.Namespace, lab: Lab, work: Path) -> dict:
     layout = lab.layout
     layout.config_dir.mkdir()
@@ -367,20 +355,8 @@ def main() -> int:
     print(f"soak: {' | '.join(f'{p.name} {p.seconds:.0f} s' for p in args.phases)}", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f"ambient-{LAB}-"))
     lab = Lab(LabLayout(LAB, work / "state", work / "config"))
-    try:
+    with lab_session(lab, work, ("ztunnel-node-*.log", "node-agent-*.log", "controlplane.log")):
         measured = run(args, lab, work)
-    except BaseException as exc:
-        if lab.started:
-            kept = lab.save_logs(("ztunnel-node-*.log", "node-agent-*.log", "controlplane.log"))
-            if kept:
-                print(f"{type(exc).__name__}: {exc}\nthe lab's logs are kept in {kept}", file=sys.stderr)
-        raise
-    finally:
-        if not lab.started or lab.down():
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"the lab may still be running: `AMBIENT_LAB_ROOT={lab.layout.state_root} ambient lab down "
-                  f"--name {LAB}`, then remove {work}", file=sys.stderr)
 
     analysis = report.analyze(measured["phases"], measured["buckets"], measured["samples"], measured["restarts"])
     warnings = [f"{load}: {n} lines of its output were not JSON" for load, n in measured["unparsed_lines"].items() if n]
@@ -388,7 +364,7 @@ def main() -> int:
                  if s is None]
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "code": code(),
+        "code": code_state(REPO),
         "parameters": {"lab": LAB, "duration_s": args.duration, "quick": args.quick,
                        "phases": [{"name": p.name, "seconds": round(p.seconds, 1), "kill": p.kill}
                                   for p in args.phases],

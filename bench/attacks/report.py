@@ -220,7 +220,7 @@ def findings(records: Iterable[dict]) -> list[str]:
 
 def markdown(result: dict) -> str:
     lines = [f"# Issue 18's attacks re-run against a lab — {result['date']}", "",
-             f"Code: `{result['code'].get('commit')}`"
+             f"Code: `{(result['code'].get('commit') or '?')[:10]}`"
              + (f" (modified: {', '.join(result['code']['modified'])})" if result["code"].get("modified") else "")
              + f"; lab `{result['parameters']['lab']}`, 2 nodes; target: ztunnel on "
              f"{result['parameters']['target_node']}; run took {result['seconds']:.0f} s.", "",

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,3 +320,43 @@ def container_pids(status: dict) -> dict[str, int | None]:
     """{"namespace/pod/container": pid} of every container, to notice a restart during the run."""
     return {container_process_name(p["namespace"], p["name"], c["name"]): c["pid"]
             for p in status["pods"] for c in p["containers"]}
+
+
+# -- what every lab bench does around its run
+
+
+MESH_SOURCES = ("ztunnel", "mesh", "ca", "bpf", "hbone", "controlplane", "lab")
+
+
+def code_state(repo: Path, sources: tuple[str, ...] = MESH_SOURCES) -> dict:
+    """The commit measured, and the files of the mesh that differ from it (what runs is the working
+    tree's)."""
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+    changed = git("status", "--porcelain", "--", *sources)
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "modified": [line[3:] for line in changed.splitlines()]}
+
+
+@contextmanager
+def lab_session(lab: Lab, work: Path, logs: tuple[str, ...] | None = None) -> Iterator[Lab]:
+    """Run a bench's lab: on a failure its logs (``logs``: glob patterns, None for all) are copied and
+    their place printed; at the end the lab is taken down and ``work`` removed, or what is left said."""
+    try:
+        yield lab
+    except BaseException as exc:
+        if lab.started:
+            kept = lab.save_logs(logs) if logs is not None else lab.save_logs()
+            if kept:
+                print(f"{type(exc).__name__}: {exc}\nthe lab's logs are kept in {kept}", file=sys.stderr)
+        raise
+    finally:
+        if not lab.started or lab.down():
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"the lab may still be running: `AMBIENT_LAB_ROOT={lab.layout.state_root} ambient lab down "
+                  f"--name {lab.layout.name}`, then remove {work}", file=sys.stderr)

@@ -182,7 +182,7 @@ def markdown(result: dict) -> str:
     lines = [f"# Soak: {result['date']}", "",
              f"**Verdict: {'PASS' if verdict['pass'] else 'FAIL'}**" + (
                  "" if verdict["pass"] else ": " + "; ".join(verdict["failures"])), ""]
-    lines += [f"Lab `{params['lab']}` (2 nodes), commit `{(result.get('code') or {}).get('commit') or '?'}`: "
+    lines += [f"Lab `{params['lab']}` (2 nodes), commit `{((result.get('code') or {}).get('commit') or '?')[:10]}`: "
               f"{params['duration_s']:g} s planned, {result['seconds']:g} s in all (lab up and down included). "
               f"Client pod on node-0, echo server on node-1 (ambient namespace): capture -> ztunnel node-0 -> "
               f"HBONE -> ztunnel node-1 -> server. Loads, in the client pod: "
