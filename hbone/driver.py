@@ -60,6 +60,7 @@ from hbone.limits import (  # the limits, importable from here as before
     IDLE_TIMEOUT as IDLE_TIMEOUT,
     MAX_QUEUED_OUTPUT_BYTES,
     READ_SIZE as READ_SIZE,
+    SERVER_IDLE_TIMEOUT,
 )
 from hbone.transport import FrameTransport
 from mesh.errors import describe
@@ -199,9 +200,12 @@ class _Driver:
 
     peer: HboneConnection
 
-    def __init__(self, transport: FrameTransport) -> None:
+    def __init__(self, transport: FrameTransport, idle_timeout: float | None) -> None:
         self.transport = transport
         self.streams: dict[int, HboneStream] = {}
+        # Closed after this long without streams (None: never); counted from now, or the last stream.
+        self._idle_timeout = idle_timeout
+        self._idle_since: float | None = trio.current_time()
         self.closed = False
         self.close_reason = ""
         self._queued = 0  # DATA bytes the peer holds that were not handed to the socket yet
@@ -331,12 +335,23 @@ class _Driver:
             self._kick()
 
     def _deadline(self) -> float | None:
-        return self.peer.next_deadline()
+        deadline = self.peer.next_deadline()
+        if self._idle_since is not None and self._idle_timeout is not None:
+            idle_at = self._idle_since + self._idle_timeout
+            deadline = idle_at if deadline is None else min(deadline, idle_at)
+        return deadline
 
     def _on_deadline(self) -> None:
-        """A subclass's own deadline passed (the client's idle timeout)."""
+        timeout = self._idle_timeout
+        if timeout is not None and self._idle_since is not None and trio.current_time() >= self._idle_since + timeout:
+            log.debug("closing an HBONE connection idle for %.0f s", timeout)
+            self.close(f"no stream for {timeout:.0f} s")
 
     def _stream_count_changed(self) -> None:
+        if not self.streams and self._idle_since is None:
+            self._idle_since = trio.current_time()
+        elif self.streams:
+            self._idle_since = None
         self._timer_changed.set()
 
     def _kick(self, queued: int = 0) -> None:
@@ -454,8 +469,9 @@ class HboneServerDriver(_Driver):
     peer: HboneServerConnection
 
     def __init__(self, transport: FrameTransport, local_addresses: Collection[IPAddress | str], handler: Handler,
-                 on_rejected: RejectionHook | None = None) -> None:
-        super().__init__(transport)
+                 on_rejected: RejectionHook | None = None, *, idle_timeout: float | None = SERVER_IDLE_TIMEOUT,
+                 ) -> None:
+        super().__init__(transport, idle_timeout)
         self.peer = HboneServerConnection(local_addresses, now=trio.current_time())
         self._handler = handler
         self._on_rejected = on_rejected
@@ -507,6 +523,7 @@ class HboneServerDriver(_Driver):
             self.peer.reject(event.stream_id, 503)
             return
         stream = self.streams[event.stream_id] = HboneStream(self, event.stream_id)
+        self._stream_count_changed()
         scope = self._unanswered[event.stream_id] = trio.CancelScope()
         self._handlers.start_soon(self._handle, IncomingConnect(self, stream, request), scope)
 
@@ -538,10 +555,8 @@ class HboneClientDriver(_Driver):
     peer: HboneClientConnection
 
     def __init__(self, transport: FrameTransport, *, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        super().__init__(transport)
+        super().__init__(transport, idle_timeout)
         self.peer = HboneClientConnection(now=trio.current_time())
-        self._idle_timeout = idle_timeout
-        self._idle_since: float | None = trio.current_time()
         self._answers: dict[int, trio.Event] = {}
         self._refused: dict[int, int] = {}
 
@@ -599,21 +614,3 @@ class HboneClientDriver(_Driver):
         for answered in self._answers.values():
             answered.set()
 
-    def _stream_count_changed(self) -> None:
-        if not self.streams and self._idle_since is None:
-            self._idle_since = trio.current_time()
-        elif self.streams:
-            self._idle_since = None
-        super()._stream_count_changed()
-
-    def _deadline(self) -> float | None:
-        deadline = self.peer.next_deadline()
-        if self._idle_since is not None:
-            idle_at = self._idle_since + self._idle_timeout
-            deadline = idle_at if deadline is None else min(deadline, idle_at)
-        return deadline
-
-    def _on_deadline(self) -> None:
-        if self._idle_since is not None and trio.current_time() >= self._idle_since + self._idle_timeout:
-            log.debug("closing an HBONE connection idle for %.0f s", self._idle_timeout)
-            self.close()

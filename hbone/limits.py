@@ -72,6 +72,10 @@ PING_INTERVAL = 10.0
 PING_TIMEOUT = 20.0
 # A pooled client connection without streams for this long is closed (DESIGN.md section 6).
 IDLE_TIMEOUT = 300.0
+# An accepted connection without streams for this long is closed (GOAWAY): a peer that opened a
+# connection and its streams, then left it, holds nothing of ours for ever. Twice the clients' own
+# idle timeout, so a client of ours closes its idle connection first and never races our GOAWAY.
+SERVER_IDLE_TIMEOUT = 2 * IDLE_TIMEOUT
 # Seconds to send a final GOAWAY on a closing connection: a peer that does not read cannot hold it open.
 CLOSE_GRACE = 1.0
 

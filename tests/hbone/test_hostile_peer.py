@@ -7,6 +7,7 @@ events, bytes queued, handler invocations), not timed; the one wall-clock bound 
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -15,6 +16,7 @@ import trio.testing
 
 import hbone.driver
 import hbone.http2
+import hbone.limits as limits
 from hbone.connect import ConnectRequested, HboneServerConnection
 from hbone.driver import HboneServerDriver, IncomingConnect
 from hbone.http2 import ConnectionClosed, ErrorCode, SendWindowOpened, Setting
@@ -378,4 +380,50 @@ async def test_a_connection_closed_while_its_peer_does_not_read_ends_within_the_
         assert not waited.cancelled_caught, "the driver still held the connection after its grace"
         assert trio.current_time() - closed_at <= hbone.driver.CLOSE_GRACE + 0.01
         assert attacker.server_end._closed
+        nursery.cancel_scope.cancel()
+
+
+async def answer_pings(end: MemoryTransport) -> None:
+    """A well-behaved peer in one respect: it reads what the server sends and answers its PINGs."""
+    buffer = b""
+    while data := await end.receive_some():
+        buffer += data
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            kind, flags, payload = buffer[3], buffer[4], buffer[9:9 + length]
+            buffer = buffer[9 + length:]
+            if kind == hbone.http2.PING and not flags & 0x1:
+                end.send_nowait(frame(hbone.http2.PING, 0x1, 0, payload))
+
+
+async def test_an_accepted_connection_left_without_streams_is_closed_after_the_server_idle_timeout(autojump_clock):
+    """A peer that answers PINGs, opened a stream, let it end, and kept the connection: it is closed
+    SERVER_IDLE_TIMEOUT after its last stream, not held for ever (only the per-pod cap bounded it)."""
+    attacker = Attacker()
+
+    async def echo_once(request: IncomingConnect) -> None:
+        async with request.accept() as stream:
+            with contextlib.suppress(trio.BrokenResourceError):  # the peer resets it
+                await stream.receive_some()
+
+    async with trio.open_nursery() as nursery:
+        driver = HboneServerDriver(attacker.server_end, [POD], echo_once)
+        nursery.start_soon(driver.serve)
+        nursery.start_soon(answer_pings, attacker.end)
+        attacker.send(OPENING + frame(HEADERS, END_HEADERS, 1, REQUEST))
+        await trio.testing.wait_all_tasks_blocked()
+        assert driver.streams
+        await trio.sleep(3 * limits.SERVER_IDLE_TIMEOUT)  # an open stream: never idle, however long
+        assert not driver.closed
+        attacker.send(frame(RST_STREAM, 0, 1, CANCEL))
+        await trio.testing.wait_all_tasks_blocked()
+        assert not driver.streams
+        idle_from = trio.current_time()
+        await trio.sleep(limits.SERVER_IDLE_TIMEOUT - 1)
+        assert not driver.closed
+        await trio.sleep(2)
+        assert driver.closed and driver.close_reason == f"no stream for {limits.SERVER_IDLE_TIMEOUT:.0f} s"
+        assert trio.current_time() - idle_from <= limits.SERVER_IDLE_TIMEOUT + 1
         nursery.cancel_scope.cancel()
