@@ -423,6 +423,10 @@ class Ztunnel:
                           connect=True)
                 request.reject(503)
                 return
+            except trio.Cancelled:
+                if request.stream.error is not None:  # the driver cancels the dial of a stream the client reset
+                    conn.fail(f"the client gave up before the app accepted ({request.stream.error})")
+                raise
             try:
                 tunnel = request.accept()
             except trio.BrokenResourceError as exc:

@@ -680,3 +680,23 @@ async def test_a_bug_one_connection_meets_ends_only_that_connection(authority, m
         assert await round_trip(again) == b"hello through the mesh"
         await mesh.settled()
     assert any("failed unexpectedly; the pod is served on" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_connect_the_client_resets_while_the_app_is_dialled_is_logged_with_why(authority, monkeypatch):
+    dialling = trio.Event()
+
+    async def slow_app(self, app, client_ip):  # an app that takes its time to accept
+        dialling.set()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(LoopbackPod, "connect_app", slow_app)
+    async with node(authority) as mesh:
+        async with remote_ztunnel(authority, CLIENT, CLIENT_IP, mesh.pods["shop/web-0"], WEB) as far:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(far.open, f"{WEB_IP}:{APP_PORT}", (CLIENT_IP, 40000))
+                with trio.fail_after(5):
+                    await dialling.wait()
+                nursery.cancel_scope.cancel()  # the client gives up: its stream is reset
+            await mesh.settled()
+    inbound = only(mesh.log(), direction="inbound")
+    assert "the client gave up before the app accepted" in inbound["error"]
