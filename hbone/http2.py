@@ -446,8 +446,15 @@ class Http2Connection(Generic[UpperEvent]):
             self._highest_peer_stream = sid
             limit = self._local[Setting.MAX_CONCURRENT_STREAMS]
             if limit is not None and self._open_remote >= limit:
-                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR,
-                                       f"stream {sid} is over the {limit} concurrent streams advertised")
+                # RFC 9113 section 5.1.2: a stream error, REFUSED_STREAM (the client may retry it on a
+                # connection with room); spent from the premature-reset budget, so a client that keeps
+                # opening streams over the limit ends as a rapid reset would.
+                self._reset_budget -= 1
+                if self._reset_budget < 0:
+                    raise _ConnectionError(ErrorCode.ENHANCE_YOUR_CALM,
+                                           f"over {MAX_PREMATURE_RESETS} streams refused or reset before an answer")
+                self._stream_error(sid, ErrorCode.REFUSED_STREAM, out)
+                return
             stream = self.streams[sid] = Stream(self._peer_stream_window, self._stream_window)
             self._open_remote += 1
         elif stream.remote_closed:

@@ -14,8 +14,9 @@ MiB = 1024 * KiB
 
 # ---------------------------------------------------------------- what we advertise (SETTINGS)
 
-# DESIGN.md section 6: at most 100 streams per connection (as Istio's ztunnel). A peer that opens more
-# than we advertised gets GOAWAY(PROTOCOL_ERROR); the pool opens another connection beyond it.
+# DESIGN.md section 6: at most 100 streams per connection (as Istio's ztunnel). A stream over what we
+# advertised is refused (RST_STREAM REFUSED_STREAM, RFC 9113 section 5.1.2) and spends a premature reset
+# (MAX_PREMATURE_RESETS); our own pool opens another connection beyond it.
 MAX_CONCURRENT_STREAMS = 100
 # Per-stream receive window (DESIGN.md section 6): a slow reader holds at most this much per stream
 # before its sender stops; large enough that one stream fills a fast link.

@@ -18,6 +18,7 @@ from hbone.http2 import (
     StreamData,
     StreamHalfClosed,
 )
+from hbone.limits import MAX_PREMATURE_RESETS
 from tests.hbone.test_connect import Raw, of, pump
 from tests.ztunnel.wire import (
     ACK,
@@ -275,11 +276,20 @@ def test_a_server_may_not_open_streams_on_a_client():
     assert closed.error_code == ErrorCode.PROTOCOL_ERROR and "push" in closed.reason
 
 
-def test_streams_over_the_advertised_limit_end_the_connection():
+def test_a_stream_over_the_advertised_limit_is_refused_and_the_connection_lives():
+    # RFC 9113 section 5.1.2: a stream error (REFUSED_STREAM), so the client may retry it elsewhere.
     server = Peer(client_side=False, max_concurrent_streams=2)
-    events = server.receive_bytes(PREFACE + frame(SETTINGS, 0, 0) + b"".join(
+    server.receive_bytes(PREFACE + frame(SETTINGS, 0, 0) + b"".join(
         frame(HEADERS, END_HEADERS, sid, REQUEST) for sid in (1, 3, 5)))
-    assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR and "2 concurrent streams" in events[-1].reason
+    assert not server.conn.closed and set(server.conn.streams) == {1, 3}
+    assert (RST_STREAM, 0, 5, u32(ErrorCode.REFUSED_STREAM)) in frames_of(server.data_to_send())
+
+
+def test_a_client_that_keeps_opening_over_the_limit_ends_as_a_rapid_reset_would():
+    server = Peer(client_side=False, max_concurrent_streams=1)
+    events = server.receive_bytes(PREFACE + frame(SETTINGS, 0, 0) + b"".join(
+        frame(HEADERS, END_HEADERS, sid, REQUEST) for sid in range(1, 2 * (MAX_PREMATURE_RESETS + 3), 2)))
+    assert events[-1].error_code == ErrorCode.ENHANCE_YOUR_CALM and server.conn.closed
 
 
 @settings(max_examples=200, deadline=None)
