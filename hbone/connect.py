@@ -36,8 +36,8 @@ this module adds what HBONE means on top of it:
   ``send_data`` takes what the windows allow and returns that count; ``SendWindowOpened`` says when to
   try again (stream 0: any stream may).
 - Limits (all in ``hbone.limits``): at most 100 concurrent streams. A client asks
-  ``streams_available()`` before ``open_stream``. A peer that opens more than we advertised is cut
-  off with GOAWAY (PROTOCOL_ERROR), reported as ``ConnectionClosed``; one that floods us (CONTINUATION,
+  ``streams_available()`` before ``open_stream``. A stream over what we advertised is refused
+  (RST_STREAM REFUSED_STREAM) and spends a premature reset; one that floods us (CONTINUATION,
   PING, SETTINGS, resets, rapid reset) with GOAWAY(ENHANCE_YOUR_CALM), as ``hbone.http2`` describes.
 - Keepalive: a PING every 10 s; a PING unanswered for 20 s ends the connection. ``PingAnswered``
   tells the driver that ``next_deadline`` moved from the PING timeout back to the next PING.

@@ -24,8 +24,9 @@ Hostile peers (the bounds are ``hbone.limits``'s; over one, GOAWAY(ENHANCE_YOUR_
 takes at most MAX_CONTINUATION_FRAMES CONTINUATION frames and is gathered in linear work; control
 frames we queue (PING and SETTINGS ACKs, RST_STREAM) wait for ``data_to_send`` at most
 MAX_PENDING_CONTROL_FRAMES at a time, so a peer that does not read cannot grow our output; streams the
-peer resets before we answer them spend a budget of MAX_PREMATURE_RESETS that each answer refills by
-one (rapid reset); a SETTINGS frame has at most MAX_SETTINGS_ENTRIES entries; one ``receive_bytes`` holds
+peer resets before we answer them, and streams over our MAX_CONCURRENT_STREAMS (refused with
+REFUSED_STREAM, RFC 9113 section 5.1.2), spend a budget of MAX_PREMATURE_RESETS that each answer refills
+by one (rapid reset); a SETTINGS frame has at most MAX_SETTINGS_ENTRIES entries; one ``receive_bytes`` holds
 at most MAX_EMPTY_FRAMES_PER_READ frames that carry nothing. A WINDOW_UPDATE becomes
 ``SendWindowOpened`` only when the window it opens was exhausted, since no sender waits otherwise.
 
