@@ -427,3 +427,33 @@ async def test_an_accepted_connection_left_without_streams_is_closed_after_the_s
         assert driver.closed and driver.close_reason == f"no stream for {limits.SERVER_IDLE_TIMEOUT:.0f} s"
         assert trio.current_time() - idle_from <= limits.SERVER_IDLE_TIMEOUT + 1
         nursery.cancel_scope.cancel()
+
+
+async def test_many_streams_sending_at_once_hold_the_output_near_high_water():
+    """100 relays each sending a 256 KiB chunk to a peer that reads nothing: the output waiting for the
+    socket stays near HIGH_WATER (plus a chunk), not 100 chunks."""
+    chunk = 256 * 1024
+    attacker = Attacker(capacity_to_attacker=16 * 1024)
+    started = trio.Event()
+    count = 0
+
+    async def download(request: IncomingConnect) -> None:
+        nonlocal count
+        async with request.accept() as stream:
+            count += 1
+            if count == 100:
+                started.set()
+            await stream.send_all(b"x" * chunk)
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        driver = HboneServerDriver(attacker.server_end, [POD], download)
+        nursery.start_soon(driver.serve)
+        big_window = setting(Setting.INITIAL_WINDOW_SIZE, 1 << 24)
+        attacker.send(PREFACE + frame(SETTINGS, 0, 0, big_window) + frame(WINDOW_UPDATE, 0, 0, u32(1 << 30))
+                      + b"".join(frame(HEADERS, END_HEADERS, sid, REQUEST) for sid in range(1, 200, 2)))
+        await started.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        held = attacker.server_end.unsent + held_by(driver)
+        assert held <= hbone.driver.HIGH_WATER + 2 * chunk, held
+        nursery.cancel_scope.cancel()
