@@ -76,7 +76,10 @@ REFUSAL_LOG_INTERVAL = 10.0
 POD_LIMIT = "pod_limit"
 NODE_LIMIT = "node_limit"
 HANDSHAKE_TIMEOUT = "handshake_timeout"
-REFUSAL_REASONS = (POD_LIMIT, NODE_LIMIT, HANDSHAKE_TIMEOUT)
+# A TLS handshake on 15008 that failed (no or a wrong certificate, another trust domain, not TLS at all):
+# counted and logged as the other refusals are, so a peer cannot flood the log with failed handshakes.
+TLS_HANDSHAKE = "tls_handshake"
+REFUSAL_REASONS = (POD_LIMIT, NODE_LIMIT, HANDSHAKE_TIMEOUT, TLS_HANDSHAKE)
 
 
 def check_limits(*, max_connections_per_pod: int, max_connections_per_node: int) -> None:

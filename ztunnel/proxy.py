@@ -65,6 +65,7 @@ from ztunnel.limits import (
     MAX_CONNECTIONS_PER_NODE,
     MAX_CONNECTIONS_PER_POD,
     PLAINTEXT_IDLE_TIMEOUT,
+    TLS_HANDSHAKE,
     ConnectionBudget,
     RefusalLog,
     check_limits,
@@ -356,8 +357,7 @@ class Ztunnel:
             await trio.aclose_forcefully(stream)
             return
         except HboneTlsError as exc:
-            log.warning("pod %s: HBONE connection from %s refused: %s", pod.key, format_address(*peer),
-                        _describe(exc))
+            self._refused(pod, "hbone", TLS_HANDSHAKE, f"from {format_address(*peer)}: {_describe(exc)}")
             await trio.aclose_forcefully(stream)
             return
         first_connect = trio.Event()

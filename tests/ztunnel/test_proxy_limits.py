@@ -207,3 +207,22 @@ async def test_outbound_to_the_pods_own_ztunnel_port_is_refused_before_any_dial(
     lines = mesh.log()
     assert [line["direction"] for line in lines] == ["outbound"]
     assert lines[0]["error"] == f"{CLIENT_IP}:{own_port} is ztunnel's own listener in pod shop/client: a loop"
+
+
+async def test_failed_tls_handshakes_are_counted_and_logged_once_per_interval(authority, caplog):
+    """A peer that floods 15008 with connections that are not TLS, or of another mesh, cannot flood the
+    log: each failed handshake is counted, and one line says how many since the last."""
+    async with node(authority) as mesh:
+        for _ in range(20):
+            sock = trio.socket.socket()
+            await sock.bind((OFF_MESH_IP, 0))
+            await sock.connect(mesh.pods["shop/web-0"].address(Slot.HBONE))
+            stream = trio.SocketStream(sock)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not a TLS ClientHello
+            with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+                while await stream.receive_some():  # until ztunnel closed it, having counted it first
+                    pass
+            await stream.aclose()
+        assert refused(mesh, listener="hbone", reason="tls_handshake") == 20
+    lines = [r for r in caplog.records if "tls_handshake" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
