@@ -79,7 +79,10 @@ HANDSHAKE_TIMEOUT = "handshake_timeout"
 # A TLS handshake on 15008 that failed (no or a wrong certificate, another trust domain, not TLS at all):
 # counted and logged as the other refusals are, so a peer cannot flood the log with failed handshakes.
 TLS_HANDSHAKE = "tls_handshake"
-REFUSAL_REASONS = (POD_LIMIT, NODE_LIMIT, HANDSHAKE_TIMEOUT, TLS_HANDSHAKE)
+# A CONNECT that is not one (no or a bad :authority, a wrong method...), answered 400: a peer holding a
+# valid certificate could otherwise send a log line's worth of them in every frame.
+MALFORMED_CONNECT = "malformed_connect"
+REFUSAL_REASONS = (POD_LIMIT, NODE_LIMIT, HANDSHAKE_TIMEOUT, TLS_HANDSHAKE, MALFORMED_CONNECT)
 
 
 def check_limits(*, max_connections_per_pod: int, max_connections_per_node: int) -> None:

@@ -31,8 +31,9 @@ and one family of our own, which Istio's ztunnel does not have (``ztunnel.limits
 
     ambient_ztunnel_connections_refused_total{listener,reason}  connections closed at once, or CONNECTs
                                                      answered 503, because of a bound: ``reason``
-                                                     pod_limit, node_limit, handshake_timeout or
-                                                     tls_handshake (a failed TLS handshake on 15008);
+                                                     pod_limit, node_limit, handshake_timeout,
+                                                     tls_handshake (a failed TLS handshake on 15008) or
+                                                     malformed_connect (a CONNECT answered 400);
                                                      ``listener`` outbound, inbound or hbone
 
 As in Istio's ztunnel, a connection's ``response_flags`` is known only when it ends: it is opened,

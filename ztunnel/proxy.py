@@ -62,6 +62,7 @@ from ztunnel.limits import (
     HANDSHAKE_TIMEOUT,
     HBONE_HANDSHAKE_TIMEOUT,
     IDLE_CHECKS,
+    MALFORMED_CONNECT,
     MAX_CONNECTIONS_PER_NODE,
     MAX_CONNECTIONS_PER_POD,
     PLAINTEXT_IDLE_TIMEOUT,
@@ -390,8 +391,8 @@ class Ztunnel:
 
     def _on_malformed(self, pod: ServedPod, peer: tuple[str, int], peer_identity: SpiffeId,
                       rejection: ConnectRejection) -> None:
-        log.warning("pod %s: malformed CONNECT from %s (%s) answered %d: %s", pod.key, peer_identity,
-                    format_address(*peer), rejection.status, rejection.reason)
+        self._refused(pod, "hbone", MALFORMED_CONNECT, f"from {peer_identity} ({format_address(*peer)}), "
+                      f"answered {rejection.status}: {rejection.reason}")
 
     async def _on_connect(self, pod: ServedPod, peer: tuple[str, int], peer_identity: SpiffeId,
                           first_connect: trio.Event, request: IncomingConnect) -> None:

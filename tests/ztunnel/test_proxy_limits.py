@@ -226,3 +226,18 @@ async def test_failed_tls_handshakes_are_counted_and_logged_once_per_interval(au
         assert refused(mesh, listener="hbone", reason="tls_handshake") == 20
     lines = [r for r in caplog.records if "tls_handshake" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]
+
+
+async def test_malformed_connects_are_counted_and_logged_once_per_interval(authority, caplog):
+    """A mesh peer (a valid certificate) sending CONNECTs that are not ones cannot flood the log. (The
+    HBONE layer answers each 400 and hands it to ztunnel's hook; the hook is driven directly here: our
+    own client cannot be made to send a malformed CONNECT.)"""
+    from hbone.connect import ConnectRejection
+
+    async with node(authority) as mesh:
+        pod = next(p for p in mesh.pods.values() if p.key == "shop/web-0")
+        for _ in range(20):
+            mesh.ztunnel._on_malformed(pod, (CLIENT_IP, 40000), CLIENT, ConnectRejection(":authority is not ip:port"))
+        assert refused(mesh, listener="hbone", reason="malformed_connect") == 20
+    lines = [r for r in caplog.records if "malformed_connect" in r.getMessage()]
+    assert len(lines) == 1 and "answered 400: :authority is not ip:port" in lines[0].getMessage()
