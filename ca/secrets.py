@@ -118,6 +118,7 @@ class SecretManager:
         self._fetch = fetch
         self._backoff = backoff
         self._store = store  # certificates kept across restarts (ca.cert_store), if any
+        self._stopped = False  # run() ended (or is ending): nothing new is tracked
         self._entries: dict[SpiffeId, _Entry] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -125,13 +126,21 @@ class SecretManager:
         """Own the refresh tasks until cancelled; then drop everything held."""
         if self._nursery is not None:
             raise RuntimeError("SecretManager.run() is already running")
+        self._stopped = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # From here the nursery takes no new task, while its refresh tasks end: a caller
+                    # that arrives now, or later (a proxy serving a pod as it shuts down), is told, not
+                    # crashed.
+                    self._stopped = True
         finally:
             self._nursery = None
+            self._stopped = True
             entries, self._entries = self._entries, {}
             for entry in entries.values():
                 # Waiters live outside our nursery: tell them rather than leave them hanging.
@@ -152,8 +161,10 @@ class SecretManager:
         raise CertificateUnavailable(identity, attempt.reason, attempt.expired_at) from attempt.cause
 
     def prefetch(self, identity: SpiffeId) -> None:
-        """Start keeping a certificate for ``identity`` (a workload arrived) without waiting."""
-        self._track(identity)
+        """Start keeping a certificate for ``identity`` (a workload arrived) without waiting; nothing
+        once the manager has stopped."""
+        if not self._stopped:
+            self._track(identity)
 
     def forget(self, identity: SpiffeId) -> None:
         """Stop refreshing ``identity`` and drop its certificate (the workload left)."""
@@ -174,6 +185,8 @@ class SecretManager:
         return sorted(self._entries, key=str)
 
     def _track(self, identity: SpiffeId) -> _Entry:
+        if self._stopped:
+            raise CertificateUnavailable(identity, "the secret manager stopped")
         if self._nursery is None:
             raise RuntimeError(
                 "SecretManager is not running: start it first with `await nursery.start(manager.run)`"

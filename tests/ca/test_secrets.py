@@ -411,7 +411,7 @@ async def test_stopping_the_manager_releases_waiters(autojump_clock, ca):
                 await trio.testing.wait_all_tasks_blocked()
                 running.cancel_scope.cancel()
     assert len(errors) == 1
-    with pytest.raises(RuntimeError, match="not running"):
+    with pytest.raises(CertificateUnavailable, match="stopped"):  # a late caller is told, not crashed
         await manager.get(WEB)
 
 
@@ -433,3 +433,15 @@ async def test_a_backoff_that_starts_at_zero_is_refused(ca):
     # A failing CA would be called in a busy loop.
     with pytest.raises(ValueError, match="backoff must start above 0"):
         SecretManager(ca.fetch, backoff=Backoff(initial=0.0, cap=60.0))
+
+
+async def test_a_caller_that_arrives_after_the_manager_stopped_is_told_not_crashed(ca):
+    # As a proxy shutting down: a pod's task that starts as everything is cancelled still prefetches
+    # (it did: RuntimeError "Nursery is closed to new arrivals" ended the proxy with a traceback).
+    manager = SecretManager(ca.fetch, backoff=NO_JITTER)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        nursery.cancel_scope.cancel()
+    manager.prefetch(WEB)  # nothing
+    with pytest.raises(CertificateUnavailable, match="the secret manager stopped"):
+        await manager.get(WEB)
