@@ -45,16 +45,17 @@ from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
 from mesh.ports import HBONE_PORT
 
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+DEFAULT_DOMAIN_SUFFIX = "cluster.local"  # the cluster's DNS domain: not the trust domain, even when they match
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 
 
 @dataclass(frozen=True)
 class MeshConfig:
     cluster_id: str = "Kubernetes"
-    trust_domain: str = "cluster.local"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = ROOT_NAMESPACE
     network: str = ""
-    domain_suffix: str = "cluster.local"
+    domain_suffix: str = DEFAULT_DOMAIN_SUFFIX  # Kubernetes' cluster domain, as in <svc>.<ns>.svc.cluster.local
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from mesh.identity import DEFAULT_TRUST_DOMAIN
     from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT
     from ztunnel.limits import MAX_CONNECTIONS_PER_NODE, MAX_CONNECTIONS_PER_POD
 
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     zt.add_argument("--server-name", help="the TLS name to check on the control plane's certificate")
     zt.add_argument("--ca-root", required=True, type=Path, help="the mesh root certificate (PEM)")
     zt.add_argument("--token-file", required=True, type=Path, help="the node's bearer token")
-    zt.add_argument("--trust-domain", default="cluster.local")
+    zt.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     zt.add_argument("--admin-listen", type=_host_port, default=("127.0.0.1", ADMIN_PORT), metavar="HOST:PORT")
     zt.add_argument("--stats-listen", type=_host_port, default=("0.0.0.0", STATS_PORT), metavar="HOST:PORT")
     zt.add_argument("--ready-listen", type=_host_port, default=("0.0.0.0", READINESS_PORT), metavar="HOST:PORT")
