@@ -147,6 +147,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is sending on this stream")
         self._sending = True
         try:
+            await trio.lowlevel.checkpoint_if_cancelled()
             # Wait for room first, not only after: else every stream of a connection may add its
             # chunk before any of them waits, and the output grows to streams x chunk (26 MiB for 100
             # relays of 256 KiB) instead of staying near HIGH_WATER.

@@ -75,6 +75,17 @@ async def test_bytes_cross_memory_pipes_both_ways_with_half_close():
         assert stream.finished
 
 
+async def test_send_all_in_a_cancelled_scope_sends_nothing():
+    async with memory_pair() as (client, _):
+        stream = await client.open(f"{POD_IP}:8080", ("10.244.0.7", 40000))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await stream.send_all(b"never")
+        assert scope.cancelled_caught and stream.bytes_sent == 0
+        await stream.send_eof()
+        assert await read_all(stream) == b""  # the echo saw nothing
+
+
 async def test_pings_every_interval_and_a_silent_peer_is_dropped_after_the_timeout(autojump_clock):
     client_end, server_end = memory_transport_pair()
     server = QuietServer(server_end)
