@@ -37,11 +37,9 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -53,7 +51,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from attacks import report  # noqa: E402  (bench/attacks/, the package beside this script)
-from datapath.lab import BenchFailure, Lab, LabLayout, code_state, lab_session, rss_kib  # noqa: E402
+from datapath.lab import (  # noqa: E402
+    BenchFailure,
+    Lab,
+    LabLayout,
+    code_state,
+    exit_on_sigterm,
+    lab_preflight,
+    lab_session,
+    rss_kib,
+    temporary_lab,
+)
 from datapath.paths import container, planned_ips, pod  # noqa: E402
 from ztunnel.limits import node_connection_cap, pod_connection_cap  # noqa: E402
 from ztunnel.metrics import REFUSED  # noqa: E402
@@ -150,12 +158,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def preflight() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root"
-    if not (REPO / "bpf" / "capture.bpf.o").is_file():
-        return "needs bpf/capture.bpf.o (`make bpf`)"
-    missing = [tool for tool in ("ip", "curl") if shutil.which(tool) is None]
-    return f"missing: {', '.join(missing)}" if missing else None
+    return lab_preflight(REPO, ("ip", "curl"))
 
 
 def manifests(layout: LabLayout) -> list[dict]:
@@ -537,21 +540,16 @@ def run(args: argparse.Namespace, lab: Lab, work: Path) -> dict:
             "samples": list(attack.sampler.samples)}
 
 
-def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # through the finally blocks: the processes end, the lab goes down
-
-
 def main() -> int:
     args = parse_args()
     problem = preflight()
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = time.monotonic()
     stem = f"{dt.date.today().isoformat()}-attacks"
-    work = Path(tempfile.mkdtemp(prefix=f"ambient-{LAB}-"))
-    lab = Lab(LabLayout(LAB, work / "state", work / "config"))
+    lab, work = temporary_lab(LAB)
     with lab_session(lab, work, ("ztunnel-node-*.log", "controlplane.log", "lab.log")):
         measured = run(args, lab, work)
     result = {

@@ -27,11 +27,8 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,12 +41,14 @@ from datapath import report  # noqa: E402
 from datapath.lab import (  # noqa: E402
     BenchFailure,
     Lab,
-    LabLayout,
     code_state,
     container_pids,
+    exit_on_sigterm,
+    lab_preflight,
     lab_session,
     process_rss_by_mapping,
     pss_kib,
+    temporary_lab,
     ztunnel_pids,
 )
 from datapath.measure import FIGURES, Runner, Settings, round_order  # noqa: E402
@@ -96,18 +95,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def preflight(args) -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root"
-    if not (REPO / "bpf" / "capture.bpf.o").is_file():
-        return "needs bpf/capture.bpf.o (`make bpf`)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if args.profile_seconds and py_spy() is None:
-        missing.append("py-spy")
+    also = ["py-spy"] if args.profile_seconds and py_spy() is None else []
     if importlib.util.find_spec("matplotlib") is None:
-        missing.append("matplotlib")
-    if missing:
-        return f"missing: {', '.join(missing)} (`make bench` installs them)"
-    return None
+        also.append("matplotlib")
+    return lab_preflight(REPO, TOOLS, also, " (`make bench` installs them)")
 
 
 def machine() -> dict:
@@ -157,10 +148,6 @@ def progress_line(one: dict, order: list[str]) -> str:
         parts.append(f"{name} {f['keepalive']['rps']:,.0f} req/s, {f['conn']['cps']:,.0f} conn/s, "
                      f"{f['bulk']['gbit_s']:.2f} Gbit/s")
     return "; ".join(parts)
-
-
-def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # through the finally blocks: the lab goes down
 
 
 def run_lab(args, lab: Lab, out_dir: Path, stem: str, started: float) -> dict:
@@ -257,7 +244,7 @@ def main() -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = time.monotonic()
     stem = dt.date.today().isoformat()
     out_dir = REPO / "bench" / "results"
@@ -267,8 +254,7 @@ def main() -> int:
     print(f"data path bench: {', '.join(p.name for p in args.selected)}; {args.rounds} rounds; "
           f"about {estimate / 60:.0f} minutes", flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix=f"ambient-{LAB}-"))
-    lab = Lab(LabLayout(LAB, work / "state", work / "config"))
+    lab, work = temporary_lab(LAB)
     with lab_session(lab, work):
         info = machine()
         measured = run_lab(args, lab, out_dir, stem, started)

@@ -30,11 +30,9 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -45,7 +43,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from datapath.lab import BenchFailure, Lab, LabLayout, cgroup_pids, code_state, lab_session, rss_kib  # noqa: E402
+from datapath.lab import (  # noqa: E402
+    BenchFailure,
+    Lab,
+    LabLayout,
+    cgroup_pids,
+    code_state,
+    exit_on_sigterm,
+    lab_preflight,
+    lab_session,
+    rss_kib,
+    temporary_lab,
+)
 from datapath.paths import container, planned_ips, pod  # noqa: E402
 from lab.components import CONTROLPLANE  # noqa: E402
 from lab.processes import process_cgroup  # noqa: E402
@@ -94,12 +103,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def preflight() -> str | None:
-    if os.geteuid() != 0:
-        return "the lab needs root"
-    if not (REPO / "bpf" / "capture.bpf.o").is_file():
-        return "needs bpf/capture.bpf.o (`make bpf`)"
-    missing = [tool for tool in ("ip", "ss", "curl") if shutil.which(tool) is None]
-    return f"missing: {', '.join(missing)}" if missing else None
+    return lab_preflight(REPO, ("ip", "ss", "curl"))
 
 
 def manifests(layout: LabLayout) -> list[dict]:
@@ -339,22 +343,17 @@ def run(args: argparse.Namespace, lab: Lab, work: Path) -> dict:
             "samples": soak.samples, "restarts": {name: c["restarts"] for name, c in final.items()}}
 
 
-def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # through the finally blocks: the loads end, the lab goes down
-
-
 def main() -> int:
     args = parse_args()
     problem = preflight()
     if problem:
         print(problem, file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = time.monotonic()
     stem = f"{dt.date.today().isoformat()}-soak"
     print(f"soak: {' | '.join(f'{p.name} {p.seconds:.0f} s' for p in args.phases)}", flush=True)
-    work = Path(tempfile.mkdtemp(prefix=f"ambient-{LAB}-"))
-    lab = Lab(LabLayout(LAB, work / "state", work / "config"))
+    lab, work = temporary_lab(LAB)
     with lab_session(lab, work, ("ztunnel-node-*.log", "node-agent-*.log", "controlplane.log")):
         measured = run(args, lab, work)
 

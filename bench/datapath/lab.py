@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,3 +360,30 @@ def lab_session(lab: Lab, work: Path, logs: tuple[str, ...] | None = None) -> It
         else:
             print(f"the lab may still be running: `AMBIENT_LAB_ROOT={lab.layout.state_root} ambient lab down "
                   f"--name {lab.layout.name}`, then remove {work}", file=sys.stderr)
+
+
+def lab_preflight(repo: Path, tools: Iterable[str], also_missing: Iterable[str] = (), hint: str = "") -> str | None:
+    """Why a lab bench cannot run on this machine (not root, no eBPF object, tools not on PATH or
+    ``also_missing``), or None. ``hint`` follows the list of what is missing (how to install it)."""
+    if os.geteuid() != 0:
+        return "the lab needs root"
+    if not (repo / "bpf" / "capture.bpf.o").is_file():
+        return "needs bpf/capture.bpf.o (`make bpf`)"
+    missing = [tool for tool in tools if shutil.which(tool) is None] + list(also_missing)
+    return f"missing: {', '.join(missing)}{hint}" if missing else None
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the bench through its finally blocks, as Ctrl-C does: its processes end, the lab
+    goes down."""
+    def terminate(signum, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def temporary_lab(name: str) -> tuple[Lab, Path]:
+    """A lab whose state and YAML directory live in a new temporary directory (returned: remove it
+    after, as ``lab_session`` does)."""
+    work = Path(tempfile.mkdtemp(prefix=f"ambient-{name}-"))
+    return Lab(LabLayout(name, work / "state", work / "config")), work

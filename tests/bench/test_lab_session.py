@@ -55,3 +55,18 @@ def test_a_lab_never_started_is_not_taken_down(tmp_path):
     with pytest.raises(KeyboardInterrupt), lab_session(lab, tmp_path):
         raise KeyboardInterrupt
     assert lab.downs == 0 and lab.saved == [] and not tmp_path.exists()
+
+
+def test_lab_preflight_says_what_is_missing(tmp_path, monkeypatch):
+    import datapath.lab as lab_module
+    from datapath.lab import lab_preflight
+
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    assert lab_preflight(tmp_path, ()) == "the lab needs root"
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 0)
+    assert lab_preflight(tmp_path, ()) == "needs bpf/capture.bpf.o (`make bpf`)"
+    (tmp_path / "bpf").mkdir()
+    (tmp_path / "bpf" / "capture.bpf.o").write_bytes(b"")
+    assert lab_preflight(tmp_path, ("sh",)) is None
+    assert lab_preflight(tmp_path, ("sh", "no-such-tool-here"), ["matplotlib"], " (make bench)") == \
+        "missing: no-such-tool-here, matplotlib (make bench)"
