@@ -51,13 +51,13 @@ INGRESS_USE_WAYPOINT = "istio.io/ingress-use-waypoint"
 def cross_check(resources: list[r.Resource]) -> list[Problem]:
     problems: list[Problem] = []
     pods = _pods_by_namespace(resources)
-    gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway) and g.is_waypoint}
+    state = ClusterState.build(resources)
+    gateways = set(state.gateways)  # the waypoint Gateways
     services = {(s.meta.namespace, s.meta.name) for s in resources if isinstance(s, r.Service)}
     # Every Gateway, run or not: a route attached to an ingress Gateway is not a dangling reference
     # (the Gateway's own warning says neither runs).
     any_gateways = {(g.meta.namespace, g.meta.name) for g in resources if isinstance(g, r.Gateway)}
 
-    state = ClusterState.build(resources)
     for res in resources:
         problems.extend(_use_waypoint(res, state))
         problems.extend(_ingress_use_waypoint(res))
