@@ -82,7 +82,7 @@ system-deps:
 
 # Protos with a gRPC service get *_pb2_grpc.py stubs too; message-only protos do not.
 SERVICE_PROTOS := ca/proto/ca.proto
-MESSAGE_PROTOS := mesh/api/workload.proto mesh/api/authorization.proto mesh/api/zds.proto
+MESSAGE_PROTOS := mesh/api/workload.proto mesh/api/authorization.proto mesh/api/zds.proto mesh/api/waypoint.proto
 PROTOC = $(PY) -m grpc_tools.protoc -I .
 generate_protos = $(PROTOC) --python_out=$(1) --grpc_python_out=$(1) --pyi_out=$(1) $(SERVICE_PROTOS) && \
 	$(PROTOC) --python_out=$(1) --pyi_out=$(1) $(MESSAGE_PROTOS)

@@ -148,9 +148,10 @@ def _parse_forwarded(values: list[bytes]) -> tuple[str, int] | None:
 
 
 def parse_connect(
-    headers: Iterable[HeaderField], local_addresses: Collection[IPAddress | str],
+    headers: Iterable[HeaderField], local_addresses: Collection[IPAddress | str] | None,
 ) -> ConnectTarget | ConnectRejection:
-    """Validate an HBONE CONNECT request against the pods served on this connection."""
+    """Validate an HBONE CONNECT request against the pods served on this connection; ``None``: any
+    address (a waypoint, whose ``:authority`` is the original destination it routes)."""
     pseudo: dict[bytes, bytes] = {}
     regular_seen = False
     forwarded: list[bytes] = []
@@ -192,7 +193,7 @@ def parse_connect(
         ip, port = split_host_port(authority.decode("latin-1"))
     except ValueError as exc:
         return ConnectRejection(f"bad :authority: {exc}")
-    if ip not in {ipaddress.ip_address(a) for a in local_addresses}:
+    if local_addresses is not None and ip not in {ipaddress.ip_address(a) for a in local_addresses}:
         return ConnectRejection(f":authority IP {ip.compressed} is not a pod served here")
     return ConnectTarget(
         ip=ip.compressed,
@@ -385,15 +386,17 @@ class HboneConnection:
 
 
 class HboneServerConnection(HboneConnection):
-    """The accepting side: one CONNECT stream per proxied TCP connection, for ``local_addresses``."""
+    """The accepting side: one CONNECT stream per proxied TCP connection, for ``local_addresses``
+    (``None``: for any address, as a waypoint accepts them)."""
 
     _client_side = False
 
     def __init__(
-        self, local_addresses: Collection[IPAddress | str], *, now: float = 0.0,
+        self, local_addresses: Collection[IPAddress | str] | None, *, now: float = 0.0,
         ping_interval: float = PING_INTERVAL, ping_timeout: float = PING_TIMEOUT,
     ) -> None:
-        self.local_addresses = frozenset(ipaddress.ip_address(a) for a in local_addresses)
+        self.local_addresses = (None if local_addresses is None
+                                else frozenset(ipaddress.ip_address(a) for a in local_addresses))
         super().__init__(now=now, ping_interval=ping_interval, ping_timeout=ping_timeout)
 
     def accept(self, stream_id: int) -> None:

@@ -472,7 +472,7 @@ class HboneServerDriver(_Driver):
 
     peer: HboneServerConnection
 
-    def __init__(self, transport: FrameTransport, local_addresses: Collection[IPAddress | str], handler: Handler,
+    def __init__(self, transport: FrameTransport, local_addresses: Collection[IPAddress | str] | None, handler: Handler,
                  on_rejected: RejectionHook | None = None, *, idle_timeout: float | None = SERVER_IDLE_TIMEOUT,
                  ) -> None:
         super().__init__(transport, idle_timeout)

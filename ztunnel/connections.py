@@ -36,6 +36,8 @@ from hbone.relay import Counts
 from mesh.addresses import format_address
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import SpiffeId
+from mesh.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse
+from mesh.proxy_state import ProxyState, service_key_of
 from ztunnel.inbound import InboundDecision, InboundRequest
 from ztunnel.metrics import (
     FLAG_CONNECT_FAILED,
@@ -45,8 +47,6 @@ from ztunnel.metrics import (
     REPORTER_SOURCE,
     tcp_labels,
 )
-from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse
-from ztunnel.state import ProxyState, service_key_of
 
 log = logging.getLogger("ambient.ztunnel.connections")
 

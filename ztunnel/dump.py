@@ -20,7 +20,7 @@ import mesh
 from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.certs import CertifiedKey
 from mesh.identity import DEFAULT_TRUST_DOMAIN
-from ztunnel.state import ip_text
+from mesh.proxy_state import ip_text
 
 _PROTOCOLS = {wpb.HBONE: "HBONE"}  # anything else: plain TCP, as Istio's dump names it
 _HEALTHY = "Healthy"

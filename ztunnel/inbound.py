@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from mesh.api import authorization_pb2 as pb, workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from mesh.ports import ZTUNNEL_POD_PORTS
+from mesh.proxy_state import ProxyState, identity_of
 from ztunnel.policy import ConnectionAttributes, applicable_policies, authorize
-from ztunnel.state import ProxyState, identity_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,7 @@ from typing import Protocol
 from mesh import __version__
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import InvalidSpiffeId
-from ztunnel.state import identity_of
+from mesh.proxy_state import identity_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN = "unknown"

@@ -55,7 +55,9 @@ from mesh.certs import CertificateError, CertifiedKey
 from mesh.concurrency import accept_loop
 from mesh.errors import describe
 from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
+from mesh.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
 from mesh.ports import ZTUNNEL_POD_PORTS
+from mesh.proxy_state import ProxyState, identity_of, ip_text
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker, inbound_connection, outbound_connection
 from ztunnel.inbound import InboundDecision, InboundRequest, decide_inbound
 from ztunnel.limits import (
@@ -72,10 +74,8 @@ from ztunnel.limits import (
     check_limits,
 )
 from ztunnel.metrics import ZtunnelMetrics
-from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
 from ztunnel.pods import PodSource, ServedPod
 from ztunnel.sockets import accepted_stream
-from ztunnel.state import ProxyState, identity_of, ip_text
 
 log = logging.getLogger("ambient.ztunnel")
 

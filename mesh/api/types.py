@@ -11,6 +11,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError, Message
 
 from mesh.api.authorization_pb2 import Authorization
+from mesh.api.waypoint_pb2 import L7Policy, Route
 from mesh.api.workload_pb2 import Address
 
 _PREFIX = "type.googleapis.com/"
@@ -19,6 +20,9 @@ _PREFIX = "type.googleapis.com/"
 ADDRESS_TYPE_URL = _PREFIX + Address.DESCRIPTOR.full_name
 # type.googleapis.com/istio.security.Authorization
 AUTHORIZATION_TYPE_URL = _PREFIX + Authorization.DESCRIPTOR.full_name
+# The waypoint's own (mesh/api/waypoint.proto): type.googleapis.com/ambient.waypoint.L7Policy and .Route
+L7_POLICY_TYPE_URL = _PREFIX + L7Policy.DESCRIPTOR.full_name
+ROUTE_TYPE_URL = _PREFIX + Route.DESCRIPTOR.full_name
 
 # Envoy's delta xDS method, shared by the server (controlplane.xds) and every client (mesh.xds).
 SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -29,12 +33,19 @@ WILDCARD = "*"  # subscribe to every resource of a type
 _MESSAGES: dict[str, type[Message]] = {
     ADDRESS_TYPE_URL: Address,
     AUTHORIZATION_TYPE_URL: Authorization,
+    L7_POLICY_TYPE_URL: L7Policy,
+    ROUTE_TYPE_URL: Route,
 }
 
 
 def policy_key(namespace: str, name: str) -> str:
     """The discovery resource name of an Authorization, and how a Workload refers to it."""
     return f"{namespace}/{name}"
+
+
+def route_key(namespace: str, kind: str, name: str) -> str:
+    """The discovery resource name of a Route (an HTTPRoute or GRPCRoute)."""
+    return f"{namespace}/{kind}/{name}"
 
 
 def pack(message: Message) -> Any:

@@ -7,7 +7,7 @@ and OTHER_TYPE_URL, so a server cannot grow them. Responses here carry any resou
 type URLs (and others): messages that decode, protobuf-shaped bytes, bytes at random, wrong ``Any``
 type URLs, repeated and removed names.
 
-``ztunnel.state.ProxyState.from_addresses`` indexes whatever Address messages discovery delivered,
+``mesh.proxy_state.ProxyState.from_addresses`` indexes whatever Address messages discovery delivered,
 so for any that decode it must not raise, nor must the lookups a connection makes against it
 (endpoints, waypoints), whose docstrings say that what does not resolve is None or empty.
 """
@@ -22,10 +22,10 @@ from hypothesis import example, given, strategies as st
 from mesh.api import authorization_pb2, workload_pb2
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import InvalidSpiffeId
+from mesh.proxy_state import ProxyState, identity_of, pick_address, service_key_of, subject_alt_names
 from mesh.xds.client import KNOWN_TYPE_URLS, MAX_NACK_MESSAGE, OTHER_TYPE_URL, ClientState
 from tests.fuzz import fuzz_settings
 from tests.fuzz.protobufs import messages, wire_bytes
-from ztunnel.state import ProxyState, identity_of, pick_address, service_key_of, subject_alt_names
 
 CLASSES = {ADDRESS_TYPE_URL: workload_pb2.Address, AUTHORIZATION_TYPE_URL: authorization_pb2.Authorization}
 type_urls = st.sampled_from([ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ADDRESS_TYPE_URL + "x", "",

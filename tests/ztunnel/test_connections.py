@@ -18,6 +18,8 @@ from ambient.ztunnel_config import render
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import SpiffeId
+from mesh.outbound import HboneToPod, HboneToWaypoint, Passthrough, Refuse
+from mesh.proxy_state import ProxyState
 from tests.ambient.test_ztunnel_config import SAMPLE
 from tests.ztunnel.test_metrics import key, samples
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
@@ -31,8 +33,6 @@ from ztunnel.connections import (
 )
 from ztunnel.inbound import InboundDecision, InboundRequest
 from ztunnel.metrics import FLAG_DENIED, MUTUAL_TLS, NO_TLS, UNKNOWN, ZtunnelMetrics, tcp_labels
-from ztunnel.outbound import HboneToPod, HboneToWaypoint, Passthrough, Refuse
-from ztunnel.state import ProxyState
 
 CLIENT = SpiffeId("cluster.local", "shop", "client")
 WEB = SpiffeId("cluster.local", "shop", "web")

@@ -13,11 +13,11 @@ from ambient.ztunnel_config import render
 from ca.authority import SigningAuthority
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import SpiffeId
+from mesh.proxy_state import ProxyState
 from tests.ztunnel.pki import TD, certified
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 from ztunnel.dump import config_dump
 from ztunnel.proxy import ZtunnelConfig
-from ztunnel.state import ProxyState
 
 DOCS = WAYPOINT_PODS + """---
 apiVersion: v1

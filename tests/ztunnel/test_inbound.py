@@ -20,9 +20,9 @@ from controlplane.authz import CONVERTED_PEER_AUTHENTICATION
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from mesh.identity import SpiffeId
+from mesh.proxy_state import ProxyState
 from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 from ztunnel.inbound import InboundDecision, InboundRequest, decide_inbound
-from ztunnel.state import ProxyState
 
 # ---------------------------------------------------------------- worlds
 

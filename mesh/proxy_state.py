@@ -1,4 +1,5 @@
-"""What ztunnel knows about the mesh: the discovery view, indexed for the per-connection lookups.
+"""What a proxy (ztunnel or the waypoint) knows about the mesh: the discovery view, indexed for the
+per-connection lookups.
 
 ``ProxyState.from_addresses`` takes the ``istio.workload.Address`` resources as discovery delivers
 them (name → Workload | Service) and indexes them in one pass: workloads by uid and by IP, services

@@ -1,4 +1,5 @@
-"""ztunnel's outbound decision: where a captured connection goes, as a frozen plan (DESIGN.md 7).
+"""The outbound decision of a proxy (ztunnel for its pods, the waypoint for its upstreams): where a
+connection goes, as a frozen plan (DESIGN.md 7).
 
 ``plan_outbound(source, (ip, port), state, balancer)`` looks only at its arguments and returns one of
 four plans; a separate executor does the I/O. The rules, after Istio ztunnel's ``build_request``
@@ -49,7 +50,7 @@ from mesh.addresses import format_address
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import InvalidSpiffeId, SpiffeId
 from mesh.ports import HBONE_PORT
-from ztunnel.state import (
+from mesh.proxy_state import (
     Endpoint,
     ProxyState,
     capacity_of,

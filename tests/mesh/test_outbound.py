@@ -16,8 +16,7 @@ from hypothesis import given, strategies as st
 from mesh.api import workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL
 from mesh.identity import SpiffeId
-from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
-from ztunnel.outbound import (
+from mesh.outbound import (
     HboneToPod,
     HboneToWaypoint,
     LeastRequests,
@@ -27,7 +26,8 @@ from ztunnel.outbound import (
     closest,
     plan_outbound,
 )
-from ztunnel.state import Endpoint, ProxyState
+from mesh.proxy_state import Endpoint, ProxyState
+from tests.ztunnel.worlds import WAYPOINT_IPS, WAYPOINT_PODS, discovery_view, uid
 
 # ---------------------------------------------------------------- worlds
 
