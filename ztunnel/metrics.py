@@ -44,10 +44,11 @@ failed) or ``"-"``. A denied connection is therefore counted as opened and as cl
 The byte directions are Istio's definitions ("received during request", "sent during response"),
 the same for both reporters. Bytes may be added while the connection runs (``add_bytes``) or at the
 end (``closed``); ``opened`` creates the byte series at 0, as Istio's ztunnel does, so a rate over
-them exists from the first scrape. The exposition is rendered here rather than by
-``prometheus_client``: it has exactly Istio's series (no ``*_created`` samples beside each
-``*_total``), and that library's import (its HTTP servers, email and urllib included) was over
-2 MiB of every ztunnel's idle memory. The control plane and the CA still use it.
+them exists from the first scrape. The exposition is rendered with ``mesh.prometheus`` (shared
+with the waypoint) rather than by ``prometheus_client``: it has exactly Istio's series (no
+``*_created`` samples beside each ``*_total``), and that library's import (its HTTP servers, email
+and urllib included) was over 2 MiB of every ztunnel's idle memory. The control plane and the CA
+still use it. The workload labels come from ``mesh.istio_labels``, which the waypoint uses too.
 """
 
 from __future__ import annotations
@@ -58,16 +59,13 @@ from typing import Protocol
 
 from mesh import __version__
 from mesh.api import workload_pb2 as wpb
-from mesh.identity import InvalidSpiffeId
-from mesh.proxy_state import identity_of
+from mesh.istio_labels import DEFAULT_CLUSTER, MUTUAL_TLS, UNKNOWN, principal, service_labels, workload_labels
+from mesh.prometheus import CONTENT_TYPE, escape as _escape, render_labels
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-UNKNOWN = "unknown"
-DEFAULT_CLUSTER = "Kubernetes"  # Istio's default cluster id
+__all__ = ["CONTENT_TYPE", "DEFAULT_CLUSTER", "MUTUAL_TLS", "UNKNOWN", "ZtunnelMetrics", "tcp_labels"]
 
 REPORTER_SOURCE = "source"  # outbound: the ztunnel of the client
 REPORTER_DESTINATION = "destination"  # inbound: the ztunnel of the server
-MUTUAL_TLS = "mutual_tls"
 NO_TLS = "unknown"  # what Istio's ztunnel reports for plaintext (its Envoy proxies say "none")
 
 # response_flags, as Istio's ztunnel writes them.
@@ -137,49 +135,6 @@ class PodCounts(Protocol):
     def stopped(self) -> int: ...
 
 
-def _workload_labels(side: str, workload: wpb.Workload | None) -> dict[str, str]:
-    """The ``<side>_*`` labels that come from the workload itself.
-
-    Choices, where the proto leaves room: ``workload`` is ``workload_name`` (the Deployment, or the
-    pod for a bare pod: the control plane fills it so) and falls back to the pod name;
-    ``canonical_service`` and ``app`` are ``canonical_name`` (which the control plane derives from
-    the ``service.istio.io/canonical-name``, ``app.kubernetes.io/name`` and ``app`` labels, as Istio
-    does; Istio's ztunnel also reports it as ``app``) and fall back to the workload name;
-    ``canonical_revision`` and ``version`` are ``canonical_revision``; ``cluster`` is ``cluster_id``,
-    else ``Kubernetes``; ``region`` and ``zone`` are the workload's locality's."""
-    if workload is None:
-        return {f"{side}_{name}": UNKNOWN for name in
-                ("workload", "canonical_service", "canonical_revision", "workload_namespace", "app", "version",
-                 "cluster", "region", "zone")}
-    name = workload.workload_name or workload.name or UNKNOWN
-    canonical = workload.canonical_name or name
-    revision = workload.canonical_revision or UNKNOWN
-    return {
-        f"{side}_workload": name,
-        f"{side}_canonical_service": canonical,
-        f"{side}_canonical_revision": revision,
-        f"{side}_workload_namespace": workload.namespace or UNKNOWN,
-        f"{side}_app": canonical,
-        f"{side}_version": revision,
-        f"{side}_cluster": workload.cluster_id or DEFAULT_CLUSTER,
-        f"{side}_region": workload.locality.region or UNKNOWN,
-        f"{side}_zone": workload.locality.zone or UNKNOWN,
-    }
-
-
-def _principal(explicit: str | None, workload: wpb.Workload | None, mutual_tls: bool) -> str:
-    """The principal given, else (mTLS only) the workload's own SPIFFE ID, else unknown. A
-    plaintext connection proves no identity, so it reports none even for a known workload."""
-    if explicit:
-        return explicit
-    if mutual_tls and workload is not None:
-        try:
-            return str(identity_of(workload))
-        except InvalidSpiffeId:
-            return UNKNOWN
-    return UNKNOWN
-
-
 def tcp_labels(*, reporter: str, source: wpb.Workload | None, source_principal: str | None,
                destination: wpb.Workload | None, destination_principal: str | None,
                destination_service: wpb.Service | None, mutual_tls: bool,
@@ -189,32 +144,21 @@ def tcp_labels(*, reporter: str, source: wpb.Workload | None, source_principal: 
     ``reporter`` is ``"source"`` (outbound, the client's ztunnel) or ``"destination"`` (inbound).
     Principals are full ``spiffe://`` strings: pass the verified peer identity and the expected or
     own one; a missing one is derived from its workload when the connection is mTLS (see
-    ``_principal``). Raises ValueError for a reporter that is neither (a bug of the caller)."""
+    ``mesh.istio_labels.principal``). Raises ValueError for a reporter that is neither (a bug of the caller)."""
     if reporter not in (REPORTER_SOURCE, REPORTER_DESTINATION):
         raise ValueError(f"reporter must be {REPORTER_SOURCE!r} or {REPORTER_DESTINATION!r}, not {reporter!r}")
     labels = {
         "reporter": reporter,
-        **_workload_labels("source", source),
-        "source_principal": _principal(source_principal, source, mutual_tls),
-        "destination_service": UNKNOWN,
-        "destination_service_namespace": UNKNOWN,
-        "destination_service_name": UNKNOWN,
-        **_workload_labels("destination", destination),
-        "destination_principal": _principal(destination_principal, destination, mutual_tls),
+        **workload_labels("source", source),
+        "source_principal": principal(source_principal, source, mutual_tls),
+        **service_labels(destination_service),
+        **workload_labels("destination", destination),
+        "destination_principal": principal(destination_principal, destination, mutual_tls),
         "request_protocol": "tcp",
         "response_flags": response_flags or FLAG_NONE,
         "connection_security_policy": MUTUAL_TLS if mutual_tls else NO_TLS,
     }
-    if destination_service is not None:
-        labels["destination_service"] = destination_service.hostname or UNKNOWN
-        labels["destination_service_namespace"] = destination_service.namespace or UNKNOWN
-        labels["destination_service_name"] = destination_service.name or UNKNOWN
     return {name: labels[name] for name in LABEL_NAMES}  # in Istio's order
-
-
-def _escape(value: str) -> str:
-    """A label value in the text format: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class ZtunnelMetrics:
@@ -343,6 +287,5 @@ class ZtunnelMetrics:
     def _labels(self, key: tuple[str, ...]) -> str:
         rendered = self._rendered_labels.get(key)
         if rendered is None:
-            pairs = ",".join(f'{name}="{_escape(value)}"' for name, value in zip(LABEL_NAMES, key, strict=True))
-            rendered = self._rendered_labels[key] = f"{{{pairs}}}"
+            rendered = self._rendered_labels[key] = render_labels(LABEL_NAMES, key)
         return rendered
