@@ -309,7 +309,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             [s["namespace"], s["name"], s["vip"] or "None",
              ", ".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])]
             for s in status["services"]]))
+    if status.get("waypoints"):
+        print()
+        print(format_table([["NAMESPACE", "NAME", "FOR", "POD", "READY", "USED BY"]] + [
+            [w["namespace"], w["name"], w["for"], w["pod"], w["ready"], _used_by(w["used_by"])]
+            for w in status["waypoints"]]))
     return 0
+
+
+USED_BY_SHOWN = 3  # objects named per waypoint in `lab status`; `-o json` has them all
+
+
+def _used_by(users: list[str]) -> str:
+    if not users:
+        return "-"
+    more = len(users) - USED_BY_SHOWN
+    return ", ".join(users[:USED_BY_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
 
 
 # -- logs

@@ -42,6 +42,7 @@ from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
 from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
+from lab.waypoints import waypoint_entries
 from lab.workloads import ContainerPlan, LabPod, container_plans, desired_pods, node_name, pod_phase
 from mesh.errors import describe
 from mesh.watched_file import write_json_atomic
@@ -139,6 +140,7 @@ class Lab:
         self._published: dict | None = None  # the status last written to status.json
         self._status_written = trio.Event()  # set (and replaced) after each write of status.json
         self._agents: dict[str, AgentStatus] = {}  # node -> what its agent's status.json said last
+        self._controlplane_up = False  # its CA exists: tokens can be minted
 
     # -- change notification (status files, waiters)
 
@@ -212,6 +214,8 @@ class Lab:
     async def _start_mesh(self) -> None:
         """The control plane, then each node's components (which will need it)."""
         await self._start_controlplane()
+        self._controlplane_up = True
+        self._notify()
         for node in self.plan.nodes:
             await trio.to_thread.run_sync(components.prepare_node, self.paths, node)
             for spec in components.node_processes(self.paths, self.plan, node, self.config.log_level,
@@ -247,12 +251,9 @@ class Lab:
             return
         runtime.placed = self.plan.pod(namespace, name)
         if lab_pod.is_waypoint:
-            processes = components.waypoint_processes(self.paths, self.plan, runtime.placed, self.config.log_level)
-            if processes is None:
-                runtime.problem = "waypoint proxies are not part of the mesh yet: the pod has its network only"
-                return
-            for spec in processes:
-                await self.supervisor.start(spec)
+            runtime.waiting = "waiting for the control plane to mint the waypoint's token"
+            self._notify()
+            self._nursery.start_soon(self._start_waypoint, runtime)
             return
         if self._captured_or_not_ambient(runtime):
             await self._start_containers(runtime)
@@ -276,9 +277,30 @@ class Lab:
                 runtime.problem = describe(exc)
             self._notify()
 
+    async def _start_waypoint(self, runtime: _PodRuntime) -> None:
+        """The waypoint's proxy as the pod's one container (so it is stopped with the pod, and its
+        readiness is the pod's), once the control plane's CA can mint its token."""
+        with self._pod_scope(runtime):
+            await self._wait_until(lambda: self._controlplane_up)
+            runtime.waiting = None
+            try:
+                await trio.to_thread.run_sync(components.prepare_waypoint, self.paths, runtime.placed)
+                specs = components.waypoint_processes(self.paths, self.plan, runtime.placed, self.config.log_level)
+                runtime.containers = tuple(
+                    ContainerPlan(container.name, spec, None, components.WAYPOINT_READINESS)
+                    for container, spec in zip(runtime.lab_pod.pod.spec.containers, specs, strict=True))
+                await self._run_containers(runtime)
+            except Exception as exc:  # one waypoint that cannot start must not take the lab down
+                log.exception("starting waypoint pod %s/%s failed", *runtime.lab_pod.key)
+                runtime.problem = describe(exc)
+            self._notify()
+
     async def _start_containers(self, runtime: _PodRuntime) -> None:
+        runtime.containers = container_plans(self.paths, runtime.lab_pod, runtime.placed, self.config.config_dir)
+        await self._run_containers(runtime)
+
+    async def _run_containers(self, runtime: _PodRuntime) -> None:
         lab_pod = runtime.lab_pod
-        runtime.containers = container_plans(self.paths, lab_pod, runtime.placed, self.config.config_dir)
         for plan in runtime.containers:
             if plan.process is not None:
                 await self.supervisor.start(plan.process)
@@ -516,7 +538,7 @@ class Lab:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "controlplane": {**component(components.CONTROLPLANE), "address": f"{host}:{port}",
                              "netns": self.plan.control_plane.netns},
-            "nodes": nodes, "pods": pods, "services": services,
+            "nodes": nodes, "pods": pods, "services": services, "waypoints": waypoint_entries(state, pods),
         }
 
     def _announce_ready(self, status: dict) -> bool:

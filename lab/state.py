@@ -10,6 +10,7 @@ crashed, and ``lab down`` cleans it up. Layout of ``<root>/<lab name>/``:
     lab.json          what was asked for (config directory, nodes) and the daemon's pid
     status.json       the live status the daemon rewrites on every change (``ambient lab status``)
     controlplane/     the control plane's state: its CA (ca/) and the pods' status (pods.json)
+    waypoints/        per waypoint Gateway (<ns>.<name>/): its token and its proxy's saved state
     logs/             lab.log (the daemon), controlplane.log, pods/<ns>_<pod>_<container>.log
 
 The root is ``$AMBIENT_LAB_ROOT``, or /var/lib/ambient/labs (the lab needs root anyway, and logs
@@ -72,6 +73,12 @@ class LabPaths:
     def node_dir(self, node: str) -> Path:
         """A node's own state: its agent's bpffs, ZDS socket, status and token."""
         return self.root / "nodes" / node
+
+    def waypoint_dir(self, namespace: str, gateway: str) -> Path:
+        """A waypoint's own state: its token for the control plane and what its proxy keeps across a
+        restart. Under the lab's root, which no pod sees (``lab.isolation``). A namespace holds no
+        ".", so "<ns>.<gateway>" names one waypoint only."""
+        return self.root / "waypoints" / f"{namespace}.{gateway}"
 
     @property
     def logs(self) -> Path:
