@@ -37,10 +37,10 @@ from types import MappingProxyType
 
 from google.protobuf import any_pb2
 
-from controlplane import authz
+from controlplane import authz, waypoint_config
 from mesh import resources as r
-from mesh.api import authorization_pb2, workload_pb2 as wpb
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, pack
+from mesh.api import authorization_pb2, waypoint_pb2, workload_pb2 as wpb
+from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, pack
 from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
 from mesh.ports import HBONE_PORT
 
@@ -90,11 +90,13 @@ class ClusterState:
     vips: Mapping[tuple[str, str], str]  # Service (ns, name) → its cluster IP
     gateway_classes: Mapping[str, r.GatewayClass] = field(default_factory=dict)  # by name
     nodes: Mapping[str, r.Node] = field(default_factory=dict)  # by name; only those declared in YAML
+    routes: tuple[r.Route, ...] = ()  # HTTPRoutes and GRPCRoutes, for the waypoints (controlplane.waypoint_config)
 
     @classmethod
     def build(cls, resources: Iterable[r.Resource], pod_status: Mapping[tuple[str, str], PodStatus] | None = None,
               vips: Mapping[tuple[str, str], str] | None = None) -> ClusterState:
         namespaces, pods, services, gateways, policies, peer, classes, nodes = {}, {}, {}, {}, [], [], {}, {}
+        routes: list[r.Route] = []
         for res in resources:
             key = (res.meta.namespace, res.meta.name)
             if isinstance(res, r.Namespace):
@@ -117,10 +119,12 @@ class ClusterState:
                 classes[res.meta.name] = res
             elif isinstance(res, r.Node):
                 nodes[res.meta.name] = res
+            elif isinstance(res, r.Route):
+                routes.append(res)
         for key, gateway in gateways.items():  # a Service per waypoint, unless the user declared one
             services.setdefault(key, waypoint_service(gateway))
         return cls(namespaces, pods, services, gateways, tuple(policies), tuple(peer),
-                   dict(pod_status or {}), dict(vips or {}), classes, nodes)
+                   dict(pod_status or {}), dict(vips or {}), classes, nodes, tuple(routes))
 
     def waypoint_for(self, gateway: r.Gateway) -> str:
         """The traffic a waypoint takes: its own label, else its GatewayClass's, else ``service``."""
@@ -158,6 +162,9 @@ class DataplaneView:
     authorizations: Mapping[str, authorization_pb2.Authorization]  # "<ns>/<name>"
     waypoints: Mapping[str, Waypoint]  # "<ns>/<name>"
     placements: Mapping[str, frozenset[SpiffeId]] = field(default_factory=dict)  # node → identities
+    # For the waypoints only (controlplane.waypoint_config); ztunnels do not subscribe to these types.
+    l7_policies: Mapping[str, waypoint_pb2.L7Policy] = field(default_factory=dict)  # "<ns>/<name>"
+    routes: Mapping[str, waypoint_pb2.Route] = field(default_factory=dict)  # "<ns>/<kind>/<name>"
 
     def has_pod(self, node: str, identity: SpiffeId) -> bool:
         return identity in self.placements.get(node, ())
@@ -169,6 +176,8 @@ class DataplaneView:
         return {
             ADDRESS_TYPE_URL: addresses,
             AUTHORIZATION_TYPE_URL: {key: pack(a) for key, a in self.authorizations.items()},
+            L7_POLICY_TYPE_URL: {key: pack(p) for key, p in self.l7_policies.items()},
+            ROUTE_TYPE_URL: {key: pack(route) for key, route in self.routes.items()},
         }
 
 
@@ -467,6 +476,8 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
     return DataplaneView(
         MappingProxyType(workloads), MappingProxyType(services), MappingProxyType(authorizations),
         MappingProxyType(waypoints), MappingProxyType({n: frozenset(ids) for n, ids in placements.items()}),
+        MappingProxyType(dict(waypoint_config.l7_policies(state, config))),
+        MappingProxyType(dict(waypoint_config.routes(state, config))),
     )
 
 

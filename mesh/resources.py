@@ -266,6 +266,7 @@ class ObjectRef:
     group: str = ""
     namespace: str = ""  # "" means the referring object's namespace
     port: int | None = None
+    section_name: str = ""  # a parentRef's listener (Gateway) or port name; "" for the whole parent
 
 
 @dataclass(frozen=True)
@@ -282,11 +283,22 @@ class HeaderMatchSpec:
 
 
 @dataclass(frozen=True)
+class GRPCMethodMatch:
+    """A GRPCRoute's ``method`` match: Exact names the service and/or the method (at least one);
+    RegularExpression matches them as RE2 patterns (an empty one: any)."""
+
+    type: str = "Exact"  # Exact | RegularExpression
+    service: str = ""
+    method: str = ""
+
+
+@dataclass(frozen=True)
 class RouteMatch:
     path: StringMatchSpec | None = None
     headers: tuple[HeaderMatchSpec, ...] = ()
     query_params: tuple[HeaderMatchSpec, ...] = ()
-    method: str = ""
+    method: str = ""  # an HTTP method (HTTPRoute)
+    grpc_method: GRPCMethodMatch | None = None  # GRPCRoute
 
 
 @dataclass(frozen=True)
@@ -303,6 +315,38 @@ class BackendRef:
     weight: int = 1
     namespace: str = ""
     kind: str = "Service"
+    group: str = ""  # "" is the core group (a Service)
+
+
+@dataclass(frozen=True)
+class PathModifier:
+    """A redirect's or rewrite's ``path``: the whole path, or the part its PathPrefix match matched."""
+
+    type: str  # ReplaceFullPath | ReplacePrefixMatch
+    value: str
+
+
+@dataclass(frozen=True)
+class RequestRedirect:
+    """Answered by the waypoint itself; an empty field keeps the request's own value."""
+
+    scheme: str = ""
+    hostname: str = ""
+    path: PathModifier | None = None
+    port: int | None = None
+    status_code: int = 302
+
+
+@dataclass(frozen=True)
+class URLRewrite:
+    hostname: str = ""
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True)
+class RequestMirror:
+    backend: BackendRef
+    percent: float = 100.0  # ``percent``, or ``fraction`` as a percentage
 
 
 @dataclass(frozen=True)
@@ -316,14 +360,33 @@ class RouteRule:
     retry_attempts: int = 0
     retry_codes: tuple[int, ...] = ()
     retry_backoff_seconds: float | None = None
+    name: str = ""
+    redirect: RequestRedirect | None = None
+    rewrite: URLRewrite | None = None
+    mirrors: tuple[RequestMirror, ...] = ()
+    retry: bool = False  # the rule has a ``retry`` (else the waypoint applies Istio's default)
+
+
+@dataclass(frozen=True)
+class Route(Resource):
+    """What an HTTPRoute and a GRPCRoute share; a GRPCRoute's matches carry ``grpc_method``."""
+
+    parents: tuple[ObjectRef, ...]
+    hostnames: tuple[str, ...]
+    rules: tuple[RouteRule, ...]
+    created: str = ""  # metadata.creationTimestamp as written (Gateway API's tie-break), "" if absent
 
 
 @_kind("HTTPRoute")
 @dataclass(frozen=True)
-class HTTPRoute(Resource):
-    parents: tuple[ObjectRef, ...]
-    hostnames: tuple[str, ...]
-    rules: tuple[RouteRule, ...]
+class HTTPRoute(Route):
+    pass
+
+
+@_kind("GRPCRoute")
+@dataclass(frozen=True)
+class GRPCRoute(Route):
+    pass
 
 
 @dataclass(frozen=True)
@@ -422,6 +485,6 @@ class WasmPlugin(Resource):
 
 KINDS: dict[str, type[Resource]] = {
     cls.kind: cls
-    for cls in (Namespace, ServiceAccount, Pod, Deployment, Service, Gateway, HTTPRoute,
+    for cls in (Namespace, ServiceAccount, Pod, Deployment, Service, Gateway, HTTPRoute, GRPCRoute,
                 AuthorizationPolicy, PeerAuthentication, WasmPlugin)
 }
