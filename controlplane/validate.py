@@ -2,7 +2,9 @@
 
 Per-resource problems come from ``mesh.parse``. This module adds the checks that need the whole
 set: selectors that match nothing, ``istio.io/use-waypoint`` naming a Gateway that does not exist,
-HTTPRoutes and WasmPlugins whose parent or target is missing, L7 fields in a policy that the
+a waypoint Gateway that nothing uses, HTTPRoutes and GRPCRoutes whose parents or backends do not
+resolve (``controlplane.waypoint_config`` resolves them as discovery sends them, and every problem it
+finds is reported here), WasmPlugins and policies whose target is missing, L7 fields in a policy that the
 destination ztunnel will enforce at L4 (as Istio: such an ALLOW rule is dropped whole, a DENY rule
 keeps its L4 fields), and fields of a rule the mesh does not understand (an error in an ALLOW rule,
 which then never matches; a warning in a DENY rule, which keeps its known fields).
@@ -18,8 +20,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from controlplane import authz
-from controlplane.view import USE_WAYPOINT_NAMESPACE, ClusterState, serves
+from controlplane import authz, waypoint_config
+from controlplane.view import USE_WAYPOINT_NAMESPACE, ClusterState, MeshConfig, serves, waypoint_ref
 from mesh import resources as r
 from mesh.parse import parse_paths
 from mesh.source import Code, Problem, Severity
@@ -72,31 +74,98 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
         if selector_field and selector and not _selects_a_pod(res, selector, pods):
             problems.append(_problem(res, selector_field, "matches no pod", Severity.WARNING, Code.MATCHES_NOTHING))
 
-        if isinstance(res, r.HTTPRoute):
-            for i, parent in enumerate(res.parents):
-                key = (parent.namespace or res.meta.namespace, parent.name)
-                present = services if parent.kind == "Service" else any_gateways
-                if key not in present:
-                    problems.append(_problem(res, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}",
-                                             code=Code.NOT_FOUND))
+        if isinstance(res, r.Route):
+            problems.extend(_route(res, state, any_gateways))
 
         if isinstance(res, (r.AuthorizationPolicy, r.WasmPlugin)):
             for i, target in enumerate(res.target_refs):
-                key = (target.namespace or res.meta.namespace, target.name)
-                targetable = {"Gateway": gateways, "Service": services}.get(target.kind)
-                if targetable is None:
-                    problems.append(_problem(res, f"spec.targetRefs[{i}].kind",
-                                             f"{target.kind!r} cannot be targeted (Gateway or Service)"))
-                elif key not in targetable:
-                    problems.append(_problem(res, f"spec.targetRefs[{i}]", f"no {target.kind} {key[0]}/{key[1]}",
-                                             code=Code.NOT_FOUND))
+                problems.extend(_target_ref(res, i, target, gateways, services))
 
         if isinstance(res, r.AuthorizationPolicy) and res.action in ("ALLOW", "DENY"):  # others: skipped
             problems.extend(_unknown_fields(res))
             if not res.enforced_at_l7:
                 in_namespace = sorted(name for ns, name in gateways if ns == res.meta.namespace)
                 problems.extend(_l7_at_l4(res, in_namespace))
+    problems.extend(_unused_waypoints(resources, state))
     return problems
+
+
+# Each kind a targetRef may name, with its group: as Istio's CRD validation has them.
+_TARGET_GROUPS = {"Gateway": (waypoint_config.GATEWAY_GROUP,), "Service": waypoint_config.CORE_GROUPS,
+                  "GatewayClass": (waypoint_config.GATEWAY_GROUP,)}
+
+
+def _target_ref(res: r.AuthorizationPolicy | r.WasmPlugin, i: int, target: r.ObjectRef,
+                gateways: set[tuple[str, str]], services: set[tuple[str, str]]) -> list[Problem]:
+    where = f"spec.targetRefs[{i}]"
+    key = (target.namespace or res.meta.namespace, target.name)
+    # A GatewayClass is a target only for a policy in the root namespace: every waypoint (Istio).
+    by_class = isinstance(res, r.AuthorizationPolicy) and res.meta.namespace == MeshConfig().root_namespace
+    targetable = {"Gateway": gateways, "Service": services,
+                  **({"GatewayClass": {("", r.WAYPOINT_CLASS)}} if by_class else {})}.get(target.kind)
+    if targetable is None:
+        kinds = "Gateway, Service, or GatewayClass from the root namespace" if isinstance(
+            res, r.AuthorizationPolicy) else "Gateway or Service"
+        return [_problem(res, f"{where}.kind", f"{target.kind!r} cannot be targeted ({kinds})")]
+    groups = _TARGET_GROUPS[target.kind]
+    if target.group not in groups:
+        return [_problem(res, f"{where}.group", f"{target.group!r} is not the group of a {target.kind} "
+                         f"({' or '.join(repr(g) for g in groups)}), so the reference matches nothing")]
+    if target.kind == "GatewayClass":
+        if target.name != r.WAYPOINT_CLASS:
+            return [_problem(res, where, f"GatewayClass {target.name!r} runs no waypoint (only "
+                             f"{r.WAYPOINT_CLASS!r} does)", code=Code.NOT_FOUND)]
+        return []
+    if target.namespace not in ("", res.meta.namespace):
+        return [_problem(res, f"{where}.namespace", "a targetRef must be in the policy's own namespace (Istio "
+                         "does not support cross-namespace targets), so the reference matches nothing")]
+    if key not in targetable:
+        return [_problem(res, where, f"no {target.kind} {key[0]}/{key[1]}", code=Code.NOT_FOUND)]
+    return []
+
+
+def _route(route: r.Route, state: ClusterState, any_gateways: set[tuple[str, str]]) -> list[Problem]:
+    """What in an HTTPRoute or GRPCRoute does not resolve: every problem its Route resource carries to
+    the waypoint (AMB0109). A Gateway parent is no such problem when the Gateway exists: no ingress
+    Gateway runs here, and the Gateway's own warning (AMB0007) says so; a missing one is AMB0101."""
+    problems = []
+    for i, parent in enumerate(route.parents):
+        if parent.kind != "Service":
+            key = (parent.namespace or route.meta.namespace, parent.name)
+            if key not in any_gateways:
+                problems.append(_problem(route, f"spec.parentRefs[{i}]", f"no {parent.kind} {key[0]}/{key[1]}",
+                                         code=Code.NOT_FOUND))
+    gateway_parents = {f"spec.parentRefs[{i}]" for i, p in enumerate(route.parents) if p.kind != "Service"}
+    for field, message in waypoint_config.route_problems(route, state, MeshConfig()):
+        if field not in gateway_parents:
+            problems.append(_problem(route, field, message, code=Code.ROUTE_UNRESOLVED))
+    return problems
+
+
+def _unused_waypoints(resources: list[r.Resource], state: ClusterState) -> list[Problem]:
+    """A waypoint Gateway that no namespace, Service or pod sends traffic to (``istio.io/use-waypoint``
+    naming it, from a namespace its listener admits): it runs, but what is attached to it applies to
+    nothing. A mismatch of traffic type is not counted here: AMB0108 reports it."""
+    used: set[tuple[str, str]] = set()
+    for res in resources:
+        if isinstance(res, r.Namespace):  # its own labels; waypoint_ref reads an object's namespace's
+            labels, namespace = res.meta.labels, res.meta.name
+            name = labels.get(r.USE_WAYPOINT)
+            refs = [(labels.get(USE_WAYPOINT_NAMESPACE, namespace), name)] if name and name != "none" else []
+        elif isinstance(res, (r.Service, r.Pod, r.Deployment)):
+            namespace = res.meta.namespace
+            metas = [p.meta for p in res.pods] if isinstance(res, r.Deployment) else [res.meta]
+            refs = [ref for m in metas if (ref := waypoint_ref(m, {})) is not None]
+        else:
+            continue
+        for ref in refs:
+            gateway = state.gateways.get(ref)
+            if gateway is not None and state.attachment_allowed(gateway, namespace):
+                used.add(ref)
+    return [_problem(gateway, "metadata.name", f"no namespace, Service or pod uses this waypoint (label "
+                     f"{r.USE_WAYPOINT}: {name}, from a namespace it admits): it takes no traffic, so the policies "
+                     "and routes attached to it apply to nothing", Severity.WARNING, Code.WAYPOINT_UNUSED)
+            for (_, name), gateway in sorted(state.gateways.items()) if (gateway.meta.namespace, name) not in used]
 
 
 def _use_waypoint(res: r.Resource, state: ClusterState) -> list[Problem]:

@@ -50,6 +50,8 @@ class Code:
     TARGET_PORT = "AMB0106"  # a Service targetPort name that no selected pod's container declares
     WAYPOINT_NOT_ADMITTED = "AMB0107"  # use-waypoint names a waypoint whose allowedRoutes refuse the namespace
     WAYPOINT_TRAFFIC_TYPE = "AMB0108"  # use-waypoint names a waypoint not for this kind of traffic (waypoint-for)
+    ROUTE_UNRESOLVED = "AMB0109"  # an HTTPRoute/GRPCRoute parent or backend that does not resolve (its status)
+    WAYPOINT_UNUSED = "AMB0110"  # a waypoint Gateway that no namespace, Service or pod uses
 
     @staticmethod
     def default(severity: Severity) -> str:
