@@ -8,6 +8,7 @@ import pytest
 
 from mesh.api import waypoint_pb2 as wp
 from mesh.identity import SpiffeId
+from tests.controlplane.waypoint_yaml import l7_config_from_yaml
 from waypoint.authz import L7Authorizer, RequestAttributes
 from waypoint.http_match import normalize_path, normalize_target
 
@@ -247,3 +248,61 @@ def test_normalize_path(raw, normal):
 def test_normalize_target_keeps_query():
     assert normalize_target("/a/../b?x=/../y") == "/b?x=/../y"
     assert normalize_target("/%00?x") is None
+
+
+# ---------------------------------------------------------------- from real YAML (parse → view → pack)
+
+YAML_HEAD = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: apps}
+spec: {selector: {app: backend}, ports: [{name: http, port: 8080, targetPort: 80}]}
+"""
+
+YAML_POLICIES = YAML_HEAD + """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-public, namespace: apps}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: ALLOW
+  rules:
+  - from: [{source: {namespaces: [apps]}}]
+    to: [{operation: {methods: [GET], paths: ["/public/*"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-debug, namespace: apps}
+spec:
+  targetRefs: [{kind: Service, group: "", name: backend}]
+  action: DENY
+  rules:
+  - when: [{key: "request.headers[x-debug]", values: ["*"]}]
+"""
+
+YAML_CASES = [
+    ("GET /public from apps", {}, True, "apps/get-public"),
+    ("POST /public", {"method": "POST"}, False, None),
+    ("GET /private", {"path": "/private"}, False, None),
+    ("from another namespace", {"source_identity": OTHER}, False, None),
+    ("x-debug denied on the Service", {"headers": {"x-debug": ("1",)}}, False, "apps/no-debug"),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "allowed", "decided_by"), YAML_CASES, ids=[c[0] for c in YAML_CASES])
+def test_decision_from_yaml(name, changes, allowed, decided_by):
+    policies, _routes, _addresses = l7_config_from_yaml(YAML_POLICIES)
+    decision = decide(policies, replace(BASE, **changes))
+    assert (decision.allowed, decision.policy) == (allowed, decided_by), decision.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mesh.api import waypoint_pb2 as wp
+from tests.controlplane.waypoint_yaml import l7_config_from_yaml
 from waypoint.routing import (
     ISTIO_DEFAULT_RETRY,
     Forward,
@@ -229,3 +230,55 @@ def test_mirrors_and_problems():
     assert result.mirrors == ((V2, 80, 100),)
     assert list(table.problems) == ["apps/HTTPRoute/r"] and "does not compile" in table.problems["apps/HTTPRoute/r"][0]
     assert table.routes() == (("apps/HTTPRoute/r", "HTTPRoute", ((SVC, 0),)),)
+
+
+# ---------------------------------------------------------------- from real YAML (parse → view → pack)
+
+YAML = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: apps}
+spec: {selector: {app: backend}, ports: [{name: http, port: 8080, targetPort: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend-v2, namespace: apps}
+spec: {selector: {app: backend, version: v2}, ports: [{name: http, port: 8080, targetPort: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: backend, port: 8080}]
+  rules:
+  - matches: [{headers: [{name: x-canary, value: "yes"}]}]
+    backendRefs: [{name: backend-v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new},
+                                                          statusCode: 301}}]
+  - backendRefs: [{name: backend, port: 8080, weight: 90}, {name: backend-v2, port: 8080, weight: 10}]
+"""
+
+
+def test_routes_from_yaml():
+    _policies, routes, _addresses = l7_config_from_yaml(YAML)
+    table = RouteTable.compile(routes)
+    v2 = "apps/backend-v2.apps.svc.cluster.local"
+    assert table.plan(SVC, 8080, head(headers=[("x-canary", "yes")]), first).service == v2
+    weights = []
+    result = table.plan(SVC, 8080, head("/x"), lambda w: weights.append(tuple(w)) or 1)
+    assert (weights, result.service, result.route) == ([(90, 10)], v2, "apps/split")
+    redirect = table.plan(SVC, 8080, head("/old/a", authority="backend:8080"), first)
+    assert (redirect.status, redirect.headers) == (301, (("location", "http://backend:8080/new/a"),))
+    assert table.plan(SVC, 9090, head(), first).route is None  # the route names port 8080 only
