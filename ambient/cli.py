@@ -24,7 +24,11 @@ COMMAND_MODULES = {
     "node-agent": "bpf.cli",
     "ztunnel": "ztunnel.cli",
     "ztunnel-config": "ambient.ztunnel_config",
+    "waypoint": "lab.waypoint_cli",
 }
+# `ambient waypoint run` is the waypoint proxy, a long-running process like ztunnel: it registers
+# from its own package and never loads the lab's modules, which the group's other commands need.
+WAYPOINT_RUN = ("waypoint", "run")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -32,24 +36,42 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ambient", description="ambient-mesh: sidecar-less mTLS service mesh")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    named = _command(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    named = _command(args)
+    if _command(args, 2) == WAYPOINT_RUN:
+        _register_waypoint_run(sub)
+        return parser
     modules = [COMMAND_MODULES[named]] if named in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
     for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def _command(argv: list[str]) -> str | None:
+def _register_waypoint_run(sub: argparse._SubParsersAction) -> None:
+    """The ``waypoint`` group with ``run`` alone (``lab.waypoint_cli.register`` adds the rest)."""
+    from waypoint.cli import register_run
+
+    group = sub.add_parser("waypoint", help="manage waypoints, as istioctl waypoint does")
+    register_run(group.add_subparsers(dest="waypoint_command", required=True, metavar="COMMAND"))
+
+
+def _command(argv: list[str], count: int = 1):
     """The first positional argument: the command (the global options before it take no value but
-    ``--log-level``'s)."""
+    ``--log-level``'s); with ``count`` 2, the tuple of the first two (the command and its
+    subcommand, which come before any option of theirs here), or None."""
     skip = False
+    found: list[str] = []
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--log-level":
+        elif arg == "--log-level" and not found:
             skip = True
         elif not arg.startswith("-"):
-            return arg
+            found.append(arg)
+            if len(found) == count:
+                return arg if count == 1 else tuple(found)
+        elif found:
+            break  # an option of the command: its subcommand, if any, came first
     return None
 
 
