@@ -129,7 +129,8 @@ def test_policy_targets(spec, ns, targets):
     pytest.param("  rules:\n  - from: [{source: {serviceAccounts: [sleep, other/curl], notServiceAccounts: [bad]}}]\n",
                  'rules { from { service_accounts: "shop/sleep" service_accounts: "other/curl" '
                  'not_service_accounts: "shop/bad" } }', id="service-accounts-get-the-policy-namespace"),
-    pytest.param("  rules:\n  - from: [{source: {principals: ['cluster.local/ns/a/sa/*'], trustDomains: [td.example]}}]\n",
+    pytest.param("  rules:\n  - from: [{source: {principals: ['cluster.local/ns/a/sa/*'], "
+                 "trustDomains: [td.example]}}]\n",
                  'rules { from { principals: "cluster.local/ns/a/sa/*" trust_domains: "td.example" } }',
                  id="principals-and-trust-domains-as-written"),
     pytest.param("  rules:\n  - from: [{source: {namespaces: [a], remoteIpBlocks: [10.0.0.0/8]}}]\n"
@@ -232,7 +233,8 @@ def test_route_parents(parents, expected, problems):
                  "{name: api, port: 9090, weight: 0}]",
                  [(WEB, 80, 90, ""), (API, 9090, 10, ""), (API, 9090, 0, "")], [], id="weights"),
     pytest.param("[{name: web, port: 80, weight: 9}, {name: gone, port: 80}]",
-                 [(WEB, 80, 9, ""), ("shop/gone.shop.svc.cluster.local", 80, 1, "BackendNotFound: no Service shop/gone")],
+                 [(WEB, 80, 9, ""),
+                  ("shop/gone.shop.svc.cluster.local", 80, 1, "BackendNotFound: no Service shop/gone")],
                  ["spec.rules[0].backendRefs[1]: BackendNotFound: no Service shop/gone"], id="missing-backend"),
     pytest.param("[{name: web, port: 81}]", [(WEB, 81, 1, "BackendNotFound: Service shop/web has no port 81")],
                  ["spec.rules[0].backendRefs[0]: BackendNotFound: Service shop/web has no port 81"], id="missing-port"),
