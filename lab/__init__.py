@@ -3,7 +3,10 @@
 `topology` plans the lab's namespaces, links, addresses and routes (pure); `network` builds and
 removes them (root, pyroute2); `processes` runs and restarts the lab's processes in their netns and
 cgroups (root, cgroup v2); `probes` decides when a container is ready; `workloads` (pure) and
-`components` say what runs where; `agents` reads what the node agents report of each pod's
+`components` say what runs where (the control plane, each node's agent and ztunnel, each waypoint's
+proxy); `waypoints` is what `lab status` and `ambient waypoint` say of the waypoints, and
+`waypoint_cli` (with `yaml_edit`) is `ambient waypoint apply|list|delete|status`; `agents` reads
+what the node agents report of each pod's
 capture; `daemon` is the running lab; `state` and `cli` are how the `ambient lab` commands find and
 drive it. `demo` is `ambient demo` (what `make demo` runs) and `launch` starts `ambient` commands
 as child processes for the demo, the tests and the benchmarks.
