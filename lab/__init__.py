@@ -6,10 +6,10 @@ cgroups (root, cgroup v2); `probes` decides when a container is ready; `workload
 `components` say what runs where (the control plane, each node's agent and ztunnel, each waypoint's
 proxy); `waypoints` is what `lab status` and `ambient waypoint` say of the waypoints, and
 `waypoint_cli` (with `yaml_edit`) is `ambient waypoint apply|list|delete|status`; `agents` reads
-what the node agents report of each pod's
-capture; `daemon` is the running lab; `state` and `cli` are how the `ambient lab` commands find and
-drive it. `demo` is `ambient demo` (what `make demo` runs) and `launch` starts `ambient` commands
-as child processes for the demo, the tests and the benchmarks.
+what the node agents report of each pod's capture; `daemon` is the running lab; `state` and `cli`
+are how the `ambient lab` commands find and drive it. `demo` is `ambient demo` (what `make demo`
+runs) and `launch` starts `ambient` commands as child processes for the demo, the tests and the
+benchmarks.
 
 The lab may import every package; only the `ambient` command imports the lab: no component that
 runs in production loads it.
