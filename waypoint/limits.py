@@ -1,0 +1,63 @@
+"""Every bound the waypoint puts on what a peer can make it spend, in one place.
+
+The HBONE layer under the waypoint has its own (``hbone.limits``: streams per connection, windows,
+header blocks, resets); these are the bounds of the HTTP inside each tunnel, and of the upstreams.
+Where Envoy (Istio's waypoint) has a default for the same thing, the value follows it and the
+comment says so.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------- downstream HTTP
+
+# A request head (request line and headers) larger than this gets 431 (HTTP/1.1) or a stream reset
+# (HTTP/2). Envoy's max_request_headers_kb defaults to 60 KiB.
+MAX_REQUEST_HEAD_BYTES = 60 * 1024
+# Headers in one request head; Envoy's max_headers_count default is 100.
+MAX_REQUEST_HEADERS = 100
+# The whole head must arrive within this many seconds of its first byte (or of the previous
+# response on a keep-alive connection): a slow client (slowloris) holds a tunnel, never a worker.
+HEADER_READ_TIMEOUT = 10.0
+# A keep-alive HTTP/1.1 connection or an HTTP/2 connection with no open request closes after this.
+# Envoy's idle_timeout for HTTP connections defaults to 1 h; ours is shorter because each idle tunnel
+# holds a source ztunnel's stream: 5 min, as HBONE's own pool keeps idle connections.
+IDLE_TIMEOUT = 300.0
+# How long protocol detection waits for the client's first bytes before it treats the tunnel as
+# opaque TCP (a server-first protocol, e.g. MySQL, sends nothing first). Istio's
+# protocolDetectionTimeout was 100 ms before it was disabled by default; a port whose appProtocol (or
+# name prefix) says the protocol skips detection altogether.
+DETECTION_TIMEOUT = 5.0
+# HTTP/2 towards the client: streams at once per connection (Envoy: 100 by default for upstreams,
+# 2^31 downstream; we keep the HBONE figure), and resets the client may cause per second before the
+# connection is closed (CVE-2023-44487, "rapid reset").
+MAX_CONCURRENT_STREAMS = 100
+MAX_RESETS_PER_SECOND = 100
+# HTTP/2 flow-control windows we advertise: what one stream, and a whole connection, may have in flight
+# towards us before we read it; the memory a slow upstream lets a fast client pin is bounded by these.
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 4 * 1024 * 1024
+MAX_FRAME_SIZE = 16 * 1024
+
+# ---------------------------------------------------------------- bodies
+
+# A request body up to this size (by Content-Length) is read whole before it is sent, so that a
+# retry or a mirror can send it again; a larger or chunked body streams and is not retried.
+# Envoy's per_request_buffer_limit for retries is 16 KiB by default; gRPC unary calls are usually larger.
+RETRY_BUFFER_BYTES = 64 * 1024
+# Bytes read from one side per receive.
+READ_CHUNK = 64 * 1024
+
+# ---------------------------------------------------------------- upstreams
+
+# Seconds to open a tunnel to an endpoint (TCP, TLS, CONNECT answered); Envoy's connect_timeout in
+# Istio is 10 s.
+CONNECT_TIMEOUT = 10.0
+# Idle keep-alive HTTP/1.1 connections kept per endpoint for reuse.
+MAX_IDLE_PER_ENDPOINT = 32
+# Requests at once on one upstream HTTP/2 connection before another is opened.
+UPSTREAM_STREAMS_PER_CONNECTION = 100
+
+# ---------------------------------------------------------------- local replies
+
+# A body we answer ourselves (403, 404, 503...) is at most this long: it never echoes request content.
+MAX_LOCAL_REPLY_BYTES = 1024

@@ -1,0 +1,408 @@
+"""The waypoint: HBONE in, L7 inside each tunnel, HBONE out (DESIGN.md 8).
+
+``Waypoint.run`` starts the certificate manager (the waypoint's own identity,
+``spiffe://<td>/ns/<ns>/sa/<gateway>``), waits for the first discovery view, binds the HBONE listener
+(15008) and reports started. Each accepted connection is mTLS (the client must chain to the mesh root
+and be of our trust domain: a source ztunnel presenting its workload's certificate), then HTTP/2
+CONNECT streams (``hbone.HboneServerDriver``, any ``:authority``: the original destination). Per
+CONNECT, ``_tunnel``:
+
+1. resolves the destination against the current view: a Service VIP or a pod IP whose waypoint is
+   this one; anything else is refused with 503 (the source ztunnel sends only what the view routes
+   here; after a change it may briefly send more);
+2. answers 200 and decides the protocol: the Service port's ``appProtocol`` if the control plane sent
+   one, else the first bytes (``waypoint.detect``);
+3. serves HTTP/1.1 (``waypoint.h1``) or HTTP/2 (``waypoint.h2session``), handing each request to the
+   ``Pipeline``; or relays opaque TCP to an endpoint after L4-only policy (the L7 policies evaluated
+   with no request attributes: a rule that needs any cannot match).
+
+Every change of the discovery view rebuilds one ``WaypointView`` (state, compiled policies, compiled
+routes), swapped whole: a request decides against one snapshot. ``drain`` (SIGTERM) refuses new
+CONNECTs, lets open requests finish up to the drain deadline, then stops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from ca.secrets import SecretManager
+from hbone.driver import HboneServerDriver, IncomingConnect
+from hbone.relay import Counts, relay
+from hbone.tls import ContextCache, HboneTlsError, WorkloadCredentials, server_handshake
+from mesh.addresses import format_address
+from mesh.api import waypoint_pb2 as wp, workload_pb2 as wpb
+from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL
+from mesh.identity import SpiffeId
+from mesh.outbound import HboneToPod, Passthrough, RoundRobin, plan_outbound
+from mesh.ports import HBONE_PORT
+from mesh.proxy_state import ProxyState, service_key_of
+from waypoint.authz import L7Authorizer, RequestAttributes
+from waypoint.detect import PrefixedStream, Protocol as AppProtocol, declared, sniff
+from waypoint.h1 import H1Downstream, serve_h1
+from waypoint.h2 import H2Downstream, MalformedRequest
+from waypoint.h2session import H2Session, H2Stream
+from waypoint.limits import CONNECT_TIMEOUT, DETECTION_TIMEOUT, READ_CHUNK
+from waypoint.pipeline import Pipeline, Tunnel, WaypointView
+from waypoint.records import NO_FLAGS, RequestRecord, TcpRecord
+from waypoint.routing import RouteTable
+from waypoint.upstream import UpstreamConnectError, Upstreams
+
+log = logging.getLogger("ambient.waypoint")
+
+# Seconds a client has for its TLS handshake and first CONNECT, as ztunnel gives it.
+HANDSHAKE_TIMEOUT = 10.0
+# Seconds to wait for the CA on the first certificate (a connection waits for it).
+CERTIFICATE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class WaypointConfig:
+    namespace: str
+    name: str  # the Gateway's
+    trust_domain: str
+    listen: tuple[str, int] = ("0.0.0.0", HBONE_PORT)
+    drain_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.namespace or not self.name:
+            raise ValueError("a waypoint needs its Gateway's namespace and name")
+        if self.drain_timeout < 0:
+            raise ValueError("drain_timeout must not be negative")
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def identity(self) -> SpiffeId:
+        return SpiffeId(self.trust_domain, self.namespace, self.name)
+
+
+class Discovery(Protocol):
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def view(self, type_url: str) -> Mapping[str, Any]: ...
+
+    @property
+    def change_seq(self) -> int: ...
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None: ...
+
+
+class Telemetry(Protocol):
+    def request(self, record: RequestRecord) -> None: ...
+
+    def tcp(self, record: TcpRecord) -> None: ...
+
+
+class Waypoint:
+    def __init__(self, config: WaypointConfig, discovery: Discovery, secrets: SecretManager,
+                 telemetry: Sequence[Telemetry] = ()) -> None:
+        self.config = config
+        self.discovery = discovery
+        self.secrets = secrets
+        self._telemetry = tuple(telemetry)
+        self._contexts = ContextCache()
+        self._view: WaypointView | None = None
+        self._policies: tuple[wp.L7Policy, ...] = ()
+        self._routes: tuple[wp.Route, ...] = ()
+        self._served: tuple[str, ...] = ()
+        self._credentials: tuple[object, WorkloadCredentials] | None = None
+        self._cancel = trio.CancelScope()
+        self._accepting = trio.CancelScope()
+        self.servers: set[HboneServerDriver] = set()
+        self.hbone_address: tuple[str, int] | None = None
+        self.synced = False
+        self.draining = False
+        self.open_tunnels = 0
+        self.pipeline: Pipeline | None = None
+
+    # ------------------------------------------------------------ DumpView / OpenCounts
+
+    @property
+    def gateway(self) -> str:
+        return self.config.gateway
+
+    @property
+    def identity(self) -> SpiffeId:
+        return self.config.identity
+
+    @property
+    def certificate(self) -> WorkloadCredentials | None:
+        current = self.secrets.current(self.identity)
+        if current is None:
+            return None
+        return self._credentials_of(current)
+
+    @property
+    def policies(self) -> Sequence[wp.L7Policy]:
+        return self._policies
+
+    @property
+    def routes(self) -> Sequence[wp.Route]:
+        return self._routes
+
+    @property
+    def served_services(self) -> Sequence[str]:
+        return self._served
+
+    @property
+    def open_requests(self) -> int:
+        return self.pipeline.open_requests if self.pipeline is not None else 0
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or drained; ``started`` with the HBONE listener's address."""
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.secrets.run)
+                self.secrets.prefetch(self.identity)
+                log.info("waypoint %s: waiting for the discovery view", self.gateway)
+                await nursery.start(self.discovery.run)
+                self.synced = True
+                self._apply_view()
+                nursery.start_soon(self._follow_discovery)
+                upstreams = Upstreams(nursery, self._own_credentials)
+                self.pipeline = Pipeline(self.gateway, self._current_view, upstreams, RoundRobin(), self._record)
+                listeners = await trio.open_tcp_listeners(self.config.listen[1], host=self.config.listen[0])
+                sockname = listeners[0].socket.getsockname()
+                self.hbone_address = (sockname[0], sockname[1])
+                nursery.start_soon(self._accept, listeners, nursery)
+                log.info("waypoint %s serving HBONE on %s as %s", self.gateway, format_address(*self.hbone_address),
+                         self.identity)
+                task_status.started(self.hbone_address)
+
+    async def _accept(self, listeners: list[trio.SocketListener], nursery: trio.Nursery) -> None:
+        with self._accepting:
+            await trio.serve_listeners(self._connection, listeners, handler_nursery=nursery)
+
+    async def drain(self) -> None:
+        """Refuse new tunnels (503), let open requests finish up to the drain deadline, stop."""
+        self.draining = True
+        self._accepting.cancel()
+        for server in self.servers:
+            server.drain()
+        log.info("draining: %d open tunnel(s), up to %.1f s", self.open_tunnels, self.config.drain_timeout)
+        with trio.move_on_after(self.config.drain_timeout):
+            while self.open_tunnels and self.open_requests:
+                await trio.sleep(0.05)
+        self._cancel.cancel()
+
+    # ------------------------------------------------------------ the view
+
+    async def _follow_discovery(self) -> None:
+        while True:
+            await self._changed_after(self.discovery.change_seq)
+            try:
+                self._apply_view()
+            except Exception:  # a bad update keeps the last good view
+                log.exception("waypoint %s: the new discovery view could not be applied; keeping the last",
+                              self.gateway)
+
+    async def _changed_after(self, seen: int) -> None:
+        await self.discovery.wait_until(lambda: self.discovery.change_seq != seen)
+
+    def _apply_view(self) -> None:
+        state = ProxyState.from_addresses(dict(self.discovery.view(ADDRESS_TYPE_URL)))
+        served = tuple(sorted(key for key, service in state.services.items() if self._serves(state, service)))
+        served_set = frozenset(served)
+        policies = tuple(p for p in self.discovery.view(L7_POLICY_TYPE_URL).values()
+                         if self.gateway in p.gateways or served_set.intersection(p.services))
+        routes = tuple(self.discovery.view(ROUTE_TYPE_URL).values())
+        authorizer = L7Authorizer.compile(policies)
+        for name in authorizer.skipped_custom:
+            log.warning("policy %s is CUSTOM: no external authorizer runs here, so it is not enforced", name)
+        self._view = WaypointView(state, authorizer, RouteTable.compile(routes))
+        self._policies, self._routes, self._served = policies, routes, served
+
+    def _current_view(self) -> WaypointView:
+        assert self._view is not None
+        return self._view
+
+    def _is_me(self, state: ProxyState, gateway: wpb.GatewayAddress) -> bool:
+        resolved = state.waypoint_of(gateway)
+        return resolved is not None and (resolved.namespace, resolved.name) == (self.config.namespace,
+                                                                                self.config.name)
+
+    def _serves(self, state: ProxyState, service: wpb.Service) -> bool:
+        return service.HasField("waypoint") and self._is_me(state, service.waypoint)
+
+    # ------------------------------------------------------------ certificates
+
+    def _credentials_of(self, cert: object) -> WorkloadCredentials:
+        held = self._credentials
+        if held is None or held[0] is not cert:
+            held = self._credentials = (cert, WorkloadCredentials.from_certified_key(cert))  # type: ignore[arg-type]
+        return held[1]
+
+    async def _own_credentials(self) -> WorkloadCredentials:
+        with trio.fail_after(CERTIFICATE_TIMEOUT):
+            cert = await self.secrets.get(self.identity)
+        return self._credentials_of(cert)
+
+    # ------------------------------------------------------------ connections
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()
+        local_ip = stream.socket.getsockname()[0]
+        deadline = trio.current_time() + HANDSHAKE_TIMEOUT
+        try:
+            credentials = await self._own_credentials()
+            with trio.fail_at(deadline):
+                tls, peer_identity = await server_handshake(stream, self._contexts.server(credentials),
+                                                            self.config.trust_domain)
+        except (HboneTlsError, trio.TooSlowError, Exception) as exc:
+            log.info("HBONE connection from %s refused: %s", format_address(peer[0], peer[1]), exc)
+            await trio.aclose_forcefully(stream)
+            return
+        handler = functools.partial(self._tunnel, (peer[0], peer[1]), local_ip, peer_identity)
+        server = HboneServerDriver(tls, None, handler, functools.partial(self._malformed, peer, peer_identity))
+        if self.draining:
+            server.drain()
+        self.servers.add(server)
+        try:
+            await server.serve()
+        finally:
+            self.servers.discard(server)
+
+    def _malformed(self, peer: tuple[str, int], identity: SpiffeId, rejection: object) -> None:
+        log.info("malformed CONNECT from %s (%s): %s", identity, format_address(peer[0], peer[1]), rejection)
+
+    async def _tunnel(self, peer: tuple[str, int], local_ip: str, peer_identity: SpiffeId,
+                      request: IncomingConnect) -> None:
+        view = self._current_view()
+        target = request.target
+        destination = (target.ip, target.port)
+        service = view.state.service_by_vip(target.ip)
+        workload = None if service is not None else view.state.workload_by_ip(target.ip)
+        if service is not None and not self._serves(view.state, service):
+            log.info("CONNECT %s from %s refused: service %s does not use waypoint %s",
+                     format_address(*destination), peer_identity, service_key_of(service), self.gateway)
+            request.reject(503)
+            return
+        if service is None and (workload is None or not workload.HasField("waypoint")
+                                or not self._is_me(view.state, workload.waypoint)):
+            log.info("CONNECT %s from %s refused: no service or workload there uses waypoint %s",
+                     format_address(*destination), peer_identity, self.gateway)
+            request.reject(503)
+            return
+        source_address = target.forwarded_for or peer
+        me = view.state.workload_by_ip(local_ip)
+        tunnel = Tunnel(peer_identity, source_address, view.state.workload_by_ip(source_address[0]), destination,
+                        service, service_key_of(service) if service is not None else None, workload, me)
+        try:
+            stream = request.accept()
+        except trio.BrokenResourceError:
+            return
+        self.open_tunnels += 1
+        try:
+            await self._serve_tunnel(stream, tunnel, service)
+        finally:
+            self.open_tunnels -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_tunnel(self, stream: trio.abc.HalfCloseableStream, tunnel: Tunnel,
+                            service: wpb.Service | None) -> None:
+        protocol = AppProtocol.UNKNOWN
+        if service is not None:
+            for port in service.ports:
+                if port.service_port == tunnel.destination[1]:
+                    protocol = declared(port.app_protocol)
+        initial = b""
+        if protocol is AppProtocol.UNKNOWN:
+            with trio.move_on_after(DETECTION_TIMEOUT):
+                while protocol is AppProtocol.UNKNOWN:
+                    data = await stream.receive_some(READ_CHUNK)
+                    initial += data
+                    protocol = sniff(initial, ended=not data)
+            if protocol is AppProtocol.UNKNOWN:
+                protocol = AppProtocol.TCP
+        assert self.pipeline is not None
+        pipeline = self.pipeline
+        if protocol is AppProtocol.HTTP1:
+            async def one_request(down: H1Downstream) -> None:
+                await pipeline.handle(down, tunnel)
+
+            await serve_h1(stream, one_request, initial)
+        elif protocol is AppProtocol.HTTP2:
+            session: H2Session | None = None
+
+            async def on_stream(h2_stream: H2Stream) -> None:
+                assert session is not None
+                try:
+                    down = H2Downstream(session, h2_stream)
+                except MalformedRequest as exc:
+                    log.info("HTTP/2 request from %s reset: %s", tunnel.peer_identity, exc)
+                    session.reset(h2_stream.stream_id)
+                    return
+                await pipeline.handle(down, tunnel)
+
+            session = H2Session(PrefixedStream(stream, initial), client_side=False, on_request=on_stream)
+            await session.run()
+        else:
+            await self._relay_tcp(PrefixedStream(stream, initial), tunnel)
+
+    async def _relay_tcp(self, stream: trio.abc.HalfCloseableStream, tunnel: Tunnel) -> None:
+        """Opaque TCP: L4 policy only, then a relay to an endpoint."""
+        view = self._current_view()
+        start = trio.current_time()
+        counts = Counts()
+        flags, detail = NO_FLAGS, None
+        upstream_address = None
+        destination = None
+        principal = None
+        try:
+            policies = view.authz.policies_for(self.gateway, tunnel.service_key)
+            if not policies.empty:
+                decision = policies.authorize(RequestAttributes(
+                    tunnel.peer_identity, tunnel.source_address[0], tunnel.source_address[0], tunnel.destination[0],
+                    tunnel.destination[1], "", "", "", {}))
+                if not decision.allowed:
+                    flags, detail = "RBAC", decision.reason
+                    return
+            if tunnel.me is None:
+                flags, detail = "UH", "the waypoint does not know its own workload"
+                return
+            assert self.pipeline is not None
+            choice = plan_outbound(tunnel.me, tunnel.destination, view.state, self.pipeline.balancer)
+            if not isinstance(choice, (HboneToPod, Passthrough)):
+                flags, detail = "UH", getattr(choice, "reason", "no endpoint")
+                return
+            destination = view.state.workloads.get(choice.workload_uid or "")
+            principal = choice.identity if isinstance(choice, HboneToPod) else None
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    upstream = await self.pipeline.upstreams.raw(choice, tunnel.source_address)
+            except (UpstreamConnectError, trio.TooSlowError) as exc:
+                flags, detail = "UF", str(exc)
+                return
+            upstream_address = choice.address
+            try:
+                await relay(stream, upstream, counts)
+            except trio.BrokenResourceError as exc:
+                detail = str(exc)
+        finally:
+            record = TcpRecord(start, trio.current_time() - start, counts.sent, counts.received,
+                               tunnel.source_address, tunnel.source, tunnel.peer_identity, tunnel.service,
+                               destination, principal, upstream_address, flags, detail)
+            for sink in self._telemetry:
+                try:
+                    sink.tcp(record)
+                except Exception:
+                    log.exception("recording a tunnel failed")
+
+    def _record(self, record: RequestRecord) -> None:
+        for sink in self._telemetry:
+            sink.request(record)
+
+    def ready(self) -> tuple[bool, str]:
+        from waypoint.admin import readiness
+
+        return readiness(self, self.synced)
