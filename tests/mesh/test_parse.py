@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from controlplane.validate import cross_check
+from mesh import resources as r
 from mesh.parse import parse_text
 from mesh.resources import Probe
 from mesh.source import Code
@@ -670,3 +671,118 @@ def test_a_target_port_name_no_selected_container_declares_is_a_warning(target_p
     result = parse_text(text, "x.yaml")
     assert result.problems == []
     assert [str(p) for p in cross_check(result.resources)] == warnings
+
+
+# ---------------------------------------------------------------- routes: filters, GRPCRoute, names
+
+
+def _route(kind: str, rules: str, parents: str = "[{kind: Service, group: '', name: web, port: 80, sectionName: http}]"
+           ) -> str:
+    return (f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: r, namespace: shop}}\n"
+            f"spec:\n  parentRefs: {parents}\n  rules:\n{rules}")
+
+
+def _one_route(text: str):
+    result = parse_text(text, "x.yaml")
+    assert [str(p) for p in result.problems] == []
+    (route,) = result.resources
+    return route
+
+
+def test_http_route_filters_and_names_parse():
+    route = _one_route(_route("HTTPRoute", """\
+  - name: first
+    matches: [{path: {type: PathPrefix, value: /v1}}]
+    filters:
+    - {type: URLRewrite, urlRewrite: {hostname: in, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: copy, port: 80}, fraction: {numerator: 1, denominator: 8}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 81}, percent: 5}}
+    backendRefs: [{name: web, port: 80}]
+  - filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, port: 443, statusCode: 301, path: {type: ReplaceFullPath, replaceFullPath: /n}}
+"""))
+    assert isinstance(route, r.HTTPRoute) and route.parents[0].section_name == "http"
+    first, second = route.rules
+    assert first.name == "first" and first.rewrite == r.URLRewrite("in", r.PathModifier("ReplacePrefixMatch", "/v2"))
+    assert [(m.backend.name, m.backend.port, m.percent) for m in first.mirrors] == [("copy", 80, 12.5),
+                                                                                     ("copy", 81, 5.0)]
+    assert second.redirect == r.RequestRedirect("https", "", r.PathModifier("ReplaceFullPath", "/n"), 443, 301)
+    assert (first.retry, second.name) == (False, "")
+
+
+def test_grpc_route_parses():
+    route = _one_route(_route("GRPCRoute", """\
+  - matches:
+    - method: {service: pkg.Svc, method: Get}
+      headers: [{name: x-env, value: dev}]
+    - method: {type: RegularExpression, method: 'Get.*'}
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}]
+    backendRefs: [{name: api, port: 9090, weight: 3}]
+"""))
+    assert isinstance(route, r.GRPCRoute) and route.kind == "GRPCRoute"
+    (rule,) = route.rules
+    assert [m.grpc_method for m in rule.matches] == [r.GRPCMethodMatch("Exact", "pkg.Svc", "Get"),
+                                                     r.GRPCMethodMatch("RegularExpression", "", "Get.*")]
+    assert rule.matches[0].headers == (r.HeaderMatchSpec("x-env", "dev"),)
+    assert rule.request_headers is not None and dict(rule.request_headers.set) == {"a": "b"}
+    assert rule.backends == (r.BackendRef("api", 9090, 3),)
+
+
+ROUTE_ERRORS = [
+    (_route("HTTPRoute", "  - filters: [{type: CORS, cors: {}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].type: filter CORS is not supported (RequestHeaderModifier, "
+     "ResponseHeaderModifier, RequestMirror, RequestRedirect, URLRewrite)"),
+    (_route("HTTPRoute", "  - filters: [{type: ExtensionRef, extensionRef: {name: x}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].type: filter ExtensionRef is not supported "
+     "(RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, RequestRedirect, URLRewrite)"),
+    (_route("GRPCRoute", "  - filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]\n"),
+     "x.yaml:7: GRPCRoute shop/r: spec.rules[0].filters[0].type: filter URLRewrite is not supported "
+     "(RequestHeaderModifier, ResponseHeaderModifier, RequestMirror)"),
+    (_route("HTTPRoute", "  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 307}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].requestRedirect.statusCode: 307 is not one of 301, 302"),
+    (_route("HTTPRoute", "  - filters: [{type: RequestRedirect, requestRedirect: {hostname: x}}]\n"
+                         "    backendRefs: [{name: web, port: 80}]\n"),
+     "x.yaml:8: HTTPRoute shop/r: spec.rules[0].backendRefs: a rule with a RequestRedirect filter answers itself: it "
+     "takes no backendRefs"),
+    (_route("HTTPRoute", "  - filters:\n    - {type: RequestRedirect, requestRedirect: {hostname: x}}\n"
+                         "    - {type: URLRewrite, urlRewrite: {hostname: y}}\n"),
+     "x.yaml:8: HTTPRoute shop/r: spec.rules[0].filters: RequestRedirect and URLRewrite cannot both be used in one "
+     "rule"),
+    (_route("HTTPRoute", "  - filters:\n    - {type: URLRewrite, urlRewrite: {hostname: x}}\n"
+                         "    - {type: URLRewrite, urlRewrite: {hostname: y}}\n"),
+     "x.yaml:9: HTTPRoute shop/r: spec.rules[0].filters[1].type: filter URLRewrite is given twice; a rule takes it "
+     "once"),
+    (_route("HTTPRoute", "  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, "
+                         "replacePrefixMatch: /b}}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].urlRewrite.path.type: ReplacePrefixMatch needs every match "
+     "of the rule to be a PathPrefix path match"),
+    (_route("HTTPRoute", "  - filters: [{type: URLRewrite, urlRewrite: {hostname: y}, "
+                         "requestRedirect: {hostname: x}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].requestRedirect: does not belong to a filter of type "
+     "URLRewrite"),
+    (_route("HTTPRoute", "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: c, port: 80}, "
+                         "percent: 5, fraction: {numerator: 1}}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].requestMirror: percent and fraction are mutually "
+     "exclusive"),
+    (_route("HTTPRoute", "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: c}}}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].filters[0].requestMirror.backendRef.port: is required"),
+    (_route("HTTPRoute", "  - backendRefs: [{name: web, port: 80, filters: [{type: RequestHeaderModifier}]}]\n"),
+     "x.yaml:7: HTTPRoute shop/r: spec.rules[0].backendRefs[0].filters: filters on a backendRef are not supported; "
+     "put them in the rule's filters"),
+    (_route("GRPCRoute", "  - matches: [{method: {type: Exact}}]\n"),
+     "x.yaml:7: GRPCRoute shop/r: spec.rules[0].matches[0].method: an Exact method match needs service or method"),
+    (_route("GRPCRoute", "  - matches: [{method: {type: RegularExpression, service: '('}}]\n"),
+     "x.yaml:7: GRPCRoute shop/r: spec.rules[0].matches[0].method.service: '(' is not a regular expression: "
+     "missing ), unterminated subpattern at position 0"),
+    (_route("GRPCRoute", "  - timeouts: {request: 1s}\n"),
+     "x.yaml:7: GRPCRoute shop/r: spec.rules[0].timeouts: warning: unknown field, ignored"),
+]
+
+
+@pytest.mark.parametrize("text, message", ROUTE_ERRORS, ids=[_case_id(m) for _, m in ROUTE_ERRORS])
+def test_route_errors_name_the_field(text, message):
+    result = parse_text(text, "x.yaml")
+    assert [str(p) for p in result.problems] == [message]
+    assert result.resources == ([] if "warning:" not in message else result.resources)
