@@ -571,11 +571,11 @@ class HboneClientDriver(_Driver):
         return 0 if self.closed else self.peer.streams_available()
 
     async def open(self, authority: str, forwarded_for: tuple[str, int] | None,
-                   baggage: str | None = None) -> HboneStream:
+                   baggage: str | None = None, traceparent: str | None = None) -> HboneStream:
         """CONNECT to ``authority``; returns once the server answered 200, else ``HboneRefused``."""
         if self.closed:
             raise trio.BrokenResourceError(self.close_reason)
-        stream_id = self.peer.open_stream(authority, forwarded_for, baggage)
+        stream_id = self.peer.open_stream(authority, forwarded_for, baggage, traceparent)
         stream = self.streams[stream_id] = HboneStream(self, stream_id)
         answered = self._answers[stream_id] = trio.Event()
         self._idle_since = None

@@ -38,14 +38,16 @@ class HbonePool:
         self.connections_opened = 0
 
     async def open_stream(self, key: Hashable, connect: Connect, authority: str,
-                          forwarded_for: tuple[str, int] | None, baggage: str | None = None) -> HboneStream:
+                          forwarded_for: tuple[str, int] | None, baggage: str | None = None,
+                          traceparent: str | None = None) -> HboneStream:
         """A CONNECT stream to ``authority`` over a pooled connection for ``key`` (made with
-        ``connect``, which returns a verified TLS stream). Raises ``HboneRefused`` on a non-200, and
-        what ``connect`` raises when no connection can be made."""
+        ``connect``, which returns a verified TLS stream), with the ``forwarded``, ``baggage`` and
+        ``traceparent`` headers given. Raises ``HboneRefused`` on a non-200, and what ``connect``
+        raises when no connection can be made."""
         driver = self._available(key)
         if driver is not None:
             try:
-                return await driver.open(authority, forwarded_for, baggage)
+                return await driver.open(authority, forwarded_for, baggage, traceparent)
             except trio.BrokenResourceError as exc:
                 log.debug("pooled HBONE connection for %s was gone (%s); opening a new one", key, exc)
         lock = self._locks.setdefault(key, trio.Lock())
@@ -55,7 +57,7 @@ class HbonePool:
         finally:
             if key not in self._drivers and not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]  # no connection could be made: keep nothing for the key
-        return await driver.open(authority, forwarded_for, baggage)
+        return await driver.open(authority, forwarded_for, baggage, traceparent)
 
     def _available(self, key: Hashable) -> HboneClientDriver | None:
         for driver in self._drivers.get(key, ()):

@@ -56,6 +56,7 @@ from mesh.concurrency import accept_loop
 from mesh.errors import describe
 from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
 from mesh.outbound import HboneToPod, HboneToWaypoint, Passthrough, Plan, Refuse, RoundRobin, plan_outbound
+from mesh.peer_metadata import baggage_header, new_traceparent
 from mesh.ports import ZTUNNEL_POD_PORTS
 from mesh.proxy_state import ProxyState, identity_of, ip_text
 from ztunnel.connections import AccessLog, Connection, ConnectionTracker, inbound_connection, outbound_connection
@@ -333,8 +334,13 @@ class Ztunnel:
             tls, _ = await client_handshake(tcp, context, expected)
             return tls
 
+        # Istio's peer metadata (DESIGN.md 6): the source workload, for the waypoint's and the far
+        # ztunnel's labels when they cannot look the source up; a new trace per connection.
+        source = self.state.workloads.get(pod.uid)
+        baggage = baggage_header(source) if source is not None else None
         with trio.fail_after(2 * self.config.connect_timeout):  # the handshake, then the far side's dial
-            return await self.pool.open_stream((pod.uid, expected, plan.address), dial, plan.authority, client)
+            return await self.pool.open_stream((pod.uid, expected, plan.address), dial, plan.authority, client,
+                                               baggage, new_traceparent())
 
     # ------------------------------------------------------------ inbound HBONE (15008)
 

@@ -34,10 +34,12 @@ import trio
 from bpf.capture import Slot
 from ca.authority import SigningAuthority
 from ca.secrets import SecretManager
+from hbone.connect import ConnectTarget
 from hbone.driver import HboneClientDriver, HboneRefused, HboneServerDriver, IncomingConnect
 from hbone.tcp_stream import TcpStream
 from hbone.tls import client_context, client_handshake, server_context, server_handshake
 from mesh.identity import SpiffeId
+from mesh.peer_metadata import Baggage, parse_baggage
 from mesh.ports import HBONE_PORT
 from tests.ztunnel.pki import TD, certified, creds
 from tests.ztunnel.test_metrics import samples
@@ -359,6 +361,7 @@ class Waypoint:
     echoes it (the L7 proxy's own routing is not ztunnel's business)."""
 
     connects: list[tuple[SpiffeId, str, int, tuple[str, int] | None]] = field(default_factory=list)
+    targets: list[ConnectTarget] = field(default_factory=list)  # each CONNECT's target, with its headers
 
 
 async def waypoint(mesh: Node, authority: SigningAuthority) -> Waypoint:
@@ -368,6 +371,7 @@ async def waypoint(mesh: Node, authority: SigningAuthority) -> Waypoint:
     async def handle_connect(peer: SpiffeId, request: IncomingConnect) -> None:
         target = request.target
         seen.connects.append((peer, target.ip, target.port, target.forwarded_for))
+        seen.targets.append(target)
         async with request.accept() as tunnel:
             with contextlib.suppress(trio.BrokenResourceError):
                 while data := await tunnel.receive_some():
@@ -454,6 +458,23 @@ async def test_outbound_to_a_pod_with_a_waypoint_goes_to_the_waypoint(authority)
     outbound = only(mesh.log(), direction="outbound")
     assert (outbound["message"], outbound["protocol"], outbound["dst.workload"], outbound["dst.identity"]) == (
         "connection complete", "HBONE", "db", str(WAYPOINT))
+
+
+async def test_hbone_connects_carry_the_source_as_baggage_and_a_new_trace_each(authority):
+    async with node(authority) as mesh:
+        seen = await waypoint(mesh, authority)
+        for _ in range(2):
+            client = await mesh.app_connects("shop/client", (DB_IP, APP_PORT))
+            assert await round_trip(client, b"x") == b"x"
+        await mesh.settled()
+    first, second = seen.targets
+    assert parse_baggage(first.baggage) == Baggage(cluster="Kubernetes", namespace="shop", workload_name="client",
+                                                   service_name="client", revision="latest")
+    assert first.baggage is not None and "k8s.pod.name=client" in first.baggage.split(",")  # a bare pod
+    for target in (first, second):
+        assert target.traceparent is not None
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00", target.traceparent)
+    assert first.traceparent.split("-")[1] != second.traceparent.split("-")[1]  # one trace per connection
 
 
 async def test_outbound_to_an_address_outside_the_mesh_passes_through_in_plaintext(authority):
