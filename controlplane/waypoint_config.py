@@ -277,7 +277,12 @@ def _parents(route: r.Route, state: ClusterState, config: MeshConfig,
     for i, ref in enumerate(route.parents):
         where = f"spec.parentRefs[{i}]"
         namespace = ref.namespace or own
-        if ref.kind != "Service" or ref.group not in CORE_GROUPS:
+        if ref.kind == "Service" and ref.group not in CORE_GROUPS:
+            # Gateway API's default group is its own: a Service parent must say group "" to be one.
+            problems.append((where, f"NoMatchingParent: group {ref.group!r} has no kind Service (a parentRef's group "
+                                    "defaults to gateway.networking.k8s.io): write group: \"\" for a Service"))
+            continue
+        if ref.kind != "Service":
             problems.append((where, f"NoMatchingParent: {ref.kind} {namespace}/{ref.name} is not served here: the "
                                     "mesh runs no ingress gateway, and a waypoint takes routes whose parent is a "
                                     "Service"))

@@ -217,6 +217,10 @@ WEB_PARENT = "  parentRefs: [{kind: Service, group: '', name: web}]\n"
     pytest.param("[{kind: Service, group: '', name: far, namespace: other}]", [],
                  ["spec.parentRefs[0]: NotAllowedByListeners: Service other/far is in another namespace; a waypoint "
                   "applies only routes in the Service's own namespace"], id="other-namespace"),
+    pytest.param("[{kind: Service, name: web}]", [],
+                 ["spec.parentRefs[0]: NoMatchingParent: group 'gateway.networking.k8s.io' has no kind Service (a "
+                  "parentRef's group defaults to gateway.networking.k8s.io): write group: \"\" for a Service"],
+                 id="service-without-group"),
     pytest.param("[{name: wp}]", [],
                  ["spec.parentRefs[0]: NoMatchingParent: Gateway shop/wp is not served here: the mesh runs no "
                   "ingress gateway, and a waypoint takes routes whose parent is a Service"], id="gateway-parent"),
