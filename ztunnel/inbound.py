@@ -12,7 +12,15 @@ order follows Istio's ztunnel (inbound.rs):
    loop back into ztunnel, as Istio's ztunnel also refuses);
 2. HBONE traffic to a workload that has a waypoint must come from that waypoint (401,
    "bypassed waypoint"), so L7 policy cannot be skipped by tunnelling straight to the pod; whether
-   the peer is that waypoint is looked up in the state of each decision;
+   the peer is that waypoint (its identity, from one of its pods' addresses) is looked up in the
+   state of each decision. This is the check of Istio's ztunnel up to 1.21 (``check_from_waypoint``
+   on the destination workload's own ``waypoint``). A *Service*'s waypoint is not checked here, as
+   in every Istio version: it applies to traffic addressed to the Service, which the source's
+   ztunnel sends to the waypoint, while a CONNECT to a pod names the pod's IP whether the client
+   addressed the VIP or the pod, and pod-addressed traffic does not use a service waypoint
+   (``istio.io/waypoint-for: service``). Istio's ztunnel today has no bypass check at all and
+   documents an L4 ALLOW for the waypoint's principal as the way to make a workload reachable only
+   through its waypoint; that policy works here unchanged (tests/ztunnel/test_inbound.py);
 3. L4 AuthorizationPolicy, with the verified peer identity (``None`` for plaintext, which STRICT's
    converted policy denies).
 """

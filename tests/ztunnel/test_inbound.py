@@ -32,8 +32,8 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: istio-system}
 """
-IPS = WAYPOINT_IPS
-VIPS = {"shop/wp": "10.96.0.99"}
+IPS = {**WAYPOINT_IPS, "shop/api-0": "10.244.0.40"}
+VIPS = {"shop/wp": "10.96.0.99", "shop/api": "10.96.0.40"}
 
 # L4 policies of the web pod (two ALLOWs, one DENY) and of the db pod (only its waypoint may come).
 POLICIES = """
@@ -107,9 +107,34 @@ spec:
   rules: [{from: [{source: {namespaces: ["ops"]}}]}]
 """
 
+# A Service that uses the waypoint (the pod behind it does not: its Workload has no waypoint), and
+# the L4 ALLOW Istio's documentation recommends to make its pods reachable only through the waypoint.
+SERVICE_WAYPOINT = """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-0, namespace: shop, labels: {app: api}}
+spec: {serviceAccountName: api, containers: [{name: app}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop, labels: {istio.io/use-waypoint: wp}}
+spec: {selector: {app: api}, ports: [{port: 80, targetPort: 8080}]}
+"""
+API_ONLY_FROM_WAYPOINT = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: api-from-waypoint, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/wp"]}}]}]
+"""
+
 WORLDS = {"open": BASE, "policies": BASE + POLICIES, "dry-run": BASE + POLICIES + DRY_RUN_ALLOW,
           "strict": BASE + STRICT, "mesh-strict": BASE + MESH_STRICT,
-          "mesh-deny": BASE + MESH_DENY_PLAINTEXT}
+          "mesh-deny": BASE + MESH_DENY_PLAINTEXT, "service-waypoint": BASE + SERVICE_WAYPOINT,
+          "service-waypoint-only": BASE + SERVICE_WAYPOINT + API_ONLY_FROM_WAYPOINT}
 
 
 @functools.cache
@@ -196,6 +221,19 @@ CASES = [
      bypassed("shop/db")),
     ("waypoint-rule-not-applied-to-plaintext", Case("open", "shop/db", CLIENT_IP, None, hbone=False), allowed()),
     ("pod-without-a-waypoint-takes-any-hbone-peer", Case("open", "shop/web-0", CLIENT_IP, CLIENT), allowed()),
+    # A Service's waypoint is for traffic addressed to the Service (its VIP): the source's ztunnel
+    # sends that to the waypoint. A CONNECT to one of its pods names the pod's IP, as a connection
+    # addressed to the pod does, and pod-addressed traffic does not use a service waypoint: Istio's
+    # ztunnel lets it in (L4 policy decides), and so does this one. The L4 ALLOW for the waypoint's
+    # principal that Istio documents is what makes such pods reachable only through the waypoint.
+    ("service-waypoints-pod-reached-at-its-ip-is-l4-traffic", Case("service-waypoint", "shop/api-0", CLIENT_IP,
+                                                                   CLIENT), allowed()),
+    ("service-waypoints-pod-from-the-waypoint", Case("service-waypoint", "shop/api-0", WP_IP, WP), allowed()),
+    ("service-waypoints-pod-only-from-the-waypoint-by-policy",
+     Case("service-waypoint-only", "shop/api-0", CLIENT_IP, CLIENT),
+     InboundDecision(False, 401, "no ALLOW policy matched", "shop/api-from-waypoint")),
+    ("service-waypoints-pod-policy-sees-the-waypoint", Case("service-waypoint-only", "shop/api-0", WP_IP, WP),
+     allowed("allowed by shop/api-from-waypoint", "shop/api-from-waypoint")),
     ("no-policies-allow-plaintext", Case("open", "shop/web-0", OFF_MESH_IP, None, hbone=False), allowed()),
     # L4 AuthorizationPolicy with the verified identity.
     ("allow-matches-the-verified-identity", Case("policies", "shop/web-0", CLIENT_IP, CLIENT),
@@ -256,6 +294,11 @@ def test_the_worlds_are_what_the_rows_assume():
     assert sorted(state.authorizations) == [
         "shop/allow-client", "shop/allow-metrics-port", "shop/db-from-waypoint", "shop/deny-ops"]
     assert list(world("strict").authorizations) == [CONVERTED]
+    served = world("service-waypoint")
+    api = served.workloads[uid("shop/api-0")]
+    assert not api.HasField("waypoint")  # the Service has the waypoint, its pod does not
+    (key,) = api.services
+    assert served.services[key].HasField("waypoint")
 
 
 def test_a_policy_change_is_seen_by_the_next_decision():
