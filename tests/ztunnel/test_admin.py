@@ -9,9 +9,9 @@ import logging
 import pytest
 import trio
 
-from mesh.http_admin import bind_tcp, serve_http
+from mesh.http_admin import LogLevels, Response, bind_tcp, serve_http
 from tests.mesh.admin_client import LOCAL, get, header, isolated_root
-from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT, LogLevels, Response, ZtunnelAdmin
+from ztunnel.admin import ADMIN_PORT, READINESS_PORT, STATS_PORT, ZtunnelAdmin
 from ztunnel.metrics import ZtunnelMetrics
 
 ROUTES = {"/hello": lambda: Response.text(200, "hello\n")}
