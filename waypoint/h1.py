@@ -155,7 +155,8 @@ Handler = Callable[[H1Downstream], Awaitable[None]]
 async def serve_h1(stream: trio.abc.HalfCloseableStream, handler: Handler, initial: bytes = b"") -> None:
     """Serve requests on ``stream`` until the client is done (or misbehaves), then return."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
-    conn.receive_data(initial)
+    if initial:  # h11 takes b"" as the end of the stream
+        conn.receive_data(initial)
     first = True
     while True:
         try:
@@ -262,9 +263,9 @@ class H1Upstream:
         self._response_done = False
         self.status = 0
         out = [("host", head.authority), *headers]
-        if body_length is not None:
+        if body_length:  # a request without a length or chunking has no body (RFC 9112 6.3)
             out.append(("content-length", str(body_length)))
-        else:
+        elif body_length is None:
             out.append(("transfer-encoding", "chunked"))
         await self._send(h11.Request(method=head.method, target=head.target, headers=_encode(out)))
 

@@ -280,6 +280,7 @@ class Waypoint:
         view = self._current_view()
         target = request.target
         destination = (target.ip, target.port)
+        log.debug("CONNECT %s from %s (%s)", format_address(*destination), peer_identity, format_address(*peer))
         service = view.state.service_by_vip(target.ip)
         workload = None if service is not None else view.state.workload_by_ip(target.ip)
         if service is not None and not self._serves(view.state, service):
@@ -326,6 +327,7 @@ class Waypoint:
                 protocol = AppProtocol.TCP
         assert self.pipeline is not None
         pipeline = self.pipeline
+        log.debug("tunnel to %s from %s: %s", format_address(*tunnel.destination), tunnel.peer_identity, protocol.value)
         if protocol is AppProtocol.HTTP1:
             async def one_request(down: H1Downstream) -> None:
                 await pipeline.handle(down, tunnel)

@@ -44,14 +44,22 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, METHOD_PATH, WILDCARD, unpack
+from mesh.api.types import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    L7_POLICY_TYPE_URL,
+    METHOD_PATH,
+    ROUTE_TYPE_URL,
+    WILDCARD,
+    unpack,
+)
 from mesh.backoff import Backoff
 from mesh.private_files import private_directory, read_private, write_private
 from mesh.xds import cache
 
 log = logging.getLogger("ambient.xds.client")
 
-KNOWN_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL})
+KNOWN_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL})
 MAX_NACK_MESSAGE = 4096  # error_detail is for humans and logs; do not echo megabytes back
 CHANGE_HISTORY = 4096
 # Responses of a type URL the mesh does not know are counted under this one label, so a server that
