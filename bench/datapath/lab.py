@@ -33,7 +33,7 @@ from pathlib import Path
 from ca.store import ROOT_CERT
 from ca.tokens import TOKEN_FILE
 from controlplane.server import CA_SUBDIR
-from lab.components import CONTROLPLANE_PORT, CONTROLPLANE_SERVER_NAME, ztunnel_name
+from lab.components import CONTROLPLANE_PORT, CONTROLPLANE_SERVER_NAME, waypoint_name, ztunnel_name
 from lab.processes import process_cgroup
 from lab.state import LabPaths
 from lab.topology import CONTROL_PLANE_ADDRESS
@@ -97,6 +97,10 @@ class LabLayout:
 
     def ztunnel_cgroup(self, node: str) -> Path:
         return process_cgroup(self.name, ztunnel_name(node))
+
+    def waypoint_cgroup(self, namespace: str, gateway: str) -> Path:
+        """The waypoint proxy's cgroup: the lab runs it as a component (`lab.components.waypoint_processes`)."""
+        return process_cgroup(self.name, waypoint_name(namespace, gateway))
 
 
 # -- the kernel's accounting
@@ -256,7 +260,8 @@ class Lab:
                                f"{(done.stderr or done.stdout).strip()[-2000:]}")
         return done.stdout
 
-    def save_logs(self, tails: tuple[str, ...] = ("ztunnel-node-*.log", "pods/*_stunnel.log", "pods/*_haproxy.log")
+    def save_logs(self, tails: tuple[str, ...] = ("ztunnel-node-*.log", "waypoint-*.log", "pods/*_stunnel.log",
+                                                  "pods/*_haproxy.log")
                   ) -> Path | None:
         """Copy the lab's logs before `lab down` removes them; print the end of the proxies' logs."""
         logs = self.layout.paths.logs
@@ -314,6 +319,14 @@ def ztunnel_pids(status: dict) -> dict[str, int]:
     if sorted(pids) != [ztunnel_name(n) for n in NODES] or not all(pids.values()):
         raise BenchFailure(f"expected the ztunnels of {', '.join(NODES)} with their pids, got {pids}")
     return pids
+
+
+def only_pid(cgroup: Path) -> int:
+    """The one process of a component's cgroup (a waypoint's proxy), or BenchFailure."""
+    pids = cgroup_pids(cgroup)
+    if len(pids) != 1:
+        raise BenchFailure(f"expected one process in {cgroup}, found {pids}")
+    return pids[0]
 
 
 def container_pids(status: dict) -> dict[str, int | None]:

@@ -12,6 +12,11 @@ cgroup). The figures:
   fails. CPU-ms per 1,000 connections.
 - `bulk`: iperf3, one stream, `--bulk-seconds`; Gbit/s at the receiver, CPU-ms per GiB.
 
+A path runs only its own `figures` (the L7 rows: keep-alive). Where a path names sides to give
+`alone` (the waypoint), each such side's CPU per unit is also a field of its own
+("waypoint_cpu_ms_per_1k"), beside the whole path's. `check_l7` is the L7 rows' check before any
+run: the allowed path answers 200 and `DENIED_PATH` 403 (`l7_problems`, pure).
+
 `round_order` rotates the paths between rounds, so that no path always runs first (or right after
 the same neighbour) within a round.
 """
@@ -24,13 +29,16 @@ from pathlib import Path
 
 from .lab import BenchFailure, Lab, cgroup_cpu_usec, cgroup_kib, rss_kib
 from .loads import WRK_CHECK_CONNECTIONS, LoadError, iperf_argv, parse_iperf, parse_stub_status, parse_wrk, wrk_argv
-from .paths import STATUS_PORT, DataPath
+from .paths import DENIED_PATH, FIGURES, STATUS_PORT, DataPath
 
-FIGURES = ("keepalive", "conn", "bulk")
+__all__ = ["FIGURES", "Runner", "Settings", "cpu_figures", "l7_problems", "round_order"]
 RUN_GRACE_S = 30  # beyond a run's own length: `ambient exec`, connecting, wrk's last timeouts
 MAX_ERROR_SHARE = 0.01  # wrk errors (socket errors, non-2xx) above this share of requests fail the run
 MIN_CONNECTIONS_PER_REQUEST = 0.95  # `conn`: nginx must have accepted about one connection per request
 RSS_SAMPLE_INTERVAL_S = 0.1
+CHECK_TIMEOUT_S = 5  # curl's bound on each request of the L7 check
+# The L7 check: the request wrk makes, and one the L7 rule denies, with the status each must get.
+L7_EXPECTED = (("/", 200), (DENIED_PATH, 403))
 
 
 def round_order(names: list[str] | tuple[str, ...], round_index: int) -> list[str]:
@@ -74,13 +82,28 @@ class RssSampler:
             self._thread.join(timeout=5)
 
 
-def cpu_figures(cpu_usec: dict[str, int], units: float, per: str) -> dict:
-    """CPU-ms of each side and in all, and per 1,000 units or per GiB; {} for a path without proxies."""
+def cpu_figures(cpu_usec: dict[str, int], units: float, per: str, alone: tuple[str, ...] = ()) -> dict:
+    """CPU-ms of each side and in all, and per 1,000 units or per GiB; {} for a path without proxies.
+    Each side of `alone` also gets its own per-unit field, "<side>_<per>"."""
     if not cpu_usec:
         return {}
     total_ms = sum(cpu_usec.values()) / 1000
-    return {"cpu_ms": {**{side: round(us / 1000, 1) for side, us in cpu_usec.items()}, "total": round(total_ms, 1)},
-            per: round(total_ms / units, 3) if units else None}
+    out = {"cpu_ms": {**{side: round(us / 1000, 1) for side, us in cpu_usec.items()}, "total": round(total_ms, 1)},
+           per: round(total_ms / units, 3) if units else None}
+    for side in alone:
+        out[f"{side}_{per}"] = round(cpu_usec[side] / 1000 / units, 3) if units else None
+    return out
+
+
+def l7_problems(statuses: dict[str, int | None]) -> list[str]:
+    """What is wrong with the L7 check's answers ({request path: HTTP status, None if none came}),
+    against L7_EXPECTED; empty when the rule is in force."""
+    out = []
+    for request_path, expected in L7_EXPECTED:
+        got = statuses.get(request_path)
+        if got != expected:
+            out.append(f"GET {request_path} answered {got if got is not None else 'nothing'}, expected {expected}")
+    return out
 
 
 class Runner:
@@ -101,6 +124,25 @@ class Runner:
         text = self.lab.run_in(path.namespace, "server", "curl", "-sS", "-m", "5",
                                f"http://127.0.0.1:{STATUS_PORT}/status", timeout=20)
         return parse_stub_status(text).accepts
+
+    def check_l7(self, name: str) -> dict[str, int | None]:
+        """One request per entry of L7_EXPECTED through the path, from the client pod; BenchFailure
+        unless each gets its status (the L7 proxy is in the path and applies the rule)."""
+        path = self.paths[name]
+        endpoint = path.http_endpoint(self.server_ips[name])
+        statuses: dict[str, int | None] = {}
+        for request_path, _expected in L7_EXPECTED:
+            try:
+                text = self.lab.run_in(path.namespace, "client", "curl", "-sS", "-o", "/dev/null", "-w",
+                                       "%{http_code}", "-m", str(CHECK_TIMEOUT_S), endpoint.url(request_path),
+                                       timeout=CHECK_TIMEOUT_S + RUN_GRACE_S)
+                statuses[request_path] = int(text.strip()) or None  # curl writes 000 without an answer
+            except (BenchFailure, ValueError):
+                statuses[request_path] = None
+        problems = l7_problems(statuses)
+        if problems:
+            raise BenchFailure(f"{name}: the L7 rule is not in force before measuring: {'; '.join(problems)}")
+        return statuses
 
     def measure(self, name: str, figure: str, seconds: float | None = None) -> dict:
         if figure == "bulk":
@@ -137,7 +179,7 @@ class Runner:
             "nginx_connections": connections, "requests_per_connection": round(wrk.requests / max(connections, 1), 2),
             "errors": wrk.errors,
             **cpu_figures({side: after[side] - before[side] for side in before}, wrk.requests / 1000,
-                          "cpu_ms_per_1k"),
+                          "cpu_ms_per_1k", path.alone),
         }
         if figure == "keepalive" and rss.max_kib:
             result["rss_max_mib"] = {side: round(kib / 1024, 1) for side, kib in rss.max_kib.items()}

@@ -15,6 +15,21 @@ with `ambient exec`). A path says how the client's connections reach the server:
   server pod's IP, eBPF capture hands the connection to node-0's ztunnel, HBONE carries it to
   node-1's ztunnel, which connects to the app.
 
+Two L7 rows (issue #19), each with the same path rule, so both do the same work per request:
+allow "/" and "/public/*", deny anything else (`DENIED_PATH` answers 403). They run the keep-alive
+figure only (`figures`): an L7 proxy pools its upstream connections, so nginx's accepted-connection
+check of the new-connections figure cannot hold, and bulk bytes are not what an L7 proxy is for.
+
+- `Waypoint`: an ambient namespace with a workload waypoint (a Gateway of class istio-waypoint,
+  `istio.io/waypoint-for: workload`) used by the server pod (`istio.io/use-waypoint`), and an
+  AuthorizationPolicy with targetRefs to that Gateway. The client still connects to the server pod's
+  IP: node-0's ztunnel carries it as HBONE to the waypoint pod (the lab places that pod, it has no
+  nodeName), whose proxy applies the policy per request and opens its own pooled HBONE to node-1's
+  ztunnel, which connects to the app. Accounted: both ztunnels and the waypoint (`alone`: each
+  side's CPU is also given by itself, the waypoint's above all).
+- `HaproxyL7`: the haproxy pair in `mode http` (same certificates, mTLS 1.3), the path ACL on the
+  server side, connections to the next hop reused (`http-reuse always`).
+
 A path is a frozen dataclass: `manifests()` (pure: the YAML documents), `prepare()` (writes its
 config files into the lab's YAML directory before `lab up`), `http_endpoint`/`iperf_endpoint` (what
 the load generator connects to, from inside the client pod) and `accounted()` (the cgroups of the
@@ -29,8 +44,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from lab.components import WAYPOINT_POD_SUFFIX
 from lab.topology import PodSpec, plan_lab
 from mesh.identity import DEFAULT_TRUST_DOMAIN
+from mesh.resources import WAYPOINT_CLASS
 
 from .lab import NODES, LabLayout
 
@@ -39,6 +56,14 @@ HTTP_PORT = 8080  # nginx
 STATUS_PORT = 8081  # nginx stub_status, on 127.0.0.1 only: the bench counts nginx's connections with it
 IPERF_PORT = 5201
 HTTP_BODY = "hello\n"
+# What a run measures: keep-alive requests, new connections, bulk bytes (`measure.Runner.measure`).
+FIGURES = ("keepalive", "conn", "bulk")
+L7_FIGURES = ("keepalive",)
+# The L7 rule both L7 rows apply, as Istio writes it (`to.operation.paths`: exact, or a prefix with
+# "*"); wrk requests "/". Before the rounds, the bench checks "/" answers 200 and DENIED_PATH 403.
+ALLOWED_PATHS = ("/", "/public/*")
+DENIED_PATH = "/private"
+WAYPOINT_GATEWAY = "waypoint"
 
 
 @dataclass(frozen=True)
@@ -77,15 +102,15 @@ def listening_probe(*ports: int) -> dict:
 
 
 def container(name: str, command: list[str], probe_ports: tuple[int, ...] = ()) -> dict:
-    spec = {"name": name, "command": command}
+    spec: dict = {"name": name, "command": command}
     if probe_ports:
         spec["readinessProbe"] = listening_probe(*probe_ports)
     return spec
 
 
-def pod(namespace: str, name: str, node: str, containers: list[dict]) -> dict:
+def pod(namespace: str, name: str, node: str, containers: list[dict], labels: dict | None = None) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app": name, **(labels or {})}},
             "spec": {"nodeName": node, "containers": containers}}
 
 
@@ -131,6 +156,9 @@ class DataPath:
     title: str  # one line for the report
     enrolled: bool = False  # labelled istio.io/dataplane-mode: ambient
     proxy: str | None = None  # what carries the traffic; None: nothing but the kernel
+    figures: tuple[str, ...] = FIGURES  # what the bench measures on this path
+    l7: bool = False  # applies the L7 rule (ALLOWED_PATHS): checked before measuring, its own report section
+    alone: tuple[str, ...] = ()  # accounted sides whose CPU per unit is also given by itself
 
     # -- the pods (pure)
 
@@ -140,12 +168,19 @@ class DataPath:
         return "0.0.0.0"
 
     def manifests(self, layout: LabLayout) -> list[dict]:
-        metadata = {"name": self.namespace}
+        metadata: dict = {"name": self.namespace}
         if self.enrolled:
             metadata["labels"] = {"istio.io/dataplane-mode": "ambient"}
         return [{"apiVersion": "v1", "kind": "Namespace", "metadata": metadata},
-                pod(self.namespace, "server", SERVER_NODE, self.server_containers(layout)),
+                pod(self.namespace, "server", SERVER_NODE, self.server_containers(layout), self.server_labels()),
                 pod(self.namespace, "client", CLIENT_NODE, self.client_containers(layout))]
+
+    def server_labels(self) -> dict:
+        return {}
+
+    def extra_pods(self) -> tuple[str, ...]:
+        """Pods the lab adds to this namespace without a nodeName (a waypoint's): it places them."""
+        return ()
 
     def nginx_prefix(self, layout: LabLayout) -> Path:
         return layout.config_dir / f"nginx-{self.namespace}"
@@ -212,6 +247,16 @@ class MtlsProxyPath(DataPath):
     def app_address(self) -> str:
         return "127.0.0.1"
 
+    @property
+    def proxy_container(self) -> str:
+        """The proxy's container in each pod, named after the proxy."""
+        return self.proxy or self.name
+
+    @property
+    def forwards(self) -> tuple[Forward, ...]:
+        """The services the pair carries: HTTP, and iperf3 for the bulk figure."""
+        return FORWARDS if "bulk" in self.figures else FORWARDS[:1]
+
     def cert_dir(self, layout: LabLayout, side: str) -> Path:
         return layout.config_dir / "certs" / f"{self.namespace}-{side}"
 
@@ -247,14 +292,14 @@ class MtlsProxyPath(DataPath):
         return ["sh", "-c", script]
 
     def server_containers(self, layout: LabLayout) -> list[dict]:
-        listen = tuple(f.tls for f in FORWARDS)
+        listen = tuple(f.tls for f in self.forwards)
         return [*super().server_containers(layout),
-                container(self.proxy, self.proxy_command(layout, "server"), listen)]
+                container(self.proxy_container, self.proxy_command(layout, "server"), listen)]
 
     def client_containers(self, layout: LabLayout) -> list[dict]:
-        listen = tuple(f.local for f in FORWARDS)
+        listen = tuple(f.local for f in self.forwards)
         return [*super().client_containers(layout),
-                container(self.proxy, self.proxy_command(layout, "client"), listen)]
+                container(self.proxy_container, self.proxy_command(layout, "client"), listen)]
 
     def prepare(self, layout: LabLayout, server_ip: str) -> None:
         super().prepare(layout, server_ip)
@@ -269,7 +314,8 @@ class MtlsProxyPath(DataPath):
         return Endpoint("127.0.0.1", FORWARDS[1].local)
 
     def accounted(self, layout: LabLayout) -> dict[str, Path]:
-        return {side: layout.container_cgroup(self.namespace, side, self.proxy) for side in ("client", "server")}
+        return {side: layout.container_cgroup(self.namespace, side, self.proxy_container)
+                for side in ("client", "server")}
 
 
 @dataclass(frozen=True)
@@ -292,7 +338,7 @@ class Stunnel(MtlsProxyPath):
                  "socket = l:TCP_NODELAY=1", "socket = r:TCP_NODELAY=1",
                  f"cert = {certs}/cert-chain.pem", f"key = {certs}/key.pem", f"CAfile = {layout.pod_ca_root}",
                  "verifyChain = yes", "requireCert = yes", "sslVersionMin = TLSv1.3"]
-        for f in FORWARDS:
+        for f in self.forwards:
             lines.append(f"\n[{f.name}]")
             if side == "client":
                 lines += ["client = yes", f"accept = 127.0.0.1:{f.local}", f"connect = {server_ip}:{f.tls}"]
@@ -325,7 +371,7 @@ class Haproxy(MtlsProxyPath):
         lines = ["global", "    maxconn 4096", "    ssl-server-verify required", "",
                  "defaults", "    mode tcp", "    timeout connect 5s", "    timeout client 30s",
                  "    timeout server 30s"]
-        for f in FORWARDS:
+        for f in self.forwards:
             lines += ["", f"frontend {f.name}"]
             if side == "client":
                 lines += [f"    bind 127.0.0.1:{f.local}", f"    default_backend {f.name}", "",
@@ -336,19 +382,111 @@ class Haproxy(MtlsProxyPath):
         return "\n".join(lines) + "\n"
 
 
-# The rows of the report, in this order; ratios are to BASELINE.
-PATHS: tuple[DataPath, ...] = (Direct(), Stunnel(), Haproxy(), Ambient())
+@dataclass(frozen=True)
+class HaproxyL7(Haproxy):
+    """The haproxy pair in `mode http`: each side parses every request; the server side denies what the
+    L7 rule does not allow (403) before it reaches nginx. Both sides keep their connections to the next
+    hop open and reuse them for any request (`http-reuse always`), as the waypoint pools its upstreams."""
+
+    name: str = "haproxy-l7"
+    namespace: str = "dp-haproxy-l7"
+    title: str = ("haproxy pair, mode http, path ACL: 127.0.0.1 in the client pod -> mTLS 1.3 (reused) -> "
+                  "server pod -> 127.0.0.1 (reused)")
+    figures: tuple[str, ...] = L7_FIGURES
+    l7: bool = True
+    alone: tuple[str, ...] = ("client", "server")
+
+    def render(self, layout: LabLayout, side: str, server_ip: str) -> str:
+        crt, root = self.cert_dir(layout, side) / "crt.pem", layout.pod_ca_root
+        tls = f"crt {crt} ca-file {root} verify required ssl-min-ver TLSv1.3"
+        lines = ["global", "    maxconn 4096", "    ssl-server-verify required", "",
+                 "defaults", "    mode http", "    option http-keep-alive", "    timeout connect 5s",
+                 "    timeout client 30s", "    timeout server 30s", "    timeout http-keep-alive 30s"]
+        for f in self.forwards:
+            lines += ["", f"frontend {f.name}"]
+            if side == "client":
+                lines += [f"    bind 127.0.0.1:{f.local}", f"    default_backend {f.name}", "",
+                          f"backend {f.name}", "    http-reuse always",
+                          f"    server peer {server_ip}:{f.tls} ssl {tls}"]
+            else:
+                lines += [f"    bind 0.0.0.0:{f.tls} ssl {tls}", f"    http-request deny if {haproxy_acl()}",
+                          f"    default_backend {f.name}", "",
+                          f"backend {f.name}", "    http-reuse always", f"    server app 127.0.0.1:{f.app}"]
+        return "\n".join(lines) + "\n"
+
+
+def haproxy_acl(allowed: tuple[str, ...] = ALLOWED_PATHS) -> str:
+    """The condition that denies what `allowed` (Istio's paths: exact, or a prefix ending in "*") does
+    not allow: every term must hold, so a request is denied when it matches none of them."""
+    terms = [f"!{{ path_beg {p[:-1]} }}" if p.endswith("*") else f"!{{ path {p} }}" for p in allowed]
+    return " ".join(terms)
+
+
+@dataclass(frozen=True)
+class Waypoint(DataPath):
+    name: str = "waypoint"
+    namespace: str = "dp-waypoint"
+    title: str = ("client pod -> server pod IP, captured: ztunnel node-0 -> HBONE -> waypoint (L7 policy) -> "
+                  "HBONE -> ztunnel node-1 -> app")
+    enrolled: bool = True
+    proxy: str | None = "waypoint"
+    figures: tuple[str, ...] = L7_FIGURES
+    l7: bool = True
+    alone: tuple[str, ...] = ("client", "waypoint", "server")
+    gateway: str = WAYPOINT_GATEWAY
+
+    def server_labels(self) -> dict:
+        return {"istio.io/use-waypoint": self.gateway}
+
+    def extra_pods(self) -> tuple[str, ...]:
+        return (f"{self.gateway}{WAYPOINT_POD_SUFFIX}",)
+
+    def manifests(self, layout: LabLayout) -> list[dict]:
+        """A workload waypoint (only the server pod uses it: the client reaches it at its pod IP, as on
+        the ambient row), and the L7 rule as an ALLOW policy on the waypoint Gateway."""
+        gateway = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"name": self.gateway, "namespace": self.namespace,
+                                "labels": {"istio.io/waypoint-for": "workload"}},
+                   "spec": {"gatewayClassName": "istio-waypoint",
+                            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+        policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                  "metadata": {"name": "l7-paths", "namespace": self.namespace},
+                  "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                           "name": self.gateway}],
+                           "action": "ALLOW",
+                           "rules": [{"to": [{"operation": {"paths": list(ALLOWED_PATHS)}}]}]}}
+        return [*super().manifests(layout), gateway, policy]
+
+    def accounted(self, layout: LabLayout) -> dict[str, Path]:
+        return {"client": layout.ztunnel_cgroup(CLIENT_NODE), "waypoint": layout.waypoint_cgroup(self.namespace,
+                                                                                                  self.gateway),
+                "server": layout.ztunnel_cgroup(SERVER_NODE)}
+
+
+# The rows of the report, in this order; ratios are to BASELINE. The L7 rows' own section compares
+# L7_SUBJECT with L7_BASELINE.
+PATHS: tuple[DataPath, ...] = (Direct(), Stunnel(), Haproxy(), Ambient(), HaproxyL7(), Waypoint())
 BASELINE = "stunnel"
+L7_SUBJECT, L7_BASELINE = "waypoint", "haproxy-l7"
 
 
 def manifests(paths: tuple[DataPath, ...], layout: LabLayout) -> list[dict]:
     return [doc for path in paths for doc in path.manifests(layout)]
 
 
+def planned_pods(docs: list[dict], lab_name: str, nodes: int = len(NODES)) -> dict[tuple[str, str], tuple[str, str]]:
+    """Each pod's (node, IP) as the lab will give them: the lab plans pods in the order of their keys and
+    hands out each node's lowest free address (`lab.topology.plan_lab`); the bench checks it after `lab
+    up`. A waypoint Gateway's pod (`<gateway>-waypoint`, no nodeName) goes where the plan puts it: the
+    node with the fewest pods so far, the lowest on a tie."""
+    pods = [PodSpec(d["metadata"]["namespace"], d["metadata"]["name"], int(d["spec"]["nodeName"].split("-")[1]))
+            for d in docs if d["kind"] == "Pod"]
+    pods += [PodSpec(d["metadata"]["namespace"], f"{d['metadata']['name']}{WAYPOINT_POD_SUFFIX}")
+             for d in docs if d["kind"] == "Gateway" and d["spec"].get("gatewayClassName") == WAYPOINT_CLASS]
+    plan = plan_lab(lab_name, sorted(pods, key=lambda pod: (pod.namespace, pod.name)), nodes)
+    return {(p.namespace, p.name): (f"node-{p.node}", str(IPv4Address(p.ip))) for p in plan.pods}
+
+
 def planned_ips(docs: list[dict], lab_name: str, nodes: int = len(NODES)) -> dict[tuple[str, str], str]:
-    """Each pod's IP as the lab will give it: the lab plans pods in the order of their keys and hands out
-    each node's lowest free address (`lab.topology.plan_lab`); the bench checks it after `lab up`."""
-    pods = sorted((d["metadata"]["namespace"], d["metadata"]["name"], int(d["spec"]["nodeName"].split("-")[1]))
-                  for d in docs if d["kind"] == "Pod")
-    plan = plan_lab(lab_name, [PodSpec(ns, name, node) for ns, name, node in pods], nodes)
-    return {(p.namespace, p.name): str(IPv4Address(p.ip)) for p in plan.pods}
+    """Each pod's IP as `planned_pods` plans it."""
+    return {key: ip for key, (_node, ip) in planned_pods(docs, lab_name, nodes).items()}

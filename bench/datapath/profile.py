@@ -11,6 +11,9 @@ per ztunnel and figure: one writes the SVG flame graph, the other the same kind 
 collapsed stacks (`--format raw`, a .txt beside the SVG: one line per distinct stack,
 "outer;...;leaf count").
 
+The waypoint row (issue #19) is profiled the same way: its one waypoint process, during one
+keep-alive run (`figures`), files named after it ("<date>-flame-waypoint-keepalive.svg").
+
 `summarize` reads the collapsed stacks (pure, after `parse_collapsed`): the samples' own time (the
 frame on top of the stack, not what it called) by package, and the `TOP` functions with the most of
 it, as shares of the GIL-holding samples. A package is the top-level one ("trio", "ssl"), or the
@@ -108,15 +111,16 @@ def summarize(stacks: Counter, n: int = TOP) -> dict:
             "top_self": [(name, round(samples / total, 4)) for name, samples in functions.most_common(n)]}
 
 
-def profile(runner: Runner, path: str, pids: dict[str, int], out_dir: Path, stem: str, seconds: float) -> dict:
-    """One profiled run of each figure of PROFILED_FIGURES on `path`: {figure: {"run": ..., "svg": {ztunnel:
-    file}, "stacks": {ztunnel: file}, "summary": {ztunnel: summarize(...)}, ...}}."""
+def profile(runner: Runner, path: str, pids: dict[str, int], out_dir: Path, stem: str, seconds: float,
+            figures: tuple[str, ...] = PROFILED_FIGURES) -> dict:
+    """One profiled run of each of `figures` on `path`, with py-spy on each process of `pids` ({name: pid}):
+    {figure: {"run": ..., "svg": {name: file}, "stacks": {name: file}, "summary": {name: summarize(...)}, ...}}."""
     binary = py_spy()
     if binary is None:
         raise BenchFailure("py-spy is not installed (the `bench` extra: make bench installs it)")
     duration = int(seconds + EXTRA_S + 0.999)
     out = {}
-    for figure in PROFILED_FIGURES:
+    for figure in figures:
         files = {(name, fmt): out_dir / flame_name(stem, name, figure, fmt) for name in sorted(pids) for fmt in FORMATS}
         spies = {key: subprocess.Popen(record_argv(binary, pids[key[0]], duration, file, fmt=key[1]),
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,6 +6,10 @@ shapes: `rounds` is a list (one per round) of {path: {figure: run}}, a run being
 row key being "<figure>.<field>" (the median over the rounds) or "rss_idle.<side>" and
 "rss_load.<side>" (memory: idle once, under load the max of the keep-alive runs). `ROWS` says which
 keys the table shows and how; a new figure is one more `Row`, a new path one more column.
+
+The L7 rows (issue #19) are columns of the same table (with "–" for the figures they do not run),
+and have a section of their own (`l7_lines`): the waypoint path against the haproxy pair in http
+mode, the CPU of each side by itself, the waypoint's memory, and issue #19's bars (`L7_BARS`).
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ def run_warnings(rounds: list[dict]) -> list[str]:
 def ratios(summary: dict, baseline: str) -> dict[str, dict[str, float | None]]:
     """{path: {row key: value / the baseline's}}; None where either is missing or the baseline is 0."""
     base = summary.get(baseline, {})
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for path, values in summary.items():
         out[path] = {}
         for row in ROWS:
@@ -161,14 +165,25 @@ BARS = (
 )
 
 
-def check_bars(summary: dict, subject: str = "ambient", baseline: str = "stunnel") -> list[dict]:
-    """Each bar: the value (a ratio, or MiB), PASS or MISS, and the margin as a share of the limit
-    (positive: by how much it passes; negative: by how much it misses). Empty when the subject or
-    the baseline was not measured."""
+# Issue #19's first bars, for the waypoint path against the haproxy pair in http mode. Istio's published
+# figure for its Envoy waypoint is about 0.25 vCPU per 1,000 req/s, i.e. 250 CPU-ms per 1,000 requests.
+WAYPOINT_CPU_LIMIT_MS = 250.0
+L7_BARS = (
+    Bar("waypoint path requests/s at least 0.5x haproxy-l7's", "keepalive.rps", 0.5, True),
+    Bar("waypoint alone at most 250 CPU-ms per 1,000 requests", "keepalive.waypoint_cpu_ms_per_1k",
+        WAYPOINT_CPU_LIMIT_MS, False, False, "CPU-ms"),
+)
+
+
+def check_bars(summary: dict, subject: str = "ambient", baseline: str = "stunnel",
+               bars: tuple[Bar, ...] = BARS) -> list[dict]:
+    """Each bar: the value (a ratio, or an absolute value in its unit), PASS or MISS, and the margin as
+    a share of the limit (positive: by how much it passes; negative: by how much it misses). Empty when
+    the subject or the baseline was not measured."""
     if subject not in summary or baseline not in summary:
         return []
     out = []
-    for bar in BARS:
+    for bar in bars:
         value = summary[subject].get(bar.key)
         if bar.relative:
             ref = summary[baseline].get(bar.key)
@@ -221,10 +236,10 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def bars_table(checks: list[dict]) -> str:
+def bars_table(checks: list[dict], subject: str = "ambient", baseline: str = "stunnel") -> str:
     if not checks:
-        return "(not checked: the ambient or the stunnel path was not measured)"
-    lines = ["| bar (ambient against stunnel) | value | limit | result |", "|---|---:|---:|---|"]
+        return f"(not checked: the {subject} or the {baseline} path was not measured)"
+    lines = [f"| bar ({subject} against {baseline}) | value | limit | result |", "|---|---:|---:|---|"]
     for c in checks:
         unit = "×" if c["unit"] == "x" else f" {c['unit']}"
         value = "–" if c["value"] is None else f"{c['value']:.2f}{unit}"
@@ -303,6 +318,71 @@ def memory_lines(by_ztunnel: dict[str, dict[str, int]]) -> list[str]:
     return out + [""]
 
 
+# The L7 section's rows: (label, summary key of the waypoint, of haproxy-l7, digits, unit); None: not
+# measured that way on that path. Each side's CPU comes from `measure.cpu_figures(..., alone=...)`.
+L7_ROWS = (
+    ("keep-alive requests/s", "keepalive.rps", "keepalive.rps", 0, "req/s"),
+    ("keep-alive p50 latency", "keepalive.p50_ms", "keepalive.p50_ms", 3, "ms"),
+    ("keep-alive p99 latency", "keepalive.p99_ms", "keepalive.p99_ms", 3, "ms"),
+    ("CPU per 1,000 requests, whole path", "keepalive.cpu_ms_per_1k", "keepalive.cpu_ms_per_1k", 1, "CPU-ms"),
+    ("CPU per 1,000 requests, the waypoint alone", "keepalive.waypoint_cpu_ms_per_1k", None, 1, "CPU-ms"),
+    ("CPU per 1,000 requests, client side (ztunnel node-0; haproxy)", "keepalive.client_cpu_ms_per_1k",
+     "keepalive.client_cpu_ms_per_1k", 1, "CPU-ms"),
+    ("CPU per 1,000 requests, server side (ztunnel node-1; haproxy with the ACL)", "keepalive.server_cpu_ms_per_1k",
+     "keepalive.server_cpu_ms_per_1k", 1, "CPU-ms"),
+    ("RSS idle, the waypoint", "rss_idle.waypoint", None, 1, "MiB"),
+    ("PSS idle, the waypoint", "pss_idle.waypoint", None, 1, "MiB"),
+    ("RSS under load (max), the waypoint", "rss_load.waypoint", None, 1, "MiB"),
+    ("RSS idle, server side (ztunnel node-1; haproxy with the ACL)", "rss_idle.server", "rss_idle.server", 1, "MiB"),
+)
+
+
+def l7_table(summary: dict, subject: str, baseline: str) -> str:
+    """The waypoint and the haproxy pair side by side, with their ratio where both have the figure."""
+    mine, theirs = summary.get(subject, {}), summary.get(baseline, {})
+    lines = [f"| figure | {baseline} | {subject} | {subject} / {baseline} |", "|---|---:|---:|---:|"]
+    for label, key, base_key, digits, unit in L7_ROWS:
+        value = mine.get(key) if key else None
+        ref = theirs.get(base_key) if base_key else None
+        if value is None and ref is None:
+            continue
+        ratio = f"{value / ref:.2f}×" if value is not None and ref else "–"
+        lines.append(f"| {label} ({unit}) | {fmt(ref, digits)} | {fmt(value, digits)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def l7_lines(result: dict) -> list[str]:
+    """The L7 section: what both rows do, the table, issue #19's bars, where the waypoint ran."""
+    subject, baseline = result.get("l7_subject", "waypoint"), result.get("l7_baseline", "haproxy-l7")
+    summary = result["medians"]
+    if subject not in summary and baseline not in summary:
+        return []
+    placed = result.get("waypoint_node")
+    where = f" The lab placed the waypoint pod on {placed}." if placed else ""
+    checked = result.get("l7_checks") or {}
+    answers = "; ".join(f"{name}: " + ", ".join(f"GET {p} {code}" for p, code in codes.items())
+                        for name, codes in checked.items())
+    return [
+        "## L7: the waypoint against a haproxy pair in http mode (issue #19)",
+        "",
+        "Both rows apply the same rule (allow `/` and `/public/*`, deny anything else with 403) to every "
+        "request of the same keep-alive wrk load; the keep-alive figure only. The waypoint path is client "
+        "pod → ztunnel node-0 → HBONE → waypoint (L7 policy) → pooled HBONE → ztunnel node-1 → nginx; its "
+        "whole-path CPU is both ztunnels' cgroups and the waypoint's (the ztunnels carry no other path's "
+        "traffic meanwhile: runs are one after another), the waypoint alone its own cgroup. haproxy-l7 is "
+        "the haproxy pair in `mode http` with the same mTLS 1.3 certificates, the path ACL on the server "
+        f"side and `http-reuse always` towards the next hop; its CPU is both sides' cgroups.{where}"
+        + (f" Checked before measuring: {answers}." if answers else ""),
+        "",
+        l7_table(summary, subject, baseline),
+        "",
+        "### Bars (issue #19)",
+        "",
+        bars_table(result.get("bars_l7", []), subject, baseline),
+        "",
+    ]
+
+
 def markdown(result: dict) -> str:
     p, m = result["parameters"], result["machine"]
     paths = "\n".join(f"- `{x['name']}` (namespace `{x['namespace']}`): {x['title']}" for x in result["paths"])
@@ -330,6 +410,7 @@ def markdown(result: dict) -> str:
         bars_table(result["bars"]),
         "",
     ]
+    out += l7_lines(result)
     if result.get("charts"):
         out += ["## Charts", "", *[f"![{name}]({name})" for name in result["charts"]], ""]
     if result.get("ztunnel_memory"):
@@ -338,6 +419,13 @@ def markdown(result: dict) -> str:
     if profile:
         out += ["## Profile: ztunnel flame graphs (py-spy, GIL-holding samples: Python CPU)", "", PROFILE_NOTE, ""]
         for figure, one in profile.items():
+            out += profile_lines(figure, one)
+        out.append("")
+    waypoint_profile = result.get("profile_waypoint") or {}
+    if waypoint_profile:
+        out += ["## Profile: the waypoint's flame graph (py-spy, GIL-holding samples: Python CPU)", "",
+                PROFILE_NOTE.replace("a ztunnel thread", "a waypoint thread"), ""]
+        for figure, one in waypoint_profile.items():
             out += profile_lines(figure, one)
         out.append("")
     out += [f"Lab up in {result['lab_up_s']:.0f} s; {result['seconds']:.0f} s in all. "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from datapath import report
-from datapath.measure import cpu_figures, round_order
+from datapath.measure import cpu_figures, l7_problems, round_order
 
 
 def run(rps=None, cps=None, gbit_s=None, p99=1.0, cpu=None, rss=None, connections=16, requests=1000):
@@ -230,3 +230,79 @@ def test_idle_pss_rows_sit_beside_rss():
     result = result_for(ROUNDS, IDLE) | {"medians": summary, "ratios": report.ratios(summary, "stunnel")}
     [row] = [line for line in report.markdown(result).splitlines() if "proxy PSS idle" in line and "client" in line]
     assert "30.5" in row
+
+
+def test_cpu_figures_give_the_sides_asked_for_alone():
+    usec = {"client": 400_000, "waypoint": 2_000_000, "server": 600_000}
+    figures = cpu_figures(usec, 10.0, "cpu_ms_per_1k", ("waypoint",))
+    assert figures["cpu_ms_per_1k"] == 300.0  # the whole path
+    assert figures["waypoint_cpu_ms_per_1k"] == 200.0  # the waypoint alone
+    assert "client_cpu_ms_per_1k" not in figures
+    assert cpu_figures({"waypoint": 1}, 0, "cpu_ms_per_1k", ("waypoint",))["waypoint_cpu_ms_per_1k"] is None
+
+
+def test_l7_problems():
+    assert l7_problems({"/": 200, "/private": 403}) == []
+    assert l7_problems({"/": 200, "/private": 200}) == ["GET /private answered 200, expected 403"]
+    assert l7_problems({"/": None, "/private": 403}) == ["GET / answered nothing, expected 200"]
+    assert len(l7_problems({})) == 2
+
+
+def l7_round(scale: float) -> dict:
+    """The L7 rows as the bench records them: keep-alive only, each side's CPU also alone."""
+    return {
+        "haproxy-l7": {"keepalive": run(rps=8000 * scale, p99=5, cpu={
+            "cpu_ms_per_1k": 80.0, "client_cpu_ms_per_1k": 40.0, "server_cpu_ms_per_1k": 40.0},
+            rss={"client": 12.0, "server": 12.0})},
+        "waypoint": {"keepalive": run(rps=2000 * scale, p99=30, cpu={
+            "cpu_ms_per_1k": 900.0, "client_cpu_ms_per_1k": 200.0, "waypoint_cpu_ms_per_1k": 500.0,
+            "server_cpu_ms_per_1k": 200.0}, rss={"client": 70.0, "waypoint": 90.0, "server": 70.0})},
+    }
+
+
+def test_l7_section_and_bars():
+    rounds = [{**one, **l7_round(scale)} for one, scale in zip(ROUNDS, (1.1, 0.9, 1.0), strict=True)]
+    idle = {**IDLE, "waypoint": {"client": 60.0, "waypoint": 80.5, "server": 69.1},
+            "haproxy-l7": {"client": 9.0, "server": 9.5}}
+    result = result_for(rounds, idle)
+    summary = result["medians"]
+    assert "keepalive.waypoint_cpu_ms_per_1k" in summary["waypoint"] and "conn.cps" not in summary["waypoint"]
+    checks = report.check_bars(summary, "waypoint", "haproxy-l7", report.L7_BARS)
+    assert [(c["value"], c["result"]) for c in checks] == [(0.25, "MISS"), (500.0, "MISS")]
+    assert report.check_bars(summary, "ambient", "stunnel", report.L7_BARS)[1]["result"] == "n/a"
+    result |= {"bars_l7": checks, "waypoint_node": "node-0",
+               "l7_checks": {"waypoint": {"/": 200, "/private": 403}}}
+    lines = report.markdown(result).splitlines()
+    assert "## L7: the waypoint against a haproxy pair in http mode (issue #19)" in lines
+    assert "| keep-alive requests/s (req/s) | 8,000 | 2,000 | 0.25× |" in lines
+    assert "| CPU per 1,000 requests, whole path (CPU-ms) | 80.0 | 900.0 | 11.25× |" in lines
+    assert "| CPU per 1,000 requests, the waypoint alone (CPU-ms) | – | 500.0 | – |" in lines
+    assert "| RSS idle, the waypoint (MiB) | – | 80.5 | – |" in lines
+    assert "| RSS under load (max), the waypoint (MiB) | – | 90.0 | – |" in lines
+    assert ("| waypoint path requests/s at least 0.5x haproxy-l7's | 0.25× | 0.5× | MISS, 50% short of the bar |"
+            in lines)
+    assert ("| waypoint alone at most 250 CPU-ms per 1,000 requests | 500.00 CPU-ms | 250 CPU-ms | "
+            "MISS, 100% over the bar |") in lines
+    text = "\n".join(lines)
+    assert "placed the waypoint pod on node-0" in text and "waypoint: GET / 200, GET /private 403" in text
+    # The L7 rows are columns of the main table too, with "–" for the figures they do not run.
+    row = next(line for line in lines if line.startswith("| new connections/s"))
+    assert row.endswith("| – | – |")
+
+
+def test_no_l7_section_without_the_l7_rows():
+    assert "## L7" not in report.markdown(result_for(ROUNDS, IDLE))
+
+
+def test_the_waypoint_profile_has_its_own_section():
+    result = result_for(ROUNDS, IDLE)
+    result["profile_waypoint"] = {"keepalive": {
+        "run": {"rps": 1500.0}, "rate": 200, "duration_s": 8,
+        "svg": {"waypoint": "2026-11-21-flame-waypoint-keepalive.svg"},
+        "stacks": {"waypoint": "2026-11-21-flame-waypoint-keepalive.txt"},
+        "summary": {"waypoint": {"samples": 900, "packages": [["h11", 0.5], ["waypoint.h1", 0.5]],
+                                 "top_self": [["f (waypoint/h1.py)", 0.1]]}}}}
+    text = report.markdown(result)
+    assert "## Profile: the waypoint's flame graph" in text
+    assert "[waypoint](2026-11-21-flame-waypoint-keepalive.svg)" in text
+    assert "a waypoint thread held the GIL" in text
