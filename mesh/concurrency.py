@@ -5,9 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -30,6 +31,20 @@ async def first_of(*waits: Callable[[], Awaitable[object]]) -> int:
             nursery.start_soon(one, index, wait)
     assert first is not None  # the nursery only ends early by our own cancel (or raises)
     return first
+
+
+async def wait_for_stop(signals: AsyncIterator[int], quit_requested: trio.Event) -> str:
+    """Wait for the first request to stop a proxy: a signal (its name), or ``/quitquitquit`` (the
+    admin port's ``quit_requested``)."""
+    received: list[int] = []
+
+    async def next_signal() -> None:
+        async for signum in signals:
+            received.append(signum)
+            return
+
+    first = await first_of(next_signal, quit_requested.wait)
+    return signal.Signals(received[0]).name if first == 0 else "/quitquitquit"
 
 
 # accept() errors that mean "out of capacity for now" (fds, memory): the loop waits and tries again,

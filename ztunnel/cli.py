@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import trio
+    pass
 
 log = logging.getLogger("ambient.ztunnel")
 
@@ -84,22 +83,6 @@ class _AdminView:
         return self._ztunnel.ready()
 
 
-async def wait_for_stop(signals: AsyncIterator[int], quit_requested: trio.Event) -> str:
-    """Wait for the first request to stop: a signal (its name), or ``/quitquitquit`` (the admin
-    port's ``quit_requested``)."""
-    from mesh.concurrency import first_of
-
-    received: list[int] = []
-
-    async def next_signal() -> None:
-        async for signum in signals:
-            received.append(signum)
-            return
-
-    first = await first_of(next_signal, quit_requested.wait)
-    return signal.Signals(received[0]).name if first == 0 else "/quitquitquit"
-
-
 def connection_bounds(per_pod: int, per_node: int, fd_limit: int | None = None) -> tuple[int, int]:
     """The connection bounds to run with, per pod and per node: those asked for (ValueError if the
     pod's is not below the node's), the node's lowered to what ``fd_limit`` (by default: the soft
@@ -125,6 +108,7 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     from ca.client import CaClient
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+    from mesh.concurrency import wait_for_stop
     from mesh.errors import UsageError
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from ztunnel.admin import ZtunnelAdmin

@@ -6,7 +6,7 @@ import signal
 
 import trio
 
-from ztunnel.cli import wait_for_stop
+from mesh.concurrency import wait_for_stop
 
 
 async def signals_from(receive: trio.MemoryReceiveChannel[int]):
