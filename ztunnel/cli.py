@@ -15,10 +15,6 @@ import argparse
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("ambient.ztunnel")
 
