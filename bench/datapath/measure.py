@@ -37,6 +37,7 @@ MAX_ERROR_SHARE = 0.01  # wrk errors (socket errors, non-2xx) above this share o
 MIN_CONNECTIONS_PER_REQUEST = 0.95  # `conn`: nginx must have accepted about one connection per request
 RSS_SAMPLE_INTERVAL_S = 0.1
 CHECK_TIMEOUT_S = 5  # curl's bound on each request of the L7 check
+CHECK_ATTEMPTS = 3  # requests of the L7 check that got no answer at all are tried this often
 # The L7 check: the request wrk makes, and one the L7 rule denies, with the status each must get.
 L7_EXPECTED = (("/", 200), (DENIED_PATH, 403))
 
@@ -132,13 +133,18 @@ class Runner:
         endpoint = path.http_endpoint(self.server_ips[name])
         statuses: dict[str, int | None] = {}
         for request_path, _expected in L7_EXPECTED:
-            try:
-                text = self.lab.run_in(path.namespace, "client", "curl", "-sS", "-o", "/dev/null", "-w",
-                                       "%{http_code}", "-m", str(CHECK_TIMEOUT_S), endpoint.url(request_path),
-                                       timeout=CHECK_TIMEOUT_S + RUN_GRACE_S)
-                statuses[request_path] = int(text.strip()) or None  # curl writes 000 without an answer
-            except (BenchFailure, ValueError):
-                statuses[request_path] = None
+            # The path's first request may wait for certificates and upstream pools: a request without
+            # any answer is tried again, a bounded number of times; a wrong answer is final.
+            for _attempt in range(CHECK_ATTEMPTS):
+                try:
+                    text = self.lab.run_in(path.namespace, "client", "curl", "-sS", "-o", "/dev/null", "-w",
+                                           "%{http_code}", "-m", str(CHECK_TIMEOUT_S), endpoint.url(request_path),
+                                           timeout=CHECK_TIMEOUT_S + RUN_GRACE_S)
+                    statuses[request_path] = int(text.strip()) or None  # curl writes 000 without an answer
+                except (BenchFailure, ValueError):
+                    statuses[request_path] = None
+                if statuses[request_path] is not None:
+                    break
         problems = l7_problems(statuses)
         if problems:
             raise BenchFailure(f"{name}: the L7 rule is not in force before measuring: {'; '.join(problems)}")

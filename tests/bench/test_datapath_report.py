@@ -306,3 +306,41 @@ def test_the_waypoint_profile_has_its_own_section():
     assert "## Profile: the waypoint's flame graph" in text
     assert "[waypoint](2026-11-21-flame-waypoint-keepalive.svg)" in text
     assert "a waypoint thread held the GIL" in text
+
+
+class FakeLab:
+    """`run_in` answers curl's status line from a table (request URL -> answers in turn); no lab."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers, self.calls = answers, []
+        self.layout = None
+
+    def run_in(self, namespace, pod, *command, timeout):
+        url = command[-1]
+        self.calls.append((namespace, pod, url))
+        return self.answers[url].pop(0)
+
+
+def l7_runner(answers):
+    from datapath.measure import Runner, Settings
+    from datapath.paths import Waypoint
+
+    lab = FakeLab(answers)
+    runner = Runner.__new__(Runner)  # without the cgroups: check_l7 reads none
+    runner.lab, runner.settings = lab, Settings()
+    runner.paths, runner.server_ips = {"waypoint": Waypoint()}, {"waypoint": "10.244.1.6"}
+    return runner, lab
+
+
+def test_check_l7_passes_when_the_rule_is_in_force_and_retries_no_answer_only():
+    runner, lab = l7_runner({"http://10.244.1.6:8080/": ["000", "200"], "http://10.244.1.6:8080/private": ["403"]})
+    assert runner.check_l7("waypoint") == {"/": 200, "/private": 403}
+    assert [c[:2] for c in lab.calls] == [("dp-waypoint", "client")] * 3
+
+
+def test_check_l7_fails_when_the_denied_path_is_served():
+    from datapath.lab import BenchFailure
+
+    runner, _lab = l7_runner({"http://10.244.1.6:8080/": ["200"], "http://10.244.1.6:8080/private": ["200"]})
+    with pytest.raises(BenchFailure, match="GET /private answered 200, expected 403"):
+        runner.check_l7("waypoint")
