@@ -338,7 +338,7 @@ def container_pids(status: dict) -> dict[str, int | None]:
 # -- what every lab bench does around its run
 
 
-MESH_SOURCES = ("ztunnel", "mesh", "ca", "bpf", "hbone", "controlplane", "lab")
+MESH_SOURCES = ("ztunnel", "waypoint", "mesh", "ca", "bpf", "hbone", "controlplane", "lab")
 
 
 def code_state(repo: Path, sources: tuple[str, ...] = MESH_SOURCES) -> dict:
