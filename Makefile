@@ -102,7 +102,7 @@ check-protos: venv
 # and a process that compiles its modules from source (an editable checkout under
 # PYTHONDONTWRITEBYTECODE) holds more than one that loads them compiled (1.4 MiB in a ztunnel).
 bench: system-deps venv bench-deps bpf
-	$(PY) -m compileall -q ambient bpf ca controlplane hbone lab mesh ztunnel
+	$(PY) -m compileall -q ambient bpf ca controlplane hbone lab mesh waypoint ztunnel
 	$(PY) bench/datapath_bench.py
 
 # Installs through apt only what is missing (root). Debian starts the service a package installs
