@@ -45,7 +45,7 @@ from mesh.proxy_state import ProxyState, identity_of, ip_text
 from waypoint.authz import L7Authorizer, RequestAttributes
 from waypoint.exchange import Downstream, Headers, end_to_end, header_value
 from waypoint.h1 import H1Downstream, H1Upstream, PeerGone
-from waypoint.h2 import MalformedRequest
+from waypoint.h2 import H2Upstream, MalformedRequest
 from waypoint.h2session import StreamReset
 from waypoint.limits import CONNECT_TIMEOUT, MAX_LOCAL_REPLY_BYTES, RETRY_BUFFER_BYTES
 from waypoint.records import NO_FLAGS, RequestRecord
@@ -225,6 +225,7 @@ class Pipeline:
             return False
         backend_timeout = plan.backend_timeout if plan is not None and plan.backend_timeout else float("inf")
         reusable = False
+        switched: tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream] | None = None
         try:
             async with trio.open_nursery() as nursery:
                 headers = _request_headers(head, down, upstream.http_version, body)
@@ -255,25 +256,38 @@ class Pipeline:
                     nursery.cancel_scope.cancel()
                     return True
                 if status == 101 and isinstance(down, H1Downstream) and isinstance(upstream, H1Upstream):
+                    # Switched: relay both ways, outside this nursery, whose scope ends the request's tasks.
                     await down.respond(101, end_to_end_upgrade(response_headers))
                     outcome.status = 101
+                    switched = (down.switched(), upstream.switched())
                     nursery.cancel_scope.cancel()
-                    await relay(down.switched(), upstream.switched(), Counts())
-                    return False
-                response_headers = end_to_end(response_headers)
-                if plan is not None and plan.response_headers is not None:
-                    response_headers = apply_response_headers(plan.response_headers, response_headers)
-                outcome.grpc_status = header_value(response_headers, "grpc-status")
-                await down.respond(status, response_headers)
-                outcome.status = status
-                while chunk := await upstream.receive_body():
-                    await down.send_body(chunk)
-                trailers = upstream.trailers
-                if trailers:
-                    outcome.grpc_status = header_value(trailers, "grpc-status") or outcome.grpc_status
-                await down.end(end_to_end(trailers) if trailers else None)
-                reusable = sent.is_set()
-                nursery.cancel_scope.cancel()
+                else:
+                    response_headers = end_to_end(response_headers)
+                    if plan is not None and plan.response_headers is not None:
+                        response_headers = apply_response_headers(plan.response_headers, response_headers)
+                    outcome.grpc_status = header_value(response_headers, "grpc-status")
+                    outcome.status = status
+                    if _ended_with_headers(upstream):
+                        # gRPC's Trailers-Only answer (an error status in the one HEADERS frame): an
+                        # HTTP/2 client must see it end the stream there, not in a DATA frame after it.
+                        await down.respond(status, response_headers, end=True)
+                        reusable = sent.is_set()
+                        nursery.cancel_scope.cancel()
+                        return False
+                    await down.respond(status, response_headers)
+                    while chunk := await upstream.receive_body():
+                        await down.send_body(chunk)
+                    trailers = upstream.trailers
+                    if trailers:
+                        outcome.grpc_status = header_value(trailers, "grpc-status") or outcome.grpc_status
+                    await down.end(end_to_end(trailers) if trailers else None)
+                    reusable = sent.is_set()
+                    nursery.cancel_scope.cancel()
+            if switched is not None:
+                try:
+                    await relay(*switched, Counts())
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    outcome.detail = f"the upgraded connection ended: {exc}"
         except (PeerGone, StreamReset) as exc:
             if down.responded:
                 raise  # the client's side (or the upstream mid-response): nothing left to answer
@@ -384,6 +398,12 @@ def _upstream_http2(down: Downstream, tunnel: Tunnel) -> bool:
                 if port.app_protocol == wpb.HTTP11:
                     return False
     return down.http_version == "HTTP/2"
+
+
+def _ended_with_headers(upstream: Any) -> bool:
+    """Whether an HTTP/2 upstream's response ended with its headers: no body, no trailers."""
+    stream = upstream.stream if isinstance(upstream, H2Upstream) else None
+    return stream is not None and stream.ended and not stream.has_data and stream.trailers is None
 
 
 def _content_length(head: RequestHead, down: Downstream) -> int | None:

@@ -311,20 +311,26 @@ class Waypoint:
 
     async def _serve_tunnel(self, stream: trio.abc.HalfCloseableStream, tunnel: Tunnel,
                             service: wpb.Service | None) -> None:
-        protocol = AppProtocol.UNKNOWN
+        declared_protocol = AppProtocol.UNKNOWN
         if service is not None:
             for port in service.ports:
                 if port.service_port == tunnel.destination[1]:
-                    protocol = declared(port.app_protocol)
+                    declared_protocol = declared(port.app_protocol)
+        # A declared HTTP port is still sniffed, for the client's HTTP version only: Envoy's HTTP
+        # listener takes both HTTP/1.1 and HTTP/2 prior knowledge there (codec AUTO), and the port's
+        # protocol decides what goes upstream (``pipeline._upstream_http2``). Bytes that are not HTTP
+        # on a declared HTTP port are served as HTTP/1.1, which answers them 400.
+        protocol = AppProtocol.UNKNOWN
         initial = b""
-        if protocol is AppProtocol.UNKNOWN:
-            with trio.move_on_after(DETECTION_TIMEOUT):
-                while protocol is AppProtocol.UNKNOWN:
-                    data = await stream.receive_some(READ_CHUNK)
-                    initial += data
-                    protocol = sniff(initial, ended=not data)
-            if protocol is AppProtocol.UNKNOWN:
-                protocol = AppProtocol.TCP
+        with trio.move_on_after(DETECTION_TIMEOUT):
+            while protocol is AppProtocol.UNKNOWN:
+                data = await stream.receive_some(READ_CHUNK)
+                initial += data
+                protocol = sniff(initial, ended=not data)
+        if declared_protocol is not AppProtocol.UNKNOWN:
+            protocol = AppProtocol.HTTP2 if protocol is AppProtocol.HTTP2 else AppProtocol.HTTP1
+        elif protocol is AppProtocol.UNKNOWN:
+            protocol = AppProtocol.TCP
         assert self.pipeline is not None
         pipeline = self.pipeline
         log.debug("tunnel to %s from %s: %s", format_address(*tunnel.destination), tunnel.peer_identity, protocol.value)
