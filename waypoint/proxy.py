@@ -305,6 +305,13 @@ class Waypoint:
         self.open_tunnels += 1
         try:
             await self._serve_tunnel(stream, tunnel, service)
+            # Served to the end (the client closed its side): end ours too, so the tunnel closes
+            # cleanly; a stream closed with a half still open is reset, which ztunnel logs as failed.
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                try:
+                    await stream.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # already reset or closed by the other side: nothing left to end
         finally:
             self.open_tunnels -= 1
             await trio.aclose_forcefully(stream)
