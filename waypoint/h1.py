@@ -4,10 +4,13 @@
 answered before the next is read) and hands each to ``handler`` as an ``H1Downstream``. The client's
 faults end only its own connection: a malformed request gets h11's status hint (400, or 431 for a
 head over ``MAX_REQUEST_HEAD_BYTES`` or with more than ``MAX_REQUEST_HEADERS`` headers) with
-``Connection: close``; a head that takes longer than ``HEADER_READ_TIMEOUT`` to arrive, or a
-keep-alive connection idle for ``IDLE_TIMEOUT``, is closed. A request body the handler did not read
-(it answered without needing it, e.g. a 403) is read and dropped up to ``RETRY_BUFFER_BYTES``; past
-that the connection closes instead.
+``Connection: close``, and so does one framed by both Content-Length and Transfer-Encoding (request
+smuggling, refused as Envoy does); a head that takes longer than ``HEADER_READ_TIMEOUT`` to arrive, a
+keep-alive connection idle for ``IDLE_TIMEOUT``, or a request body that stalls for ``IDLE_TIMEOUT``, is
+closed. A request body the handler did not read (it answered without needing it, e.g. a 403) is read
+and dropped up to ``RETRY_BUFFER_BYTES``; past that the connection closes instead. A client waiting
+on ``Expect: 100-continue`` gets its 100 when the body is first read, and a response to HEAD goes out
+without the body the handler writes.
 
 ``H1Upstream`` is the client side on one upstream connection: ``start`` sends a request head, then
 the body streams, while the response is read. After a complete exchange on a connection both sides
@@ -53,7 +56,8 @@ def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float = float("inf")) -> object:
+    """The next event; PeerGone if the peer breaks the protocol, goes away, or sends nothing for ``idle``."""
     while True:
         try:
             event = conn.next_event()
@@ -61,11 +65,14 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
             raise PeerGone(f"malformed HTTP/1.1 from the peer: {exc}") from exc
         if event is not h11.NEED_DATA:
             return event
-        try:
-            data = await stream.receive_some(READ_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerGone(str(exc)) from exc
-        conn.receive_data(bytes(data))
+        with trio.move_on_after(idle):
+            try:
+                data = await stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerGone(str(exc)) from exc
+            conn.receive_data(bytes(data))
+            continue
+        raise PeerGone(f"nothing from the peer for {idle:g} s")
 
 
 # ---------------------------------------------------------------- server
@@ -82,6 +89,9 @@ class H1Downstream:
         self.head = RequestHead(request.method.decode("latin-1"), request.target.decode("latin-1"), authority,
                                 tuple(headers))
         self.upgrade = next((v for n, v in headers if n == "upgrade"), None)
+        # A response to HEAD has the head of the GET response and no body (RFC 9110 9.3.2): what the
+        # handler writes as its body (a local reply's text, say) is not sent.
+        self._head_only = request.method == b"HEAD"
         self.received_bytes = 0
         self.sent_bytes = 0
         self.responded = False
@@ -96,7 +106,10 @@ class H1Downstream:
     async def receive_body(self) -> bytes:
         if self._body_done:
             return b""
-        event = await _next_event(self.conn, self.stream)
+        if self.conn.client_is_waiting_for_100_continue and not self.responded:
+            # The client sends its body only once told to go on (RFC 9110 10.1.1): reading it is the go-ahead.
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        event = await _next_event(self.conn, self.stream, IDLE_TIMEOUT)
         if isinstance(event, h11.Data):
             self.received_bytes += len(event.data)
             return bytes(event.data)
@@ -111,17 +124,18 @@ class H1Downstream:
             self.responded = True
             return
         names = {n for n, _ in headers}
-        if end and "content-length" not in names:
+        if end and "content-length" not in names and status not in (204, 304):  # 204 carries none (RFC 9110 8.6)
             headers = [*headers, ("content-length", "0")]
         # Without a length h11 frames the body chunked for an HTTP/1.1 client, which can carry trailers.
-        self._chunked = "content-length" not in names and self.conn.their_http_version == b"1.1"
+        self._chunked = ("content-length" not in names and self.conn.their_http_version == b"1.1"
+                         and not self._head_only and status not in (204, 304))
         await self._send(h11.Response(status_code=status, headers=_encode(headers)))
         self.responded = True
         if end:
             await self._send(h11.EndOfMessage())
 
     async def send_body(self, data: bytes) -> None:
-        if data:
+        if data and not self._head_only:
             self.sent_bytes += len(data)
             await self._send(h11.Data(data=data))
 
@@ -170,16 +184,26 @@ async def serve_h1(stream: trio.abc.HalfCloseableStream, handler: Handler, initi
         if len(request.headers) > MAX_REQUEST_HEADERS:
             await _refuse(stream, conn, 431, f"more than {MAX_REQUEST_HEADERS} request headers")
             return
+        if _head_size(request) > MAX_REQUEST_HEAD_BYTES:
+            # h11 bounds a head only while it is incomplete: one that arrives whole in a read is let through.
+            await _refuse(stream, conn, 431, f"a request head over {MAX_REQUEST_HEAD_BYTES} bytes")
+            return
+        names = {name.lower() for name, _ in request.headers}
+        if b"transfer-encoding" in names and b"content-length" in names:
+            # RFC 9112 6.3: Transfer-Encoding wins, but the pair is how requests are smuggled past a proxy
+            # that reads the other; Envoy refuses it (unless allow_chunked_length), and so do we.
+            await _refuse(stream, conn, 400, "both Content-Length and Transfer-Encoding")
+            return
         exchange = H1Downstream(stream, conn, request)
         try:
             await handler(exchange)
+            if exchange.aborted or conn.our_state is h11.SWITCHED_PROTOCOL:
+                return
+            if conn.our_state is not h11.DONE:
+                return  # the response did not complete: the connection cannot carry another
+            if conn.their_state is h11.SEND_BODY and not await _drain_body(exchange):
+                return
         except PeerGone:
-            return
-        if exchange.aborted or conn.our_state is h11.SWITCHED_PROTOCOL:
-            return
-        if conn.our_state is not h11.DONE:
-            return  # the response did not complete: the connection cannot carry another
-        if conn.their_state is h11.SEND_BODY and not await _drain_body(exchange):
             return
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return
@@ -211,8 +235,16 @@ async def _read_head(conn: h11.Connection, stream: trio.abc.Stream, first: bool)
         return None
 
 
+def _head_size(request: h11.Request) -> int:
+    """The request head's size on the wire, near enough (h11 has dropped optional whitespace)."""
+    line = len(request.method) + len(request.target) + len(b" HTTP/1.1\r\n") + 1
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
 async def _drain_body(exchange: H1Downstream) -> bool:
     """Read and drop the rest of a request body the handler did not need; False if it is too long."""
+    if exchange.conn.client_is_waiting_for_100_continue:
+        return False  # the client has not sent it and will not until told: nothing to drain, just close
     left = RETRY_BUFFER_BYTES
     with trio.move_on_after(HEADER_READ_TIMEOUT):
         while left > 0:
@@ -310,7 +342,12 @@ class H1Upstream:
         return PrefixedStream(self.stream, bytes(data))
 
     async def release(self, reusable: bool) -> None:
-        clean = (reusable and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE)
+        # h11 leaves their_state DONE after a response read to the end of the stream (no length), and
+        # after the origin closed right behind its response: the end of the stream seen, or bytes past the
+        # response, make the connection unfit for another request.
+        extra, eof = self.conn.trailing_data
+        clean = (reusable and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+                 and not eof and not extra)
         if clean:
             try:
                 self.conn.start_next_cycle()
