@@ -5,7 +5,11 @@ manifests; pods outside the mesh talking plain TCP; the ambient pods captured by
 program per pod) and served by their node's ztunnel; a request across nodes that crosses the fabric
 only as HBONE mTLS (tcpdump shows port 15008 and no readable request), with both ztunnels' access-log
 lines; ``ambient ztunnel-config``; an AuthorizationPolicy that denies a client (reset, and the
-access-log line naming the policy) while another still gets through; ``ambient lab status``, and
+access-log line naming the policy) while another still gets through; the waypoint: ``ambient
+waypoint apply --enroll-namespace`` starts the L7 proxy and requests to Service echo pass it (the echo
+server sees the waypoint's address; the waypoint's access log), a v2 of echo rolls out, then an L7
+DENY answers 403 beside an allowed request on one connection and a 90/10 HTTPRoute splits 200 requests
+(counts printed); ``ambient lab status``, and
 ``ambient lab down``, checking that nothing of the lab is left. ``--ca`` shows the
 certificate authority on its own instead: create a CA, serve it, make a workload token, obtain a
 certificate over gRPC/TLS, show and verify the chain, show a refused request, read the CA's metrics,
@@ -72,13 +76,14 @@ def _ambient(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def _curl(client: str, ip: str, path: str, max_time: float = 5) -> dict | None:
-    """The echo server's answer, or None if curl timed out."""
+def _curl(client: str, ip: str, path: str, max_time: float = 5, port: int = 8080, quiet: bool = False) -> dict | None:
+    """The echo server's answer, or None if curl timed out (or, ``quiet``, failed in any way)."""
     argv = [sys.executable, "-m", "ambient", "exec", "--name", LAB_NAME, client, "--",
-            "curl", "-sS", "--max-time", f"{max_time:g}", f"http://{ip}:8080{path}"]
-    print(f"$ ambient exec {client} -- curl --max-time {max_time:g} http://{ip}:8080{path}", flush=True)
+            "curl", "-sS", "--max-time", f"{max_time:g}", f"http://{ip}:{port}{path}"]
+    if not quiet:
+        print(f"$ ambient exec {client} -- curl --max-time {max_time:g} http://{ip}:{port}{path}", flush=True)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if result.returncode == 28:  # curl: operation timed out
+    if result.returncode == 28 or (quiet and result.returncode != 0):  # 28: curl's operation timed out
         return None
     if result.returncode != 0:
         raise RuntimeError(f"curl from {client} failed ({result.returncode}): {result.stderr.strip()}")
@@ -222,6 +227,8 @@ def run_lab() -> int:
         if not denied:
             raise RuntimeError("the policy did not deny legacy/sleep")
 
+        _waypoint_part(config, status, sleep)
+
         _step("ambient lab status")
         _ambient("lab", "status", "--name", LAB_NAME)
     finally:
@@ -232,6 +239,160 @@ def run_lab() -> int:
         if os.path.isdir("/var/run/netns") else []
     print(f"  lab network namespaces left: {len(left)}")
     return 0 if not left else 1
+
+
+# The waypoint part: a v2 of echo rolls out beside v1, then an L7 policy and a weighted route.
+ECHO_V2 = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-v2, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo, version: v2}}
+  template:
+    metadata: {labels: {app: echo, version: v2}}
+    spec:
+      serviceAccountName: echo
+      containers:
+      - name: echo
+        command: [python3, echo_server.py, --port, "8080"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe:
+          httpGet: {path: /healthz, port: http}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1, namespace: demo}
+spec:
+  selector: {app: echo, version: v1}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: demo}
+spec:
+  selector: {app: echo, version: v2}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+WAYPOINT_POLICY_NAME = "demo/no-admin"
+L7_CONFIG = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: demo}
+spec:
+  targetRefs: [{kind: Service, group: "", name: echo}]
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/admin/*]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-split, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - backendRefs:
+    - {name: echo-v1, port: 80, weight: 90}
+    - {name: echo-v2, port: 80, weight: 10}
+"""
+SPLIT_REQUESTS = 200
+PROPAGATION_TRIES = 100  # looks at the lab (0.1 s apart) for a change to reach the proxies: about a second
+
+
+def _status() -> dict:
+    return json.loads(subprocess.run([sys.executable, "-m", "ambient", "lab", "status", "--name", LAB_NAME, "-o",
+                                      "json"], capture_output=True, text=True, check=True).stdout)
+
+
+def _keepalive(config: Path, host: str, *lines: str) -> list[dict]:
+    """Batches of requests on one keep-alive connection from demo/sleep (``http_client.py``: a line
+    ``METHOD PATH COUNT`` per batch, a JSON summary back for each)."""
+    argv = [sys.executable, "-m", "ambient", "exec", "--name", LAB_NAME, "demo/sleep", "--", "python3",
+            str(config / "http_client.py"), host, "80"]
+    result = subprocess.run(argv, input="".join(f"{line}\n" for line in lines), capture_output=True, text=True,
+                            timeout=120)
+    return [json.loads(line) for line in result.stdout.splitlines()][1:]
+
+
+def _waypoint_log(tries: int = 50, **match: object) -> dict | None:
+    """The waypoint's last access-log line whose fields include ``match``; written as the response
+    ends, so it is looked for ``tries`` times, 0.1 s apart."""
+    for _ in range(tries):
+        log = subprocess.run([sys.executable, "-m", "ambient", "lab", "logs", "--name", LAB_NAME,
+                              "demo/waypoint-waypoint"], capture_output=True, text=True).stdout
+        entries = [json.loads(line.split(" ambient.waypoint.access: ", 1)[1]) for line in log.splitlines()
+                   if " ambient.waypoint.access: " in line]
+        found = next((e for e in reversed(entries) if all(e.get(k) == v for k, v in match.items())), None)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    return None
+
+
+def _show_request(entry: dict | None) -> None:
+    if entry is None:
+        print("  (no access-log line found)")
+        return
+    keys = ("method", "path", "protocol", "response_code", "response_flags", "src.workload", "src.identity",
+            "dst.workload", "route_name", "policy", "reason")
+    print("  " + json.dumps({k: entry[k] for k in keys if k in entry}))
+
+
+def _waypoint_part(config: Path, status: dict, sleep: dict) -> None:
+    _step("the waypoint: `ambient waypoint apply` runs an L7 proxy for namespace demo (--enroll-namespace labels "
+          "it istio.io/use-waypoint: waypoint)")
+    _ambient("waypoint", "apply", "-n", "demo", "--enroll-namespace", "--wait", "--lab", LAB_NAME)
+    _ambient("waypoint", "list", "-n", "demo", "--lab", LAB_NAME)
+    vip = next(s["vip"] for s in status["services"] if (s["namespace"], s["name"]) == ("demo", "echo"))
+    through = None
+    for _ in range(PROPAGATION_TRIES):  # `--wait` saw the pod ready; the client's ztunnel learns of it just after
+        answer = _curl("demo/sleep", vip, "/through-the-waypoint", max_time=2, port=80, quiet=True)
+        if answer is not None and answer["client"]["address"] != sleep["ip"]:
+            through = answer
+            break
+        time.sleep(0.1)
+    if through is None:
+        raise RuntimeError("no request reached echo through the waypoint")
+    print(f"  demo/sleep to Service echo ({vip}:80): {through['pod']['name']} saw {through['method']} "
+          f"{through['path']} from {through['client']['address']} (the waypoint's pod, not {sleep['ip']})")
+    print("  the waypoint's access log:")
+    _show_request(_waypoint_log(path="/through-the-waypoint"))
+
+    _step("a v2 of echo rolls out beside v1 (echo-v2.yaml: a Deployment and the Services echo-v1, echo-v2)")
+    (config / "echo-v2.yaml").write_text(ECHO_V2)
+    for _ in range(PROPAGATION_TRIES):
+        v2 = [p for p in _status()["pods"] if p["name"].startswith("echo-v2-")]
+        if v2 and v2[0]["all_ready"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("echo-v2 did not become ready")
+    print(f"  demo/{v2[0]['name']} ready on {v2[0]['node']} ({v2[0]['ip']})")
+
+    _step("L7 policy and routing at the waypoint (waypoint-l7.yaml): DENY /admin/* on Service echo, and an "
+          "HTTPRoute sending 90% to echo-v1 and 10% to echo-v2")
+    print("\n".join(f"  {line}" for line in L7_CONFIG.splitlines()))
+    (config / "waypoint-l7.yaml").write_text(L7_CONFIG)
+    for _ in range(PROPAGATION_TRIES):  # until the waypoint has both: the 403, and the route's name in its log
+        denied, allowed = _keepalive(config, vip, "GET /admin/users 1", "GET /hello 1")
+        routed = _waypoint_log(tries=1, path="/hello")
+        if "403" in denied["statuses"] and routed is not None and routed.get("route_name") == "demo/echo-split":
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("the waypoint did not apply the policy and the route")
+    print(f"  on one keep-alive connection from demo/sleep: GET /admin/users -> {next(iter(denied['statuses']))} "
+          f"{denied['bodies'].get('403', '')!r}; GET /hello -> {next(iter(allowed['statuses']))} "
+          f"from {next(iter(allowed['pods']))}")
+    print("  the waypoint's access log, denied and allowed:")
+    _show_request(_waypoint_log(path="/admin/users", response_code=403))
+    _show_request(_waypoint_log(path="/hello", response_code=200))
+
+    print(f"$ ambient exec demo/sleep -- python3 http_client.py {vip} 80  <<< 'GET /split {SPLIT_REQUESTS}'")
+    (split,) = _keepalive(config, vip, f"GET /split {SPLIT_REQUESTS}")
+    v2_count = sum(n for pod, n in split["pods"].items() if pod.startswith("echo-v2-"))
+    v1_count = sum(split["pods"].values()) - v2_count
+    print(f"  {SPLIT_REQUESTS} requests to Service echo: echo-v1 answered {v1_count}, echo-v2 answered {v2_count} "
+          f"(weights 90/10); statuses {dict(split['statuses'])}")
 
 
 # curl's exit status for a connection reset, by how far curl got: ztunnel resets a denied

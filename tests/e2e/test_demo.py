@@ -41,6 +41,19 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     assert "legacy/sleep to demo/echo-" in out and ": connection reset: denied" in out
     assert '"message": "connection denied"' in out and '"policy": "demo/echo-from-demo-only"' in out
     assert re.search(r"demo/sleep to demo/echo-\S+: answered, /still-allowed", out)
+    # The waypoint: applied with `ambient waypoint apply`, it carries the requests to Service echo.
+    assert "waypoint demo/waypoint is ready!" in out and 'namespace demo labeled with "istio.io/use-waypoint' in out
+    waypoint_ip = re.search(r"saw GET /through-the-waypoint from (10\.244\.\d+\.\d+) \(the waypoint's pod",
+                            out).group(1)
+    assert re.search(rf"demo\s+waypoint-waypoint\s+node-\d\s+{re.escape(waypoint_ip)}\s+1/1\s+Running", out)
+    # An L7 deny (403, logged with the policy) beside an allowed request, on one connection.
+    assert "GET /admin/users -> 403 'RBAC: access denied'; GET /hello -> 200 from echo-" in out
+    assert '"response_flags": "RBAC"' in out and '"policy": "demo/no-admin"' in out
+    assert '"route_name": "demo/echo-split"' in out
+    # The 90/10 split of 200 requests, within 4 binomial sigmas (20 ± 4.2 for echo-v2).
+    v1, v2 = map(int, re.search(r"200 requests to Service echo: echo-v1 answered (\d+), echo-v2 answered (\d+) "
+                                r"\(weights 90/10\); statuses \{'200': 200\}", out).groups())
+    assert v1 + v2 == 200 and abs(v2 - 20) <= 4 * (200 * 0.1 * 0.9) ** 0.5, (v1, v2)
     assert re.search(r"legacy\s+echo\s+node-\d\s+10\.244\.\d+\.\d+\s+1/1\s+Running\s+0\s+none", out)
     assert "Lab 'demo' is down" in out and "lab network namespaces left: 0" in out
     assert not (tmp_path / "demo").exists()

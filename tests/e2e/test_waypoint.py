@@ -22,7 +22,8 @@ over L4, the waypoint pod through the waypoint).
    ztunnel, through the Service it passes;
 10. ``ambient waypoint delete``: the waypoint stops and the Service is L4 again, live. Last.
 
-The pod-side programs are ``tests/e2e/waypoint_apps/`` (copied into the lab's directory).
+The pod-side programs are ``tests/e2e/waypoint_apps/`` and the samples' ``http_client.py`` (copied into
+the lab's directory).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lab_driver import Lab, find_pod, living_processes, new_lab
+from tests.e2e.lab_driver import SAMPLES, Lab, find_pod, living_processes, new_lab
 
 pytestmark = [
     pytest.mark.root,
@@ -248,7 +249,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def wlab(tmp_path_factory):
     lab = new_lab(tmp_path_factory.mktemp("waypoint"), DOCUMENTS)
-    for app in APPS.glob("*.py"):
+    for app in [*APPS.glob("*.py"), SAMPLES / "http_client.py"]:
         shutil.copy(app, lab.config_dir)
     try:
         lab.up(nodes=2)

@@ -1,4 +1,4 @@
-"""A keep-alive HTTP/1.1 client for the waypoint's lab test, run inside a pod (standard library only).
+"""A keep-alive HTTP/1.1 client for the lab (the demo and the waypoint test), run in a pod; standard library only.
 
 ``http_client.py HOST PORT`` opens one connection, then for each line of stdin ``METHOD PATH COUNT
 [NAME=VALUE...]`` sends COUNT requests on it, one after another, and prints one JSON line: the
