@@ -7,14 +7,27 @@ kinds of task touch it:
 - the reader (``run``) feeds received bytes to h2 and dispatches its events to the streams; it never
   waits on a send, so a peer that does not read cannot stop us reading (and acknowledging) the other
   direction;
-- the writer sends what h2 has queued (``data_to_send``) whenever it is kicked;
+- the writer sends what h2 has queued (``data_to_send``, moved to our ``_outbox`` as it is made)
+  whenever it is kicked;
 - stream tasks (request handlers, body pumps) queue frames and wait for flow-control window and for
-  the writer to drain below ``SEND_HIGH_WATER``, which is the backpressure towards a slow peer.
+  the bytes queued and not yet sent to drop below ``SEND_HIGH_WATER``, which is the backpressure
+  towards a slow peer: a peer that opens a large window and then does not read makes us hold at most
+  that much, not the window. Once the session is closing, the writer has a second to send what is
+  left (the GOAWAY): a peer that does not read cannot keep a closed session alive.
 
 Inbound flow control is by consumption: received DATA is acknowledged to h2 (which sends
 WINDOW_UPDATE) only when a stream's reader takes it, so what a fast peer can pin in our memory is the
 window we advertised (``waypoint.limits``). A peer that resets streams faster than
 ``MAX_RESETS_PER_SECOND`` ("rapid reset") gets GOAWAY ENHANCE_YOUR_CALM and the connection closes.
+
+Two stream errors that h2 (4.x) raises as connection errors are kept to their stream, as RFC 9113
+says (``_Connection``): a stream past our ``MAX_CONCURRENT_STREAMS`` is refused (RST_STREAM
+REFUSED_STREAM, 5.1.2), and a malformed header block (a request without ``:path``, an uppercase
+name, a bad content-length...) resets its stream with PROTOCOL_ERROR (8.1.1). HPACK errors and
+oversized header lists stay connection errors: the decoder's state is no longer shared.
+
+h2 takes nothing after a GOAWAY (its connection is CLOSED), so a GOAWAY from the peer ends every
+stream at once, even those below its last-stream-id; a client side ``available()`` says no from then on.
 """
 
 from __future__ import annotations
@@ -29,7 +42,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import trio
+from hyperframe.frame import Frame, HeadersFrame
 
 from waypoint.limits import (
     CONNECTION_WINDOW,
@@ -47,8 +62,48 @@ log = logging.getLogger("ambient.waypoint.h2")
 # Bytes handed to the writer and not yet sent, above which a stream's sender waits.
 SEND_HIGH_WATER = 1024 * 1024
 _DEFAULT_WINDOW = 65535
+# Seconds the writer has to send what is left (a GOAWAY) once the session is closing.
+_LAST_WORDS = 1.0
 
 RawHeaders = list[tuple[bytes, bytes]]
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, with a refused or malformed stream an error of that stream only (RFC 9113
+    5.1.2, 8.1.1) where h2 would end the whole connection."""
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        stream_id = frame.stream_id
+        if (not self.config.client_side and stream_id not in self.streams
+                and self.open_inbound_streams >= self.local_settings.max_concurrent_streams):
+            return self._refuse(frame)
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.ProtocolError as exc:
+            # Validation (h2.utilities.validate_headers) and content-length parsing raise a plain
+            # ProtocolError once the block is decoded and the stream exists; anything else is the
+            # connection's (HPACK state, stream ids, flow control, closed streams).
+            if (type(exc) is not h2.exceptions.ProtocolError or stream_id not in self.streams
+                    or isinstance(exc.__cause__, (hpack.HPACKError, IndexError, TypeError, UnicodeDecodeError))):
+                raise
+            log.debug("HTTP/2 stream %d reset: %s", stream_id, exc)
+            self.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return [], []
+
+    def _refuse(self, frame: HeadersFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        """Open the stream as h2 would (the header block decoded, so HPACK stays in step; the id
+        used), then reset it with REFUSED_STREAM: the client may retry it elsewhere."""
+        headers = h2.connection._decode_headers(self.decoder, frame.data)
+        self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(frame.stream_id, h2.connection.AllowedStreamIDs.ODD)
+        try:
+            stream.receive_headers(headers, "END_STREAM" in frame.flags, self.config.header_encoding)
+        except h2.exceptions.ProtocolError:
+            pass  # refused either way
+        if stream.closed:  # the peer reset it in the same breath: nothing to refuse
+            return [], []
+        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        return [], []
 
 
 class StreamReset(Exception):
@@ -106,7 +161,7 @@ class H2Session:
                  on_request: Callable[[H2Stream], Awaitable[None]] | None = None) -> None:
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
                                            validate_inbound_headers=True, normalize_inbound_headers=True)
-        self.conn = h2.connection.H2Connection(config)
+        self.conn = _Connection(config)
         self.stream = stream
         self.client_side = client_side
         self._on_request = on_request
@@ -114,7 +169,9 @@ class H2Session:
         self.closed: str | None = None
         self._kick = trio.Event()
         self._drained = trio.Event()
-        self._inflight = 0  # bytes the writer holds and has not sent
+        self._outbox = bytearray()  # bytes h2 queued that the writer has not taken
+        self._inflight = 0  # bytes the writer took and has not sent
+        self._send_scope: trio.CancelScope | None = None  # the writer's send in progress
         self._resets: deque[float] = deque()
         self._idle_since: float | None = trio.current_time()
         self._handlers: trio.Nursery | None = None
@@ -172,15 +229,20 @@ class H2Session:
         while True:
             await self._kick.wait()
             self._kick = trio.Event()
-            data = self.conn.data_to_send()
-            if data:
+            self._outbox += self.conn.data_to_send()
+            if self._outbox:
+                data = bytes(self._outbox)
+                self._outbox.clear()
                 self._inflight = len(data)
                 try:
-                    with trio.move_on_after(1) if self.closed is not None else trio.CancelScope():
+                    with trio.CancelScope() as self._send_scope:
+                        if self.closed is not None:
+                            self._send_scope.deadline = trio.current_time() + _LAST_WORDS
                         await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self._end(f"the connection broke: {exc}")
                 finally:
+                    self._send_scope = None
                     self._inflight = 0
                     self._drained.set()
                     self._drained = trio.Event()
@@ -209,6 +271,8 @@ class H2Session:
     def _end(self, reason: str) -> None:
         if self.closed is None:
             self.closed = reason
+        if self._send_scope is not None:  # a send the peer is not reading: give it the last second only
+            self._send_scope.deadline = min(self._send_scope.deadline, trio.current_time() + _LAST_WORDS)
         for stream in self.streams.values():
             if not stream.ended and stream.reset is None:
                 stream.reset = reason
@@ -280,9 +344,15 @@ class H2Session:
             self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets")
 
     async def _handle(self, stream: H2Stream) -> None:
+        """Run one request's handler; whatever ends it ends that stream only, never its neighbours."""
         assert self._on_request is not None
         try:
             await self._on_request(stream)
+        except StreamReset as exc:
+            log.debug("HTTP/2 stream %d ended: %s", stream.stream_id, exc)
+        except Exception:
+            # Our bug, in one request: log it and reset that stream (forget does), keep the others.
+            log.exception("HTTP/2 stream %d: the request handler failed", stream.stream_id)
         finally:
             self.forget(stream)
 
@@ -304,6 +374,11 @@ class H2Session:
             self._idle_since = trio.current_time()
 
     # ------------------------------------------------------------ sending
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued for the peer and not yet sent."""
+        return len(self._outbox) + self._inflight
 
     def consumed(self, stream_id: int, length: int) -> None:
         if self.closed is not None or length == 0:
@@ -363,9 +438,10 @@ class H2Session:
         self._kick.set()
 
     async def _queued(self) -> None:
-        """Kick the writer; wait while it holds more than the high-water mark."""
+        """Kick the writer; wait while more than the high-water mark is queued and not sent."""
+        self._outbox += self.conn.data_to_send()
         self._kick.set()
-        while self._inflight > SEND_HIGH_WATER and self.closed is None:
+        while self.unsent > SEND_HIGH_WATER and self.closed is None:
             await self._drained.wait()
         await trio.lowlevel.checkpoint()
 

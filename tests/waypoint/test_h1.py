@@ -370,7 +370,7 @@ async def test_expect_100_continue_gets_100_when_the_body_is_read(autojump_clock
         await server.send(b"body")
         parser = h11.Connection(h11.CLIENT)
         parser.send(h11.Request(method="POST", target="/", headers=[("host", "a"), ("content-length", "4")]))
-        parser.receive_data(interim)
+        parser.receive_data(bytes(interim))
         server.parser = parser
         assert isinstance(parser.next_event(), h11.InformationalResponse)
         parser.send(h11.Data(data=b"body"))
