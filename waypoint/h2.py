@@ -4,7 +4,9 @@ endpoint as an ``Upstream`` (``waypoint.exchange``).
 A request's pseudo-headers become the ``RequestHead`` (``:method``, ``:path``, ``:authority``);
 ``:scheme`` is ``http`` inside the mesh (the tunnel is the TLS). A request without ``:method`` or
 ``:path`` (other than CONNECT) is a malformed stream: h2 already refuses most such requests; what
-it lets through is reset with PROTOCOL_ERROR here.
+it lets through is reset with PROTOCOL_ERROR here. So is a request with more than
+``MAX_REQUEST_HEADERS`` headers (the count HTTP/1.1 answers with 431; h2 bounds only their bytes). A
+response to HEAD carries no DATA, whatever body the pipeline writes (a local reply's text).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import trio
 
 from waypoint.exchange import Headers
 from waypoint.h2session import H2Session, H2Stream, RawHeaders
+from waypoint.limits import MAX_REQUEST_HEADERS
 from waypoint.routing import RequestHead
 
 
@@ -50,6 +53,8 @@ class H2Downstream:
         method, path = pseudo.get(":method"), pseudo.get(":path")
         if not method or not path:
             raise MalformedRequest("a request without :method or :path")
+        if len(regular) > MAX_REQUEST_HEADERS:
+            raise MalformedRequest(f"more than {MAX_REQUEST_HEADERS} request headers")
         authority = pseudo.get(":authority") or next((v for n, v in regular if n == "host"), "")
         self.head = RequestHead(method, path, authority, tuple(regular))
         self.upgrade: str | None = None
@@ -57,6 +62,7 @@ class H2Downstream:
         self.sent_bytes = 0
         self.responded = False
         self._trailers_sent = False
+        self._head_only = method == "HEAD"  # RFC 9110 9.3.2: the head of the GET response, no content
 
     def request_ended(self) -> bool:
         """Whether the client ended the stream and every byte of it was read (END_STREAM on the headers)."""
@@ -73,7 +79,7 @@ class H2Downstream:
         self.responded = True
 
     async def send_body(self, data: bytes) -> None:
-        if data:
+        if data and not self._head_only:
             self.sent_bytes += len(data)
             await self.session.send_data(self.stream, data)
 

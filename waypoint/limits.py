@@ -10,8 +10,10 @@ from __future__ import annotations
 
 # ---------------------------------------------------------------- downstream HTTP
 
-# A request head (request line and headers) larger than this gets 431 (HTTP/1.1) or a stream reset
-# (HTTP/2). Envoy's max_request_headers_kb defaults to 60 KiB.
+# A request head (request line and headers) larger than this gets 431 (HTTP/1.1); in HTTP/2 it is our
+# SETTINGS_MAX_HEADER_LIST_SIZE, and a header block past it ends the connection (GOAWAY
+# ENHANCE_YOUR_CALM: h2 stops decoding midway, so HPACK state is lost). Envoy's
+# max_request_headers_kb defaults to 60 KiB.
 MAX_REQUEST_HEAD_BYTES = 60 * 1024
 # Headers in one request head; Envoy's max_headers_count default is 100.
 MAX_REQUEST_HEADERS = 100
