@@ -82,7 +82,10 @@ def create(plan: LabPlan) -> None:
             _create_netns(node.netns, ip_forward=True)
             _attach_to_fabric(plan, node.netns, node.fabric_veth, node.fabric_address)
             with rtnl(node.netns) as ipr:
-                ipr.link("add", ifname=POD_BRIDGE, kind="bridge")
+                # A fixed address: a bridge otherwise takes the lowest of its ports' addresses, so adding
+                # or removing a pod could change the gateway's MAC under every other pod of the node,
+                # which then loses traffic until its ARP entry expires.
+                ipr.link("add", ifname=POD_BRIDGE, kind="bridge", address=pod_bridge_mac(node.index))
                 bridge = _index(ipr, POD_BRIDGE)
                 _add_address(ipr, bridge, node.bridge_address)
                 ipr.link("set", index=bridge, state="up")
@@ -191,6 +194,11 @@ def _create_pod(node: NodePlan, pod: PodPlan) -> None:
 def _index(ipr: IPRoute, ifname: str) -> int:
     (index,) = ipr.link_lookup(ifname=ifname)
     return index
+
+
+def pod_bridge_mac(node_index: int) -> str:
+    """The pod bridge's MAC on node ``node_index``: locally administered, unicast, one per node."""
+    return f"02:a0:00:00:{node_index >> 8 & 0xff:02x}:{node_index & 0xff:02x}"
 
 
 def _add_address(ipr: IPRoute, index: int, address) -> None:

@@ -119,6 +119,9 @@ def _comparable(resource: r.Resource, kind: str, name: str, key: str) -> r.Resou
     """The resource as it should compare before and after the edit: without its origin's line (lines
     below the edit move), and for the edited document without the label."""
     resource = replace(resource, origin=replace(resource.origin, line=0))
+    if isinstance(resource, r.Deployment):  # its generated pods carry the Deployment's line too
+        resource = replace(resource, pods=tuple(replace(pod, origin=replace(pod.origin, line=0))
+                                                for pod in resource.pods))
     if resource.kind == kind and resource.meta.name == name:
         labels = {k: v for k, v in resource.meta.labels.items() if k != key}
         resource = replace(resource, meta=replace(resource.meta, labels=r.frozen_map(labels)))

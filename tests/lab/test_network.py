@@ -209,3 +209,13 @@ def test_two_labs_run_at_once_without_seeing_each_other(make_lab, servers):
     assert connect(second.pods[0].netns, target.ip) == str(second.pods[0].ip)
     # From the first lab that address is the first lab's own pod, where nothing listens.
     assert connect(first.pods[0].netns, target.ip) == "refused"
+
+
+def test_each_node_bridge_has_its_own_fixed_locally_administered_mac():
+    from lab.network import pod_bridge_mac
+
+    macs = [pod_bridge_mac(index) for index in range(300)]
+    assert len(set(macs)) == 300  # one per node, so pods never see the gateway's MAC change
+    for mac in macs:
+        first = int(mac.split(":")[0], 16)
+        assert first & 0b10 and not first & 0b1  # locally administered, unicast

@@ -10,6 +10,20 @@ KEY, VALUE = "istio.io/use-waypoint", "waypoint"
 LINE = f"{KEY}: {VALUE}"
 
 
+DEPLOYMENT = """---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, command: [sleep, infinity]}]
+"""
+
+
 def edit(text: str) -> str:
     return set_label(text, "ns.yaml", "Namespace", "shop", KEY, VALUE)
 
@@ -33,6 +47,9 @@ def edit(text: str) -> str:
      f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, labels: {{{LINE}}}}}\n"),
     ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {}\n",
      f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {{{LINE}}}\n"),
+    # A Deployment below the edit: its lines move, and so do those of the pods it generates.
+    ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n" + DEPLOYMENT,
+     f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    {LINE}\n" + DEPLOYMENT),
 ])
 def test_the_label_is_written_and_nothing_else_changes(before, after):
     assert edit(before) == after
