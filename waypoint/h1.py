@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
 
 import h11
 import trio
@@ -46,6 +47,14 @@ log = logging.getLogger("ambient.waypoint.h1")
 
 class PeerGone(Exception):
     """The connection ended (or broke) in the middle of a message."""
+
+
+def _reason(status: int) -> bytes:
+    """The standard reason phrase (an HTTP/2 upstream sends none; clients and logs expect one)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -129,7 +138,7 @@ class H1Downstream:
         # Without a length h11 frames the body chunked for an HTTP/1.1 client, which can carry trailers.
         self._chunked = ("content-length" not in names and self.conn.their_http_version == b"1.1"
                          and not self._head_only and status not in (204, 304))
-        await self._send(h11.Response(status_code=status, headers=_encode(headers)))
+        await self._send(h11.Response(status_code=status, headers=_encode(headers), reason=_reason(status)))
         self.responded = True
         if end:
             await self._send(h11.EndOfMessage())
@@ -261,7 +270,7 @@ async def _refuse(stream: trio.abc.Stream, conn: h11.Connection, status: int, re
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]
     try:
-        data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        data = conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
         data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
     except h11.LocalProtocolError:

@@ -174,13 +174,14 @@ class Pipeline:
         with trio.move_on_after(plan.timeout if plan is not None and plan.timeout else float("inf")) as whole:
             for attempt in range(attempts):
                 last = attempt == attempts - 1
-                retry = await self._try(down, tunnel, view, outcome, plan, target, head, body,
-                                        retry_codes if not last else frozenset())
+                # On the last try, what would have been retried is answered, flagged URX (Envoy's
+                # "retry limit reached") when there were retries to exhaust.
+                retry = await self._try(down, tunnel, view, outcome, plan, target, head, body, retry_codes,
+                                        may_retry=not last, exhausted=last and attempts > 1)
                 if not retry:
                     return
                 if plan is not None and plan.retry.backoff:
                     await trio.sleep(plan.retry.backoff * (2 ** attempt))
-            outcome.flags.append("URX")
         if whole.cancelled_caught:
             outcome.flags.append("UT")
             if down.responded:
@@ -190,8 +191,8 @@ class Pipeline:
 
     async def _try(self, down: Downstream, tunnel: Tunnel, view: WaypointView, outcome: _Outcome,
                    plan: Forward | None, target: tuple[str, int], head: RequestHead, body: bytes | None,
-                   retry_codes: frozenset[int]) -> bool:
-        """One try; True if it should be tried again (and may be)."""
+                   retry_codes: frozenset[int], *, may_retry: bool, exhausted: bool) -> bool:
+        """One try; True if it should be tried again (and ``may_retry``)."""
         me = tunnel.me
         if me is None:
             outcome.flags.append("UH")
@@ -218,9 +219,9 @@ class Pipeline:
                                   else self.upstreams.http1(choice, tunnel.source_address))
         except (UpstreamConnectError, trio.TooSlowError) as exc:
             outcome.detail = f"upstream connect error: {exc}"
-            if retry_codes:
+            if may_retry:
                 return True
-            outcome.flags.append("UF")
+            outcome.flags += ["UF", "URX"] if exhausted else ["UF"]
             await _local_reply(down, outcome, 503, "upstream connect error or disconnect/reset before headers")
             return False
         backend_timeout = plan.backend_timeout if plan is not None and plan.backend_timeout else float("inf")
@@ -252,9 +253,12 @@ class Pipeline:
                     nursery.cancel_scope.cancel()
                     return False
                 if status in retry_codes:
-                    outcome.detail = f"upstream answered {status}; retrying"
-                    nursery.cancel_scope.cancel()
-                    return True
+                    if may_retry:
+                        outcome.detail = f"upstream answered {status}; retrying"
+                        nursery.cancel_scope.cancel()
+                        return True
+                    if exhausted:
+                        outcome.flags.append("URX")
                 if status == 101 and isinstance(down, H1Downstream) and isinstance(upstream, H1Upstream):
                     # Switched: relay both ways, outside this nursery, whose scope ends the request's tasks.
                     await down.respond(101, end_to_end_upgrade(response_headers))
@@ -292,9 +296,9 @@ class Pipeline:
             if down.responded:
                 raise  # the client's side (or the upstream mid-response): nothing left to answer
             outcome.detail = f"upstream reset: {exc}"
-            if retry_codes and body is not None:
+            if may_retry and body is not None:
                 return True
-            outcome.flags.append("UC")
+            outcome.flags += ["UC", "URX"] if exhausted and body is not None else ["UC"]
             await _local_reply(down, outcome, 503, "upstream connect error or disconnect/reset before headers")
             return False
         finally:
@@ -447,7 +451,8 @@ async def _pump(down: Downstream, upstream: Any, done: trio.Event) -> None:
 
 
 def _request_headers(head: RequestHead, down: Downstream, version: str, body: bytes | None) -> Headers:
-    headers = [(n, v) for n, v in end_to_end(head.headers) if n != "content-length"]
+    # Expect: 100-continue was answered here (h1 sends the 100 as the body is first read), as Envoy does.
+    headers = [(n, v) for n, v in end_to_end(head.headers) if n not in ("content-length", "expect")]
     if version == "HTTP/2":
         te = header_value(head.headers, "te")
         if te is not None and "trailers" in te:

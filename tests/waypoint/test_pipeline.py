@@ -298,8 +298,6 @@ async def test_a_connect_failure_is_retried_on_another_endpoint(autojump_clock: 
         assert len(set(world.upstreams.endpoints)) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline._forward never reaches its URX line: the last try has no retry "
-                                       "codes and returns False (fix belongs to pipeline.py's owner)")
 async def test_retries_exhausted_on_503_keep_the_last_answer_with_urx(autojump_clock: MockClock) -> None:
     async with h1_world(origin(503, b"a"), origin(503, b"b"), origin(503, b"c")) as world:
         status, _, body = await world.exchange(get("/"))
@@ -315,7 +313,6 @@ async def test_retries_exhausted_on_503_keep_the_last_answer(autojump_clock: Moc
         assert len(world.upstreams.endpoints) == 3  # Istio's default: 2 retries
 
 
-@pytest.mark.xfail(strict=True, reason="no URX after the last connect failure either (pipeline.py)")
 async def test_connect_failures_exhausted_are_503_uf_urx(autojump_clock: MockClock) -> None:
     async with h1_world(FAIL, FAIL, FAIL) as world:
         status, _, _ = await world.exchange(get("/"))
