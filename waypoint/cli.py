@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     admin = WaypointAdmin(WaypointAdminView(waypoint, metrics, lambda: waypoint.synced))
 
     async def serve() -> None:
-        from mesh.concurrency import first_of
+        from mesh.concurrency import wait_for_stop
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
@@ -104,12 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"waypoint {config.gateway} running: HBONE {address[0]}:{address[1]}, admin {ports['admin']}, "
                       f"stats {ports['stats']}, readiness {ports['readiness']}", flush=True)
 
-                async def next_signal() -> None:
-                    async for _ in signals:
-                        return
-
-                which = await first_of(next_signal, admin.quit_requested.wait)
-                log.info("%s: draining", "a signal" if which == 0 else "/quitquitquit")
+                log.info("%s: draining", await wait_for_stop(signals, admin.quit_requested))
                 await waypoint.drain()
                 nursery.cancel_scope.cancel()
 

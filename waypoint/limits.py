@@ -8,6 +8,19 @@ comment says so.
 
 from __future__ import annotations
 
+# ---------------------------------------------------------------- tunnels
+
+# HBONE connections open at once, from every source together; past it a new one is closed at once.
+# Each carries up to hbone.limits.MAX_CONCURRENT_STREAMS tunnels.
+MAX_CONNECTIONS = 10_000
+# From one peer address (a source pod: source ztunnels pool per pod, a new connection per 100
+# streams): enough for ztunnel's own per-pod bound of 4,000 connections, so that one pod cannot
+# take every connection the waypoint holds.
+MAX_CONNECTIONS_PER_PEER = 64
+# Tunnels (CONNECT streams) open at once, and from one peer address; past either a CONNECT gets 503.
+MAX_TUNNELS = 20_000
+MAX_TUNNELS_PER_PEER = 4_000
+
 # ---------------------------------------------------------------- downstream HTTP
 
 # A request head (request line and headers) larger than this gets 431 (HTTP/1.1); in HTTP/2 it is our

@@ -103,6 +103,8 @@ class Pipeline:
         self._on_record = on_record
         self._rng = rng or random.Random()
         self.open_requests = 0
+        self._idle = trio.Event()  # set while no request is open
+        self._idle.set()
 
     def _pick(self, weights: Sequence[int]) -> int:
         return self._rng.choices(range(len(weights)), weights=weights)[0]
@@ -110,6 +112,8 @@ class Pipeline:
     async def handle(self, down: Downstream, tunnel: Tunnel) -> None:
         start = trio.current_time()
         outcome = _Outcome()
+        if not self.open_requests:
+            self._idle = trio.Event()
         self.open_requests += 1
         try:
             await self._handle(down, tunnel, self._view(), outcome)
@@ -122,7 +126,14 @@ class Pipeline:
             down.abort()
         finally:
             self.open_requests -= 1
+            if not self.open_requests:
+                self._idle.set()
             self._record(down, tunnel, outcome, start)
+
+    async def wait_idle(self) -> None:
+        """Return once no request is open."""
+        while self.open_requests:
+            await self._idle.wait()
 
     # ------------------------------------------------------------ stages
 

@@ -40,6 +40,7 @@ from mesh.api import waypoint_pb2 as wp, workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL
 from mesh.identity import SpiffeId
 from mesh.outbound import HboneToPod, Passthrough, RoundRobin, plan_outbound
+from mesh.peer_metadata import baggage_header
 from mesh.ports import HBONE_PORT
 from mesh.proxy_state import ProxyState, service_key_of
 from waypoint.authz import L7Authorizer, RequestAttributes
@@ -47,7 +48,15 @@ from waypoint.detect import PrefixedStream, Protocol as AppProtocol, declared, s
 from waypoint.h1 import H1Downstream, serve_h1
 from waypoint.h2 import H2Downstream, MalformedRequest
 from waypoint.h2session import H2Session, H2Stream
-from waypoint.limits import CONNECT_TIMEOUT, DETECTION_TIMEOUT, READ_CHUNK
+from waypoint.limits import (
+    CONNECT_TIMEOUT,
+    DETECTION_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    MAX_TUNNELS,
+    MAX_TUNNELS_PER_PEER,
+    READ_CHUNK,
+)
 from waypoint.pipeline import Pipeline, Tunnel, WaypointView
 from waypoint.records import NO_FLAGS, RequestRecord, TcpRecord
 from waypoint.routing import RouteTable
@@ -121,6 +130,12 @@ class Waypoint:
         self.synced = False
         self.draining = False
         self.open_tunnels = 0
+        self.refused = 0  # HBONE connections closed and CONNECTs answered 503 for being over a bound
+        self._connections = 0
+        self._connections_by_peer: dict[str, int] = {}
+        self._tunnels_by_peer: dict[str, int] = {}
+        self._me: wpb.Workload | None = None  # our own workload, once a tunnel has shown our address
+        self._me_baggage: tuple[wpb.Workload, str] | None = None
         self.pipeline: Pipeline | None = None
 
     # ------------------------------------------------------------ DumpView / OpenCounts
@@ -169,7 +184,7 @@ class Waypoint:
                 self.synced = True
                 self._apply_view()
                 nursery.start_soon(self._follow_discovery)
-                upstreams = Upstreams(nursery, self._own_credentials)
+                upstreams = Upstreams(nursery, self._own_credentials, self._own_baggage)
                 self.pipeline = Pipeline(self.gateway, self._current_view, upstreams, RoundRobin(), self._record)
                 listeners = await trio.open_tcp_listeners(self.config.listen[1], host=self.config.listen[0])
                 sockname = listeners[0].socket.getsockname()
@@ -189,10 +204,13 @@ class Waypoint:
         self._accepting.cancel()
         for server in self.servers:
             server.drain()
-        log.info("draining: %d open tunnel(s), up to %.1f s", self.open_tunnels, self.config.drain_timeout)
-        with trio.move_on_after(self.config.drain_timeout):
-            while self.open_tunnels and self.open_requests:
-                await trio.sleep(0.05)
+        log.info("draining: %d open tunnel(s), %d open request(s), up to %.1f s", self.open_tunnels,
+                 self.open_requests, self.config.drain_timeout)
+        with trio.move_on_after(self.config.drain_timeout) as timer:
+            if self.pipeline is not None:
+                await self.pipeline.wait_idle()  # a tunnel with no request open is an idle keep-alive
+        if timer.cancelled_caught:
+            log.warning("drain deadline: ending %d request(s) still open", self.open_requests)
         self._cancel.cancel()
 
     # ------------------------------------------------------------ the view
@@ -221,6 +239,16 @@ class Waypoint:
             log.warning("policy %s is CUSTOM: no external authorizer runs here, so it is not enforced", name)
         self._view = WaypointView(state, authorizer, RouteTable.compile(routes))
         self._policies, self._routes, self._served = policies, routes, served
+
+    def _own_baggage(self) -> str | None:
+        """The waypoint's own peer metadata for the upstream tunnels it opens."""
+        me = self._me
+        if me is None:
+            return None
+        held = self._me_baggage
+        if held is None or held[0] is not me:
+            held = self._me_baggage = (me, baggage_header(me))
+        return held[1]
 
     def _current_view(self) -> WaypointView:
         assert self._view is not None
@@ -252,6 +280,26 @@ class Waypoint:
     async def _connection(self, stream: trio.SocketStream) -> None:
         peer = stream.socket.getpeername()
         local_ip = stream.socket.getsockname()[0]
+        from_peer = self._connections_by_peer.get(peer[0], 0)
+        if self._connections >= MAX_CONNECTIONS or from_peer >= MAX_CONNECTIONS_PER_PEER:
+            self.refused += 1
+            log.debug("HBONE connection from %s refused: %d open (%d from it)", format_address(peer[0], peer[1]),
+                      self._connections, from_peer)
+            await trio.aclose_forcefully(stream)
+            return
+        self._connections += 1
+        self._connections_by_peer[peer[0]] = from_peer + 1
+        try:
+            await self._serve_connection(stream, (peer[0], peer[1]), local_ip)
+        finally:
+            self._connections -= 1
+            left = self._connections_by_peer[peer[0]] - 1
+            if left:
+                self._connections_by_peer[peer[0]] = left
+            else:
+                del self._connections_by_peer[peer[0]]
+
+    async def _serve_connection(self, stream: trio.SocketStream, peer: tuple[str, int], local_ip: str) -> None:
         deadline = trio.current_time() + HANDSHAKE_TIMEOUT
         try:
             credentials = await self._own_credentials()
@@ -262,7 +310,7 @@ class Waypoint:
             log.info("HBONE connection from %s refused: %s", format_address(peer[0], peer[1]), exc)
             await trio.aclose_forcefully(stream)
             return
-        handler = functools.partial(self._tunnel, (peer[0], peer[1]), local_ip, peer_identity)
+        handler = functools.partial(self._tunnel, peer, local_ip, peer_identity)
         server = HboneServerDriver(tls, None, handler, functools.partial(self._malformed, peer, peer_identity))
         if self.draining:
             server.drain()
@@ -294,8 +342,15 @@ class Waypoint:
                      format_address(*destination), peer_identity, self.gateway)
             request.reject(503)
             return
+        from_peer = self._tunnels_by_peer.get(peer[0], 0)
+        if self.open_tunnels >= MAX_TUNNELS or from_peer >= MAX_TUNNELS_PER_PEER:
+            self.refused += 1
+            log.debug("CONNECT from %s refused: %d tunnels open (%d from it)", peer_identity, self.open_tunnels,
+                      from_peer)
+            request.reject(503)
+            return
         source_address = target.forwarded_for or peer
-        me = view.state.workload_by_ip(local_ip)
+        me = self._me = view.state.workload_by_ip(local_ip)
         tunnel = Tunnel(peer_identity, source_address, view.state.workload_by_ip(source_address[0]), destination,
                         service, service_key_of(service) if service is not None else None, workload, me)
         try:
@@ -303,6 +358,7 @@ class Waypoint:
         except trio.BrokenResourceError:
             return
         self.open_tunnels += 1
+        self._tunnels_by_peer[peer[0]] = from_peer + 1
         try:
             await self._serve_tunnel(stream, tunnel, service)
             # Served to the end (the client closed its side): end ours too, so the tunnel closes
@@ -314,6 +370,11 @@ class Waypoint:
                     pass  # already reset or closed by the other side: nothing left to end
         finally:
             self.open_tunnels -= 1
+            left = self._tunnels_by_peer[peer[0]] - 1
+            if left:
+                self._tunnels_by_peer[peer[0]] = left
+            else:
+                del self._tunnels_by_peer[peer[0]]
             await trio.aclose_forcefully(stream)
 
     async def _serve_tunnel(self, stream: trio.abc.HalfCloseableStream, tunnel: Tunnel,

@@ -6,7 +6,8 @@ waypoint's own workload as the source (so the Service's waypoint, ourselves, is 
 - ``HboneToPod``: an HBONE stream to the endpoint's ztunnel (``hbone.HbonePool``: HTTP/2
   connections per expected identity and address, up to 100 streams each), over mTLS with the
   waypoint's certificate, ``CONNECT <pod IP>:<target port>`` with ``forwarded`` naming the original
-  client. The destination ztunnel sees the waypoint's identity, as Istio's does.
+  client, ``baggage`` the waypoint's own peer metadata and a new ``traceparent``. The destination
+  ztunnel sees the waypoint's identity, as Istio's does.
 - ``Passthrough``: an endpoint outside the mesh, plain TCP from the waypoint's pod.
 
 Inside that stream the request goes as HTTP/1.1 or HTTP/2. HTTP/1.1 connections are kept after a
@@ -26,6 +27,7 @@ import trio
 from hbone.pool import HbonePool
 from hbone.tls import ContextCache, WorkloadCredentials, client_handshake
 from mesh.outbound import HboneToPod, Passthrough
+from mesh.peer_metadata import new_traceparent
 from waypoint.h1 import H1Upstream
 from waypoint.h2 import H2Upstream
 from waypoint.h2session import H2Session
@@ -41,9 +43,11 @@ class UpstreamConnectError(Exception):
 
 
 class Upstreams:
-    def __init__(self, nursery: trio.Nursery, credentials: Credentials) -> None:
+    def __init__(self, nursery: trio.Nursery, credentials: Credentials,
+                 baggage: Callable[[], str | None] = lambda: None) -> None:
         self._nursery = nursery
         self._credentials = credentials
+        self._baggage = baggage
         self._contexts = ContextCache()
         self.hbone = HbonePool(nursery)
         self._idle_h1: dict[Hashable, list[H1Upstream]] = {}
@@ -117,7 +121,9 @@ class Upstreams:
                 tls, _ = await client_handshake(tcp, context, expected)
                 return tls
 
-            return await self.hbone.open_stream((expected, plan.address), dial, plan.authority, client)
+            # The waypoint's own peer metadata: a pooled tunnel carries the requests of many clients.
+            return await self.hbone.open_stream((expected, plan.address), dial, plan.authority, client,
+                                                self._baggage(), new_traceparent())
         except trio.Cancelled:
             raise
         except Exception as exc:

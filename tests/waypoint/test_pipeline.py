@@ -417,6 +417,7 @@ async def test_grpc_trailers_pass_through_http2_on_both_sides(autojump_clock: Mo
             assert dict(headers)[b":status"] == b"200"
             assert body == b"reply:msg"
             assert trailers == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]
+            await trio.testing.wait_all_tasks_blocked()  # the record is written after the response went out
             assert records[-1].grpc_status == "0" and records[-1].http_version == "HTTP/2"
             assert not any(isinstance(e, h2.events.StreamReset) for e in peer.events)
             nursery.cancel_scope.cancel()
