@@ -250,7 +250,8 @@ async def test_drain_lets_a_request_in_flight_finish_refuses_new_connects_and_st
             await mesh.stopped.wait()
     (response,) = responses
     assert (response.status, response.body) == (200, b"web-0 says /slow")
-    assert mesh.stopped_at is not None and mesh.stopped_at - drained_at < 5.0
+    # Well before the 5 s deadline: the tunnel left open is an idle keep-alive, which drain does not wait for.
+    assert mesh.stopped_at is not None and mesh.stopped_at - drained_at < 2.5
     assert [r.status for r in mesh.records.requests] == [200]
 
 
