@@ -49,12 +49,12 @@ class PeerGone(Exception):
     """The connection ended (or broke) in the middle of a message."""
 
 
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
 def _reason(status: int) -> bytes:
     """The standard reason phrase (an HTTP/2 upstream sends none; clients and logs expect one)."""
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _REASONS.get(status, b"")
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -107,6 +107,7 @@ class H1Downstream:
         self.aborted = False
         self._body_done = False
         self._chunked = False
+        self._held = b""  # a response head kept to go out with the first body bytes
 
     def request_ended(self) -> bool:
         """Whether the request is known to have no more body (HTTP/1.1 says so by its framing)."""
@@ -127,7 +128,9 @@ class H1Downstream:
             return b""
         raise PeerGone(f"the client's request ended early ({type(event).__name__})")
 
-    async def respond(self, status: int, headers: Headers, *, end: bool = False) -> None:
+    async def respond(self, status: int, headers: Headers, *, end: bool = False, hold: bool = False) -> None:
+        """Send the response head; ``hold``: keep it to go out with the first body bytes (or the end),
+        one write instead of two, when the caller has them at hand."""
         if status == 101:
             await self._send(h11.InformationalResponse(status_code=101, headers=_encode(headers)))
             self.responded = True
@@ -138,7 +141,8 @@ class H1Downstream:
         # Without a length h11 frames the body chunked for an HTTP/1.1 client, which can carry trailers.
         self._chunked = ("content-length" not in names and self.conn.their_http_version == b"1.1"
                          and not self._head_only and status not in (204, 304))
-        await self._send(h11.Response(status_code=status, headers=_encode(headers), reason=_reason(status)))
+        await self._send(h11.Response(status_code=status, headers=_encode(headers), reason=_reason(status)),
+                         hold=hold and not end)
         self.responded = True
         if end:
             await self._send(h11.EndOfMessage())
@@ -155,12 +159,19 @@ class H1Downstream:
     def abort(self) -> None:
         self.aborted = True
 
-    async def _send(self, event: h11.Event) -> None:
+    async def _send(self, event: h11.Event, hold: bool = False) -> None:
         try:
-            data = self.conn.send(event)
+            data = self.conn.send(event) or b""
         except h11.LocalProtocolError as exc:
             raise PeerGone(f"cannot send {type(event).__name__}: {exc}") from exc
-        if data:
+        await self._write(data, hold)
+
+    async def _write(self, data: bytes, hold: bool) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        if hold:
+            self._held = data
+        elif data:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -292,14 +303,16 @@ class H1Upstream:
     def __init__(self, stream: trio.abc.HalfCloseableStream, on_release: Callable[[H1Upstream, bool], None]) -> None:
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT)
+        self._held = b""  # a request head kept to go out with the body
         self._on_release = on_release
         self._trailers: Headers | None = None
         self._response_done = False
         self.status = 0
 
-    async def start(self, head: RequestHead, headers: Headers, *, body_length: int | None) -> None:
-        """Send the request head; ``body_length`` None means chunked (or no body for GET-like requests
-        when 0)."""
+    async def start(self, head: RequestHead, headers: Headers, *, body_length: int | None,
+                    hold: bool = False) -> None:
+        """Send the request head; ``body_length`` None means chunked, 0 no body. ``hold``: keep the head
+        to go out with the body (or its end), one write instead of two."""
         self._trailers = None
         self._response_done = False
         self.status = 0
@@ -308,7 +321,7 @@ class H1Upstream:
             out.append(("content-length", str(body_length)))
         elif body_length is None:
             out.append(("transfer-encoding", "chunked"))
-        await self._send(h11.Request(method=head.method, target=head.target, headers=_encode(out)))
+        await self._send(h11.Request(method=head.method, target=head.target, headers=_encode(out)), hold)
 
     async def send_body(self, data: bytes) -> None:
         if data:
@@ -318,6 +331,8 @@ class H1Upstream:
         await self._send(h11.EndOfMessage())
 
     async def response(self) -> tuple[int, Headers]:
+        if self._held:  # a held head goes out before we wait for its answer
+            await self._send_raw()
         while True:
             event = await _next_event(self.conn, self.stream)
             if isinstance(event, h11.InformationalResponse):
@@ -364,13 +379,43 @@ class H1Upstream:
                 clean = False
         self._on_release(self, clean)
 
-    async def _send(self, event: h11.Event) -> None:
+    async def _send(self, event: h11.Event, hold: bool = False) -> None:
         try:
-            data = self.conn.send(event)
+            data = self.conn.send(event) or b""
         except h11.LocalProtocolError as exc:
             raise PeerGone(f"cannot send {type(event).__name__} upstream: {exc}") from exc
-        if data:
+        if self._held:
+            data, self._held = self._held + data, b""
+        if hold:
+            self._held = data
+        elif data:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise PeerGone(str(exc)) from exc
+
+    async def _send_raw(self) -> None:
+        data, self._held = self._held, b""
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerGone(str(exc)) from exc
+
+    def body_at_hand(self) -> bytes | None:
+        """The next chunk of the response body if it has already arrived (b"" for its end), else None:
+        lets the caller send the response head with it in one write."""
+        if self._response_done:
+            return b""
+        try:
+            event = self.conn.next_event()
+        except h11.RemoteProtocolError:
+            return None  # receive_body raises it
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            self._response_done = True
+            self._trailers = _decode(event.headers) or None
+            return b""
+        if event is h11.NEED_DATA:
+            return None
+        raise PeerGone(f"the upstream's response ended early ({type(event).__name__})")

@@ -73,7 +73,8 @@ class H2Downstream:
         self.received_bytes += len(data)
         return data
 
-    async def respond(self, status: int, headers: Headers, *, end: bool = False) -> None:
+    async def respond(self, status: int, headers: Headers, *, end: bool = False, hold: bool = False) -> None:
+        # ``hold`` is for HTTP/1.1: HTTP/2 frames queued together already leave in one write.
         await self.session.send_headers(self.stream.stream_id, [(b":status", str(status).encode()), *_encode(headers)],
                                         end_stream=end)
         self.responded = True
@@ -127,6 +128,11 @@ class H2Upstream:
     async def receive_body(self) -> bytes:
         assert self.stream is not None
         return await self.stream.receive_data()
+
+    def body_at_hand(self) -> bytes | None:
+        """The next chunk of the response body if it has arrived (b"" for its end), else None."""
+        assert self.stream is not None
+        return self.stream.data_at_hand()
 
     @property
     def trailers(self) -> Headers | None:

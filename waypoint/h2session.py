@@ -143,6 +143,16 @@ class H2Stream:
             await self._changed.wait()
         return self.headers
 
+    def data_at_hand(self) -> bytes | None:
+        """What ``receive_data`` would return now without waiting, or None if it would wait (or raise)."""
+        if self._data:
+            data, flow = self._data.popleft()
+            self.session.consumed(self.stream_id, flow)
+            return data
+        if self.ended and self.reset is None:
+            return b""
+        return None
+
     async def receive_data(self) -> bytes:
         """The next chunk of the body, b"" at its end; StreamReset if it ended otherwise."""
         while not self._data:

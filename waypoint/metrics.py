@@ -104,16 +104,39 @@ class OpenCounts(Protocol):
     def open_requests(self) -> int: ...
 
 
-def _common_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
+# The labels of the two ends, by the identity of the objects they come from: the view's workloads and
+# services are immutable and swapped whole, so the same objects give the same labels. Each entry keeps
+# its objects alive (so an id cannot be reused while it is cached); the cache is dropped when full.
+_ENDS_CACHE_SIZE = 1024
+_ends_cache: dict[tuple[int, ...], tuple[object, dict[str, str]]] = {}
+
+
+def _end_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
+    objects = (record.source, record.source_principal, record.destination, record.destination_principal,
+               record.destination_service)
+    key = tuple(map(id, objects))
+    held = _ends_cache.get(key)
+    if held is not None:
+        return held[1]
     source_principal = str(record.source_principal) if record.source_principal else None
     destination_principal = str(record.destination_principal) if record.destination_principal else None
-    return {
-        "reporter": REPORTER,
+    labels = {
         **workload_labels("source", record.source),
         "source_principal": principal(source_principal, record.source, True),
         **workload_labels("destination", record.destination),
         "destination_principal": principal(destination_principal, record.destination, True),
         **service_labels(record.destination_service),
+    }
+    if len(_ends_cache) >= _ENDS_CACHE_SIZE:
+        _ends_cache.clear()
+    _ends_cache[key] = (objects, labels)
+    return labels
+
+
+def _common_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
+    return {
+        "reporter": REPORTER,
+        **_end_labels(record),
         "response_flags": record.response_flags or NO_FLAGS,
         "connection_security_policy": MUTUAL_TLS,  # HBONE both ways: the waypoint never sees plaintext
     }

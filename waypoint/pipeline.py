@@ -29,8 +29,8 @@ Every request ends as one ``RequestRecord`` for the metrics and the access log.
 from __future__ import annotations
 
 import logging
+import os
 import random
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +53,49 @@ from waypoint.routing import Forward, LocalReply, RequestHead, RouteTable, apply
 from waypoint.upstream import UpstreamConnectError, Upstreams
 
 log = logging.getLogger("ambient.waypoint")
+
+_NEVER = float("inf")
+
+
+class _NoNursery:
+    """What a request without a task beside it uses in place of a nursery: nothing to cancel."""
+
+    cancel_scope = trio.CancelScope()  # never entered: cancel() is a no-op
+
+    async def __aenter__(self) -> _NoNursery:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    def start_soon(self, *args: object) -> None:
+        raise AssertionError("a request without a streamed body starts no task")
+
+
+class _NoScope:
+    """A cancel scope's stand-in where no deadline applies (entering a real one costs per request)."""
+
+    cancelled_caught = False
+
+    def __enter__(self) -> _NoScope:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_NURSERY = _NoNursery()
+_NO_SCOPE = _NoScope()
+
+
+def _request_id() -> str:
+    """A random x-request-id in UUID v4 form, as Envoy makes one (uuid.uuid4 builds an object first)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
 
 _GONE = (PeerGone, StreamReset, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -182,7 +225,8 @@ class Pipeline:
             for service, port, percent in plan.mirrors:
                 if self._rng.random() * 100 < percent:
                     self.upstreams.spawn(self._mirror, view, service, port, head, body, tunnel)
-        with trio.move_on_after(plan.timeout if plan is not None and plan.timeout else float("inf")) as whole:
+        timeout = plan.timeout if plan is not None and plan.timeout else _NEVER
+        with trio.move_on_after(timeout) if timeout != _NEVER else _NO_SCOPE as whole:
             for attempt in range(attempts):
                 last = attempt == attempts - 1
                 # On the last try, what would have been retried is answered, flagged URX (Envoy's
@@ -224,26 +268,26 @@ class Pipeline:
         outcome.destination = view.state.workloads.get(choice.workload_uid or "")
         outcome.destination_principal = choice.identity if isinstance(choice, HboneToPod) else None
         http2 = _upstream_http2(down, tunnel)
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                upstream = await (self.upstreams.http2(choice, tunnel.source_address) if http2
-                                  else self.upstreams.http1(choice, tunnel.source_address))
-        except (UpstreamConnectError, trio.TooSlowError) as exc:
+        try:  # a pooled connection at once; a new one within CONNECT_TIMEOUT (waypoint.upstream)
+            upstream = await (self.upstreams.http2(choice, tunnel.source_address) if http2
+                              else self.upstreams.http1(choice, tunnel.source_address))
+        except UpstreamConnectError as exc:
             outcome.detail = f"upstream connect error: {exc}"
             if may_retry:
                 return True
             outcome.flags += ["UF", "URX"] if exhausted else ["UF"]
             await _local_reply(down, outcome, 503, "upstream connect error or disconnect/reset before headers")
             return False
-        backend_timeout = plan.backend_timeout if plan is not None and plan.backend_timeout else float("inf")
+        backend_timeout = plan.backend_timeout if plan is not None and plan.backend_timeout else _NEVER
         reusable = False
         switched: tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream] | None = None
         try:
-            async with trio.open_nursery() as nursery:
+            # A body read whole needs no task beside the response: no nursery, which costs per request.
+            async with (trio.open_nursery() if body is None else _NO_NURSERY) as nursery:
                 headers = _request_headers(head, down, upstream.http_version, body)
                 if isinstance(upstream, H1Upstream):
                     length = len(body) if body is not None else _content_length(head, down)
-                    await upstream.start(head, headers, body_length=length)
+                    await upstream.start(head, headers, body_length=length, hold=body is not None)
                 else:
                     await upstream.start(head, headers, end_stream=body == b"")
                 sent = trio.Event()
@@ -255,7 +299,7 @@ class Pipeline:
                     sent.set()
                 else:
                     nursery.start_soon(_pump, down, upstream, sent)
-                with trio.move_on_after(backend_timeout) as per_try:
+                with trio.move_on_after(backend_timeout) if backend_timeout != _NEVER else _NO_SCOPE as per_try:
                     status, response_headers = await upstream.response()
                 if per_try.cancelled_caught:
                     outcome.flags.append("UT")
@@ -289,8 +333,12 @@ class Pipeline:
                         reusable = sent.is_set()
                         nursery.cancel_scope.cancel()
                         return False
-                    await down.respond(status, response_headers)
-                    while chunk := await upstream.receive_body():
+                    # The head and what of the body has already arrived leave in one write.
+                    first = upstream.body_at_hand()
+                    await down.respond(status, response_headers, hold=first is not None)
+                    if first:
+                        await down.send_body(first)
+                    while first != b"" and (chunk := await upstream.receive_body()):
                         await down.send_body(chunk)
                     trailers = upstream.trailers
                     if trailers:
@@ -477,7 +525,7 @@ def _request_headers(head: RequestHead, down: Downstream, version: str, body: by
     if upgrade and version == "HTTP/1.1":
         headers += [("connection", "upgrade"), ("upgrade", upgrade)]
     if header_value(headers, "x-request-id") is None:
-        headers.append(("x-request-id", str(uuid.uuid4())))
+        headers.append(("x-request-id", _request_id()))
     return headers
 
 

@@ -31,7 +31,7 @@ from mesh.peer_metadata import new_traceparent
 from waypoint.h1 import H1Upstream
 from waypoint.h2 import H2Upstream
 from waypoint.h2session import H2Session
-from waypoint.limits import MAX_IDLE_PER_ENDPOINT
+from waypoint.limits import CONNECT_TIMEOUT, MAX_IDLE_PER_ENDPOINT
 
 log = logging.getLogger("ambient.waypoint.upstream")
 
@@ -110,24 +110,32 @@ class Upstreams:
     async def _open(self, plan: HboneToPod | Passthrough, client: tuple[str, int]) -> trio.abc.HalfCloseableStream:
         self.opened += 1
         try:
-            if isinstance(plan, Passthrough):
-                return await trio.open_tcp_stream(*plan.address)
-            credentials = await self._credentials()
-            context = self._contexts.client(credentials)
-            expected = frozenset(plan.expected_identities)
-
-            async def dial():
-                tcp = await trio.open_tcp_stream(*plan.address)
-                tls, _ = await client_handshake(tcp, context, expected)
-                return tls
-
-            # The waypoint's own peer metadata: a pooled tunnel carries the requests of many clients.
-            return await self.hbone.open_stream((expected, plan.address), dial, plan.authority, client,
-                                                self._baggage(), new_traceparent())
+            with trio.fail_after(CONNECT_TIMEOUT):
+                return await self._dial(plan, client)
         except trio.Cancelled:
+            raise
+        except trio.TooSlowError:
+            raise UpstreamConnectError(f"no connection within {CONNECT_TIMEOUT:g} s") from None
+        except UpstreamConnectError:
             raise
         except Exception as exc:
             raise UpstreamConnectError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+    async def _dial(self, plan: HboneToPod | Passthrough, client: tuple[str, int]) -> trio.abc.HalfCloseableStream:
+        if isinstance(plan, Passthrough):
+            return await trio.open_tcp_stream(*plan.address)
+        credentials = await self._credentials()
+        context = self._contexts.client(credentials)
+        expected = frozenset(plan.expected_identities)
+
+        async def dial():
+            tcp = await trio.open_tcp_stream(*plan.address)
+            tls, _ = await client_handshake(tcp, context, expected)
+            return tls
+
+        # The waypoint's own peer metadata: a pooled tunnel carries the requests of many clients.
+        return await self.hbone.open_stream((expected, plan.address), dial, plan.authority, client,
+                                            self._baggage(), new_traceparent())
 
     def spawn(self, task: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run ``task`` beside the requests (a mirror), ended with the waypoint."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.view import ClusterState, PodStatus, compute_view
 from mesh.api import workload_pb2 as wpb
-from mesh.api.types import ADDRESS_TYPE_URL, unpack
-from mesh.parse import parse_text
+from tests.discovered import discovered
 from ztunnel.metrics import (
     FLAG_CONNECT_FAILED,
     FLAG_DENIED,
@@ -47,26 +45,7 @@ spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
 """
 
 
-def discovered() -> tuple[dict[str, wpb.Workload], dict[str, wpb.Service]]:
-    """What discovery sends for WORLD: workloads by workload name, services by name."""
-    parsed = parse_text(WORLD, "world.yaml")
-    assert [str(p) for p in parsed.errors] == []
-    pods = [res for res in parsed.resources if type(res).__name__ in ("Pod", "Deployment")]
-    names = [p.meta.name for res in pods for p in getattr(res, "pods", (res,))]
-    status = {("shop", name): PodStatus(f"10.244.0.{10 + i}", "node-0", ready=True) for i, name in enumerate(names)}
-    state = ClusterState.build(parsed.resources, status, {("shop", "web"): "10.96.0.10"})
-    packed = compute_view(state).resources()[ADDRESS_TYPE_URL]
-    workloads, services = {}, {}
-    for message in packed.values():
-        address = unpack(message, ADDRESS_TYPE_URL)
-        if address.WhichOneof("type") == "workload":
-            workloads[address.workload.workload_name] = address.workload
-        else:
-            services[address.service.name] = address.service
-    return workloads, services
-
-
-WORKLOADS, SERVICES = discovered()
+WORKLOADS, SERVICES = discovered(WORLD, {("shop", "web"): "10.96.0.10"})
 CLIENT, WEB, WEB_SERVICE = WORKLOADS["client"], WORKLOADS["web-v1"], SERVICES["web"]
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
 WEB_ID = "spiffe://cluster.local/ns/shop/sa/web"
