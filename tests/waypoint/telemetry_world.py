@@ -53,7 +53,7 @@ REQUEST = RequestRecord(
     authority="web.shop.svc.cluster.local", status=200, response_flags="-", request_bytes=0, response_bytes=512,
     source_address=("10.244.0.11", 40000), source=CLIENT, source_principal=CLIENT_ID,
     destination_service=WEB_SERVICE, destination=WEB, destination_principal=WEB_ID,
-    upstream_address=("10.244.0.12", 8080), route="shop/HTTPRoute/web", request_id="req-1")
+    upstream_address=("10.244.0.12", 8080), route="shop/web", request_id="req-1")
 
 TUNNEL = TcpRecord(
     start=100.0, duration=2.5, sent_bytes=300, received_bytes=100, source_address=("10.244.0.11", 40001),

@@ -24,7 +24,7 @@ def test_a_request_line():
         "dst.addr": "10.244.0.12:8080", "dst.service": "web.shop.svc.cluster.local",
         "dst.workload": REQUEST.destination.name, "dst.namespace": "shop",
         "dst.identity": "spiffe://cluster.local/ns/shop/sa/web",
-        "duration": "12ms", "bytes_recv": 0, "bytes_sent": 512, "route_name": "shop/HTTPRoute/web",
+        "duration": "12ms", "bytes_recv": 0, "bytes_sent": 512, "route_name": "shop/web",
     }
 
 
