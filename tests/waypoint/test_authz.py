@@ -9,6 +9,7 @@ import pytest
 from mesh.api import waypoint_pb2 as wp
 from mesh.identity import SpiffeId
 from tests.controlplane.waypoint_yaml import l7_config_from_yaml
+from tests.waypoint.worlds import APPS_WITH_WAYPOINT
 from waypoint.authz import L7Authorizer, RequestAttributes
 from waypoint.http_match import normalize_path, normalize_target
 
@@ -252,18 +253,7 @@ def test_normalize_target_keeps_query():
 
 # ---------------------------------------------------------------- from real YAML (parse → view → pack)
 
-YAML_HEAD = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: apps}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+YAML_HEAD = APPS_WITH_WAYPOINT + """---
 apiVersion: v1
 kind: Service
 metadata: {name: backend, namespace: apps}

@@ -23,6 +23,7 @@ from mesh.outbound import HboneToPod, Passthrough, RoundRobin
 from mesh.proxy_state import ProxyState, ip_text, service_key_of
 from tests.controlplane.waypoint_yaml import l7_config_from_yaml
 from tests.waypoint.test_h2session import Peer, _client
+from tests.waypoint.worlds import APPS_WITH_WAYPOINT
 from waypoint.authz import L7Authorizer
 from waypoint.h1 import H1Downstream, H1Upstream, serve_h1
 from waypoint.h2 import H2Downstream, H2Upstream
@@ -33,18 +34,7 @@ from waypoint.records import RequestRecord
 from waypoint.routing import RouteTable
 from waypoint.upstream import UpstreamConnectError
 
-WORLD = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: apps}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+WORLD = APPS_WITH_WAYPOINT + """---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: backend, namespace: apps}

@@ -6,6 +6,7 @@ import pytest
 
 from mesh.api import waypoint_pb2 as wp
 from tests.controlplane.waypoint_yaml import l7_config_from_yaml
+from tests.waypoint.worlds import APPS_WITH_WAYPOINT
 from waypoint.routing import (
     ISTIO_DEFAULT_RETRY,
     Forward,
@@ -234,18 +235,7 @@ def test_mirrors_and_problems():
 
 # ---------------------------------------------------------------- from real YAML (parse → view → pack)
 
-YAML = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: apps}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
+YAML = APPS_WITH_WAYPOINT + """---
 apiVersion: v1
 kind: Service
 metadata: {name: backend, namespace: apps}
