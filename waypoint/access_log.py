@@ -47,7 +47,9 @@ SERVER_ERROR = 500  # a response from this status up is a failure, as Envoy coun
 
 
 def _time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not dt.UTC:  # the clock's own times are UTC already: no new object for them
+        moment = moment.astimezone(dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _address(address: tuple[str, int] | None) -> str | None:
@@ -88,16 +90,19 @@ def _outcome(flags: list[str], detail: str | None, failed: bool) -> tuple[str, d
 
 def request_entry(record: RequestRecord, ended: dt.datetime) -> dict[str, object]:
     """The access log's object for ``record``, which ended at ``ended`` (an aware datetime)."""
-    flags = _flags(record.response_flags)
+    response_flags = record.response_flags
+    # Most requests have no flags: no list to split them into then.
+    flags = _flags(response_flags) if response_flags and response_flags != NO_FLAGS else []
     outcome, detail = _outcome(flags, record.detail, record.status == 0 or record.status >= SERVER_ERROR)
+    duration = max(record.duration, 0.0)
     entry: dict[str, object | None] = {
         "time": _time(ended), "message": f"request {outcome}",
-        "start_time": _time(ended - dt.timedelta(seconds=max(record.duration, 0.0))),
+        "start_time": _time(ended - dt.timedelta(seconds=duration)),
         "method": record.method, "path": record.path, "protocol": record.http_version,
-        "response_code": record.status, "response_flags": record.response_flags or NO_FLAGS,
+        "response_code": record.status, "response_flags": response_flags or NO_FLAGS,
         "grpc_status": record.grpc_status, "authority": record.authority, "request_id": record.request_id,
         **_ends(record),
-        "duration": f"{int(max(record.duration, 0.0) * 1000)}ms",
+        "duration": f"{int(duration * 1000)}ms",
         "bytes_recv": record.request_bytes, "bytes_sent": record.response_bytes,
         "route_name": record.route, "policy": record.policy, **detail,
     }
@@ -118,6 +123,10 @@ def tcp_entry(record: TcpRecord, ended: dt.datetime) -> dict[str, object]:
     return {key: value for key, value in entry.items() if value is not None}
 
 
+# json.dumps's own settings, without the check for circular references: an entry is flat, made here.
+_ENCODER = json.JSONEncoder(check_circular=False)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -133,8 +142,14 @@ class AccessLog:
 
     def request(self, record: RequestRecord) -> None:
         if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info("%s", json.dumps(request_entry(record, self._clock())))
+            self._write(_ENCODER.encode(request_entry(record, self._clock())), "request")
 
     def tcp(self, record: TcpRecord) -> None:
         if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info("%s", json.dumps(tcp_entry(record, self._clock())))
+            self._write(_ENCODER.encode(tcp_entry(record, self._clock())), "tcp")
+
+    def _write(self, line: str, function: str) -> None:
+        """``logger.info(line)`` without its search of the stack for the caller (a cost per request):
+        the caller is known. The record goes through the logger's filters and handlers as any other."""
+        logger = self.logger
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, (), None, function))

@@ -108,16 +108,21 @@ class OpenCounts(Protocol):
 # services are immutable and swapped whole, so the same objects give the same labels. Each entry keeps
 # its objects alive (so an id cannot be reused while it is cached); the cache is dropped when full.
 _ENDS_CACHE_SIZE = 1024
-_ends_cache: dict[tuple[int, ...], tuple[object, dict[str, str]]] = {}
+_ends_cache: dict[tuple[int, ...], tuple[object, dict[str, str], tuple[str, ...]]] = {}
+
+# Where the end labels sit in REQUEST_LABEL_NAMES: after "reporter", before "request_protocol"; the
+# five that follow them are the request's own (see _request_key).
+_ENDS_SLICE = slice(1, REQUEST_LABEL_NAMES.index("request_protocol"))
 
 
-def _end_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
+def _ends(record: RequestRecord | TcpRecord) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The end labels by name, and their values in the order of REQUEST_LABEL_NAMES (cached together)."""
     objects = (record.source, record.source_principal, record.destination, record.destination_principal,
                record.destination_service)
     key = tuple(map(id, objects))
     held = _ends_cache.get(key)
     if held is not None:
-        return held[1]
+        return held[1], held[2]
     source_principal = str(record.source_principal) if record.source_principal else None
     destination_principal = str(record.destination_principal) if record.destination_principal else None
     labels = {
@@ -127,10 +132,15 @@ def _end_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
         "destination_principal": principal(destination_principal, record.destination, True),
         **service_labels(record.destination_service),
     }
+    values = tuple(labels[name] for name in REQUEST_LABEL_NAMES[_ENDS_SLICE])
     if len(_ends_cache) >= _ENDS_CACHE_SIZE:
         _ends_cache.clear()
-    _ends_cache[key] = (objects, labels)
-    return labels
+    _ends_cache[key] = (objects, labels, values)
+    return labels, values
+
+
+def _end_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
+    return _ends(record)[0]
 
 
 def _common_labels(record: RequestRecord | TcpRecord) -> dict[str, str]:
@@ -164,6 +174,13 @@ def request_labels(record: RequestRecord) -> dict[str, str]:
     return {name: labels[name] for name in REQUEST_LABEL_NAMES}
 
 
+def _request_key(record: RequestRecord) -> tuple[str, ...]:
+    """``tuple(request_labels(record).values())``, without the dicts: the series key, once per request."""
+    return (REPORTER, *_ends(record)[1], record.protocol if record.protocol in ("http", "grpc") else "http",
+            response_code(record.status), grpc_response_status(record.grpc_status),
+            record.response_flags or NO_FLAGS, MUTUAL_TLS)
+
+
 def tcp_labels(record: TcpRecord) -> dict[str, str]:
     """The label set of an opaque tunnel (every name of ``TCP_LABEL_NAMES``, in that order)."""
     labels = _common_labels(record)
@@ -191,8 +208,7 @@ class WaypointMetrics:
 
     def request(self, record: RequestRecord) -> None:
         """One request that ended (answered, refused, or abandoned)."""
-        labels = request_labels(record)
-        key = tuple(labels.values())
+        key = _request_key(record)
         with self._lock:
             self._requests[key] = self._requests.get(key, 0) + 1
             self._duration.observe(key, max(record.duration, 0.0) * 1000.0)
