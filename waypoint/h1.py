@@ -65,7 +65,10 @@ def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
 
 
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float = float("inf")) -> object:
+_NEVER = float("inf")
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float = _NEVER) -> object:
     """The next event; PeerGone if the peer breaks the protocol, goes away, or sends nothing for ``idle``."""
     while True:
         try:
@@ -74,14 +77,20 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float
             raise PeerGone(f"malformed HTTP/1.1 from the peer: {exc}") from exc
         if event is not h11.NEED_DATA:
             return event
+        if idle == _NEVER:  # no cancel scope to enter and leave (a cost per read) where no deadline applies
+            conn.receive_data(bytes(await _receive(stream)))
+            continue
         with trio.move_on_after(idle):
-            try:
-                data = await stream.receive_some(READ_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerGone(str(exc)) from exc
-            conn.receive_data(bytes(data))
+            conn.receive_data(bytes(await _receive(stream)))
             continue
         raise PeerGone(f"nothing from the peer for {idle:g} s")
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
+    try:
+        return await stream.receive_some(READ_CHUNK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise PeerGone(str(exc)) from exc
 
 
 # ---------------------------------------------------------------- server
@@ -90,10 +99,11 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream, idle: float
 class H1Downstream:
     http_version = "HTTP/1.1"
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, request: h11.Request) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, request: h11.Request,
+                 headers: Headers) -> None:
+        """``headers``: the request's, decoded (``_decode``)."""
         self.stream = stream
         self.conn = conn
-        headers = _decode(request.headers)
         authority = next((v for n, v in headers if n == "host"), "")
         self.head = RequestHead(request.method.decode("latin-1"), request.target.decode("latin-1"), authority,
                                 tuple(headers))
@@ -201,20 +211,22 @@ async def serve_h1(stream: trio.abc.HalfCloseableStream, handler: Handler, initi
         if request is None:
             return
         first = False
-        if len(request.headers) > MAX_REQUEST_HEADERS:
+        # Decoded once, from h11's list (iterating its Headers goes through a Python __getitem__ per item).
+        headers = _decode(request.headers.raw_items())
+        if len(headers) > MAX_REQUEST_HEADERS:
             await _refuse(stream, conn, 431, f"more than {MAX_REQUEST_HEADERS} request headers")
             return
-        if _head_size(request) > MAX_REQUEST_HEAD_BYTES:
+        if _head_size(request, headers) > MAX_REQUEST_HEAD_BYTES:
             # h11 bounds a head only while it is incomplete: one that arrives whole in a read is let through.
             await _refuse(stream, conn, 431, f"a request head over {MAX_REQUEST_HEAD_BYTES} bytes")
             return
-        names = {name.lower() for name, _ in request.headers}
-        if b"transfer-encoding" in names and b"content-length" in names:
+        names = {name for name, _ in headers}
+        if "transfer-encoding" in names and "content-length" in names:
             # RFC 9112 6.3: Transfer-Encoding wins, but the pair is how requests are smuggled past a proxy
             # that reads the other; Envoy refuses it (unless allow_chunked_length), and so do we.
             await _refuse(stream, conn, 400, "both Content-Length and Transfer-Encoding")
             return
-        exchange = H1Downstream(stream, conn, request)
+        exchange = H1Downstream(stream, conn, request, headers)
         try:
             await handler(exchange)
             if exchange.aborted or conn.our_state is h11.SWITCHED_PROTOCOL:
@@ -255,10 +267,11 @@ async def _read_head(conn: h11.Connection, stream: trio.abc.Stream, first: bool)
         return None
 
 
-def _head_size(request: h11.Request) -> int:
-    """The request head's size on the wire, near enough (h11 has dropped optional whitespace)."""
+def _head_size(request: h11.Request, headers: Headers) -> int:
+    """The request head's size on the wire, near enough (h11 has dropped optional whitespace); ``headers``
+    decoded from latin-1, a character a byte."""
     line = len(request.method) + len(request.target) + len(b" HTTP/1.1\r\n") + 1
-    return line + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+    return line + sum(len(name) + len(value) + 4 for name, value in headers) + 2
 
 
 async def _drain_body(exchange: H1Downstream) -> bool:
@@ -338,11 +351,11 @@ class H1Upstream:
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     self.status = 101
-                    return 101, _decode(event.headers)
+                    return 101, _decode(event.headers.raw_items())
                 continue
             if isinstance(event, h11.Response):
                 self.status = event.status_code
-                return event.status_code, _decode(event.headers)
+                return event.status_code, _decode(event.headers.raw_items())
             raise PeerGone(f"the upstream closed before its response ({type(event).__name__})")
 
     async def receive_body(self) -> bytes:
@@ -353,7 +366,7 @@ class H1Upstream:
             return bytes(event.data)
         if isinstance(event, h11.EndOfMessage):
             self._response_done = True
-            self._trailers = _decode(event.headers) or None
+            self._trailers = _decode(event.headers.raw_items()) or None
             return b""
         raise PeerGone(f"the upstream's response ended early ({type(event).__name__})")
 
@@ -366,6 +379,7 @@ class H1Upstream:
         return PrefixedStream(self.stream, bytes(data))
 
     async def release(self, reusable: bool) -> None:
+        # Never waits (no await here, nor in the pool's callback): the pipeline calls it without a shield.
         # h11 leaves their_state DONE after a response read to the end of the stream (no length), and
         # after the origin closed right behind its response: the end of the stream seen, or bytes past the
         # response, make the connection unfit for another request.
@@ -414,7 +428,7 @@ class H1Upstream:
             return bytes(event.data)
         if isinstance(event, h11.EndOfMessage):
             self._response_done = True
-            self._trailers = _decode(event.headers) or None
+            self._trailers = _decode(event.headers.raw_items()) or None
             return b""
         if event is h11.NEED_DATA:
             return None
