@@ -145,3 +145,15 @@ def test_gauges_only_when_followed_and_the_build():
     assert parsed["ambient_waypoint_open_tunnels"].samples[0].value == 3
     assert parsed["ambient_waypoint_open_requests"].samples[0].value == 5
     assert parsed["istio_build"].samples[0].labels == {"component": "proxy", "tag": 'v"1'}
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"status": 503, "response_flags": "UF,URX"}, {"protocol": "grpc", "grpc_status": "7"},
+    {"source": None, "source_principal": None}, {"destination": None, "destination_principal": None},
+    {"destination_service": None, "status": 0, "response_flags": "DC"},
+])
+def test_the_series_key_is_the_label_values_in_order(changes):
+    from waypoint.metrics import _request_key
+
+    record = request(**changes)
+    assert _request_key(record) == tuple(request_labels(record).values())
