@@ -44,6 +44,9 @@ spec:
 @pytest.fixture
 def config(tmp_path, monkeypatch):
     monkeypatch.setenv("AMBIENT_LAB_ROOT", str(tmp_path / "labs"))  # no lab unless a test starts one
+    # Labs are also found by their netns and cgroups: another lab on this machine is not this test's.
+    monkeypatch.setattr("lab.state._names_from_netns", lambda: set())
+    monkeypatch.setattr("lab.state._names_from_cgroups", lambda: set())
     directory = tmp_path / "config"
     directory.mkdir()
     return directory
