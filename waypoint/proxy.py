@@ -38,6 +38,7 @@ from hbone.tls import ContextCache, HboneTlsError, WorkloadCredentials, server_h
 from mesh.addresses import format_address
 from mesh.api import waypoint_pb2 as wp, workload_pb2 as wpb
 from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL
+from mesh.certs import CertificateError
 from mesh.identity import SpiffeId
 from mesh.outbound import HboneToPod, Passthrough, RoundRobin, plan_outbound
 from mesh.peer_metadata import baggage_header
@@ -306,7 +307,9 @@ class Waypoint:
             with trio.fail_at(deadline):
                 tls, peer_identity = await server_handshake(stream, self._contexts.server(credentials),
                                                             self.config.trust_domain)
-        except (HboneTlsError, trio.TooSlowError, Exception) as exc:
+        except (HboneTlsError, CertificateError, trio.TooSlowError) as exc:
+            # No certificate of ours yet (the CA is slow or away), a handshake that failed or took too
+            # long: this connection only; the source ztunnel retries.
             log.info("HBONE connection from %s refused: %s", format_address(peer[0], peer[1]), exc)
             await trio.aclose_forcefully(stream)
             return
