@@ -3,41 +3,31 @@
 Like ``istioctl ztunnel-config``: ``workloads``, ``services``, ``policies``, ``certificates``,
 ``connections`` or ``all``, as a table (istioctl's columns) or as JSON (``-o json``, the entries of
 ``/config_dump`` as ztunnel wrote them). Two steps, each testable alone. ``fetch_config_dump``
-does one ``GET /config_dump``: with ``--node N`` the admin port is the one on loopback inside that
-lab node's network namespace, so the request runs in a worker thread that enters the netns first
-(``setns`` moves only the calling thread; the thread ends with the request and the command stays in
-its own netns); without ``--node`` it goes to ``--admin-address``. Then ``render`` turns the dump
-into text, with no I/O. Failures (no lab, no such node, nothing listening, an error status, bytes
-that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do.
+(``lab.admin_client``, shared with ``ambient waypoint apply --wait``) does one ``GET /config_dump``:
+with ``--node N`` the admin port is the one on loopback inside that lab node's network namespace,
+entered by a worker thread; without ``--node`` it goes to ``--admin-address``. Then ``render`` turns
+the dump into text, with no I/O. Failures (no lab, no such node, nothing listening, an error status,
+bytes that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
-import os
 import sys
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from lab.cli import LabError, format_table, load_status
-from mesh.addresses import format_address
+from lab.admin_client import DEFAULT_TIMEOUT, AdminTarget as Target, ConfigFetchError, fetch_config_dump
+from lab.cli import format_table, load_status
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
 _ALIASES = {"workloads": ["workload", "w"], "services": ["service", "s"], "policies": ["policy", "p"],
             "certificates": ["certificate", "certs", "c"], "connections": ["connection"], "all": []}
 DEFAULT_ADMIN_ADDRESS = f"127.0.0.1:{ADMIN_PORT}"
-DEFAULT_TIMEOUT = 5.0
 NONE = "None"  # istioctl's word for an absent waypoint or VIP
 NA = "NA"
-
-
-class ConfigFetchError(LabError):
-    """The config dump could not be read; the message says from where and why."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,18 +66,6 @@ def cmd_ztunnel_config(args: argparse.Namespace) -> int:
 # -- where to ask
 
 
-@dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    netns_path: str | None = None  # enter this network namespace first
-    where: str = ""  # "in node node-0 of lab 'ambient'", for messages
-
-    @property
-    def description(self) -> str:
-        return f"ztunnel admin at {format_address(self.host, self.port)}{' ' + self.where if self.where else ''}"
-
-
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too); raises UsageError naming the flag."""
     from mesh.errors import UsageError
@@ -122,70 +100,6 @@ def node_netns(status: dict, node: str) -> str:
         raise ConfigFetchError(f"no node {node} in lab {status.get('lab')!r}; its nodes are "
                                f"{', '.join(sorted(nodes)) or 'none'}")
     return nodes[node]["netns"]
-
-
-# -- fetching
-
-
-def fetch_config_dump(target: Target, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """GET /config_dump from ``target``, in its netns if it names one; the JSON object."""
-    netns_path = target.netns_path
-    if netns_path is None:
-        return _get_config_dump(target, timeout)
-    outcome: list = []
-
-    def in_netns() -> None:
-        from lab.network import enter_netns
-
-        try:
-            try:
-                fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise ConfigFetchError(f"{target.netns_path} does not exist: is the lab up?") from None
-            try:
-                enter_netns(fd)
-            except PermissionError:
-                raise ConfigFetchError(f"entering the network namespace {target.netns_path} needs root") from None
-            finally:
-                os.close(fd)
-            outcome.append(_get_config_dump(target, timeout))
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
-            outcome.append(exc)
-
-    worker = threading.Thread(target=in_netns, name="ztunnel-config-netns", daemon=True)
-    worker.start()
-    worker.join()
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
-
-
-def _get_config_dump(target: Target, timeout: float) -> dict:
-    where = target.description
-    connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
-    try:
-        connection.request("GET", "/config_dump", headers={"Accept": "application/json"})
-        response = connection.getresponse()
-        body = response.read()
-    except ConnectionRefusedError:
-        raise ConfigFetchError(f"{where}: connection refused; is ztunnel running there?") from None
-    except TimeoutError:
-        raise ConfigFetchError(f"{where}: no answer within {timeout:g} s") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise ConfigFetchError(f"{where}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") \
-            from None
-    finally:
-        connection.close()
-    if response.status != 200:
-        first = body.decode("utf-8", "replace").strip().splitlines()[:1]
-        raise ConfigFetchError(f"{where} answered {response.status}{': ' + first[0] if first else ''}")
-    try:
-        dump = json.loads(body)
-    except ValueError as exc:
-        raise ConfigFetchError(f"{where} sent a config dump that is not JSON ({exc})") from None
-    if not isinstance(dump, dict):
-        raise ConfigFetchError(f"{where} sent a config dump that is not a JSON object")
-    return dump
 
 
 # -- rendering (no I/O)
