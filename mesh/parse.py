@@ -19,6 +19,9 @@ from pathlib import Path
 
 from mesh import resources as r
 from mesh.identity import InvalidSpiffeId, validate_k8s_name
+from mesh.parse_fields import labels_selector, port_field
+from mesh.parse_istio import authorization_policy, peer_authentication, wasm_plugin
+from mesh.parse_routes import grpc_route, http_route
 from mesh.source import (
     MAX_FILE_BYTES,
     Code,
@@ -182,40 +185,6 @@ def _meta(f: Field, kind: str, label: list[str]) -> r.Meta | None:
     return r.Meta(name, namespace, r.frozen_map(f["labels"].str_map()), r.frozen_map(f["annotations"].str_map()))
 
 
-def _port(f: Field, *, required: bool = True, value: object = None) -> int | None:
-    """A port given as a number or, as Istio's policy fields have it, a numeric string.
-    ``value`` overrides the field's value (for ports that are mapping keys)."""
-    value = f.value if value is None else value
-    shown = value
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, str) or isinstance(value, bool):
-        f.report(f"{shown!r} is not a port number")
-        return None
-    if value is None:
-        if required:
-            f.report("is required")
-        return None
-    if not isinstance(value, int):
-        f.report(f"expected a port number, got {value!r}")
-        return None
-    if not 1 <= value <= 65535:
-        f.report(f"{value} is not a port number (1-65535)")
-        return None
-    return value
-
-
-def _labels_selector(f: Field) -> dict[str, str] | None:
-    """``selector: {matchLabels: {...}}`` (Istio policies, Deployments); None when absent."""
-    if not f.present:
-        return None
-    if not f.mapping({"matchLabels", "matchExpressions"}):
-        return None
-    if f["matchExpressions"].present:
-        f["matchExpressions"].report("matchExpressions are not supported; use matchLabels")
-    return f["matchLabels"].str_map()
-
-
 # ---------------------------------------------------------------- core kinds
 
 def _namespace(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Namespace:
@@ -239,11 +208,11 @@ _PROBE_FIELDS = set(_PROBE_HANDLERS) | {"grpc", "initialDelaySeconds", "periodSe
                                         "successThreshold", "failureThreshold"}
 
 
-def _probe_port(f: Field, ports: list[r.ContainerPort]) -> int | str | None:
+def _probeport_field(f: Field, ports: list[r.ContainerPort]) -> int | str | None:
     """A probe's port: a number, or the name of one of the container's ports."""
     name = f.value
     if not isinstance(name, str) or name.isdigit():
-        return _port(f)
+        return port_field(f)
     if len(name) > 15 or not _PORT_NAME.fullmatch(name):
         f.report(f"{name!r} is not a port number or a port name (at most 15 lowercase letters, digits and '-', "
                  "with at least one letter)")
@@ -298,7 +267,7 @@ def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
         return probe(action, command=command.str_list())
     if handler["host"].present:
         handler["host"].report("is not supported: the lab probes the pod's IP")
-    port = _probe_port(handler["port"], ports)
+    port = _probeport_field(handler["port"], ports)
     if action == "tcpSocket":
         return probe(action, port=port or 0)
     if handler["scheme"].str(default="HTTP", choices=("HTTP", "HTTPS")) == "HTTPS":
@@ -341,7 +310,7 @@ def _container(f: Field, pod_context: tuple[int | None, int | None, bool] = (Non
     ports = []
     for item in f["ports"].items():
         if item.mapping({"containerPort", "name", "protocol", "hostPort", "hostIP"}):
-            port = _port(item["containerPort"])
+            port = port_field(item["containerPort"])
             protocol = item["protocol"].str(default="TCP", choices=PROTOCOLS)
             if port is not None:
                 ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol))
@@ -377,7 +346,7 @@ def _deployment(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Deployment | N
                          "minReadySeconds", "progressDeadlineSeconds", "paused"}, required=True):
         return None
     replicas = spec["replicas"].int(default=1, low=0, high=1000)
-    selector = _labels_selector(spec["selector"])
+    selector = labels_selector(spec["selector"])
     if selector is None:
         spec["selector"].report("is required (matchLabels)")
     template = spec["template"]
@@ -422,14 +391,14 @@ def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
     for item in items:
         if not item.mapping({"name", "port", "targetPort", "protocol", "appProtocol", "nodePort"}):
             continue
-        port = _port(item["port"])
+        port = port_field(item["port"])
         target = item["targetPort"].value
         if target is None:
             target = port
         elif isinstance(target, str) and not target.isdigit():
             target = _name(item["targetPort"], "target port name")
         else:
-            target = _port(item["targetPort"])
+            target = port_field(item["targetPort"])
         name = item["name"].str(default="")
         if len(items) > 1 and not name:
             item["name"].report("is required when a Service has more than one port")
@@ -446,21 +415,6 @@ def _service(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Service | None:
 
 # ---------------------------------------------------------------- Gateway API
 
-def _object_ref(f: Field, *, default_kind: str = "", default_group: str = "", with_port: bool = False
-                ) -> r.ObjectRef | None:
-    """A Gateway API reference; without ``default_kind`` the kind must be given."""
-    known = {"group", "kind", "name", "namespace", "sectionName"} | ({"port"} if with_port else set())
-    if not f.mapping(known):
-        return None
-    name = f["name"].str(required=True)
-    kind = f["kind"].str(required=not default_kind, default=default_kind)
-    port = _port(f["port"], required=False) if with_port else None
-    if name is None or kind is None:
-        return None
-    return r.ObjectRef(kind, name, f["group"].str(default=default_group) or "", f["namespace"].str(default="") or "",
-                       port, f["sectionName"].str(default="") or "")
-
-
 def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
     if not spec.mapping({"gatewayClassName", "listeners", "addresses", "infrastructure"}, required=True):
         return None
@@ -468,7 +422,7 @@ def _gateway(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Gateway | None:
     listeners = []
     for item in spec["listeners"].items(required=True):
         if item.mapping({"name", "port", "protocol", "hostname", "tls", "allowedRoutes"}):
-            name, port = item["name"].str(required=True), _port(item["port"])
+            name, port = item["name"].str(required=True), port_field(item["port"])
             protocol = item["protocol"].str(required=True)
             allowed = _allowed_namespaces(item["allowedRoutes"])
             if name and port and protocol and allowed:
@@ -540,512 +494,10 @@ def _gateway_class(spec: Field, meta: r.Meta, origin: r.Origin) -> r.GatewayClas
     return r.GatewayClass(meta, origin, controller) if controller else None
 
 
-_DURATION = re.compile(r"^(?:\d{1,5}(?:h|ms|m|s)){1,4}$")
-_DURATION_PART = re.compile(r"(\d{1,5})(h|ms|m|s)")
-_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def _duration(f: Field) -> float | None:
-    """A Gateway API duration (GEP-2257): ``10s``, ``500ms``, ``1m30s``."""
-    text = f.str()
-    if text is None:
-        return None
-    if not _DURATION.match(text):
-        f.report(f"{text!r} is not a duration like 10s, 500ms or 1m30s")
-        return None
-    return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def _header_matches(f: Field) -> tuple[r.HeaderMatchSpec, ...]:
-    result = []
-    for item in f.items():
-        if item.mapping({"type", "name", "value"}):
-            name, value = item["name"].str(required=True), item["value"].str(required=True)
-            kind = item["type"].str(default="Exact", choices=("Exact", "RegularExpression"))
-            if name and value is not None:
-                result.append(r.HeaderMatchSpec(name, value, kind))
-    return tuple(result)
-
-
-_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
-
-
-def _route_match(f: Field) -> r.RouteMatch | None:
-    if not f.mapping({"path", "headers", "queryParams", "method"}):
-        return None
-    path = None
-    if f["path"].mapping({"type", "value"}):
-        kind = f["path"]["type"].str(default="PathPrefix", choices=("Exact", "PathPrefix", "RegularExpression"))
-        value = f["path"]["value"].str(default="/")
-        if kind != "RegularExpression" and not value.startswith("/"):
-            f["path"]["value"].report(f"{value!r} must start with '/'")
-        path = r.StringMatchSpec(kind, value)
-    method = f["method"].str(default="", choices=_HTTP_METHODS)
-    return r.RouteMatch(path, _header_matches(f["headers"]), _header_matches(f["queryParams"]), method)
-
-
-def _grpc_match(f: Field) -> r.RouteMatch | None:
-    """A GRPCRoute match: ``method`` (service and/or method) and ``headers``."""
-    if not f.mapping({"method", "headers"}):
-        return None
-    grpc_method = None
-    m = f["method"]
-    if m.mapping({"type", "service", "method"}):
-        kind = m["type"].str(default="Exact", choices=("Exact", "RegularExpression"))
-        service, method = m["service"].str(default=""), m["method"].str(default="")
-        if kind == "Exact":
-            if not service and not method:  # as Gateway API's validation: one of them at least
-                m.report("an Exact method match needs service or method")
-            for name, value in (("service", service), ("method", method)):
-                if "/" in value:
-                    m[name].report(f"{value!r} must not contain '/'")
-        else:
-            for name, value in (("service", service), ("method", method)):
-                try:
-                    re.compile(value)
-                except re.error as exc:
-                    m[name].report(f"{value!r} is not a regular expression: {exc}")
-        grpc_method = r.GRPCMethodMatch(kind, service, method)
-    return r.RouteMatch(headers=_header_matches(f["headers"]), grpc_method=grpc_method)
-
-
-def _header_modifier(f: Field) -> r.HeaderModifier | None:
-    if not f.mapping({"set", "add", "remove"}, required=True):
-        return None
-    pairs: dict[str, dict[str, str]] = {}
-    for op in ("set", "add"):
-        pairs[op] = {}
-        for item in f[op].items():
-            if item.mapping({"name", "value"}) and (name := item["name"].str(required=True)):
-                pairs[op][name] = item["value"].str(required=True) or ""
-    return r.HeaderModifier(r.frozen_map(pairs["set"]), r.frozen_map(pairs["add"]), f["remove"].str_list())
-
-
-_BACKEND_FIELDS = {"group", "kind", "name", "namespace", "port"}
-
-
-def _backend_object(f: Field, *, weight: int = 1, required: bool = True) -> r.BackendRef | None:
-    """A BackendObjectReference (a backendRef without weight and filters; a mirror's ``backendRef``)."""
-    name = f["name"].str(required=True)
-    kind = f["kind"].str(default="Service") or "Service"
-    group = f["group"].str(default="") or ""
-    # Gateway API: the port is required when the backend is a Service.
-    port = _port(f["port"], required=kind == "Service" and group in ("", "core") and required)
-    if name is None:
-        return None
-    return r.BackendRef(name, port, weight, f["namespace"].str(default="") or "", kind, group)
-
-
-def _path_modifier(f: Field, matches: tuple[r.RouteMatch, ...]) -> r.PathModifier | None:
-    if not f.mapping({"type", "replaceFullPath", "replacePrefixMatch"}):
-        return None
-    kind = f["type"].str(required=True, choices=("ReplaceFullPath", "ReplacePrefixMatch"))
-    if kind is None:
-        return None
-    key = "replaceFullPath" if kind == "ReplaceFullPath" else "replacePrefixMatch"
-    other = "replacePrefixMatch" if kind == "ReplaceFullPath" else "replaceFullPath"
-    if f[other].present:
-        f[other].report(f"must not be set with type {kind}")
-    value = f[key].str(required=True)
-    if value is None:
-        return None
-    if not value.startswith("/"):
-        f[key].report(f"{value!r} must start with '/'")
-    # Gateway API: ReplacePrefixMatch replaces what a PathPrefix match matched, so every match of the
-    # rule must be one.
-    if kind == "ReplacePrefixMatch" and any(m.path is None or m.path.type != "PathPrefix" for m in matches):
-        f["type"].report("ReplacePrefixMatch needs every match of the rule to be a PathPrefix path match")
-    return r.PathModifier(kind, value)
-
-
-def _redirect(f: Field, matches: tuple[r.RouteMatch, ...]) -> r.RequestRedirect | None:
-    if not f.mapping({"scheme", "hostname", "path", "port", "statusCode"}, required=True):
-        return None
-    return r.RequestRedirect(
-        f["scheme"].str(default="", choices=("http", "https")),
-        f["hostname"].str(default=""),
-        _path_modifier(f["path"], matches) if f["path"].present else None,
-        _port(f["port"], required=False),
-        _choice_int(f["statusCode"], 302, (301, 302)),
-    )
-
-
-def _choice_int(f: Field, default: int, choices: tuple[int, ...]) -> int:
-    value = f.int(default=default)
-    if value is not None and value not in choices:
-        f.report(f"{value} is not one of {', '.join(map(str, choices))}")
-    return default if value is None or value not in choices else value
-
-
-def _rewrite(f: Field, matches: tuple[r.RouteMatch, ...]) -> r.URLRewrite | None:
-    if not f.mapping({"hostname", "path"}, required=True):
-        return None
-    return r.URLRewrite(f["hostname"].str(default=""),
-                        _path_modifier(f["path"], matches) if f["path"].present else None)
-
-
-def _mirror(f: Field) -> r.RequestMirror | None:
-    """``backendRef`` and ``percent`` or ``fraction`` (numerator/denominator, default 100): a share
-    of the requests, copied to the backend without waiting for its answer."""
-    if not f.mapping({"backendRef", "percent", "fraction"}, required=True):
-        return None
-    backend = None
-    if f["backendRef"].mapping(_BACKEND_FIELDS, required=True):
-        backend = _backend_object(f["backendRef"])
-    percent = 100.0
-    if f["percent"].present and f["fraction"].present:
-        f.report("percent and fraction are mutually exclusive")
-    elif f["percent"].present:
-        percent = float(f["percent"].int(default=100, low=0, high=100) or 0)
-    elif f["fraction"].mapping({"numerator", "denominator"}):
-        numerator = f["fraction"]["numerator"].int(required=True, low=0)
-        denominator = f["fraction"]["denominator"].int(default=100, low=1)
-        if numerator is not None and denominator is not None:
-            if numerator > denominator:
-                f["fraction"].report(f"numerator {numerator} is more than denominator {denominator}")
-            percent = 100.0 * min(numerator, denominator) / denominator
-    return r.RequestMirror(backend, percent) if backend else None
-
-
-# Filters each route kind has, by type: the field that holds the filter's settings.
-_FILTER_FIELDS = {"RequestHeaderModifier": "requestHeaderModifier", "ResponseHeaderModifier": "responseHeaderModifier",
-                  "RequestMirror": "requestMirror", "RequestRedirect": "requestRedirect", "URLRewrite": "urlRewrite",
-                  "ExtensionRef": "extensionRef", "CORS": "cors", "ExternalAuth": "externalAuth"}
-_HTTP_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect", "URLRewrite")
-_GRPC_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror")
-
-
-@dataclass
-class _Filters:
-    request_headers: r.HeaderModifier | None = None
-    response_headers: r.HeaderModifier | None = None
-    redirect: r.RequestRedirect | None = None
-    rewrite: r.URLRewrite | None = None
-    mirrors: list[r.RequestMirror] = field(default_factory=list)
-
-
-def _filters(f: Field, supported: tuple[str, ...], matches: tuple[r.RouteMatch, ...]) -> _Filters:
-    """A rule's ``filters``. A type the mesh does not run (ExtensionRef, CORS...) is an error, as
-    Gateway API asks (a route must not be served without a filter it names); so is a type given
-    twice, other than RequestMirror, and a redirect together with a rewrite."""
-    result = _Filters()
-    seen: set[str] = set()
-    for item in f.items():
-        if not item.mapping({"type"} | set(_FILTER_FIELDS.values())):
-            continue
-        kind = item["type"].str(required=True)
-        if kind is None:
-            continue
-        if kind not in supported:
-            item["type"].report(f"filter {kind} is not supported ({', '.join(supported)})")
-            continue
-        if kind in seen and kind != "RequestMirror":
-            item["type"].report(f"filter {kind} is given twice; a rule takes it once")
-            continue
-        seen.add(kind)
-        for other, name in _FILTER_FIELDS.items():
-            if other != kind and item[name].present:
-                item[name].report(f"does not belong to a filter of type {kind}")
-        settings = item[_FILTER_FIELDS[kind]]
-        if kind == "RequestHeaderModifier":
-            result.request_headers = _header_modifier(settings)
-        elif kind == "ResponseHeaderModifier":
-            result.response_headers = _header_modifier(settings)
-        elif kind == "RequestRedirect":
-            result.redirect = _redirect(settings, matches)
-        elif kind == "URLRewrite":
-            result.rewrite = _rewrite(settings, matches)
-        elif (mirror := _mirror(settings)) is not None:
-            result.mirrors.append(mirror)
-    if "RequestRedirect" in seen and "URLRewrite" in seen:
-        f.report("RequestRedirect and URLRewrite cannot both be used in one rule")
-    return result
-
-
-def _backend_refs(f: Field) -> tuple[r.BackendRef, ...]:
-    backends = []
-    for item in f.items():
-        if not item.mapping(_BACKEND_FIELDS | {"weight", "filters"}):
-            continue
-        if item["filters"].present and item["filters"].value != []:
-            # Not carried to the waypoint (its Backend has no filters): refused rather than ignored,
-            # so a header a backend relies on is never silently missing.
-            item["filters"].report("filters on a backendRef are not supported; put them in the rule's filters")
-        weight = item["weight"].int(default=1, low=0, high=1_000_000)
-        backend = _backend_object(item, weight=weight or 0)
-        if backend is not None and weight is not None:
-            backends.append(backend)
-    return tuple(backends)
-
-
-def _route_rule(f: Field, grpc: bool = False) -> r.RouteRule | None:
-    known = {"name", "matches", "filters", "backendRefs", "sessionPersistence"}
-    if not f.mapping(known if grpc else known | {"timeouts", "retry"}):
-        return None
-    parse_match = _grpc_match if grpc else _route_match
-    matches = tuple(m for item in f["matches"].items() if (m := parse_match(item))) or (r.RouteMatch(),)
-    filters = _filters(f["filters"], _GRPC_FILTERS if grpc else _HTTP_FILTERS, matches)
-    backends = _backend_refs(f["backendRefs"])
-    if filters.redirect is not None and backends:
-        f["backendRefs"].report("a rule with a RequestRedirect filter answers itself: it takes no backendRefs")
-    timeouts = f["timeouts"]
-    timeouts.mapping({"request", "backendRequest"})
-    retry = f["retry"]
-    retry.mapping({"attempts", "codes", "backoff"})
-    codes = tuple(c for item in retry["codes"].items() if (c := item.int(required=True, low=400, high=599)))
-    return r.RouteRule(
-        matches, backends, filters.request_headers, filters.response_headers,
-        _duration(timeouts["request"]), _duration(timeouts["backendRequest"]),
-        retry["attempts"].int(default=0, low=0, high=100) or 0, codes, _duration(retry["backoff"]),
-        name=f["name"].str(default=""), redirect=filters.redirect, rewrite=filters.rewrite,
-        mirrors=tuple(filters.mirrors), retry=retry.present,
-    )
-
-
-def _created(spec: Field) -> str:
-    """``metadata.creationTimestamp`` as written (YAML reads an unquoted one as a datetime)."""
-    meta = spec.doc.data.get("metadata") if isinstance(spec.doc.data, dict) else None
-    value = meta.get("creationTimestamp") if isinstance(meta, dict) else None
-    if value is None:
-        return ""
-    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else str(value)
-
-
-def _route(spec: Field, meta: r.Meta, origin: r.Origin, cls: type[r.HTTPRoute] | type[r.GRPCRoute]):
-    if not spec.mapping({"parentRefs", "hostnames", "rules"}, required=True):
-        return None
-    parents = tuple(p for item in spec["parentRefs"].items(required=True)
-                    if (p := _object_ref(item, default_kind="Gateway", default_group="gateway.networking.k8s.io",
-                                         with_port=True)))
-    if spec["parentRefs"].value == []:
-        spec["parentRefs"].report("needs at least one parent (a Service, for the waypoint)")
-    grpc = cls is r.GRPCRoute
-    rules = tuple(rule for item in spec["rules"].items() if (rule := _route_rule(item, grpc)))
-    return cls(meta, origin, parents, spec["hostnames"].str_list(), rules, _created(spec))
-
-
-def _http_route(spec: Field, meta: r.Meta, origin: r.Origin) -> r.HTTPRoute | None:
-    return _route(spec, meta, origin, r.HTTPRoute)
-
-
-def _grpc_route(spec: Field, meta: r.Meta, origin: r.Origin) -> r.GRPCRoute | None:
-    return _route(spec, meta, origin, r.GRPCRoute)
-
-
-# ---------------------------------------------------------------- Istio
-
-def _target_refs(spec: Field) -> tuple[r.ObjectRef, ...]:
-    """``targetRefs``, plus the older singular ``targetRef``."""
-    fields = spec["targetRefs"].items() + ([spec["targetRef"]] if spec["targetRef"].present else [])
-    return tuple(ref for item in fields if (ref := _object_ref(item)))
-
-
-def _cidrs(f: Field) -> tuple[str, ...]:
-    result = []
-    for item in f.items():
-        value = item.str(required=True)
-        if value is None:
-            continue
-        try:
-            ipaddress.ip_network(value, strict=False)
-            result.append(value)
-        except ValueError:
-            item.report(f"{value!r} is not an IP address or CIDR block")
-    return tuple(result)
-
-
-def _ports(f: Field) -> tuple[int, ...]:
-    return tuple(p for item in f.items() if (p := _port(item)))
-
-
-_SOURCE_FIELDS = {"principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals", "namespaces",
-                  "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
-                  "serviceAccounts", "notServiceAccounts", "trustDomains", "notTrustDomains"}
-_OPERATION_FIELDS = {"hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"}
-
-
-def _service_accounts(f: Field) -> tuple[str, ...]:
-    """Istio's ``serviceAccounts``: exact ``ns/sa`` names, or ``sa`` in the policy's namespace."""
-    result = []
-    for item in f.items():
-        value = item.str(required=True)
-        if value is None:
-            continue
-        parts = value.split("/")
-        if len(parts) > 2 or not all(parts) or "*" in value:
-            item.report(f"{value!r} is not a service account (namespace/name, or name; no wildcards)")
-            continue
-        result.append(value)
-    return tuple(result)
-
-
-_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")  # SPIFFE's trust domain characters
-
-
-def _trust_domains(f: Field) -> tuple[str, ...]:
-    """Istio's ``trustDomains``: the peer's trust domain, exactly, or ``*`` for any peer with one.
-    Partial wildcards are refused: a principal match cannot express them together with the rest."""
-    result = []
-    for item in f.items():
-        value = item.str(required=True)
-        if value is None:
-            continue
-        if value != "*" and not _TRUST_DOMAIN.fullmatch(value):
-            item.report(f"{value!r} is not a trust domain (lower-case letters, digits, '.', '-', '_'; "
-                        "or '*' alone)")
-            continue
-        result.append(value)
-    return tuple(result)
-
-
-def _rule(f: Field) -> r.Rule | None:
-    """A rule; the fields it does not know are collected in ``Rule.unknown`` (``validate`` reports
-    them: what they do depends on the action) rather than warned about as ignored."""
-    unknown: list[str] = []
-
-    def note(where: str, names: list[str]) -> tuple[str, ...]:
-        paths = tuple(f"{where}.{name}" if where else name for name in names)
-        unknown.extend(paths)
-        return paths
-
-    names: list[str] = []
-    if not f.mapping({"from", "to", "when"}, unknown=names):
-        return None
-    note("", names)
-    sources = []
-    for i, item in enumerate(f["from"].items()):
-        outer: list[str] = []
-        inner: list[str] = []
-        if item.mapping({"source"}, unknown=outer) and item["source"].mapping(_SOURCE_FIELDS, required=True,
-                                                                               unknown=inner):
-            s = item["source"]
-            if not any(s[name].value for name in _SOURCE_FIELDS) and not inner:  # as Istio: a mistake, not "anyone"
-                s.report("must not be empty")
-            sources.append(r.Source(
-                s["principals"].str_list(), s["notPrincipals"].str_list(), s["requestPrincipals"].str_list(),
-                s["notRequestPrincipals"].str_list(), s["namespaces"].str_list(), s["notNamespaces"].str_list(),
-                _cidrs(s["ipBlocks"]), _cidrs(s["notIpBlocks"]), _cidrs(s["remoteIpBlocks"]),
-                _cidrs(s["notRemoteIpBlocks"]), _service_accounts(s["serviceAccounts"]),
-                _service_accounts(s["notServiceAccounts"]), _trust_domains(s["trustDomains"]),
-                _trust_domains(s["notTrustDomains"]),
-                note(f"from[{i}]", outer) + note(f"from[{i}].source", inner),
-            ))
-    operations = []
-    for i, item in enumerate(f["to"].items()):
-        outer, inner = [], []
-        if item.mapping({"operation"}, unknown=outer) and item["operation"].mapping(
-                _OPERATION_FIELDS, required=True, unknown=inner):
-            o = item["operation"]
-            if not any(o[name].value for name in _OPERATION_FIELDS) and not inner:
-                o.report("must not be empty")
-            operations.append(r.Operation(
-                o["hosts"].str_list(), o["notHosts"].str_list(), _ports(o["ports"]), _ports(o["notPorts"]),
-                o["methods"].str_list(), o["notMethods"].str_list(), o["paths"].str_list(), o["notPaths"].str_list(),
-                note(f"to[{i}]", outer) + note(f"to[{i}].operation", inner),
-            ))
-    conditions = []
-    for i, item in enumerate(f["when"].items()):
-        names = []
-        if item.mapping({"key", "values", "notValues"}, unknown=names) and (key := item["key"].str(required=True)):
-            note(f"when[{i}]", names)
-            if not item["values"].value and not item["notValues"].value:
-                item.report(f"condition {key} needs values or notValues")
-            conditions.append(r.Condition(key, _condition_values(item["values"], key),
-                                          _condition_values(item["notValues"], key)))
-    return r.Rule(tuple(sources), tuple(operations), tuple(conditions), tuple(unknown))
-
-
-_IP_KEYS = ("source.ip", "destination.ip", "remote.ip")
-
-
-def _condition_values(f: Field, key: str) -> tuple[str, ...]:
-    """A condition's values; those of keys that name addresses or ports must be ones (as Istio
-    checks them): ztunnel evaluates these, and a typo must not become a rule that never matches."""
-    values = f.str_list()  # reports what is not a list of strings
-    for item in f.items() if isinstance(f.value, list) else ():
-        if not isinstance(item.value, str):
-            continue
-        if key in _IP_KEYS:
-            try:
-                ipaddress.ip_network(item.value, strict=False)
-            except ValueError:
-                item.report(f"{item.value!r} is not an IP address or CIDR block")
-        elif key == "destination.port":
-            _port(item)
-    return values
-
-
-def _authorization_policy(spec: Field, meta: r.Meta, origin: r.Origin) -> r.AuthorizationPolicy | None:
-    if spec.present and not spec.mapping({"selector", "targetRef", "targetRefs", "action", "rules", "provider"}):
-        return None
-    action = spec["action"].str(default="ALLOW", choices=("ALLOW", "DENY", "AUDIT", "CUSTOM"))
-    # As Istio's ambient translation: ztunnel enforces ALLOW and DENY only; it skips the others.
-    if action == "CUSTOM":
-        spec["action"].report("CUSTOM (external authorization) is not enforced by ztunnel, nor by the mesh's "
-                              "waypoint: the policy is skipped", Severity.WARNING, code=Code.ACTION_NOT_ENFORCED)
-    elif action == "AUDIT":
-        spec["action"].report("AUDIT has no effect at L4: ztunnel ignores AUDIT policies, and the mesh writes no "
-                              "audit log: the policy is skipped", Severity.WARNING, code=Code.ACTION_NOT_ENFORCED)
-    selector = _labels_selector(spec["selector"])
-    targets = _target_refs(spec)
-    if selector is not None and targets:
-        spec["selector"].report("selector and targetRefs cannot both be set")
-    rules = tuple(rule for item in spec["rules"].items() if (rule := _rule(item)))
-    return r.AuthorizationPolicy(meta, origin, action, rules, r.frozen_map(selector) if selector is not None else None,
-                                 targets, _dry_run(meta))
-
-
-def _dry_run(meta: r.Meta) -> bool:
-    """``istio.io/dry-run``, read as Istio does (Go's ``strconv.ParseBool``: anything else is false)."""
-    return meta.annotations.get(r.DRY_RUN, "") in ("1", "t", "T", "TRUE", "true", "True")
-
-
-_MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
-
-
-def _peer_authentication(spec: Field, meta: r.Meta, origin: r.Origin) -> r.PeerAuthentication | None:
-    if spec.present and not spec.mapping({"selector", "mtls", "portLevelMtls"}):
-        return None
-    mode = "UNSET"
-    if spec["mtls"].mapping({"mode"}):
-        mode = spec["mtls"]["mode"].str(default="UNSET", choices=_MTLS_MODES)
-    port_modes = {}
-    for key, entry in spec["portLevelMtls"].entries():
-        port = _port(entry, value=key)
-        if entry.mapping({"mode"}) and port:
-            port_modes[port] = entry["mode"].str(default="UNSET", choices=_MTLS_MODES)
-    selector = _labels_selector(spec["selector"])
-    return r.PeerAuthentication(meta, origin, mode, r.frozen_map(selector) if selector is not None else None,
-                                r.MappingProxyType(port_modes))
-
-
-def _wasm_plugin(spec: Field, meta: r.Meta, origin: r.Origin) -> r.WasmPlugin | None:
-    if not spec.mapping({"url", "sha256", "pluginConfig", "pluginName", "phase", "priority", "failStrategy",
-                         "targetRef", "targetRefs", "selector", "type", "imagePullPolicy", "imagePullSecret",
-                         "vmConfig", "match", "verificationKey"}, required=True):
-        return None
-    url = spec["url"].str(required=True)
-    if url and not url.startswith(("file://", "http://", "https://")):
-        spec["url"].report(f"{url!r}: only file://, http:// and https:// URLs can be fetched here (no OCI registry)")
-    digest = spec["sha256"].str(default="") or ""
-    if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
-        spec["sha256"].report("must be 64 lowercase hex digits")
-    if spec["selector"].present:
-        spec["selector"].report("selector applies to sidecars; in ambient mode use targetRefs to the waypoint Gateway")
-    targets = _target_refs(spec)
-    if not targets:
-        spec.report("targetRefs is required: the waypoint Gateway that runs the plugin")
-    priority = spec["priority"].int(default=0)
-    return r.WasmPlugin(
-        meta, origin, url or "", targets, digest, spec["pluginConfig"].value, spec["pluginName"].str(default="") or "",
-        spec["phase"].str(default="UNSPECIFIED_PHASE", choices=("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")),
-        priority or 0, spec["failStrategy"].str(default="FAIL_CLOSE", choices=("FAIL_CLOSE", "FAIL_OPEN")),
-    )
-
 
 _PARSERS = {
     "Namespace": _namespace, "Node": _node, "ServiceAccount": _service_account, "Pod": _pod, "Deployment": _deployment,
-    "Service": _service, "Gateway": _gateway, "GatewayClass": _gateway_class, "HTTPRoute": _http_route,
-    "GRPCRoute": _grpc_route, "AuthorizationPolicy": _authorization_policy, "PeerAuthentication": _peer_authentication,
-    "WasmPlugin": _wasm_plugin,
+    "Service": _service, "Gateway": _gateway, "GatewayClass": _gateway_class, "HTTPRoute": http_route,
+    "GRPCRoute": grpc_route, "AuthorizationPolicy": authorization_policy, "PeerAuthentication": peer_authentication,
+    "WasmPlugin": wasm_plugin,
 }
