@@ -5,6 +5,9 @@ the exact path when something is missing or mistyped. A document with any error 
 later stages only ever see valid objects. Unknown kinds are reported (warning) and skipped; unknown
 fields of known kinds warn; fields Kubernetes defines that the mesh does not act on are ignored
 quietly, so real manifests do not drown in warnings.
+
+The core kinds are here; routes are ``mesh.parse_routes``, Istio's kinds ``mesh.parse_istio``, and
+the field readers they share ``mesh.parse_fields``.
 """
 
 from __future__ import annotations
