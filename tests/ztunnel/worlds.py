@@ -47,6 +47,11 @@ WAYPOINT_IPS = {"shop/client": "10.244.0.10", "shop/web-0": "10.244.0.11", "shop
                 "shop/impostor": "10.244.0.30", "shop/wp-waypoint": "10.244.0.50"}
 
 
+def _key(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    return namespace, name
+
+
 def discovery_view(docs: str, ips: dict[str, str], vips: dict[str, str],
                    unready: frozenset[str] = frozenset(), nodes: dict[str, str] | None = None) -> dict[str, dict]:
     """type URL → name → unpacked resource: what discovery sends for ``docs`` (pods at ``ips``,
@@ -54,9 +59,9 @@ def discovery_view(docs: str, ips: dict[str, str], vips: dict[str, str],
     "<ns>/<name>" → node, else on node-a)."""
     parsed = parse_text(docs, "world.yaml")
     assert [str(p) for p in parsed.errors] == []
-    status = {tuple(key.split("/")): PodStatus(ip, (nodes or {}).get(key, "node-a"), ready=key not in unready)
+    status = {_key(key): PodStatus(ip, (nodes or {}).get(key, "node-a"), ready=key not in unready)
               for key, ip in ips.items()}
-    state = ClusterState.build(parsed.resources, status, {tuple(k.split("/")): v for k, v in vips.items()})
+    state = ClusterState.build(parsed.resources, status, {_key(k): v for k, v in vips.items()})
     return {type_url: {name: unpack(message, type_url) for name, message in resources.items()}
             for type_url, resources in compute_view(state).resources().items()}
 
