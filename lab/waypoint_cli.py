@@ -16,6 +16,10 @@ that directory, so an applied waypoint starts running and a deleted one stops wi
 - ``list`` and ``status`` report ``PROGRAMMED`` from the lab's status (the waypoint pod is Ready:
   its proxy has its certificate and its config); with no running lab on that directory the
   condition is ``Unknown``, as Kubernetes says of a condition nobody has reported yet.
+- ``--wait`` (``apply`` and ``status``) returns once traffic can use the waypoint: its pod Ready, and
+  its workload listed ``Healthy`` in the ``/config_dump`` of every node's ztunnel (the source ztunnel
+  of a request sends to a waypoint only over healthy workloads; ``lab.admin_client`` asks each one
+  inside its node's netns). Nodes without a ztunnel are skipped. On timeout it says what is missing.
 - ``delete`` removes the files ``apply`` wrote; a waypoint declared in a user's file is refused with
   the file's name.
 
@@ -30,6 +34,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +46,10 @@ DEFAULT_NAMESPACE = "default"  # istioctl's namespace when the kubeconfig names 
 DEFAULT_WAYPOINT = "waypoint"  # istioctl's default waypoint name (constants.DefaultNamespaceWaypoint)
 WAIT_TIMEOUT = 90.0  # seconds: istioctl's --waypoint-timeout default
 POLL_INTERVAL = 1.0  # seconds between reads of the lab's status while waiting, as istioctl's ticker
+FETCH_TIMEOUT = 5.0  # seconds for one ztunnel's /config_dump while waiting (it answers from memory)
+# A look after the deadline still gives each ztunnel this long: the wait overruns by at most this per node.
+MIN_FETCH_TIMEOUT = 0.2
+HEALTHY = "Healthy"  # a workload's status in ztunnel's dump (ztunnel/dump.py, as Istio's) that it sends to
 TABLE_PADDING = 5  # spaces after each column but the last: istioctl's tabwriter padding
 WRITTEN_BY = "# Written by `ambient waypoint apply`; `ambient waypoint delete` removes it.\n"
 UNKNOWN = "Unknown"
@@ -244,8 +253,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.wait:
         if target.status_path is None:
             raise UsageError("--wait: no running lab follows this directory to run the waypoint")
-        if not wait_programmed(target, namespace, name, args.waypoint_timeout):
-            raise UsageError(f"timed out while waiting for waypoint {namespace}/{name}")
+        missing = wait_usable(target, namespace, name, args.waypoint_timeout)
+        if missing:
+            raise UsageError(f"timed out while waiting for waypoint {namespace}/{name}: {'; '.join(missing)}")
         print(f"✅ waypoint {namespace}/{name} is ready!")
     if args.enroll_namespace:
         label_namespace(target.directory, resources, namespace, name)
@@ -279,10 +289,14 @@ def label_namespace(directory: Path, resources, namespace: str, waypoint: str) -
 
 def _waypoints(target: Target, namespace: str | None) -> list[dict]:
     """The waypoints of the directory (of ``namespace``, or all), with what the lab says of each."""
+    return _waypoints_in(target, namespace, target.lab_status())
+
+
+def _waypoints_in(target: Target, namespace: str | None, status: Mapping | None) -> list[dict]:
+    """As ``_waypoints``, with the lab's status already read (None: no lab runs on the directory)."""
     from lab.waypoints import waypoint_entries
 
     _, state = read_directory(target.directory)
-    status = target.lab_status()
     entries = waypoint_entries(state, status["pods"] if status else [])
     for entry in entries:
         entry["known"] = status is not None
@@ -325,16 +339,81 @@ def _condition(entry: dict, directory: Path) -> tuple[str, str, str]:
     return programmed_condition(entry)
 
 
-def wait_programmed(target: Target, namespace: str, name: str, timeout: float) -> bool:
-    """Poll the lab's status until the waypoint is programmed (its pod Ready, read as `list` reads
-    it); False after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+def ztunnel_nodes(status: Mapping) -> list[Mapping]:
+    """The node entries of the lab's status whose node runs a ztunnel (``lab up --no-ztunnel``: none)."""
+    from lab.components import ztunnel_name
+
+    return [node for node in status.get("nodes", ())
+            if any(c.get("name") == ztunnel_name(node["name"]) for c in node.get("components", ()))]
+
+
+def workload_gap(dump: Mapping, pod: Mapping) -> str | None:
+    """Why ``dump`` (a ztunnel's /config_dump) would still refuse traffic through the waypoint ``pod``
+    (its entry in the lab's status): ztunnel sends to a waypoint only over its Healthy workloads.
+    None once the dump lists the pod's workload, at the pod's current IP, Healthy."""
+    what = f"pod {pod['namespace']}/{pod['name']}"
+    listed = [w for w in dump.get("workloads") or () if isinstance(w, dict)
+              and w.get("namespace") == pod["namespace"] and w.get("name") == pod["name"]]
+    if not listed:
+        return f"does not list {what} yet"
+    here = [w for w in listed if pod["ip"] in (w.get("workloadIps") or ())]
+    if not here:
+        elsewhere = sorted({ip for w in listed for ip in w.get("workloadIps") or ()})
+        return f"lists {what} at {', '.join(elsewhere) or 'no address'}, not at {pod['ip']}"
+    if not any(w.get("status") == HEALTHY for w in here):
+        return f"lists {what} as {here[0].get('status') or 'of unknown health'}, not {HEALTHY}"
+    return None
+
+
+def _what_is_missing(target: Target, namespace: str, name: str, fetch_timeout: float) -> list[str]:
+    """One look: what still keeps traffic from the waypoint (empty: nothing). Its pod must be Ready
+    (the lab's Programmed condition), and every ztunnel of the lab must list the pod's workload
+    Healthy, else a source on that node is reset ("waypoint ... has no healthy endpoint")."""
+    from lab.admin_client import ConfigFetchError, NetnsAccessError, fetch_config_dump, node_admin_target
+    from lab.components import ztunnel_name
+    from lab.waypoints import programmed_condition
+
+    status = target.lab_status()
+    if status is None:
+        return ["the lab no longer runs on this directory"]
+    entry = next((e for e in _waypoints_in(target, namespace, status) if e["name"] == name), None)
+    if entry is None:
+        return [f"the lab runs no waypoint {namespace}/{name}"]
+    if not entry["programmed"]:
+        return [programmed_condition(entry)[2]]
+    pod = next((p for p in status["pods"] if (p["namespace"], p["name"]) == (namespace, entry["pod"])), None)
+    if pod is None or not pod.get("ip"):  # Ready without an address: a status written mid-change
+        return [f"waypoint pod {namespace}/{entry['pod']} has no address yet"]
+    missing = []
+    for node in ztunnel_nodes(status):
+        try:
+            dump = fetch_config_dump(node_admin_target(node, status.get("lab", "")), fetch_timeout)
+        except NetnsAccessError as exc:  # waiting will not make us root
+            raise UsageError(f"--wait: {exc}") from None
+        except ConfigFetchError as exc:  # a ztunnel (re)starting: ask again next round
+            missing.append(str(exc))
+            continue
+        gap = workload_gap(dump, pod)
+        if gap is not None:
+            missing.append(f"{ztunnel_name(node['name'])} {gap}")
+    return missing
+
+
+def wait_usable(target: Target, namespace: str, name: str, timeout: float, *,
+                clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> list[str]:
+    """Poll until traffic can use the waypoint: its pod Ready (read as `list` reads it) and its
+    workload Healthy in every node's ztunnel. [] then; after ``timeout`` seconds, what is still
+    missing. A waypoint only Ready can still see the first request reset, as its source's ztunnel
+    has not yet heard of it: istioctl's --wait has the same gap, closed here since the lab can ask."""
+    deadline = clock() + timeout
     while True:
-        if any(e["name"] == name and e["known"] and e["programmed"] for e in _waypoints(target, namespace)):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+        fetch_timeout = min(FETCH_TIMEOUT, max(MIN_FETCH_TIMEOUT, deadline - clock()))
+        missing = _what_is_missing(target, namespace, name, fetch_timeout)
+        if not missing:
+            return []
+        if clock() >= deadline:
+            return missing
+        sleep(min(POLL_INTERVAL, max(0.0, deadline - clock())))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -348,8 +427,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if target.lab_status() is None:
             raise UsageError("--wait: no running lab follows this directory to run the waypoints")
         for entry in entries:
-            if not wait_programmed(target, entry["namespace"], entry["name"], args.waypoint_timeout):
-                raise UsageError(f"timed out while retrieving status for waypoint {entry['namespace']}/{entry['name']}")
+            missing = wait_usable(target, entry["namespace"], entry["name"], args.waypoint_timeout)
+            if missing:
+                raise UsageError("timed out while retrieving status for waypoint "
+                                 f"{entry['namespace']}/{entry['name']}: {'; '.join(missing)}")
         entries = [e for e in _waypoints(target, namespace) if args.name is None or e["name"] == args.name]
     head = ["NAME", "STATUS", "TYPE", "REASON", "MESSAGE"]
     rows = []

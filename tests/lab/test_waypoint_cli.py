@@ -11,7 +11,17 @@ import pytest
 
 from ambient.cli import main
 from lab import cli as lab_cli
+from lab.admin_client import ConfigFetchError, NetnsAccessError
 from lab.state import LabLock, LabPaths, write_record
+from lab.waypoint_cli import (
+    FETCH_TIMEOUT,
+    MIN_FETCH_TIMEOUT,
+    POLL_INTERVAL,
+    Target,
+    wait_usable,
+    workload_gap,
+    ztunnel_nodes,
+)
 from mesh import resources as r
 from mesh.parse import parse_paths
 
@@ -151,17 +161,70 @@ def test_enroll_namespace_refuses_an_edit_it_cannot_make_safely(config, capsys):
     assert err.count("\n") == 1 and (config / "shop.yaml").read_text() == text
 
 
-def start_lab(tmp_path, config, waypoints: list[dict]) -> LabLock:
-    """A lab as the commands see one: its lock held, its record and status.json written."""
+def start_lab(tmp_path, config, waypoints: list[dict], nodes: list[dict] | None = None) -> LabLock:
+    """A lab as the commands see one: its lock held, its record and status.json written (with
+    ``nodes``, entries of ``lab_node``; none: no node runs a ztunnel to ask)."""
     paths = LabPaths.of("ambient", tmp_path / "labs")
     lock = LabLock(paths)
     lock.acquire()
     write_record(paths, {"name": "ambient", "config_dir": str(config), "pid": 1})
     pods = [{"namespace": w["namespace"], "name": f"{w['name']}-waypoint", "ready": "1/1" if w["ready"] else "0/1",
-             "all_ready": w["ready"], "state": "Running", "message": None if w["ready"] else w.get("why")}
+             "all_ready": w["ready"], "state": "Running", "message": None if w["ready"] else w.get("why"),
+             "node": "node-0", "ip": w.get("ip", WAYPOINT_IP)}
             for w in waypoints]
-    paths.status.write_text(json.dumps({"lab": "ambient", "config_dir": str(config), "pods": pods}))
+    paths.status.write_text(json.dumps({"lab": "ambient", "config_dir": str(config), "pods": pods,
+                                        "nodes": nodes or []}))
     return lock
+
+
+WAYPOINT_IP = "10.244.0.7"
+
+
+def lab_node(name: str, ztunnel: bool = True) -> dict:
+    """A node entry of the lab's status; ``lab up --no-ztunnel`` runs only the node agent."""
+    components = [f"node-agent-{name}", *([f"ztunnel-{name}"] if ztunnel else [])]
+    return {"name": name, "netns": f"amb-ambient.{name}",
+            "components": [{"name": c, "state": "running"} for c in components]}
+
+
+def dump_listing(status: str | None, ip: str = WAYPOINT_IP, namespace: str = "shop") -> dict:
+    """A ztunnel's /config_dump (ztunnel/dump.py's shape) that lists the waypoint pod with ``status``
+    (None: does not list it), beside a workload of another namespace with the same name."""
+    other = {"uid": "Kubernetes//Pod/else/waypoint-waypoint", "name": "waypoint-waypoint", "namespace": "else",
+             "workloadIps": [ip], "status": "Healthy"}
+    mine = {"uid": f"Kubernetes//Pod/{namespace}/waypoint-waypoint", "name": "waypoint-waypoint",
+            "namespace": namespace, "workloadIps": [ip], "status": status}
+    return {"workloads": [other, *([mine] if status is not None else [])], "services": []}
+
+
+class FakeZtunnels:
+    """The nodes' ztunnels as the wait sees them: per node, the answers to its successive fetches
+    (a dump, or an exception to raise); the last answer repeats. A fake clock that only ``sleep``
+    moves, so that a wait's rounds and its deadline are exact, with no real time passing."""
+
+    def __init__(self, monkeypatch, answers: dict[str, list]):
+        self.answers = answers
+        self.asked: list[tuple[str, float]] = []
+        self.now = 0.0
+        self.slept: list[float] = []
+        monkeypatch.setattr("lab.admin_client.fetch_config_dump", self.fetch)
+
+    def fetch(self, target, timeout: float) -> dict:
+        node = target.where.split()[2]  # "in node node-1 of lab 'ambient'"
+        assert target.netns_path == f"/var/run/netns/amb-ambient.{node}" and target.port == 15000
+        self.asked.append((node, timeout))
+        queue = self.answers[node]
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def test_list_reports_programmed_from_the_lab_s_waypoint_pods(tmp_path, config, capsys):
@@ -197,7 +260,8 @@ def test_status_prints_the_programmed_condition_and_wait_times_out(tmp_path, con
             "waypoint", "False", "Programmed", "NoResources",
             f"waypoint pod shop/waypoint-waypoint is not ready: {why}"]
         code, _, err = run(capsys, "status", "-n", "shop", "--wait", "--waypoint-timeout", "0")
-        assert (code, err) == (1, "ambient: error: timed out while retrieving status for waypoint shop/waypoint\n")
+        assert (code, err) == (1, "ambient: error: timed out while retrieving status for waypoint shop/waypoint: "
+                                  f"waypoint pod shop/waypoint-waypoint is not ready: {why}\n")
     finally:
         lock.release()
     lock = start_lab(tmp_path, config, [{"namespace": "shop", "name": "waypoint", "ready": True}])
@@ -250,3 +314,97 @@ def test_the_waypoint_proxy_command_loads_none_of_the_lab():
             "print(sorted(m for m in sys.modules if m == 'lab' or m.startswith('lab.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# -- --wait: until every node's ztunnel lists the waypoint's workload Healthy
+
+
+def test_a_workload_gap_says_why_a_ztunnel_would_still_refuse_the_waypoint():
+    pod = {"namespace": "shop", "name": "waypoint-waypoint", "ip": WAYPOINT_IP}
+    assert workload_gap(dump_listing("Healthy"), pod) is None
+    assert workload_gap(dump_listing(None), pod) == "does not list pod shop/waypoint-waypoint yet"
+    assert workload_gap({}, pod) == "does not list pod shop/waypoint-waypoint yet"  # an empty dump
+    assert workload_gap(dump_listing("Unhealthy"), pod) == (
+        "lists pod shop/waypoint-waypoint as Unhealthy, not Healthy")
+    # A restarted pod at a new address: the old entry does not count.
+    assert workload_gap(dump_listing("Healthy", ip="10.244.0.99"), pod) == (
+        f"lists pod shop/waypoint-waypoint at 10.244.0.99, not at {WAYPOINT_IP}")
+    # The same name in another namespace is another workload.
+    assert workload_gap(dump_listing("Healthy", namespace="else"), pod) == (
+        "does not list pod shop/waypoint-waypoint yet")
+
+
+def test_nodes_without_a_ztunnel_are_not_asked():
+    status = {"nodes": [lab_node("node-0"), lab_node("node-1", ztunnel=False), lab_node("node-2")]}
+    assert [n["name"] for n in ztunnel_nodes(status)] == ["node-0", "node-2"]
+    assert ztunnel_nodes({}) == []
+
+
+def test_wait_returns_once_every_ztunnel_lists_the_waypoint_healthy(tmp_path, config, capsys, monkeypatch):
+    assert run(capsys, "apply", "-n", "shop", "--config", str(config))[0] == 0
+    nodes = [lab_node("node-0"), lab_node("node-1"), lab_node("node-2", ztunnel=False)]
+    lock = start_lab(tmp_path, config, [{"namespace": "shop", "name": "waypoint", "ready": True}], nodes)
+    try:
+        # node-0 knows it at once; node-1 is restarting, then has not heard of it, then has it
+        # Unhealthy (the view before the pod's readiness), then Healthy.
+        ztunnels = FakeZtunnels(monkeypatch, {
+            "node-0": [dump_listing("Healthy")],
+            "node-1": [ConfigFetchError("ztunnel admin at 127.0.0.1:15000 in node node-1: connection refused"),
+                       dump_listing(None), dump_listing("Unhealthy"), dump_listing("Healthy")]})
+        target = Target(config, LabPaths.of("ambient", tmp_path / "labs").status)
+        missing = wait_usable(target, "shop", "waypoint", 90, clock=ztunnels.clock, sleep=ztunnels.sleep)
+        assert missing == []
+        assert ztunnels.slept == [POLL_INTERVAL] * 3  # four looks, one poll interval apart
+        assert [node for node, _ in ztunnels.asked] == ["node-0", "node-1"] * 4  # node-2 runs no ztunnel
+        assert {timeout for _, timeout in ztunnels.asked} == {FETCH_TIMEOUT}
+    finally:
+        lock.release()
+
+
+def test_wait_times_out_within_its_timeout_and_says_what_is_missing(tmp_path, config, capsys, monkeypatch):
+    assert run(capsys, "apply", "-n", "shop", "--config", str(config))[0] == 0
+    lock = start_lab(tmp_path, config, [{"namespace": "shop", "name": "waypoint", "ready": True}],
+                     [lab_node("node-0"), lab_node("node-1")])
+    try:
+        ztunnels = FakeZtunnels(monkeypatch, {"node-0": [dump_listing("Healthy")], "node-1": [dump_listing(None)]})
+        target = Target(config, LabPaths.of("ambient", tmp_path / "labs").status)
+        missing = wait_usable(target, "shop", "waypoint", 2.5, clock=ztunnels.clock, sleep=ztunnels.sleep)
+        assert missing == ["ztunnel-node-1 does not list pod shop/waypoint-waypoint yet"]
+        assert ztunnels.slept == [1.0, 1.0, 0.5] and ztunnels.now == 2.5  # bounded by the timeout
+        # The last look's requests get what is left of the timeout, and at least MIN_FETCH_TIMEOUT.
+        assert [t for _, t in ztunnels.asked] == [2.5, 2.5, 1.5, 1.5, 0.5, 0.5, MIN_FETCH_TIMEOUT, MIN_FETCH_TIMEOUT]
+        # Through the command: the message says the same.
+        code, _, err = run(capsys, "apply", "-n", "shop", "--wait", "--waypoint-timeout", "0")
+        assert (code, err) == (1, "ambient: error: timed out while waiting for waypoint shop/waypoint: "
+                                  "ztunnel-node-1 does not list pod shop/waypoint-waypoint yet\n")
+        code, _, err = run(capsys, "status", "-n", "shop", "--wait", "--waypoint-timeout", "0")
+        assert code == 1 and err.endswith(": ztunnel-node-1 does not list pod shop/waypoint-waypoint yet\n")
+    finally:
+        lock.release()
+
+
+def test_apply_wait_reports_ready_once_the_ztunnels_have_it(tmp_path, config, capsys, monkeypatch):
+    lock = start_lab(tmp_path, config, [{"namespace": "shop", "name": "waypoint", "ready": True}],
+                     [lab_node("node-0"), lab_node("node-1")])
+    try:
+        FakeZtunnels(monkeypatch, {"node-0": [dump_listing("Healthy")], "node-1": [dump_listing("Healthy")]})
+        code, out, _ = run(capsys, "apply", "-n", "shop", "--wait", "--waypoint-timeout", "0")
+        assert code == 0 and out.splitlines()[-1] == "✅ waypoint shop/waypoint is ready!"
+        code, out, _ = run(capsys, "status", "-n", "shop", "--wait", "--waypoint-timeout", "0")
+        assert code == 0 and out.splitlines()[1].split()[:2] == ["waypoint", "True"]
+    finally:
+        lock.release()
+
+
+def test_wait_without_root_fails_at_once_rather_than_at_the_timeout(tmp_path, config, capsys, monkeypatch):
+    lock = start_lab(tmp_path, config, [{"namespace": "shop", "name": "waypoint", "ready": True}],
+                     [lab_node("node-0")])
+    try:
+        ztunnels = FakeZtunnels(monkeypatch, {"node-0": [NetnsAccessError(
+            "entering the network namespace /var/run/netns/amb-ambient.node-0 needs root")]})
+        code, _, err = run(capsys, "apply", "-n", "shop", "--wait", "--waypoint-timeout", "30")
+        assert (code, err) == (1, "ambient: error: --wait: entering the network namespace "
+                                  "/var/run/netns/amb-ambient.node-0 needs root\n")
+        assert len(ztunnels.asked) == 1
+    finally:
+        lock.release()
