@@ -297,8 +297,9 @@ def test_waypoint_apply_sends_the_service_through_the_waypoint(wlab):
     dump = wlab.config_dump()
     assert dump["identity"] == WAYPOINT_IDENTITY
     assert {"mesh/echo.mesh.svc.cluster.local", "mesh/grpc.mesh.svc.cluster.local"} <= set(dump["services"])
-    # `--wait` returns once the pod is ready; the source ztunnel may learn of it a moment later.
-    answer = eventually(lambda: _through_the_waypoint(wlab, "/through-the-waypoint"), "a request through it")
+    # `--wait` returns once every node's ztunnel has the waypoint Healthy: the very first request passes it.
+    code, answer = wlab.curl(f"http://{wlab.vip('echo')}/through-the-waypoint")
+    assert code == 0 and answer["client"]["address"] == wlab.waypoint_pod()["ip"], (code, answer)
     line = eventually(lambda: _lines_once(wlab, "/through-the-waypoint", 1), "its access-log line")[-1]
     assert (line["response_code"], line["src.identity"], line["src.workload"]) == (200, CLIENT_IDENTITY, "client")
     assert (line["dst.workload"], line["dst.service"]) == (answer["pod"]["name"], "echo.mesh.svc.cluster.local")
