@@ -344,7 +344,9 @@ def _waypoint_part(config: Path, status: dict, sleep: dict) -> None:
     _ambient("waypoint", "list", "-n", "demo", "--lab", LAB_NAME)
     vip = next(s["vip"] for s in status["services"] if (s["namespace"], s["name"]) == ("demo", "echo"))
     through = None
-    for _ in range(PROPAGATION_TRIES):  # `--wait` saw the pod ready; the client's ztunnel learns of it just after
+    # `--wait` returned once every ztunnel holds the waypoint as healthy; the namespace label is written
+    # after it (as istioctl does), and the client's ztunnel learns the Service's new waypoint just after.
+    for _ in range(PROPAGATION_TRIES):
         answer = _curl("demo/sleep", vip, "/through-the-waypoint", max_time=2, port=80, quiet=True)
         if answer is not None and answer["client"]["address"] != sleep["ip"]:
             through = answer
