@@ -44,6 +44,7 @@ class TlsStream(trio.abc.Stream):
         self._unsent = bytearray()  # ciphertext the socket has not taken yet, in order
         self._flushing = False
         self._receiving = False
+        self._drained = False  # the last recv took less than it asked for: wait before the next one
         self._error: BaseException | None = None
         self._closed = False
 
@@ -126,9 +127,13 @@ class TlsStream(trio.abc.Stream):
     def _read_plaintext(self, limit: int) -> bytes | None:
         """What the records in the incoming BIO hold (None: a whole record is still missing)."""
         chunks, size = [], 0
+        incoming, tls = self._incoming, self._ssl
         try:
-            while size < limit:
-                chunk = self._ssl.read(limit - size)
+            # Only ask OpenSSL when it has something to work on: bytes in the BIO, plaintext it holds, or
+            # the end of the stream. Otherwise ``read`` would only raise SSLWantReadError, which costs an
+            # exception at the start and the end of every receive.
+            while size < limit and (incoming.pending or incoming.eof or tls.pending()):
+                chunk = tls.read(limit - size)
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -150,6 +155,10 @@ class TlsStream(trio.abc.Stream):
 
     async def _receive_raw(self) -> bool:
         """Ciphertext from the socket into the incoming BIO; False at the end of the stream."""
+        if self._drained:
+            # The last recv emptied the socket, and since then we only consumed what it gave: in a
+            # request/response exchange nothing has arrived yet, and a recv now would only fail.
+            await trio.lowlevel.wait_readable(self._sock)
         while True:
             try:
                 data = self._sock.recv(READ_SIZE)
@@ -161,6 +170,7 @@ class TlsStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"the connection broke while reading: {exc}") from exc
         if not data:
             return False
+        self._drained = len(data) < READ_SIZE  # a short read took all the kernel had
         self._incoming.write(data)
         return True
 
@@ -176,6 +186,8 @@ class TlsStream(trio.abc.Stream):
             except ssl.SSLError as exc:
                 self._fail(exc)
                 raise trio.BrokenResourceError(f"TLS error while writing: {exc.reason or exc}") from exc
+            if not self._unsent:  # the usual case: the new records go straight to the socket, not via the queue
+                return self._send_records(self._outgoing.read())
             self._take_output()
         return self._try_send()
 
@@ -218,6 +230,21 @@ class TlsStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"the connection broke while writing: {exc}") from exc
             del unsent[:sent]
         return True
+
+    def _send_records(self, records: bytes) -> bool:
+        """``_try_send`` for records when nothing is queued before them: one ``send`` from OpenSSL's
+        output, and only what the socket did not take is copied into the queue."""
+        try:
+            sent = self._sock.send(records)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            raise trio.BrokenResourceError(f"the connection broke while writing: {exc}") from exc
+        if sent == len(records):
+            return True
+        self._unsent += memoryview(records)[sent:]
+        return self._try_send() if sent else False
 
     async def _flush_raw(self) -> None:
         if self._flushing:
