@@ -47,9 +47,16 @@ from waypoint.exchange import Downstream, Headers, end_to_end, header_value
 from waypoint.h1 import H1Downstream, H1Upstream, PeerGone
 from waypoint.h2 import H2Upstream, MalformedRequest
 from waypoint.h2session import StreamReset
-from waypoint.limits import CONNECT_TIMEOUT, MAX_LOCAL_REPLY_BYTES, RETRY_BUFFER_BYTES
+from waypoint.limits import MAX_LOCAL_REPLY_BYTES, RETRY_BUFFER_BYTES
 from waypoint.records import NO_FLAGS, RequestRecord
-from waypoint.routing import Forward, LocalReply, RequestHead, RouteTable, apply_response_headers
+from waypoint.routing import (
+    ISTIO_DEFAULT_RETRY,
+    Forward,
+    LocalReply,
+    RequestHead,
+    RouteTable,
+    apply_response_headers,
+)
 from waypoint.upstream import UpstreamConnectError, Upstreams
 
 log = logging.getLogger("ambient.waypoint")
@@ -227,8 +234,8 @@ class Pipeline:
     async def _forward(self, down: Downstream, tunnel: Tunnel, view: WaypointView, outcome: _Outcome,
                        plan: Forward | None, target: tuple[str, int]) -> None:
         head = plan.head if plan is not None else down.head
-        retry_codes = frozenset(plan.retry.codes) if plan is not None else frozenset({503})
-        attempts = 1 + (plan.retry.attempts if plan is not None else 2)
+        retry = plan.retry if plan is not None else ISTIO_DEFAULT_RETRY  # a pod addressed directly: no route
+        attempts = 1 + retry.attempts
         body = await _buffered_body(down)
         if body is None:
             attempts = 1  # a streamed body cannot be sent twice
@@ -242,12 +249,12 @@ class Pipeline:
                 last = attempt == attempts - 1
                 # On the last try, what would have been retried is answered, flagged URX (Envoy's
                 # "retry limit reached") when there were retries to exhaust.
-                retry = await self._try(down, tunnel, view, outcome, plan, target, head, body, retry_codes,
+                again = await self._try(down, tunnel, view, outcome, plan, target, head, body, retry.codes,
                                         may_retry=not last, exhausted=last and attempts > 1)
-                if not retry:
+                if not again:
                     return
-                if plan is not None and plan.retry.backoff:
-                    await trio.sleep(plan.retry.backoff * (2 ** attempt))
+                if retry.backoff:
+                    await trio.sleep(retry.backoff * (2 ** attempt))
         if whole.cancelled_caught:
             outcome.flags.append("UT")
             if down.responded:
@@ -265,14 +272,10 @@ class Pipeline:
             await _local_reply(down, outcome, 503, "no healthy upstream: the waypoint does not know its own workload")
             return False
         choice = plan_outbound(me, target, view.state, self.balancer)
-        if isinstance(choice, Refuse):
-            outcome.flags.append("UH")
-            outcome.detail = choice.reason
-            await _local_reply(down, outcome, 503, "no healthy upstream")
-            return False
         if not isinstance(choice, (HboneToPod, Passthrough)):
             outcome.flags.append("UH")
-            outcome.detail = f"the endpoint of {target} is behind another waypoint"
+            outcome.detail = (choice.reason if isinstance(choice, Refuse)
+                              else f"the endpoint of {target} is behind another waypoint")
             await _local_reply(down, outcome, 503, "no healthy upstream")
             return False
         outcome.upstream = _upstream_address(choice)
@@ -295,7 +298,7 @@ class Pipeline:
         try:
             # A body read whole needs no task beside the response: no nursery, which costs per request.
             async with (trio.open_nursery() if body is None else _NO_NURSERY) as nursery:
-                headers = _request_headers(head, down, upstream.http_version, body)
+                headers = _request_headers(head, getattr(down, "upgrade", None), upstream.http_version, body)
                 if isinstance(upstream, H1Upstream):
                     length = len(body) if body is not None else _content_length(head, down)
                     await upstream.start(head, headers, body_length=length, hold=body is not None)
@@ -394,10 +397,10 @@ class Pipeline:
         authority = f"{host}-shadow:{host_port}" if sep and host_port.isdigit() else f"{head.authority}-shadow"
         mirrored = RequestHead(head.method, head.target, authority, head.headers)
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                upstream = await self.upstreams.http1(choice, tunnel.source_address)
+            upstream = await self.upstreams.http1(choice, tunnel.source_address)  # bounded by CONNECT_TIMEOUT
             try:
-                await upstream.start(mirrored, end_to_end(mirrored.headers), body_length=len(body))
+                await upstream.start(mirrored, _request_headers(mirrored, None, upstream.http_version, body),
+                                     body_length=len(body))
                 await upstream.send_body(body)
                 await upstream.end_body()
                 await upstream.response()
@@ -407,7 +410,7 @@ class Pipeline:
             except BaseException:
                 await upstream.release(False)
                 raise
-        except (UpstreamConnectError, PeerGone, trio.TooSlowError, *_GONE) as exc:
+        except (UpstreamConnectError, *_GONE) as exc:
             log.debug("mirror of %s %s to %s failed: %s", head.method, head.target, service_key, exc)
 
     # ------------------------------------------------------------ the record
@@ -523,7 +526,7 @@ async def _pump(down: Downstream, upstream: Any, done: trio.Event) -> None:
     done.set()
 
 
-def _request_headers(head: RequestHead, down: Downstream, version: str, body: bytes | None) -> Headers:
+def _request_headers(head: RequestHead, upgrade: str | None, version: str, body: bytes | None) -> Headers:
     # Expect: 100-continue was answered here (h1 sends the 100 as the body is first read), as Envoy does.
     headers = [(n, v) for n, v in end_to_end(head.headers) if n not in ("content-length", "expect")]
     if version == "HTTP/2":
@@ -535,7 +538,6 @@ def _request_headers(head: RequestHead, down: Downstream, version: str, body: by
             headers.append(("content-length", str(len(body))))
         elif length is not None:
             headers.append(("content-length", length))
-    upgrade = getattr(down, "upgrade", None)
     if upgrade and version == "HTTP/1.1":
         headers += [("connection", "upgrade"), ("upgrade", upgrade)]
     if header_value(headers, "x-request-id") is None:

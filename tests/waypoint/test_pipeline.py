@@ -70,6 +70,9 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /old}}]
     filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new},
                                                           statusCode: 301}}]
+  - matches: [{path: {type: PathPrefix, value: /mirrored}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: backend, port: 8080}}}]
+    backendRefs: [{name: backend, port: 8080}]
   - matches: [{path: {type: PathPrefix, value: /slow}}]
     timeouts: {request: 5s}
     backendRefs: [{name: backend, port: 8080}]
@@ -459,3 +462,18 @@ def test_request_ids_are_unique_uuid4_across_refills_of_the_random_buffer():
     assert len(set(ids)) == len(ids)
     shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
     assert all(shape.fullmatch(i) for i in ids)
+
+
+async def test_a_mirrored_request_reaches_the_mirror_whole_with_a_shadow_authority(autojump_clock: MockClock) -> None:
+    served: list[tuple[h11.Request, bytes]] = []
+    mirrored: list[tuple[h11.Request, bytes]] = []
+    async with h1_world(origin(seen=served), origin(seen=mirrored)) as world:
+        status, _, body = await world.exchange(get("/mirrored", body=b"payload", method="POST"))
+        assert (status, body) == (200, b"hello")
+        await trio.testing.wait_all_tasks_blocked()  # the mirror runs beside the request
+    assert [(r.target, b) for r, b in served] == [(b"/mirrored", b"payload")]
+    ((request, copy),) = mirrored
+    assert (request.method, request.target, copy) == (b"POST", b"/mirrored", b"payload")
+    assert dict(request.headers)[b"host"].split(b":")[0].endswith(b"-shadow")
+    assert [name for name, _ in request.headers].count(b"content-length") == 1
+
