@@ -278,7 +278,7 @@ class Pipeline:
                               else f"the endpoint of {target} is behind another waypoint")
             await _local_reply(down, outcome, 503, "no healthy upstream")
             return False
-        outcome.upstream = _upstream_address(choice)
+        outcome.upstream = endpoint_address(choice)
         outcome.destination = view.state.workloads.get(choice.workload_uid or "")
         outcome.destination_principal = choice.identity if isinstance(choice, HboneToPod) else None
         http2 = _upstream_http2(down, tunnel)
@@ -461,7 +461,8 @@ def _vip(service: wpb.Service | None) -> str | None:
     return None
 
 
-def _upstream_address(choice: HboneToPod | Passthrough) -> tuple[str, int]:
+def endpoint_address(choice: HboneToPod | Passthrough) -> tuple[str, int]:
+    """The endpoint a plan reaches: the pod IP and target port (not its ztunnel's HBONE port)."""
     if isinstance(choice, HboneToPod):
         host, _, port = choice.authority.rpartition(":")
         return host.strip("[]"), int(port)

@@ -50,7 +50,6 @@ from waypoint.h1 import H1Downstream, serve_h1
 from waypoint.h2 import H2Downstream, MalformedRequest
 from waypoint.h2session import H2Session, H2Stream
 from waypoint.limits import (
-    CONNECT_TIMEOUT,
     DETECTION_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_PEER,
@@ -58,7 +57,7 @@ from waypoint.limits import (
     MAX_TUNNELS_PER_PEER,
     READ_CHUNK,
 )
-from waypoint.pipeline import Pipeline, Tunnel, WaypointView
+from waypoint.pipeline import Pipeline, Tunnel, WaypointView, endpoint_address
 from waypoint.records import NO_FLAGS, RequestRecord, TcpRecord
 from waypoint.routing import RouteTable
 from waypoint.upstream import UpstreamConnectError, Upstreams
@@ -456,13 +455,12 @@ class Waypoint:
                 return
             destination = view.state.workloads.get(choice.workload_uid or "")
             principal = choice.identity if isinstance(choice, HboneToPod) else None
-            try:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    upstream = await self.pipeline.upstreams.raw(choice, tunnel.source_address)
-            except (UpstreamConnectError, trio.TooSlowError) as exc:
+            try:  # bounded by CONNECT_TIMEOUT (waypoint.upstream)
+                upstream = await self.pipeline.upstreams.raw(choice, tunnel.source_address)
+            except UpstreamConnectError as exc:
                 flags, detail = "UF", str(exc)
                 return
-            upstream_address = choice.address
+            upstream_address = endpoint_address(choice)  # the pod and its port, as a request's record has it
             try:
                 await relay(stream, upstream, counts)
             except trio.BrokenResourceError as exc:
