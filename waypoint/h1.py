@@ -96,7 +96,39 @@ async def _receive(stream: trio.abc.Stream) -> bytes | bytearray:
 # ---------------------------------------------------------------- server
 
 
-class H1Downstream:
+class _H1Side:
+    """What both sides of an h11 connection share: sending its events, a head held back to go out with
+    the bytes after it (one write instead of two), and the raw stream after a protocol switch."""
+
+    stream: trio.abc.HalfCloseableStream
+    conn: h11.Connection
+    _held: bytes
+
+    async def _send(self, event: h11.Event, hold: bool = False) -> None:
+        try:
+            data = self.conn.send(event) or b""
+        except h11.LocalProtocolError as exc:
+            raise PeerGone(f"cannot send {type(event).__name__}: {exc}") from exc
+        await self._write(data, hold)
+
+    async def _write(self, data: bytes, hold: bool) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        if hold:
+            self._held = data
+        elif data:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PeerGone(str(exc)) from exc
+
+    def switched(self) -> trio.abc.HalfCloseableStream:
+        """The peer's raw stream after a 101, with what h11 already read of it."""
+        data, _closed = self.conn.trailing_data
+        return PrefixedStream(self.stream, bytes(data))
+
+
+class H1Downstream(_H1Side):
     http_version = "HTTP/1.1"
 
     def __init__(self, stream: trio.abc.HalfCloseableStream, conn: h11.Connection, request: h11.Request,
@@ -168,29 +200,6 @@ class H1Downstream:
 
     def abort(self) -> None:
         self.aborted = True
-
-    async def _send(self, event: h11.Event, hold: bool = False) -> None:
-        try:
-            data = self.conn.send(event) or b""
-        except h11.LocalProtocolError as exc:
-            raise PeerGone(f"cannot send {type(event).__name__}: {exc}") from exc
-        await self._write(data, hold)
-
-    async def _write(self, data: bytes, hold: bool) -> None:
-        if self._held:
-            data, self._held = self._held + data, b""
-        if hold:
-            self._held = data
-        elif data:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerGone(str(exc)) from exc
-
-    def switched(self) -> trio.abc.HalfCloseableStream:
-        """The client's raw stream after a 101, with what h11 already read of it."""
-        data, _closed = self.conn.trailing_data
-        return PrefixedStream(self.stream, bytes(data))
 
 
 Handler = Callable[[H1Downstream], Awaitable[None]]
@@ -310,7 +319,7 @@ async def _refuse(stream: trio.abc.Stream, conn: h11.Connection, status: int, re
 # ---------------------------------------------------------------- client
 
 
-class H1Upstream:
+class H1Upstream(_H1Side):
     http_version = "HTTP/1.1"
 
     def __init__(self, stream: trio.abc.HalfCloseableStream, on_release: Callable[[H1Upstream, bool], None]) -> None:
@@ -345,7 +354,7 @@ class H1Upstream:
 
     async def response(self) -> tuple[int, Headers]:
         if self._held:  # a held head goes out before we wait for its answer
-            await self._send_raw()
+            await self._write(b"", hold=False)
         while True:
             event = await _next_event(self.conn, self.stream)
             if isinstance(event, h11.InformationalResponse):
@@ -374,10 +383,6 @@ class H1Upstream:
     def trailers(self) -> Headers | None:
         return self._trailers
 
-    def switched(self) -> trio.abc.HalfCloseableStream:
-        data, _closed = self.conn.trailing_data
-        return PrefixedStream(self.stream, bytes(data))
-
     async def release(self, reusable: bool) -> None:
         # Never waits (no await here, nor in the pool's callback): the pipeline calls it without a shield.
         # h11 leaves their_state DONE after a response read to the end of the stream (no length), and
@@ -392,28 +397,6 @@ class H1Upstream:
             except h11.LocalProtocolError:
                 clean = False
         self._on_release(self, clean)
-
-    async def _send(self, event: h11.Event, hold: bool = False) -> None:
-        try:
-            data = self.conn.send(event) or b""
-        except h11.LocalProtocolError as exc:
-            raise PeerGone(f"cannot send {type(event).__name__} upstream: {exc}") from exc
-        if self._held:
-            data, self._held = self._held + data, b""
-        if hold:
-            self._held = data
-        elif data:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerGone(str(exc)) from exc
-
-    async def _send_raw(self) -> None:
-        data, self._held = self._held, b""
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise PeerGone(str(exc)) from exc
 
     def body_at_hand(self) -> bytes | None:
         """The next chunk of the response body if it has already arrived (b"" for its end), else None:
