@@ -63,7 +63,7 @@ class Upstreams:
     async def http1(self, plan: HboneToPod | Passthrough, client: tuple[str, int]) -> H1Upstream:
         key = self.key(plan)
         idle = self._idle_h1.get(key)
-        while idle:
+        if idle:
             upstream = idle.pop()
             if not idle:
                 del self._idle_h1[key]
@@ -83,12 +83,12 @@ class Upstreams:
 
     async def http2(self, plan: HboneToPod | Passthrough, client: tuple[str, int]) -> H2Upstream:
         key = self.key(plan)
-        sessions = self._h2.setdefault(key, [])
-        session = next((s for s in sessions if s.available()), None)
+        session = next((s for s in self._h2.get(key, ()) if s.available()), None)
         if session is None:
             stream = await self._open(plan, client)
             session = H2Session(stream, client_side=True)
-            sessions.append(session)
+            # Looked up again after the connect: a session that ended meanwhile may have dropped the list.
+            self._h2.setdefault(key, []).append(session)
             await self._nursery.start(self._run_session, key, session)
         return H2Upstream(session, lambda _session: None)
 
