@@ -275,9 +275,10 @@ def load_status(paths: LabPaths) -> tuple[dict, bool]:
     return status, running
 
 
-def format_table(rows: list[list[str]]) -> str:
+def format_table(rows: list[list[str]], gap: int = 2) -> str:
+    """Left-aligned columns, ``gap`` spaces apart (istioctl's tabwriter has 5: ``waypoint list``)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
+    lines = ((" " * gap).join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -304,10 +304,10 @@ def _waypoints_in(target: Target, namespace: str | None, status: Mapping | None)
 
 
 def format_columns(rows: list[list[str]]) -> str:
-    """Columns as istioctl's tabwriter aligns them: each but the last padded to its widest cell + 5."""
-    widths = [max(len(row[i]) for row in rows) + TABLE_PADDING for i in range(len(rows[0]) - 1)]
-    return "\n".join("".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + row[-1]
-                     for row in rows)
+    """Columns as istioctl's tabwriter aligns them: each padded to its widest cell + 5."""
+    from lab.cli import format_table
+
+    return format_table(rows, gap=TABLE_PADDING)
 
 
 def _programmed(entry: dict) -> str:
