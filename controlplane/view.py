@@ -57,6 +57,10 @@ class MeshConfig:
     network: str = ""
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX  # Kubernetes' cluster domain, as in <svc>.<ns>.svc.cluster.local
 
+    def service_hostname(self, namespace: str, name: str) -> str:
+        """A Service's hostname, ``<name>.<ns>.svc.<domain suffix>``: the key of its Address and routes."""
+        return f"{name}.{namespace}.svc.{self.domain_suffix}"
+
 
 @dataclass(frozen=True)
 class PodStatus:
@@ -264,7 +268,7 @@ class _LabelIndex:
 
 
 def _gateway_address(gateway: r.Gateway, config: MeshConfig) -> wpb.GatewayAddress:
-    hostname = f"{gateway.meta.name}.{gateway.meta.namespace}.svc.{config.domain_suffix}"
+    hostname = config.service_hostname(gateway.meta.namespace, gateway.meta.name)
     return wpb.GatewayAddress(
         hostname=wpb.NamespacedHostname(namespace=gateway.meta.namespace, hostname=hostname),
         hbone_mtls_port=HBONE_PORT,
@@ -394,7 +398,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
     services: dict[str, wpb.Service] = {}
     backs: dict[tuple[str, str], dict[str, wpb.PortList]] = defaultdict(dict)
     for (namespace, name), svc in state.services.items():
-        hostname = f"{name}.{namespace}.svc.{config.domain_suffix}"
+        hostname = config.service_hostname(namespace, name)
         key = service_key(namespace, hostname)
         vip = state.vips.get((namespace, name))
         services[key] = wpb.Service(
@@ -470,7 +474,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
     for (namespace, name), gateway in state.gateways.items():
         waypoint = Waypoint(namespace, name, state.waypoint_for(gateway),
                             SpiffeId(config.trust_domain, namespace, name),
-                            f"{name}.{namespace}.svc.{config.domain_suffix}", waypoint_pod(gateway).meta.name)
+                            config.service_hostname(namespace, name), waypoint_pod(gateway).meta.name)
         waypoints[waypoint.key] = waypoint
 
     return DataplaneView(

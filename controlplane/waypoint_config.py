@@ -52,6 +52,8 @@ class MeshConfig(Protocol):
     @property
     def domain_suffix(self) -> str: ...
 
+    def service_hostname(self, namespace: str, name: str) -> str: ...
+
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 CORE_GROUPS = ("", "core")  # a Service's group, as Gateway API and Istio write it
@@ -64,13 +66,9 @@ def waypoint_resources(state: ClusterState, config: MeshConfig) -> dict[str, dic
     return {L7_POLICY_TYPE_URL: dict(l7_policies(state, config)), ROUTE_TYPE_URL: dict(routes(state, config))}
 
 
-def _hostname(namespace: str, name: str, config: MeshConfig) -> str:
-    return f"{name}.{namespace}.svc.{config.domain_suffix}"
-
-
 def _service_key(namespace: str, name: str, config: MeshConfig) -> str:
     """As ``controlplane.view.service_key`` names a Service's Address."""
-    return f"{namespace}/{_hostname(namespace, name, config)}"
+    return f"{namespace}/{config.service_hostname(namespace, name)}"
 
 
 # ---------------------------------------------------------------- policies
