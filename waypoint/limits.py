@@ -53,6 +53,14 @@ STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 4 * 1024 * 1024
 MAX_FRAME_SIZE = 16 * 1024
 
+# ---------------------------------------------------------------- upstream HTTP
+
+# A response head from an endpoint, and its headers: past either the answer is taken as a reset of the
+# upstream (503, flag UC; nothing of it reaches the client). Envoy's max_response_headers_kb and
+# max_headers_count default to the request side's 60 KiB and 100.
+MAX_RESPONSE_HEAD_BYTES = 60 * 1024
+MAX_RESPONSE_HEADERS = 100
+
 # ---------------------------------------------------------------- bodies
 
 # A request body up to this size (by Content-Length) is read whole before it is sent, so that a
