@@ -90,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     metrics = WaypointMetrics()
-    waypoint = Waypoint(config, discovery, SecretManager(ca.fetch), (metrics, AccessLog()))
+    access_log = AccessLog()  # to stderr, as the logging handler ambient's main sets up writes
+    waypoint = Waypoint(config, discovery, SecretManager(ca.fetch), (metrics, access_log))
     metrics.follow(waypoint)
     admin = WaypointAdmin(WaypointAdminView(waypoint, metrics, lambda: waypoint.synced))
 
@@ -99,6 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
+                # The access log's flusher, for the waypoint's lifetime: cancelled with it after the
+                # drain, it writes what waits as it ends.
+                await nursery.start(access_log.run)
                 ports = await nursery.start(admin.run, args.admin_listen, args.stats_listen, args.ready_listen)
                 address = await nursery.start(waypoint.run)
                 print(f"waypoint {config.gateway} running: HBONE {address[0]}:{address[1]}, admin {ports['admin']}, "
@@ -111,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         trio.run(serve)
     finally:
+        access_log.flush()  # records handed over while the waypoint's tasks were being cancelled
         ca.close()
     log.info("waypoint %s stopped", config.gateway)
     return 0

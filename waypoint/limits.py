@@ -84,3 +84,12 @@ UPSTREAM_STREAMS_PER_CONNECTION = 100
 
 # A body we answer ourselves (403, 404, 503...) is at most this long: it never echoes request content.
 MAX_LOCAL_REPLY_BYTES = 1024
+
+# ---------------------------------------------------------------- access log
+
+# Access log lines are buffered and written in one write per interval, or at once when this many bytes
+# wait (waypoint.access_log). Envoy's file access log flushes at 64 KiB (AccessLogFileImpl's
+# MIN_FLUSH_SIZE) and every --file-flush-interval-msec, 10 s by default, which Istio's pilot-agent
+# starts its proxies with at 1000 ms: we take Istio's 1 s, so a line is at most a second late.
+ACCESS_LOG_BUFFER_BYTES = 64 * 1024
+ACCESS_LOG_FLUSH_INTERVAL = 1.0
