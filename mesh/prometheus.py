@@ -67,9 +67,18 @@ class Histogram:
     def observe(self, key: tuple[str, ...], value: float) -> None:
         """One observation under the label set ``key``; it counts in the first bucket whose bound is
         not below it (``le`` is inclusive), and in +Inf beyond the last."""
-        counts, total = self._series.setdefault(key, ([0] * (len(self.bounds) + 1), [0.0]))
+        counts, total = self.series(key)
         counts[bisect_left(self.bounds, value)] += 1
         total[0] += value
+
+    def series(self, key: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        """``key``'s series (made empty if new): its per-bucket counts and ``[sum]``, which ``observe``
+        adds to. An owner that observes the same label sets often may keep them, and add to them as
+        ``observe`` does, rather than find them again by their key (a hash of every label value)."""
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ([0] * (len(self.bounds) + 1), [0.0])
+        return series
 
     def count(self, key: tuple[str, ...]) -> int:
         series = self._series.get(key)

@@ -39,6 +39,7 @@ is counted opened and closed then; the gauge of open tunnels is the live view.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -188,19 +189,36 @@ def tcp_labels(record: TcpRecord) -> dict[str, str]:
     return {name: labels[name] for name in TCP_LABEL_NAMES}
 
 
+# A request's series, found by what its labels come from rather than by its labels (a tuple of 25
+# strings to build and hash, for each of four families): the ends' objects by identity (see _ends) and
+# the record's own fields. Raw fields: a status or gRPC status outside its range is another entry here
+# for the same "unknown" series, so an upstream that sends many makes this cache drop more often, but
+# never adds a series. Each entry keeps its objects alive; the cache is dropped when full.
+_SERIES_CACHE_SIZE = 4096
+
+_Buckets = tuple[list[int], list[float]]  # a histogram series: per-bucket counts, [sum]
+
+
+def _observe(bounds: tuple[float, ...], series: _Buckets, value: float) -> None:
+    """``Histogram.observe`` into a series already found."""
+    series[0][bisect_left(bounds, value)] += 1
+    series[1][0] += value
+
+
 class WaypointMetrics:
     """The waypoint's series, rendered by ``exposition``. Safe to call from any thread."""
 
     def __init__(self, *, build_tag: str | None = None) -> None:
         self.build_tag = build_tag or __version__
         self._lock = threading.Lock()
-        self._requests: dict[tuple[str, ...], int] = {}
+        self._requests: dict[tuple[str, ...], list[int]] = {}  # → [count]
         self._duration = Histogram()
         self._request_bytes = Histogram()
         self._response_bytes = Histogram()
         self._tcp: dict[str, dict[tuple[str, ...], int]] = {TCP_OPENED: {}, TCP_CLOSED: {}, TCP_RECEIVED: {},
                                                             TCP_SENT: {}}
         self._open: OpenCounts | None = None
+        self._series: dict[tuple[object, ...], tuple[object, list[int], _Buckets, _Buckets, _Buckets]] = {}
 
     def follow(self, counts: OpenCounts | None) -> None:
         """Export ``counts``'s open tunnels and requests as gauges, read at each scrape."""
@@ -208,12 +226,25 @@ class WaypointMetrics:
 
     def request(self, record: RequestRecord) -> None:
         """One request that ended (answered, refused, or abandoned)."""
-        key = _request_key(record)
+        source, destination, service = record.source, record.destination, record.destination_service
+        source_principal, destination_principal = record.source_principal, record.destination_principal
+        found = (id(source), id(source_principal), id(destination), id(destination_principal), id(service),
+                 record.protocol, record.status, record.grpc_status, record.response_flags)
         with self._lock:
-            self._requests[key] = self._requests.get(key, 0) + 1
-            self._duration.observe(key, max(record.duration, 0.0) * 1000.0)
-            self._request_bytes.observe(key, max(record.request_bytes, 0))
-            self._response_bytes.observe(key, max(record.response_bytes, 0))
+            held = self._series.get(found)
+            if held is None:
+                key = _request_key(record)
+                if len(self._series) >= _SERIES_CACHE_SIZE:
+                    self._series.clear()
+                held = self._series[found] = (
+                    (source, source_principal, destination, destination_principal, service),
+                    self._requests.setdefault(key, [0]), self._duration.series(key),
+                    self._request_bytes.series(key), self._response_bytes.series(key))
+            _, count, duration, request_bytes, response_bytes = held
+            count[0] += 1
+            _observe(self._duration.bounds, duration, max(record.duration, 0.0) * 1000.0)
+            _observe(self._request_bytes.bounds, request_bytes, max(record.request_bytes, 0))
+            _observe(self._response_bytes.bounds, response_bytes, max(record.response_bytes, 0))
 
     def tcp(self, record: TcpRecord) -> None:
         """One opaque TCP tunnel that ended: opened and closed, with its bytes."""
@@ -226,14 +257,14 @@ class WaypointMetrics:
     def requests_total(self, labels: Mapping[str, str]) -> int:
         """The count of one series of ``istio_requests_total`` (for tests and the config dump)."""
         with self._lock:
-            return self._requests.get(tuple(labels[name] for name in REQUEST_LABEL_NAMES), 0)
+            return self._requests.get(tuple(labels[name] for name in REQUEST_LABEL_NAMES), [0])[0]
 
     def exposition(self) -> bytes:
         """Every series in Prometheus's text format (``CONTENT_TYPE``), families in a fixed order."""
         with self._lock:
             lines = family_header(REQUESTS, "counter", _HELP[REQUESTS])
             lines += [f"{REQUESTS}{render_labels(REQUEST_LABEL_NAMES, key)} {count}"
-                      for key, count in self._requests.items()]
+                      for key, (count,) in self._requests.items()]
             for name, histogram in ((DURATION, self._duration), (REQUEST_BYTES, self._request_bytes),
                                     (RESPONSE_BYTES, self._response_bytes)):
                 lines += family_header(name, "histogram", _HELP[name])

@@ -157,3 +157,31 @@ def test_the_series_key_is_the_label_values_in_order(changes):
 
     record = request(**changes)
     assert _request_key(record) == tuple(request_labels(record).values())
+
+
+def test_a_series_is_one_whatever_finds_it(monkeypatch):
+    """Requests are counted into their series as found by the objects they come from: equal labels from
+    other objects (a new view), an out-of-range status, or a dropped cache still count into one series."""
+    import waypoint.metrics as module
+
+    metrics = WaypointMetrics()
+    metrics.request(REQUEST)
+    metrics.request(replace(REQUEST, source=replace_workload(CLIENT)))  # the same labels, another object
+    monkeypatch.setattr(module, "_SERIES_CACHE_SIZE", 1)  # every new find drops the cache
+    metrics.request(replace(REQUEST, response_flags=None))  # "-" as the label
+    metrics.request(REQUEST)
+    metrics.request(request(status=999))
+    metrics.request(request(status=1000))
+    assert metrics.requests_total(EXPECTED) == 4
+    assert metrics.requests_total(EXPECTED | {"response_code": "unknown"}) == 2
+    parsed = families(metrics)
+    assert len(parsed["istio_requests"].samples) == 2
+    counts = {s.labels["response_code"]: s.value for s in parsed["istio_request_duration_milliseconds"].samples
+              if s.name.endswith("_count")}
+    assert counts == {"200": 4, "unknown": 2}
+
+
+def replace_workload(workload):
+    copy = type(workload)()
+    copy.CopyFrom(workload)
+    return copy
