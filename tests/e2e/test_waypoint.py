@@ -219,6 +219,8 @@ class WaypointLab:
         return json.loads(self.waypoint_get("/config_dump"))
 
     def waypoint_log(self) -> list[dict]:
+        """The access-log lines written so far: buffered, a line appears within a second of its request
+        (ACCESS_LOG_FLUSH_INTERVAL), so a check for one goes through ``eventually``."""
         path = self.logs / "waypoint-mesh.waypoint.log"
         return [json.loads(line.split(" ambient.waypoint.access: ", 1)[1]) for line in path.read_text().splitlines()
                 if " ambient.waypoint.access: " in line]
@@ -323,8 +325,11 @@ def test_an_l7_allow_answers_403_to_what_it_does_not_allow_on_one_connection(wla
                                  "GET /public 1")
         assert [a["statuses"] for a in answers] == [{"200": 1}, {"403": 1}, {"403": 1}, {"200": 1}]
         assert answers[1]["bodies"]["403"] == answers[2]["bodies"]["403"] == "RBAC: access denied"
-        denied = [e for e in wlab.waypoint_log() if e["response_code"] == 403 and e.get("response_flags") == "RBAC"]
-        assert {(e["method"], e["path"]) for e in denied[-2:]} == {("POST", "/public"), ("GET", "/private")}
+        def denials() -> set[tuple[str, str]]:
+            denied = [e for e in wlab.waypoint_log() if e["response_code"] == 403 and e.get("response_flags") == "RBAC"]
+            return {(e["method"], e["path"]) for e in denied[-2:]}
+
+        eventually(lambda: denials() == {("POST", "/public"), ("GET", "/private")}, "both denials in the access log")
     finally:
         policy.unlink()
     eventually(lambda: not wlab.config_dump()["policies"], "the policy's removal")
@@ -382,7 +387,11 @@ def test_a_grpc_call_through_the_waypoint(wlab):
     assert (ok["code"], ok["reply"], ok["trailers"]) == ("OK", "echo:hello", {"x-pod": "grpc"}), ok
     failed = json.loads(wlab.exec(sys.executable, app, "call", target, "Fail", "hello").stdout)
     assert (failed["code"], failed["details"]) == ("PERMISSION_DENIED", "not for you"), failed
-    calls = {e["path"]: e for e in wlab.waypoint_log() if e["path"].startswith("/echo.Echo/")}
+    def both_calls() -> dict[str, dict] | None:
+        calls = {e["path"]: e for e in wlab.waypoint_log() if e["path"].startswith("/echo.Echo/")}
+        return calls if {"/echo.Echo/Say", "/echo.Echo/Fail"} <= calls.keys() else None
+
+    calls = eventually(both_calls, "both calls in the access log")
     assert calls["/echo.Echo/Say"]["grpc_status"] == "0" and calls["/echo.Echo/Fail"]["grpc_status"] == "7"
     stats = wlab.waypoint_get("/metrics", port=15020)
     assert metric(stats, "istio_requests_total", reporter="waypoint", request_protocol="grpc",
@@ -394,7 +403,8 @@ def test_an_http1_upgrade_switches_to_raw_bytes_both_ways(wlab):
     answer = json.loads(result.stdout)
     assert answer["status_line"].startswith("HTTP/1.1 101"), answer
     assert answer["echoed"] == "switched:hello again", answer
-    assert any(e["path"] == "/chat" and e["response_code"] == 101 for e in wlab.waypoint_log())
+    eventually(lambda: any(e["path"] == "/chat" and e["response_code"] == 101 for e in wlab.waypoint_log()),
+               "the upgrade in the access log")
 
 
 def test_a_connection_that_bypasses_the_waypoint_is_refused_by_the_destination_ztunnel(wlab):
