@@ -128,6 +128,16 @@ def enabled(level: int = logging.INFO):
         logger.setLevel(before)
 
 
+@contextlib.asynccontextmanager
+async def flushing(log: AccessLog, level: int = logging.INFO):
+    """``log`` with its flusher running and the access logger at ``level``; the flusher ends on exit."""
+    with enabled(level):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run)
+            yield
+            nursery.cancel_scope.cancel()
+
+
 def test_nothing_is_built_when_the_access_logger_is_off():
     logger = logging.getLogger("tests.waypoint.access-off")
     logger.setLevel(logging.WARNING)
@@ -146,19 +156,16 @@ def test_nothing_is_built_when_the_access_logger_is_off():
 async def test_lines_are_written_together_after_the_interval(autojump_clock):
     out = io.StringIO()
     log = AccessLog(clock=lambda: ENDED_NS, stream=out)
-    with enabled():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run)
-            log.request(REQUEST)
-            await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL / 2)
-            log.request(REQUEST)
-            assert out.getvalue() == ""  # buffered
-            await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL / 2 + 0.01)
-            assert len(entries(out.getvalue())) == 2
-            log.tcp(TUNNEL)
-            await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL)
-            assert len(entries(out.getvalue())) == 3
-            nursery.cancel_scope.cancel()
+    async with flushing(log):
+        log.request(REQUEST)
+        await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL / 2)
+        log.request(REQUEST)
+        assert out.getvalue() == ""  # buffered
+        await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL / 2 + 0.01)
+        assert len(entries(out.getvalue())) == 2
+        log.tcp(TUNNEL)
+        await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL)
+        assert len(entries(out.getvalue())) == 3
 
 
 class Writes(io.StringIO):
@@ -176,24 +183,21 @@ class Writes(io.StringIO):
 async def test_a_full_buffer_is_written_at_once_and_stays_bounded(autojump_clock):
     out = Writes()
     log = AccessLog(clock=lambda: ENDED_NS, stream=out, buffer_bytes=4096)
-    with enabled():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run)
-            start = trio.current_time()
-            while log._size < 4096:
-                log.request(REQUEST)
-            assert out.writes == 0 and log._size < 4096 + 1024  # a full buffer plus one line at most
-            await trio.testing.wait_all_tasks_blocked()
-            # The flusher wrote it as soon as it was full, not after the interval.
-            assert trio.current_time() == start and out.writes == 1 and log._size == 0
-            assert len(out.getvalue()) >= 4096
-            # Filled again before the flusher runs: the line after a full buffer writes it itself.
-            while out.writes == 1:
-                full = log._size >= 4096
-                log.request(REQUEST)
-                assert log._size < 4096 + 1024
-            assert full and log._size == len(out.getvalue().splitlines(keepends=True)[-1])  # the new line waits
-            nursery.cancel_scope.cancel()
+    async with flushing(log):
+        start = trio.current_time()
+        while log._size < 4096:
+            log.request(REQUEST)
+        assert out.writes == 0 and log._size < 4096 + 1024  # a full buffer plus one line at most
+        await trio.testing.wait_all_tasks_blocked()
+        # The flusher wrote it as soon as it was full, not after the interval.
+        assert trio.current_time() == start and out.writes == 1 and log._size == 0
+        assert len(out.getvalue()) >= 4096
+        # Filled again before the flusher runs: the line after a full buffer writes it itself.
+        while out.writes == 1:
+            full = log._size >= 4096
+            log.request(REQUEST)
+            assert log._size < 4096 + 1024
+        assert full and log._size == len(out.getvalue().splitlines(keepends=True)[-1])  # the new line waits
     whole = entries(out.getvalue())
     assert whole and all(entry == request_entry(REQUEST, ENDED) for entry in whole)
 
@@ -201,24 +205,18 @@ async def test_a_full_buffer_is_written_at_once_and_stays_bounded(autojump_clock
 async def test_what_waits_is_written_when_the_flusher_ends(autojump_clock):
     out = io.StringIO()
     log = AccessLog(clock=lambda: ENDED_NS, stream=out)
-    with enabled():
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run)
-            log.request(REQUEST)
-            nursery.cancel_scope.cancel()
+    async with flushing(log):
+        log.request(REQUEST)
     assert trio.current_time() < ACCESS_LOG_FLUSH_INTERVAL and len(entries(out.getvalue())) == 1
 
 
 async def test_no_line_when_the_level_is_off(autojump_clock):
     out = io.StringIO()
     log = AccessLog(clock=lambda: ENDED_NS, stream=out)
-    with enabled(logging.CRITICAL + 10):  # POST /logging?level=ambient.waypoint.access:off
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run)
-            log.request(REQUEST)
-            log.tcp(TUNNEL)
-            await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL * 2)
-            nursery.cancel_scope.cancel()
+    async with flushing(log, logging.CRITICAL + 10):  # POST /logging?level=ambient.waypoint.access:off
+        log.request(REQUEST)
+        log.tcp(TUNNEL)
+        await trio.sleep(ACCESS_LOG_FLUSH_INTERVAL * 2)
     assert out.getvalue() == ""
 
 
