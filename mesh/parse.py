@@ -6,8 +6,8 @@ later stages only ever see valid objects. Unknown kinds are reported (warning) a
 fields of known kinds warn; fields Kubernetes defines that the mesh does not act on are ignored
 quietly, so real manifests do not drown in warnings.
 
-The core kinds are here; routes are ``mesh.parse_routes``, Istio's kinds ``mesh.parse_istio``, and
-the field readers they share ``mesh.parse_fields``.
+The core kinds are here; routes are ``mesh.parse_routes``, Istio's kinds ``mesh.parse_istio`` and
+``mesh.parse_wasm`` (WasmPlugin), and the field readers they share ``mesh.parse_fields``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 from mesh import resources as r
 from mesh.identity import InvalidSpiffeId, validate_k8s_name
 from mesh.parse_fields import labels_selector, port_field
-from mesh.parse_istio import authorization_policy, peer_authentication, wasm_plugin
+from mesh.parse_istio import authorization_policy, peer_authentication
 from mesh.parse_routes import grpc_route, http_route
+from mesh.parse_wasm import wasm_plugin
 from mesh.source import (
     MAX_FILE_BYTES,
     Code,

@@ -1,6 +1,7 @@
 """Istio's resources → ``mesh.resources``, for ``mesh.parse``: AuthorizationPolicy (with Istio's
 string forms, trust domains, service accounts and conditions, and every field the mesh does not
-understand recorded so that it can only make a rule match less), PeerAuthentication and WasmPlugin."""
+understand recorded so that it can only make a rule match less), and PeerAuthentication. WasmPlugin
+is ``mesh.parse_wasm``."""
 
 from __future__ import annotations
 
@@ -195,27 +196,3 @@ def peer_authentication(spec: Field, meta: r.Meta, origin: r.Origin) -> r.PeerAu
     selector = labels_selector(spec["selector"])
     return r.PeerAuthentication(meta, origin, mode, r.frozen_map(selector) if selector is not None else None,
                                 r.MappingProxyType(port_modes))
-
-
-def wasm_plugin(spec: Field, meta: r.Meta, origin: r.Origin) -> r.WasmPlugin | None:
-    if not spec.mapping({"url", "sha256", "pluginConfig", "pluginName", "phase", "priority", "failStrategy",
-                         "targetRef", "targetRefs", "selector", "type", "imagePullPolicy", "imagePullSecret",
-                         "vmConfig", "match", "verificationKey"}, required=True):
-        return None
-    url = spec["url"].str(required=True)
-    if url and not url.startswith(("file://", "http://", "https://")):
-        spec["url"].report(f"{url!r}: only file://, http:// and https:// URLs can be fetched here (no OCI registry)")
-    digest = spec["sha256"].str(default="") or ""
-    if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
-        spec["sha256"].report("must be 64 lowercase hex digits")
-    if spec["selector"].present:
-        spec["selector"].report("selector applies to sidecars; in ambient mode use targetRefs to the waypoint Gateway")
-    targets = _target_refs(spec)
-    if not targets:
-        spec.report("targetRefs is required: the waypoint Gateway that runs the plugin")
-    priority = spec["priority"].int(default=0)
-    return r.WasmPlugin(
-        meta, origin, url or "", targets, digest, spec["pluginConfig"].value, spec["pluginName"].str(default="") or "",
-        spec["phase"].str(default="UNSPECIFIED_PHASE", choices=("UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS")),
-        priority or 0, spec["failStrategy"].str(default="FAIL_CLOSE", choices=("FAIL_CLOSE", "FAIL_OPEN")),
-    )

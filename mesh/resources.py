@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import ClassVar
 
 # Labels and values the mesh acts on (Istio's names).
 DATAPLANE_MODE = "istio.io/dataplane-mode"  # ambient | none
@@ -470,17 +470,47 @@ class PeerAuthentication(Resource):
     port_modes: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
+@dataclass(frozen=True)
+class WasmEnv:
+    """One ``vmConfig.env`` entry: a value given inline, or (``from_host``) the waypoint's own
+    environment variable of that name, left unset in the VM when the waypoint has none (Envoy's HOST)."""
+
+    name: str
+    value: str = ""
+    from_host: bool = False
+
+
+@dataclass(frozen=True)
+class TrafficSelector:
+    """One ``match`` entry: the traffic a WasmPlugin runs for (any entry may match)."""
+
+    mode: str = "UNDEFINED"  # UNDEFINED | CLIENT | SERVER | CLIENT_AND_SERVER (Istio's WorkloadMode)
+    ports: tuple[int, ...] = ()  # none: every port
+
+
 @_kind("WasmPlugin")
 @dataclass(frozen=True)
 class WasmPlugin(Resource):
-    url: str
-    target_refs: tuple[ObjectRef, ...]
-    sha256: str = ""
-    plugin_config: Any = None
+    """``extensions.istio.io/v1alpha1`` WasmPlugin, validated (``mesh.parse_wasm``): only what a
+    waypoint can run is ever built (a ``file://`` or ``http(s)://`` module, an HTTP plugin)."""
+
+    url: str  # file:///abs/path.wasm, or http(s)://... (then sha256 is set)
+    target_refs: tuple[ObjectRef, ...] = ()
+    sha256: str = ""  # 64 lowercase hex digits, or "" (file:// only)
+    plugin_config: bytes = b""  # pluginConfig as canonical JSON (sorted keys, no spaces); b"" when absent or {}
     plugin_name: str = ""
-    phase: str = "UNSPECIFIED_PHASE"
+    phase: str = "UNSPECIFIED_PHASE"  # UNSPECIFIED_PHASE | AUTHN | AUTHZ | STATS
     priority: int = 0
-    fail_strategy: str = "FAIL_CLOSE"
+    fail_strategy: str = "FAIL_CLOSE"  # FAIL_CLOSE | FAIL_OPEN | FAIL_RELOAD
+    vm_env: tuple[WasmEnv, ...] = ()
+    match: tuple[TrafficSelector, ...] = ()  # none: all traffic
+    image_pull_policy: str = "UNSPECIFIED_POLICY"
+    selector: Mapping[str, str] | None = None  # for sidecars only: a waypoint never applies it (Istio)
+
+    @property
+    def fail_open(self) -> bool:
+        """FAIL_RELOAD fails closed too: the waypoint rebuilds a failed VM for the next request anyway."""
+        return self.fail_strategy == "FAIL_OPEN"
 
 
 KINDS: dict[str, type[Resource]] = {

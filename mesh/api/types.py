@@ -11,7 +11,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import DecodeError, Message
 
 from mesh.api.authorization_pb2 import Authorization
-from mesh.api.waypoint_pb2 import L7Policy, Route
+from mesh.api.waypoint_pb2 import L7Policy, Route, WasmPlugin
 from mesh.api.workload_pb2 import Address
 
 _PREFIX = "type.googleapis.com/"
@@ -23,6 +23,8 @@ AUTHORIZATION_TYPE_URL = _PREFIX + Authorization.DESCRIPTOR.full_name
 # The waypoint's own (mesh/api/waypoint.proto): type.googleapis.com/ambient.waypoint.L7Policy and .Route
 L7_POLICY_TYPE_URL = _PREFIX + L7Policy.DESCRIPTOR.full_name
 ROUTE_TYPE_URL = _PREFIX + Route.DESCRIPTOR.full_name
+# type.googleapis.com/ambient.waypoint.WasmPlugin
+WASM_PLUGIN_TYPE_URL = _PREFIX + WasmPlugin.DESCRIPTOR.full_name
 
 # Envoy's delta xDS method, shared by the server (controlplane.xds) and every client (mesh.xds).
 SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -35,6 +37,7 @@ _MESSAGES: dict[str, type[Message]] = {
     AUTHORIZATION_TYPE_URL: Authorization,
     L7_POLICY_TYPE_URL: L7Policy,
     ROUTE_TYPE_URL: Route,
+    WASM_PLUGIN_TYPE_URL: WasmPlugin,
 }
 
 
@@ -46,6 +49,11 @@ def policy_key(namespace: str, name: str) -> str:
 def route_key(namespace: str, kind: str, name: str) -> str:
     """The discovery resource name of a Route (an HTTPRoute or GRPCRoute)."""
     return f"{namespace}/{kind}/{name}"
+
+
+def wasm_plugin_key(namespace: str, name: str) -> str:
+    """The discovery resource name of a WasmPlugin."""
+    return f"{namespace}/{name}"
 
 
 def pack(message: Message) -> Any:

@@ -273,3 +273,52 @@ class Route(_message.Message):
     problems: _containers.RepeatedScalarFieldContainer[str]
     created: str
     def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., kind: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[ParentRef, _Mapping]]] = ..., hostnames: _Optional[_Iterable[str]] = ..., rules: _Optional[_Iterable[_Union[RouteRule, _Mapping]]] = ..., problems: _Optional[_Iterable[str]] = ..., created: _Optional[str] = ...) -> None: ...
+
+class WasmPlugin(_message.Message):
+    __slots__ = ("name", "namespace", "url", "sha256", "plugin_name", "phase", "priority", "plugin_config", "fail_open", "vm_env", "vm_host_env", "gateways", "services", "ports")
+    class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        UNSPECIFIED_PHASE: _ClassVar[WasmPlugin.Phase]
+        AUTHN: _ClassVar[WasmPlugin.Phase]
+        AUTHZ: _ClassVar[WasmPlugin.Phase]
+        STATS: _ClassVar[WasmPlugin.Phase]
+    UNSPECIFIED_PHASE: WasmPlugin.Phase
+    AUTHN: WasmPlugin.Phase
+    AUTHZ: WasmPlugin.Phase
+    STATS: WasmPlugin.Phase
+    class VmEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_NAME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    FAIL_OPEN_FIELD_NUMBER: _ClassVar[int]
+    VM_ENV_FIELD_NUMBER: _ClassVar[int]
+    VM_HOST_ENV_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    url: str
+    sha256: str
+    plugin_name: str
+    phase: WasmPlugin.Phase
+    priority: int
+    plugin_config: bytes
+    fail_open: bool
+    vm_env: _containers.ScalarMap[str, str]
+    vm_host_env: _containers.RepeatedScalarFieldContainer[str]
+    gateways: _containers.RepeatedScalarFieldContainer[str]
+    services: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., url: _Optional[str] = ..., sha256: _Optional[str] = ..., plugin_name: _Optional[str] = ..., phase: _Optional[_Union[WasmPlugin.Phase, str]] = ..., priority: _Optional[int] = ..., plugin_config: _Optional[bytes] = ..., fail_open: _Optional[bool] = ..., vm_env: _Optional[_Mapping[str, str]] = ..., vm_host_env: _Optional[_Iterable[str]] = ..., gateways: _Optional[_Iterable[str]] = ..., services: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...

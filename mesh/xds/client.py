@@ -50,6 +50,7 @@ from mesh.api.types import (
     L7_POLICY_TYPE_URL,
     METHOD_PATH,
     ROUTE_TYPE_URL,
+    WASM_PLUGIN_TYPE_URL,
     WILDCARD,
     unpack,
 )
@@ -59,7 +60,8 @@ from mesh.xds import cache
 
 log = logging.getLogger("ambient.xds.client")
 
-KNOWN_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL})
+KNOWN_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL,
+                             WASM_PLUGIN_TYPE_URL})
 MAX_NACK_MESSAGE = 4096  # error_detail is for humans and logs; do not echo megabytes back
 CHANGE_HISTORY = 4096
 # Responses of a type URL the mesh does not know are counted under this one label, so a server that

@@ -97,7 +97,7 @@ def test_good_manifests_parse_cleanly():
     assert deployment.pods[0].spec.containers[0].env["GREETING"] == "hello"
     route = result.resources[4]
     assert route.rules[0].timeout_seconds == 90.0 and route.rules[0].backends[0].weight == 90
-    assert result.resources[7].plugin_config == {"header": "x-mesh"}
+    assert result.resources[7].plugin_config == b'{"header":"x-mesh"}'
 
 
 def test_deployment_pod_names_are_stable_and_follow_the_template():
@@ -175,8 +175,8 @@ BROKEN = [
      "UNSET, DISABLE, PERMISSIVE, STRICT"),
     ("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: w}\nspec:\n"
      "  url: oci://ghcr.io/x/y:1\n  targetRefs: [{kind: Gateway, name: w}]\n",
-     "x.yaml:5: WasmPlugin default/w: spec.url: 'oci://ghcr.io/x/y:1': only file://, http:// and https:// URLs can be "
-     "fetched here (no OCI registry)"),
+     "x.yaml:5: WasmPlugin default/w: spec.url: 'oci://ghcr.io/x/y:1' is an OCI image reference: OCI images are not "
+     "supported here, only file:// and http(s):// modules (the plugin is not applied)"),
     ("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  name: b\n",
      "x.yaml:5: metadata.name: duplicate key"),
     (AP + "  - when: [{key: source.ip, values: [x]}]\n",
