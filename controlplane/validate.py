@@ -4,7 +4,8 @@ Per-resource problems come from ``mesh.parse``. This module adds the checks that
 set: selectors that match nothing, ``istio.io/use-waypoint`` naming a Gateway that does not exist,
 a waypoint Gateway that nothing uses, HTTPRoutes and GRPCRoutes whose parents or backends do not
 resolve (``controlplane.waypoint_config`` resolves them as discovery sends them, and every problem it
-finds is reported here), WasmPlugins and policies whose target is missing, L7 fields in a policy that the
+finds is reported here), WasmPlugins and policies whose target is missing, WasmPlugins that no waypoint
+runs (no targetRefs, a CLIENT-only match, a target Service that uses no waypoint), L7 fields in a policy that the
 destination ztunnel will enforce at L4 (as Istio: such an ALLOW rule is dropped whole, a DENY rule
 keeps its L4 fields), and fields of a rule the mesh does not understand (an error in an ALLOW rule,
 which then never matches; a warning in a DENY rule, which keeps its known fields).
@@ -21,7 +22,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from controlplane import authz, waypoint_config
-from controlplane.view import USE_WAYPOINT_NAMESPACE, ClusterState, MeshConfig, serves, waypoint_ref
+from controlplane.view import (
+    USE_WAYPOINT_NAMESPACE,
+    ClusterState,
+    MeshConfig,
+    serves,
+    service_waypoint,
+    waypoint_ref,
+)
 from mesh import resources as r
 from mesh.parse import parse_paths
 from mesh.source import Code, Problem, Severity
@@ -80,6 +88,8 @@ def cross_check(resources: list[r.Resource]) -> list[Problem]:
         if isinstance(res, (r.AuthorizationPolicy, r.WasmPlugin)):
             for i, target in enumerate(res.target_refs):
                 problems.extend(_target_ref(res, i, target, gateways, services))
+        if isinstance(res, r.WasmPlugin):
+            problems.extend(_wasm_plugin(res, state))
 
         if isinstance(res, r.AuthorizationPolicy) and res.action in ("ALLOW", "DENY"):  # others: skipped
             problems.extend(_unknown_fields(res))
@@ -99,13 +109,12 @@ def _target_ref(res: r.AuthorizationPolicy | r.WasmPlugin, i: int, target: r.Obj
                 gateways: set[tuple[str, str]], services: set[tuple[str, str]]) -> list[Problem]:
     where = f"spec.targetRefs[{i}]"
     key = (target.namespace or res.meta.namespace, target.name)
-    # A GatewayClass is a target only for a policy in the root namespace: every waypoint (Istio).
-    by_class = isinstance(res, r.AuthorizationPolicy) and res.meta.namespace == MeshConfig().root_namespace
+    # A GatewayClass is a target only for a policy (or WasmPlugin) in the root namespace: every waypoint (Istio).
+    by_class = res.meta.namespace == MeshConfig().root_namespace
     targetable = {"Gateway": gateways, "Service": services,
                   **({"GatewayClass": {("", r.WAYPOINT_CLASS)}} if by_class else {})}.get(target.kind)
     if targetable is None:
-        kinds = "Gateway, Service, or GatewayClass from the root namespace" if isinstance(
-            res, r.AuthorizationPolicy) else "Gateway or Service"
+        kinds = "Gateway, Service, or GatewayClass from the root namespace"
         return [_problem(res, f"{where}.kind", f"{target.kind!r} cannot be targeted ({kinds})")]
     groups = _TARGET_GROUPS[target.kind]
     if target.group not in groups:
@@ -122,6 +131,28 @@ def _target_ref(res: r.AuthorizationPolicy | r.WasmPlugin, i: int, target: r.Obj
     if key not in targetable:
         return [_problem(res, where, f"no {target.kind} {key[0]}/{key[1]}", code=Code.NOT_FOUND)]
     return []
+
+
+def _wasm_plugin(plugin: r.WasmPlugin, state: ClusterState) -> list[Problem]:
+    """Why no waypoint runs a WasmPlugin that is valid (AMB0111: ``waypoint_config.wasm_problems``), and
+    each Service it targets that sends its traffic through no waypoint (AMB0112): the plugin never sees
+    that traffic. A target that does not exist is AMB0101 (``_target_ref``)."""
+    problems = [_problem(plugin, field, message, Severity.WARNING, Code.WASM_NO_WAYPOINT)
+                for field, message in waypoint_config.wasm_problems(plugin)]
+    if problems:
+        return problems
+    for i, target in enumerate(plugin.target_refs):
+        service = state.services.get((plugin.meta.namespace, target.name))
+        if (target.kind != "Service" or target.group not in waypoint_config.CORE_GROUPS
+                or target.namespace not in ("", plugin.meta.namespace) or service is None):
+            continue
+        if service_waypoint(service, state, MeshConfig()) is None:
+            problems.append(_problem(
+                plugin, f"spec.targetRefs[{i}]", f"Service {plugin.meta.namespace}/{target.name} uses no waypoint "
+                f"(label {r.USE_WAYPOINT} on it or its namespace, naming a waypoint that admits it and takes "
+                "service traffic), so the plugin never sees its traffic", Severity.WARNING,
+                Code.WASM_SERVICE_NO_WAYPOINT))
+    return problems
 
 
 def _route(route: r.Route, state: ClusterState, any_gateways: set[tuple[str, str]]) -> list[Problem]:

@@ -40,7 +40,14 @@ from google.protobuf import any_pb2
 from controlplane import authz, waypoint_config
 from mesh import resources as r
 from mesh.api import authorization_pb2, waypoint_pb2, workload_pb2 as wpb
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, pack
+from mesh.api.types import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    L7_POLICY_TYPE_URL,
+    ROUTE_TYPE_URL,
+    WASM_PLUGIN_TYPE_URL,
+    pack,
+)
 from mesh.identity import DEFAULT_TRUST_DOMAIN, ROOT_NAMESPACE, SpiffeId
 from mesh.ports import HBONE_PORT
 
@@ -95,12 +102,14 @@ class ClusterState:
     gateway_classes: Mapping[str, r.GatewayClass] = field(default_factory=dict)  # by name
     nodes: Mapping[str, r.Node] = field(default_factory=dict)  # by name; only those declared in YAML
     routes: tuple[r.Route, ...] = ()  # HTTPRoutes and GRPCRoutes, for the waypoints (controlplane.waypoint_config)
+    wasm_plugins: tuple[r.WasmPlugin, ...] = ()  # for the waypoints too
 
     @classmethod
     def build(cls, resources: Iterable[r.Resource], pod_status: Mapping[tuple[str, str], PodStatus] | None = None,
               vips: Mapping[tuple[str, str], str] | None = None) -> ClusterState:
         namespaces, pods, services, gateways, policies, peer, classes, nodes = {}, {}, {}, {}, [], [], {}, {}
         routes: list[r.Route] = []
+        plugins: list[r.WasmPlugin] = []
         for res in resources:
             key = (res.meta.namespace, res.meta.name)
             if isinstance(res, r.Namespace):
@@ -125,10 +134,12 @@ class ClusterState:
                 nodes[res.meta.name] = res
             elif isinstance(res, r.Route):
                 routes.append(res)
+            elif isinstance(res, r.WasmPlugin):
+                plugins.append(res)
         for key, gateway in gateways.items():  # a Service per waypoint, unless the user declared one
             services.setdefault(key, waypoint_service(gateway))
         return cls(namespaces, pods, services, gateways, tuple(policies), tuple(peer),
-                   dict(pod_status or {}), dict(vips or {}), classes, nodes, tuple(routes))
+                   dict(pod_status or {}), dict(vips or {}), classes, nodes, tuple(routes), tuple(plugins))
 
     def waypoint_for(self, gateway: r.Gateway) -> str:
         """The traffic a waypoint takes: its own label, else its GatewayClass's, else ``service``."""
@@ -169,6 +180,7 @@ class DataplaneView:
     # For the waypoints only (controlplane.waypoint_config); ztunnels do not subscribe to these types.
     l7_policies: Mapping[str, waypoint_pb2.L7Policy] = field(default_factory=dict)  # "<ns>/<name>"
     routes: Mapping[str, waypoint_pb2.Route] = field(default_factory=dict)  # "<ns>/<kind>/<name>"
+    wasm_plugins: Mapping[str, waypoint_pb2.WasmPlugin] = field(default_factory=dict)  # "<ns>/<name>"
 
     def has_pod(self, node: str, identity: SpiffeId) -> bool:
         return identity in self.placements.get(node, ())
@@ -182,6 +194,7 @@ class DataplaneView:
             AUTHORIZATION_TYPE_URL: {key: pack(a) for key, a in self.authorizations.items()},
             L7_POLICY_TYPE_URL: {key: pack(p) for key, p in self.l7_policies.items()},
             ROUTE_TYPE_URL: {key: pack(route) for key, route in self.routes.items()},
+            WASM_PLUGIN_TYPE_URL: {key: pack(plugin) for key, plugin in self.wasm_plugins.items()},
         }
 
 
@@ -273,6 +286,12 @@ def _gateway_address(gateway: r.Gateway, config: MeshConfig) -> wpb.GatewayAddre
         hostname=wpb.NamespacedHostname(namespace=gateway.meta.namespace, hostname=hostname),
         hbone_mtls_port=HBONE_PORT,
     )
+
+
+def service_waypoint(service: r.Service, state: ClusterState, config: MeshConfig) -> wpb.GatewayAddress | None:
+    """The waypoint that takes the Service's traffic, as its Address says it; None when none does."""
+    ns = state.namespaces.get(service.meta.namespace)
+    return _waypoint_for(service.meta, ns.meta.labels if ns is not None else {}, state, "service", config)
 
 
 def _waypoint_for(meta: r.Meta, ns_labels, state: ClusterState, kind: str, config: MeshConfig):
@@ -482,6 +501,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
         MappingProxyType(waypoints), MappingProxyType({n: frozenset(ids) for n, ids in placements.items()}),
         MappingProxyType(dict(waypoint_config.l7_policies(state, config))),
         MappingProxyType(dict(waypoint_config.routes(state, config))),
+        MappingProxyType(dict(waypoint_config.wasm_plugins(state, config))),
     )
 
 

@@ -1,9 +1,10 @@
-"""What discovery sends the waypoints: L7 AuthorizationPolicies and routes, resolved (mesh/api/waypoint.proto).
+"""What discovery sends the waypoints: L7 AuthorizationPolicies, routes and WasmPlugins, resolved
+(mesh/api/waypoint.proto).
 
 Pure functions of the same ``ClusterState`` the dataplane view is built from. Every reference is
 resolved here, once, to the discovery key the waypoint already knows from its Address resources: a
 Service becomes ``"<ns>/<hostname>"``, a waypoint Gateway ``"<ns>/<name>"``. A waypoint subscribes to
-every L7Policy and Route and keeps those that concern it.
+every L7Policy, Route and WasmPlugin and keeps those that concern it.
 
 Policies (``l7_policies``): every AuthorizationPolicy with ``targetRefs``, as Istio attaches them: a
 Gateway (group gateway.networking.k8s.io) of class istio-waypoint, or a Service (group "" or core),
@@ -20,6 +21,17 @@ missing one is a problem, not a parent. A backend that does not resolve stays in
 ``error`` set (Gateway API: requests routed to it get 500, so a weighted split keeps its shares) and is
 also a problem. ``problems`` are ``"<field>: <Reason>: <what>"``, the field as in the user's YAML;
 ``route_problems`` gives them structured to ``ambient validate``.
+
+WasmPlugins (``wasm_plugins``): attached as policies are (``policy_targets``: a waypoint Gateway or a
+Service in the plugin's namespace, or from the root namespace the GatewayClass istio-waypoint). As in
+Istio, a waypoint never applies a plugin without targetRefs, not even one in the root namespace:
+``selector`` and namespace-wide plugins are for sidecars. ``match`` is read as Istio reads it for a
+waypoint, whose filter chain is the server side (its listener class is SidecarInbound): an entry of
+mode CLIENT never holds, and a plugin whose entries are all CLIENT runs nowhere. The ports of the
+entries that hold become the plugin's ``ports`` (none if one entry names no port: every port); Istio's
+waypoint chain has no port, so there a ``ports`` entry never matches; here it is the Service port the
+client addressed, which is what the field says for inbound traffic. ``wasm_problems`` says why a plugin
+runs nowhere (``ambient validate``, AMB0111).
 """
 
 from __future__ import annotations
@@ -30,7 +42,14 @@ from typing import Protocol
 
 from mesh import resources as r
 from mesh.api import waypoint_pb2 as wp
-from mesh.api.types import L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, policy_key, route_key
+from mesh.api.types import (
+    L7_POLICY_TYPE_URL,
+    ROUTE_TYPE_URL,
+    WASM_PLUGIN_TYPE_URL,
+    policy_key,
+    route_key,
+    wasm_plugin_key,
+)
 
 
 # What is read of controlplane.view's ClusterState and MeshConfig, as protocols: the view imports
@@ -44,6 +63,8 @@ class ClusterState(Protocol):
     def policies(self) -> tuple[r.AuthorizationPolicy, ...]: ...
     @property
     def routes(self) -> tuple[r.Route, ...]: ...
+    @property
+    def wasm_plugins(self) -> tuple[r.WasmPlugin, ...]: ...
 
 
 class MeshConfig(Protocol):
@@ -61,9 +82,12 @@ _ACTIONS = {"ALLOW": wp.L7Policy.ALLOW, "DENY": wp.L7Policy.DENY, "AUDIT": wp.L7
             "CUSTOM": wp.L7Policy.CUSTOM}
 
 
-def waypoint_resources(state: ClusterState, config: MeshConfig) -> dict[str, dict[str, wp.L7Policy | wp.Route]]:
-    """``{L7_POLICY_TYPE_URL: {"<ns>/<name>": L7Policy}, ROUTE_TYPE_URL: {"<ns>/<kind>/<name>": Route}}``."""
-    return {L7_POLICY_TYPE_URL: dict(l7_policies(state, config)), ROUTE_TYPE_URL: dict(routes(state, config))}
+def waypoint_resources(state: ClusterState, config: MeshConfig
+                       ) -> dict[str, dict[str, wp.L7Policy | wp.Route | wp.WasmPlugin]]:
+    """``{L7_POLICY_TYPE_URL: {"<ns>/<name>": L7Policy}, ROUTE_TYPE_URL: {"<ns>/<kind>/<name>": Route},
+    WASM_PLUGIN_TYPE_URL: {"<ns>/<name>": WasmPlugin}}``."""
+    return {L7_POLICY_TYPE_URL: dict(l7_policies(state, config)), ROUTE_TYPE_URL: dict(routes(state, config)),
+            WASM_PLUGIN_TYPE_URL: dict(wasm_plugins(state, config))}
 
 
 def _service_key(namespace: str, name: str, config: MeshConfig) -> str:
@@ -74,9 +98,9 @@ def _service_key(namespace: str, name: str, config: MeshConfig) -> str:
 # ---------------------------------------------------------------- policies
 
 
-def policy_targets(policy: r.AuthorizationPolicy, state: ClusterState, config: MeshConfig
+def policy_targets(policy: r.AuthorizationPolicy | r.WasmPlugin, state: ClusterState, config: MeshConfig
                    ) -> tuple[list[str], list[str]]:
-    """``(gateways, services)`` the policy's targetRefs resolve to, each once, in order."""
+    """``(gateways, services)`` the policy's (or WasmPlugin's) targetRefs resolve to, each once, in order."""
     gateways: list[str] = []
     services: list[str] = []
     own = policy.meta.namespace
@@ -322,3 +346,67 @@ def route_resource(route: r.Route, state: ClusterState, config: MeshConfig) -> w
 def routes(state: ClusterState, config: MeshConfig) -> Mapping[str, wp.Route]:
     return {route_key(route.meta.namespace, route.kind, route.meta.name): route_resource(route, state, config)
             for route in state.routes}
+
+
+# ---------------------------------------------------------------- Wasm plugins
+
+_PHASES = {"UNSPECIFIED_PHASE": wp.WasmPlugin.UNSPECIFIED_PHASE, "AUTHN": wp.WasmPlugin.AUTHN,
+           "AUTHZ": wp.WasmPlugin.AUTHZ, "STATS": wp.WasmPlugin.STATS}
+# The mode of the traffic a waypoint sees (Istio's workloadModeForListenerClass(SidecarInbound)).
+WAYPOINT_MODE = "SERVER"
+
+
+def wasm_ports(plugin: r.WasmPlugin) -> tuple[int, ...] | None:
+    """The destination ports the plugin runs for on a waypoint: () for every port, None for none
+    (every ``match`` entry is of mode CLIENT)."""
+    if not plugin.match:
+        return ()
+    holding = [m for m in plugin.match if m.mode in ("UNDEFINED", "CLIENT_AND_SERVER", WAYPOINT_MODE)]
+    if not holding:
+        return None
+    if any(not m.ports for m in holding):
+        return ()
+    return tuple(sorted({port for m in holding for port in m.ports}))
+
+
+def wasm_problems(plugin: r.WasmPlugin) -> list[tuple[str, str]]:
+    """``[(field, message)]``: why no waypoint runs the plugin, whatever exists. A target that does not
+    resolve is not here: ``ambient validate`` reports it as for policies (AMB0101)."""
+    if not plugin.target_refs:
+        where = "spec.selector" if plugin.selector is not None else "spec"
+        how = "a selector" if plugin.selector is not None else "no targetRefs"
+        return [(where, f"with {how}, the plugin is for sidecars only (Istio: waypoints apply WasmPlugins by "
+                        "targetRefs alone, even from the root namespace), so no waypoint runs it; target the "
+                        "waypoint: targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: <waypoint>}]")]
+    if wasm_ports(plugin) is None:
+        return [("spec.match", "every entry has mode CLIENT, and a waypoint sees server-side traffic only (as "
+                               "Istio's waypoint), so no waypoint runs the plugin; use SERVER or CLIENT_AND_SERVER")]
+    return []
+
+
+def wasm_plugin(plugin: r.WasmPlugin, state: ClusterState, config: MeshConfig) -> wp.WasmPlugin | None:
+    """The WasmPlugin resource of one plugin, or None when no waypoint runs it (``wasm_problems``) or
+    none of its targets exists."""
+    ports = wasm_ports(plugin)
+    if not plugin.target_refs or ports is None:
+        return None
+    gateways, services = policy_targets(plugin, state, config)
+    if not gateways and not services:
+        return None
+    return wp.WasmPlugin(
+        name=plugin.meta.name, namespace=plugin.meta.namespace, url=plugin.url, sha256=plugin.sha256,
+        plugin_name=plugin.plugin_name, phase=_PHASES[plugin.phase], priority=plugin.priority,
+        plugin_config=plugin.plugin_config, fail_open=plugin.fail_open,
+        vm_env={e.name: e.value for e in plugin.vm_env if not e.from_host},
+        vm_host_env=[e.name for e in plugin.vm_env if e.from_host],
+        gateways=gateways, services=services, ports=ports,
+    )
+
+
+def wasm_plugins(state: ClusterState, config: MeshConfig) -> Mapping[str, wp.WasmPlugin]:
+    result = {}
+    for plugin in state.wasm_plugins:
+        resource = wasm_plugin(plugin, state, config)
+        if resource is not None:
+            result[wasm_plugin_key(plugin.meta.namespace, plugin.meta.name)] = resource
+    return result

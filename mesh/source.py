@@ -52,6 +52,8 @@ class Code:
     WAYPOINT_TRAFFIC_TYPE = "AMB0108"  # use-waypoint names a waypoint not for this kind of traffic (waypoint-for)
     ROUTE_UNRESOLVED = "AMB0109"  # an HTTPRoute/GRPCRoute parent or backend that does not resolve (its status)
     WAYPOINT_UNUSED = "AMB0110"  # a waypoint Gateway that no namespace, Service or pod uses
+    WASM_NO_WAYPOINT = "AMB0111"  # a WasmPlugin no waypoint runs: no targetRefs (selector: sidecars), CLIENT match
+    WASM_SERVICE_NO_WAYPOINT = "AMB0112"  # a WasmPlugin targets a Service that uses no waypoint
 
     @staticmethod
     def default(severity: Severity) -> str:

@@ -36,11 +36,19 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane.xds.snapshot import Snapshot, VersionedResource
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, WILDCARD
+from mesh.api.types import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    L7_POLICY_TYPE_URL,
+    ROUTE_TYPE_URL,
+    WASM_PLUGIN_TYPE_URL,
+    WILDCARD,
+)
 
 # Every type the control plane publishes (controlplane.view.DataplaneView.resources): ztunnels ask for
-# the first two, waypoints for all four.
-DEFAULT_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL})
+# the first two, waypoints for all of them.
+DEFAULT_TYPE_URLS = frozenset({ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL,
+                               WASM_PLUGIN_TYPE_URL})
 # Responses a client may leave un-(N)ACKed before the oldest nonce is forgotten; a late (N)ACK of a
 # forgotten nonce is reported as UnknownNonce. Bounds the memory of a client that never ACKs.
 MAX_NONCES_IN_FLIGHT = 64

@@ -16,7 +16,13 @@ from controlplane.view import ClusterState, PodStatus, compute_view
 from controlplane.xds.protocol import DeltaStream
 from controlplane.xds.snapshot import Snapshot
 from mesh.api import waypoint_pb2 as wp
-from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL
+from mesh.api.types import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    L7_POLICY_TYPE_URL,
+    ROUTE_TYPE_URL,
+    WASM_PLUGIN_TYPE_URL,
+)
 from mesh.parse import parse_text
 from mesh.source import Code
 from tests.controlplane.waypoint_yaml import l7_config_from_yaml
@@ -355,7 +361,8 @@ def test_both_types_are_published_and_served_to_who_asks():
     resources = parse_text(with_base(docs), "t.yaml").resources
     state = ClusterState.build(resources, {("shop", "web-1"): PodStatus("10.244.0.2", "node-a")})
     snapshot = Snapshot(1, snapshot_resources(compute_view(state)))
-    assert set(snapshot.resources) == {ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL}
+    assert set(snapshot.resources) == {ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL,
+                                       WASM_PLUGIN_TYPE_URL}
     stream = DeltaStream()
     for type_url, names in ((L7_POLICY_TYPE_URL, ["shop/p"]), (ROUTE_TYPE_URL, ["shop/HTTPRoute/r"])):
         outcome = stream.on_request(discovery_pb2.DeltaDiscoveryRequest(type_url=type_url), snapshot)
