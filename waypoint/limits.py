@@ -93,3 +93,52 @@ MAX_LOCAL_REPLY_BYTES = 1024
 # starts its proxies with at 1000 ms: we take Istio's 1 s, so a line is at most a second late.
 ACCESS_LOG_BUFFER_BYTES = 64 * 1024
 ACCESS_LOG_FLUSH_INTERVAL = 1.0
+
+# ---- wasm (the Proxy-Wasm host, waypoint.wasm: what one plugin may make the waypoint spend)
+
+# Fuel (about one unit per wasm instruction) given to the guest before every callback into it: an
+# endless loop ends in an out-of-fuel trap after roughly this many instructions (some 10-50 ms), the
+# request fails as the plugin's failStrategy says and the VM is rebuilt. Envoy puts no bound here;
+# a waypoint in Python cannot let one request hold its only thread.
+WASM_CALLBACK_FUEL = 20_000_000
+# Fuel for start-up (_initialize/_start, proxy_on_vm_start, proxy_on_configure): SDK runtimes
+# (TinyGo's GC set-up, a JSON configuration parse) do more work once than per request.
+WASM_START_FUEL = 500_000_000
+# Linear memory one VM may hold; memory.grow past it answers -1 (the guest's allocator then traps).
+WASM_MEMORY_LIMIT_BYTES = 64 * 1024 * 1024
+# Compiled modules kept (by the sha256 of their bytes), so a VM rebuilt or a plugin re-applied does not
+# compile again; the least recently used goes first.
+WASM_MODULE_CACHE_ENTRIES = 16
+# A trapped VM is rebuilt at most this many times a minute; past it the plugin's streams fail at once
+# (as failStrategy says) until the minute is over, so a plugin that traps on every request cannot make
+# the waypoint compile and start it on every request.
+WASM_REBUILDS_PER_MINUTE = 10
+# A stream paused by the plugin (a callback answered Pause) waits at most this long for
+# proxy_continue_* or a local reply, then fails (Envoy has no bound but the route timeout, 15 s in Istio).
+WASM_PAUSE_TIMEOUT = 15.0
+# Body bytes held while a plugin answers StopIterationAndBuffer; past it a request gets 413 and a
+# response 500, as Envoy's buffer limit does (per_connection_buffer_limit_bytes, 1 MiB by default).
+WASM_BODY_BUFFER_BYTES = 1024 * 1024
+# Bytes of one proxy_log message or one fd_write call that reach the log (the rest is dropped, counted
+# as written, so the guest does not retry).
+WASM_LOG_BYTES = 4096
+# Pairs in a header map a plugin hands the host (set_header_map_pairs, send_local_response, http_call);
+# the serialized map itself is bounded by the request-head limit above.
+WASM_MAX_MAP_PAIRS = MAX_REQUEST_HEADERS
+WASM_MAX_MAP_BYTES = MAX_REQUEST_HEAD_BYTES
+# One key, value or property path a plugin hands the host, in bytes (other than maps and bodies).
+WASM_MAX_ARGUMENT_BYTES = 64 * 1024
+# Bytes random_get fills per call (the WASI libc asks 256 at a time for its seed).
+WASM_RANDOM_BYTES = 64 * 1024
+# Process-wide shared data (proxy_set_shared_data): keys, and bytes of keys and values together.
+WASM_SHARED_DATA_ENTRIES = 10_000
+WASM_SHARED_DATA_BYTES = 16 * 1024 * 1024
+# Shared queues: how many (all VMs together), and items waiting in one (enqueue past it: INTERNAL_FAILURE).
+WASM_SHARED_QUEUES = 1_000
+WASM_QUEUE_DEPTH = 10_000
+# Metrics one plugin may define (proxy_define_metric past it: INTERNAL_FAILURE).
+WASM_METRICS_PER_PLUGIN = 1_000
+# http_call requests of one plugin in flight at once (past it: INTERNAL_FAILURE), and the longest
+# timeout a plugin may ask for one (Envoy's default for an async client is none; ours is the pause bound).
+WASM_HTTP_CALLS_IN_FLIGHT = 1_000
+WASM_HTTP_CALL_MAX_TIMEOUT = WASM_PAUSE_TIMEOUT
