@@ -20,12 +20,12 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpm
 BENCH_COMMANDS := wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx stunnel:stunnel4 haproxy:haproxy ss:iproute2
 BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
-.PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
+.PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
 
 demo: system-deps venv bpf
 	$(VENV)/bin/ambient demo
 
-test: system-deps venv bpf check-protos
+test: system-deps venv bpf check-protos wasm-plugins
 	$(PY) -m pytest
 
 # The fuzz targets (tests/fuzz/, which `make test` runs with a few hundred examples each, the same
@@ -68,6 +68,54 @@ constraints:
 	  echo "# .[test,dev]); regenerate it after changing a dependency in pyproject.toml, do not edit it."; \
 	  $$tmp/venv/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS).new && \
 	mv $(CONSTRAINTS).new $(CONSTRAINTS) && echo "wrote $(CONSTRAINTS)"
+
+# The Proxy-Wasm test plugins (issue #20, tests/wasm_plugins/README.md), built from their sources into
+# build/wasm-plugins/ (never committed): each behaviour with two AssemblyScript SDKs, whose compilers differ
+# (0.28 and 0.14), so each SDK has its own package.json and lockfile, installed with `npm ci` (exact
+# versions); and the hand-written WAT modules, assembled by wasmtime (in the venv). A plugin is rebuilt only
+# when its source, its SDK's lockfile or asconfig, or the shared sources change; up to date, this is a no-op.
+# The compiles run in parallel (one job per core) unless make already runs with -j.
+WASM_SRC := tests/wasm_plugins
+WASM_OUT := build/wasm-plugins
+WASM_BEHAVIOURS := add-header deny-without-header properties-metric http-call endless-loop unbounded-alloc trap
+WASM_WATS := tinygo-shape emscripten-shape abi-0-1-0
+WASM_FILES := $(foreach sdk,gcore solo,$(WASM_BEHAVIOURS:%=$(WASM_OUT)/%-$(sdk).wasm)) $(WASM_WATS:%=$(WASM_OUT)/%.wasm)
+WASM_JOBS := $(if $(findstring jobserver,$(MAKEFLAGS)),,-j$(shell nproc 2>/dev/null || echo 2))
+
+wasm-plugins:
+	@$(MAKE) --no-print-directory $(WASM_JOBS) wasm-plugin-files
+
+# Named here so that make does not take them for intermediate files and delete them after a build.
+WASM_NPM_STAMPS := $(WASM_SRC)/gcore/node_modules/.package-lock.json $(WASM_SRC)/solo/node_modules/.package-lock.json
+
+wasm-plugin-files: $(WASM_NPM_STAMPS) $(WASM_FILES)
+
+# npm ci writes node_modules/.package-lock.json last: it stands for "installed from this lockfile".
+$(WASM_SRC)/%/node_modules/.package-lock.json: $(WASM_SRC)/%/package-lock.json $(WASM_SRC)/%/package.json
+	cd $(WASM_SRC)/$* && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+# Each compile writes a temporary file then renames it, so an interrupted build leaves no stale plugin.
+# The flags are in each SDK's asconfig.json; the 0.14 compiler's warning about its own standard library
+# (AS201 in ~lib/number.ts) is dropped from the output.
+$(WASM_OUT)/%-gcore.wasm: $(WASM_SRC)/gcore/assembly/%.ts $(WASM_SRC)/gcore/asconfig.json $(WASM_SRC)/shared/config.ts \
+		$(WASM_SRC)/gcore/node_modules/.package-lock.json
+	@mkdir -p $(@D)
+	cd $(WASM_SRC)/gcore && node_modules/.bin/asc assembly/$*.ts --config asconfig.json -o $(abspath $@).tmp.wasm
+	@mv $@.tmp.wasm $@
+
+$(WASM_OUT)/%-solo.wasm: $(WASM_SRC)/solo/assembly/%.ts $(WASM_SRC)/solo/asconfig.json $(WASM_SRC)/shared/config.ts \
+		$(WASM_SRC)/solo/assembly/lib/support.ts $(WASM_SRC)/solo/node_modules/.package-lock.json
+	@mkdir -p $(@D)
+	cd $(WASM_SRC)/solo && node_modules/.bin/asc assembly/$*.ts --config asconfig.json -b $(abspath $@).tmp.wasm 2>&1 \
+		| { grep -v -e '^$$' -e 'AS201' -e 'utoa32(this, radix)' -e '^ *~*$$' -e 'number.ts(221,21)' || true; }; \
+		exit $${PIPESTATUS[0]}
+	@mv $@.tmp.wasm $@
+
+$(WASM_OUT)/%.wasm: $(WASM_SRC)/wat/%.wat | $(STAMP)
+	@mkdir -p $(@D)
+	$(PY) -c 'import sys, wasmtime; open(sys.argv[2], "wb").write(wasmtime.wat2wasm(open(sys.argv[1]).read()))' $< $@.tmp
+	@mv $@.tmp $@
 
 # Installs through apt only what is missing; needs root for that (CI is root).
 system-deps:
