@@ -72,9 +72,9 @@ constraints:
 # The Proxy-Wasm test plugins (issue #20, tests/wasm_plugins/README.md), built from their sources into
 # build/wasm-plugins/ (never committed): each behaviour with two AssemblyScript SDKs, whose compilers differ
 # (0.28 and 0.14), so each SDK has its own package.json and lockfile, installed with `npm ci` (exact
-# versions); and the hand-written WAT modules, assembled by wasmtime (in the venv). A plugin is rebuilt only
-# when its source, its SDK's lockfile or asconfig, or the shared sources change; up to date, this is a no-op.
-# The compiles run in parallel (one job per core) unless make already runs with -j.
+# versions); and the hand-written WAT modules, assembled by the venv's wasmtime (`make venv` first). A
+# plugin is rebuilt only when its source, its SDK's lockfile or asconfig, or the shared sources change; up
+# to date, this is a no-op. The compiles run in parallel (one job per core) unless make already runs with -j.
 WASM_SRC := tests/wasm_plugins
 WASM_OUT := build/wasm-plugins
 WASM_BEHAVIOURS := add-header deny-without-header properties-metric http-call endless-loop unbounded-alloc trap
@@ -112,7 +112,7 @@ $(WASM_OUT)/%-solo.wasm: $(WASM_SRC)/solo/assembly/%.ts $(WASM_SRC)/solo/asconfi
 		exit $${PIPESTATUS[0]}
 	@mv $@.tmp.wasm $@
 
-$(WASM_OUT)/%.wasm: $(WASM_SRC)/wat/%.wat | $(STAMP)
+$(WASM_OUT)/%.wasm: $(WASM_SRC)/wat/%.wat
 	@mkdir -p $(@D)
 	$(PY) -c 'import sys, wasmtime; open(sys.argv[2], "wb").write(wasmtime.wat2wasm(open(sys.argv[1]).read()))' $< $@.tmp
 	@mv $@.tmp $@
