@@ -135,7 +135,7 @@ def detect_version(exports: Mapping[str, int]) -> AbiVersion:
     for marker, version in ABI_MARKERS.items():
         if marker in exports:
             return version
-    if not any(name.startswith("proxy_on_") for name in exports):
+    if not any(name.startswith("proxy_on_") and name != "proxy_on_memory_allocate" for name in exports):
         raise AbiError("no proxy_abi_version_* marker and no proxy_on_* callback: not a Proxy-Wasm module")
     arity = exports.get("proxy_on_request_headers", exports.get("proxy_on_response_headers"))
     return AbiVersion.V0_1_0 if arity == 2 else AbiVersion.V0_2_1
