@@ -76,6 +76,8 @@ class HostOwner(Protocol):
 
 
 ROOT_CONTEXT_ID = 1
+# The StreamState attribute of each map type a stream has (MapType 0-3, by value).
+_STREAM_MAPS = ("request_headers", "request_trailers", "response_headers", "response_trailers")
 
 
 def _headers_from(pairs: list[tuple[bytes, bytes]]) -> Headers:
@@ -260,21 +262,18 @@ class Host:
             return self.call_response.headers if self.call_response else None
         if kind == MapType.HTTP_CALL_RESPONSE_TRAILERS:
             return self.call_response.trailers if self.call_response else None
-        if kind not in (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_HEADERS,
-                        MapType.HTTP_RESPONSE_TRAILERS):
+        if not 0 <= kind < len(_STREAM_MAPS):
             raise _BadArgument(f"map type {kind}")
         stream = self.effective
         if stream is None:
             return None
-        if kind in (MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS):
+        attr = _STREAM_MAPS[kind]
+        headers: Headers | None = getattr(stream, attr)
+        if headers is None and attr.endswith("trailers"):
             # Trailers a plugin adds before any arrived are sent: the map exists (empty) once asked for.
-            attr = "request_trailers" if kind == MapType.HTTP_REQUEST_TRAILERS else "response_trailers"
-            if getattr(stream, attr) is None:
-                setattr(stream, attr, [])
-        return {MapType.HTTP_REQUEST_HEADERS: stream.request_headers,
-                MapType.HTTP_REQUEST_TRAILERS: stream.request_trailers,
-                MapType.HTTP_RESPONSE_HEADERS: stream.response_headers,
-                MapType.HTTP_RESPONSE_TRAILERS: stream.response_trailers}[MapType(kind)]
+            headers = []
+            setattr(stream, attr, headers)
+        return headers
 
     def _key(self, ptr: int, size: int) -> str:
         return self._read(ptr, size).decode("latin-1").lower()

@@ -32,9 +32,36 @@ from wasmtime import _bindings as ffi
 
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
+_ALL = -1                 # ``x & -1 == x``: the mask of a signed i64 argument
 
-# Value kinds as wasmtime names them; only these appear in Proxy-Wasm and WASI signatures.
+# Value kinds as wasmtime names them; only i32 and i64 appear in Proxy-Wasm and WASI signatures (an f32 or
+# f64 would arrive as its raw bits: only the stubs of unknown imports may have them, and they ignore them).
 I32, I64, F32, F64 = "i32", "i64", "f32", "f64"
+
+
+def _prototype(name: str, restype: Any, *argtypes: Any) -> Any:
+    """A C entry point with plain ``void*`` arguments and an int result.
+
+    ``dll[name]`` makes a new function object, so the bindings' own (typed) one is left as it was; with
+    ``c_void_p`` everywhere a call converts nothing but ints, which is most of the saving.
+    """
+    function = ffi.dll[name]
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+_P, _SIZE = ctypes.c_void_p, ctypes.c_size_t
+# One 64-bit view of wasmtime_val_raw's slots: the union is 16 bytes (v128), i32 and i64 live in its first 8.
+_SLOT_WORDS = ctypes.sizeof(ffi.wasmtime_val_raw) // 8
+_Callback = ctypes.CFUNCTYPE(_SIZE, _P, _P, ctypes.POINTER(ctypes.c_int64), _SIZE)
+_call_unchecked = _prototype("wasmtime_func_call_unchecked", _P, _P, _P, _P, _SIZE, _P)
+_caller_context = _prototype("wasmtime_caller_context", _P, _P)
+_memory_data = _prototype("wasmtime_memory_data", _P, _P, _P)
+_memory_data_size = _prototype("wasmtime_memory_data_size", _SIZE, _P, _P)
+_set_fuel = _prototype("wasmtime_context_set_fuel", _P, _P, ctypes.c_uint64)
+_define_unchecked = _prototype("wasmtime_linker_define_func_unchecked", _P, _P, ctypes.c_char_p, _SIZE,
+                               ctypes.c_char_p, _SIZE, _P, _Callback, _P, _P)
 
 
 class GuestTrap(Exception):
@@ -54,13 +81,9 @@ class OutOfBounds(Exception):
     """A guest pointer and length that do not lie inside the guest's linear memory."""
 
 
-def kind_name(valtype: wasmtime.ValType) -> str:
-    return str(valtype)
-
-
 def func_signature(functype: wasmtime.FuncType) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A function type as (param kinds, result kinds), e.g. (("i32", "i32"), ("i32",))."""
-    return tuple(kind_name(p) for p in functype.params), tuple(kind_name(r) for r in functype.results)
+    return tuple(str(p) for p in functype.params), tuple(str(r) for r in functype.results)
 
 
 def _functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncType:
@@ -69,23 +92,31 @@ def _functype(params: Sequence[str], results: Sequence[str]) -> wasmtime.FuncTyp
     return wasmtime.FuncType([by_name[p] for p in params], [by_name[r] for r in results])
 
 
-# wasmtime calls a finalizer with the ``env`` pointer when the function is dropped; ours carry no env.
-_NO_FINALIZER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda env: None)
-
-
 def _trap_pointer(message: str) -> int:
     data = message.encode("utf-8", "replace")
     trap = ffi.wasmtime_trap_new(ctypes.create_string_buffer(data), len(data))
     return ctypes.cast(trap, ctypes.c_void_p).value or 0
 
 
+def _error(address: int) -> wasmtime.WasmtimeError:
+    return wasmtime.WasmtimeError._from_ptr(ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)))
+
+
+def _raise_for(name: str, error: int | None, trap: ctypes.c_void_p) -> None:
+    if error:
+        raise GuestTrap(f"{name}: {_error(error)}")
+    if trap.value:
+        wrapped = wasmtime.Trap._from_ptr(ctypes.cast(trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
+        raise GuestTrap(f"{name}: {wrapped.message}", out_of_fuel=wrapped.trap_code == wasmtime.TrapCode.OUT_OF_FUEL)
+
+
 class Context:
-    """Which store context is current: the store's own, or a host call's caller's while it runs."""
+    """Which store context is current (an address): the store's own, or a host call's caller's while it runs."""
 
     def __init__(self, store: wasmtime.Store) -> None:
         self.store = store
-        self.outer = store._context()
-        self.current = self.outer
+        self.outer: int = ctypes.cast(store._context(), ctypes.c_void_p).value or 0
+        self.current: int = self.outer
 
 
 HostFn = Callable[..., Any]
@@ -106,18 +137,18 @@ class RawLinker:
         ``fn`` returns the single result (an int) or None when there is none; raising ``HostTrap``
         traps the guest with its message.
         """
-        getters = tuple(_getter(kind) for kind in params)
-        setter = _setter(results[0]) if results else None
+        spec = tuple((i * _SLOT_WORDS, _U32 if kind == I32 else _ALL) for i, kind in enumerate(params))
+        has_result = bool(results)
         context = self.context
         raw_linker = self
 
-        def callback(env: Any, caller: Any, vals: Any, n: int) -> int:
+        def callback(env: Any, caller: int, vals: Any, n: int) -> int:
             saved = context.current
             context.current = _caller_context(caller)
             try:
-                result = fn(*[get(vals[i]) for i, get in enumerate(getters)])
-                if setter is not None:
-                    setter(vals[0], result)
+                result = fn(*[vals[at] & mask for at, mask in spec])
+                if has_result:
+                    vals[0] = result
                 return 0
             except HostTrap as trap:
                 return _trap_pointer(str(trap))
@@ -127,15 +158,14 @@ class RawLinker:
             finally:
                 context.current = saved
 
-        c_callback = ffi.wasmtime_func_unchecked_callback_t(callback)
+        c_callback = _Callback(callback)
         functype = _functype(params, results)
         self._keep.extend((c_callback, functype, callback))
         module_b, name_b = module.encode(), name.encode()
-        error = ffi.wasmtime_linker_define_func_unchecked(
-            self.linker.ptr(), ctypes.create_string_buffer(module_b), len(module_b),
-            ctypes.create_string_buffer(name_b), len(name_b), functype.ptr(), c_callback, None, _NO_FINALIZER)
+        error = _define_unchecked(self.linker.ptr(), module_b, len(module_b), name_b, len(name_b), functype.ptr(),
+                                  c_callback, None, None)
         if error:
-            raise wasmtime.WasmtimeError._from_ptr(error)
+            raise _error(error)
 
     def instantiate(self, module: wasmtime.Module) -> wasmtime.Instance:
         """Instantiate ``module`` in the context's store (the module's start function runs here)."""
@@ -147,48 +177,20 @@ class RawLinker:
             raise GuestTrap(f"instantiation failed: {error}") from None
 
 
-def _getter(kind: str) -> Callable[[Any], int]:
-    if kind == I32:
-        return lambda v: v.i32 & _U32
-    if kind == I64:
-        return lambda v: v.i64
-    if kind == F32:
-        return lambda v: v.f32
-    return lambda v: v.f64
-
-
-def _setter(kind: str) -> Callable[[Any, Any], None]:
-    if kind == I32:
-        def set_i32(v: Any, x: Any) -> None:
-            v.i32 = x
-        return set_i32
-    if kind == I64:
-        def set_i64(v: Any, x: Any) -> None:
-            v.i64 = x
-        return set_i64
-    if kind == F32:
-        def set_f32(v: Any, x: Any) -> None:
-            v.f32 = x
-        return set_f32
-
-    def set_f64(v: Any, x: Any) -> None:
-        v.f64 = x
-    return set_f64
-
-
 class GuestFunc:
     """One exported guest function, called through the raw interface."""
 
-    __slots__ = ("name", "params", "results", "_func", "_array", "_context", "_get", "_i64", "_trap_type")
+    __slots__ = ("name", "params", "results", "_func", "_address", "_array", "_slots", "_context", "_mask")
 
     def __init__(self, context: Context, name: str, func: wasmtime.Func) -> None:
         self.name = name
         self.params, self.results = func_signature(func.type(context.store))
-        self._func = ctypes.byref(func._func)
-        self._array = ffi.wasmtime_val_raw * max(len(self.params), len(self.results), 1)
+        self._func = func._func            # the wasmtime_func_t, kept: its address is passed on each call
+        self._address = ctypes.addressof(self._func)
+        self._slots = max(len(self.params), len(self.results), 1)
+        self._array = ctypes.c_int64 * (self._slots * _SLOT_WORDS)
         self._context = context
-        self._get = _getter(self.results[0]) if self.results else None
-        self._i64 = tuple(i for i, kind in enumerate(self.params) if kind == I64)
+        self._mask = None if not self.results else (_U32 if self.results[0] == I32 else _ALL)
 
     def __call__(self, *args: int) -> int | None:
         """Call with ints (i32 or i64 as the signature says); the first result, or None."""
@@ -196,55 +198,39 @@ class GuestFunc:
             raise TypeError(f"{self.name} takes {len(self.params)} arguments, not {len(args)}")
         vals = self._array()
         for i, arg in enumerate(args):
-            if i in self._i64:
-                vals[i].i64 = arg
-            else:
-                vals[i].i32 = arg
-        trap = _TrapPointer()
-        error = _call_unchecked(self._context.current, self._func, vals, len(vals), ctypes.byref(trap))
-        if error:
-            raise GuestTrap(f"{self.name}: {wasmtime.WasmtimeError._from_ptr(error)}")
-        if trap:
-            wrapped = wasmtime.Trap._from_ptr(trap)
-            code = wrapped.trap_code
-            raise GuestTrap(f"{self.name}: {wrapped.message}", out_of_fuel=code == wasmtime.TrapCode.OUT_OF_FUEL)
-        if self._get is None:
+            vals[i * _SLOT_WORDS] = arg
+        trap = ctypes.c_void_p()
+        error = _call_unchecked(self._context.current, self._address, vals, self._slots, ctypes.byref(trap))
+        if error or trap.value:
+            _raise_for(self.name, error, trap)
+        if self._mask is None:
             return None
-        return self._get(vals[0])
-
-
-# The C entry points themselves (argtypes set by the bindings), without the bindings' Python wrappers.
-_call_unchecked = ffi._wasmtime_func_call_unchecked
-_caller_context = ffi._wasmtime_caller_context
-_memory_data = ffi._wasmtime_memory_data
-_memory_data_size = ffi._wasmtime_memory_data_size
-_TrapPointer = ctypes.POINTER(ffi.wasm_trap_t)
+        return int(vals[0] & self._mask)
 
 
 class Memory:
     """The guest's linear memory, bounds-checked on every access (see the module docstring)."""
 
-    __slots__ = ("_memory", "_memory_ref", "_context")
+    __slots__ = ("_memory", "_address", "_context")
 
     def __init__(self, context: Context, memory: wasmtime.Memory) -> None:
-        self._memory = memory._memory
-        self._memory_ref = ctypes.byref(self._memory)
+        self._memory = memory._memory      # the wasmtime_memory_t, kept: its address is passed on each access
+        self._address = ctypes.addressof(self._memory)
         self._context = context
 
     def _base(self, ptr: int, size: int) -> int:
         ctx = self._context.current
-        length = _memory_data_size(ctx, self._memory_ref)
+        length = _memory_data_size(ctx, self._address)
         if ptr < 0 or size < 0 or ptr + size > length:
             raise OutOfBounds(f"{size} bytes at {ptr} outside {length} bytes of guest memory")
-        data = _memory_data(ctx, self._memory_ref)
-        return (ctypes.cast(data, ctypes.c_void_p).value or 0) + ptr
+        return int(_memory_data(ctx, self._address)) + ptr
 
     def check(self, ptr: int, size: int) -> None:
         """Raise ``OutOfBounds`` unless ``size`` bytes at ``ptr`` lie inside the memory."""
         self._base(ptr, size)
 
     def size(self) -> int:
-        return int(_memory_data_size(self._context.current, self._memory_ref))
+        return int(_memory_data_size(self._context.current, self._address))
 
     def read(self, ptr: int, size: int) -> bytes:
         if size == 0:
@@ -268,6 +254,6 @@ class Memory:
 
 
 def set_fuel(context: Context, fuel: int) -> None:
-    error = ffi.wasmtime_context_set_fuel(context.current, fuel)
+    error = _set_fuel(context.current, fuel)
     if error:
-        raise wasmtime.WasmtimeError._from_ptr(error)
+        raise _error(error)
