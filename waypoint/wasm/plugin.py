@@ -76,6 +76,7 @@ class LoadedPlugin:
         self._next_context = ROOT_CONTEXT_ID + 1
         self.rebuilds = 0          # VMs built after the first (for the tests and a metric)
         self.failure: str | None = None
+        self._closed = False
         self.vm, self.host = self._build()
 
     @classmethod
@@ -144,6 +145,8 @@ class LoadedPlugin:
 
     def stream(self, request: RequestInfo) -> HttpStream:
         """A new HTTP context for one request (proxy_on_context_create)."""
+        if self._closed:
+            return HttpStream(self, None, f"plugin {self.config.name} is closed")
         if not self._usable():
             return HttpStream(self, None, f"plugin {self.config.name} unavailable: "
                               f"{self.failure or self.vm.tainted} (rebuilds rate-limited)")
@@ -163,6 +166,8 @@ class LoadedPlugin:
 
     def root_call(self, name: str, *args: int) -> None:
         """A callback on the root context (tick, http_call answer, queue): a trap taints, never raises."""
+        if self.vm.tainted is not None:
+            return      # rebuilt at the next stream; until then its ticks and answers go nowhere
         self.host.effective = None
         try:
             self.vm.call(name, *args)
@@ -171,6 +176,7 @@ class LoadedPlugin:
 
     def close(self) -> None:
         """proxy_on_done and proxy_on_delete for the root context; stop run(); drop the VM."""
+        self._closed = True
         self._shared.forget_listener(self.queue_ready)
         if self.vm.tainted is None:
             self.root_call("proxy_on_done", ROOT_CONTEXT_ID)
@@ -310,7 +316,7 @@ class HttpStream:
         verdict = await self._verdict(side, callback, *args)
         if isinstance(verdict, Continue) and self._state is not None:
             headers = self._state.request_headers if side == StreamType.REQUEST else self._state.response_headers
-            return Continue(headers=headers)
+            return Continue(headers=list(headers or []))
         return verdict
 
     async def _body(self, side: StreamType, data: bytes, end_of_stream: bool) -> Verdict:

@@ -148,3 +148,24 @@ def abi_0_1_0(marker: bool) -> bytes:
   (if (global.get $ctx) (then (drop (call $proxy_set_effective_context (global.get $ctx)))
                               (drop (call $proxy_continue_request)))))
 """, marker="proxy_abi_version_0_1_0" if marker else None)
+
+# The response side: adds x-resp to response headers, buffers the response body to its end, adds a request
+# trailer; closes the stream when the request has x-close.
+RESPONSE = wat.plugin(imports("proxy_add_header_map_value", "proxy_get_header_map_value", "proxy_close_stream")
+                      + ROOT + CONFIGURE_OK + wat.strings(b"x-resp", b"1", b"x-close", b"t-wasm") + """
+(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+  (if (i32.eqz (call $proxy_get_header_map_value (i32.const 0) (i32.const 1031) (i32.const 7) (i32.const 2000)
+                                                 (i32.const 2004)))
+    (then (drop (call $proxy_close_stream (i32.const 0)))))
+  (i32.const 0))
+(func (export "proxy_on_request_trailers") (param i32 i32) (result i32)
+  (drop (call $proxy_add_header_map_value (i32.const 1) (i32.const 1038) (i32.const 6) (i32.const 1030)
+                                          (i32.const 1)))
+  (i32.const 0))
+(func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+  (drop (call $proxy_add_header_map_value (i32.const 2) (i32.const 1024) (i32.const 6) (i32.const 1030)
+                                          (i32.const 1)))
+  (i32.const 0))
+(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32)
+  (if (result i32) (local.get 2) (then (i32.const 0)) (else (i32.const 1))))
+""")

@@ -16,7 +16,16 @@ from waypoint.limits import WASM_MEMORY_LIMIT_BYTES, WASM_PAUSE_TIMEOUT, WASM_RE
 from waypoint.wasm.abi import AbiVersion
 from waypoint.wasm.plugin import LoadedPlugin
 from waypoint.wasm.state import SharedState
-from waypoint.wasm.types import Continue, Failed, HttpCallResult, LocalReply, PluginConfig, PluginLoadError, RequestInfo
+from waypoint.wasm.types import (
+    Continue,
+    Failed,
+    HttpCallResult,
+    LocalReply,
+    PluginConfig,
+    PluginLoadError,
+    RequestInfo,
+    Reset,
+)
 
 from . import plugins, wat
 
@@ -213,3 +222,29 @@ def test_close_runs_the_root_callbacks_once(caplog: pytest.LogCaptureFixture) ->
     plugin.close()
     assert plugin.vm.tainted == "closed"
     assert not caplog.records
+    assert plugin.stream(RequestInfo()).failure == "plugin ns/test is closed" and plugin.rebuilds == 0
+
+
+async def test_the_response_side_and_trailers() -> None:
+    stream = load(plugins.RESPONSE).stream(RequestInfo())
+    assert await stream.request_headers(HEADERS, False) == Continue(headers=HEADERS)
+    assert await stream.request_trailers([("grpc-x", "1")]) == Continue(headers=[("grpc-x", "1"), ("t-wasm", "1")])
+    assert await stream.response_headers([(":status", "200")], False) == \
+        Continue(headers=[(":status", "200"), ("x-resp", "1")])
+    assert await stream.response_body(b"ab", False) == Continue(body=b"")
+    assert await stream.response_body(b"cd", True) == Continue(body=b"abcd")
+    assert await stream.response_trailers([("t", "2")]) == Continue(headers=[("t", "2")])
+
+
+async def test_a_response_body_past_the_buffer_bound_is_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("waypoint.wasm.plugin.WASM_BODY_BUFFER_BYTES", 3)
+    stream = load(plugins.RESPONSE).stream(RequestInfo())
+    assert await stream.response_body(b"ab", False) == Continue(body=b"")
+    verdict = await stream.response_body(b"cd", False)
+    assert isinstance(verdict, LocalReply) and verdict.status == 500
+
+
+async def test_close_stream_is_a_reset() -> None:
+    stream = load(plugins.RESPONSE).stream(RequestInfo())
+    verdict = await stream.request_headers(HEADERS + [("x-close", "1")], True)
+    assert isinstance(verdict, Reset) and "closed by the plugin" in verdict.reason
