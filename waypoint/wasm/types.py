@@ -98,10 +98,12 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class Reset:
-    """The plugin closed the stream (proxy_close_stream): the caller resets it, whatever failStrategy says."""
+class Reset(Failed):
+    """The plugin closed the stream (proxy_close_stream): the caller should reset it, whatever failStrategy says.
 
-    reason: str
+    A ``Failed`` too, so that a caller which knows only Continue / LocalReply / Failed fails the request
+    (as its failStrategy says) rather than mistaking it for a reply; test for ``Reset`` first to reset.
+    """
 
 
 Verdict = Continue | LocalReply | Failed | Reset
