@@ -248,3 +248,12 @@ async def test_close_stream_is_a_reset() -> None:
     stream = load(plugins.RESPONSE).stream(RequestInfo())
     verdict = await stream.request_headers(HEADERS + [("x-close", "1")], True)
     assert isinstance(verdict, Reset) and "closed by the plugin" in verdict.reason
+
+
+async def test_a_plugin_loaded_in_a_worker_thread_serves_in_trio(autojump_clock: trio.testing.MockClock) -> None:
+    plugin = await trio.to_thread.run_sync(lambda: load(plugins.TICKS, shared=SharedState()))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(plugin.run)
+        await trio.sleep(2.5)
+        plugin.close()
+    assert dict((name, value) for name, _, value in plugin.metrics.samples())["wasm_ticks"] == 2
