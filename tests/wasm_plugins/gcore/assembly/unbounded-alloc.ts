@@ -1,13 +1,14 @@
-// unbounded-alloc (gcore SDK, ABI 0.2.1): in proxy_on_request_headers allocates 1 MiB buffers and keeps
-// them all reachable, so the linear memory grows until the host's memory limit refuses memory.grow; the
-// runtime then aborts (a trap). Each buffer is written to, so the pages are really touched.
+// unbounded-alloc (gcore SDK, ABI 0.2.1): in proxy_on_request_headers allocates 4 MiB blocks from the
+// language runtime's allocator (TLSF, `heap.alloc`) and never frees them, so the linear memory grows until
+// the host's memory limit refuses memory.grow; the allocator then traps (`unreachable` in TLSF's growMemory,
+// not the abort function). Unmanaged blocks, not ArrayBuffers: zero-filling and the incremental
+// collector's steps would spend the host's fuel before the memory ran out, and this plugin is for the
+// memory limit (endless-loop is for fuel). One byte in each 64 KiB page is written, so the pages are touched.
 export * from "@gcoredev/proxy-wasm-sdk-as/assembly/proxy";
 import { Context, FilterHeadersStatusValues, registerRootContext, RootContext } from "@gcoredev/proxy-wasm-sdk-as/assembly";
 
-const CHUNK_BYTES: i32 = 1 << 20;
-
-// A global holds the buffers, so the collector can free none of them.
-let hoard = new Array<ArrayBuffer>();
+const BLOCK_BYTES: usize = 4 << 20;
+const PAGE_BYTES: usize = 64 << 10;
 
 class AllocRoot extends RootContext {
   createContext(context_id: u32): Context {
@@ -18,9 +19,8 @@ class AllocRoot extends RootContext {
 class Alloc extends Context {
   onRequestHeaders(headers: u32, end_of_stream: bool): FilterHeadersStatusValues {
     while (true) {
-      let chunk = new ArrayBuffer(CHUNK_BYTES);
-      store<u8>(changetype<usize>(chunk) + <usize>(CHUNK_BYTES - 1), 1);
-      hoard.push(chunk);
+      let block = heap.alloc(BLOCK_BYTES);
+      for (let at: usize = 0; at < BLOCK_BYTES; at += PAGE_BYTES) store<u8>(block + at, 1);
     }
     return FilterHeadersStatusValues.Continue;
   }

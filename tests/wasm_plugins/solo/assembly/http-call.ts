@@ -50,7 +50,11 @@ function onCheckResponse(origin: Context, headers: u32, body_size: usize, traile
     continue_request();
     return;
   }
-  log(LogLevelValues.info, "http-call: the check answered " + (status.length > 0 ? status : "nothing"));
+  // An if, not a conditional expression: AssemblyScript 0.14 releases `status` twice when it is one arm
+  // of a ternary whose other arm is a literal (a trap in its reference-counting runtime).
+  let answered = "nothing";
+  if (status.length > 0) answered = status;
+  log(LogLevelValues.info, "http-call: the check answered " + answered);
   send_local_response(403, "denied_by_authz_service", String.UTF8.encode("denied by authz service"), [],
     GrpcStatusValues.InvalidCode);
 }

@@ -1,15 +1,16 @@
-// unbounded-alloc (solo SDK, ABI 0.2.0): in proxy_on_request_headers allocates 1 MiB buffers and keeps
-// them all reachable, so the linear memory grows until the host's memory limit refuses memory.grow; the
-// runtime then aborts (abort_proc_exit: proxy_log, then wasi_unstable.proc_exit(255)). Each buffer is
-// written to, so the pages are really touched.
+// unbounded-alloc (solo SDK, ABI 0.2.0): in proxy_on_request_headers allocates 4 MiB blocks from the
+// language runtime's allocator (TLSF, `__alloc`) and never releases them, so the linear memory grows until
+// the host's memory limit refuses memory.grow; the allocator then traps (`unreachable` in TLSF's growMemory,
+// not the abort function). Raw blocks, not `new ArrayBuffer`: this compiler
+// zero-fills those with a loop, which would spend the host's fuel before the memory ran out, and this
+// plugin is for the memory limit (endless-loop is for fuel). One byte in each 64 KiB page is written, so
+// the pages are touched.
 export * from "@solo-io/proxy-runtime/proxy";
 import { Context, FilterHeadersStatusValues, RootContext } from "@solo-io/proxy-runtime";
 import { register } from "./lib/support";
 
-const CHUNK_BYTES: i32 = 1 << 20;
-
-// A global holds the buffers, so the collector can free none of them.
-let hoard = new Array<ArrayBuffer>();
+const BLOCK_BYTES: usize = 4 << 20;
+const PAGE_BYTES: usize = 64 << 10;
 
 class AllocRoot extends RootContext {
   createContext(context_id: u32): Context {
@@ -24,9 +25,8 @@ class Alloc extends Context {
 
   onRequestHeaders(headers: u32, end_of_stream: bool): FilterHeadersStatusValues {
     while (true) {
-      let chunk = new ArrayBuffer(CHUNK_BYTES);
-      store<u8>(changetype<usize>(chunk) + <usize>(CHUNK_BYTES - 1), 1);
-      hoard.push(chunk);
+      let block = __alloc(BLOCK_BYTES, idof<ArrayBuffer>());
+      for (let at: usize = 0; at < BLOCK_BYTES; at += PAGE_BYTES) store<u8>(block + at, 1);
     }
     return FilterHeadersStatusValues.Continue;
   }
