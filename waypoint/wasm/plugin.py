@@ -179,8 +179,12 @@ class LoadedPlugin:
         self._closed = True
         self._shared.forget_listener(self.queue_ready)
         if self.vm.tainted is None:
-            self.root_call("proxy_on_done", ROOT_CONTEXT_ID)
-            self.root_call("proxy_on_delete", ROOT_CONTEXT_ID)
+            self.host.effective = None
+            try:
+                self.vm.call("proxy_on_done", ROOT_CONTEXT_ID)
+                self.vm.call("proxy_on_delete", ROOT_CONTEXT_ID)
+            except PluginTrap as trap:   # the VM is dropped anyway (gcore's SDK traps in a root's on_done)
+                self.log.info("wasm plugin %s: trapped while closing: %s", self.config.name, trap.reason)
         self.vm.tainted = self.vm.tainted or "closed"
         for stream in list(self._streams.values()):
             stream.wake()

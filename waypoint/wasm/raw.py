@@ -104,10 +104,17 @@ def _error(address: int) -> wasmtime.WasmtimeError:
 
 def _raise_for(name: str, error: int | None, trap: ctypes.c_void_p) -> None:
     if error:
-        raise GuestTrap(f"{name}: {_error(error)}")
+        raise GuestTrap(f"{name}: {_cause(str(_error(error)))}")
     if trap.value:
         wrapped = wasmtime.Trap._from_ptr(ctypes.cast(trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
-        raise GuestTrap(f"{name}: {wrapped.message}", out_of_fuel=wrapped.trap_code == wasmtime.TrapCode.OUT_OF_FUEL)
+        raise GuestTrap(f"{name}: {_cause(wrapped.message)}",
+                        out_of_fuel=wrapped.trap_code == wasmtime.TrapCode.OUT_OF_FUEL)
+
+
+def _cause(message: str) -> str:
+    """A trap's cause without wasmtime's backtrace (it reaches access logs and replies' details)."""
+    _, found, cause = message.partition("Caused by:")
+    return " ".join(cause.split()) if found else message.strip().splitlines()[0]
 
 
 class Context:
