@@ -174,8 +174,10 @@ class Host:
             return Status.BAD_ARGUMENT
         memory = self._memory()
         memory.check(ptr, size)
-        message = memory.read(ptr, min(size, WASM_LOG_BYTES)).decode("utf-8", "replace")
-        self.log.log(_LEVELS[abi.LogLevel(level)], "%s: %s", self.config.name, message)
+        py_level = _LEVELS[abi.LogLevel(level)]
+        if self.log.isEnabledFor(py_level):     # SDKs log at debug and trace per request: skip the copy
+            message = memory.read(ptr, min(size, WASM_LOG_BYTES)).decode("utf-8", "replace")
+            self.log.log(py_level, "%s: %s", self.config.name, message)
         return Status.OK
 
     def proxy_get_log_level(self, level_ptr: int) -> int:

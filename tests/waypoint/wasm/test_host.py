@@ -40,8 +40,8 @@ def test_log_writes_the_message_at_its_level_and_checks_the_pointer(probe: Probe
     assert probe.call("proxy_log", 9, *probe.put(b"x")) == Status.BAD_ARGUMENT
 
 
-def test_log_level_and_time(probe: Probe) -> None:
-    wat.LOG.setLevel(logging.WARNING)
+def test_log_level_and_time(probe: Probe, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=wat.LOG.name)
     out = probe.slot()
     assert probe.call("proxy_get_log_level", out) == Status.OK
     assert probe.u32(out) == abi.LogLevel.WARN
