@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ca.client import CaClient
     from ca.secrets import SecretManager
-    from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL
+    from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, WASM_PLUGIN_TYPE_URL
     from mesh.errors import UsageError
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from waypoint.access_log import AccessLog
@@ -83,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 drain_timeout=args.drain_timeout)
         discovery = DiscoveryClient(ClientConfig(
             target=args.discovery_address, root_pem=root_pem, token=token, server_name=args.server_name,
-            subscriptions={ADDRESS_TYPE_URL: None, L7_POLICY_TYPE_URL: None, ROUTE_TYPE_URL: None},
+            subscriptions={ADDRESS_TYPE_URL: None, L7_POLICY_TYPE_URL: None, ROUTE_TYPE_URL: None,
+                           WASM_PLUGIN_TYPE_URL: None},
             node_id=f"waypoint~{namespace}/{name}",
             cache_dir=Path(args.state_dir) / "discovery" if args.state_dir else None))
         ca = CaClient(args.discovery_address, root_pem, token, server_name=args.server_name)

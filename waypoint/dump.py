@@ -14,6 +14,8 @@ ztunnel's dump where both say the same thing (camelCase keys, ``certificates`` w
     routes                  each HTTPRoute/GRPCRoute: parents, hostnames, its rules summarised (matches,
                             backends with weights, filters, timeouts, retry), its ``status`` (Accepted, or
                             the route's ``problems``) and whether it is ``attached`` to a Service served here
+    wasmPlugins             the WasmPlugins that target it: url, sha256, phase, priority, failOpen, and
+                            ``state`` (loaded, loading, failed with its ``error``)
     certificates            the waypoint's own certificate chain: identity, serial, validity; the key
                             never (a ``WorkloadCredentials``' key is not read here)
 """
@@ -30,6 +32,7 @@ from hbone.tls import WorkloadCredentials
 from mesh.addresses import format_address
 from mesh.api import waypoint_pb2 as wp
 from mesh.identity import SpiffeId
+from waypoint.wasm_manager import PluginStatus
 
 ACCEPTED = "Accepted"
 HBONE_LISTENER = "mesh"  # the Gateway's listener name for HBONE, as Istio's waypoint Gateway names it
@@ -64,6 +67,10 @@ class DumpView(Protocol):
     @property
     def served_services(self) -> Sequence[str]:
         """``<ns>/<hostname>`` of the Services this waypoint serves."""
+
+    @property
+    def wasm_plugins(self) -> Sequence[PluginStatus]:
+        """The WasmPlugins that target this waypoint, loaded, loading or failed."""
 
 
 def _string_match(match: wp.StringMatch, prefix_name: str = "Prefix") -> str:
@@ -168,6 +175,14 @@ def certificate_entry(identity: SpiffeId, credentials: WorkloadCredentials | Non
             "rootCerts": [_cert(pem) for pem in credentials.roots_pem]}
 
 
+def wasm_plugin_entry(status: PluginStatus) -> dict[str, Any]:
+    entry = {"name": status.name, "url": status.url, "sha256": status.sha256, "phase": status.phase,
+             "priority": status.priority, "failOpen": status.fail_open, "state": status.state}
+    if status.error is not None:
+        entry["error"] = status.error
+    return entry
+
+
 def config_dump(view: DumpView) -> dict[str, Any]:
     served = frozenset(view.served_services)
     listeners = []
@@ -181,6 +196,7 @@ def config_dump(view: DumpView) -> dict[str, Any]:
         "policies": [policy_entry(p, served, view.gateway)
                      for p in sorted(view.policies, key=lambda p: (p.namespace, p.name))],
         "routes": [route_entry(r, served) for r in sorted(view.routes, key=lambda r: (r.namespace, r.kind, r.name))],
+        "wasmPlugins": [wasm_plugin_entry(status) for status in view.wasm_plugins],
         "certificates": [certificate_entry(view.identity, view.certificate)],
         "version": mesh.__version__,
     }

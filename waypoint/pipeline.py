@@ -1,8 +1,11 @@
-"""One request through the waypoint: L7 policy, then routing, then an endpoint (DESIGN.md 8).
+"""One request through the waypoint: plugins, L7 policy, routing, then an endpoint (DESIGN.md 8).
 
 ``Pipeline.handle(downstream, tunnel)`` runs the stages that are configured, in order, each a pure
 decision followed by the I/O it asks for:
 
+0. ``waypoint.wasm_stage``: the WasmPlugins that apply, in Istio's order: AUTHN and AUTHZ plugins
+   before the policy, STATS and unspecified ones after it; they may change the request, answer it
+   themselves, or fail it (503, flag WASM); their response callbacks see the answer on its way back.
 1. ``waypoint.authz``: the policies that target this waypoint or the addressed Service. A denial is
    a 403 ``RBAC: access denied`` (flag RBAC); the connection stays usable.
 2. ``waypoint.routing``: the Service's HTTPRoutes/GRPCRoutes pick a rule, backend and filters, or
@@ -29,11 +32,10 @@ Every request ends as one ``RequestRecord`` for the metrics and the access log.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -49,6 +51,7 @@ from waypoint.h2 import H2Upstream, MalformedRequest
 from waypoint.h2session import StreamReset
 from waypoint.limits import MAX_LOCAL_REPLY_BYTES, RETRY_BUFFER_BYTES
 from waypoint.records import NO_FLAGS, RequestRecord
+from waypoint.request_ids import new_request_id
 from waypoint.routing import (
     ISTIO_DEFAULT_RETRY,
     Forward,
@@ -58,6 +61,16 @@ from waypoint.routing import (
     apply_response_headers,
 )
 from waypoint.upstream import UpstreamConnectError, Upstreams
+from waypoint.wasm_stage import (
+    AFTER_POLICY,
+    BEFORE_POLICY,
+    WASM_FLAG,
+    Answer,
+    PluginAnswered,
+    WasmDownstream,
+    WasmPlugins,
+    send_answer,
+)
 
 log = logging.getLogger("ambient.waypoint")
 
@@ -95,26 +108,6 @@ _NO_NURSERY = _NoNursery()
 _NO_SCOPE = _NoScope()
 
 
-# Random bytes for request ids are read from the OS this many ids at a time (a system call per request
-# was a measurable part of one): Envoy, too, draws its ids from a buffer of random bytes.
-REQUEST_IDS_PER_READ = 256
-_ID_BYTES = 16
-_random_ids = memoryview(b"")
-
-
-def _request_id() -> str:
-    """A random x-request-id in UUID v4 form, as Envoy makes one (uuid.uuid4 builds an object first)."""
-    global _random_ids
-    if not _random_ids:
-        _random_ids = memoryview(os.urandom(_ID_BYTES * REQUEST_IDS_PER_READ))
-    raw = bytearray(_random_ids[:_ID_BYTES])
-    _random_ids = _random_ids[_ID_BYTES:]
-    raw[6] = raw[6] & 0x0F | 0x40
-    raw[8] = raw[8] & 0x3F | 0x80
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
 _GONE = (PeerGone, StreamReset, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -125,6 +118,7 @@ class WaypointView:
     state: ProxyState
     authz: L7Authorizer
     routes: RouteTable
+    wasm: WasmPlugins | None = None  # None: no WasmPlugin targets this waypoint (wasmtime never imported)
 
 
 @dataclass(frozen=True)
@@ -176,8 +170,17 @@ class Pipeline:
         if not self.open_requests:
             self._idle = trio.Event()
         self.open_requests += 1
+        view = self._view()
+        wasm = None
+        if view.wasm is not None and (plugins := view.wasm.plugins_for(self.gateway, tunnel.service_key,
+                                                                            tunnel.destination[1])):
+            wasm = WasmDownstream(down, plugins, view.wasm.request_info(down, tunnel))
+        # The plugins' wrapper is the client's exchange for the rest of the request.
+        exchange = cast(Downstream, wasm) if wasm is not None else down
         try:
-            await self._handle(down, tunnel, self._view(), outcome)
+            await self._handle(exchange, tunnel, view, outcome, wasm)
+        except PluginAnswered as exc:
+            await _answer(down, outcome, exc.answer)
         except _GONE as exc:
             outcome.flags.append("DC")
             outcome.detail = outcome.detail or f"the client went away: {exc}"
@@ -189,7 +192,9 @@ class Pipeline:
             self.open_requests -= 1
             if not self.open_requests:
                 self._idle.set()
-            self._record(down, tunnel, outcome, start)
+            if wasm is not None:
+                wasm.done()
+            self._record(exchange, tunnel, outcome, start)
 
     async def wait_idle(self) -> None:
         """Return once no request is open."""
@@ -198,7 +203,11 @@ class Pipeline:
 
     # ------------------------------------------------------------ stages
 
-    async def _handle(self, down: Downstream, tunnel: Tunnel, view: WaypointView, outcome: _Outcome) -> None:
+    async def _handle(self, down: Downstream, tunnel: Tunnel, view: WaypointView, outcome: _Outcome,
+                      wasm: WasmDownstream | None) -> None:
+        if wasm is not None and (answer := await wasm.request_headers(BEFORE_POLICY)) is not None:
+            await _answer(down, outcome, answer)
+            return
         head = down.head
         policies = view.authz.policies_for(self.gateway, tunnel.service_key)
         if not policies.empty:
@@ -212,6 +221,11 @@ class Pipeline:
                 outcome.detail = decision.reason
                 await _local_reply(down, outcome, 403, "RBAC: access denied")
                 return
+        if wasm is not None:
+            if (answer := await wasm.request_headers(AFTER_POLICY)) is not None:
+                await _answer(down, outcome, answer)
+                return
+            head = down.head
         if tunnel.service_key is not None:
             plan = view.routes.plan(tunnel.service_key, tunnel.destination[1], head, self._pick)
             outcome.route = plan.route
@@ -542,7 +556,7 @@ def _request_headers(head: RequestHead, upgrade: str | None, version: str, body:
     if upgrade and version == "HTTP/1.1":
         headers += [("connection", "upgrade"), ("upgrade", upgrade)]
     if header_value(headers, "x-request-id") is None:
-        headers.append(("x-request-id", _request_id()))
+        headers.append(("x-request-id", new_request_id()))
     return headers
 
 
@@ -550,6 +564,18 @@ def end_to_end_upgrade(headers: Headers) -> Headers:
     upgrade = header_value(headers, "upgrade")
     kept = end_to_end(headers)
     return [*kept, ("connection", "upgrade"), ("upgrade", upgrade)] if upgrade else kept
+
+
+async def _answer(down: Downstream, outcome: _Outcome, answer: Answer) -> None:
+    """A WasmPlugin's own answer, the 503 of one that failed closed, or the reset it asked for."""
+    if answer.failed:
+        outcome.flags.append(WASM_FLAG)
+    outcome.detail = answer.detail
+    if down.responded or answer.reset:
+        down.abort()
+        return
+    outcome.status = answer.status
+    await send_answer(down, answer)
 
 
 async def _local_reply(down: Downstream, outcome: _Outcome, status: int, text: str,

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,7 +39,7 @@ from hbone.relay import Counts, relay
 from hbone.tls import ContextCache, HboneTlsError, WorkloadCredentials, server_handshake
 from mesh.addresses import format_address
 from mesh.api import waypoint_pb2 as wp, workload_pb2 as wpb
-from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL
+from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, WASM_PLUGIN_TYPE_URL
 from mesh.certs import CertificateError
 from mesh.identity import SpiffeId
 from mesh.outbound import HboneToPod, Passthrough, RoundRobin, plan_outbound
@@ -46,6 +48,8 @@ from mesh.ports import HBONE_PORT
 from mesh.proxy_state import ProxyState, service_key_of
 from waypoint.authz import L7Authorizer, RequestAttributes
 from waypoint.detect import PrefixedStream, Protocol as AppProtocol, declared, sniff
+from waypoint.dispatch import http_call
+from waypoint.exchange import Downstream
 from waypoint.h1 import H1Downstream, serve_h1
 from waypoint.h2 import H2Downstream, MalformedRequest
 from waypoint.h2session import H2Session, H2Stream
@@ -61,8 +65,11 @@ from waypoint.pipeline import Pipeline, Tunnel, WaypointView, endpoint_address
 from waypoint.records import NO_FLAGS, RequestRecord, TcpRecord
 from waypoint.routing import RouteTable
 from waypoint.upstream import UpstreamConnectError, Upstreams
+from waypoint.wasm.types import HttpCallResult, RequestInfo
+from waypoint.wasm_manager import PluginStatus, WasmManager, plugin_config
 
 log = logging.getLogger("ambient.waypoint")
+wasm_log = logging.getLogger("ambient.waypoint.wasm")  # the plugins' own lines (proxy_log, WASI fd_write)
 
 # Seconds a client has for its TLS handshake and first CONNECT, as ztunnel gives it.
 HANDSHAKE_TIMEOUT = 10.0
@@ -137,6 +144,8 @@ class Waypoint:
         self._me: wpb.Workload | None = None  # our own workload, once a tunnel has shown our address
         self._me_baggage: tuple[wpb.Workload, str] | None = None
         self.pipeline: Pipeline | None = None
+        # The WasmPlugins for this waypoint: nothing is loaded (nor wasmtime imported) until one targets it.
+        self.wasm = WasmManager(self.gateway, self._load_plugin, self._request_info)
 
     # ------------------------------------------------------------ DumpView / OpenCounts
 
@@ -168,6 +177,10 @@ class Waypoint:
         return self._served
 
     @property
+    def wasm_plugins(self) -> Sequence[PluginStatus]:
+        return self.wasm.statuses()
+
+    @property
     def open_requests(self) -> int:
         return self.pipeline.open_requests if self.pipeline is not None else 0
 
@@ -186,6 +199,7 @@ class Waypoint:
                 nursery.start_soon(self._follow_discovery)
                 upstreams = Upstreams(nursery, self._own_credentials, self._own_baggage)
                 self.pipeline = Pipeline(self.gateway, self._current_view, upstreams, RoundRobin(), self._record)
+                nursery.start_soon(self.wasm.run)
                 listeners = await trio.open_tcp_listeners(self.config.listen[1], host=self.config.listen[0])
                 sockname = listeners[0].socket.getsockname()
                 self.hbone_address = (sockname[0], sockname[1])
@@ -213,6 +227,34 @@ class Waypoint:
             log.warning("drain deadline: ending %d request(s) still open", self.open_requests)
         self._cancel.cancel()
 
+    # ------------------------------------------------------------ WasmPlugins
+
+    def _load_plugin(self, resource: wp.WasmPlugin, module: bytes) -> Any:
+        """Load a plugin with the Proxy-Wasm host: the first call imports it (and wasmtime). In a worker thread."""
+        from waypoint.wasm.plugin import LoadedPlugin
+
+        return LoadedPlugin.load(plugin_config(resource, module, os.environ), self._http_call, wasm_log)
+
+    def _request_info(self, down: Downstream, tunnel: Tunnel) -> RequestInfo:
+        head = down.head
+        request_id = next((value for name, value in head.headers if name == "x-request-id"), "")
+        return RequestInfo(
+            method=head.method, path=head.target, authority=head.authority, protocol=down.http_version,
+            request_id=request_id, time_ns=time.time_ns(), source_address=tunnel.source_address[0],
+            source_port=tunnel.source_address[1], source_principal=str(tunnel.peer_identity),
+            destination_address=tunnel.destination[0], destination_port=tunnel.destination[1],
+            destination_principal=str(self.identity), mtls=True, node_id=f"waypoint~{self.gateway}")
+
+    async def _http_call(self, upstream: str, headers: list[tuple[str, str]], body: bytes,
+                         trailers: list[tuple[str, str]], timeout: float) -> HttpCallResult | None:
+        """A plugin's proxy_http_call, through the waypoint's own endpoint choice and tunnels."""
+        pipeline, view = self.pipeline, self._view
+        if pipeline is None or view is None:
+            return None
+        answer = await http_call(view.state, self._me, pipeline.upstreams, pipeline.balancer, upstream, headers,
+                                 body, timeout)
+        return None if answer is None else HttpCallResult(answer.status, answer.headers, answer.body, answer.trailers)
+
     # ------------------------------------------------------------ the view
 
     async def _follow_discovery(self) -> None:
@@ -237,7 +279,9 @@ class Waypoint:
         authorizer = L7Authorizer.compile(policies)
         for name in authorizer.skipped_custom:
             log.warning("policy %s is CUSTOM: no external authorizer runs here, so it is not enforced", name)
-        self._view = WaypointView(state, authorizer, RouteTable.compile(routes))
+        self.wasm.update(self.discovery.view(WASM_PLUGIN_TYPE_URL), served_set)
+        self._view = WaypointView(state, authorizer, RouteTable.compile(routes),
+                                  self.wasm if self.wasm.active else None)
         self._policies, self._routes, self._served = policies, routes, served
 
     def _own_baggage(self) -> str | None:

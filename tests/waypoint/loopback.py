@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -358,8 +358,9 @@ class Gates:
 
 @contextlib.asynccontextmanager
 async def running_waypoint(authority: SigningAuthority, *, gates: Gates | None = None,
-                           drain_timeout: float = 5.0) -> AsyncIterator[Mesh]:
-    """The waypoint of the world, serving; with ``gates``, ``address`` stays None until it binds."""
+                           drain_timeout: float = 5.0, extra: str = "") -> AsyncIterator[Mesh]:
+    """The waypoint of the world, serving; with ``gates``, ``address`` stays None until it binds.
+    ``extra``: more YAML documents for the world (each starting with ``---``)."""
 
     async def fetch(identity: SpiffeId) -> CertifiedKey:
         if gates is not None:
@@ -369,7 +370,7 @@ async def running_waypoint(authority: SigningAuthority, *, gates: Gates | None =
     async with trio.open_nursery() as nursery:
         web = await http_app(nursery, WEB_IP)
         echo = await echo_app(nursery, WEB_IP)
-        discovery = StaticDiscovery(world(web.address[1], echo.address[1]),
+        discovery = StaticDiscovery(world(web.address[1], echo.address[1]) + extra,
                                     gates.discovery if gates is not None else None)
         records = Records()
         waypoint = Waypoint(WaypointConfig("shop", "wp", TD, listen=(WAYPOINT_IP, 0), drain_timeout=drain_timeout),
@@ -437,11 +438,13 @@ class H1Client:
         self.stream = stream
         self.conn = h11.Connection(h11.CLIENT)
 
-    async def request(self, method: str, path: str, host: str = WEB_HOST) -> Response:
+    async def request(self, method: str, path: str, host: str = WEB_HOST,
+                      headers: Sequence[tuple[str, str]] = ()) -> Response:
         with trio.fail_after(5):
             if self.conn.our_state is h11.DONE:
                 self.conn.start_next_cycle()
-            for out in (h11.Request(method=method, target=path, headers=[("host", host)]), h11.EndOfMessage()):
+            for out in (h11.Request(method=method, target=path, headers=[("host", host), *headers]),
+                        h11.EndOfMessage()):
                 await self.stream.send_all(self.conn.send(out) or b"")
             status, headers, body = 0, dict[str, str](), b""
             while True:

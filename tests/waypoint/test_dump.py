@@ -11,6 +11,7 @@ from mesh.api import waypoint_pb2 as wp
 from mesh.identity import SpiffeId
 from tests.ztunnel.pki import TD, creds
 from waypoint.dump import config_dump
+from waypoint.wasm_manager import PluginStatus
 
 IDENTITY = SpiffeId(TD, "shop", "waypoint")
 WEB = "shop/web.shop.svc.cluster.local"
@@ -48,6 +49,7 @@ class View:
     policies: list[wp.L7Policy] = field(default_factory=lambda: list(POLICIES))
     routes: list[wp.Route] = field(default_factory=lambda: [route("web", [WEB]), route("bad", [OTHER], ("no parent",))])
     served_services: list[str] = field(default_factory=lambda: [WEB])
+    wasm_plugins: list[PluginStatus] = field(default_factory=list)
 
 
 def test_the_dump_names_the_gateway_listener_services_and_is_json():
@@ -97,3 +99,16 @@ def test_the_certificate_without_its_key():
     assert "PRIVATE KEY" not in text and credentials.key_pem.decode().splitlines()[1] not in text
     assert config_dump(View())["certificates"] == [{"identity": str(IDENTITY), "state": "Initializing",
                                                     "certChain": [], "rootCerts": []}]
+
+
+def test_the_dump_shows_each_wasm_plugin_and_why_one_failed():
+    plugins = [PluginStatus("shop/add", "file:///p/add.wasm", "ab" * 32, "AUTHZ", 5, False, "loaded", None),
+               PluginStatus("shop/gone", "http://h/g.wasm", "cd" * 32, "UNSPECIFIED", 0, True, "failed",
+                            "http://h/g.wasm: answered 404, not 200")]
+    dump = config_dump(View(wasm_plugins=plugins))
+    assert dump["wasmPlugins"] == [
+        {"name": "shop/add", "url": "file:///p/add.wasm", "sha256": "ab" * 32, "phase": "AUTHZ", "priority": 5,
+         "failOpen": False, "state": "loaded"},
+        {"name": "shop/gone", "url": "http://h/g.wasm", "sha256": "cd" * 32, "phase": "UNSPECIFIED", "priority": 0,
+         "failOpen": True, "state": "failed", "error": "http://h/g.wasm: answered 404, not 200"}]
+    assert config_dump(View())["wasmPlugins"] == []

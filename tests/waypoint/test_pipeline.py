@@ -456,9 +456,9 @@ async def test_upgrade_101_relays_raw_bytes(autojump_clock: MockClock) -> None:
 def test_request_ids_are_unique_uuid4_across_refills_of_the_random_buffer():
     import re
 
-    from waypoint.pipeline import REQUEST_IDS_PER_READ, _request_id
+    from waypoint.request_ids import REQUEST_IDS_PER_READ, new_request_id
 
-    ids = [_request_id() for _ in range(3 * REQUEST_IDS_PER_READ + 7)]
+    ids = [new_request_id() for _ in range(3 * REQUEST_IDS_PER_READ + 7)]
     assert len(set(ids)) == len(ids)
     shape = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
     assert all(shape.fullmatch(i) for i in ids)
