@@ -17,6 +17,7 @@ renders Prometheus's text format (``exposition``, ``mesh.prometheus``):
     istio_tcp_sent_bytes_total                bytes to the client
     ambient_waypoint_open_tunnels             gauges of our own, read at each scrape from ``follow``'s
     ambient_waypoint_open_requests            source (the proxy), when one is given
+    <a WasmPlugin's own>{plugin}              what plugins define (proxy_define_metric), by plugin
     istio_build{component="proxy",tag}        1, as Istio's proxies export it
 
 Cardinality is bounded by the mesh, never by what clients send: every label value is read from the
@@ -38,9 +39,10 @@ is counted opened and closed then; the gauge of open tunnels is the live view.
 
 from __future__ import annotations
 
+import re
 import threading
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from mesh import __version__
@@ -103,6 +105,41 @@ class OpenCounts(Protocol):
 
     @property
     def open_requests(self) -> int: ...
+
+    def plugin_samples(self) -> Iterable[PluginSample]:
+        """The metrics WasmPlugins defined (proxy_define_metric): (plugin, name, kind, value)."""
+        ...
+
+
+# One plugin metric: the WasmPlugin ("<ns>/<name>"), the name it gave, "counter" | "gauge" | "histogram",
+# and its value ((count, sum) for a histogram, which the host keeps without buckets).
+PluginSample = tuple[str, str, str, "int | tuple[int, int]"]
+_METRIC_NAME = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+def plugin_metric_lines(samples: Iterable[PluginSample]) -> list[str]:
+    """The plugins' metrics in the text format, one family per name, labelled by plugin. A name is the
+    plugin's own with what the format does not allow turned into ``_`` (Envoy's ``wasmcustom.x`` is
+    ``wasmcustom_x``); a name another plugin already gave another kind is left out (a family has one)."""
+    families: dict[str, tuple[str, list[str]]] = {}
+    for plugin, name, kind, value in samples:
+        metric = _METRIC_NAME.sub("_", name)
+        if not metric or metric[0].isdigit():
+            metric = "_" + metric
+        family = families.setdefault(metric, (kind, []))
+        if family[0] != kind:
+            continue
+        labels = f'{{plugin="{escape(plugin)}"}}'
+        if isinstance(value, tuple):
+            count, total = value
+            family[1].extend([f'{metric}_bucket{{plugin="{escape(plugin)}",le="+Inf"}} {count}',
+                              f"{metric}_sum{labels} {total}", f"{metric}_count{labels} {count}"])
+        else:
+            family[1].append(f"{metric}{labels} {value}")
+    lines: list[str] = []
+    for metric, (kind, series) in families.items():
+        lines += [*family_header(metric, kind, "Defined by a WasmPlugin"), *series]
+    return lines
 
 
 # The labels of the two ends, by the identity of the objects they come from: the view's workloads and
@@ -275,6 +312,7 @@ class WaypointMetrics:
         if self._open is not None:
             for name, value in ((OPEN_TUNNELS, self._open.open_tunnels), (OPEN_REQUESTS, self._open.open_requests)):
                 lines += [*family_header(name, "gauge", _HELP[name]), f"{name} {value}"]
+            lines += plugin_metric_lines(self._open.plugin_samples())
         lines += [*family_header("istio_build", "gauge", "Istio component build info"),
                   f'istio_build{{component="proxy",tag="{escape(self.build_tag)}"}} 1', ""]
         return "\n".join(lines).encode()

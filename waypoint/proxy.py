@@ -27,7 +27,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -179,6 +179,9 @@ class Waypoint:
     @property
     def wasm_plugins(self) -> Sequence[PluginStatus]:
         return self.wasm.statuses()
+
+    def plugin_samples(self) -> Iterator[tuple[str, str, str, int | tuple[int, int]]]:
+        return self.wasm.metric_samples()
 
     @property
     def open_requests(self) -> int:

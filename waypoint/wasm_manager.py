@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,14 @@ class WasmManager:
 
     def request_info(self, down: Any, tunnel: Any) -> Any:
         return self._info(down, tunnel)
+
+    def metric_samples(self) -> Iterator[tuple[str, str, str, int | tuple[int, int]]]:
+        """Every loaded plugin's own metrics: (plugin, name, kind, value)."""
+        for key, entry in sorted(self._entries.items()):
+            metrics = getattr(entry.applied.plugin, "metrics", None) if entry.state == "loaded" else None
+            if metrics is not None:
+                for name, kind, value in metrics.samples():
+                    yield key, name, kind, value
 
     def statuses(self) -> list[PluginStatus]:
         return [PluginStatus(f"{e.resource.namespace}/{e.resource.name}", e.resource.url, e.resource.sha256,

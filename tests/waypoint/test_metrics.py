@@ -136,6 +136,12 @@ class Open:
     open_tunnels = 3
     open_requests = 5
 
+    def __init__(self, samples=()):
+        self.samples = list(samples)
+
+    def plugin_samples(self):
+        return iter(self.samples)
+
 
 def test_gauges_only_when_followed_and_the_build():
     metrics = WaypointMetrics(build_tag='v"1')
@@ -145,6 +151,22 @@ def test_gauges_only_when_followed_and_the_build():
     assert parsed["ambient_waypoint_open_tunnels"].samples[0].value == 3
     assert parsed["ambient_waypoint_open_requests"].samples[0].value == 5
     assert parsed["istio_build"].samples[0].labels == {"component": "proxy", "tag": 'v"1'}
+
+
+def test_wasm_plugin_metrics_are_exported_by_plugin_with_names_the_format_allows():
+    metrics = WaypointMetrics()
+    metrics.follow(Open([
+        ("shop/a", "wasm_requests_total", "counter", 7), ("shop/b", "wasm_requests_total", "counter", 2),
+        ("shop/a", "wasmcustom.queue-depth", "gauge", -3), ("shop/a", "9lives", "counter", 1),
+        ("shop/a", "latency", "histogram", (4, 10)),
+        ("shop/b", "latency", "counter", 5),  # another kind under a name already taken: left out
+    ]))
+    parsed = families(metrics)
+    assert {(s.labels["plugin"], s.value) for s in parsed["wasm_requests"].samples} == {("shop/a", 7), ("shop/b", 2)}
+    assert parsed["wasmcustom_queue_depth"].samples[0].value == -3
+    assert parsed["_9lives"].type == "counter"
+    latency = {s.name: s.value for s in parsed["latency"].samples}
+    assert latency == {"latency_bucket": 4, "latency_sum": 10, "latency_count": 4}
 
 
 @pytest.mark.parametrize("changes", [

@@ -138,3 +138,14 @@ def test_a_waypoint_without_a_wasm_plugin_never_imports_wasmtime():
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+async def test_a_plugin_reads_properties_and_counts_a_metric_the_waypoint_exports(authority, sdk):
+    docs = plugin("props", f"properties-metric-{sdk}", extra="  pluginName: properties-metric")
+    async with with_plugins(authority, docs) as (mesh, client):
+        answers = [await client.request("GET", f"/p{i}") for i in range(3)]
+        samples = list(mesh.waypoint.plugin_samples())
+    assert answers[0].headers["x-wasm-properties"] == (
+        "path=/p0;principal=spiffe://cluster.local/ns/shop/sa/client;root_id=properties-metric")
+    assert ("shop/props", "wasm_requests_total", "counter", 3) in samples
