@@ -22,7 +22,7 @@ BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
 .PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
 
-demo: system-deps venv bpf
+demo: system-deps venv bpf wasm-plugins
 	$(VENV)/bin/ambient demo
 
 test: system-deps venv bpf check-protos wasm-plugins

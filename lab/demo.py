@@ -228,6 +228,7 @@ def run_lab() -> int:
             raise RuntimeError("the policy did not deny legacy/sleep")
 
         _waypoint_part(config, status, sleep)
+        _wasm_part(config, status)
 
         _step("ambient lab status")
         _ambient("lab", "status", "--name", LAB_NAME)
@@ -333,7 +334,7 @@ def _show_request(entry: dict | None) -> None:
         print("  (no access-log line found)")
         return
     keys = ("method", "path", "protocol", "response_code", "response_flags", "src.workload", "src.identity",
-            "dst.workload", "route_name", "policy", "reason")
+            "dst.workload", "route_name", "policy", "reason", "detail")
     print("  " + json.dumps({k: entry[k] for k in keys if k in entry}))
 
 
@@ -395,6 +396,65 @@ def _waypoint_part(config: Path, status: dict, sleep: dict) -> None:
     v1_count = sum(split["pods"].values()) - v2_count
     print(f"  {SPLIT_REQUESTS} requests to Service echo: echo-v1 answered {v1_count}, echo-v2 answered {v2_count} "
           f"(weights 90/10); statuses {dict(split['statuses'])}")
+
+
+# Where `make wasm-plugins` builds the test plugins (the demo runs from the checkout, as `make demo` does).
+WASM_PLUGINS = Path(os.environ.get("AMBIENT_WASM_PLUGINS", "build/wasm-plugins"))
+WASM_CONFIG = """apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: greeting, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  url: file://{add_header}
+  pluginConfig: {{header: x-greeting, value: hello-from-wasm}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: token-required, namespace: demo}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: echo}}]
+  url: file://{deny}
+  pluginName: deny-without-header
+  phase: AUTHZ
+  pluginConfig: {{header: x-token}}
+"""
+
+
+def _http(client: str, url: str, *headers: str) -> tuple[int, str]:
+    """(status, body) of one GET with curl from ``client`` (0 when curl failed)."""
+    argv = [sys.executable, "-m", "ambient", "exec", "--name", LAB_NAME, client, "--", "curl", "-sS", "--max-time",
+            "3", "-w", "\n%{http_code}", *[part for header in headers for part in ("-H", header)], url]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    body, _, code = result.stdout.rpartition("\n")
+    return (int(code) if result.returncode == 0 and code.isdigit() else 0), body
+
+
+def _wasm_part(config: Path, status: dict) -> None:
+    add_header, deny = WASM_PLUGINS / "add-header-gcore.wasm", WASM_PLUGINS / "deny-without-header-solo.wasm"
+    if not (add_header.is_file() and deny.is_file()):
+        _step(f"Proxy-Wasm plugins: skipped, none built in {WASM_PLUGINS} (`make wasm-plugins` builds them)")
+        return
+    _step("Proxy-Wasm plugins in the waypoint (wasm.yaml): one adds a header from its configuration (AssemblyScript, "
+          "gcore SDK), one denies requests without x-token (AssemblyScript, solo SDK)")
+    text = WASM_CONFIG.format(add_header=add_header.resolve(), deny=deny.resolve())
+    print("\n".join(f"  {line}" for line in text.splitlines()))
+    (config / "wasm.yaml").write_text(text)
+    vip = next(s["vip"] for s in status["services"] if (s["namespace"], s["name"]) == ("demo", "echo"))
+    url = f"http://{vip}/wasm"
+    for _ in range(PROPAGATION_TRIES):  # the waypoint fetches, compiles and configures both: about a second
+        denied, allowed = _http("demo/sleep", url), _http("demo/sleep", url, "x-token: demo")
+        if denied[0] == 403 and allowed[0] == 200:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"the plugins did not take effect: {denied}, {allowed}")
+    print(f"$ ambient exec demo/sleep -- curl http://{vip}/wasm")
+    print(f"  {denied[0]} {denied[1].strip()!r}")
+    print(f"$ ambient exec demo/sleep -- curl -H 'x-token: demo' http://{vip}/wasm")
+    seen = json.loads(allowed[1])["headers"]
+    print(f"  {allowed[0]}; echo saw x-greeting: {seen.get('x-greeting') or seen.get('X-Greeting')!r}")
+    print("  the waypoint's access log, denied by the plugin:")
+    _show_request(_waypoint_log(path="/wasm", response_code=403))
 
 
 # curl's exit status for a connection reset, by how far curl got: ztunnel resets a denied

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.wasm_plugins import plugin_path
+
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the demo runs the lab"),
@@ -16,7 +18,8 @@ pytestmark = [
 
 
 def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path):
-    env = {**os.environ, "AMBIENT_LAB_ROOT": str(tmp_path)}
+    plugins = plugin_path("add-header-gcore").parent  # built (make wasm-plugins) before the demo uses them
+    env = {**os.environ, "AMBIENT_LAB_ROOT": str(tmp_path), "AMBIENT_WASM_PLUGINS": str(plugins)}
     result = subprocess.run([sys.executable, "-m", "ambient", "demo"], capture_output=True, text=True, env=env,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -54,6 +57,9 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     v1, v2 = map(int, re.search(r"200 requests to Service echo: echo-v1 answered (\d+), echo-v2 answered (\d+) "
                                 r"\(weights 90/10\); statuses \{'200': 200\}", out).groups())
     assert v1 + v2 == 200 and abs(v2 - 20) <= 4 * (200 * 0.1 * 0.9) ** 0.5, (v1, v2)
+    # Proxy-Wasm: a plugin built from the gcore SDK adds a header, one from the solo SDK denies (issue 20).
+    assert "  403 'denied by plugin'" in out and "200; echo saw x-greeting: 'hello-from-wasm'" in out
+    assert '"detail": "denied_by_plugin (wasm plugin demo/token-required)"' in out
     assert re.search(r"legacy\s+echo\s+node-\d\s+10\.244\.\d+\.\d+\s+1/1\s+Running\s+0\s+none", out)
     assert "Lab 'demo' is down" in out and "lab network namespaces left: 0" in out
     assert not (tmp_path / "demo").exists()
