@@ -20,7 +20,7 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpm
 BENCH_COMMANDS := wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx stunnel:stunnel4 haproxy:haproxy ss:iproute2
 BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
-.PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture clean
+.PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture bench-wasm clean
 
 demo: system-deps venv bpf wasm-plugins
 	$(VENV)/bin/ambient demo
@@ -183,6 +183,13 @@ bench-lab: system-deps venv
 
 bench-capture: system-deps venv bpf
 	$(PY) bench/capture.py
+
+# A header Proxy-Wasm plugin's CPU-µs per request and the waypoint's RSS with it (issue #20, bench/README.md):
+# no root, loopback only, in-process waypoints; under a minute. Byte-code compiled first, as for `bench`:
+# RSS is a measured figure. WASM_BENCH_ARGS=--rounds 3 (bounded: see --help).
+bench-wasm: venv wasm-plugins
+	$(PY) -m compileall -q ambient bpf ca controlplane hbone lab mesh waypoint ztunnel
+	$(PY) bench/wasm_bench.py $(WASM_BENCH_ARGS)
 
 # The soak (issue 18, root, bench/README.md): checksummed load through one lab while ztunnel, the node
 # agent and the control plane are each SIGKILLed once; within 10 minutes. SOAK_ARGS=--quick: 90 s.
