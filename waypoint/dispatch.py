@@ -26,16 +26,12 @@ from mesh.outbound import Balancer, HboneToPod, Passthrough, plan_outbound
 from mesh.proxy_state import ProxyState, ip_text
 from waypoint.exchange import Headers, end_to_end
 from waypoint.h1 import PeerGone
+from waypoint.limits import WASM_HTTP_CALL_DEFAULT_TIMEOUT, WASM_HTTP_CALL_MAX_BYTES
 from waypoint.routing import RequestHead
 from waypoint.upstream import UpstreamConnectError, Upstreams
 
 log = logging.getLogger("ambient.waypoint.wasm")
 
-# The body of a plugin's call answer kept for the plugin; past it the call fails (Envoy buffers the
-# whole answer too, up to its cluster's buffer limit).
-WASM_HTTP_CALL_MAX_BYTES = 1024 * 1024
-# A call's own bound when the plugin gives none (0): Envoy requires a timeout; the plugin SDKs pass one.
-WASM_HTTP_CALL_DEFAULT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,21 @@ WASM_METRICS_PER_PLUGIN = 1_000
 # timeout a plugin may ask for one (Envoy's default for an async client is none; ours is the pause bound).
 WASM_HTTP_CALLS_IN_FLIGHT = 1_000
 WASM_HTTP_CALL_MAX_TIMEOUT = WASM_PAUSE_TIMEOUT
+
+# ---- wasm: modules, loading, a plugin's own calls (waypoint.wasm_fetch, wasm_manager, dispatch)
+
+# The largest module accepted, from a file or over HTTP (TinyGo and Rust plugins are a few MiB).
+WASM_MODULE_MAX_BYTES = 32 * 1024 * 1024
+# A whole HTTP fetch of a module (connect, request, every byte of the answer).
+WASM_FETCH_TIMEOUT = 30.0
+# Fetched modules kept by sha256, so a re-applied WasmPlugin is not fetched again (the compiled form has
+# its own cache, WASM_MODULE_CACHE_ENTRIES); the least recently used goes first.
+WASM_FETCHED_MODULES = 16
+# How long a plugin that failed to load waits before it is tried again (Istio's agent retries a failed
+# fetch with backoff; a change of the WasmPlugin retries at once).
+WASM_LOAD_RETRY_INTERVAL = 30.0
+# The body of an http_call's answer kept for the plugin; past it the call fails (Envoy buffers the whole
+# answer too, up to its cluster's buffer limit).
+WASM_HTTP_CALL_MAX_BYTES = 1024 * 1024
+# A call's bound when the plugin gives none (0); Envoy requires one, the SDKs always pass one.
+WASM_HTTP_CALL_DEFAULT_TIMEOUT = 5.0

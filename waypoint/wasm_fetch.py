@@ -10,7 +10,7 @@
 - ``oci://`` and image references: not supported here (the control plane reports them).
 
 A module whose sha256 is given and was fetched before is not fetched again (``ModuleCache``, bounded by
-``WASM_MODULE_CACHE_ENTRIES``): Istio's agent caches by checksum the same way. Every failure is a
+``WASM_FETCHED_MODULES``): Istio's agent caches by checksum the same way. Every failure is a
 ``FetchError`` naming the URL and what went wrong.
 """
 
@@ -24,13 +24,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-# The largest module accepted, from a file or over HTTP (TinyGo and Rust plugins are a few MiB; Envoy's
-# own bound on a remote data source is the cluster's buffer, Istio's agent has none below this).
-WASM_MODULE_MAX_BYTES = 32 * 1024 * 1024
-# A whole HTTP fetch (connect, request, every byte of the answer).
-WASM_FETCH_TIMEOUT = 30.0
-# Modules kept by sha256 (bytes; the compiled form is cached by the host, waypoint.wasm).
-WASM_MODULE_CACHE_ENTRIES = 16
+from waypoint.limits import WASM_FETCH_TIMEOUT, WASM_FETCHED_MODULES, WASM_MODULE_MAX_BYTES
+
 _HEAD_LIMIT = 16 * 1024  # the fetch answer's head
 
 
@@ -45,7 +40,7 @@ def sha256_hex(data: bytes) -> str:
 class ModuleCache:
     """Modules by sha256, the most recently used kept (bounded)."""
 
-    def __init__(self, entries: int = WASM_MODULE_CACHE_ENTRIES) -> None:
+    def __init__(self, entries: int = WASM_FETCHED_MODULES) -> None:
         self._entries = entries
         self._modules: OrderedDict[str, bytes] = OrderedDict()
 

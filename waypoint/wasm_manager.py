@@ -25,15 +25,13 @@ from typing import Any
 import trio
 
 from mesh.api import waypoint_pb2 as wp
+from waypoint.limits import WASM_LOAD_RETRY_INTERVAL
 from waypoint.wasm.types import Failed, PluginConfig
 from waypoint.wasm_fetch import FetchError, ModuleCache, fetch_module, sha256_hex
 from waypoint.wasm_stage import AppliedPlugin, Phase
 
 log = logging.getLogger("ambient.waypoint.wasm")
 
-# How long a plugin that failed to load waits before it is tried again (Istio's agent retries a failed
-# module fetch with backoff; its resource changing retries at once).
-WASM_LOAD_RETRY_INTERVAL = 30.0
 
 _PHASES = {wp.WasmPlugin.AUTHN: Phase.AUTHN, wp.WasmPlugin.AUTHZ: Phase.AUTHZ, wp.WasmPlugin.STATS: Phase.STATS,
            wp.WasmPlugin.UNSPECIFIED_PHASE: Phase.UNSPECIFIED}
