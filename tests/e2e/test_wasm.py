@@ -307,6 +307,12 @@ def test_fail_open_skips_the_failing_plugin(wasm_lab):
     answer = wasm_lab.request("other", "/fail-open")
     assert answer.status == 200 and answer.json()["path"] == "/fail-open"
     assert answer.seen("x-added") == "two"  # the plugins that work still run
+    # The waypoint's log says why the request went on without it (a warning, beside the access log).
+    log = wasm_lab.lab.logs / "waypoint-mesh.waypoint.log"
+    eventually(lambda: "wasm plugin mesh/bad failed (FAIL_OPEN: skipped for this request)" in log.read_text(),
+               "the skip in the waypoint's log")
+    line = eventually(lambda: wasm_lab.access_lines("/fail-open"), "the request's access-log line")[-1]
+    assert line["response_code"] == 200 and line["dst.workload"] == "other", line
     assert wasm_lab.waypoint_pid() == _first_pid[0]
 
 
