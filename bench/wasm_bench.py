@@ -17,7 +17,8 @@ Memory: a child process per configuration (`--rss-child`, the same harness and o
 interpreter) serves `RSS_REQUESTS` requests and reports VmRSS, VmHWM and Pss. The child holds the harness's
 client, app and in-memory CA too, the same in every child, so its absolute RSS overstates the waypoint's;
 the difference with a plugin loaded is the plugin's memory: wasmtime imported, the module compiled and
-one instantiated VM with its linear memory. The `none` child also reports that wasmtime was never imported.
+one instantiated VM with its linear memory. The `none` child also reports that wasmtime was never imported,
+then imports it (and makes an engine) to tell the library's share of that difference from the plugin's own.
 
 Writes bench/results/<date>-wasm.md and .json and prints the table. Bounded: every parameter has a range,
 each request a 5 s timeout (the harness's), each child `CHILD_TIMEOUT_S`; about a minute here.
@@ -38,7 +39,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ class Memory:
     vmhwm_kib: int
     pss_kib: int
     wasmtime_imported: bool
+    vmrss_after_import_kib: int = 0  # the baseline's child only: VmRSS once it has then imported wasmtime
 
 
 def plugin_doc(config: str) -> str:
@@ -212,6 +214,10 @@ async def rss_child(config: str) -> None:
         check_and_clear(config, mesh, RSS_REQUESTS)
         gc.collect()
         report = Memory(config, **memory_of_self(), wasmtime_imported="wasmtime" in sys.modules)
+    if config == BASELINE:  # how much of a plugin's memory is the engine's library alone
+        import wasmtime
+        wasmtime.Engine()
+        report = replace(report, vmrss_after_import_kib=memory_of_self()["vmrss_kib"])
     print(json.dumps(asdict(report)))
 
 
@@ -229,11 +235,15 @@ def summarise_rss(samples: list[Memory]) -> dict[str, dict[str, int | bool]]:
     for config in CONFIGS:
         mine = [s for s in samples if s.config == config]
         row: dict[str, int | bool] = {key: int(statistics.median(getattr(s, key) for s in mine))
-                                      for key in ("vmrss_kib", "vmhwm_kib", "pss_kib")}
+                                      for key in ("vmrss_kib", "vmhwm_kib", "pss_kib", "vmrss_after_import_kib")}
         row["wasmtime_imported"] = any(s.wasmtime_imported for s in mine)
         out[config] = row
     for config in CONFIGS[1:]:
         out[config]["plugin_rss_kib"] = int(out[config]["vmrss_kib"]) - int(out[BASELINE]["vmrss_kib"])
+    base = out[BASELINE]
+    base["wasmtime_import_rss_kib"] = int(base.pop("vmrss_after_import_kib")) - int(base["vmrss_kib"])
+    for config in CONFIGS[1:]:
+        out[config].pop("vmrss_after_import_kib")
     return out
 
 
@@ -256,8 +266,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"process per configuration (the same harness, {RSS_REQUESTS} requests served, median of "
              f"{p['rss_runs']}), which also holds the client, app and CA.", "",
              "| plugin | CPU-µs / request (process) | plugin's cost, CPU-µs / request (min–max) | goal ≤ 50 µs "
-             "| requests/s | RSS (MiB) | plugin's RSS (MiB) | Pss (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| requests/s | RSS (MiB) | plugin's RSS (MiB) |",
+             "|---|---|---|---|---|---|---|"]
     for config in CONFIGS:
         c, r = cpu[config], rss[config]
         if config == BASELINE:
@@ -267,7 +277,7 @@ def markdown(report: dict[str, Any]) -> str:
             verdict = "PASS" if c["plugin_cpu_us_per_request"] <= GOAL_US else "MISS"
             extra = f"+{mib(r['plugin_rss_kib'])}"
         lines.append(f"| {config} | {c['cpu_us_per_request']} | {cost} | {verdict} | {c['requests_per_second']} "
-                     f"| {mib(r['vmrss_kib'])} | {extra} | {mib(r['pss_kib'])} |")
+                     f"| {mib(r['vmrss_kib'])} | {extra} |")
     lines += ["", "## How to read it", "",
               "- The plugin's cost is the median over rounds of (plugin − none) in the same round; the range is "
               "the smallest and largest of those differences. It covers the whole Proxy-Wasm path of a request: "
@@ -278,7 +288,9 @@ def markdown(report: dict[str, Any]) -> str:
               "client, app and in-memory CA are in it, the same in every child, so the absolute figure overstates "
               "the waypoint alone (the lab's real waypoint idles at 64.0 MiB RSS, `2026-12-07.md`), while the "
               "difference is what one loaded plugin costs: wasmtime imported, the module compiled, one VM "
-              "instance with its linear memory.",
+              "instance with its linear memory. Of that, importing wasmtime and making an engine in the `none` "
+              f"child adds {mib(rss[BASELINE]['wasmtime_import_rss_kib'])} MiB; the rest is the module and its VM. "
+              "Pss is in the JSON only: it shares pages with whatever else runs on the machine.",
               f"- The `none` child imported wasmtime: {rss[BASELINE]['wasmtime_imported']} (must be False).",
               "", f"Every run: `{report['json']}`.", ""]
     return "\n".join(lines)
