@@ -167,6 +167,7 @@ class H1Downstream(_H1Side):
         authority = ""
         upgrade = None
         expect = False
+        framed = False  # a Content-Length other than 0, or a Transfer-Encoding: a body may follow
         for name, value in headers:
             if name == "host":
                 authority = value
@@ -174,6 +175,8 @@ class H1Downstream(_H1Side):
                 upgrade = value
             elif name == "expect":
                 expect = value.lower() == "100-continue"
+            elif name == "transfer-encoding" or (name == "content-length" and value != "0"):
+                framed = True
         self.head = RequestHead(request.method, request.target, authority, tuple(headers))
         self.upgrade = upgrade if request.upgrade else None
         # A response to HEAD has the head of the GET response and no body (RFC 9110 9.3.2): what the
@@ -187,7 +190,8 @@ class H1Downstream(_H1Side):
         self.responded = False
         self.aborted = False
         self.switched_protocols = False
-        self._body_done = False
+        self._body_done = False  # the request's end has been read
+        self._bodiless = not framed and not self.upgrade  # RFC 9112 6.3: no length, no chunks, no body
         self._held = b""  # a response head kept to go out with the first body bytes
         self._framing, self._left, self.sent_done = _NO_BODY, 0, False
 
@@ -198,6 +202,11 @@ class H1Downstream(_H1Side):
 
     def request_ended(self) -> bool:
         """Whether the request is known to have no more body (HTTP/1.1 says so by its framing)."""
+        return self._body_done or self._bodiless
+
+    @property
+    def end_read(self) -> bool:
+        """Whether the request's end has been read from the connection (else it is drained after)."""
         return self._body_done
 
     async def receive_body(self) -> bytes:
@@ -250,10 +259,16 @@ class H1Downstream(_H1Side):
         if end:
             await self._send_end()
 
-    async def send_body(self, data: bytes) -> None:
+    async def send_body(self, data: bytes, *, end: bool = False) -> None:
         if data and not self._head_only:
             self.sent_bytes += len(data)
+            if end and self._framing == _CHUNKED:  # the chunk and the last chunk in one write
+                self.sent_done = True
+                await self._write(h1codec.chunk(data) + h1codec.last_chunk(None), False)
+                return
             await self._send_data(data)
+        if end:
+            await self._send_end()
 
     async def end(self, trailers: Headers | None = None) -> None:
         # Trailers go only with chunked framing; a content-length response has none to carry.
@@ -306,7 +321,7 @@ async def serve_h1(stream: trio.abc.HalfCloseableStream, handler: Handler, initi
                 return
             if not exchange.sent_done:
                 return  # the response did not complete: the connection cannot carry another
-            if not exchange.request_ended() and not await _drain_body(exchange):
+            if not exchange.end_read and not await _drain_body(exchange):
                 return
         except PeerGone:
             return

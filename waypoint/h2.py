@@ -79,10 +79,12 @@ class H2Downstream:
                                         end_stream=end)
         self.responded = True
 
-    async def send_body(self, data: bytes) -> None:
+    async def send_body(self, data: bytes, *, end: bool = False) -> None:
         if data and not self._head_only:
             self.sent_bytes += len(data)
-            await self.session.send_data(self.stream, data)
+            await self.session.send_data(self.stream, data, end_stream=end)  # END_STREAM on the last frame
+        elif end:
+            await self.session.end_stream(self.stream)
 
     async def end(self, trailers: Headers | None = None) -> None:
         if trailers:

@@ -361,17 +361,11 @@ class Pipeline:
                         reusable = sent.is_set()
                         nursery.cancel_scope.cancel()
                         return False
-                    # The head and what of the body has already arrived leave in one write.
-                    first = upstream.body_at_hand()
-                    await down.respond(status, response_headers, hold=first is not None)
-                    if first:
-                        await down.send_body(first)
-                    while first != b"" and (chunk := await upstream.receive_body()):
-                        await down.send_body(chunk)
-                    trailers = upstream.trailers
-                    if trailers:
-                        outcome.grpc_status = header_value(trailers, "grpc-status") or outcome.grpc_status
-                    await down.end(end_to_end(trailers) if trailers else None)
+                    # The head and what of the body has already arrived leave in one write; a body
+                    # that came whole with it leaves with its end.
+                    chunk = upstream.body_at_hand()
+                    await down.respond(status, response_headers, hold=chunk is not None)
+                    await _relay_body(down, upstream, chunk, outcome)
                     reusable = sent.is_set()
                     nursery.cancel_scope.cancel()
             if switched is not None:
@@ -532,6 +526,27 @@ async def _buffered_body(down: Downstream) -> bytes | None:
             raise PeerGone(f"the request body is longer than its Content-Length ({length})")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _relay_body(down: Downstream, upstream: Any, chunk: bytes | None, outcome: _Outcome) -> None:
+    """The response body as it arrives, then its end; ``chunk``: what was already at hand (None: nothing).
+    A chunk the end follows at once leaves with it (one write, one DATA frame with END_STREAM, one pass
+    through a plugin's body callback)."""
+    while True:
+        if chunk is None:
+            chunk = await upstream.receive_body()
+        if chunk == b"":
+            trailers = upstream.trailers
+            if trailers:
+                outcome.grpc_status = header_value(trailers, "grpc-status") or outcome.grpc_status
+            await down.end(end_to_end(trailers) if trailers else None)
+            return
+        after = upstream.body_at_hand()
+        if after == b"" and not upstream.trailers:
+            await down.send_body(chunk, end=True)
+            return
+        await down.send_body(chunk)
+        chunk = after
 
 
 async def _pump(down: Downstream, upstream: Any, done: trio.Event) -> None:

@@ -138,6 +138,7 @@ class WasmDownstream:
         self.upgrade = getattr(inner, "upgrade", None)
         self._replaced = False  # a plugin answered on the response path: the upstream's answer is dropped
         self._response_started = False
+        self._ended_with_headers = False  # the plugins were told the request had no body
         self.answer: Answer | None = None  # set when a plugin answered or failed the request
 
     # ------------------------------------------------------------ what the pipeline reads
@@ -170,7 +171,7 @@ class WasmDownstream:
 
     async def request_headers(self, phases: frozenset[Phase]) -> Answer | None:
         """Run the request headers through the plugins of ``phases``; their answer if one answers."""
-        end = self._inner.request_ended() and not self.upgrade
+        end = self._ended_with_headers = self._inner.request_ended() and not self.upgrade
         for applied in self._streams.plugins:
             if applied.phase not in phases:
                 continue
@@ -188,8 +189,8 @@ class WasmDownstream:
     async def receive_body(self) -> bytes:
         data = await self._inner.receive_body()
         streams = self._streams.active()
-        if not streams:
-            return data
+        if not streams or (not data and self._ended_with_headers):
+            return data  # Envoy calls no body callback for a request that had none
         end = not data or self._inner.request_ended()
         for applied, stream in streams:
             verdict = await stream.request_body(data, end)
@@ -227,11 +228,13 @@ class WasmDownstream:
         self._response_started = True
         await self._inner.respond(status, headers, end=end, hold=hold)
 
-    async def send_body(self, data: bytes) -> None:
+    async def send_body(self, data: bytes, *, end: bool = False) -> None:
         if self._replaced:
             return
-        data = await self._response_body(data, False)
-        if data:
+        data = await self._response_body(data, end)
+        if end:
+            await self._inner.send_body(data, end=True)
+        elif data:
             await self._inner.send_body(data)
 
     async def end(self, trailers: Headers | None = None) -> None:

@@ -620,3 +620,34 @@ async def test_a_request_body_that_stalls_ends_the_exchange_after_the_idle_timeo
         assert await server.rest() == b""
         assert server.finished_at is not None and server.finished_at - start == pytest.approx(IDLE_TIMEOUT)
         assert len(failures) == 1
+
+
+async def test_a_body_sent_with_its_end_goes_out_in_one_write_and_the_connection_goes_on(autojump_clock: MockClock
+                                                                                         ) -> None:
+    async def whole(down: H1Downstream) -> None:
+        assert down.request_ended()  # a GET without Content-Length or Transfer-Encoding has no body (RFC 9112 6.3)
+        await down.respond(200, [("content-type", "text/plain")], hold=True)  # no length: chunked
+        await down.send_body(b"all of it", end=True)
+
+    async with h1_server(whole) as server:
+        await server.send(GET % 1)
+        head, body, _ = await server.response()
+        assert (b"transfer-encoding", b"chunked") in head.headers and body == b"all of it"
+        await server.send(GET % 2)
+        _, body, _ = await server.response()
+        assert body == b"all of it" and len(server.seen) == 2
+
+
+async def test_a_request_with_a_length_is_not_known_to_have_ended_before_its_body_is_read(autojump_clock: MockClock
+                                                                                          ) -> None:
+    ended: list[bool] = []
+
+    async def look(down: H1Downstream) -> None:
+        ended.append(down.request_ended())
+        await echo(down)
+        ended.append(down.request_ended())
+
+    async with h1_server(look) as server:
+        await server.send(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        _, body, _ = await server.response()
+    assert body == b"POST /p 2 hi" and ended == [False, True]

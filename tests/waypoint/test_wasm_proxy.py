@@ -149,3 +149,25 @@ async def test_a_plugin_reads_properties_and_counts_a_metric_the_waypoint_export
     assert answers[0].headers["x-wasm-properties"] == (
         "path=/p0;principal=spiffe://cluster.local/ns/shop/sa/client;root_id=properties-metric")
     assert ("shop/props", "wasm_requests_total", "counter", 3) in samples
+
+
+async def test_a_get_answered_whole_calls_each_callback_once(authority, monkeypatch):
+    """Envoy's calls for a request without a body whose answer comes whole: no request body callback, one
+    response body callback (with end_of_stream), as each guest call costs a few microseconds here."""
+    from waypoint.wasm import vm
+
+    calls: list[str] = []
+    call = vm.Vm.call
+
+    def counted(self, name, *args, **kwargs):
+        calls.append(name)
+        return call(self, name, *args, **kwargs)
+
+    docs = plugin("add", "add-header-gcore", "{header: x-added, value: v}")
+    async with with_plugins(authority, docs) as (mesh, client):
+        monkeypatch.setattr(vm.Vm, "call", counted)
+        assert (await client.request("GET", "/once")).status == 200
+        await mesh.records.wait_for(requests=1)  # recorded after the plugins' on_done/on_log/on_delete
+        seen = list(calls)
+    assert seen == ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers",
+                     "proxy_on_response_body", "proxy_on_done", "proxy_on_log", "proxy_on_delete"]
