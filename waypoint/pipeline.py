@@ -342,7 +342,7 @@ class Pipeline:
                         return True
                     if exhausted:
                         outcome.flags.append("URX")
-                if status == 101 and isinstance(down, H1Downstream) and isinstance(upstream, H1Upstream):
+                if status == 101 and down.http_version == "HTTP/1.1" and isinstance(upstream, H1Upstream):
                     # Switched: relay both ways, outside this nursery, whose scope ends the request's tasks.
                     await down.respond(101, end_to_end_upgrade(response_headers))
                     outcome.status = 101
