@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import h2.events
 import h11
@@ -33,6 +33,8 @@ from waypoint.pipeline import Pipeline, Tunnel, WaypointView
 from waypoint.records import RequestRecord
 from waypoint.routing import RouteTable
 from waypoint.upstream import UpstreamConnectError
+from waypoint.wasm.types import Continue
+from waypoint.wasm_stage import AppliedPlugin, Phase
 
 WORLD = APPS_WITH_WAYPOINT + """---
 apiVersion: apps/v1
@@ -218,12 +220,12 @@ class World:
 
 @asynccontextmanager
 async def h1_world(*script: Origin | str, h2_origin: Callable[[H2Stream], Awaitable[None]] | None = None,
-                   port: int = 8080) -> AsyncIterator[World]:
+                   port: int = 8080, view: WaypointView = VIEW) -> AsyncIterator[World]:
     records: list[RequestRecord] = []
     with trio.fail_after(600):
         async with trio.open_nursery() as nursery:
             upstreams = FakeUpstreams(nursery, list(script), h2_origin)
-            pipeline = Pipeline("apps/waypoint", lambda: VIEW, upstreams, RoundRobin(),  # type: ignore[arg-type]
+            pipeline = Pipeline("apps/waypoint", lambda: view, upstreams, RoundRobin(),  # type: ignore[arg-type]
                                 records.append)
             client, server = trio.testing.memory_stream_pair()
 
@@ -434,8 +436,36 @@ async def websocket_origin(stream: trio.abc.Stream) -> None:
     await stream.aclose()  # the client's end, echoed: the relay ends when both directions have
 
 
-async def test_upgrade_101_relays_raw_bytes(autojump_clock: MockClock) -> None:
-    async with h1_world(websocket_origin) as world:
+class PassingStream:
+    """A plugin's HTTP context that lets everything through unchanged."""
+
+    async def request_headers(self, headers: list, end_of_stream: bool) -> Continue:
+        return Continue()
+
+    async def request_body(self, data: bytes, end_of_stream: bool) -> Continue:
+        return Continue()
+
+    response_headers = request_headers
+    response_body = request_body
+
+    def done(self) -> None:
+        pass
+
+
+class PassingPlugins:
+    """A WasmPlugins view with one plugin that changes nothing (the wrapper of the exchange is in place)."""
+
+    def plugins_for(self, gateway: str, service_key: str | None, port: int = 0) -> list[AppliedPlugin]:
+        plugin = type("Plugin", (), {"stream": lambda self, info: PassingStream()})()
+        return [AppliedPlugin("apps/pass", Phase.UNSPECIFIED, 0, False, plugin)]
+
+    def request_info(self, down: object, tunnel: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("view", [VIEW, replace(VIEW, wasm=PassingPlugins())], ids=["plain", "through-a-plugin"])
+async def test_upgrade_101_relays_raw_bytes(view: WaypointView, autojump_clock: MockClock) -> None:
+    async with h1_world(websocket_origin, view=view) as world:
         await world.client.send_all(get("/ws", "Connection: Upgrade", "Upgrade: websocket"))
         data = b""
         while b"\r\n\r\n" not in data:
