@@ -342,7 +342,9 @@ class Pipeline:
                         return True
                     if exhausted:
                         outcome.flags.append("URX")
-                if status == 101 and down.http_version == "HTTP/1.1" and isinstance(upstream, H1Upstream):
+                # An HTTP/1.1 client's exchange, or a plugin's wrapper of one, can switch protocols.
+                if (status == 101 and isinstance(down, (H1Downstream, WasmDownstream))
+                        and down.http_version == "HTTP/1.1" and isinstance(upstream, H1Upstream)):
                     # Switched: relay both ways, outside this nursery, whose scope ends the request's tasks.
                     await down.respond(101, end_to_end_upgrade(response_headers))
                     outcome.status = 101
