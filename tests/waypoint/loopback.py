@@ -439,11 +439,11 @@ class H1Client:
         self.conn = h11.Connection(h11.CLIENT)
 
     async def request(self, method: str, path: str, host: str = WEB_HOST,
-                      headers: Sequence[tuple[str, str]] = ()) -> Response:
+                      extra_headers: Sequence[tuple[str, str]] = ()) -> Response:
         with trio.fail_after(5):
             if self.conn.our_state is h11.DONE:
                 self.conn.start_next_cycle()
-            for out in (h11.Request(method=method, target=path, headers=[("host", host), *headers]),
+            for out in (h11.Request(method=method, target=path, headers=[("host", host), *extra_headers]),
                         h11.EndOfMessage()):
                 await self.stream.send_all(self.conn.send(out) or b"")
             status, headers, body = 0, dict[str, str](), b""

@@ -65,7 +65,7 @@ async def test_a_plugin_denies_a_request_without_a_header(authority, sdk):
     docs = plugin("deny", f"deny-without-header-{sdk}", "{header: x-token}")
     async with with_plugins(authority, docs) as (mesh, client):
         denied = await client.request("GET", "/secret")
-        allowed = await client.request("GET", "/secret", headers=[("x-token", "t")])
+        allowed = await client.request("GET", "/secret", extra_headers=[("x-token", "t")])
         await mesh.records.wait_for(requests=2)
     assert (denied.status, denied.body) == (403, b"denied by plugin")
     assert allowed.status == 200
@@ -113,7 +113,7 @@ async def test_plugins_run_in_phase_order(authority):
             + plugin("add", "add-header-gcore", "{header: x-added, value: v}"))
     async with with_plugins(authority, docs) as (mesh, client):
         denied = await client.request("GET", "/p")
-        allowed = await client.request("GET", "/p", headers=[("x-token", "t")])
+        allowed = await client.request("GET", "/p", extra_headers=[("x-token", "t")])
     assert (denied.status, allowed.status) == (403, 200)
     assert [seen.headers.get("x-added") for seen in mesh.web.seen] == ["v"]
 
