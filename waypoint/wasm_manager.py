@@ -33,6 +33,10 @@ from waypoint.wasm_stage import AppliedPlugin, Phase
 log = logging.getLogger("ambient.waypoint.wasm")
 
 
+# Destinations (gateway, Service, port) whose ordered plugins are kept between requests, until the loaded set
+# changes; a client may name ports, so the cache is cleared whole when it reaches this.
+_CHAINS_KEPT = 1024
+
 _PHASES = {wp.WasmPlugin.AUTHN: Phase.AUTHN, wp.WasmPlugin.AUTHZ: Phase.AUTHZ, wp.WasmPlugin.STATS: Phase.STATS,
            wp.WasmPlugin.UNSPECIFIED_PHASE: Phase.UNSPECIFIED}
 
@@ -115,6 +119,7 @@ class WasmManager:
         self._wanted: dict[str, wp.WasmPlugin] = {}
         self._entries: dict[str, _Entry] = {}
         self._table: tuple[tuple[wp.WasmPlugin, AppliedPlugin], ...] = ()
+        self._chains: dict[tuple[str, str | None, int], tuple[AppliedPlugin, ...]] = {}
         self._changed = trio.Event()
         self._busy = False
         self._quiet = trio.Event()  # set (and replaced) each time a pass over the wanted plugins ends
@@ -137,11 +142,20 @@ class WasmManager:
         return bool(self._wanted or self._table)
 
     def plugins_for(self, gateway: str, service_key: str | None, port: int = 0) -> tuple[AppliedPlugin, ...]:
-        """The plugins a request to ``service_key`` (or to a workload: None) on ``port`` goes through, in order."""
-        found = [applied for resource, applied in self._table
+        """The plugins a request to ``service_key`` (or to a workload: None) on ``port`` goes through, in order
+        (kept per destination until the loaded set changes: at most one entry per Service port served)."""
+        key = (gateway, service_key, port)
+        found = self._chains.get(key)
+        if found is None:
+            found = tuple(sorted(
+                (applied for resource, applied in self._table
                  if (gateway in resource.gateways or (service_key is not None and service_key in resource.services))
-                 and (not resource.ports or port in resource.ports)]
-        return tuple(sorted(found, key=lambda applied: applied.order))
+                 and (not resource.ports or port in resource.ports)),
+                key=lambda applied: applied.order))
+            if len(self._chains) >= _CHAINS_KEPT:
+                self._chains.clear()
+            self._chains[key] = found
+        return found
 
     def request_info(self, down: Any, tunnel: Any) -> Any:
         return self._info(down, tunnel)
@@ -237,6 +251,7 @@ class WasmManager:
 
     def _publish(self) -> None:
         self._table = tuple((e.resource, e.applied) for e in self._entries.values())
+        self._chains = {}
 
 
 async def _run_plugin(key: str, runner: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:

@@ -95,10 +95,18 @@ def request_pseudo_headers(head: RequestHead, scheme: str = "http") -> Headers:
 
 def head_from(headers: Headers, before: RequestHead) -> RequestHead:
     """The request head as a plugin left its headers (pseudo-headers split off again)."""
-    pseudo = {name: value for name, value in headers if name.startswith(":")}
-    rest = tuple((name, value) for name, value in headers if not name.startswith(":"))
-    return RequestHead(pseudo.get(":method", before.method), pseudo.get(":path", before.target),
-                       pseudo.get(":authority", before.authority), rest)
+    method, target, authority = before.method, before.target, before.authority
+    rest = []
+    for name, value in headers:
+        if name[:1] != ":":
+            rest.append((name, value))
+        elif name == ":method":
+            method = value
+        elif name == ":path":
+            target = value
+        elif name == ":authority":
+            authority = value
+    return RequestHead(method, target, authority, tuple(rest))
 
 
 class _Streams:
@@ -116,7 +124,7 @@ class _Streams:
         return stream
 
     def active(self, reverse: bool = False) -> list[tuple[AppliedPlugin, Any]]:
-        streams = [(a, s) for a, s in self.live if a.name not in self.skipped]
+        streams = self.live if not self.skipped else [(a, s) for a, s in self.live if a.name not in self.skipped]
         return streams[::-1] if reverse else streams
 
     def done(self) -> None:
@@ -224,7 +232,7 @@ class WasmDownstream:
                     await self._replace(answer)
                     return
             status = _status_of(out, status)
-            headers = [(name, value) for name, value in out if not name.startswith(":")]
+            headers = [(name, value) for name, value in out if name[:1] != ":"]
         self._response_started = True
         await self._inner.respond(status, headers, end=end, hold=hold)
 
