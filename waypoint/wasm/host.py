@@ -165,7 +165,7 @@ class Host:
             "proxy_enqueue_shared_queue": ((_I, _I, _I), self.proxy_enqueue_shared_queue),
             "proxy_dequeue_shared_queue": ((_I, _I, _I), self.proxy_dequeue_shared_queue),
         }
-        return {("env", name): HostImport(params, (_I,), _guarded(fn)) for name, (params, fn) in table.items()}
+        return {("env", name): HostImport(params, (_I,), fn, _ANSWERS) for name, (params, fn) in table.items()}
 
     # ---------------------------------------------------------------- logging, time, contexts
 
@@ -563,12 +563,5 @@ class _BadArgument(Exception):
     """An argument the spec says is a BAD_ARGUMENT (an unknown enum value, a length past our bounds)."""
 
 
-def _guarded(fn: Callable[..., int]) -> Callable[..., int]:
-    def guarded(*args: int) -> int:
-        try:
-            return int(fn(*args))
-        except raw.OutOfBounds:
-            return Status.INVALID_MEMORY_ACCESS
-        except _BadArgument:
-            return Status.BAD_ARGUMENT
-    return guarded
+# How a host function's refusal reaches the guest: raised, answered as a status by raw's callback itself.
+_ANSWERS = ((raw.OutOfBounds, int(Status.INVALID_MEMORY_ACCESS)), (_BadArgument, int(Status.BAD_ARGUMENT)))

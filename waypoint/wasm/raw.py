@@ -13,10 +13,15 @@ The invariants this module keeps, so that nothing else has to think about them:
 - No Python exception ever unwinds into wasmtime: a host function's exception becomes a trap whose
   message names it (``HostTrap`` for a deliberate one, anything else is recorded as a host bug), and the
   guest call that caused it raises ``GuestTrap`` here.
-- Guest memory is addressed through ``Memory`` only, which re-reads the base pointer and the size on
-  every access (``memory.grow`` moves the base) and checks ``ptr + len <= size`` before any byte is
+- Guest memory is addressed through ``Memory`` only, which checks ``ptr + len <= size`` before any byte is
   touched: an out-of-bounds pointer raises ``OutOfBounds`` (the host functions turn it into
-  INVALID_MEMORY_ACCESS), never a read of the waypoint's own memory.
+  INVALID_MEMORY_ACCESS), never a read of the waypoint's own memory. ``Memory`` keeps the base pointer
+  and the size it last read rather than asking wasmtime twice per access: the engine is configured with
+  ``memory_may_move = False`` (``vm.engine``), so the base never moves, and a wasm memory never shrinks, so
+  the size read last is a lower bound of the true one; an access past it reads the size again before it
+  is refused.
+- A guest call reuses its export's argument array and trap slot, unless the export is re-entered (a
+  host function that calls the same export again, e.g. the allocator): the nested call gets its own.
 - The store context used for memory access and for nested guest calls is the one wasmtime handed the
   current host call (``caller`` context) while a host call runs, the store's own otherwise.
 """
@@ -106,7 +111,8 @@ def _raise_for(name: str, error: int | None, trap: ctypes.c_void_p) -> None:
     if error:
         raise GuestTrap(f"{name}: {_cause(str(_error(error)))}")
     if trap.value:
-        wrapped = wasmtime.Trap._from_ptr(ctypes.cast(trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
+        address, trap.value = trap.value, None    # the slot is reused by the next call: leave it NULL
+        wrapped = wasmtime.Trap._from_ptr(ctypes.cast(address, ctypes.POINTER(ffi.wasm_trap_t)))
         raise GuestTrap(f"{name}: {_cause(wrapped.message)}",
                         out_of_fuel=wrapped.trap_code == wasmtime.TrapCode.OUT_OF_FUEL)
 
@@ -120,6 +126,8 @@ def _cause(message: str) -> str:
 class Context:
     """Which store context is current (an address): the store's own, or a host call's caller's while it runs."""
 
+    __slots__ = ("store", "outer", "current")
+
     def __init__(self, store: wasmtime.Store) -> None:
         self.store = store
         self.outer: int = ctypes.cast(store._context(), ctypes.c_void_p).value or 0
@@ -127,6 +135,29 @@ class Context:
 
 
 HostFn = Callable[..., Any]
+
+
+def _decoder(params: Sequence[str]) -> Callable[[Any], Sequence[int]]:
+    """How a host call's arguments come out of its slots: i32 masked to unsigned, i64 as it is (signed).
+
+    Proxy-Wasm's host functions take up to five i32 for all but a few: those get a lambda without a loop
+    (cheaper than a comprehension, which is a call of its own before Python 3.12).
+    """
+    w = _SLOT_WORDS
+    if all(kind == I32 for kind in params):
+        fixed: dict[int, Callable[[Any], Sequence[int]]] = {
+            0: lambda vals: (),
+            1: lambda vals: (vals[0] & _U32,),
+            2: lambda vals: (vals[0] & _U32, vals[w] & _U32),
+            3: lambda vals: (vals[0] & _U32, vals[w] & _U32, vals[2 * w] & _U32),
+            4: lambda vals: (vals[0] & _U32, vals[w] & _U32, vals[2 * w] & _U32, vals[3 * w] & _U32),
+            5: lambda vals: (vals[0] & _U32, vals[w] & _U32, vals[2 * w] & _U32, vals[3 * w] & _U32,
+                             vals[4 * w] & _U32),
+        }
+        if len(params) in fixed:
+            return fixed[len(params)]
+    spec = tuple((i * w, _U32 if kind == I32 else _ALL) for i, kind in enumerate(params))
+    return lambda vals: [vals[at] & mask for at, mask in spec]
 
 
 class RawLinker:
@@ -138,27 +169,34 @@ class RawLinker:
         self._keep: list[Any] = []   # every CFUNCTYPE and FuncType given to wasmtime (see the docstring)
         self.host_error: BaseException | None = None  # a host function's unexpected exception, if any
 
-    def define(self, module: str, name: str, params: Sequence[str], results: Sequence[str], fn: HostFn) -> None:
+    def define(self, module: str, name: str, params: Sequence[str], results: Sequence[str], fn: HostFn,
+               answers: Sequence[tuple[type[Exception], int]] = ()) -> None:
         """Define ``module.name`` as ``fn(*args)``: i32 arguments arrive as unsigned ints, i64 as signed.
 
         ``fn`` returns the single result (an int) or None when there is none; raising ``HostTrap``
-        traps the guest with its message.
+        traps the guest with its message. ``answers`` maps the exceptions ``fn`` may raise on a bad
+        argument to the result the guest gets instead (the first that matches), so that the common
+        guard needs no wrapper of its own (one Python call less per host call).
         """
-        spec = tuple((i * _SLOT_WORDS, _U32 if kind == I32 else _ALL) for i, kind in enumerate(params))
+        decode = _decoder(params)
         has_result = bool(results)
         context = self.context
         raw_linker = self
+        kinds = tuple(kind for kind, _ in answers)
 
         def callback(env: Any, caller: int, vals: Any, n: int) -> int:
             saved = context.current
             context.current = _caller_context(caller)
             try:
-                result = fn(*[vals[at] & mask for at, mask in spec])
+                result = fn(*decode(vals))
                 if has_result:
                     vals[0] = result
                 return 0
             except HostTrap as trap:
                 return _trap_pointer(str(trap))
+            except kinds as error:
+                vals[0] = next(answer for kind, answer in answers if isinstance(error, kind))
+                return 0
             except BaseException as error:  # never let it unwind into wasmtime's frames
                 raw_linker.host_error = error
                 return _trap_pointer(f"host function {module}.{name} failed: {error!r}")
@@ -187,7 +225,8 @@ class RawLinker:
 class GuestFunc:
     """One exported guest function, called through the raw interface."""
 
-    __slots__ = ("name", "params", "results", "_func", "_address", "_array", "_slots", "_context", "_mask")
+    __slots__ = ("name", "params", "results", "_func", "_address", "_array", "_slots", "_context", "_mask",
+                 "_arity", "_span", "_vals", "_vals_at", "_trap", "_trap_ref", "_busy")
 
     def __init__(self, context: Context, name: str, func: wasmtime.Func) -> None:
         self.name = name
@@ -198,46 +237,83 @@ class GuestFunc:
         self._array = ctypes.c_int64 * (self._slots * _SLOT_WORDS)
         self._context = context
         self._mask = None if not self.results else (_U32 if self.results[0] == I32 else _ALL)
+        self._arity = len(self.params)
+        self._span = slice(0, self._arity * _SLOT_WORDS, _SLOT_WORDS)   # each argument's first word
+        # Reused by every call that does not re-enter this export (see the module docstring).
+        self._vals = self._array()
+        self._vals_at = ctypes.addressof(self._vals)
+        self._trap = ctypes.c_void_p()
+        self._trap_ref = ctypes.addressof(self._trap)   # addresses as ints: ctypes converts those cheapest
+        self._busy = False
 
     def __call__(self, *args: int) -> int | None:
         """Call with ints (i32 or i64 as the signature says); the first result, or None."""
-        if len(args) != len(self.params):
+        return self.call(args)
+
+    def call(self, args: Sequence[int], fuel: int | None = None) -> int | None:
+        """Call with ``args``, the store's fuel first set to ``fuel`` (unless None): one frame for both."""
+        if len(args) != self._arity:
             raise TypeError(f"{self.name} takes {len(self.params)} arguments, not {len(args)}")
-        vals = self._array()
-        for i, arg in enumerate(args):
-            vals[i * _SLOT_WORDS] = arg
-        trap = ctypes.c_void_p()
-        error = _call_unchecked(self._context.current, self._address, vals, self._slots, ctypes.byref(trap))
+        context = self._context
+        if fuel is not None:
+            error = _set_fuel(context.current, fuel)
+            if error:
+                raise _error(error)
+        reentered = self._busy
+        if reentered:
+            vals = self._array()
+            vals_at = ctypes.addressof(vals)
+            trap = ctypes.c_void_p()
+            trap_ref = ctypes.addressof(trap)
+        else:   # the trap slot is NULL: wasmtime writes it only on a trap, and _raise_for clears it then
+            vals, vals_at, trap, trap_ref = self._vals, self._vals_at, self._trap, self._trap_ref
+            self._busy = True
+        try:
+            vals[self._span] = args  # type: ignore[call-overload]  # ints into c_int64 slots; 2-3x cheaper than a loop
+            error = _call_unchecked(context.current, self._address, vals_at, self._slots, trap_ref)
+        finally:
+            if not reentered:
+                self._busy = False
         if error or trap.value:
             _raise_for(self.name, error, trap)
         if self._mask is None:
             return None
-        return int(vals[0] & self._mask)
+        return vals[0] & self._mask
 
 
 class Memory:
     """The guest's linear memory, bounds-checked on every access (see the module docstring)."""
 
-    __slots__ = ("_memory", "_address", "_context")
+    __slots__ = ("_memory", "_address", "_context", "_data", "_length")
 
     def __init__(self, context: Context, memory: wasmtime.Memory) -> None:
         self._memory = memory._memory      # the wasmtime_memory_t, kept: its address is passed on each access
         self._address = ctypes.addressof(self._memory)
         self._context = context
+        self._data = 0
+        self._length = 0
+        self._layout()
+
+    def _layout(self) -> int:
+        """Read the base pointer and the size again (the size only grows; the base stays where it is)."""
+        ctx = self._context.current
+        self._length = _memory_data_size(ctx, self._address)
+        self._data = int(_memory_data(ctx, self._address) or 0)
+        return self._length
 
     def _base(self, ptr: int, size: int) -> int:
-        ctx = self._context.current
-        length = _memory_data_size(ctx, self._address)
-        if ptr < 0 or size < 0 or ptr + size > length:
-            raise OutOfBounds(f"{size} bytes at {ptr} outside {length} bytes of guest memory")
-        return int(_memory_data(ctx, self._address)) + ptr
+        if ptr < 0 or size < 0:
+            raise OutOfBounds(f"{size} bytes at {ptr}: a negative pointer or length")
+        if ptr + size > self._length and ptr + size > self._layout():   # it may have grown since
+            raise OutOfBounds(f"{size} bytes at {ptr} outside {self._length} bytes of guest memory")
+        return self._data + ptr
 
     def check(self, ptr: int, size: int) -> None:
         """Raise ``OutOfBounds`` unless ``size`` bytes at ``ptr`` lie inside the memory."""
         self._base(ptr, size)
 
     def size(self) -> int:
-        return int(_memory_data_size(self._context.current, self._address))
+        return self._layout()
 
     def read(self, ptr: int, size: int) -> bytes:
         if size == 0:

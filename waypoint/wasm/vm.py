@@ -39,6 +39,8 @@ class HostImport:
     params: tuple[str, ...]
     results: tuple[str, ...]
     fn: Callable[..., int | None]
+    # What the guest gets instead of a result when ``fn`` raises one of these (see raw.RawLinker.define).
+    answers: tuple[tuple[type[Exception], int], ...] = ()
 
 
 _engine: wasmtime.Engine | None = None
@@ -47,12 +49,15 @@ _modules: OrderedDict[str, wasmtime.Module] = OrderedDict()
 
 
 def engine() -> wasmtime.Engine:
-    """The process's one engine (fuel metering on): modules compiled by it run in any of its stores."""
+    """The process's one engine (fuel metering on, memories that never move): its modules run in any of its stores."""
     global _engine
     with _engine_lock:
         if _engine is None:
             config = wasmtime.Config()
             config.consume_fuel = True
+            # A linear memory never moves when it grows (it is reserved whole up front, virtual memory
+            # only): raw.Memory relies on it to keep the base pointer between accesses.
+            config.memory_may_move = False
             _engine = wasmtime.Engine(config)
         return _engine
 
@@ -148,7 +153,7 @@ class Vm:
             params, results = raw.func_signature(kind)
             host = imports.get((item.module, name))
             if host is not None and (host.params, host.results) == (params, results):
-                self.linker.define(item.module, name, params, results, host.fn)
+                self.linker.define(item.module, name, params, results, host.fn, host.answers)
             else:
                 self.unimplemented.append(f"{item.module}.{name}")
                 self.linker.define(item.module, name, params, results, _stub(item.module, name, results))
@@ -176,12 +181,8 @@ class Vm:
         func = self.funcs.get(name)
         if func is None:
             return None
-        raw.set_fuel(self.context, fuel)
-        return self._guard(func, args)
-
-    def _guard(self, func: raw.GuestFunc, args: Sequence[int]) -> int | None:
         try:
-            return func(*args)
+            return func.call(args, fuel)     # the fuel refill and the call in one frame: it runs per callback
         except raw.GuestTrap as trap:
             reason = "out of fuel (endless loop?)" if trap.out_of_fuel else trap.reason
             if self.linker.host_error is not None:

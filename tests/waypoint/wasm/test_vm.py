@@ -7,8 +7,9 @@ import logging
 import struct
 
 import pytest
+import wasmtime
 
-from waypoint.wasm import vm as vm_module
+from waypoint.wasm import raw, vm as vm_module
 from waypoint.wasm.abi import Status
 from waypoint.wasm.plugin import LoadedPlugin
 from waypoint.wasm.types import PluginLoadError, PluginTrap, RequestInfo
@@ -163,3 +164,60 @@ async def test_a_stream_on_a_vm_without_context_create_still_works() -> None:
     stream = load(wat.plugin('(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) '
                              '(i32.const 0))')).stream(RequestInfo())
     assert stream.failure is None
+
+
+def test_memory_grown_by_the_guest_is_seen_and_still_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    # raw.Memory keeps the size it read last: an access past it must read the size again, both between
+    # calls and inside one host call made right after the guest grew its memory, and still refuse what lies
+    # past the new end.
+    plugin = load(wat.plugin(imports("proxy_log") + ROOT + """
+(func (export "grow") (result i32) (memory.grow (i32.const 1)))
+(func (export "grow_and_log") (param $at i32) (result i32)
+  (drop (memory.grow (i32.const 1)))
+  (i32.store8 (local.get $at) (i32.const 65))
+  (call $proxy_log (i32.const 2) (local.get $at) (i32.const 1)))
+(func (export "log") (param $at i32) (param $size i32) (result i32)
+  (call $proxy_log (i32.const 2) (local.get $at) (local.get $size)))""", pages=2))
+    vm = plugin.vm
+    memory = vm.memory
+    old_end = 2 * 65536
+    assert memory.size() == old_end
+    with pytest.raises(raw.OutOfBounds):
+        memory.write(old_end, b"x")
+    assert vm.call("grow") == 2
+    memory.write(old_end, b"x")                      # the new page, with no size() asked in between
+    assert memory.read(old_end, 1) == b"x"
+    with pytest.raises(raw.OutOfBounds):
+        memory.read(old_end + 65536 - 1, 2)          # one byte past the new end
+    caplog.set_level(logging.INFO, logger=wat.LOG.name)
+    assert vm.call("grow_and_log", old_end + 65536 + 10) == Status.OK   # in the page grown in this call
+    assert [r.getMessage() for r in caplog.records][-1].endswith(": A")
+    end = memory.size()
+    assert end == old_end + 2 * 65536
+    assert vm.call("log", end - 1, 1) == Status.OK
+    assert vm.call("log", end - 1, 2) == Status.INVALID_MEMORY_ACCESS
+    assert vm.call("log", wat.BAD, 1) == Status.INVALID_MEMORY_ACCESS
+
+
+def test_an_export_re_entered_from_a_host_function_answers_each_call_its_own() -> None:
+    # GuestFunc reuses one argument array per export: a call of the same export from inside a host
+    # function (as the allocator may be) must get its own, or the inner answer would overwrite the outer's.
+    module = vm_module.compile_module(bytes(wasmtime.wat2wasm("""(module
+  (import "env" "again" (func $again (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "sum") (param $n i32) (result i32)
+    (if (result i32) (i32.eqz (local.get $n)) (then (i32.const 0))
+      (else (i32.add (local.get $n) (call $again (local.get $n)))))))""")))
+    answers: list[int] = []
+
+    def again(n: int) -> int:
+        answer = vm.funcs["sum"](n - 1)
+        assert answer is not None
+        answers.append(answer)
+        return answer
+
+    vm = vm_module.Vm(module, {("env", "again"): vm_module.HostImport(("i32",), ("i32",), again)})
+    assert vm.call("sum", 10) == 55
+    assert answers == [n * (n + 1) // 2 for n in range(10)]
+    assert vm.call("sum", 3) == 6       # and the export's own array is usable again afterwards
