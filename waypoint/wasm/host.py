@@ -35,9 +35,10 @@ from waypoint.wasm.types import Headers, HttpCallResult, LocalReply, PluginConfi
 from waypoint.wasm.vm import HostImport, Vm
 
 _I, _L = raw.I32, raw.I64
-_LEVELS = {abi.LogLevel.TRACE: 5, abi.LogLevel.DEBUG: logging.DEBUG, abi.LogLevel.INFO: logging.INFO,
-           abi.LogLevel.WARN: logging.WARNING, abi.LogLevel.ERROR: logging.ERROR,
-           abi.LogLevel.CRITICAL: logging.CRITICAL}
+_LEVELS: dict[int, int] = {
+    abi.LogLevel.TRACE: 5, abi.LogLevel.DEBUG: logging.DEBUG, abi.LogLevel.INFO: logging.INFO,
+    abi.LogLevel.WARN: logging.WARNING, abi.LogLevel.ERROR: logging.ERROR, abi.LogLevel.CRITICAL: logging.CRITICAL}
+_LEVELS_UP = sorted(_LEVELS.items(), key=lambda kv: kv[1])     # Python's levels, lowest first
 
 
 @dataclass
@@ -170,11 +171,11 @@ class Host:
     # ---------------------------------------------------------------- logging, time, contexts
 
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
-        if level not in _LEVELS:
+        py_level = _LEVELS.get(level)     # by the int: a LogLevel(level) call costs more than the rest
+        if py_level is None:
             return Status.BAD_ARGUMENT
         memory = self._memory()
         memory.check(ptr, size)
-        py_level = _LEVELS[abi.LogLevel(level)]
         if self.log.isEnabledFor(py_level):     # SDKs log at debug and trace per request: skip the copy
             message = memory.read(ptr, min(size, WASM_LOG_BYTES)).decode("utf-8", "replace")
             self.log.log(py_level, "%s: %s", self.config.name, message)
@@ -182,8 +183,7 @@ class Host:
 
     def proxy_get_log_level(self, level_ptr: int) -> int:
         effective = self.log.getEffectiveLevel()
-        level = next((wasm for wasm, py in sorted(_LEVELS.items(), key=lambda kv: kv[1]) if py >= effective),
-                     abi.LogLevel.CRITICAL)
+        level = next((wasm for wasm, py in _LEVELS_UP if py >= effective), abi.LogLevel.CRITICAL)
         self._memory().write_u32(level_ptr, level)
         return Status.OK
 
