@@ -317,7 +317,8 @@ class HttpStream:
 
     async def _headers(self, side: StreamType, callback: str, count: int, end_of_stream: bool) -> Verdict:
         args = (count, int(end_of_stream)) if self._vm.version.headers_have_end_of_stream else (count,)
-        verdict = await self._verdict(side, callback, *args)
+        verdict = await self._callback(side, callback, *args)    # not _verdict: a frame less, per request
+        assert not isinstance(verdict, _Hold)   # only a body callback holds
         if isinstance(verdict, Continue) and self._state is not None:
             headers = self._state.request_headers if side == StreamType.REQUEST else self._state.response_headers
             return Continue(headers=list(headers or []))
@@ -371,7 +372,7 @@ class HttpStream:
         if settled is not None:
             return settled
         if action is None or action == Action.CONTINUE:
-            return Continue()
+            return _CONTINUE
         if buffering:
             return _HOLD    # StopIterationAndBuffer before the end of the body: hold it, ask again with more
         state.paused = side
@@ -424,3 +425,4 @@ class _Hold:
 
 
 _HOLD = _Hold()
+_CONTINUE = Continue()     # frozen: one serves every callback that answers Continue
