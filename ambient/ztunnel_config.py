@@ -7,7 +7,8 @@ Like ``istioctl ztunnel-config``: ``workloads``, ``services``, ``policies``, ``c
 with ``--node N`` the admin port is the one on loopback inside that lab node's network namespace,
 entered by a worker thread; without ``--node`` it goes to ``--admin-address``. Then ``render`` turns
 the dump into text, with no I/O. Failures (no lab, no such node, nothing listening, an error status,
-bytes that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do.
+bytes that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do;
+without root, ``--node`` is refused in one line (``lab.cli.root_needed``). ``zc`` is its alias.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ import json
 import sys
 from collections.abc import Callable
 
-from lab.admin_client import DEFAULT_TIMEOUT, AdminTarget as Target, ConfigFetchError, fetch_config_dump
-from lab.cli import format_table, load_status
+from lab.admin_client import (
+    DEFAULT_TIMEOUT,
+    AdminTarget as Target,
+    ConfigFetchError,
+    NetnsAccessError,
+    fetch_config_dump,
+)
+from lab.cli import format_table, load_status, root_needed
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
@@ -39,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("-n", "--namespace", help="only entries of this namespace")
     common.add_argument("-o", "--output", choices=["table", "json"], default="table")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for ztunnel")
-    parser = subparsers.add_parser("ztunnel-config", help="what a node's ztunnel knows (like istioctl ztunnel-config)")
+    parser = subparsers.add_parser("ztunnel-config", aliases=["zc"],
+                                   help="what a node's ztunnel knows (like istioctl ztunnel-config; alias zc)")
     sub = parser.add_subparsers(dest="ztunnel_config_command", required=True, metavar="KIND")
     helps = {"workloads": "the workloads ztunnel knows", "services": "the services and their endpoints",
              "policies": "the authorization policies", "certificates": "the certificates of the local workloads",
@@ -51,9 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kind_parser.set_defaults(func=cmd_ztunnel_config, kind=kind)
 
 
+ENTERS_NODE_NETNS = "it enters the node's network namespace"
+
+
 def cmd_ztunnel_config(args: argparse.Namespace) -> int:
-    target = resolve_target(args)
-    dump = fetch_config_dump(target, args.timeout)
+    if args.node is None:  # a ztunnel at an address: anyone may ask
+        dump = fetch_config_dump(resolve_target(args), args.timeout)
+    else:
+        with root_needed("ztunnel-config --node", ENTERS_NODE_NETNS, also=(NetnsAccessError,)):
+            dump = fetch_config_dump(resolve_target(args), args.timeout)
     direction = getattr(args, "direction", None)
     if args.output == "json":
         json.dump(select(args.kind, dump, namespace=args.namespace, direction=direction), sys.stdout, indent=2)

@@ -8,6 +8,11 @@ command itself until Ctrl-C. The daemon writes the progress lines to the pipe an
 ``READY_MARKER``, then closes it: the end of the pipe without that line means the daemon failed, and
 the command shows the end of its log. The other commands read the daemon's ``status.json`` and act
 on the only lab there is, or the one ``--name`` picks (``lab.state``).
+
+The lab runs as root and keeps its lock, namespaces and processes root's, so a lab command run
+without root fails at whatever the kernel refuses first; ``root_needed`` turns that refusal into one
+line naming the command (``needs_root``), for this module's commands and those of
+``ambient.ztunnel_config`` and ``lab.waypoint_cli`` that use a lab.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bpf import bpffs
@@ -51,6 +58,32 @@ LOG_TAIL_LINES = 30
 
 class LabError(Exception):
     """A lab command cannot do what was asked; the message says why and what to do."""
+
+
+# Why each command needs root, for the one line a user without it gets.
+CREATES_NETNS = "it creates network namespaces and cgroups"
+REMOVES_NETNS = "it stops the lab's processes and removes its network namespaces"
+READS_STATE = "it reads the lab's state, which only root may"
+ENTERS_POD_NETNS = "it enters the pod's network namespace"
+
+
+def needs_root(command: str, reason: str) -> str:
+    return f"{command} needs root ({reason}); run it with sudo"
+
+
+@contextmanager
+def root_needed(command: str, reason: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Run the body; a permission error the kernel gives a user who is not root becomes the one line
+    of ``needs_root``, as do the exceptions in ``also`` (the same refusal as another module reports
+    it, e.g. ``lab.admin_client.NetnsAccessError``). As root such an error is something else (a file
+    made unreadable on purpose, a security module) and keeps its own message."""
+    refusals: tuple[type[Exception], ...] = (PermissionError, *also)
+    try:
+        yield
+    except refusals as exc:
+        if os.geteuid() == 0:
+            raise
+        raise LabError(needs_root(command, reason)) from exc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -128,7 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lab.daemon import LabConfig
 
     if os.geteuid() != 0:
-        raise LabError("the lab creates network namespaces and cgroups: run it as root")
+        raise LabError(needs_root("lab up", CREATES_NETNS))
     config_dir = args.dir.resolve()
     if not config_dir.is_dir():
         raise LabError(f"{args.dir}: not a directory")
@@ -284,7 +317,8 @@ def format_table(rows: list[list[str]], gap: int = 2) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     paths = pick_lab(args.name)
-    status, running = load_status(paths)
+    with root_needed("lab status", READS_STATE):
+        status, running = load_status(paths)
     if args.output == "json":
         json.dump({**status, "running": running}, sys.stdout, indent=2)
         print()
@@ -349,6 +383,11 @@ def _tail(path: Path, lines: int) -> str:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    with root_needed("lab logs", READS_STATE):
+        return _logs(args)
+
+
+def _logs(args: argparse.Namespace) -> int:
     paths = pick_lab(args.name)
     status, _ = load_status(paths)
     components = {"lab": paths.daemon_log, "controlplane": Path(status["controlplane"]["log"])}
@@ -378,6 +417,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    with root_needed("lab down", REMOVES_NETNS):
+        return _down(args)
+
+
+def _down(args: argparse.Namespace) -> int:
     try:
         paths = pick_lab(args.name)
     except LabNotFoundError:
@@ -422,13 +466,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if "/" not in args.pod:
         raise LabError(f"{args.pod}: say NAMESPACE/POD")
     paths = pick_lab(args.name)
-    status, _ = load_status(paths)
-    pod = _find_pod(status, args.pod)
-    if not pod["netns"]:
-        raise LabError(f"pod {args.pod} has no network: it is {pod['state']} ({pod['message']})")
-    netns_fd = os.open(netns_path(pod["netns"]), os.O_RDONLY)
-    enter_netns(netns_fd)
-    os.close(netns_fd)
+    with root_needed("exec", ENTERS_POD_NETNS):
+        status, _ = load_status(paths)
+        pod = _find_pod(status, args.pod)
+        if not pod["netns"]:
+            raise LabError(f"pod {args.pod} has no network: it is {pod['state']} ({pod['message']})")
+        netns_fd = os.open(netns_path(pod["netns"]), os.O_RDONLY)
+        try:
+            enter_netns(netns_fd)
+        finally:
+            os.close(netns_fd)
     # Into the first container's cgroup, as `kubectl exec` runs in the container: `lab down` ends it too.
     for container in pod["containers"]:
         cgroup = process_cgroup(paths.name, container_process_name(pod["namespace"], pod["name"], container["name"]))

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help=f"the namespace (default {DEFAULT_NAMESPACE})")
         parser.add_argument("--lab", help="the lab whose configuration directory to use (default: the only one)")
         parser.add_argument("--config", type=Path, metavar="DIR", help="a configuration directory instead of a lab's")
-        parser.set_defaults(func=func)
+        parser.set_defaults(func=_with_lab(name, func))
         return parser
 
     apply = command("apply", "write a waypoint Gateway into the configuration directory", cmd_apply)
@@ -95,6 +95,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"timeout for waiting for the status (default {WAIT_TIMEOUT:g})")
 
     register_run(sub)
+
+
+USES_LAB = "it uses the lab's state, which only root may"
+
+
+Command = Callable[[argparse.Namespace], int | None]
+
+
+def _with_lab(name: str, func: Command) -> Command:
+    """``func`` that, on a lab's directory (no ``--config``), says in one line that it needs root
+    where the kernel refuses a user who is not (the lab's lock, its directory, a node's netns)."""
+    def run(args: argparse.Namespace) -> int | None:
+        if args.config is not None:
+            return func(args)
+        from lab.cli import root_needed
+
+        with root_needed(f"waypoint {name} --lab", USES_LAB):
+            return func(args)
+
+    return run
 
 
 # -- where the configuration is, and what it holds
@@ -128,9 +148,12 @@ def find_target(args: argparse.Namespace) -> Target:
             raise UsageError(f"--config: {args.config} is not a directory")
         try:  # a lab on this very directory reports the waypoints' status
             paths = pick_lab(args.lab)
+            running = is_running(paths)
         except (LabNotFoundError, ValueError):
             return Target(directory)
-        return Target(directory, paths.status if is_running(paths) else None)
+        except PermissionError:  # the lab's lock is root's: to a user who is not, its status is unknown
+            return Target(directory)
+        return Target(directory, paths.status if running else None)
     try:
         paths = pick_lab(args.lab)
     except LabNotFoundError as exc:

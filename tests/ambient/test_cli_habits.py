@@ -1,0 +1,272 @@
+"""The ``ambient`` command's habits, as a user meets them: each case runs ``python -m ambient`` in a
+process and checks the exact line on stderr and the exit status (issue #21, "The CLI").
+
+The not-root cases run the command as uid/gid 65534 through ``setpriv`` against a lab as the
+commands see one (its lock held by this test, 0600 as the daemon makes it; its record and
+status.json written), in a directory that user may traverse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mesh
+from ambient.cli import EXIT_BROKEN_PIPE, EXIT_USAGE, git_revision
+from lab.state import LabLock, LabPaths, write_record
+
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+TIMEOUT = 60  # seconds for one command: an import of the packages and one answer
+
+
+def ambient(*argv: str, env: dict | None = None, stdout=subprocess.PIPE, prefix: list[str] | None = None,
+            python: str = sys.executable) -> subprocess.CompletedProcess:
+    return subprocess.run([*(prefix or []), python, "-m", "ambient", *argv], cwd=REPO, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=TIMEOUT, env={**os.environ, **(env or {})})
+
+
+def only_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+# -- version
+
+
+def test_version_and_dash_dash_version_print_istioctl_s_client_line():
+    revision = git_revision()
+    expected = f"client version: {mesh.__version__}" + (f" (git {revision[:12]})" if revision else "")
+    for argv in (["version"], ["--version"]):
+        done = ambient(*argv)
+        assert (done.returncode, done.stdout, done.stderr) == (0, expected + "\n", "")
+
+
+def test_version_as_json_and_yaml_is_the_same_dict():
+    as_json = json.loads(ambient("version", "-o", "json").stdout)
+    as_yaml = yaml.safe_load(ambient("version", "-o", "yaml").stdout)
+    assert as_json == as_yaml
+    assert as_json["clientVersion"]["version"] == mesh.__version__
+    assert as_json["clientVersion"].get("revision") == git_revision()
+
+
+def test_git_revision_reads_loose_packed_detached_and_worktree_heads(tmp_path):
+    sha_a, sha_b, sha_c = "a" * 40, "b" * 40, "c" * 40
+    git = tmp_path / "repo" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text(sha_a + "\n")
+    assert git_revision(tmp_path / "repo") == sha_a
+    (git / "refs" / "heads" / "main").unlink()  # after `git gc`: only in packed-refs
+    (git / "packed-refs").write_text(f"# pack-refs with: peeled fully-peeled sorted\n{sha_b} refs/heads/main\n")
+    assert git_revision(tmp_path / "repo") == sha_b
+    worktree_git = git / "worktrees" / "wt"  # `git worktree add`: .git is a file naming this directory
+    worktree_git.mkdir(parents=True)
+    (worktree_git / "HEAD").write_text(sha_c + "\n")  # detached
+    (worktree_git / "commondir").write_text("../..\n")
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / ".git").write_text(f"gitdir: {worktree_git}\n")
+    assert git_revision(tmp_path / "wt") == sha_c
+    (worktree_git / "HEAD").write_text("ref: refs/heads/main\n")  # its refs are the main repository's
+    assert git_revision(tmp_path / "wt") == sha_b
+    assert git_revision(tmp_path / "not-a-checkout") is None
+
+
+# -- zc
+
+
+def test_zc_is_ztunnel_config():
+    done = ambient("zc", "workloads", "--admin-address", "nowhere")
+    assert (done.returncode, only_line(done.stderr)) == (
+        1, "ambient: error: --admin-address: 'nowhere' is not HOST:PORT")
+    assert "usage: ambient ztunnel-config workloads" in ambient("zc", "workloads", "--help").stdout
+
+
+# -- no traceback
+
+
+@pytest.mark.parametrize("argv", [
+    ["ca", "init", "--dir", "/nonexistent/ca"],
+    ["controlplane", "--config", "/nonexistent", "--state", "/nonexistent"],
+    ["ztunnel"],
+    ["waypoint", "run"],
+])
+def test_a_bad_trust_domain_is_a_usage_error_by_mesh_identity_s_rule(argv):
+    done = ambient(*argv, "--trust-domain", "bad domain")
+    assert done.returncode == EXIT_USAGE and "Traceback" not in done.stderr
+    prog = " ".join(["ambient", *argv[:2 if argv[0] in ("ca", "waypoint") else 1]])
+    assert done.stderr.splitlines()[-1] == (f"{prog}: error: argument --trust-domain: trust domain 'bad domain' "
+                                            "must be 1-255 characters of a-z, 0-9, '.', '-', '_'")
+
+
+# A bug planted in `ambient version`: what a user sees of an exception nobody expected.
+BUG = ("import sys, ambient.cli as cli\n"
+       "def cmd_version(args): raise RuntimeError('boom')\n"
+       "cli.cmd_version = cmd_version\n"
+       "sys.exit(cli.main(sys.argv[1:]))\n")
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_logged_at_debug():
+    done = subprocess.run([sys.executable, "-c", BUG, "version"], cwd=REPO, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert (done.returncode, only_line(done.stderr)) == (
+        1, "ambient: error: RuntimeError: boom (--log-level debug shows where)")
+    done = subprocess.run([sys.executable, "-c", BUG, "--log-level", "debug", "version"], cwd=REPO,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 1
+    assert "DEBUG ambient: ambient version failed\nTraceback (most recent call last):" in done.stderr
+    assert done.stderr.splitlines()[-1] == "ambient: error: RuntimeError: boom"
+
+
+# -- a closed pipe
+
+
+def closed_pipe_run(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run with stdout a pipe whose reader is already gone (as `| head -1` once it has its line):
+    every write fails, whatever the size of the output and however fast the reader."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return ambient(*argv, env=env, stdout=write_end)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(("argv", "status"), [
+    (["version"], EXIT_BROKEN_PIPE),
+    (["validate", "-o", "json", "manifests/samples"], EXIT_BROKEN_PIPE),
+    (["zc", "--help"], 0),  # argparse's own printing already ignores the error, then exits 0
+])
+def test_a_closed_pipe_is_quiet(argv, status):
+    done = closed_pipe_run(*argv)
+    assert (done.returncode, done.stderr) == (status, "")
+
+
+def fake_lab(root: Path, name: str = "t1") -> LabLock:
+    """A running lab as the commands see one: its lock held (by this process), record and status."""
+    paths = LabPaths.of(name, root)
+    lock = LabLock(paths)
+    lock.acquire()
+    config = root / "config"
+    config.mkdir(exist_ok=True)
+    write_record(paths, {"name": name, "config_dir": str(config), "pid": os.getpid()})
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log = paths.logs / "default_a_c.log"
+    log.write_text("".join(f"line {i}\n" for i in range(10_000)))  # more than a pipe holds
+    pod = {"namespace": "default", "name": "a", "node": "node-0", "ip": "10.244.0.2", "ready": "1/1",
+           "all_ready": True, "state": "Running", "restarts": 0, "dataplane_mode": "ambient", "message": None,
+           "netns": f"amb-{name}.default.a", "containers": [{"name": "c", "log": str(log)}]}
+    node = {"name": "node-0", "netns": f"amb-{name}.node-0", "fabric_ip": "172.30.0.2", "pod_cidr": "10.244.0.0/24",
+            "pods": 1, "components": [{"name": "ztunnel-node-0", "state": "running", "log": str(log)}]}
+    paths.status.write_text(json.dumps({
+        "lab": name, "config_dir": str(config), "state_dir": str(paths.root), "nodes": [node], "pods": [pod],
+        "services": [], "controlplane": {"state": "running", "address": "172.30.0.1:15012", "restarts": 0,
+                                         "log": str(paths.logs / "controlplane.log")}}))
+    return lock
+
+
+@pytest.fixture
+def lab_root():
+    """A state root the unprivileged user may traverse (pytest's tmp_path is 0700), made as the lab
+    makes its own: files 0644 but the lock, 0600."""
+    root = Path(tempfile.mkdtemp(prefix="ambient-cli-habits-"))
+    root.chmod(0o755)
+    old = os.umask(0o022)
+    lock = fake_lab(root)
+    os.umask(old)
+    yield root
+    lock.release()
+    shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("argv", [["lab", "status", "--name", "t1"], ["lab", "logs", "default/a", "--name", "t1"]])
+def test_a_closed_pipe_is_quiet_for_lab_listings(lab_root, argv):
+    done = closed_pipe_run(*argv, env={"AMBIENT_LAB_ROOT": str(lab_root)})
+    assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+# -- not root
+
+
+def unprivileged() -> tuple[list[str], str, dict]:
+    """How to run ``python -m ambient`` as uid 65534: setpriv, and an interpreter that user can
+    reach (this one, else the system's of the same version with this one's path), or skip."""
+    if os.geteuid() != 0:
+        pytest.skip("changing to another user needs root")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed: cannot run a command as an unprivileged user")
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    path = os.pathsep.join([str(REPO), *(p for p in sys.path if p)])
+    system = shutil.which(f"python{sys.version_info.major}.{sys.version_info.minor}", path="/usr/bin:/usr/local/bin")
+    for python, env in ((sys.executable, {}), (system, {"PYTHONPATH": path})):
+        if python is None:
+            continue
+        probe = subprocess.run([*prefix, python, "-c", "import ambient.cli, lab.cli"], cwd=REPO,
+                               capture_output=True, timeout=TIMEOUT, env={**os.environ, **env})
+        if probe.returncode == 0:
+            return prefix, python, env
+    pytest.skip(f"no Python interpreter that uid {NOBODY} may run and import the project with "
+                f"({sys.executable} sits where that user cannot reach)")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["lab", "up", "manifests/samples"],
+     "lab up needs root (it creates network namespaces and cgroups)"),
+    (["lab", "down", "--name", "t1"],
+     "lab down needs root (it stops the lab's processes and removes its network namespaces)"),
+    (["lab", "status", "--name", "t1"], "lab status needs root (it reads the lab's state, which only root may)"),
+    (["lab", "logs", "default/a", "--name", "t1"],
+     "lab logs needs root (it reads the lab's state, which only root may)"),
+    (["exec", "--name", "t1", "default/a", "--", "true"], "exec needs root (it enters the pod's network namespace)"),
+    (["ztunnel-config", "workloads", "--node", "node-0", "--lab", "t1"],
+     "ztunnel-config --node needs root (it enters the node's network namespace)"),
+    (["zc", "all", "--node", "node-0", "--lab", "t1"],
+     "ztunnel-config --node needs root (it enters the node's network namespace)"),
+    (["waypoint", "apply", "--lab", "t1"],
+     "waypoint apply --lab needs root (it uses the lab's state, which only root may)"),
+    (["waypoint", "list", "--lab", "t1"],
+     "waypoint list --lab needs root (it uses the lab's state, which only root may)"),
+])
+def test_not_root_is_one_line_for_every_lab_command(lab_root, argv, message):
+    prefix, python, env = unprivileged()
+    done = ambient(*argv, env={**env, "AMBIENT_LAB_ROOT": str(lab_root), "HOME": "/"}, prefix=prefix, python=python)
+    assert (done.returncode, only_line(done.stderr)) == (1, f"ambient: error: {message}; run it with sudo")
+
+
+def test_not_root_may_still_read_what_it_may(lab_root):
+    """A configuration directory is the user's to read, a lab on the machine or not; so is the version."""
+    prefix, python, env = unprivileged()
+    env = {**env, "AMBIENT_LAB_ROOT": str(lab_root), "HOME": "/"}
+    done = ambient("waypoint", "list", "--config", str(lab_root / "config"), "--lab", "t1", env=env, prefix=prefix,
+                   python=python)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "No waypoints found.\n", "")
+    done = ambient("validate", str(lab_root / "config"), env=env, prefix=prefix, python=python)
+    assert (done.returncode, done.stderr) == (0, "0 resources, 0 errors, 0 warnings\n")
+    assert ambient("version", env=env, prefix=prefix, python=python).returncode == 0
+
+
+def test_root_needed_names_the_command_only_for_a_user_who_is_not_root(monkeypatch):
+    from lab.admin_client import NetnsAccessError
+    from lab.cli import LabError, root_needed
+
+    monkeypatch.setattr(os, "geteuid", lambda: NOBODY)
+    with pytest.raises(LabError, match=r"^zc needs root \(why\); run it with sudo$"):
+        with root_needed("zc", "why", also=(NetnsAccessError,)):
+            raise NetnsAccessError("entering the network namespace x needs root")
+    with pytest.raises(NetnsAccessError):  # not named: its own message
+        with root_needed("zc", "why"):
+            raise NetnsAccessError("entering the network namespace x needs root")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(PermissionError):  # root refused: something else, with its own message
+        with root_needed("zc", "why"):
+            raise PermissionError(13, "Permission denied")
