@@ -43,7 +43,7 @@ COMMAND_MODULES = {
     "waypoint": "lab.waypoint_cli",
     "version": "ambient.cli",
 }
-# kubectl's short name for ztunnel-config, as istioctl has it (argparse aliases: same parser).
+# istioctl's short name for ztunnel-config (an argparse alias: the same parser).
 COMMAND_ALIASES = {"zc": "ztunnel-config"}
 # The status of a command whose reader closed the pipe: what a shell reports for a process that
 # SIGPIPE ended (128 + 13), as for kubectl, istioctl or `yes` in `| head`. Not 0: with `set -o pipefail`
