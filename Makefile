@@ -149,7 +149,7 @@ check-protos: venv
 # The mesh's byte-code is compiled first, as installing a wheel would: memory is a measured figure,
 # and a process that compiles its modules from source (an editable checkout under
 # PYTHONDONTWRITEBYTECODE) holds more than one that loads them compiled (1.4 MiB in a ztunnel).
-bench: system-deps venv bench-deps bpf
+bench: system-deps venv bench-deps bpf wasm-plugins
 	$(PY) -m compileall -q ambient bpf ca controlplane hbone lab mesh waypoint ztunnel
 	$(PY) bench/datapath_bench.py
 

@@ -64,6 +64,7 @@ from datapath.paths import (  # noqa: E402
     L7_BASELINE,
     L7_SUBJECT,
     PATHS,
+    WASM_PLUGIN,
     MtlsProxyPath,
     Waypoint,
     manifests,
@@ -106,6 +107,8 @@ def parse_args() -> argparse.Namespace:
     if not wanted or any(n not in known for n in wanted) or len(set(wanted)) != len(wanted):
         parser.error(f"--paths: a comma-separated subset of {', '.join(known)}")
     args.selected = tuple(p for p in PATHS if p.name in wanted)
+    if any(p.warms_up for p in args.selected) and not WASM_PLUGIN.is_file():
+        parser.error(f"{WASM_PLUGIN} is not built: run `make wasm-plugins` (make bench does)")
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections (wrk gives each thread at least one connection)")
     return args

@@ -24,6 +24,7 @@ the same neighbour) within a round.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ MIN_CONNECTIONS_PER_REQUEST = 0.95  # `conn`: nginx must have accepted about one
 RSS_SAMPLE_INTERVAL_S = 0.1
 CHECK_TIMEOUT_S = 5  # curl's bound on each request of the L7 check
 CHECK_ATTEMPTS = 3  # requests of the L7 check that got no answer at all are tried this often
+# A 503 (a WasmPlugin still loading fails closed) is tried again this often, CHECK_WARMING_WAIT_S apart.
+CHECK_WARMING_ATTEMPTS = 50
+CHECK_WARMING_WAIT_S = 0.2
 # The L7 check: the request wrk makes, and one the L7 rule denies, with the status each must get.
 L7_EXPECTED = (("/", 200), (DENIED_PATH, 403))
 
@@ -135,7 +139,8 @@ class Runner:
         for request_path, _expected in L7_EXPECTED:
             # The path's first request may wait for certificates and upstream pools: a request without
             # any answer is tried again, a bounded number of times; a wrong answer is final.
-            for _attempt in range(CHECK_ATTEMPTS):
+            silent = warming = 0
+            while True:
                 try:
                     text = self.lab.run_in(path.namespace, "client", "curl", "-sS", "-o", "/dev/null", "-w",
                                            "%{http_code}", "-m", str(CHECK_TIMEOUT_S), endpoint.url(request_path),
@@ -143,8 +148,16 @@ class Runner:
                     statuses[request_path] = int(text.strip()) or None  # curl writes 000 without an answer
                 except (BenchFailure, ValueError):
                     statuses[request_path] = None
-                if statuses[request_path] is not None:
-                    break
+                if statuses[request_path] is None:
+                    silent += 1
+                    if silent < CHECK_ATTEMPTS:
+                        continue
+                elif statuses[request_path] == 503 and path.warms_up:
+                    warming += 1
+                    if warming < CHECK_WARMING_ATTEMPTS:
+                        time.sleep(CHECK_WARMING_WAIT_S)  # no event to await: the plugin loads in the waypoint
+                        continue
+                break
         problems = l7_problems(statuses)
         if problems:
             raise BenchFailure(f"{name}: the L7 rule is not in force before measuring: {'; '.join(problems)}")

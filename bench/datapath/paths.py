@@ -158,6 +158,7 @@ class DataPath:
     proxy: str | None = None  # what carries the traffic; None: nothing but the kernel
     figures: tuple[str, ...] = FIGURES  # what the bench measures on this path
     l7: bool = False  # applies the L7 rule (ALLOWED_PATHS): checked before measuring, its own report section
+    warms_up: bool = False  # answers 503 for a while after it is up (a WasmPlugin loading): the check waits
     alone: tuple[str, ...] = ()  # accounted sides whose CPU per unit is also given by itself
 
     # -- the pods (pure)
@@ -463,9 +464,36 @@ class Waypoint(DataPath):
                 "server": layout.ztunnel_cgroup(SERVER_NODE)}
 
 
+# The header plugin of the waypoint-wasm row, as `make wasm-plugins` builds it (a prerequisite of `make bench`).
+WASM_PLUGIN = Path(__file__).resolve().parents[2] / "build" / "wasm-plugins" / "add-header-gcore.wasm"
+
+
+@dataclass(frozen=True)
+class WaypointWasm(Waypoint):
+    """The waypoint row with one WasmPlugin more on its Gateway: an AssemblyScript plugin (gcore's SDK) that adds
+    a request header from its pluginConfig (issue #20). The same load, so the waypoint's own CPU per request with
+    and without it, in the same run, is the plugin's cost."""
+
+    name: str = "waypoint-wasm"
+    namespace: str = "dp-waypoint-wasm"
+    title: str = ("the waypoint row with a WasmPlugin on its Gateway (add-header, AssemblyScript/gcore SDK): "
+                  "client pod -> ztunnel -> waypoint (L7 policy, plugin) -> ztunnel -> app")
+    warms_up: bool = True
+
+    def manifests(self, layout: LabLayout) -> list[dict]:
+        plugin = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                  "metadata": {"name": "add-header", "namespace": self.namespace},
+                  "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                           "name": self.gateway}],
+                           "url": f"file://{WASM_PLUGIN}",
+                           "pluginConfig": {"header": "x-bench", "value": "from-plugin"}}}
+        return [*super().manifests(layout), plugin]
+
+
 # The rows of the report, in this order; ratios are to BASELINE. The L7 rows' own section compares
 # L7_SUBJECT with L7_BASELINE.
-PATHS: tuple[DataPath, ...] = (Direct(), Stunnel(), Haproxy(), Ambient(), HaproxyL7(), Waypoint())
+PATHS: tuple[DataPath, ...] = (Direct(), Stunnel(), Haproxy(), Ambient(), HaproxyL7(), Waypoint(), WaypointWasm())
+WASM_SUBJECT = "waypoint-wasm"  # compared with L7_SUBJECT: the plugin's cost
 BASELINE = "stunnel"
 L7_SUBJECT, L7_BASELINE = "waypoint", "haproxy-l7"
 

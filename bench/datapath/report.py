@@ -383,6 +383,29 @@ def l7_lines(result: dict) -> list[str]:
     ]
 
 
+def wasm_lines(result: dict) -> list[str]:
+    """Issue #20: the waypoint alone with and without a header plugin, the same load in the same run."""
+    summary = result["medians"]
+    plain, plugin = summary.get(result.get("l7_subject", "waypoint"), {}), summary.get("waypoint-wasm", {})
+    without, with_plugin = plain.get("keepalive.waypoint_cpu_ms_per_1k"), plugin.get("keepalive.waypoint_cpu_ms_per_1k")
+    if without is None or with_plugin is None:
+        return []
+    cost = with_plugin - without  # CPU-ms per 1,000 requests is CPU-µs per request
+    lines = ["| figure | waypoint | waypoint-wasm | difference |", "|---|---:|---:|---:|",
+             f"| CPU per request, the waypoint alone (CPU-µs) | {without:.1f} | {with_plugin:.1f} | {cost:+.1f} |"]
+    for label, key, digits in (("keep-alive requests/s", "keepalive.rps", 0),
+                               ("keep-alive p99 latency (ms)", "keepalive.p99_ms", 3),
+                               ("RSS idle, the waypoint (MiB)", "rss_idle.waypoint", 1)):
+        a, b = plain.get(key), plugin.get(key)
+        if a is not None and b is not None:
+            lines.append(f"| {label} | {fmt(a, digits)} | {fmt(b, digits)} | {fmt(b - a, digits)} |")
+    return ["## A header plugin in the waypoint (issue #20)", "",
+            "The waypoint row and the same with a WasmPlugin on its Gateway (an AssemblyScript plugin built with "
+            "gcore's SDK that adds a request header from its pluginConfig), the same keep-alive load, one after "
+            "the other in each round. The waypoint's own cgroup: the difference is the plugin's cost per request "
+            f"(issue #20's goal: at most 50 CPU-µs): **{cost:.1f} CPU-µs**.", "", *lines, ""]
+
+
 def markdown(result: dict) -> str:
     p, m = result["parameters"], result["machine"]
     paths = "\n".join(f"- `{x['name']}` (namespace `{x['namespace']}`): {x['title']}" for x in result["paths"])
@@ -411,6 +434,7 @@ def markdown(result: dict) -> str:
         "",
     ]
     out += l7_lines(result)
+    out += wasm_lines(result)
     if result.get("charts"):
         out += ["## Charts", "", *[f"![{name}]({name})" for name in result["charts"]], ""]
     if result.get("ztunnel_memory"):

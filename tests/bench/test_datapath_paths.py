@@ -41,14 +41,16 @@ def pods(docs: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def test_the_rows_and_the_baseline():
-    assert [p.name for p in PATHS] == ["direct", "stunnel", "haproxy", "ambient", "haproxy-l7", "waypoint"]
+    assert [p.name for p in PATHS] == ["direct", "stunnel", "haproxy", "ambient", "haproxy-l7", "waypoint",
+                                       "waypoint-wasm"]
     assert {BASELINE, L7_BASELINE, L7_SUBJECT} <= {p.name for p in PATHS}
     assert len({p.namespace for p in PATHS}) == len(PATHS)
-    assert [p.name for p in PATHS if p.enrolled] == ["ambient", "waypoint"]
+    assert [p.name for p in PATHS if p.enrolled] == ["ambient", "waypoint", "waypoint-wasm"]
     # The L7 rows run the keep-alive figure only, and are the ones checked for their rule.
     assert {p.name: p.figures for p in PATHS if p.figures != ("keepalive", "conn", "bulk")} == {
-        "haproxy-l7": ("keepalive",), "waypoint": ("keepalive",)}
-    assert [p.name for p in PATHS if p.l7] == ["haproxy-l7", "waypoint"]
+        "haproxy-l7": ("keepalive",), "waypoint": ("keepalive",), "waypoint-wasm": ("keepalive",)}
+    assert [p.name for p in PATHS if p.l7] == ["haproxy-l7", "waypoint", "waypoint-wasm"]
+    assert [p.name for p in PATHS if p.warms_up] == ["waypoint-wasm"]  # its plugin loads after the pod is up
 
 
 def test_manifests_pass_the_mesh_parser(tmp_path):
@@ -56,7 +58,8 @@ def test_manifests_pass_the_mesh_parser(tmp_path):
     (lay.config_dir / "pods.yaml").write_text(yaml.safe_dump_all(manifests(PATHS, lay), sort_keys=False))
     result = parse_paths([lay.config_dir])
     assert result.errors == []
-    assert len(result.resources) == 3 * len(PATHS) + 2  # the waypoint row's Gateway and policy
+    # The waypoint rows' Gateway and policy, and the waypoint-wasm row's WasmPlugin.
+    assert len(result.resources) == 3 * len(PATHS) + 2 + 3
 
 
 def test_pods_clients_on_node_0_servers_on_node_1_apps_first(tmp_path):

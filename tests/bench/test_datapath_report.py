@@ -344,3 +344,15 @@ def test_check_l7_fails_when_the_denied_path_is_served():
     runner, _lab = l7_runner({"http://10.244.1.6:8080/": ["200"], "http://10.244.1.6:8080/private": ["200"]})
     with pytest.raises(BenchFailure, match="GET /private answered 200, expected 403"):
         runner.check_l7("waypoint")
+
+
+def test_the_wasm_section_gives_the_plugins_cost_as_the_waypoints_difference():
+    result = {"l7_subject": "waypoint", "medians": {
+        "waypoint": {"keepalive.waypoint_cpu_ms_per_1k": 197.8, "keepalive.rps": 4380.0, "rss_idle.waypoint": 64.0},
+        "waypoint-wasm": {"keepalive.waypoint_cpu_ms_per_1k": 241.3, "keepalive.rps": 3900.0,
+                          "rss_idle.waypoint": 83.1}}}
+    text = "\n".join(report.wasm_lines(result))
+    assert "**43.5 CPU-µs**" in text
+    assert "| CPU per request, the waypoint alone (CPU-µs) | 197.8 | 241.3 | +43.5 |" in text
+    assert "| RSS idle, the waypoint (MiB) | 64.0 | 83.1 | 19.1 |" in text
+    assert report.wasm_lines({"medians": {"waypoint": {"keepalive.waypoint_cpu_ms_per_1k": 1.0}}}) == []
