@@ -90,14 +90,20 @@ class WaypointConfig:
             raise ValueError("a waypoint needs its Gateway's namespace and name")
         if self.drain_timeout < 0:
             raise ValueError("drain_timeout must not be negative")
+        _ = self.identity  # a name that makes no SPIFFE ID is refused here, not at the first request
 
-    @property
+    @functools.cached_property
     def gateway(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    @property
+    @functools.cached_property
     def identity(self) -> SpiffeId:
+        """Made once (a SpiffeId validates its parts): requests read it."""
         return SpiffeId(self.trust_domain, self.namespace, self.name)
+
+    @functools.cached_property
+    def principal(self) -> str:
+        return str(self.identity)
 
 
 class Discovery(Protocol):
@@ -146,6 +152,7 @@ class Waypoint:
         self.pipeline: Pipeline | None = None
         # The WasmPlugins for this waypoint: nothing is loaded (nor wasmtime imported) until one targets it.
         self.wasm = WasmManager(self.gateway, self._load_plugin, self._request_info)
+        self._node_id = f"waypoint~{self.gateway}"  # node.id, as a plugin reads it
 
     # ------------------------------------------------------------ DumpView / OpenCounts
 
@@ -246,7 +253,7 @@ class Waypoint:
             request_id=request_id, time_ns=time.time_ns(), source_address=tunnel.source_address[0],
             source_port=tunnel.source_address[1], source_principal=str(tunnel.peer_identity),
             destination_address=tunnel.destination[0], destination_port=tunnel.destination[1],
-            destination_principal=str(self.identity), mtls=True, node_id=f"waypoint~{self.gateway}")
+            destination_principal=self.config.principal, mtls=True, node_id=self._node_id)
 
     async def _http_call(self, upstream: str, headers: list[tuple[str, str]], body: bytes,
                          trailers: list[tuple[str, str]], timeout: float) -> HttpCallResult | None:
