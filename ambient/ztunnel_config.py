@@ -3,12 +3,15 @@
 Like ``istioctl ztunnel-config``: ``workloads``, ``services``, ``policies``, ``certificates``,
 ``connections`` or ``all``, as a table (istioctl's columns) or as JSON (``-o json``, the entries of
 ``/config_dump`` as ztunnel wrote them). Two steps, each testable alone. ``fetch_config_dump``
-(``lab.admin_client``, shared with ``ambient waypoint apply --wait``) does one ``GET /config_dump``:
-with ``--node N`` the admin port is the one on loopback inside that lab node's network namespace,
-entered by a worker thread; without ``--node`` it goes to ``--admin-address``. Then ``render`` turns
+(``lab.admin_client``, shared with ``ambient waypoint apply --wait``) does one ``GET /config_dump``
+of the ztunnel ``resolve_target`` finds, as istioctl finds a ztunnel pod itself: with
+``--admin-address`` alone, that address; else the admin port on loopback inside a lab node's network
+namespace (entered by a worker thread), of ``--node`` or else the lab's first node that runs a
+ztunnel, in the lab ``--name`` (or ``--lab``), ``$AMBIENT_LAB`` or the only lab picks; with no lab on
+the machine, a ztunnel of one's own on the default address. Then ``render`` turns
 the dump into text, with no I/O. Failures (no lab, no such node, nothing listening, an error status,
 bytes that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do;
-without root, ``--node`` is refused in one line (``lab.cli.root_needed``). ``zc`` is its alias.
+without root, asking inside a lab is refused in one line (``lab.cli.root_needed``). ``zc`` is its alias.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from lab.admin_client import (
     fetch_config_dump,
 )
 from lab.cli import format_table, load_status, root_needed
+from lab.state import LAB_ENV
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
@@ -39,10 +43,12 @@ NA = "NA"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--node", help="the lab node whose ztunnel to ask (its admin port, in the node's netns)")
-    common.add_argument("--lab", help="the lab, with --node (default: the only one)")
-    common.add_argument("--admin-address", default=DEFAULT_ADMIN_ADDRESS, metavar="HOST:PORT",
-                        help=f"ztunnel's admin port (default {DEFAULT_ADMIN_ADDRESS}; inside the node with --node)")
+    common.add_argument("--node", help="the lab node whose ztunnel to ask (default: the lab's first with one)")
+    common.add_argument("--name", "--lab", dest="lab", metavar="LAB",
+                        help=f"the lab (default ${LAB_ENV}, else the only one)")
+    common.add_argument("--admin-address", metavar="HOST:PORT",
+                        help=f"ztunnel's admin port (default {DEFAULT_ADMIN_ADDRESS}: in the lab's node, or of a "
+                        "ztunnel of one's own when no lab is on the machine; with --node, inside that node)")
     common.add_argument("-n", "--namespace", help="only entries of this namespace")
     common.add_argument("-o", "--output", choices=["table", "json"], default="table")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for ztunnel")
@@ -63,11 +69,10 @@ ENTERS_NODE_NETNS = "it enters the node's network namespace"
 
 
 def cmd_ztunnel_config(args: argparse.Namespace) -> int:
-    if args.node is None:  # a ztunnel at an address: anyone may ask
+    # A ztunnel at an address is anyone's to ask; a lab's (its state, its node's netns) is root's.
+    command = "ztunnel-config --node" if args.node is not None else "ztunnel-config"
+    with root_needed(command, ENTERS_NODE_NETNS, also=(NetnsAccessError,)):
         dump = fetch_config_dump(resolve_target(args), args.timeout)
-    else:
-        with root_needed("ztunnel-config --node", ENTERS_NODE_NETNS, also=(NetnsAccessError,)):
-            dump = fetch_config_dump(resolve_target(args), args.timeout)
     direction = getattr(args, "direction", None)
     if args.output == "json":
         json.dump(select(args.kind, dump, namespace=args.namespace, direction=direction), sys.stdout, indent=2)
@@ -93,18 +98,34 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def resolve_target(args: argparse.Namespace) -> Target:
     from lab import network
-    from lab.state import pick_lab
+    from lab.state import NoLabError, pick_lab
     from mesh.errors import UsageError
 
-    host, port = parse_address(args.admin_address)
-    if args.node is None:
+    host, port = parse_address(args.admin_address or DEFAULT_ADMIN_ADDRESS)
+    if args.node is None and args.admin_address is not None:
         if args.lab is not None:
-            raise UsageError("--lab: only with --node (which node's ztunnel to ask)")
+            raise UsageError("--name: not with --admin-address alone (say --node to ask inside a lab's node)")
         return Target(host, port)
-    paths = pick_lab(args.lab)
+    try:
+        paths = pick_lab(args.lab)
+    except NoLabError:
+        if args.node is not None:
+            raise
+        return Target(host, port)  # no lab: a ztunnel run by hand, on the default address
     status, _ = load_status(paths)
-    netns = node_netns(status, args.node)
-    return Target(host, port, network.netns_path(netns), f"in node {args.node} of lab {paths.name!r}")
+    node = args.node if args.node is not None else first_ztunnel_node(status)
+    netns = node_netns(status, node)
+    return Target(host, port, network.netns_path(netns), f"in node {node} of lab {paths.name!r}")
+
+
+def first_ztunnel_node(status: dict) -> str:
+    """The lab's first node that runs a ztunnel: the one istioctl would pick, its first ztunnel pod."""
+    from lab.components import ztunnel_name
+
+    for node in status.get("nodes", ()):
+        if any(c.get("name") == ztunnel_name(node["name"]) for c in node.get("components", ())):
+            return node["name"]
+    raise ConfigFetchError(f"no node of lab {status.get('lab')!r} runs a ztunnel (it was started with --no-ztunnel)")
 
 
 def node_netns(status: dict, node: str) -> str:

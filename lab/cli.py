@@ -7,7 +7,7 @@ passed), leaving the lab running in the background; ``--foreground`` runs the da
 command itself until Ctrl-C. The daemon writes the progress lines to the pipe and a last line,
 ``READY_MARKER``, then closes it: the end of the pipe without that line means the daemon failed, and
 the command shows the end of its log. The other commands read the daemon's ``status.json`` and act
-on the only lab there is, or the one ``--name`` picks (``lab.state``).
+on the lab ``--name`` or ``$AMBIENT_LAB`` picks, or the only one there is (``lab.state.pick_lab``).
 
 The lab runs as root and keeps its lock, namespaces and processes root's, so a lab command run
 without root fails at whatever the kernel refuses first; ``root_needed`` turns that refusal into one
@@ -34,10 +34,12 @@ from bpf import bpffs
 from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from lab.state import (
     DEFAULT_LAB_NAME,
+    LAB_ENV,
     LabLock,
-    LabNotFoundError,
     LabPaths,
+    NoLabError,
     daemon_pid,
+    default_lab_name,
     is_running,
     pick_lab,
     pidfd_wait,
@@ -86,13 +88,16 @@ def root_needed(command: str, reason: str, also: tuple[type[Exception], ...] = (
         raise LabError(needs_root(command, reason)) from exc
 
 
+LAB_HELP = f"the lab (default ${LAB_ENV}, else the only one)"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser("lab", help="the local lab: a cluster of network namespaces on this machine")
     sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="build a lab from a directory of Kubernetes YAML and run it")
     up.add_argument("dir", type=Path, help="directory of Kubernetes-format YAML (watched: edits apply live)")
-    up.add_argument("--name", default=DEFAULT_LAB_NAME, help=f"the lab's name (default {DEFAULT_LAB_NAME})")
+    up.add_argument("--name", help=f"the lab's name (default ${LAB_ENV}, else {DEFAULT_LAB_NAME})")
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
     up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C takes the lab down")
     up.add_argument("--timeout", type=float, default=60.0,
@@ -103,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="nodes, pods and services of the lab")
-    status.add_argument("--name", help="the lab (default: the only one)")
+    status.add_argument("--name", help=LAB_HELP)
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.set_defaults(func=cmd_status)
 
@@ -111,15 +116,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     logs.add_argument("target", metavar="POD|COMPONENT",
                       help="NAMESPACE/POD (or POD if the name is unique), or controlplane, lab, ...")
     logs.add_argument("-c", "--container", help="the container, for a pod with several")
-    logs.add_argument("--name", help="the lab (default: the only one)")
+    logs.add_argument("--name", help=LAB_HELP)
     logs.set_defaults(func=cmd_logs)
 
     down = sub.add_parser("down", help="stop the lab and remove everything it made")
-    down.add_argument("--name", help="the lab (default: the only one)")
+    down.add_argument("--name", help=LAB_HELP)
     down.set_defaults(func=cmd_down)
 
     exec_ = subparsers.add_parser("exec", help="run a command in a lab pod's network namespace")
-    exec_.add_argument("--name", help="the lab (default: the only one)")
+    exec_.add_argument("--name", help=LAB_HELP)
     exec_.add_argument("pod", metavar="NAMESPACE/POD")
     exec_.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
     exec_.set_defaults(func=cmd_exec)
@@ -162,6 +167,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if os.geteuid() != 0:
         raise LabError(needs_root("lab up", CREATES_NETNS))
+    source = "--name" if args.name is not None else LAB_ENV
+    args.name = args.name or default_lab_name() or DEFAULT_LAB_NAME
     config_dir = args.dir.resolve()
     if not config_dir.is_dir():
         raise LabError(f"{args.dir}: not a directory")
@@ -170,7 +177,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         paths = LabPaths.of(args.name)
     except LabPlanError as exc:
-        raise LabError(f"--name: {exc}") from None
+        raise LabError(f"{source}: {exc}") from None
     config = LabConfig(args.name, config_dir, args.nodes, args.log_level, args.timeout, args.ztunnel)
     if args.progress_fd is not None:  # the background daemon, started below by the user's `lab up`
         return _run_daemon(config, paths, _pipe_progress(args.progress_fd))
@@ -316,9 +323,8 @@ def format_table(rows: list[list[str]], gap: int = 2) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    paths = pick_lab(args.name)
     with root_needed("lab status", READS_STATE):
-        status, running = load_status(paths)
+        status, running = load_status(pick_lab(args.name))
     if args.output == "json":
         json.dump({**status, "running": running}, sys.stdout, indent=2)
         print()
@@ -424,7 +430,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     try:
         paths = pick_lab(args.name)
-    except LabNotFoundError:
+    except NoLabError:  # several, or a bad name, are errors: `down` must not guess which to remove
         print("No lab to take down", flush=True)
         return 0
     pid = daemon_pid(paths)
@@ -465,8 +471,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise LabError("no command: ambient exec NAMESPACE/POD -- COMMAND...")
     if "/" not in args.pod:
         raise LabError(f"{args.pod}: say NAMESPACE/POD")
-    paths = pick_lab(args.name)
     with root_needed("exec", ENTERS_POD_NETNS):
+        paths = pick_lab(args.name)
         status, _ = load_status(paths)
         pod = _find_pod(status, args.pod)
         if not pod["netns"]:

@@ -13,6 +13,10 @@ crashed, and ``lab down`` cleans it up. Layout of ``<root>/<lab name>/``:
     waypoints/        per waypoint Gateway (<ns>.<name>/): its token and its proxy's saved state
     logs/             lab.log (the daemon), controlplane.log, pods/<ns>_<pod>_<container>.log
 
+Every command that acts on a lab picks it one way (``pick_lab``): ``--name`` (``--lab`` for ``waypoint``,
+whose ``--name`` is the waypoint's), else ``$AMBIENT_LAB``, else the only lab on the machine; with
+several and none picked it fails listing them, as kubectl does without a current context.
+
 The root is ``$AMBIENT_LAB_ROOT``, or /var/lib/ambient/labs (the lab needs root anyway, and logs
 there survive the terminal). Netns and cgroups are found by the lab's name prefix instead (see
 ``lab.topology``), so ``lab down`` also removes what a lab left without any state directory.
@@ -28,17 +32,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.processes import LAB_CGROUP_SUFFIX, CgroupUnavailableError, find_cgroup2_root
-from lab.topology import NETNS_PREFIX, validate_lab_name
+from lab.topology import NETNS_PREFIX, LabPlanError, validate_lab_name
 from mesh.netns import NETNS_RUN_DIR
 from mesh.watched_file import write_json_atomic
 
 ROOT_ENV = "AMBIENT_LAB_ROOT"
+LAB_ENV = "AMBIENT_LAB"  # the lab a command acts on when it names none, as KUBECONFIG's current context
 DEFAULT_ROOT = Path("/var/lib/ambient/labs")
 DEFAULT_LAB_NAME = "ambient"
 
 
+# The files that make a directory under the root a lab's: its daemon's lock and record, written
+# first, and the status it keeps (a daemon that crashed may leave any of them).
+LAB_FILES = ("lab.lock", "lab.json", "status.json")
+
+
 class LabNotFoundError(RuntimeError):
     """No lab matches what the command asked for."""
+
+
+class NoLabError(LabNotFoundError):
+    """None was named and there is no lab on the machine (``lab down``: nothing to do)."""
+
+
+class SeveralLabsError(LabNotFoundError):
+    """None was named and there are several: the command cannot guess which."""
+
+
+def default_lab_name() -> str | None:
+    """``$AMBIENT_LAB`` (None when unset or empty): every ``--name`` of a lab defaults to it."""
+    return os.environ.get(LAB_ENV) or None
 
 
 def state_root() -> Path:
@@ -190,11 +213,13 @@ def _names_from_cgroups() -> set[str]:
 
 
 def known_labs(root: Path | None = None) -> list[str]:
-    """Every lab with anything on this machine: a state directory, a netns or a cgroup."""
+    """Every lab with anything on this machine: a state directory, a netns or a cgroup. A directory
+    under the root is a lab's if it holds one of ``LAB_FILES``: anything else there (a user's own
+    files) is no lab to pick or to name in a list."""
     root = root or state_root()
     names = _names_from_netns() | _names_from_cgroups()
     try:
-        names |= {p.name for p in root.iterdir() if p.is_dir()}
+        names |= {p.name for p in root.iterdir() if any((p / f).exists() for f in LAB_FILES)}
     except FileNotFoundError:
         pass
     valid = set()
@@ -206,15 +231,21 @@ def known_labs(root: Path | None = None) -> list[str]:
     return sorted(valid)
 
 
-def pick_lab(name: str | None, root: Path | None = None) -> LabPaths:
-    """The lab ``--name`` names, or the only one there is."""
+def pick_lab(name: str | None, root: Path | None = None, flag: str = "--name") -> LabPaths:
+    """The lab ``flag`` names, else ``$AMBIENT_LAB``'s, else the only one there is. A bad name is a
+    ``LabPlanError`` naming where it came from (``flag`` or the variable)."""
+    source = flag if name is not None else LAB_ENV
+    name = name if name is not None else default_lab_name()
     if name is not None:
-        return LabPaths.of(name, root)
+        try:
+            return LabPaths.of(name, root)
+        except LabPlanError as exc:
+            raise LabPlanError(f"{source}: {exc}") from None
     labs = known_labs(root)
     if not labs:
-        raise LabNotFoundError("no lab is running; start one with `ambient lab up DIR`")
+        raise NoLabError("no lab is running; start one with `ambient lab up DIR`")
     if len(labs) > 1:
-        raise LabNotFoundError(f"{len(labs)} labs exist ({', '.join(labs)}); pick one with --name")
+        raise SeveralLabsError(f"{len(labs)} labs are running ({', '.join(labs)}): pick one with {flag} or {LAB_ENV}")
     return LabPaths.of(labs[0], root)
 
 

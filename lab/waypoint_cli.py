@@ -56,6 +56,8 @@ UNKNOWN = "Unknown"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from lab.state import LAB_ENV
+
     group = subparsers.add_parser("waypoint", help="manage waypoints, as istioctl waypoint does")
     sub = group.add_subparsers(dest="waypoint_command", required=True, metavar="COMMAND")
 
@@ -63,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = sub.add_parser(name, help=help)
         parser.add_argument("-n", "--namespace", default=namespace_default,
                             help=f"the namespace (default {DEFAULT_NAMESPACE})")
-        parser.add_argument("--lab", help="the lab whose configuration directory to use (default: the only one)")
+        parser.add_argument("--lab", help="the lab whose configuration directory to use "
+                            f"(default ${LAB_ENV}, else the only one)")
         parser.add_argument("--config", type=Path, metavar="DIR", help="a configuration directory instead of a lab's")
         parser.set_defaults(func=_with_lab(name, func))
         return parser
@@ -140,14 +143,14 @@ class Target:
 
 
 def find_target(args: argparse.Namespace) -> Target:
-    from lab.state import LabNotFoundError, is_running, pick_lab, read_json
+    from lab.state import LabNotFoundError, NoLabError, is_running, pick_lab, read_json
 
     if args.config is not None:
         directory = args.config.absolute()
         if not directory.is_dir():
             raise UsageError(f"--config: {args.config} is not a directory")
         try:  # a lab on this very directory reports the waypoints' status
-            paths = pick_lab(args.lab)
+            paths = pick_lab(args.lab, flag="--lab")
             running = is_running(paths)
         except (LabNotFoundError, ValueError):
             return Target(directory)
@@ -155,11 +158,11 @@ def find_target(args: argparse.Namespace) -> Target:
             return Target(directory)
         return Target(directory, paths.status if running else None)
     try:
-        paths = pick_lab(args.lab)
-    except LabNotFoundError as exc:
+        paths = pick_lab(args.lab, flag="--lab")
+    except NoLabError as exc:
         raise UsageError(f"{exc}, or name a configuration directory with --config DIR") from None
-    except ValueError as exc:
-        raise UsageError(f"--lab: {exc}") from None
+    except ValueError as exc:  # the name's rule, already naming --lab or AMBIENT_LAB
+        raise UsageError(str(exc)) from None
     record = read_json(paths.record) if is_running(paths) else None
     if not record or "config_dir" not in record:
         raise UsageError(f"lab {paths.name!r} is not running; start it with `ambient lab up DIR`, "

@@ -270,3 +270,70 @@ def test_root_needed_names_the_command_only_for_a_user_who_is_not_root(monkeypat
     with pytest.raises(PermissionError):  # root refused: something else, with its own message
         with root_needed("zc", "why"):
             raise PermissionError(13, "Permission denied")
+
+
+# -- one way to pick a lab
+
+
+@pytest.fixture
+def two_labs(tmp_path):
+    """Two running labs, t1 and t2, as the commands see them."""
+    locks = [fake_lab(tmp_path, "t1"), fake_lab(tmp_path, "t2")]
+    yield tmp_path
+    for lock in locks:
+        lock.release()
+
+
+SEVERAL = "ambient: error: 2 labs are running (t1, t2): pick one with {flag} or AMBIENT_LAB"
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["lab", "status"], "--name"),
+    (["lab", "logs", "default/a"], "--name"),
+    (["lab", "down"], "--name"),  # never a guess at which to remove
+    (["exec", "default/a", "--", "true"], "--name"),
+    (["ztunnel-config", "workloads"], "--name"),
+    (["zc", "all", "--node", "node-0"], "--name"),
+    (["waypoint", "list"], "--lab"),  # waypoint's --name is the waypoint's, as in istioctl
+    (["waypoint", "apply"], "--lab"),
+])
+def test_several_labs_and_none_picked_is_one_line_listing_them(two_labs, argv, flag):
+    env = {"AMBIENT_LAB_ROOT": str(two_labs), "AMBIENT_LAB": ""}
+    done = ambient(*argv, env=env)
+    assert (done.returncode, done.stdout, only_line(done.stderr)) == (1, "", SEVERAL.format(flag=flag))
+    assert sorted(p.name for p in two_labs.iterdir() if p.name.startswith("t")) == ["t1", "t2"]  # nothing removed
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_lab_is_picked_by_name_or_ambient_lab(two_labs, how):
+    argv, env = (["--name", "t2"], {"AMBIENT_LAB": ""}) if how == "flag" else ([], {"AMBIENT_LAB": "t2"})
+    done = ambient("lab", "status", "-o", "json", *argv, env={"AMBIENT_LAB_ROOT": str(two_labs), **env})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert json.loads(done.stdout)["lab"] == "t2"
+
+
+def test_the_flag_wins_over_ambient_lab(two_labs):
+    done = ambient("lab", "status", "-o", "json", "--name", "t1", env={"AMBIENT_LAB_ROOT": str(two_labs),
+                                                                       "AMBIENT_LAB": "t2"})
+    assert json.loads(done.stdout)["lab"] == "t1"
+
+
+def test_the_only_lab_is_picked(lab_root):
+    done = ambient("lab", "status", "-o", "json", env={"AMBIENT_LAB_ROOT": str(lab_root), "AMBIENT_LAB": ""})
+    assert (done.returncode, json.loads(done.stdout)["lab"]) == (0, "t1")
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["lab", "status"], {"AMBIENT_LAB": "Bad_Name"}, "AMBIENT_LAB: invalid lab name 'Bad_Name'"),
+    (["lab", "status", "--name", "Bad_Name"], {}, "--name: invalid lab name 'Bad_Name'"),
+    (["waypoint", "list", "--lab", "Bad_Name"], {}, "--lab: invalid lab name 'Bad_Name'"),
+])
+def test_a_bad_lab_name_says_where_it_came_from(tmp_path, argv, env, message):
+    done = ambient(*argv, env={"AMBIENT_LAB_ROOT": str(tmp_path), "AMBIENT_LAB": "", **env})
+    assert done.returncode == 1
+    assert only_line(done.stderr).startswith(f"ambient: error: {message}: it must be a DNS label")
+
+
+def test_lab_down_with_no_lab_has_nothing_to_do(tmp_path):
+    done = ambient("lab", "down", env={"AMBIENT_LAB_ROOT": str(tmp_path), "AMBIENT_LAB": ""})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "No lab to take down\n", "")

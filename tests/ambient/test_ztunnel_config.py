@@ -261,7 +261,55 @@ def test_node_from_the_lab_status(tmp_path, monkeypatch):
         args.func(args)
 
 
-def test_lab_without_node_is_a_usage_error():
-    args = parser().parse_args(["ztunnel-config", "workloads", "--lab", "x"])
-    with pytest.raises(UsageError, match="--lab: only with --node"):
+def test_a_lab_with_an_admin_address_alone_is_a_usage_error():
+    args = parser().parse_args(["ztunnel-config", "workloads", "--name", "x", "--admin-address", "127.0.0.1:15000"])
+    with pytest.raises(UsageError, match="--name: not with --admin-address alone"):
         args.func(args)
+
+
+def lab_status(root, name: str, nodes: list[dict]) -> None:
+    (root / name).mkdir()
+    (root / name / "status.json").write_text(json.dumps({"lab": name, "nodes": nodes}))
+
+
+ZTUNNEL_LESS = {"name": "node-0", "netns": "amb-fake.node-0", "components": []}
+WITH_ZTUNNEL = {"name": "node-1", "netns": "amb-fake.node-1", "components": [{"name": "ztunnel-node-1"}]}
+
+
+@pytest.mark.parametrize(("argv", "env", "where"), [
+    (["--name", "fake"], {}, "in node node-1 of lab 'fake'"),  # the first node with a ztunnel
+    (["--lab", "fake"], {}, "in node node-1 of lab 'fake'"),  # waypoint's spelling, kept
+    ([], {"AMBIENT_LAB": "fake"}, "in node node-1 of lab 'fake'"),
+    (["--node", "node-0"], {"AMBIENT_LAB": "fake"}, "in node node-0 of lab 'fake'"),
+    (["--admin-address", "10.0.0.1:15000"], {"AMBIENT_LAB": "fake"}, ""),  # an address alone: no lab
+])
+def test_the_lab_s_ztunnel_is_found_without_node(tmp_path, monkeypatch, argv, env, where):
+    from ambient.ztunnel_config import resolve_target
+
+    monkeypatch.setenv("AMBIENT_LAB_ROOT", str(tmp_path))
+    monkeypatch.delenv("AMBIENT_LAB", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    lab_status(tmp_path, "fake", [ZTUNNEL_LESS, WITH_ZTUNNEL])
+    lab_status(tmp_path, "other", [WITH_ZTUNNEL])
+    target = resolve_target(parser().parse_args(["ztunnel-config", "workloads", *argv]))
+    assert target.where == where
+    assert target.port == 15000
+
+
+def test_without_a_lab_the_default_address_is_asked(tmp_path, monkeypatch):
+    from ambient.ztunnel_config import resolve_target
+
+    monkeypatch.setenv("AMBIENT_LAB_ROOT", str(tmp_path))
+    monkeypatch.delenv("AMBIENT_LAB", raising=False)
+    target = resolve_target(parser().parse_args(["ztunnel-config", "workloads"]))
+    assert (target.host, target.port, target.netns_path) == ("127.0.0.1", 15000, None)
+
+
+def test_a_lab_without_ztunnels_says_so(tmp_path, monkeypatch):
+    from ambient.ztunnel_config import resolve_target
+
+    monkeypatch.setenv("AMBIENT_LAB_ROOT", str(tmp_path))
+    lab_status(tmp_path, "fake", [ZTUNNEL_LESS])
+    with pytest.raises(ConfigFetchError, match="no node of lab 'fake' runs a ztunnel"):
+        resolve_target(parser().parse_args(["ztunnel-config", "workloads", "--name", "fake"]))

@@ -53,16 +53,24 @@ def test_pick_lab_takes_the_only_one_or_asks(tmp_path, monkeypatch):
     # Only the state directories count here, not the labs this machine may be running meanwhile.
     monkeypatch.setattr(state, "_names_from_netns", set)
     monkeypatch.setattr(state, "_names_from_cgroups", set)
+    monkeypatch.delenv("AMBIENT_LAB", raising=False)
     with pytest.raises(LabNotFoundError, match="no lab is running"):
         pick_lab(None, tmp_path)
+    (tmp_path / "not-a-lab").mkdir()  # no lock, no record: not a lab's
     (tmp_path / "zz-unknown-lab-a").mkdir()
+    (tmp_path / "zz-unknown-lab-a" / "lab.lock").touch()
     assert pick_lab(None, tmp_path).name == "zz-unknown-lab-a"
     (tmp_path / "zz-unknown-lab-b").mkdir()
-    with pytest.raises(LabNotFoundError, match="pick one with --name"):
+    (tmp_path / "zz-unknown-lab-b" / "lab.json").touch()
+    with pytest.raises(LabNotFoundError, match=r"^2 labs are running \(zz-unknown-lab-a, zz-unknown-lab-b\): "
+                       "pick one with --name or AMBIENT_LAB$"):
         pick_lab(None, tmp_path)
     assert pick_lab("zz-unknown-lab-b", tmp_path).root == tmp_path / "zz-unknown-lab-b"
-    with pytest.raises(LabPlanError):
+    with pytest.raises(LabPlanError, match="^--name: invalid lab name"):
         pick_lab("Not_A_Label", tmp_path)
+    monkeypatch.setenv("AMBIENT_LAB", "zz-unknown-lab-b")
+    assert pick_lab(None, tmp_path).name == "zz-unknown-lab-b"
+    assert pick_lab("zz-unknown-lab-a", tmp_path).name == "zz-unknown-lab-a"  # the flag wins
 
 
 def test_pidfd_wait_sees_an_exit_without_reaping():
