@@ -13,8 +13,10 @@ The child is placed *before* it execs: between fork and exec it writes "0" to it
 `cgroup.procs` (which moves the writer) and calls setns on the lab netns, so even its first
 instruction runs in the right cgroup and netns, and nothing it forks can escape either. The netns and
 `cgroup.procs` are opened by the parent first, so a missing netns is a clear error rather than a bare
-"exception in preexec_fn". A pod's process then isolates itself from the node (`spec.sandbox`, see
-`lab.isolation`), last, since that drops the capabilities the steps before need. Its environment is
+"exception in preexec_fn". A pod's process then gets its own mount namespace with the pod's
+resolv.conf over /etc/resolv.conf (`spec.resolv_conf`, see `lab.resolv`) and isolates itself from
+the node (`spec.sandbox`, see `lab.isolation`), last, since that drops the capabilities the steps
+before need. Its environment is
 a minimal base (PATH, HOME) plus `spec.env`, never the supervisor's own. stdout and stderr are
 appended to `spec.log_path`, interleaved with one "[supervisor]" line per event ("started pid N",
 "exited with status S; restarting in X s").
@@ -51,6 +53,7 @@ from types import MappingProxyType
 import trio
 
 from lab.isolation import PodSandbox
+from lab.resolv import prepare_mount
 from lab.topology import netns_prefix
 from mesh.backoff import Backoff
 from mesh.netns import enter_netns, netns_path
@@ -113,6 +116,8 @@ class ProcessSpec:
     backoff: Backoff = RESTART_BACKOFF
     healthy_after: float = HEALTHY_AFTER  # a run this long resets the backoff to its first delay
     sandbox: PodSandbox | None = None  # a pod's isolation from the node (`lab.isolation`); None for the mesh's own
+    # A pod's resolv.conf, bound over /etc/resolv.conf in the process's own mount namespace (`lab.resolv`)
+    resolv_conf: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -133,6 +138,8 @@ class ProcessSpec:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         object.__setattr__(self, "log_path", Path(self.log_path))
         object.__setattr__(self, "cgroup", Path(self.cgroup))
+        if self.resolv_conf is not None:
+            object.__setattr__(self, "resolv_conf", Path(self.resolv_conf))
         object.__setattr__(self, "restart_policy", RestartPolicy(self.restart_policy))
 
     @property
@@ -285,11 +292,14 @@ def _rmdir(path: Path) -> None:
         pass
 
 
-def _enter(procs_fd: int, netns_fd: int | None, isolate: Callable[[], None] | None) -> None:
+def _enter(procs_fd: int, netns_fd: int | None, isolate: Callable[[], None] | None,
+           mount_resolv: Callable[[], None] | None = None) -> None:
     # Runs in the child between fork and exec: system calls only, no imports, no locks.
     os.write(procs_fd, b"0")  # "0" moves the writing process into this cgroup
     if netns_fd is not None:
         enter_netns(netns_fd)
+    if mount_resolv is not None:  # before the sandbox, which hides the file's directory and CAP_SYS_ADMIN
+        mount_resolv()
     if isolate is not None:  # last: it drops the capabilities the steps above need
         isolate()
 
@@ -472,6 +482,7 @@ class Supervisor:
         if _populated(spec.cgroup):  # left over by a supervisor of this lab that crashed
             await trio.to_thread.run_sync(kill_cgroup, spec.cgroup)
         isolate = spec.sandbox.prepare() if spec.sandbox is not None else None
+        mount_resolv = prepare_mount(spec.resolv_conf) if spec.resolv_conf is not None else None
         procs_fd = os.open(spec.cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         netns_fd = None
         try:
@@ -490,7 +501,7 @@ class Supervisor:
                 env=spec.environment,
                 cwd=spec.cwd,
                 # Fine here despite threads: _enter makes only system calls (see the docstring).
-                preexec_fn=lambda: _enter(procs_fd, netns_fd, isolate),
+                preexec_fn=lambda: _enter(procs_fd, netns_fd, isolate, mount_resolv),
                 # Its own session: a Ctrl-C at the terminal reaches only the supervisor, which then
                 # stops the processes in order.
                 start_new_session=True,
