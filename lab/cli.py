@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bpf import bpffs
+from lab.log_view import FOLLOW_POLL_INTERVAL
 from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from lab.state import (
     DEFAULT_LAB_NAME,
@@ -88,6 +89,16 @@ def root_needed(command: str, reason: str, also: tuple[type[Exception], ...] = (
         raise LabError(needs_root(command, reason)) from exc
 
 
+def _duration_arg(text: str) -> float:
+    """``--since``'s type: Go's durations, as kubectl takes them; a bad one is a usage error."""
+    from lab.log_view import LogOptionError, parse_duration
+
+    try:
+        return parse_duration(text)
+    except LogOptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 LAB_HELP = f"the lab (default ${LAB_ENV}, else the only one)"
 
 
@@ -112,10 +123,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.set_defaults(func=cmd_status)
 
-    logs = sub.add_parser("logs", help="the log of a pod's container or of a component")
-    logs.add_argument("target", metavar="POD|COMPONENT",
-                      help="NAMESPACE/POD (or POD if the name is unique), or controlplane, lab, ...")
+    logs = sub.add_parser("logs", help="the log of a pod's container or of a component, as kubectl logs")
+    logs.add_argument("target", metavar="POD|DEPLOYMENT|COMPONENT",
+                      help="[NAMESPACE/]POD, [NAMESPACE/]deploy/NAME (its first ready pod; a plain NAME no pod "
+                      "has is a Deployment's too), or controlplane, lab, ztunnel-node-0, ...")
     logs.add_argument("-c", "--container", help="the container, for a pod with several")
+    logs.add_argument("-n", "--namespace", help="the pod's or Deployment's namespace (default: any)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help=f"then print what is appended, until Ctrl-C (polls every {FOLLOW_POLL_INTERVAL:g} s)")
+    logs.add_argument("--tail", type=int, default=-1, metavar="N", help="only the last N lines (default -1: all)")
+    logs.add_argument("--since", metavar="DURATION", type=_duration_arg,
+                      help="only lines newer than this (5s, 2m, 1h), by the timestamps lines start with")
     logs.add_argument("--name", help=LAB_HELP)
     logs.set_defaults(func=cmd_logs)
 
@@ -372,13 +390,12 @@ def _used_by(users: list[str]) -> str:
 
 
 def _find_pod(status: dict, target: str) -> dict:
-    namespace, _, name = target.rpartition("/")
-    matches = [p for p in status["pods"] if p["name"] == name and (not namespace or p["namespace"] == namespace)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise LabError(f"no pod {target} in lab {status['lab']!r}; `ambient lab status` lists them")
-    raise LabError(f"{len(matches)} pods are named {name}: say NAMESPACE/{name}")
+    from lab.log_view import LogOptionError, pick_pod
+
+    try:
+        return pick_pod(status["pods"], target, status["lab"])
+    except LogOptionError as exc:
+        raise LabError(str(exc)) from None
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -394,6 +411,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    from lab.log_view import LogOptionError, follow, pick_pod, read_selected
+
+    since = None if args.since is None else time.time() - args.since
+    tail = None if args.tail < 0 else args.tail
     paths = pick_lab(args.name)
     status, _ = load_status(paths)
     components = {"lab": paths.daemon_log, "controlplane": Path(status["controlplane"]["log"])}
@@ -402,7 +423,10 @@ def _logs(args: argparse.Namespace) -> int:
     if args.target in components:
         path = components[args.target]
     else:
-        pod = _find_pod(status, args.target)
+        try:
+            pod = pick_pod(status["pods"], args.target, status["lab"], args.namespace)
+        except LogOptionError as exc:
+            raise LabError(str(exc)) from None
         containers = {c["name"]: c for c in pod["containers"]}
         if args.container is None and len(containers) > 1:
             raise LabError(f"pod {pod['namespace']}/{pod['name']} has containers {', '.join(containers)}: "
@@ -411,11 +435,24 @@ def _logs(args: argparse.Namespace) -> int:
         if container is None or "log" not in container:
             raise LabError(f"no log for container {args.container or '(none)'} of pod {pod['namespace']}/{pod['name']}")
         path = Path(container["log"])
+    out = sys.stdout.buffer
     try:
-        with open(path, "rb") as log:
-            shutil.copyfileobj(log, sys.stdout.buffer)
+        log = open(path, "rb")
     except FileNotFoundError:
         raise LabError(f"{path}: no log yet") from None
+    with log:
+        if since is None and tail is None:
+            shutil.copyfileobj(log, out)
+        else:
+            out.writelines(read_selected(log, since=since, tail=tail))
+        if args.follow:
+            out.flush()
+
+            def write(chunk: bytes) -> None:
+                out.write(chunk)
+                out.flush()
+
+            follow(path, log, write)
     return 0
 
 

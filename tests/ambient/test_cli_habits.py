@@ -337,3 +337,119 @@ def test_a_bad_lab_name_says_where_it_came_from(tmp_path, argv, env, message):
 def test_lab_down_with_no_lab_has_nothing_to_do(tmp_path):
     done = ambient("lab", "down", env={"AMBIENT_LAB_ROOT": str(tmp_path), "AMBIENT_LAB": ""})
     assert (done.returncode, done.stdout, done.stderr) == (0, "No lab to take down\n", "")
+
+
+# -- lab logs: --tail, --since, -f, a Deployment's pod
+
+
+def lab_env(root: Path) -> dict:
+    return {"AMBIENT_LAB_ROOT": str(root), "AMBIENT_LAB": ""}
+
+
+def test_logs_tail(lab_root):
+    done = ambient("lab", "logs", "default/a", "--tail", "2", env=lab_env(lab_root))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "line 9998\nline 9999\n", "")
+    done = ambient("lab", "logs", "ztunnel-node-0", "--tail", "0", env=lab_env(lab_root))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def test_logs_since_by_the_lines_timestamps(lab_root):
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+
+    def stamp(ago: float) -> str:
+        return (now - dt.timedelta(seconds=ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    (lab_root / "t1" / "logs" / "default_a_c.log").write_text(
+        f"{stamp(3600)} [supervisor] started pid 1\nold output\n"
+        f"{stamp(60)} [supervisor] exited with status 1; restarting in 1 s\n{stamp(59)} [supervisor] started pid 2\n"
+        "new output\n")
+    done = ambient("lab", "logs", "a", "--since", "5m", env=lab_env(lab_root))
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == (f"{stamp(60)} [supervisor] exited with status 1; restarting in 1 s\n"
+                           f"{stamp(59)} [supervisor] started pid 2\nnew output\n")
+    done = ambient("lab", "logs", "a", "--since", "5m", "--tail", "1", env=lab_env(lab_root))
+    assert done.stdout == "new output\n"
+
+
+def test_logs_since_is_a_go_duration(lab_root):
+    done = ambient("lab", "logs", "a", "--since", "5 minutes", env=lab_env(lab_root))
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (
+        EXIT_USAGE, "ambient lab logs: error: argument --since: '5 minutes' is not a duration such as 10s, 5m or 1h30m")
+
+
+def add_pods(root: Path, *pods: dict) -> None:
+    status_path = root / "t1" / "status.json"
+    status = json.loads(status_path.read_text())
+    status["pods"] += pods
+    status_path.write_text(json.dumps(status))
+
+
+@pytest.mark.parametrize("target", ["deploy/echo", "deployment/echo", "default/deploy/echo", "echo"])
+def test_logs_of_a_deployment_are_its_first_ready_pod_s(lab_root, target):
+    logs = lab_root / "t1" / "logs"
+    entries = []
+    for index, ready in ((0, False), (1, True), (2, True)):
+        name = f"echo-0123456789-{index}"
+        (logs / f"default_{name}_echo.log").write_text(f"from {name}\n")
+        entries.append({"namespace": "default", "name": name, "all_ready": ready,
+                        "containers": [{"name": "echo", "log": str(logs / f"default_{name}_echo.log")}]})
+    add_pods(lab_root, *entries)
+    done = ambient("lab", "logs", target, env=lab_env(lab_root))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "from echo-0123456789-1\n", "")
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("nope", "no pod or Deployment nope in lab 't1'; `ambient lab status` lists them"),
+    ("deploy/nope", "no pods of Deployment deploy/nope in lab 't1'; `ambient lab status` lists them"),
+])
+def test_logs_of_nothing_is_one_line(lab_root, target, message):
+    done = ambient("lab", "logs", target, env=lab_env(lab_root))
+    assert (done.returncode, done.stdout, only_line(done.stderr)) == (1, "", f"ambient: error: {message}")
+
+
+def read_line(stream, timeout: float = TIMEOUT) -> str:
+    """The next line of a child's stdout, waiting for its data (not for a time)."""
+    import select
+
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, "no output"
+    return stream.readline().decode()
+
+
+def test_logs_follow_prints_what_is_appended_until_interrupted(lab_root):
+    import signal
+
+    log = lab_root / "t1" / "logs" / "default_a_c.log"
+    log.write_text("before\n")
+    follower = subprocess.Popen([sys.executable, "-m", "ambient", "lab", "logs", "a", "-f"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **lab_env(lab_root)})
+    try:
+        assert read_line(follower.stdout) == "before\n"
+        with open(log, "a") as appending:
+            appending.write("after\n")
+        assert read_line(follower.stdout) == "after\n"
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(TIMEOUT) == 130
+        assert follower.stderr.read() == b""
+    finally:
+        follower.kill()
+        follower.wait()
+
+
+def test_logs_follow_ends_when_the_lab_removes_its_logs(lab_root):
+    log = lab_root / "t1" / "logs" / "default_a_c.log"
+    log.write_text("before\n")
+    follower = subprocess.Popen([sys.executable, "-m", "ambient", "lab", "logs", "a", "-f", "--tail", "1"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**os.environ, **lab_env(lab_root)})
+    try:
+        assert read_line(follower.stdout) == "before\n"
+        log.unlink()
+        assert follower.wait(TIMEOUT) == 0
+        assert (follower.stdout.read(), follower.stderr.read()) == (b"", b"")
+    finally:
+        follower.kill()
+        follower.wait()
