@@ -6,7 +6,8 @@ other exception is a bug and prints one line too, its traceback going to the log
 (``--log-level debug`` shows it). Flags argparse can check are usage errors (exit 2), and that
 includes every ``--trust-domain`` whatever command registers it: ``build_parser`` gives each one
 ``mesh.identity``'s rule as its type. Output to a pipe whose reader left (``| head``) ends quietly
-with ``EXIT_BROKEN_PIPE``. ``version`` and ``--version`` live here, as they belong to no package.
+with ``EXIT_BROKEN_PIPE``. ``version`` and ``--version`` live here, as they belong to no package, and so do
+istioctl's names for our commands (``zc``, ``analyze``: ``COMMAND_ALIASES``).
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ COMMAND_MODULES = {
     "waypoint": "lab.waypoint_cli",
     "version": "ambient.cli",
 }
-# istioctl's short name for ztunnel-config (an argparse alias: the same parser).
-COMMAND_ALIASES = {"zc": "ztunnel-config"}
+# istioctl's names for our commands (argparse aliases: the same parser, options and output): zc, its
+# short name for ztunnel-config; analyze, its command for what validate does. ztunnel-config names
+# its alias itself; ``ALIASES_ADDED`` are added here, to a command registered without them.
+COMMAND_ALIASES = {"zc": "ztunnel-config", "analyze": "validate"}
+ALIASES_ADDED = {"analyze": "validate"}
 # The status of a command whose reader closed the pipe: what a shell reports for a process that
 # SIGPIPE ended (128 + 13), as for kubectl, istioctl or `yes` in `| head`. Not 0: with `set -o pipefail`
 # a truncated listing is not a full one, and the tools people use already say so this way.
@@ -71,8 +75,21 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     modules = [COMMAND_MODULES[named]] if named in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
     for name in modules:
         importlib.import_module(name).register(sub)
+    for alias, command in ALIASES_ADDED.items():
+        if command in sub.choices:
+            _add_alias(sub, command, alias)
     _check_trust_domains(parser)
     return parser
+
+
+def _add_alias(sub: argparse._SubParsersAction, command: str, alias: str) -> None:
+    """What ``add_parser(command, aliases=[alias])`` would have made, for a command whose package
+    registered it without: the name maps to the same parser, and ``--help`` lists it as argparse
+    lists an alias."""
+    sub._name_parser_map[alias] = sub._name_parser_map[command]
+    for action in sub._choices_actions:
+        if action.dest == command:
+            action.metavar = f"{command} ({alias})"
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

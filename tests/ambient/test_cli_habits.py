@@ -453,3 +453,17 @@ def test_logs_follow_ends_when_the_lab_removes_its_logs(lab_root):
     finally:
         follower.kill()
         follower.wait()
+
+
+# -- analyze
+
+
+@pytest.mark.parametrize("argv", [["manifests/samples"], ["-o", "json", "manifests/samples"], ["/nonexistent"], []])
+def test_analyze_is_validate(argv):
+    analyzed, validated = ambient("analyze", *argv), ambient("validate", *argv)
+    assert (analyzed.returncode, analyzed.stdout, analyzed.stderr) == (
+        validated.returncode, validated.stdout, validated.stderr)
+
+
+def test_help_lists_analyze_as_validate_s_alias():
+    assert "validate (analyze)" in ambient("--help").stdout
