@@ -9,6 +9,11 @@ these functions return, supervises it like a pod's container and logs it to ``lo
   with the node's token (valid from the node's fabric address only), which ``prepare_node`` mints
   once the control plane's CA exists; the agent's state (bpffs, ZDS socket, status.json) is
   ``LabPaths.node_dir``, which no pod can see (``lab.isolation``).
+- The cluster DNS (``lab.dns_server``, the lab's CoreDNS) runs in the ``cp`` netns too, on
+  10.255.0.2:53 UDP and TCP: ``dns_process``. Every pod reaches it through its node (default route to
+  the node's bridge, the node's uplink on the fabric; UDP is never captured, the pod filter passes it),
+  and each pod's resolv.conf names it (``lab.resolv``). It answers from the view the daemon writes
+  (``dns_view_path``) whenever the lab changes.
 - Each waypoint Gateway runs its proxy (``ambient waypoint run``) in the waypoint pod's netns:
   ``waypoint_processes``. It reaches the control plane with a workload token for the waypoint's own
   identity (``spiffe://<td>/ns/<ns>/sa/<gateway>``), which ``prepare_waypoint`` mints once, kept
@@ -39,6 +44,9 @@ CONTROLPLANE = "controlplane"
 CONTROLPLANE_PORT = 15012
 CONTROLPLANE_METRICS_PORT = 15014
 CONTROLPLANE_SERVER_NAME = "istiod.istio-system.svc"
+DNS = "dns"  # the cluster DNS's process and log (logs/dns.log)
+DNS_PORT = 53
+DNS_DIR = "dns"  # in the lab's state: the view the server answers from, the pods' resolv.conf files
 ZTUNNEL_STATE_DIR = "ztunnel-state"  # in the node's directory: what a restarted ztunnel serves from
 # The lab's control plane runs with the default trust domain (``controlplane_process`` passes no
 # --trust-domain), so its CA signs only identities of that domain.
@@ -49,6 +57,28 @@ WAYPOINT_READINESS_PORT = 15021  # Istio's readiness port, as ztunnel's
 # The probe the lab runs against a waypoint pod: the kubelet's defaults but a 1 s period, so that
 # `waypoint status` sees a waypoint ready (or gone unready) within a second, as istioctl polls.
 WAYPOINT_READINESS = r.Probe("httpGet", WAYPOINT_READINESS_PORT, "/healthz/ready", period_seconds=1)
+
+
+def dns_address(plan: LabPlan) -> tuple[str, int]:
+    """Where pods send their DNS queries: the control plane's fabric address, which every pod routes to."""
+    return str(plan.control_plane.address.ip), DNS_PORT
+
+
+def dns_view_path(paths: LabPaths) -> Path:
+    return paths.root / DNS_DIR / "view.json"
+
+
+def resolv_conf_path(paths: LabPaths, namespace: str) -> Path:
+    """The resolv.conf of every pod of ``namespace`` (bound read-only, so one file serves them all)."""
+    return paths.root / DNS_DIR / "resolv" / f"{namespace}.conf"
+
+
+def dns_process(paths: LabPaths, plan: LabPlan, log_level: str = "info") -> ProcessSpec:
+    host, port = dns_address(plan)
+    argv = (sys.executable, "-m", "lab.dns_server", "--log-level", log_level,
+            "--view", str(dns_view_path(paths)), "--listen", f"{host}:{port}")
+    return ProcessSpec(name=DNS, argv=argv, log_path=paths.component_log(DNS),
+                       cgroup=process_cgroup(paths.name, DNS), netns=plan.control_plane.netns)
 
 
 def controlplane_address(plan: LabPlan) -> tuple[str, int]:

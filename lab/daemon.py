@@ -14,12 +14,14 @@ pod whose spec changed is recreated, as a Kubernetes pod would be.
 Every change of a process, a probe or the set of pods rewrites ``status.json`` (for ``ambient lab
 status``) and the control plane's ``pods.json`` (pod IP, node and readiness, which feed the mesh's
 view), each only when its content changed; so does a change of a node agent's own status.json,
-polled as often (``lab.agents``). Cancelling ``run`` stops every process, then removes
+polled as often (``lab.agents``), and so is the cluster DNS's view (``lab.dns``; the server starts before any pod,
+whose containers see their namespace's resolv.conf). Cancelling ``run`` stops every process, then removes
 every netns and cgroup of the lab; the caller removes the state directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -37,9 +39,11 @@ from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, wr
 from controlplane.view import PodStatus, is_enrolled
 from lab import components, network
 from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
+from lab.dns import DnsView, cluster_view
 from lab.isolation import PodSandbox
 from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
+from lab.resolv import prepare_mount, write_resolv_conf
 from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.waypoints import waypoint_entries
@@ -50,7 +54,9 @@ from mesh.watched_file import write_json_atomic
 log = logging.getLogger("ambient.lab")
 
 SCAN_INTERVAL = 0.25  # as the control plane's own watch of the directory
-CONTROLPLANE_READY_INTERVAL = 0.05
+CONTROLPLANE_READY_INTERVAL = 0.05  # between tries of a component's port
+CONTROLPLANE_READY_TIMEOUT = 60.0  # it makes or loads its CA before it binds
+DNS_READY_TIMEOUT = 30.0  # a Python process importing trio and dnspython binds in well under a second
 
 
 @dataclass(frozen=True)
@@ -90,13 +96,16 @@ async def open_tcp_in_netns(netns: str, host: str, port: int) -> trio.SocketStre
 
 
 async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env: dict[str, str],
-                              sandbox: PodSandbox | None = None) -> int:
-    """Run ``argv`` in ``netns`` (an exec probe), isolated as the pod's containers are (``sandbox``);
-    its exit status. Cancelling kills it."""
+                              sandbox: PodSandbox | None = None, resolv_conf: Path | None = None) -> int:
+    """Run ``argv`` in ``netns`` (an exec probe), isolated as the pod's containers are (``sandbox``,
+    and ``resolv_conf`` over /etc/resolv.conf); its exit status. Cancelling kills it."""
     isolate = sandbox.prepare() if sandbox is not None else None
+    mount_resolv = prepare_mount(resolv_conf) if resolv_conf is not None else None
 
     def enter(fd: int) -> None:  # in the child: system calls only (see lab.processes)
         network.enter_netns(fd)
+        if mount_resolv is not None:
+            mount_resolv()
         if isolate is not None:
             isolate()
 
@@ -141,6 +150,7 @@ class Lab:
         self._status_written = trio.Event()  # set (and replaced) after each write of status.json
         self._agents: dict[str, AgentStatus] = {}  # node -> what its agent's status.json said last
         self._controlplane_up = False  # its CA exists: tokens can be minted
+        self._dns_view: DnsView | None = None  # the view last written for the DNS server
 
     # -- change notification (status files, waiters)
 
@@ -182,6 +192,7 @@ class Lab:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.supervisor.run)
+                await self._start_dns()  # before any pod: a pod's first lookup finds it serving
                 nursery.start_soon(self._publish_status)
                 nursery.start_soon(self._watch_agents)
                 async with trio.open_nursery() as starting:  # side by side: pods do not wait for the mesh yet
@@ -222,17 +233,32 @@ class Lab:
                                                   ztunnel=self.config.ztunnel):
                 await self.supervisor.start(spec)
 
-    async def _start_controlplane(self) -> None:
-        spec = components.controlplane_process(self.paths, self.plan, self.config.config_dir, self.config.log_level)
+    async def _start_dns(self) -> None:
+        """The cluster DNS, serving the view of the directory as read (pods get their IPs as they
+        start; ``_publish_status`` keeps the view current); ready once its TCP port accepts, which
+        it opens after its UDP socket."""
+        await trio.to_thread.run_sync(self._write_dns_view, cluster_view(self.registry.state(), {}))
+        spec = components.dns_process(self.paths, self.plan, self.config.log_level)
         await self.supervisor.start(spec)
-        host, port = components.controlplane_address(self.plan)
-        # Its port accepting connections is the readiness signal (it binds after loading the CA and
-        # publishing its first view); a process that exits meanwhile is reported, not waited for.
-        with trio.fail_after(60):
+        host, port = components.dns_address(self.plan)
+        await self._wait_for_port(spec, host, port, DNS_READY_TIMEOUT, "the cluster DNS")
+        self.progress(f"Cluster DNS (cluster.local) serving at {host}:{port}")
+
+    def _write_dns_view(self, view: DnsView) -> None:
+        if view != self._dns_view:
+            path = components.dns_view_path(self.paths)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, view.to_json(), mode=0o644)
+            self._dns_view = view
+
+    async def _wait_for_port(self, spec, host: str, port: int, timeout: float, what: str) -> None:
+        """Until ``host:port`` accepts in the control plane's netns; a process that exits meanwhile is
+        reported, not waited for."""
+        with trio.fail_after(timeout):
             while True:
                 status = self.supervisor.status()[spec.name]
                 if status.restarts > 0 or status.state is not ProcessState.RUNNING:
-                    raise RuntimeError(f"the control plane exited ({status.error or status.last_exit}); "
+                    raise RuntimeError(f"{what} exited ({status.error or status.last_exit}); "
                                        f"see {spec.log_path}")
                 try:
                     stream = await open_tcp_in_netns(self.plan.control_plane.netns, host, port)
@@ -240,7 +266,15 @@ class Lab:
                     await trio.sleep(CONTROLPLANE_READY_INTERVAL)
                     continue
                 await stream.aclose()
-                break
+                return
+
+    async def _start_controlplane(self) -> None:
+        spec = components.controlplane_process(self.paths, self.plan, self.config.config_dir, self.config.log_level)
+        await self.supervisor.start(spec)
+        host, port = components.controlplane_address(self.plan)
+        # Its port accepting connections is the readiness signal (it binds after loading the CA and
+        # publishing its first view).
+        await self._wait_for_port(spec, host, port, CONTROLPLANE_READY_TIMEOUT, "the control plane")
         self.progress(f"Control plane (CA and discovery) serving at {host}:{port}")
 
     async def _start_pod(self, runtime: _PodRuntime) -> None:
@@ -296,8 +330,17 @@ class Lab:
             self._notify()
 
     async def _start_containers(self, runtime: _PodRuntime) -> None:
-        runtime.containers = container_plans(self.paths, runtime.lab_pod, runtime.placed, self.config.config_dir)
+        resolv_conf = await trio.to_thread.run_sync(self._resolv_conf, runtime.lab_pod.key[0])
+        runtime.containers = tuple(  # each container's processes see the pod's resolv.conf (ClusterFirst)
+            dataclasses.replace(plan, process=dataclasses.replace(plan.process, resolv_conf=resolv_conf))
+            if plan.process is not None else plan
+            for plan in container_plans(self.paths, runtime.lab_pod, runtime.placed, self.config.config_dir))
         await self._run_containers(runtime)
+
+    def _resolv_conf(self, namespace: str) -> Path:
+        """The namespace's resolv.conf, written (again: the same content) before each pod starts."""
+        return write_resolv_conf(components.resolv_conf_path(self.paths, namespace), namespace,
+                                 components.dns_address(self.plan)[0])
 
     async def _run_containers(self, runtime: _PodRuntime) -> None:
         lab_pod = runtime.lab_pod
@@ -338,13 +381,14 @@ class Lab:
         await run_readiness(
             plan.readiness_probe, container, str(placed.ip),
             connect=partial(open_tcp_in_netns, placed.netns),
-            run_command=partial(self._exec_probe, placed.netns, plan.process.environment, plan.process.sandbox),
+            run_command=partial(self._exec_probe, placed.netns, plan.process.environment, plan.process.sandbox,
+                                plan.process.resolv_conf),
             on_change=on_change, on_result=on_result,
         )
 
     async def _exec_probe(self, netns: str, env: dict[str, str], sandbox: PodSandbox | None,
-                          argv: tuple[str, ...]) -> int:
-        return await run_in_netns_status(netns, argv, self.config.config_dir, env, sandbox)
+                          resolv_conf: Path | None, argv: tuple[str, ...]) -> int:
+        return await run_in_netns_status(netns, argv, self.config.config_dir, env, sandbox, resolv_conf)
 
     async def _stop_pod(self, runtime: _PodRuntime) -> None:
         runtime.stopped = True
@@ -538,6 +582,7 @@ class Lab:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "controlplane": {**component(components.CONTROLPLANE), "address": f"{host}:{port}",
                              "netns": self.plan.control_plane.netns},
+            "dns": {**component(components.DNS), "address": "{}:{}".format(*components.dns_address(self.plan))},
             "nodes": nodes, "pods": pods, "services": services, "waypoints": waypoint_entries(state, pods),
         }
 
@@ -581,7 +626,10 @@ class Lab:
                 seen = self._version
                 # Computed here, on trio's thread, where the lab's state changes; written in a thread.
                 status = self.status()
-                await trio.to_thread.run_sync(self._write_status_files, status, self.pod_statuses(status))
+                statuses = self.pod_statuses(status)
+                # The DNS view first: a pod that status.json says is ready has its name.
+                await trio.to_thread.run_sync(self._write_dns_view, cluster_view(self.registry.state(), statuses))
+                await trio.to_thread.run_sync(self._write_status_files, status, statuses)
                 self._published = status
                 self._status_written.set()
                 self._status_written = trio.Event()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,13 +44,25 @@ def resolv_conf(namespace: str, nameserver: str) -> str:
 
 
 def write_resolv_conf(path: Path, namespace: str, nameserver: str) -> Path:
-    """Write the file of ``namespace`` at ``path`` (0644: a pod's process of any user reads it) by rename,
-    so a process starting meanwhile binds the old or the new file, whole."""
+    """Write the file of ``namespace`` at ``path`` unless it holds that already (0644: a pod's process
+    of any user reads it), by rename from a temporary file of its own (pods of one namespace start side
+    by side), so a process starting meanwhile binds the old or the new file, whole."""
+    content = resolv_conf(namespace, nameserver)
+    try:
+        if path.read_text() == content:
+            return path
+    except FileNotFoundError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(resolv_conf(namespace, nameserver))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 
