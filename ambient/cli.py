@@ -43,6 +43,7 @@ COMMAND_MODULES = {
     "ztunnel-config": "ambient.ztunnel_config",
     "waypoint": "lab.waypoint_cli",
     "version": "ambient.cli",
+    "completion": "ambient.completion",
 }
 # istioctl's names for our commands (argparse aliases: the same parser, options and output): zc, its
 # short name for ztunnel-config; analyze, its command for what validate does. ztunnel-config names
