@@ -31,8 +31,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bpf import bpffs
+from lab.components import resolv_conf_path
 from lab.log_view import FOLLOW_POLL_INTERVAL
 from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
+from lab.resolv import prepare_mount
 from lab.state import (
     DEFAULT_LAB_NAME,
     LAB_ENV,
@@ -528,7 +530,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
             continue
         break
     env = {**os.environ, "POD_NAME": pod["name"], "POD_NAMESPACE": pod["namespace"], "POD_IP": pod["ip"]}
-    # As isolated from the node as the pod's own containers: what a pod can do, exec can, no more.
+    # The pod's DNS (its namespace's resolv.conf over /etc/resolv.conf, in a mount namespace of its own),
+    # then as isolated from the node as the pod's own containers: what a pod can do, exec can, no more.
+    resolv_conf = resolv_conf_path(paths, pod["namespace"])
+    if resolv_conf.is_file():  # a lab started before cluster DNS has none
+        prepare_mount(resolv_conf)()
     pod_sandbox(paths, Path(status["config_dir"])).prepare()()
     sys.stdout.flush()
     try:

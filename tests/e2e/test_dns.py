@@ -158,8 +158,6 @@ def test_pods_resolve_services_by_name_and_search_path(make_lab):
     assert host_resolv_conf() == before
 
 
-@pytest.mark.xfail(strict=True, reason="`ambient exec` (lab/cli.py, another slice) does not bind the pod's "
-                   "resolv.conf yet: it needs lab.resolv.prepare_mount before its sandbox")
 def test_exec_into_a_pod_sees_its_resolv_conf(make_lab):
     lab = make_lab([NAMESPACES, PLAIN_SERVICES, echo_pod("plain", "web", "node-0")])
     lab.up(nodes=1)
