@@ -14,9 +14,10 @@ pod whose spec changed is recreated, as a Kubernetes pod would be.
 Every change of a process, a probe or the set of pods rewrites ``status.json`` (for ``ambient lab
 status``) and the control plane's ``pods.json`` (pod IP, node and readiness, which feed the mesh's
 view), each only when its content changed; so does a change of a node agent's own status.json,
-polled as often (``lab.agents``), and so is the cluster DNS's view (``lab.dns``; the server starts before any pod,
-whose containers see their namespace's resolv.conf). Cancelling ``run`` stops every process, then removes
-every netns and cgroup of the lab; the caller removes the state directory.
+polled as often (``lab.agents``), and so is the cluster DNS's view (``lab.dns``, wired by
+``lab.dns_wiring``; the server starts before any pod, whose containers see their namespace's
+resolv.conf). Cancelling ``run`` stops every process, then removes every netns and cgroup of the lab;
+the caller removes the state directory.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, wr
 from controlplane.view import PodStatus, is_enrolled
 from lab import components, network
 from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
-from lab.dns import DnsView, cluster_view
+from lab.dns import cluster_view
+from lab.dns_wiring import ClusterDns, open_tcp_in_netns, wait_for_port
 from lab.isolation import PodSandbox
 from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
-from lab.resolv import prepare_mount, write_resolv_conf
+from lab.resolv import prepare_mount
 from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.waypoints import waypoint_entries
@@ -54,9 +56,7 @@ from mesh.watched_file import write_json_atomic
 log = logging.getLogger("ambient.lab")
 
 SCAN_INTERVAL = 0.25  # as the control plane's own watch of the directory
-CONTROLPLANE_READY_INTERVAL = 0.05  # between tries of a component's port
 CONTROLPLANE_READY_TIMEOUT = 60.0  # it makes or loads its CA before it binds
-DNS_READY_TIMEOUT = 30.0  # a Python process importing trio and dnspython binds in well under a second
 
 
 @dataclass(frozen=True)
@@ -83,16 +83,6 @@ class _PodRuntime:
     announced: bool = False  # progress printed once it was first ready
     waiting: str | None = None  # what its containers wait for before they start
     terminating: bool = False
-
-
-async def open_tcp_in_netns(netns: str, host: str, port: int) -> trio.SocketStream:
-    sock = trio.socket.from_stdlib_socket(network.socket_in_netns(netns))
-    try:
-        await sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)
 
 
 async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env: dict[str, str],
@@ -150,7 +140,7 @@ class Lab:
         self._status_written = trio.Event()  # set (and replaced) after each write of status.json
         self._agents: dict[str, AgentStatus] = {}  # node -> what its agent's status.json said last
         self._controlplane_up = False  # its CA exists: tokens can be minted
-        self._dns_view: DnsView | None = None  # the view last written for the DNS server
+        self.dns = ClusterDns(paths)
 
     # -- change notification (status files, waiters)
 
@@ -235,38 +225,10 @@ class Lab:
 
     async def _start_dns(self) -> None:
         """The cluster DNS, serving the view of the directory as read (pods get their IPs as they
-        start; ``_publish_status`` keeps the view current); ready once its TCP port accepts, which
-        it opens after its UDP socket."""
-        await trio.to_thread.run_sync(self._write_dns_view, cluster_view(self.registry.state(), {}))
-        spec = components.dns_process(self.paths, self.plan, self.config.log_level)
-        await self.supervisor.start(spec)
-        host, port = components.dns_address(self.plan)
-        await self._wait_for_port(spec, host, port, DNS_READY_TIMEOUT, "the cluster DNS")
-        self.progress(f"Cluster DNS (cluster.local) serving at {host}:{port}")
-
-    def _write_dns_view(self, view: DnsView) -> None:
-        if view != self._dns_view:
-            path = components.dns_view_path(self.paths)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, view.to_json(), mode=0o644)
-            self._dns_view = view
-
-    async def _wait_for_port(self, spec, host: str, port: int, timeout: float, what: str) -> None:
-        """Until ``host:port`` accepts in the control plane's netns; a process that exits meanwhile is
-        reported, not waited for."""
-        with trio.fail_after(timeout):
-            while True:
-                status = self.supervisor.status()[spec.name]
-                if status.restarts > 0 or status.state is not ProcessState.RUNNING:
-                    raise RuntimeError(f"{what} exited ({status.error or status.last_exit}); "
-                                       f"see {spec.log_path}")
-                try:
-                    stream = await open_tcp_in_netns(self.plan.control_plane.netns, host, port)
-                except OSError:
-                    await trio.sleep(CONTROLPLANE_READY_INTERVAL)
-                    continue
-                await stream.aclose()
-                return
+        start; ``_publish_status`` keeps the view current)."""
+        address = await self.dns.start(self.supervisor, self.plan, cluster_view(self.registry.state(), {}),
+                                       self.config.log_level)
+        self.progress(f"Cluster DNS (cluster.local) serving at {address}")
 
     async def _start_controlplane(self) -> None:
         spec = components.controlplane_process(self.paths, self.plan, self.config.config_dir, self.config.log_level)
@@ -274,7 +236,8 @@ class Lab:
         host, port = components.controlplane_address(self.plan)
         # Its port accepting connections is the readiness signal (it binds after loading the CA and
         # publishing its first view).
-        await self._wait_for_port(spec, host, port, CONTROLPLANE_READY_TIMEOUT, "the control plane")
+        await wait_for_port(self.supervisor, spec, self.plan.control_plane.netns, host, port,
+                            CONTROLPLANE_READY_TIMEOUT, "the control plane")
         self.progress(f"Control plane (CA and discovery) serving at {host}:{port}")
 
     async def _start_pod(self, runtime: _PodRuntime) -> None:
@@ -330,17 +293,12 @@ class Lab:
             self._notify()
 
     async def _start_containers(self, runtime: _PodRuntime) -> None:
-        resolv_conf = await trio.to_thread.run_sync(self._resolv_conf, runtime.lab_pod.key[0])
+        resolv_conf = await trio.to_thread.run_sync(self.dns.resolv_conf, self.plan, runtime.lab_pod.key[0])
         runtime.containers = tuple(  # each container's processes see the pod's resolv.conf (ClusterFirst)
             dataclasses.replace(plan, process=dataclasses.replace(plan.process, resolv_conf=resolv_conf))
             if plan.process is not None else plan
             for plan in container_plans(self.paths, runtime.lab_pod, runtime.placed, self.config.config_dir))
         await self._run_containers(runtime)
-
-    def _resolv_conf(self, namespace: str) -> Path:
-        """The namespace's resolv.conf, written (again: the same content) before each pod starts."""
-        return write_resolv_conf(components.resolv_conf_path(self.paths, namespace), namespace,
-                                 components.dns_address(self.plan)[0])
 
     async def _run_containers(self, runtime: _PodRuntime) -> None:
         lab_pod = runtime.lab_pod
@@ -628,7 +586,7 @@ class Lab:
                 status = self.status()
                 statuses = self.pod_statuses(status)
                 # The DNS view first: a pod that status.json says is ready has its name.
-                await trio.to_thread.run_sync(self._write_dns_view, cluster_view(self.registry.state(), statuses))
+                await trio.to_thread.run_sync(self.dns.write_view, cluster_view(self.registry.state(), statuses))
                 await trio.to_thread.run_sync(self._write_status_files, status, statuses)
                 self._published = status
                 self._status_written.set()
