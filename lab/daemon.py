@@ -16,8 +16,8 @@ status``) and the control plane's ``pods.json`` (pod IP, node and readiness, whi
 view), each only when its content changed; so does a change of a node agent's own status.json,
 polled as often (``lab.agents``), and so is the cluster DNS's view (``lab.dns``, wired by
 ``lab.dns_wiring``; the server starts before any pod, whose containers see their namespace's
-resolv.conf). Cancelling ``run`` stops every process, then removes every netns and cgroup of the lab;
-the caller removes the state directory.
+resolv.conf), and so are the nodes' kube-proxy tables (``lab.kube_proxy``). Cancelling ``run`` stops
+every process, then removes every netns and cgroup of the lab; the caller removes the state directory.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, r
 from lab.dns import cluster_view
 from lab.dns_wiring import ClusterDns, open_tcp_in_netns, wait_for_port
 from lab.isolation import PodSandbox
+from lab.kube_proxy import KubeProxy
 from lab.probes import run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
 from lab.resolv import prepare_mount
@@ -141,6 +142,7 @@ class Lab:
         self._agents: dict[str, AgentStatus] = {}  # node -> what its agent's status.json said last
         self._controlplane_up = False  # its CA exists: tokens can be minted
         self.dns = ClusterDns(paths)
+        self.kube_proxy = KubeProxy(config.name)  # each node's Service DNAT (nftables)
 
     # -- change notification (status files, waiters)
 
@@ -587,6 +589,8 @@ class Lab:
                 statuses = self.pod_statuses(status)
                 # The DNS view first: a pod that status.json says is ready has its name.
                 await trio.to_thread.run_sync(self.dns.write_view, cluster_view(self.registry.state(), statuses))
+                # Then each node's Service DNAT: a pod that status.json says is ready is reachable at its VIPs.
+                await trio.to_thread.run_sync(self.kube_proxy.sync, self.plan, self.registry.state(), statuses)
                 await trio.to_thread.run_sync(self._write_status_files, status, statuses)
                 self._published = status
                 self._status_written.set()
