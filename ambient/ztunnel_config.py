@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import sys
 from collections.abc import Callable
 
 from lab.admin_client import (
@@ -29,7 +27,18 @@ from lab.admin_client import (
     NetnsAccessError,
     fetch_config_dump,
 )
-from lab.cli import format_table, load_status, root_needed
+from lab.cli import load_status, root_needed
+from lab.listing import (
+    JSON,
+    TABLE,
+    YAML,
+    Column,
+    add_namespace_flags,
+    add_output_flag,
+    format_data,
+    format_table,
+    table_rows,
+)
 from lab.state import LAB_ENV
 from ztunnel.admin import ADMIN_PORT
 
@@ -49,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--admin-address", metavar="HOST:PORT",
                         help=f"ztunnel's admin port (default {DEFAULT_ADMIN_ADDRESS}: in the lab's node, or of a "
                         "ztunnel of one's own when no lab is on the machine; with --node, inside that node)")
-    common.add_argument("-n", "--namespace", help="only entries of this namespace")
-    common.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    add_namespace_flags(common, "entries")
+    add_output_flag(common)
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for ztunnel")
     parser = subparsers.add_parser("ztunnel-config", aliases=["zc"],
                                    help="what a node's ztunnel knows (like istioctl ztunnel-config; alias zc)")
@@ -74,11 +83,10 @@ def cmd_ztunnel_config(args: argparse.Namespace) -> int:
     with root_needed(command, ENTERS_NODE_NETNS, also=(NetnsAccessError,)):
         dump = fetch_config_dump(resolve_target(args), args.timeout)
     direction = getattr(args, "direction", None)
-    if args.output == "json":
-        json.dump(select(args.kind, dump, namespace=args.namespace, direction=direction), sys.stdout, indent=2)
-        print()
+    if args.output in (JSON, YAML):
+        print(format_data(select(args.kind, dump, namespace=args.namespace, direction=direction), args.output))
     else:
-        print(render(args.kind, dump, namespace=args.namespace, direction=direction))
+        print(render(args.kind, dump, namespace=args.namespace, direction=direction, output=args.output))
     return 0
 
 
@@ -204,60 +212,89 @@ def _without_network(address: object) -> str:
     return str(address).rpartition("/")[2]
 
 
-def _workloads(rows: list[dict], now: dt.datetime) -> list[list[str]]:
-    return [["NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"]] + [
-        [_text(w.get("namespace")), _text(w.get("name")), ",".join(w.get("workloadIps") or ()) or NONE,
-         _text(w.get("node")), _text(_waypoint(w)), _text(w.get("protocol"))]
-        for w in sorted(rows, key=lambda w: (str(w.get("namespace")), str(w.get("name"))))]
+def _sorted(*keys: str) -> Callable[[list[dict]], list[dict]]:
+    return lambda rows: sorted(rows, key=lambda row: tuple(str(row.get(k)) for k in keys))
 
 
-def _services(rows: list[dict], now: dt.datetime) -> list[list[str]]:
-    return [["NAMESPACE", "SERVICE NAME", "SERVICE VIP", "WAYPOINT", "ENDPOINTS"]] + [
-        [_text(s.get("namespace")), _text(s.get("name")), ",".join(map(_without_network, s.get("vips") or ())) or NONE,
-         _text(_waypoint(s)), str(len(s.get("endpoints") or ()))]
-        for s in sorted(rows, key=lambda s: (str(s.get("namespace")), str(s.get("name"))))]
+def _workloads(now: dt.datetime) -> list[Column]:
+    return [Column("NAMESPACE", lambda w: _text(w.get("namespace"))),
+            Column("POD NAME", lambda w: _text(w.get("name"))),
+            Column("ADDRESS", lambda w: ",".join(w.get("workloadIps") or ()) or NONE),
+            Column("NODE", lambda w: _text(w.get("node"))), Column("WAYPOINT", lambda w: _text(_waypoint(w))),
+            Column("PROTOCOL", lambda w: _text(w.get("protocol"))),
+            Column("STATUS", lambda w: _text(w.get("status")), wide=True),
+            Column("SERVICE ACCOUNT", lambda w: _text(w.get("serviceAccount")), wide=True)]
 
 
-def _policies(rows: list[dict], now: dt.datetime) -> list[list[str]]:
-    return [["NAMESPACE", "POLICY NAME", "ACTION", "SCOPE"]] + [
-        [_text(p.get("namespace")), _text(p.get("name")), _text(p.get("action")), _text(p.get("scope"))]
-        for p in sorted(rows, key=lambda p: (str(p.get("namespace")), str(p.get("name"))))]
+def _service_ports(service: dict) -> str:
+    ports = service.get("ports")
+    if not isinstance(ports, dict) or not ports:
+        return NONE
+    return ",".join(f"{port}->{target}" for port, target in ports.items())
 
 
-def _certificates(rows: list[dict], now: dt.datetime) -> list[list[str]]:
-    return [["CERTIFICATE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE"]] + [
-        [_text(c.get("identity")), "Leaf" if _leaf(c) else NA, _text(c.get("state")),
-         str(_valid(c, now)).lower(), _text(_leaf(c).get("serialNumber"), NA),
-         _text(_leaf(c).get("expirationTime"), NA), _text(_leaf(c).get("validFrom"), NA)]
-        for c in sorted(rows, key=lambda c: str(c.get("identity")))]
+def _services(now: dt.datetime) -> list[Column]:
+    return [Column("NAMESPACE", lambda s: _text(s.get("namespace"))),
+            Column("SERVICE NAME", lambda s: _text(s.get("name"))),
+            Column("SERVICE VIP", lambda s: ",".join(map(_without_network, s.get("vips") or ())) or NONE),
+            Column("WAYPOINT", lambda s: _text(_waypoint(s))),
+            Column("ENDPOINTS", lambda s: str(len(s.get("endpoints") or ()))),
+            Column("HOSTNAME", lambda s: _text(s.get("hostname")), wide=True),
+            Column("PORTS", _service_ports, wide=True)]
 
 
-def _connections(rows: list[dict], now: dt.datetime) -> list[list[str]]:
+def _policies(now: dt.datetime) -> list[Column]:
+    return [Column("NAMESPACE", lambda p: _text(p.get("namespace"))),
+            Column("POLICY NAME", lambda p: _text(p.get("name"))),
+            Column("ACTION", lambda p: _text(p.get("action"))), Column("SCOPE", lambda p: _text(p.get("scope"))),
+            Column("DRY RUN", lambda p: str(bool(p.get("dryRun"))).lower(), wide=True),
+            Column("RULES", lambda p: str(len(p.get("rules") or ())), wide=True)]
+
+
+def _certificates(now: dt.datetime) -> list[Column]:
+    return [Column("CERTIFICATE NAME", lambda c: _text(c.get("identity"))),
+            Column("TYPE", lambda c: "Leaf" if _leaf(c) else NA), Column("STATUS", lambda c: _text(c.get("state"))),
+            Column("VALID CERT", lambda c: str(_valid(c, now)).lower()),
+            Column("SERIAL NUMBER", lambda c: _text(_leaf(c).get("serialNumber"), NA)),
+            Column("NOT AFTER", lambda c: _text(_leaf(c).get("expirationTime"), NA)),
+            Column("NOT BEFORE", lambda c: _text(_leaf(c).get("validFrom"), NA))]
+
+
+def _connections(now: dt.datetime) -> list[Column]:
     def peer(c: dict) -> object:
         return c.get("source_identity") if c.get("direction") == "inbound" else c.get("destination_identity")
 
-    return [["NAMESPACE", "POD", "DIRECTION", "SOURCE", "DESTINATION", "PEER IDENTITY", "PROTOCOL", "POLICY",
-             "SENT", "RECEIVED", "DURATION"]] + [
-        [*str(c.get("pod", "")).partition("/")[::2], _text(c.get("direction")).capitalize(), _text(c.get("source")),
-         _text(c.get("destination")), _text(peer(c), "-"), _text(c.get("protocol")), _text(c.get("policy"), "-"),
-         str(c.get("bytes_sent", 0)), str(c.get("bytes_received", 0)), _duration(float(c.get("duration_seconds", 0)))]
-        for c in sorted(rows, key=lambda c: (str(c.get("pod")), str(c.get("direction")), str(c.get("source"))))]
+    return [Column("NAMESPACE", lambda c: str(c.get("pod", "")).partition("/")[0]),
+            Column("POD", lambda c: str(c.get("pod", "")).partition("/")[2]),
+            Column("DIRECTION", lambda c: _text(c.get("direction")).capitalize()),
+            Column("SOURCE", lambda c: _text(c.get("source"))),
+            Column("DESTINATION", lambda c: _text(c.get("destination"))),
+            Column("PEER IDENTITY", lambda c: _text(peer(c), "-")),
+            Column("PROTOCOL", lambda c: _text(c.get("protocol"))),
+            Column("POLICY", lambda c: _text(c.get("policy"), "-")),
+            Column("SENT", lambda c: str(c.get("bytes_sent", 0))),
+            Column("RECEIVED", lambda c: str(c.get("bytes_received", 0))),
+            Column("DURATION", lambda c: _duration(float(c.get("duration_seconds", 0))))]
 
 
-_TABLES: dict[str, Callable[[list[dict], dt.datetime], list[list[str]]]] = {
-    "workloads": _workloads, "services": _services, "policies": _policies, "certificates": _certificates,
-    "connections": _connections,
+# Per kind: its columns (given the time, for the certificates' validity) and the order of its rows.
+_TABLES: dict[str, tuple[Callable[[dt.datetime], list[Column]], Callable[[list[dict]], list[dict]]]] = {
+    "workloads": (_workloads, _sorted("namespace", "name")), "services": (_services, _sorted("namespace", "name")),
+    "policies": (_policies, _sorted("namespace", "name")), "certificates": (_certificates, _sorted("identity")),
+    "connections": (_connections, _sorted("pod", "direction", "source")),
 }
 
 
 def render(kind: str, dump: dict, *, namespace: str | None = None, direction: str | None = None,
-           now: dt.datetime | None = None) -> str:
-    """The table (or, for ``all``, the tables) of ``kind``; certificate errors follow their table."""
+           now: dt.datetime | None = None, output: str = TABLE) -> str:
+    """The table (or, for ``all``, the tables) of ``kind``, ``-o wide``'s with ``output``; certificate
+    errors follow their table."""
     now = now or dt.datetime.now(dt.UTC)
     parts = []
     for each in KINDS if kind == "all" else (kind,):
+        columns, order = _TABLES[each]
         rows = _rows(each, dump, namespace, direction)
-        text = format_table(_TABLES[each](rows, now))
+        text = format_table(table_rows(order(rows), columns(now), output))
         errors = [f"  {c.get('identity')}: {c['error']}" for c in rows if each == "certificates" and c.get("error")]
         parts.append("\n".join([text, *(["", "Errors:", *errors] if errors else [])]))
     return "\n\n".join(parts)

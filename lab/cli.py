@@ -18,7 +18,6 @@ line naming the command (``needs_root``), for this module's commands and those o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from bpf import bpffs
 from lab.components import resolv_conf_path
+from lab.listing import add_namespace_flags, add_output_flag
 from lab.log_view import FOLLOW_POLL_INTERVAL
 from lab.processes import CgroupUnavailableError, cleanup_cgroups, lab_cgroup_dir, process_cgroup
 from lab.resolv import prepare_mount
@@ -122,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     status = sub.add_parser("status", help="nodes, pods and services of the lab")
     status.add_argument("--name", help=LAB_HELP)
-    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    add_output_flag(status)
+    add_namespace_flags(status, "pods, services and waypoints")
     status.set_defaults(func=cmd_status)
 
     logs = sub.add_parser("logs", help="the log of a pod's container or of a component, as kubectl logs")
@@ -335,57 +336,35 @@ def load_status(paths: LabPaths) -> tuple[dict, bool]:
     return status, running
 
 
-def format_table(rows: list[list[str]], gap: int = 2) -> str:
-    """Left-aligned columns, ``gap`` spaces apart (istioctl's tabwriter has 5: ``waypoint list``)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ((" " * gap).join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from lab.listing import parse_timestamp
+    from lab.status_view import render
+
     with root_needed("lab status", READS_STATE):
-        status, running = load_status(pick_lab(args.name))
-    if args.output == "json":
-        json.dump({**status, "running": running}, sys.stdout, indent=2)
-        print()
-        return 0
-    cp = status["controlplane"]
-    state = "running" if running else "NOT RUNNING (its daemon is gone)"
-    print(f"Lab {status['lab']!r}: {state}; config {status['config_dir']}; state {status['state_dir']}")
-    print(f"Control plane: {cp['state']} at {cp['address']} (restarts {cp['restarts']})\n")
-    print(format_table([["NODE", "FABRIC IP", "POD CIDR", "PODS", "COMPONENTS"]] + [
-        [n["name"], n["fabric_ip"], n["pod_cidr"], str(n["pods"]),
-         ", ".join(f"{c['name']} {c['state']}" for c in n["components"]) or "-"] for n in status["nodes"]]))
-    print()
-    print(format_table([["NAMESPACE", "POD", "NODE", "IP", "READY", "STATE", "RESTARTS", "DATAPLANE", "CAPTURE"]] + [
-        [p["namespace"], p["name"], p["node"] or "-", p["ip"] or "-", p["ready"], p["state"], str(p["restarts"]),
-         p["dataplane_mode"], p.get("capture", "-")] for p in status["pods"]]))
-    notes = [f"  {p['namespace']}/{p['name']}: {p['message']}" for p in status["pods"]
-             if p["message"] and not p["all_ready"]]
-    if notes:
-        print("\n".join(["", "Not ready:", *notes]))
-    if status["services"]:
-        print()
-        print(format_table([["NAMESPACE", "SERVICE", "VIP", "PORTS"]] + [
-            [s["namespace"], s["name"], s["vip"] or "None",
-             ", ".join(f"{p['port']}->{p['target_port']}/{p['protocol']}" for p in s["ports"])]
-            for s in status["services"]]))
-    if status.get("waypoints"):
-        print()
-        print(format_table([["NAMESPACE", "NAME", "FOR", "POD", "READY", "USED BY"]] + [
-            [w["namespace"], w["name"], w["for"], w["pod"], w["ready"], _used_by(w["used_by"])]
-            for w in status["waypoints"]]))
+        paths = pick_lab(args.name)
+        status, running = load_status(paths)
+        record = read_json(paths.record) or {}
+    lines, findings = config_errors(Path(status["config_dir"]))
+    print(render(status, running, output=args.output, namespace=args.namespace, config_errors=lines,
+                 findings=findings, lab_started=parse_timestamp(record.get("started")), now=dt.datetime.now(dt.UTC)))
     return 0
 
 
-USED_BY_SHOWN = 3  # objects named per waypoint in `lab status`; `-o json` has them all
+def config_errors(config_dir: Path) -> tuple[list[str], list[dict]]:
+    """The errors ``ambient validate CONFIG_DIR`` finds in the lab's configuration directory, as its
+    text lines and as its ``-o json`` findings: the directory the lab follows is checked as the lab
+    checks it (a file with an error is not applied, and its previous resources stay in force). A
+    directory gone (the lab was started from a removed checkout) has none to report."""
+    from controlplane.validate import to_json, validate
+    from mesh.source import Severity
 
-
-def _used_by(users: list[str]) -> str:
-    if not users:
-        return "-"
-    more = len(users) - USED_BY_SHOWN
-    return ", ".join(users[:USED_BY_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
+    if not config_dir.is_dir():
+        return [], []
+    resources, problems = validate([config_dir])
+    errors = sorted((p for p in problems if p.severity is Severity.ERROR), key=lambda p: (p.file, p.line))
+    return [f"{p} [{p.code}]" for p in errors], to_json(resources, errors)["findings"]
 
 
 # -- logs

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.listing import add_output_flag
 from mesh import resources as r
 from mesh.errors import UsageError
 from waypoint.cli import register_run
@@ -85,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     listing = command("list", "list the waypoints", cmd_list)
     listing.add_argument("-A", "--all-namespaces", action="store_true", help="list waypoints in all namespaces")
+    add_output_flag(listing)
 
     delete = command("delete", "delete waypoints written by `ambient waypoint apply`", cmd_delete)
     delete.add_argument("names", nargs="*", metavar="NAME")
@@ -331,7 +333,7 @@ def _waypoints_in(target: Target, namespace: str | None, status: Mapping | None)
 
 def format_columns(rows: list[list[str]]) -> str:
     """Columns as istioctl's tabwriter aligns them: each padded to its widest cell + 5."""
-    from lab.cli import format_table
+    from lab.listing import format_table
 
     return format_table(rows, gap=TABLE_PADDING)
 
@@ -343,17 +345,22 @@ def _programmed(entry: dict) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from lab.listing import JSON, YAML, Column, format_data, table_rows
+
     target = find_target(args)
     entries = _waypoints(target, None if args.all_namespaces else args.namespace)
+    if args.output in (JSON, YAML):  # the same entries as data: an empty list, not a sentence
+        print(format_data(entries, args.output))
+        return 0
     if not entries:
         print("No waypoints found.")
         return 0
-    head = ["NAME", "REVISION", "TRAFFIC TYPE", "PROGRAMMED"]
-    rows = [[e["name"], e["revision"], e["for"], _programmed(e)] for e in entries]
-    if args.all_namespaces:
-        head = ["NAMESPACE", *head]
-        rows = [[e["namespace"], *row] for e, row in zip(entries, rows, strict=True)]
-    print(format_columns([head, *rows]))
+    columns = [Column("NAMESPACE", lambda e: e["namespace"])] if args.all_namespaces else []
+    columns += [Column("NAME", lambda e: e["name"]), Column("REVISION", lambda e: e["revision"]),
+                Column("TRAFFIC TYPE", lambda e: e["for"]), Column("PROGRAMMED", _programmed),
+                Column("POD", lambda e: e["pod"], wide=True), Column("READY", lambda e: e["ready"], wide=True),
+                Column("USED BY", lambda e: ", ".join(e["used_by"]) or "-", wide=True)]
+    print(format_columns(table_rows(entries, columns, args.output)))
     return 0
 
 

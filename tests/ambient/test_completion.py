@@ -54,7 +54,7 @@ def test_the_top_level_lists_every_command_and_alias(bash_script):
 @pytest.mark.parametrize(("words", "expected"), [
     (["lab", ""], ["up", "status", "logs", "down"]),
     (["lab", "logs", "--t"], ["--tail"]),
-    (["lab", "status", "-o", ""], ["table", "json"]),
+    (["lab", "status", "-o", ""], ["table", "wide", "json", "yaml"]),
     (["--log-level", "d"], ["debug"]),
     (["--log-level", "debug", "lab", "st"], ["status"]),  # a global option's value is skipped
     (["lab", "logs", "--name", "lab", "--f"], ["--follow"]),  # so is a command's ("lab" is its value)

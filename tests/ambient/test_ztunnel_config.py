@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import trio
+import yaml
 
 from ambient.ztunnel_config import (
     ConfigFetchError,
@@ -207,6 +208,11 @@ async def test_admin_address_end_to_end(admin_port, capsys):
     assert await run_command(["ztunnel-config", "certs", "--admin-address", f"127.0.0.1:{admin_port}",
                               "-n", "shop"]) == 0
     assert "legacy" not in capsys.readouterr().out
+    assert await run_command(["zc", "services", "--admin-address", f"127.0.0.1:{admin_port}", "-o", "yaml",
+                              "-n", "shop"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == [SAMPLE["services"][0]]
+    assert await run_command(["zc", "workloads", "--admin-address", f"127.0.0.1:{admin_port}", "-o", "wide"]) == 0
+    assert capsys.readouterr().out == render("workloads", SAMPLE, output="wide") + "\n"
 
 
 async def test_refused_connection_is_one_clear_line():

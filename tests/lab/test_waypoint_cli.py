@@ -303,8 +303,8 @@ def test_lab_status_lists_the_waypoints(tmp_path, config, capsys, monkeypatch):
     monkeypatch.setattr(lab_cli, "load_status", lambda paths: (status, True))
     assert main(["lab", "status"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-2].split() == ["NAMESPACE", "NAME", "FOR", "POD", "READY", "USED", "BY"]
-    assert out[-1].split(None, 5) == ["shop", "waypoint", "service", "waypoint-waypoint", "1/1",
+    assert out[-2].split() == ["NAMESPACE", "NAME", "FOR", "POD", "READY", "AGE", "USED", "BY"]
+    assert out[-1].split(None, 6) == ["shop", "waypoint", "service", "waypoint-waypoint", "1/1", "<unknown>",
                                       "namespace shop, service shop/a, service shop/b (+1 more)"]
 
 
