@@ -9,7 +9,9 @@ a diff of two of their results.
   environment and the YAML directory as its working directory (the samples run files beside their
   manifest), isolated from the node by ``pod_sandbox``: it cannot see any lab's state directory,
   where the CA key, the node tokens and the node agents' sockets are. The lab runs commands, not
-  images: a container without ``command`` cannot start, and its pod says why.
+  images, with one exception: a container without ``command`` whose image is one of Istio's sample
+  images runs the built-in equivalent (``lab.sample_images``), with the image's ENV under its own
+  ``env``; any other container without ``command`` cannot start, and its pod says why.
 - A waypoint's pod gets its netns and IP like any pod; its proxy is a component of the lab
   (``lab.components.waypoint_processes``).
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from controlplane.view import ClusterState
 from lab.isolation import PodSandbox
 from lab.processes import ProcessSpec, pod_env, process_cgroup
+from lab.sample_images import UnknownImageError, image_program
 from lab.state import LabPaths
 from lab.topology import PodPlan
 from mesh import resources as r
@@ -101,22 +104,25 @@ def container_plans(paths: LabPaths, lab_pod: LabPod, placed: PodPlan, cwd: Path
     plans = []
     for container in pod.spec.containers:
         probe = container.readiness_probe
+        argv, image_env = (*container.command, *container.args), {}
         if not container.command:
-            problem = (f"container {container.name!r} has no command: the lab runs commands, not images"
-                       + (f" ({container.image})" if container.image else ""))
-            plans.append(ContainerPlan(container.name, None, problem))
-            continue
+            try:  # one of Istio's sample images: its built-in equivalent, as the image would run it
+                program = image_program(container.image, container.args)
+            except UnknownImageError as exc:
+                plans.append(ContainerPlan(container.name, None, f"container {container.name!r} has no command: {exc}"))
+                continue
+            argv, image_env = program.argv, dict(program.env)
         if container.run_as_non_root and not container.run_as_user:
             # As the kubelet: a lab container runs as root unless the YAML names another user.
             plans.append(ContainerPlan(container.name, None, f"container {container.name!r} has runAsNonRoot "
                                        "but would run as root: set securityContext.runAsUser to a non-zero uid"))
             continue
         try:
-            env = pod_env(namespace, name, str(placed.ip), pod.spec.service_account, dict(container.env))
+            env = pod_env(namespace, name, str(placed.ip), pod.spec.service_account, {**image_env, **container.env})
             process_name = container_process_name(namespace, name, container.name)
             spec = ProcessSpec(
                 name=process_name,
-                argv=(*container.command, *container.args),
+                argv=argv,
                 log_path=paths.container_log(namespace, name, container.name),
                 cgroup=process_cgroup(paths.name, process_name),
                 netns=placed.netns,
