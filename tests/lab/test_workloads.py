@@ -86,8 +86,10 @@ def test_container_processes_have_the_pod_environment_netns_cgroup_and_log(state
     assert env["SERVICE_ACCOUNT"] == "web" and env["MODE"] == "fast"
     assert env["POD_NAME"] == "overridden"  # the container's own env wins, as in Kubernetes
     assert image_only.process is None
-    assert image_only.problem == ("container 'image-only' has no command: the lab runs commands, not images "
-                                  "(nginx:1.27)")
+    assert image_only.problem is not None and image_only.problem.startswith(
+        "container 'image-only' has no command: the lab runs commands, not images, and 'nginx:1.27' is not one of "
+        "Istio's sample images")
+    assert image_only.problem.endswith("give the container a `command:` (and `args:`) to run")
 
 
 @pytest.mark.parametrize("containers, problems, unschedulable, phase", [
