@@ -1,4 +1,4 @@
-"""``ambient ztunnel-config KIND``: what one ztunnel knows, read from its admin port, as tables.
+"""``ambient ztunnel-config KIND``: what one ztunnel knows, read from its admin port, as tables; ``log``.
 
 Like ``istioctl ztunnel-config``: ``workloads``, ``services``, ``policies``, ``certificates``,
 ``connections`` or ``all``, as a table (istioctl's columns) or as JSON (``-o json``, the entries of
@@ -12,13 +12,22 @@ the machine, a ztunnel of one's own on the default address. Then ``render`` turn
 the dump into text, with no I/O. Failures (no lab, no such node, nothing listening, an error status,
 bytes that are not a JSON object) raise ``ConfigFetchError`` with one line that says what to do;
 without root, asking inside a lab is refused in one line (``lab.cli.root_needed``). ``zc`` is its alias.
+``-o wide`` adds columns, ``-o yaml`` is the JSON's rows as YAML (``lab.listing``); ``-n``/``-A`` filter.
+
+``log`` is istioctl's ``zc log``: ``POST /logging`` with ``level=`` (the ``--level`` values, checked
+here by ztunnel's own rule, ``mesh.http_admin.parse_levels``) and ``reset``, printing ztunnel's answer,
+its levels now. The socket is made inside the node's netns and used from here (``post_admin``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
+import os
+import socket
 from collections.abc import Callable
+from urllib.parse import quote
 
 from lab.admin_client import (
     DEFAULT_TIMEOUT,
@@ -40,6 +49,8 @@ from lab.listing import (
     table_rows,
 )
 from lab.state import LAB_ENV
+from mesh.http_admin import LEVELS, parse_levels
+from mesh.netns import inside_netns_fd
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
@@ -51,16 +62,17 @@ NA = "NA"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--node", help="the lab node whose ztunnel to ask (default: the lab's first with one)")
-    common.add_argument("--name", "--lab", dest="lab", metavar="LAB",
-                        help=f"the lab (default ${LAB_ENV}, else the only one)")
-    common.add_argument("--admin-address", metavar="HOST:PORT",
-                        help=f"ztunnel's admin port (default {DEFAULT_ADMIN_ADDRESS}: in the lab's node, or of a "
-                        "ztunnel of one's own when no lab is on the machine; with --node, inside that node)")
+    where = argparse.ArgumentParser(add_help=False)  # which ztunnel: every subcommand's
+    where.add_argument("--node", help="the lab node whose ztunnel to ask (default: the lab's first with one)")
+    where.add_argument("--name", "--lab", dest="lab", metavar="LAB",
+                       help=f"the lab (default ${LAB_ENV}, else the only one)")
+    where.add_argument("--admin-address", metavar="HOST:PORT",
+                       help=f"ztunnel's admin port (default {DEFAULT_ADMIN_ADDRESS}: in the lab's node, or of a "
+                       "ztunnel of one's own when no lab is on the machine; with --node, inside that node)")
+    where.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for ztunnel")
+    common = argparse.ArgumentParser(add_help=False, parents=[where])  # the listings'
     add_namespace_flags(common, "entries")
     add_output_flag(common)
-    common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for ztunnel")
     parser = subparsers.add_parser("ztunnel-config", aliases=["zc"],
                                    help="what a node's ztunnel knows (like istioctl ztunnel-config; alias zc)")
     sub = parser.add_subparsers(dest="ztunnel_config_command", required=True, metavar="KIND")
@@ -72,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if kind in ("connections", "all"):
             kind_parser.add_argument("--direction", choices=["inbound", "outbound"], help="only this direction")
         kind_parser.set_defaults(func=cmd_ztunnel_config, kind=kind)
+    log_parser = sub.add_parser("log", parents=[where], help="read or set the ztunnel's log levels, live")
+    log_parser.add_argument("--level", action="append", type=_level_arg, metavar="LEVEL|NAME=LEVEL",
+                            help="the default level, or a logger's (NAME:LEVEL too); several may be given, or "
+                            "comma-separated. Levels: " + "|".join(LEVELS))
+    log_parser.add_argument("-r", "--reset", action="store_true", help="back to the levels it started with first")
+    log_parser.set_defaults(func=cmd_log)
 
 
 ENTERS_NODE_NETNS = "it enters the node's network namespace"
@@ -298,3 +316,77 @@ def render(kind: str, dump: dict, *, namespace: str | None = None, direction: st
         errors = [f"  {c.get('identity')}: {c['error']}" for c in rows if each == "certificates" and c.get("error")]
         parts.append("\n".join([text, *(["", "Errors:", *errors] if errors else [])]))
     return "\n\n".join(parts)
+
+
+# -- log levels
+
+
+def _level_arg(text: str) -> str:
+    """``--level``'s type: what ztunnel's POST /logging takes (``mesh.http_admin.parse_levels``)."""
+    try:
+        parse_levels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; say LEVEL or NAME=LEVEL, LEVEL one of {'|'.join(LEVELS)}") from None
+    return text
+
+
+def logging_path(levels: list[str] | None, reset: bool) -> str:
+    """The request istioctl's ``zc log`` makes: ``/logging``, with ``?level=`` and ``reset``."""
+    query = [f"level={quote(','.join(levels), safe=',:=')}"] if levels else []
+    return "/logging" + ("?" + "&".join((["reset"] if reset else []) + query) if query or reset else "")
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    command = "ztunnel-config log --node" if args.node is not None else "ztunnel-config log"
+    with root_needed(command, ENTERS_NODE_NETNS, also=(NetnsAccessError,)):
+        target = resolve_target(args)
+        answer = post_admin(target, logging_path(args.level, args.reset), args.timeout)
+    print(answer)
+    return 0
+
+
+def post_admin(target: Target, path: str, timeout: float) -> str:
+    """POST ``path`` to ``target``'s admin port: its answer's text. The socket is made inside the
+    target's netns (a socket belongs to the netns it was made in, whichever thread uses it), then
+    connected from here; failures are ``ConfigFetchError``s, one line each."""
+    where = target.description
+    try:
+        sock = _socket_in(target)
+    except FileNotFoundError:
+        raise ConfigFetchError(f"{target.netns_path} does not exist: is the lab up?") from None
+    except PermissionError:
+        raise NetnsAccessError(f"entering the network namespace {target.netns_path} needs root") from None
+    connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    try:
+        sock.settimeout(timeout)
+        sock.connect((target.host, target.port))
+        connection.sock = sock
+        connection.request("POST", path)
+        response = connection.getresponse()
+        body = response.read().decode("utf-8", "replace").strip()
+    except ConnectionRefusedError:
+        raise ConfigFetchError(f"{where}: connection refused; is ztunnel running there?") from None
+    except TimeoutError:
+        raise ConfigFetchError(f"{where}: no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ConfigFetchError(f"{where}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") \
+            from None
+    finally:
+        connection.close()
+        sock.close()
+    if response.status != 200:
+        first = body.splitlines()[:1]
+        raise ConfigFetchError(f"{where} answered {response.status}{': ' + first[0] if first else ''}")
+    return body
+
+
+def _socket_in(target: Target) -> socket.socket:
+    family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+    if target.netns_path is None:
+        return socket.socket(family, socket.SOCK_STREAM)
+    fd = os.open(target.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with inside_netns_fd(fd):
+            return socket.socket(family, socket.SOCK_STREAM)
+    finally:
+        os.close(fd)

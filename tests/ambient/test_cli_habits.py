@@ -232,6 +232,8 @@ def unprivileged() -> tuple[list[str], str, dict]:
      "ztunnel-config --node needs root (it enters the node's network namespace)"),
     (["zc", "all", "--node", "node-0", "--lab", "t1"],
      "ztunnel-config --node needs root (it enters the node's network namespace)"),
+    (["zc", "log", "--level", "debug", "--lab", "t1"],
+     "ztunnel-config log needs root (it enters the node's network namespace)"),
     (["waypoint", "apply", "--lab", "t1"],
      "waypoint apply --lab needs root (it uses the lab's state, which only root may)"),
     (["waypoint", "list", "--lab", "t1"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import socket
 
@@ -16,14 +17,17 @@ from ambient.ztunnel_config import (
     ConfigFetchError,
     Target,
     fetch_config_dump,
+    logging_path,
     node_netns,
     parse_address,
+    post_admin,
     register,
     render,
     select,
 )
 from lab.cli import LabError
 from mesh.errors import UsageError
+from mesh.http_admin import LogLevels, ProxyAdmin
 from ztunnel.admin import Response, serve_http
 
 # A dump in the shape of Istio's ztunnel (istioctl's configdump types), with our additions
@@ -319,3 +323,64 @@ def test_a_lab_without_ztunnels_says_so(tmp_path, monkeypatch):
     lab_status(tmp_path, "fake", [ZTUNNEL_LESS])
     with pytest.raises(ConfigFetchError, match="no node of lab 'fake' runs a ztunnel"):
         resolve_target(parser().parse_args(["ztunnel-config", "workloads", "--name", "fake"]))
+
+
+# -- zc log: ztunnel's POST /logging, as istioctl's `zc log`
+
+
+@pytest.mark.parametrize(("levels", "reset", "path"), [
+    (None, False, "/logging"),
+    (["debug"], False, "/logging?level=debug"),
+    (["ambient.ztunnel=debug", "info"], False, "/logging?level=ambient.ztunnel=debug,info"),
+    (["a:trace"], True, "/logging?reset&level=a:trace"),
+    (None, True, "/logging?reset"),
+])
+def test_logging_path_is_istioctl_s_request(levels, reset, path):
+    assert logging_path(levels, reset) == path
+
+
+@pytest.fixture
+async def logging_port(nursery):
+    """A real ProxyAdmin's /logging over the levels of a logger tree of the test's own."""
+    levels = LogLevels(logging.getLogger("zc-log-test"))
+    admin = ProxyAdmin(view=None, log_levels=levels, name="ztunnel")  # type: ignore[arg-type] - /logging only
+    port = await nursery.start(serve_http, ("127.0.0.1", 0), {"/logging": admin.admin_routes()["/logging"]})
+    yield port
+    levels.change("", reset=True)
+
+
+async def test_zc_log_reads_and_sets_the_levels_live(logging_port, capsys):
+    where = ["--admin-address", f"127.0.0.1:{logging_port}"]
+    assert await run_command(["zc", "log", *where]) == 0
+    initial = capsys.readouterr().out
+    assert initial.startswith("current log level is ")
+    assert await run_command(["zc", "log", *where, "--level", "zc-log-test.proxy=debug", "--level", "error"]) == 0
+    assert capsys.readouterr().out == "current log level is zc-log-test.proxy=debug,error\n"
+    assert logging.getLogger("zc-log-test.proxy").level == logging.DEBUG
+    assert await run_command(["zc", "log", *where, "--reset"]) == 0
+    assert capsys.readouterr().out == initial
+    assert logging.getLogger("zc-log-test.proxy").level == logging.NOTSET
+
+
+def test_zc_log_refuses_a_bad_level_as_a_usage_error():
+    from tests.ambient.test_cli_habits import ambient
+
+    done = ambient("zc", "log", "--level", "info", "--level", "proxy=loud")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        "ambient ztunnel-config log: error: argument --level: level 'proxy=loud' is invalid; say LEVEL or "
+        "NAME=LEVEL, LEVEL one of off|error|warn|info|debug|trace")
+
+
+async def test_zc_log_from_nothing_listening_is_one_line():
+    with socket.socket() as sock:  # bound, never listening: a connection to it is refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        with pytest.raises(ConfigFetchError) as error:
+            await trio.to_thread.run_sync(post_admin, Target("127.0.0.1", port), "/logging", 2.0)
+    assert str(error.value) == f"ztunnel admin at 127.0.0.1:{port}: connection refused; is ztunnel running there?"
+
+
+async def test_zc_log_in_a_missing_netns_says_so():
+    with pytest.raises(ConfigFetchError, match=r"^/run/netns/amb-none\.node-9 does not exist: is the lab up\?$"):
+        post_admin(Target("127.0.0.1", 15000, "/run/netns/amb-none.node-9"), "/logging", 1.0)
