@@ -7,7 +7,8 @@ other exception is a bug and prints one line too, its traceback going to the log
 includes every ``--trust-domain`` whatever command registers it: ``build_parser`` gives each one
 ``mesh.identity``'s rule as its type. Output to a pipe whose reader left (``| head``) ends quietly
 with ``EXIT_BROKEN_PIPE``. ``version`` and ``--version`` live here, as they belong to no package, and so do
-istioctl's names for our commands (``zc``, ``analyze``: ``COMMAND_ALIASES``).
+istioctl's names for our commands (``zc``, ``analyze``: ``COMMAND_ALIASES``). gRPC's own log lines
+are kept off a gRPC client command's stderr (``GRPC_CLIENT_COMMANDS``): its one line says it all.
 """
 
 from __future__ import annotations
@@ -251,7 +252,27 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
+# gRPC's core logs through absl straight to stderr (a failed TLS handshake is an "I... Handshake failed"
+# line), beside the one line a client command prints of the same failure. It reads GRPC_VERBOSITY once,
+# when grpc is imported, so it is set before the command's module is: only for the commands that are gRPC
+# clients (a daemon's gRPC lines, and those of processes the lab starts, which inherit the environment,
+# stay as gRPC writes them); a GRPC_VERBOSITY the user set, or --log-level debug, keeps gRPC's lines.
+GRPC_CLIENT_COMMANDS = {("ca", "request")}
+GRPC_QUIET = "NONE"
+
+
+def _quiet_grpc(argv: list[str]) -> None:
+    if _command(argv, 2) in GRPC_CLIENT_COMMANDS and "debug" not in _log_levels(argv):
+        os.environ.setdefault("GRPC_VERBOSITY", GRPC_QUIET)
+
+
+def _log_levels(argv: list[str]) -> list[str]:
+    return [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--log-level"] + [
+        arg.partition("=")[2] for arg in argv if arg.startswith("--log-level=")]
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_grpc(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr,

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from ca import store
 from ca.authority import DEFAULT_WORKLOAD_TTL, IssuancePolicy
-from ca.client import CaClient, CertificateError
+from ca.client import CaClient, CaRequestFailed, CertificateError
 from ca.placement import PLACEMENT_FILE, FilePodPlacement
 from ca.server import DEFAULT_PORT, DEFAULT_SERVER_NAMES, CaMetrics, CaServer, ServeConfig, start_metrics_server
 from ca.service import CertificateService
@@ -155,10 +155,20 @@ def cmd_request(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("AMBIENT_CA_TOKEN")
     if not token:
         raise UsageError("no token: pass --token or set AMBIENT_CA_TOKEN")
-    root_pem = args.root.read_bytes()
+    try:
+        root_pem = args.root.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--root {args.root}: {exc.strerror or exc}") from None
     ttl = int(args.ttl.total_seconds()) if args.ttl else 0
-    with CaClient(args.server, root_pem, token, server_name=args.server_name) as client:
-        certified = client.create_certificate(args.identity, ttl)
+    try:
+        client = CaClient(args.server, root_pem, token, server_name=args.server_name)
+    except ValueError:  # cryptography's word for bytes that are not a PEM certificate
+        raise UsageError(f"--root {args.root}: not a PEM certificate") from None
+    try:
+        with client:
+            certified = client.create_certificate(args.identity, ttl)
+    except CaRequestFailed as exc:
+        raise CaRequestError(request_failure(exc, args.server, args.root, args.server_name)) from None
     args.out.mkdir(parents=True, exist_ok=True)
     fd = os.open(args.out / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -173,5 +183,38 @@ def cmd_request(args: argparse.Namespace) -> int:
     return 0
 
 
+class CaRequestError(Exception):
+    """``ca request`` failed; the message says whose fault it is (ours, the connection's, the CA's)."""
+
+
+# gRPC's words in an UNAVAILABLE status's details, for the failures a user can tell apart and fix.
+# The handshake ones are BoringSSL's and gRPC's TLS layer's (grpcio 1.6x-1.8x); anything else keeps
+# gRPC's own details.
+NOT_TRUSTED = "CERTIFICATE_VERIFY_FAILED"
+WRONG_NAME = "Hostname Verification Check failed"
+REFUSED = "Connection refused"
+
+
+def request_failure(exc: CaRequestFailed, server: str, root: Path, server_name: str | None) -> str:
+    """One line telling apart: the CA's certificate is not trusted by ``--root``, or does not name the
+    server; the CA cannot be reached or did not answer; the CA refused (its status and words)."""
+    import grpc
+
+    if exc.code is grpc.StatusCode.UNAVAILABLE:
+        if NOT_TRUSTED in exc.details:
+            return (f"the CA's certificate at {server} is not trusted by --root {root} "
+                    "(its chain does not lead to that root)")
+        if WRONG_NAME in exc.details:
+            name = server_name or server.rpartition(":")[0]
+            return f"the CA's certificate at {server} is not for {name!r} (--server-name names the one to check)"
+        if REFUSED in exc.details:
+            return f"cannot reach the CA at {server}: connection refused"
+        return f"cannot reach the CA at {server}: {exc.details}"
+    if exc.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the CA at {server} did not answer in time"
+    return f"the CA at {server} refused the request: {exc.code.name}: {exc.details}"
+
+
 # Errors a user can cause: reported in one line, exit status 1, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (UsageError, store.CaStoreError, CertificateError, OSError)
+USER_ERRORS: tuple[type[Exception], ...] = (UsageError, store.CaStoreError, CertificateError, CaRequestError,
+                                            OSError)

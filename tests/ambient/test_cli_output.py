@@ -192,3 +192,28 @@ def test_waypoint_list_as_data_and_wide(lab_root):
     assert wide[0].split() == ["NAMESPACE", "NAME", "REVISION", "TRAFFIC", "TYPE", "PROGRAMMED", "POD", "READY",
                                "USED", "BY"]
     assert wide[1].split() == ["shop", "waypoint", "default", "service", "Unknown", "waypoint-waypoint", "0/1", "-"]
+
+
+# -- gRPC's own log lines, off for the CLI's gRPC clients only
+
+
+@pytest.mark.parametrize(("argv", "env", "quiet"), [
+    (["ca", "request", "--server", "x:1"], None, True),
+    (["--log-level", "info", "ca", "request"], None, True),
+    (["--log-level", "debug", "ca", "request"], None, False),  # debugging: gRPC's lines too
+    (["--log-level=debug", "ca", "request"], None, False),
+    (["ca", "request"], "INFO", False),  # the user's own setting stands
+    (["ca", "serve", "--dir", "d"], None, False),  # a daemon logs as gRPC does
+    (["lab", "up", "d"], None, False),  # the processes it starts inherit the environment
+])
+def test_grpc_is_quiet_for_ca_request_only(monkeypatch, argv, env, quiet):
+    import os
+
+    from ambient.cli import GRPC_QUIET, _quiet_grpc
+
+    if env is None:
+        monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    else:
+        monkeypatch.setenv("GRPC_VERBOSITY", env)
+    _quiet_grpc(argv)
+    assert os.environ.get("GRPC_VERBOSITY") == (GRPC_QUIET if quiet else env)

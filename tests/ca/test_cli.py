@@ -46,10 +46,51 @@ def test_request_with_a_bad_token_fails_in_one_line(serving, tmp_path):
                      "amt_wrong", "--identity", "spiffe://cluster.local/ns/a/sa/b", "--out", str(tmp_path / "o"),
                      check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == (
-        "ambient: error: CA refused the request: UNAUTHENTICATED: bearer token is not known to this CA"
+    assert result.stderr == (
+        f"ambient: error: the CA at {address} refused the request: UNAUTHENTICATED: bearer token is not known to "
+        "this CA\n"
     )
     assert not (tmp_path / "o" / "key.pem").exists()
+
+
+def request(address: str, root, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    return ambient("ca", "request", "--server", address, "--root", str(root), "--token", "amt_any", "--identity",
+                   "spiffe://cluster.local/ns/a/sa/b", "--out", str(tmp_path / "o"), *extra, check=False)
+
+
+def test_a_ca_not_trusted_by_root_is_told_apart_from_a_refusal_and_grpc_says_nothing(serving, tmp_path, monkeypatch):
+    """Another mesh's root: the TLS handshake fails before any request. gRPC's core logs that failure
+    itself ("I... Handshake failed") unless GRPC_VERBOSITY says otherwise: the command's one line only."""
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    _, address, _ = serving
+    ambient("ca", "init", "--dir", str(tmp_path / "other"))
+    other_root = tmp_path / "other" / "root-cert.pem"
+    result = request(address, other_root, tmp_path)
+    assert (result.returncode, result.stderr) == (1, f"ambient: error: the CA's certificate at {address} is not "
+                                                     f"trusted by --root {other_root} (its chain does not lead to "
+                                                     "that root)\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_ca_certificate_for_another_name_says_so(serving, tmp_path):
+    ca_dir, address, _ = serving
+    result = request(address, ca_dir / "root-cert.pem", tmp_path, "--server-name", "ca.example")
+    assert (result.returncode, result.stderr) == (1, f"ambient: error: the CA's certificate at {address} is not for "
+                                                     "'ca.example' (--server-name names the one to check)\n")
+
+
+def test_no_ca_listening_and_a_bad_root_file_are_one_line_each(tmp_path):
+    ambient("ca", "init", "--dir", str(tmp_path / "ca"))
+    root = tmp_path / "ca" / "root-cert.pem"
+    result = request("127.0.0.1:1", root, tmp_path)
+    assert (result.returncode, result.stderr) == (1, "ambient: error: cannot reach the CA at 127.0.0.1:1: "
+                                                     "connection refused\n")
+    key = tmp_path / "ca" / "ca-key.pem"
+    result = request("127.0.0.1:1", key, tmp_path)
+    assert (result.returncode, result.stderr) == (1, f"ambient: error: --root {key}: not a PEM certificate\n")
+    missing = tmp_path / "nope.pem"
+    result = request("127.0.0.1:1", missing, tmp_path)
+    assert (result.returncode, result.stderr) == (1, f"ambient: error: --root {missing}: No such file or directory\n")
 
 
 @pytest.mark.parametrize(
