@@ -132,6 +132,7 @@ class Lab:
         self.directory = ConfigDirectory(config.config_dir, self.registry)
         self.plan: LabPlan | None = None
         self.pods: dict[tuple[str, str], _PodRuntime] = {}
+        self._created: dict[tuple[int, str, str], str] = {}  # (kind, namespace, name) → first seen
         self.supervisor = Supervisor(config.name, on_change=self._notify)
         self._nursery: trio.Nursery | None = None
         self._version = 0
@@ -537,14 +538,26 @@ class Lab:
                 "ports": [{"name": p.name, "port": p.port, "target_port": p.target_port, "protocol": p.protocol}
                           for p in svc.ports],
             })
+        waypoints = waypoint_entries(state, pods)
+        self._stamp_created(pods, services, waypoints)
         return {
             "lab": self.config.name, "config_dir": str(self.config.config_dir), "state_dir": str(self.paths.root),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "controlplane": {**component(components.CONTROLPLANE), "address": f"{host}:{port}",
                              "netns": self.plan.control_plane.netns},
             "dns": {**component(components.DNS), "address": "{}:{}".format(*components.dns_address(self.plan))},
-            "nodes": nodes, "pods": pods, "services": services, "waypoints": waypoint_entries(state, pods),
+            "nodes": nodes, "pods": pods, "services": services, "waypoints": waypoints,
         }
+
+    def _stamp_created(self, *kinds: list[dict]) -> None:
+        """Each entry's ``created`` (RFC 3339, UTC): when the lab first had it, for `lab status`'s AGE; entries
+        gone are forgotten (a re-created one is new again)."""
+        now, seen = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), {}
+        for kind, entries in enumerate(kinds):
+            for entry in entries:
+                key = (kind, entry["namespace"], entry["name"])
+                entry["created"] = seen[key] = self._created.get(key, now)
+        self._created = seen
 
     def _announce_ready(self, status: dict) -> bool:
         """Whether `lab up` is done waiting for the pods of ``status``; prints each pod the first

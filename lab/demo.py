@@ -229,6 +229,7 @@ def run_lab() -> int:
 
         _waypoint_part(config, status, sleep)
         _wasm_part(config, status)
+        _bookinfo_part(config)
 
         _step("ambient lab status")
         _ambient("lab", "status", "--name", LAB_NAME)
@@ -455,6 +456,52 @@ def _wasm_part(config: Path, status: dict) -> None:
     print(f"  {allowed[0]}; echo saw x-greeting: {seen.get('x-greeting') or seen.get('X-Greeting')!r}")
     print("  the waypoint's access log, denied by the plugin:")
     _show_request(_waypoint_log(path="/wasm", response_code=403))
+
+
+ISTIO_SAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "istio-samples"
+DEFAULT_AMBIENT = ("apiVersion: v1\nkind: Namespace\n"
+                   "metadata: {name: default, labels: {istio.io/dataplane-mode: ambient}}\n")
+BOOKINFO_READY_TRIES = 600  # looks at the lab, 0.1 s apart, for Bookinfo's six pods to be ready
+BOOKINFO_REQUESTS = 30  # productpage views, to see the three reviews versions the round robin spreads them over
+
+
+def _reviews_version(page: str) -> str:
+    """Which reviews version drew a productpage: v1 draws no stars, v2 black ones, v3 red ones."""
+    if 'color="red"' in page:
+        return "v3"
+    return "v2" if 'color="black"' in page else "v1"
+
+
+def _bookinfo_part(config: Path) -> None:
+    _step("Istio's Bookinfo, as Istio publishes it (manifests/istio-samples/bookinfo.yaml, images and all), in "
+          "namespace default labelled ambient: the lab runs a built-in equivalent of each sample image")
+    shutil.copy(ISTIO_SAMPLES / "bookinfo.yaml", config / "bookinfo.yaml")
+    (config / "namespace.default.yaml").write_text(DEFAULT_AMBIENT)
+    print("$ ambient lab up  (picks up bookinfo.yaml and namespace.default.yaml live)")
+    for _ in range(BOOKINFO_READY_TRIES):
+        pods = [p for p in _status()["pods"] if p["namespace"] == "default"]
+        if len(pods) >= 6 and all(p["all_ready"] for p in pods):
+            break
+        time.sleep(0.1)
+    else:
+        states = ", ".join(f"{p['name']} {p['state']} {p.get('message') or ''}".strip() for p in pods)
+        raise RuntimeError(f"Bookinfo's pods did not become ready: {states or 'none planned'}")
+    print(f"  {len(pods)} pods ready: " + ", ".join(sorted(p["name"].rsplit("-", 2)[0] for p in pods)))
+    url = "http://productpage.default:9080/productpage"
+    print(f"$ ambient exec demo/sleep -- curl {url}   (by Service name: the lab's cluster DNS; {BOOKINFO_REQUESTS} "
+          "times)")
+    versions: dict[str, int] = {}
+    title = None
+    for _ in range(BOOKINFO_REQUESTS):
+        code, page = _http("demo/sleep", url)
+        if code != 200:
+            raise RuntimeError(f"productpage answered {code}: {page[:200]!r}")
+        found = re.search(r"<title>(.*?)</title>", page)
+        title = found.group(1) if found else title
+        version = _reviews_version(page)
+        versions[version] = versions.get(version, 0) + 1
+    print(f"  200 x {BOOKINFO_REQUESTS}, title {title!r}; reviews drawn by "
+          + ", ".join(f"{v}: {n}" for v, n in sorted(versions.items())))
 
 
 # curl's exit status for a connection reset, by how far curl got: ztunnel resets a denied

@@ -60,6 +60,11 @@ def test_demo_brings_up_the_sample_lab_shows_traffic_and_tears_it_down(tmp_path)
     # Proxy-Wasm: a plugin built from the gcore SDK adds a header, one from the solo SDK denies (issue 20).
     assert "  403 'denied by plugin'" in out and "200; echo saw x-greeting: 'hello-from-wasm'" in out
     assert '"detail": "denied_by_plugin (wasm plugin demo/token-required)"' in out
-    assert re.search(r"legacy\s+echo\s+node-\d\s+10\.244\.\d+\.\d+\s+1/1\s+Running\s+0\s+none", out)
+    # Istio's Bookinfo, unchanged, by Service name through the lab's DNS; the three reviews versions answer.
+    assert "6 pods ready: details-v1, productpage-v1, ratings-v1, reviews-v1, reviews-v2, reviews-v3" in out
+    drawn = re.search(r"200 x (\d+), title 'Simple Bookstore App'; reviews drawn by v1: (\d+), v2: (\d+), v3: (\d+)",
+                      out)
+    assert drawn is not None and all(int(n) > 0 for n in drawn.groups()[1:]), out
+    assert re.search(r"legacy\s+echo\s+node-\d\s+10\.244\.\d+\.\d+\s+1/1\s+Running\s+0\s+\d+[smhd]\s+none", out)
     assert "Lab 'demo' is down" in out and "lab network namespaces left: 0" in out
     assert not (tmp_path / "demo").exists()
