@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mesh import resources as r
 from mesh.identity import InvalidSpiffeId, validate_k8s_name
+from mesh.parse_env import config_map, env_from, env_ref
 from mesh.parse_fields import labels_selector, port_field
 from mesh.parse_istio import authorization_policy, peer_authentication
 from mesh.parse_routes import grpc_route, http_route
@@ -43,6 +44,7 @@ GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta
 ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
 API_VERSIONS: dict[str, tuple[str, ...]] = {
     "Namespace": ("v1",), "Node": ("v1",), "ServiceAccount": ("v1",), "Pod": ("v1",), "Service": ("v1",),
+    "ConfigMap": ("v1",),
     "Deployment": ("apps/v1",), "Gateway": GATEWAY_API, "GatewayClass": GATEWAY_API, "HTTPRoute": GATEWAY_API,
     "GRPCRoute": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"),
     "AuthorizationPolicy": ISTIO_SECURITY, "PeerAuthentication": ISTIO_SECURITY,
@@ -76,10 +78,10 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 # Kubernetes fields that are valid but that the mesh does not act on: accepted without a warning.
 _META_IGNORED = {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
                  "ownerReferences", "finalizers", "generateName", "deletionTimestamp", "selfLink"}
-_POD_SPEC_IGNORED = {"restartPolicy", "terminationGracePeriodSeconds", "volumes", "securityContext",
+_POD_SPEC_IGNORED = {"terminationGracePeriodSeconds", "volumes", "securityContext",
                      "affinity", "tolerations", "nodeSelector", "dnsPolicy", "hostname", "subdomain",
                      "priorityClassName", "schedulerName", "imagePullSecrets", "automountServiceAccountToken"}
-_CONTAINER_IGNORED = {"resources", "imagePullPolicy", "livenessProbe", "startupProbe",
+_CONTAINER_IGNORED = {"resources", "imagePullPolicy", "startupProbe",
                       "volumeMounts", "securityContext", "workingDir", "lifecycle", "terminationMessagePath",
                       "terminationMessagePolicy", "stdin", "tty"}
 _SERVICE_IGNORED = {"type", "sessionAffinity", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
@@ -131,7 +133,7 @@ def parse_document(doc: Document, problems: list[Problem]) -> r.Resource | None:
     """The resource in ``doc``, or None if it has errors or is of a kind the mesh ignores."""
     errors_before = sum(p.severity is Severity.ERROR for p in problems)
     top = Field(doc, (), doc.data, problems)
-    if not top.mapping({"apiVersion", "kind", "metadata", "spec", "status", "data"}):
+    if not top.mapping({"apiVersion", "kind", "metadata", "spec", "status", "data", "binaryData", "immutable"}):
         return None
     kind = top["kind"].str(required=True)
     api_version = top["apiVersion"].str(required=True)
@@ -154,7 +156,8 @@ def parse_document(doc: Document, problems: list[Problem]) -> r.Resource | None:
     if meta is None:
         return None
     origin = r.Origin(doc.file, doc.line_of(()))
-    resource = _PARSERS[kind](top["spec"], meta, origin)
+    # A ConfigMap has no spec: its data is beside its metadata.
+    resource = _PARSERS[kind](top if kind == "ConfigMap" else top["spec"], meta, origin)
     if sum(p.severity is Severity.ERROR for p in problems) > errors_before:
         return None
     return resource
@@ -237,7 +240,7 @@ def _probe_int(f: Field, *, default: int, low: int) -> int:
 
 
 def _probe(f: Field, ports: list[r.ContainerPort]) -> r.Probe | None:
-    """A readiness probe, checked as Kubernetes checks it, keeping only what the lab can run: it
+    """A readiness or liveness probe, checked as Kubernetes checks it, keeping only what the lab can run: it
     probes the pod's IP from the host (no ``host``), over plain HTTP, and runs no gRPC probes."""
     if not f.mapping(_PROBE_FIELDS):
         return None
@@ -302,15 +305,21 @@ def _security_context(f: Field, inherited: tuple[int | None, int | None, bool] =
 
 def _container(f: Field, pod_context: tuple[int | None, int | None, bool] = (None, None, False),
                ) -> r.Container | None:
-    if not f.mapping({"name", "image", "command", "args", "env", "ports", "readinessProbe"} | _CONTAINER_IGNORED):
+    if not f.mapping({"name", "image", "command", "args", "env", "envFrom", "ports", "readinessProbe",
+                      "livenessProbe"} | _CONTAINER_IGNORED):
         return None
-    env: dict[str, str] = {}
+    env: dict[str, str | r.EnvRef] = {}  # in order, a later entry of a name replacing an earlier one
     for item in f["env"].items():
         if item.mapping({"name", "value", "valueFrom"}) and (name := item["name"].str(required=True)):
+            env.pop(name, None)
             if item["valueFrom"].present:
-                item["valueFrom"].warn("valueFrom is not supported; the variable is left unset")
+                if item["value"].present:
+                    item["value"].report("may not be set together with valueFrom")
+                if (ref := env_ref(item["valueFrom"], name)) is not None:
+                    env[name] = ref
             else:
                 env[name] = item["value"].str(default="")
+    sources = tuple(each for item in f["envFrom"].items() if (each := env_from(item)) is not None)
     ports = []
     for item in f["ports"].items():
         if item.mapping({"containerPort", "name", "protocol", "hostPort", "hostIP"}):
@@ -319,25 +328,36 @@ def _container(f: Field, pod_context: tuple[int | None, int | None, bool] = (Non
             if port is not None:
                 ports.append(r.ContainerPort(port, item["name"].str(default=""), protocol))
     probe = _probe(f["readinessProbe"], ports) if f["readinessProbe"].present else None
+    liveness = _probe(f["livenessProbe"], ports) if f["livenessProbe"].present else None
+    if liveness is not None and liveness.success_threshold != 1:
+        f["livenessProbe"]["successThreshold"].report("must be 1 for a liveness probe")
     user, group, non_root = _security_context(f["securityContext"], pod_context)
     return r.Container(
         name=_name(f["name"], "container name") or "", image=f["image"].str(default=""),
-        command=f["command"].str_list(), args=f["args"].str_list(), env=r.frozen_map(env), ports=tuple(ports),
-        readiness_probe=probe, run_as_user=user, run_as_group=group, run_as_non_root=non_root,
+        command=f["command"].str_list(), args=f["args"].str_list(),
+        env=r.frozen_map({k: v for k, v in env.items() if isinstance(v, str)}), ports=tuple(ports),
+        readiness_probe=probe, liveness_probe=liveness, run_as_user=user, run_as_group=group,
+        run_as_non_root=non_root, env_refs=tuple(v for v in env.values() if isinstance(v, r.EnvRef)),
+        env_from=sources,
     )
 
 
-def _pod_spec(f: Field) -> r.PodSpec | None:
-    if not f.mapping({"containers", "serviceAccountName", "serviceAccount", "nodeName", "initContainers"}
-                     | _POD_SPEC_IGNORED, required=True):
+def _pod_spec(f: Field, *, owner: str = "") -> r.PodSpec | None:
+    """A pod's spec; ``owner`` is the kind whose template it is ("Deployment"), whose pods restart Always only."""
+    if not f.mapping({"containers", "serviceAccountName", "serviceAccount", "nodeName", "initContainers",
+                      "restartPolicy"} | _POD_SPEC_IGNORED, required=True):
         return None
+    restart_policy = f["restartPolicy"].str(default="Always", choices=r.RESTART_POLICIES) or "Always"
+    if owner and restart_policy != "Always":
+        f["restartPolicy"].report(f"{restart_policy!r} is not allowed in a {owner}'s pod template: only Always "
+                                  "(as the API server refuses others)")
     if f["initContainers"].present:
         f["initContainers"].warn("init containers are not run by the lab")
     pod_context = _security_context(f["securityContext"])
     containers = tuple(c for item in f["containers"].items(required=True) if (c := _container(item, pod_context)))
     account = _name(f["serviceAccountName"], "service account", required=False) \
         or _name(f["serviceAccount"], "service account", required=False) or "default"
-    return r.PodSpec(containers, account, _name(f["nodeName"], "node name", required=False) or "")
+    return r.PodSpec(containers, account, _name(f["nodeName"], "node name", required=False) or "", restart_policy)
 
 
 def _pod(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Pod | None:
@@ -360,7 +380,7 @@ def _deployment(spec: Field, meta: r.Meta, origin: r.Origin) -> r.Deployment | N
     template_meta.mapping({"labels", "annotations", "name", "namespace"} | _META_IGNORED)
     labels = template_meta["labels"].str_map()
     annotations = template_meta["annotations"].str_map()
-    pod_spec = _pod_spec(template["spec"])
+    pod_spec = _pod_spec(template["spec"], owner="Deployment")
     if selector and any(labels.get(k) != v for k, v in selector.items()):
         template_meta["labels"].report("does not match spec.selector.matchLabels")
         return None
@@ -500,6 +520,7 @@ def _gateway_class(spec: Field, meta: r.Meta, origin: r.Origin) -> r.GatewayClas
 
 
 _PARSERS = {
+    "ConfigMap": config_map,
     "Namespace": _namespace, "Node": _node, "ServiceAccount": _service_account, "Pod": _pod, "Deployment": _deployment,
     "Service": _service, "Gateway": _gateway, "GatewayClass": _gateway_class, "HTTPRoute": http_route,
     "GRPCRoute": grpc_route, "AuthorizationPolicy": authorization_policy, "PeerAuthentication": peer_authentication,

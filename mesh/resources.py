@@ -99,7 +99,7 @@ PROBE_ACTIONS = ("tcpSocket", "httpGet", "exec")
 
 @dataclass(frozen=True)
 class Probe:
-    """A container's readiness probe (Kubernetes names and defaults); ``lab.probes`` runs it."""
+    """A container's readiness or liveness probe (Kubernetes names and defaults); ``lab.probes`` runs it."""
 
     action: str  # one of PROBE_ACTIONS
     port: int | str = 0  # a number, or the name of a container port (tcpSocket, httpGet)
@@ -112,15 +112,48 @@ class Probe:
     failure_threshold: int = 3
 
 
+# The downward API's fieldRef paths the lab fills in (``metadata.labels['k']`` and
+# ``metadata.annotations['k']`` are read with their key); any other path is a parse error.
+FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
+               "status.podIP", "status.hostIP")
+FIELD_PATH_MAPS = ("metadata.labels", "metadata.annotations")
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """An ``env`` entry's ``valueFrom``: a downward-API ``field_path`` (``metadata.labels['app']``), or a
+    ConfigMap's key (``config_map``/``key``; ``optional`` leaves the variable unset when either is missing)."""
+
+    name: str
+    field_path: str = ""
+    config_map: str = ""
+    key: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class EnvFrom:
+    """An ``envFrom`` entry: every key of a ConfigMap, each prefixed with ``prefix``."""
+
+    config_map: str
+    prefix: str = ""
+    optional: bool = False
+
+
 @dataclass(frozen=True)
 class Container:
     name: str
     image: str = ""
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=frozen_map)
+    env: Mapping[str, str] = field(default_factory=frozen_map)  # the literal values
     ports: tuple[ContainerPort, ...] = ()
     readiness_probe: Probe | None = None
+    liveness_probe: Probe | None = None
+    # ``env`` entries with valueFrom (their names are not in ``env``: the later entry of a name wins, as in
+    # Kubernetes), and ``envFrom``, under both in precedence.
+    env_refs: tuple[EnvRef, ...] = ()
+    env_from: tuple[EnvFrom, ...] = ()
     # securityContext, the container's over the pod's: who its processes run as (None: root, as the
     # lab runs images that name no user), and whether root is refused.
     run_as_user: int | None = None
@@ -133,6 +166,10 @@ class PodSpec:
     containers: tuple[Container, ...]
     service_account: str = "default"
     node_name: str = ""
+    restart_policy: str = "Always"  # one of RESTART_POLICIES; a Deployment's pods are Always only
+
+
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
 
 
 @_kind("Pod")
@@ -140,6 +177,14 @@ class PodSpec:
 class Pod(Resource):
     spec: PodSpec
     owner: str = ""  # "Deployment/<name>" for pods generated from a Deployment
+
+
+@_kind("ConfigMap")
+@dataclass(frozen=True)
+class ConfigMap(Resource):
+    """Its ``data`` only (``binaryData`` cannot be an environment variable), read by pods' env."""
+
+    data: Mapping[str, str] = field(default_factory=frozen_map)
 
 
 @_kind("Deployment")

@@ -252,8 +252,8 @@ def test_a_resource_with_an_error_is_not_handed_out():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
-         "x.yaml:2: kind: warning: kind ConfigMap (v1) is not used by the mesh; skipped"),
+        ("apiVersion: v1\nkind: Secret\nmetadata: {name: c}\n",
+         "x.yaml:2: kind: warning: kind Secret (v1) is not used by the mesh; skipped"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: c, colour: blue}]\n",
          "x.yaml:5: Pod default/a: spec.containers[0].colour: warning: unknown field, ignored"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  restartPolicy: Always\n  containers: [{name: c}]\n",
@@ -367,7 +367,7 @@ spec:
   containers:
   - name: c
     ports: [{containerPort: 8080, name: http}, {containerPort: 9090}]
-    livenessProbe: {grpc: {port: 1}, anything: still ignored}
+    livenessProbe: {tcpSocket: {port: 8080}}
     readinessProbe:
 """
 
