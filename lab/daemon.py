@@ -9,7 +9,9 @@ every pod that can run Running and ready (readiness probes pass) and every ambie
 shows what `up` waited for. Then it keeps the lab in step with the directory: a scan every 0.25 s,
 and a change re-plans with the previous plan, so pods that stay keep their node and IP while new
 ones get a netns and their processes and deleted ones are stopped and removed. A
-pod whose spec changed is recreated, as a Kubernetes pod would be.
+pod whose spec changed is recreated, as a Kubernetes pod would be, and so is one waiting for a ConfigMap
+once it is there (``lab.env``). A container's liveness probe that fails has its process killed, and its
+restart policy decides (``lab.probes.run_liveness``, ``Supervisor.kill``).
 
 Every change of a process, a probe or the set of pods rewrites ``status.json`` (for ``ambient lab
 status``) and the control plane's ``pods.json`` (pod IP, node and readiness, which feed the mesh's
@@ -44,13 +46,14 @@ from lab.dns import cluster_view
 from lab.dns_wiring import ClusterDns, open_tcp_in_netns, wait_for_port
 from lab.isolation import PodSandbox
 from lab.kube_proxy import KubeProxy
-from lab.probes import run_readiness
+from lab.probes import run_liveness, run_readiness
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
 from lab.resolv import prepare_mount
 from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.waypoints import waypoint_entries
 from lab.workloads import ContainerPlan, LabPod, container_plans, desired_pods, node_name, pod_phase
+from mesh import resources as r
 from mesh.errors import describe
 from mesh.watched_file import write_json_atomic
 
@@ -111,7 +114,8 @@ async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env:
     return result.returncode
 
 
-CANNOT_RUN = ("Pending", "Error", "NotRunning")  # pod states `lab up` reports rather than waits for
+# Pod states `lab up` reports rather than waits for.
+CANNOT_RUN = ("Pending", "Error", "NotRunning", "CreateContainerConfigError")
 
 
 def awaited_pods(status: dict, ztunnel: bool = True) -> list[dict]:
@@ -175,7 +179,7 @@ class Lab:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         self.paths.controlplane.mkdir(parents=True, exist_ok=True)
         self.directory.scan()
-        desired = desired_pods(self.registry.state(), self.config.node_count)
+        desired = desired_pods(self.registry.state(), self.config.node_count, self._config_maps())
         self.plan = plan_lab(self.config.name, self._pod_specs(desired), self.config.node_count)
         self.pods = {key: _PodRuntime(lab_pod) for key, lab_pod in desired.items()}
         self.progress(f"Creating network: {len(self.plan.nodes)} nodes, {len(self.plan.pods)} pods "
@@ -211,6 +215,10 @@ class Lab:
         cleanup_cgroups(self.config.name)  # whatever the supervisor could not remove
         bpffs.unmount_under(self.paths.root)  # the node agents' pins: every capture of the lab goes
         network.destroy(self.config.name)
+
+    def _config_maps(self) -> dict[tuple[str, str], r.ConfigMap]:
+        return {(res.meta.namespace, res.meta.name): res for res in self.registry.resources()
+                if isinstance(res, r.ConfigMap)}
 
     def _pod_specs(self, desired: dict[tuple[str, str], LabPod]) -> list[PodSpec]:
         return [PodSpec(*key, node=p.node) for key, p in desired.items() if p.unschedulable is None]
@@ -311,6 +319,8 @@ class Lab:
         for container, plan in zip(lab_pod.pod.spec.containers, runtime.containers, strict=True):
             if plan.process is not None:
                 self._nursery.start_soon(self._probe, runtime, container, plan)
+            if plan.process is not None and plan.liveness_probe is not None:
+                self._nursery.start_soon(self._liveness, runtime, container, plan)
 
     def _pod_scope(self, runtime: _PodRuntime) -> trio.CancelScope:
         """A cancel scope for one task of the pod (a probe, a wait), cancelled when the pod stops."""
@@ -346,6 +356,36 @@ class Lab:
                                 plan.process.resolv_conf),
             on_change=on_change, on_result=on_result,
         )
+
+    async def _liveness(self, runtime: _PodRuntime, container, plan: ContainerPlan) -> None:
+        """The container's liveness probe: failing, its process is killed and its restart policy decides
+        (``lab status`` counts the restart)."""
+        name, placed = plan.process.name, runtime.placed
+        last: list[int | None] = [None]  # the run probed last
+
+        def current() -> int | None:
+            status = self.supervisor.status().get(name)
+            return status.pid if status is not None and status.state is ProcessState.RUNNING else None
+
+        async def started() -> int | None:
+            status = await self.supervisor.wait_for(
+                name, lambda s: s.state is ProcessState.RUNNING and s.pid is not None and s.pid != last[0])
+            last[0] = status.pid
+            return status.pid
+
+        async def restart(pid, message: str) -> None:
+            log.info("pod %s/%s container %s: %s", *runtime.lab_pod.key, plan.name, message)
+            await self.supervisor.kill(name, pid, message)
+
+        with self._pod_scope(runtime):
+            try:
+                await run_liveness(
+                    plan.liveness_probe, container, str(placed.ip), connect=partial(open_tcp_in_netns, placed.netns),
+                    run_command=partial(self._exec_probe, placed.netns, plan.process.environment,
+                                        plan.process.sandbox, plan.process.resolv_conf),
+                    started=started, current=current, restart=restart)
+            except ValueError as exc:  # a probe port the container lacks: mesh.parse reports it first
+                log.warning("pod %s/%s container %s: liveness probe: %s", *runtime.lab_pod.key, plan.name, exc)
 
     async def _exec_probe(self, netns: str, env: dict[str, str], sandbox: PodSandbox | None,
                           resolv_conf: Path | None, argv: tuple[str, ...]) -> int:
@@ -387,7 +427,7 @@ class Lab:
 
     async def reconcile(self) -> None:
         """Bring the running pods in line with the directory: remove, then re-plan, then add."""
-        desired = desired_pods(self.registry.state(), self.config.node_count)
+        desired = desired_pods(self.registry.state(), self.config.node_count, self._config_maps())
         gone = [key for key, runtime in self.pods.items()
                 if key not in desired or desired[key].runtime_spec() != runtime.lab_pod.runtime_spec()]
         for key in gone:
@@ -479,7 +519,7 @@ class Lab:
         containers = self._container_status(runtime)
         problems = {c["name"]: c["message"] for c in containers if c["state"] == "error"}
         phase = pod_phase({c["name"]: c["state"] for c in containers if c["state"] != "error"}, problems,
-                          lab_pod.unschedulable)
+                          lab_pod.unschedulable, lab_pod.config_error)
         if runtime.problem and phase == "Pending" and runtime.placed is not None:
             phase = "NotRunning"
         if runtime.waiting and phase == "Pending":
@@ -506,7 +546,7 @@ class Lab:
             "dataplane_mode": mode,
             "enrolled": bool(agent_running and enrollment and enrollment["enrolled"]),  # captured; ztunnel has it
             "capture": capture,
-            "message": lab_pod.unschedulable or runtime.problem or runtime.waiting or next(
+            "message": lab_pod.unschedulable or lab_pod.config_error or runtime.problem or runtime.waiting or next(
                 (f"{c['name']}: {c['message']}" for c in containers if c["message"]), None),
             "containers": containers,
         }

@@ -1,4 +1,4 @@
-"""Readiness probes for the lab's containers, run as the kubelet runs them.
+"""Readiness and liveness probes for the lab's containers, run as the kubelet runs them.
 
 ``probe_once`` makes one attempt. It reaches the pod only through two injected functions,
 ``connect(ip, port)`` (a trio ``Stream``) and ``run_command(argv)`` (an exit status), so the lab
@@ -12,6 +12,10 @@ never the body.
 not ready, becomes ready after ``success_threshold`` successes in a row and not ready again after
 ``failure_threshold`` failures in a row. ``run_readiness`` adds the clock (trio's only) and reports
 each change.
+
+``Liveness`` counts the same way, and ``run_liveness`` probes each run of a container from
+``initial_delay_seconds`` after it started, every ``period_seconds``; ``failure_threshold`` failures in
+a row have it killed (``restart``), and its restart policy decides what comes next, as the kubelet's.
 """
 
 from __future__ import annotations
@@ -218,3 +222,51 @@ async def run_readiness(probe: r.Probe | None, container: r.Container, pod_ip: s
             on_change(readiness.ready, result.message)
         interval = probe.period_seconds if readiness.succeeded_once else startup_interval
         await trio.sleep_until(started + interval)
+
+
+@dataclass
+class Liveness:
+    """Consecutive failures in, "restart it" out (the kubelet's liveness counting); no I/O, no clock."""
+
+    failure_threshold: int = 3
+    _failures: int = 0
+
+    def observe(self, ok: bool) -> bool:
+        """Count one result; True when it makes ``failure_threshold`` failures in a row (the count
+        then starts over, for the next run of the container)."""
+        self._failures = 0 if ok else self._failures + 1
+        if self._failures >= self.failure_threshold:
+            self._failures = 0
+            return True
+        return False
+
+
+async def run_liveness(probe: r.Probe, container: r.Container, pod_ip: str, *, connect: Connect,
+                       run_command: RunCommand, started: Callable[[], Awaitable[object]],
+                       current: Callable[[], object], restart: Callable[[object, str], Awaitable[None]],
+                       on_result: Callable[[ProbeResult], None] | None = None) -> None:
+    """Probe each run of the container until cancelled.
+
+    ``started()`` returns once a run other than the last one is up, with its id (a pid); ``current()``
+    is the id of the run up now (None if none). From ``initial_delay_seconds`` after a run started,
+    every ``period_seconds`` (from the start of one attempt to the next, as readiness), an attempt;
+    ``failure_threshold`` failures in a row call ``restart(run, message)``, message in the kubelet's
+    words. A run that ends on its own stops its probing, and the next run starts afresh (its own
+    delay, a new count). A probe whose port the container does not have raises ValueError at once."""
+    if probe.action != "exec":
+        resolve_port(probe, container)
+    while True:
+        run = await started()
+        await trio.sleep(probe.initial_delay_seconds)
+        liveness = Liveness(probe.failure_threshold)
+        while current() == run:
+            attempt_started = trio.current_time()
+            result = await probe_once(probe, container, pod_ip, connect=connect, run_command=run_command)
+            if on_result is not None:
+                on_result(result)
+            if current() != run:
+                break  # the run ended during the attempt: its result says nothing of the next one
+            if liveness.observe(result.ok):
+                await restart(run, f"Liveness probe failed: {result.message}")
+                break
+            await trio.sleep_until(attempt_started + probe.period_seconds)

@@ -328,6 +328,7 @@ class _Managed:
     process: trio.Process | None = None
     final_state: ProcessState | None = None  # set when the restart policy ends it
     grace_period: float = DEFAULT_GRACE_PERIOD
+    log_fd: int | None = None  # its log, while its task runs
 
     def status(self) -> ProcessStatus:
         return ProcessStatus(
@@ -396,6 +397,26 @@ class Supervisor:
         await record.done.wait()
         return record.status()
 
+    async def kill(self, name: str, pid: int, reason: str) -> bool:
+        """Kill run ``pid`` of ``name`` as the kubelet kills a container whose liveness probe fails:
+        SIGTERM, then after the grace period SIGKILL of its cgroup. Its restart policy then decides, as
+        for any exit (a restart counts in ``restarts``). ``reason`` goes to its log. False if ``pid``
+        is not its running process (it has exited, or been restarted, since)."""
+        record = self._records[name]
+        process = record.process
+        if process is None or process.pid != pid or process.returncode is not None:
+            return False
+        if record.log_fd is not None:
+            _log(record.log_fd, f"{reason}; killing pid {pid}")
+        process.send_signal(signal.SIGTERM)  # trio.Process: never signals a reaped, reused pid
+        # The supervising task waits for the process (one waiter only) and publishes its exit.
+        with trio.move_on_after(record.grace_period):
+            await self.wait_for(name, lambda status: status.pid != pid)
+            return True
+        await trio.to_thread.run_sync(kill_cgroup, record.spec.cgroup)
+        await self.wait_for(name, lambda status: status.pid != pid)
+        return True
+
     def status(self) -> dict[str, ProcessStatus]:
         return {name: record.status() for name, record in self._records.items()}
 
@@ -423,6 +444,7 @@ class Supervisor:
         spec = record.spec
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        record.log_fd = log_fd
         try:
             with record.scope:
                 attempt = 0  # restarts since the last healthy run: the backoff's own count
@@ -469,6 +491,7 @@ class Supervisor:
                 try:
                     await self._terminate(record, log_fd)
                 finally:
+                    record.log_fd = None
                     os.close(log_fd)
                     record.done.set()
                     self._notify()

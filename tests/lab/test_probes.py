@@ -17,7 +17,16 @@ import pytest
 import trio
 import trio.testing
 
-from lab.probes import MAX_RESPONSE_HEAD, ProbeResult, Readiness, probe_once, resolve_port, run_readiness
+from lab.probes import (
+    MAX_RESPONSE_HEAD,
+    Liveness,
+    ProbeResult,
+    Readiness,
+    probe_once,
+    resolve_port,
+    run_liveness,
+    run_readiness,
+)
 from mesh import resources as r
 
 BOUND = 5  # seconds (real ones, or trio's under the autojump clock): every test finishes well within
@@ -422,3 +431,102 @@ async def test_on_result_hears_every_attempt_and_on_change_only_changes(autojump
                             on_result=lambda result: results.append(result.ok))
     assert results == [False, False, True, True, False]
     assert changes == [True, False]
+
+
+# ---------------------------------------------------------------- liveness
+
+@pytest.mark.parametrize("threshold, results, restarts", [
+    (3, [False, False, False], [2]),
+    (3, [False, False, True, False, False, False], [5]),  # a success starts the count over
+    (1, [True, False, False], [1, 2]),
+    (2, [False, False, False, False, False], [1, 3]),  # after a restart the count starts over
+    (3, [True] * 5, []),
+])
+def test_liveness_counts_failures_in_a_row(threshold, results, restarts):
+    liveness = Liveness(threshold)
+    assert [i for i, ok in enumerate(results) if liveness.observe(ok)] == restarts
+
+
+class Runs:
+    """A fake container for run_liveness: runs numbered 1, 2...; ``restart`` ends the current run and
+    starts the next one 1 s later (the supervisor's backoff), as a restart policy of Always would."""
+
+    def __init__(self, script: Script, crash_at: float | None = None) -> None:
+        self.script = script
+        self.run: int | None = None
+        self.count = 0
+        self.restarts: list[tuple[float, object, str]] = []
+        self.changed = trio.Event()
+        self.crash_at = crash_at  # the first run exits by itself then
+
+    async def start(self) -> None:
+        self.count += 1
+        self.run = self.count
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def started(self) -> object:
+        while self.run is None:
+            await self.changed.wait()
+        return self.run
+
+    def current(self) -> object:
+        if self.crash_at is not None and self.run == 1 and self.script.now() >= self.crash_at:
+            self.run = None
+        return self.run
+
+    async def restart(self, run: object, message: str) -> None:
+        self.restarts.append((self.script.now(), run, message))
+        self.run = None
+        await trio.sleep(1)
+        await self.start()
+
+
+async def run_liveness_script(probe: r.Probe, statuses: list[int | None], crash_at: float | None = None,
+                              next_run_at: float | None = None):
+    """run_liveness over fake runs until the script is done; the first run ends by itself at
+    ``crash_at`` and the next one starts at ``next_run_at``, if given."""
+    with trio.fail_after(3600):
+        with trio.CancelScope() as scope:
+            script = Script(statuses, scope)
+            runs = Runs(script, crash_at)
+            await runs.start()
+            async with trio.open_nursery() as nursery:
+                if next_run_at is not None:
+                    async def later() -> None:
+                        await trio.sleep(next_run_at)
+                        await runs.start()
+                    nursery.start_soon(later)
+                await run_liveness(probe, CONTAINER, IP, connect=no_connect, run_command=script,
+                                   started=runs.started, current=runs.current, restart=runs.restart)
+    assert scope.cancelled_caught
+    return script.times, runs.restarts
+
+
+async def test_liveness_restarts_after_failure_threshold_failures(autojump_clock):
+    probe = check(initial_delay_seconds=5, period_seconds=2, failure_threshold=2)
+    times, restarts = await run_liveness_script(probe, [0, 1, 0, 1, 1, 0, 1, 1])
+    # Attempts from 5 s after the run started, every 2 s; two failures in a row kill run 1 at 13 s;
+    # run 2 starts at 14 s and is probed from 19 s, killed at 23 s; run 3 (from 24 s) ends the script.
+    assert times == [5, 7, 9, 11, 13, 19, 21, 23, 29]
+    assert restarts == [(13, 1, f"Liveness probe failed: {FAILED}"), (23, 2, f"Liveness probe failed: {FAILED}")]
+
+
+async def test_liveness_timeouts_count_as_failures(autojump_clock):
+    times, restarts = await run_liveness_script(check(period_seconds=3, failure_threshold=1), [HANG])
+    assert times[0] == 0 and restarts == [(1, 1, f"Liveness probe failed: {TIMED_OUT}")]
+
+
+async def test_a_run_that_ends_by_itself_is_not_killed_and_the_next_starts_afresh(autojump_clock):
+    probe = check(initial_delay_seconds=1, period_seconds=1, failure_threshold=3)
+    # Run 1 fails at 1 and 2 s and ends by itself at 2.5 s; run 2 starts at 4 s, fails at 5 and 6 s:
+    # four failures, never three in a row of one run, so no kill.
+    times, restarts = await run_liveness_script(probe, [1, 1, 1, 1], crash_at=2.5, next_run_at=4)
+    assert times == [1, 2, 5, 6, 7] and restarts == []
+
+
+async def test_run_liveness_rejects_a_bad_port_before_waiting(autojump_clock):
+    probe = r.Probe("tcpSocket", port="nope")
+    with pytest.raises(ValueError, match="no port named 'nope'"):
+        await run_liveness(probe, CONTAINER, IP, connect=no_connect, run_command=no_command,
+                           started=None, current=None, restart=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 
@@ -325,6 +326,42 @@ async def test_a_policy_that_does_not_restart_leaves_the_final_status(
     assert (status.state, status.last_exit, status.restarts) == (state, code, 0)
     assert not spec.cgroup.exists()
     assert f"not restarting (restart policy {policy})" in spec.log_path.read_text()
+
+
+@root_only
+@pytest.mark.parametrize("policy, restarted", [("Always", True), ("OnFailure", True), ("Never", False)])
+async def test_kill_ends_a_run_and_its_restart_policy_decides(supervisor, spec_for, policy, restarted):
+    # As the kubelet after a failed liveness probe: SIGTERM, the exit (signal, a failure) goes to the policy.
+    spec = spec_for("live", "exec sleep 1000", restart_policy=policy, **FAST)
+    with trio.fail_after(BOUND):
+        first = await supervisor.start(spec)
+        assert await supervisor.kill(spec.name, first.pid, "Liveness probe failed: exec [check] exited 1")
+        if restarted:
+            status = await supervisor.wait_for(spec.name, lambda s: s.restarts == 1 and s.state is ProcessState.RUNNING)
+            assert status.pid != first.pid and status.last_exit == -signal.SIGTERM
+            assert not await supervisor.kill(spec.name, first.pid, "too late")  # that run is gone
+        else:
+            status = await supervisor.wait_for(spec.name, finished)
+            assert (status.state, status.restarts) == (ProcessState.FAILED, 0)
+    log = spec.log_path.read_text()
+    assert f"Liveness probe failed: exec [check] exited 1; killing pid {first.pid}" in log
+    assert "too late" not in log
+
+
+@root_only
+async def test_kill_sigkills_a_run_that_ignores_sigterm(lab, nursery, spec_for, tmp_path):
+    supervisor = Supervisor(lab, grace_period=0.2)
+    await nursery.start(supervisor.run)
+    fifo = tmp_path / "trapped"
+    os.mkfifo(fifo)
+    # Says so once SIGTERM is ignored, so the kill cannot come before the trap.
+    spec = spec_for("stubborn-live", f"trap '' TERM; echo yes > {fifo}; while :; do sleep 0.05; done", **FAST)
+    with trio.fail_after(BOUND):
+        first = await supervisor.start(spec)
+        assert await read_fifo(fifo) == "yes"
+        assert await supervisor.kill(spec.name, first.pid, "Liveness probe failed")
+        status = await supervisor.wait_for(spec.name, lambda s: s.restarts == 1)
+    assert status.last_exit == -signal.SIGKILL
 
 
 @root_only
