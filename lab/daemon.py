@@ -116,6 +116,7 @@ async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env:
 
 # Pod states `lab up` reports rather than waits for.
 CANNOT_RUN = ("Pending", "Error", "NotRunning", "CreateContainerConfigError")
+FINISHED = ("Completed",)  # its containers ran to success and their restartPolicy ends them: nothing to wait for
 
 
 def awaited_pods(status: dict, ztunnel: bool = True) -> list[dict]:
@@ -123,7 +124,7 @@ def awaited_pods(status: dict, ztunnel: bool = True) -> list[dict]:
     is ready; each ambient one, until its node's ztunnel has it (enrolled), or with no ztunnel in the
     lab (``ztunnel`` False) until its node agent captures it, as its containers wait for."""
     taken = (ENROLLED,) if ztunnel else (ENROLLED, AWAITING_ZTUNNEL)
-    return [pod for pod in status["pods"] if pod["state"] not in CANNOT_RUN and (
+    return [pod for pod in status["pods"] if pod["state"] not in (*CANNOT_RUN, *FINISHED) and (
         not pod["all_ready"] or (pod["dataplane_mode"] == "ambient" and pod["capture"] not in taken))]
 
 

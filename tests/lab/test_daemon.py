@@ -40,6 +40,9 @@ def pod(name: str, state: str = "Running", ready: bool = True, mode: str = "ambi
     (pod("pending", state="Pending", ready=False, capture=NOT_LISTED), True, False),
     (pod("error", state="Error", ready=False, capture=PENDING), True, False),
     (pod("not-running", state="NotRunning", ready=False, mode="none"), True, False),
+    (pod("no-config-map", state="CreateContainerConfigError", ready=False, mode="none"), True, False),
+    # Ran to success under restartPolicy OnFailure or Never: done, not to be waited for.
+    (pod("completed", state="Completed", ready=False, mode="none"), True, False),
 ])
 def test_up_waits_for_every_pod_ready_and_every_ambient_pod_enrolled(entry, ztunnel, awaited):
     assert awaited_pods({"pods": [pod("other", mode="none"), entry]}, ztunnel) == ([entry] if awaited else [])
