@@ -29,6 +29,10 @@ signals a `trio.Process` it started or the members of cgroups under its own lab 
 `<cgroup v2 root>/amb-<lab>.lab/`, which carries the lab's netns prefix so that `cleanup_cgroups`
 (for `lab down` after a crash) removes exactly one lab's cgroups.
 
+`kill(name, pid, reason)` ends one run as the kubelet ends a container whose liveness probe fails
+(SIGTERM, SIGKILL of the cgroup after the grace period); the exit then goes to the restart policy
+like any other.
+
 Every state change wakes `wait_for(name, predicate)`, so callers and tests await a restart or a stop
 instead of sleeping. The cgroup v2 root is the cgroup2 mount at /sys/fs/cgroup, or the first other
 cgroup2 mount (/sys/fs/cgroup/unified on hybrid systems); without one, `CgroupUnavailableError` says
