@@ -19,7 +19,7 @@ metadata:
   labels: {istio.io/dataplane-mode: Ambient, istio.io/use-waypoint: missing}
 ---
 apiVersion: v1
-kind: ConfigMap
+kind: Secret
 metadata: {name: settings, namespace: shop}
 ---
 apiVersion: networking.istio.io/v1
