@@ -27,11 +27,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import trio
@@ -43,12 +41,10 @@ from controlplane.view import PodStatus, is_enrolled
 from lab import components, network
 from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
 from lab.dns import cluster_view
-from lab.dns_wiring import ClusterDns, open_tcp_in_netns, wait_for_port
-from lab.isolation import PodSandbox
+from lab.dns_wiring import ClusterDns, wait_for_port
 from lab.kube_proxy import KubeProxy
-from lab.probes import run_liveness, run_readiness
+from lab.pod_probes import PodProbes
 from lab.processes import ProcessState, Supervisor, cleanup_cgroups
-from lab.resolv import prepare_mount
 from lab.state import LabPaths
 from lab.topology import LabPlan, PodPlan, PodSpec, plan_lab
 from lab.waypoints import waypoint_entries
@@ -89,31 +85,6 @@ class _PodRuntime:
     terminating: bool = False
 
 
-async def run_in_netns_status(netns: str, argv: tuple[str, ...], cwd: Path, env: dict[str, str],
-                              sandbox: PodSandbox | None = None, resolv_conf: Path | None = None) -> int:
-    """Run ``argv`` in ``netns`` (an exec probe), isolated as the pod's containers are (``sandbox``,
-    and ``resolv_conf`` over /etc/resolv.conf); its exit status. Cancelling kills it."""
-    isolate = sandbox.prepare() if sandbox is not None else None
-    mount_resolv = prepare_mount(resolv_conf) if resolv_conf is not None else None
-
-    def enter(fd: int) -> None:  # in the child: system calls only (see lab.processes)
-        network.enter_netns(fd)
-        if mount_resolv is not None:
-            mount_resolv()
-        if isolate is not None:
-            isolate()
-
-    fd = os.open(network.netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        result = await trio.run_process(
-            list(argv), check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, cwd=cwd, env=env, preexec_fn=partial(enter, fd),
-        )
-    finally:
-        os.close(fd)
-    return result.returncode
-
-
 # Pod states `lab up` reports rather than waits for.
 CANNOT_RUN = ("Pending", "Error", "NotRunning", "CreateContainerConfigError")
 FINISHED = ("Completed",)  # its containers ran to success and their restartPolicy ends them: nothing to wait for
@@ -139,6 +110,7 @@ class Lab:
         self.pods: dict[tuple[str, str], _PodRuntime] = {}
         self._created: dict[tuple[int, str, str], str] = {}  # (kind, namespace, name) → first seen
         self.supervisor = Supervisor(config.name, on_change=self._notify)
+        self.probes = PodProbes(self.supervisor, config.config_dir, self._notify)
         self._nursery: trio.Nursery | None = None
         self._version = 0
         self._changed = trio.Event()
@@ -331,66 +303,13 @@ class Lab:
         runtime.scopes.append(scope)
         return scope
 
-    async def _probe(self, runtime: _PodRuntime, container, plan: ContainerPlan) -> None:
-        def on_change(ready: bool, message: str) -> None:
-            runtime.ready[plan.name] = (ready, message)
-            self._notify()
-
-        def on_result(result) -> None:  # while not ready, the status says why (the last failure)
-            ready, message = runtime.ready.get(plan.name, (False, None))
-            if not ready and not result.ok and message != result.message:
-                runtime.ready[plan.name] = (False, result.message)
-                self._notify()
-
+    async def _probe(self, runtime: _PodRuntime, container: r.Container, plan: ContainerPlan) -> None:
         with self._pod_scope(runtime):
-            try:
-                await self._run_readiness(runtime, container, plan, on_change, on_result)
-            except ValueError as exc:  # a probe port the container lacks: mesh.parse reports it first
-                on_change(False, f"readiness probe: {exc}")
+            await self.probes.readiness(runtime.ready, runtime.placed, container, plan)
 
-    async def _run_readiness(self, runtime: _PodRuntime, container, plan: ContainerPlan, on_change, on_result) -> None:
-        placed = runtime.placed
-        await run_readiness(
-            plan.readiness_probe, container, str(placed.ip),
-            connect=partial(open_tcp_in_netns, placed.netns),
-            run_command=partial(self._exec_probe, placed.netns, plan.process.environment, plan.process.sandbox,
-                                plan.process.resolv_conf),
-            on_change=on_change, on_result=on_result,
-        )
-
-    async def _liveness(self, runtime: _PodRuntime, container, plan: ContainerPlan) -> None:
-        """The container's liveness probe: failing, its process is killed and its restart policy decides
-        (``lab status`` counts the restart)."""
-        name, placed = plan.process.name, runtime.placed
-        last: list[int | None] = [None]  # the run probed last
-
-        def current() -> int | None:
-            status = self.supervisor.status().get(name)
-            return status.pid if status is not None and status.state is ProcessState.RUNNING else None
-
-        async def started() -> int | None:
-            status = await self.supervisor.wait_for(
-                name, lambda s: s.state is ProcessState.RUNNING and s.pid is not None and s.pid != last[0])
-            last[0] = status.pid
-            return status.pid
-
-        async def restart(pid, message: str) -> None:
-            log.info("pod %s/%s container %s: %s", *runtime.lab_pod.key, plan.name, message)
-            await self.supervisor.kill(name, pid, message)
-
+    async def _liveness(self, runtime: _PodRuntime, container: r.Container, plan: ContainerPlan) -> None:
         with self._pod_scope(runtime):
-            try:
-                await run_liveness(
-                    plan.liveness_probe, container, str(placed.ip), connect=partial(open_tcp_in_netns, placed.netns),
-                    run_command=partial(self._exec_probe, placed.netns, plan.process.environment,
-                                        plan.process.sandbox, plan.process.resolv_conf),
-                    started=started, current=current, restart=restart)
-            except ValueError as exc:  # a probe port the container lacks: mesh.parse reports it first
-                log.warning("pod %s/%s container %s: liveness probe: %s", *runtime.lab_pod.key, plan.name, exc)
-
-    async def _exec_probe(self, netns: str, env: dict[str, str], sandbox: PodSandbox | None,
-                          resolv_conf: Path | None, argv: tuple[str, ...]) -> int:
-        return await run_in_netns_status(netns, argv, self.config.config_dir, env, sandbox, resolv_conf)
+            await self.probes.liveness(runtime.lab_pod.key, runtime.placed, container, plan)
 
     async def _stop_pod(self, runtime: _PodRuntime) -> None:
         runtime.stopped = True

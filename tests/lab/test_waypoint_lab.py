@@ -203,12 +203,13 @@ async def test_the_lab_starts_a_waypoint_once_its_ca_exists_and_stops_it_with_it
     lab.plan = plan_lab("t", lab._pod_specs(desired), 1)
     probed = []
 
-    async def ready_at_once(runtime, container, plan, on_change, on_result):
+    async def ready_at_once(ready, placed, container, plan):
         probed.append(plan.readiness_probe)
-        on_change(True, "GET http://10.244.0.2:15021/healthz/ready returned 200")
+        ready[plan.name] = (True, "GET http://10.244.0.2:15021/healthz/ready returned 200")
+        lab._notify()
         await trio.sleep_forever()
 
-    monkeypatch.setattr(lab, "_run_readiness", ready_at_once)
+    monkeypatch.setattr(lab.probes, "readiness", ready_at_once)
     monkeypatch.setattr(daemon.network, "remove_pod", lambda plan, pod: None)
     runtime = lab.pods[("shop", "waypoint-waypoint")] = daemon._PodRuntime(desired[("shop", "waypoint-waypoint")])
     with trio.fail_after(BOUND):
