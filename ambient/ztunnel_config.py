@@ -16,16 +16,13 @@ without root, asking inside a lab is refused in one line (``lab.cli.root_needed`
 
 ``log`` is istioctl's ``zc log``: ``POST /logging`` with ``level=`` (the ``--level`` values, checked
 here by ztunnel's own rule, ``mesh.http_admin.parse_levels``) and ``reset``, printing ztunnel's answer,
-its levels now. The socket is made inside the node's netns and used from here (``post_admin``).
+its levels now, through the same admin request as the config dump (``lab.admin_client.admin_request``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
-import os
-import socket
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -34,6 +31,7 @@ from lab.admin_client import (
     AdminTarget as Target,
     ConfigFetchError,
     NetnsAccessError,
+    admin_request,
     fetch_config_dump,
 )
 from lab.cli import load_status, root_needed
@@ -50,7 +48,6 @@ from lab.listing import (
 )
 from lab.state import LAB_ENV
 from mesh.http_admin import LEVELS, parse_levels
-from mesh.netns import inside_netns_fd
 from ztunnel.admin import ADMIN_PORT
 
 KINDS = ("workloads", "services", "policies", "certificates", "connections")
@@ -346,47 +343,5 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def post_admin(target: Target, path: str, timeout: float) -> str:
-    """POST ``path`` to ``target``'s admin port: its answer's text. The socket is made inside the
-    target's netns (a socket belongs to the netns it was made in, whichever thread uses it), then
-    connected from here; failures are ``ConfigFetchError``s, one line each."""
-    where = target.description
-    try:
-        sock = _socket_in(target)
-    except FileNotFoundError:
-        raise ConfigFetchError(f"{target.netns_path} does not exist: is the lab up?") from None
-    except PermissionError:
-        raise NetnsAccessError(f"entering the network namespace {target.netns_path} needs root") from None
-    connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
-    try:
-        sock.settimeout(timeout)
-        sock.connect((target.host, target.port))
-        connection.sock = sock
-        connection.request("POST", path)
-        response = connection.getresponse()
-        body = response.read().decode("utf-8", "replace").strip()
-    except ConnectionRefusedError:
-        raise ConfigFetchError(f"{where}: connection refused; is ztunnel running there?") from None
-    except TimeoutError:
-        raise ConfigFetchError(f"{where}: no answer within {timeout:g} s") from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise ConfigFetchError(f"{where}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") \
-            from None
-    finally:
-        connection.close()
-        sock.close()
-    if response.status != 200:
-        first = body.splitlines()[:1]
-        raise ConfigFetchError(f"{where} answered {response.status}{': ' + first[0] if first else ''}")
-    return body
-
-
-def _socket_in(target: Target) -> socket.socket:
-    family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
-    if target.netns_path is None:
-        return socket.socket(family, socket.SOCK_STREAM)
-    fd = os.open(target.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with inside_netns_fd(fd):
-            return socket.socket(family, socket.SOCK_STREAM)
-    finally:
-        os.close(fd)
+    """POST ``path`` to ``target``'s admin port: its answer's text (failures: ``ConfigFetchError``, one line)."""
+    return admin_request(target, "POST", path, timeout).decode("utf-8", "replace").strip()

@@ -1,8 +1,9 @@
 """Reading a lab ztunnel's ``/config_dump`` from its admin port, for the commands that ask a ztunnel.
 
 ztunnel's admin port listens on loopback only (the dump names every workload), and in the lab that
-loopback is the one inside each node's network namespace. ``fetch_config_dump`` does one
-``GET /config_dump``: when the target names a netns, the request runs in a worker thread that enters
+loopback is the one inside each node's network namespace. ``admin_request`` makes one request
+(``fetch_config_dump``: ``GET /config_dump``; ``ztunnel-config log``: ``POST /logging``): when the
+target names a netns, the request runs in a worker thread that enters
 the netns first (``setns`` moves only the calling thread; the thread ends with the request, and the
 caller stays in its own netns). ``node_admin_target`` builds the target for a node entry of the lab's
 status. Failures (no such netns, nothing listening, an error status, bytes that are not a JSON
@@ -56,9 +57,24 @@ def node_admin_target(node: Mapping, lab: str) -> AdminTarget:
 
 def fetch_config_dump(target: AdminTarget, timeout: float = DEFAULT_TIMEOUT) -> dict:
     """GET /config_dump from ``target``, in its netns if it names one; the JSON object."""
+    where = target.description
+    body = admin_request(target, "GET", "/config_dump", timeout, {"Accept": "application/json"})
+    try:
+        dump = json.loads(body)
+    except ValueError as exc:
+        raise ConfigFetchError(f"{where} sent a config dump that is not JSON ({exc})") from None
+    if not isinstance(dump, dict):
+        raise ConfigFetchError(f"{where} sent a config dump that is not a JSON object")
+    return dump
+
+
+def admin_request(target: AdminTarget, method: str, path: str, timeout: float = DEFAULT_TIMEOUT,
+                  headers: Mapping[str, str] | None = None) -> bytes:
+    """One request to ``target``'s admin port, in its netns if it names one: the body of a 200 answer
+    (anything else is a ``ConfigFetchError``)."""
     netns_path = target.netns_path
     if netns_path is None:
-        return _get_config_dump(target, timeout)
+        return _request(target, method, path, timeout, headers)
     outcome: list = []
 
     def in_netns() -> None:
@@ -73,11 +89,11 @@ def fetch_config_dump(target: AdminTarget, timeout: float = DEFAULT_TIMEOUT) -> 
                 raise NetnsAccessError(f"entering the network namespace {target.netns_path} needs root") from None
             finally:
                 os.close(fd)
-            outcome.append(_get_config_dump(target, timeout))
+            outcome.append(_request(target, method, path, timeout, headers))
         except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
             outcome.append(exc)
 
-    worker = threading.Thread(target=in_netns, name="ztunnel-config-netns", daemon=True)
+    worker = threading.Thread(target=in_netns, name="ztunnel-admin-netns", daemon=True)
     worker.start()
     worker.join()
     if isinstance(outcome[0], BaseException):
@@ -85,11 +101,12 @@ def fetch_config_dump(target: AdminTarget, timeout: float = DEFAULT_TIMEOUT) -> 
     return outcome[0]
 
 
-def _get_config_dump(target: AdminTarget, timeout: float) -> dict:
+def _request(target: AdminTarget, method: str, path: str, timeout: float,
+             headers: Mapping[str, str] | None) -> bytes:
     where = target.description
     connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
     try:
-        connection.request("GET", "/config_dump", headers={"Accept": "application/json"})
+        connection.request(method, path, headers=dict(headers or {}))
         response = connection.getresponse()
         body = response.read()
     except ConnectionRefusedError:
@@ -104,10 +121,4 @@ def _get_config_dump(target: AdminTarget, timeout: float) -> dict:
     if response.status != 200:
         first = body.decode("utf-8", "replace").strip().splitlines()[:1]
         raise ConfigFetchError(f"{where} answered {response.status}{': ' + first[0] if first else ''}")
-    try:
-        dump = json.loads(body)
-    except ValueError as exc:
-        raise ConfigFetchError(f"{where} sent a config dump that is not JSON ({exc})") from None
-    if not isinstance(dump, dict):
-        raise ConfigFetchError(f"{where} sent a config dump that is not a JSON object")
-    return dump
+    return body
