@@ -49,6 +49,17 @@ def ip_text(raw: bytes) -> str | None:
     return None
 
 
+def service_vip(service: wpb.Service | None) -> str | None:
+    """The text of a Service's first valid address (its VIP), or None."""
+    if service is None:
+        return None
+    for address in service.addresses:
+        ip = ip_text(address.address)
+        if ip is not None:
+            return ip
+    return None
+
+
 def service_key_of(service: wpb.Service) -> str:
     """A Service's key, ``<ns>/<hostname>``: its discovery name and the key of Workload.services."""
     return f"{service.namespace}/{service.hostname}"

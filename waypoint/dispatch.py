@@ -23,7 +23,7 @@ import trio
 
 from mesh.api import workload_pb2 as wpb
 from mesh.outbound import Balancer, HboneToPod, Passthrough, plan_outbound
-from mesh.proxy_state import ProxyState, ip_text
+from mesh.proxy_state import ProxyState, ip_text, service_vip
 from waypoint.exchange import Headers, end_to_end
 from waypoint.h1 import PeerGone
 from waypoint.limits import WASM_HTTP_CALL_DEFAULT_TIMEOUT, WASM_HTTP_CALL_MAX_BYTES
@@ -62,13 +62,7 @@ def upstream_target(upstream: str) -> tuple[str, int]:
 
 
 def _service_vip(state: ProxyState, hostname: str) -> str | None:
-    for service in state.services.values():
-        if service.hostname == hostname:
-            for address in service.addresses:
-                ip = ip_text(address.address)
-                if ip is not None:
-                    return ip
-    return None
+    return next((service_vip(s) for s in state.services.values() if s.hostname == hostname), None)
 
 
 async def http_call(state: ProxyState, me: wpb.Workload | None, upstreams: Upstreams, balancer: Balancer,

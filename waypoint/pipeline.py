@@ -43,7 +43,7 @@ from hbone.relay import Counts, relay
 from mesh.api import workload_pb2 as wpb
 from mesh.identity import SpiffeId
 from mesh.outbound import Balancer, HboneToPod, Passthrough, Refuse, plan_outbound
-from mesh.proxy_state import ProxyState, identity_of, ip_text
+from mesh.proxy_state import ProxyState, identity_of, service_vip
 from waypoint.authz import L7Authorizer, RequestAttributes
 from waypoint.exchange import Downstream, Headers, end_to_end, header_value
 from waypoint.h1 import H1Downstream, H1Upstream, PeerGone
@@ -236,7 +236,7 @@ class Pipeline:
                 await _local_reply(down, outcome, plan.status, plan.body.decode("utf-8", "replace"), plan.headers)
                 return
             service = view.state.services.get(plan.service)
-            vip = _vip(service)
+            vip = service_vip(service)
             if vip is None:
                 outcome.flags.append("UH")
                 await _local_reply(down, outcome, 503, f"no healthy upstream: service {plan.service} has no address")
@@ -397,7 +397,7 @@ class Pipeline:
         """Send a copy of the request to a mirror backend and drop its answer (Envoy's shadowing: the
         authority gets ``-shadow``)."""
         service = view.state.services.get(service_key)
-        vip = _vip(service)
+        vip = service_vip(service)
         if tunnel.me is None or vip is None:
             return
         choice = plan_outbound(tunnel.me, (vip, port), view.state, self.balancer)
@@ -459,16 +459,6 @@ def _attributes(head: RequestHead, tunnel: Tunnel) -> RequestAttributes:
         source_identity=tunnel.peer_identity, source_ip=tunnel.source_address[0], remote_ip=remote,
         destination_ip=tunnel.destination[0], destination_port=tunnel.destination[1], host=head.authority,
         method=head.method, path=head.target, headers=headers)
-
-
-def _vip(service: wpb.Service | None) -> str | None:
-    if service is None:
-        return None
-    for address in service.addresses:
-        ip = ip_text(address.address)
-        if ip is not None:
-            return ip
-    return None
 
 
 def endpoint_address(choice: HboneToPod | Passthrough) -> tuple[str, int]:
