@@ -124,7 +124,7 @@ class WasmManager:
         self._busy = False
         self._quiet = trio.Event()  # set (and replaced) each time a pass over the wanted plugins ends
         self._cache = ModuleCache()
-        self.loads = 0  # plugins loaded so far (tests, the config dump)
+        self.loads = 0  # plugins loaded so far (what the tests wait on)
 
     # ------------------------------------------------------------ the view's side
 

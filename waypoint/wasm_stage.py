@@ -145,7 +145,6 @@ class WasmDownstream:
         self.head = inner.head
         self.upgrade = getattr(inner, "upgrade", None)
         self._replaced = False  # a plugin answered on the response path: the upstream's answer is dropped
-        self._response_started = False
         self._ended_with_headers = False  # the plugins were told the request had no body
         self.answer: Answer | None = None  # set when a plugin answered or failed the request
 
@@ -233,7 +232,6 @@ class WasmDownstream:
                     return
             status = _status_of(out, status)
             headers = [(name, value) for name, value in out if name[:1] != ":"]
-        self._response_started = True
         await self._inner.respond(status, headers, end=end, hold=hold)
 
     async def send_body(self, data: bytes, *, end: bool = False) -> None:
