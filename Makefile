@@ -20,7 +20,7 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpm
 BENCH_COMMANDS := wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx stunnel:stunnel4 haproxy:haproxy ss:iproute2
 BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
-.PHONY: demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture bench-wasm clean
+.PHONY: cni-plugin demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture bench-wasm clean
 
 demo: system-deps venv bpf wasm-plugins
 	$(VENV)/bin/ambient demo
@@ -45,6 +45,14 @@ lint: venv
 	exit $$status
 
 bpf: $(BPF_OBJECTS)
+
+# The chained CNI plugin (bpf/cni/ambient-cni.c): plain C and libc only, since the host it runs on has
+# no Python; `ambient cni install` copies it into the node's CNI bin directory.
+cni-plugin: build/ambient-cni
+
+build/ambient-cni: bpf/cni/ambient-cni.c
+	@mkdir -p build
+	$(CC) -O2 -Wall -Wextra -Werror -std=c11 -o $@ $<
 
 bpf/%.bpf.o: bpf/%.bpf.c
 	clang $(BPF_CFLAGS) -c $< -o $@

@@ -23,6 +23,12 @@ How it works:
   netns, a failed enrollment to retry).
 - Exit (SIGTERM, or a crash): the pins stay, so capture stays (fail closed); the next agent adopts.
 - ``<state>/status.json``: per pod, captured, acknowledged by ztunnel, enrolled (both), and errors.
+
+On Kubernetes (``kubernetes=KubernetesPods``, ``bpf.cni_agent``) a pod's netns is a path, not a lab
+name: the CNI plugin's ``CNI_NETNS`` or one found in /proc, held open. The CNI socket is served from
+the start (before discovery: a pod being created must not wait for the control plane); an ADD of a
+captured pod attaches its capture before the answer, and it is handed to ztunnel when its Workload
+arrives, as an adopted capture is. A lock keeps a CNI event and a reconcile from interleaving.
 """
 
 from __future__ import annotations
@@ -41,6 +47,19 @@ import trio
 
 from bpf import bpffs
 from bpf.capture import PodCapture
+from bpf.cni_agent import CNI_WORKLOAD_WAIT, KubernetesPods
+from bpf.cni_pods import PodLookupError
+from bpf.cni_protocol import (
+    ERR_CAPTURE,
+    ERR_INVALID_CONFIG,
+    ERR_INVALID_ENV,
+    ERR_TRY_AGAIN_LATER,
+    AddPod,
+    DeletePod,
+    Reply,
+    error_reply,
+)
+from bpf.cni_server import CniServer
 from bpf.enrollment import install_routing, remove_routing
 from bpf.libbpf import BpfError
 from mesh.api import workload_pb2 as wpb, zds_pb2
@@ -147,7 +166,10 @@ class PodEnrollment:
     handed: bool = False  # given to the ZDS server
 
 
-def netns_inode(netns: str) -> int | None:
+def netns_inode(netns: str | None) -> int | None:
+    """The inode of ``netns`` (a lab netns name, or a path on Kubernetes); None: unknown or gone."""
+    if netns is None:
+        return None
     try:
         return os.stat(netns_path(netns)).st_ino
     except FileNotFoundError:
@@ -222,12 +244,17 @@ def pod_fds(enrollment: PodEnrollment, netns: str) -> list[int]:
 
 
 class NodeAgent:
-    def __init__(self, node: str, state_dir: Path, netns_of: Callable[[str, str], str],
-                 client: DiscoveryClient, resync_interval: float = RESYNC_INTERVAL) -> None:
+    def __init__(self, node: str, state_dir: Path, netns_of: Callable[[str, str], str | None],
+                 client: DiscoveryClient, resync_interval: float = RESYNC_INTERVAL,
+                 kubernetes: KubernetesPods | None = None) -> None:
         self.node = node
         self.state_dir = state_dir
         self.bpffs = state_dir / BPFFS_DIR
-        self.netns_of = netns_of  # (namespace, name) -> the pod's netns name
+        # (namespace, name) -> the pod's netns: a lab netns name, or a path (Kubernetes); None: unknown
+        self.netns_of = netns_of
+        self.kubernetes = kubernetes
+        self.cni = CniServer(kubernetes.cni_socket, self.cni_request) if kubernetes is not None else None
+        self._lock = trio.Lock()  # one reconcile or CNI event at a time
         self.client = client
         self.resync_interval = resync_interval
         self.zds = ZdsServer(state_dir / ZDS_SOCKET)
@@ -250,6 +277,8 @@ class NodeAgent:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._publish_status)
+                if self.cni is not None:
+                    await nursery.start(self.cni.serve)
                 log.info("waiting for the discovery view")
                 await nursery.start(self.client.run)
                 await self.reconcile()
@@ -260,6 +289,8 @@ class NodeAgent:
             for enrollment in self.pods.values():
                 enrollment.capture.close()  # our fds only: the pins keep capture in place
             self.pods.clear()
+            if self.kubernetes is not None:
+                self.kubernetes.netns.close()
 
     async def _follow(self) -> None:
         seen = self.client.change_seq
@@ -273,22 +304,96 @@ class NodeAgent:
         return self.client.change_seq != seq
 
     async def reconcile(self) -> None:
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         # The discovery client decodes ADDRESS_TYPE_URL resources as Address messages.
         addresses = cast(Mapping[str, wpb.Address], self.client.view(ADDRESS_TYPE_URL))
         targets = pods_to_capture(addresses, self.node)
         self._targets = targets
+        spared: set[str] = set()  # captured at CNI ADD, waiting for their Workload
+        if self.kubernetes is not None:
+            spared = self.kubernetes.settle(targets, trio.current_time())
+            await self.kubernetes.find_unknown({key: target.ip for key, target in targets.items()})
         netns = {key: self.netns_of(*pod_of(key)) for key in targets.keys() | self.pods.keys()}
         inodes = {key: netns_inode(netns[key]) for key in targets}
-        plan = plan_reconcile(targets, {key: e.held for key, e in self.pods.items()}, inodes)
+        held = {key: e.held for key, e in self.pods.items() if key not in spared}
+        plan = plan_reconcile(targets, held, inodes)
         for key in plan.release:
             await self._release(key, netns.get(key))
         for key in plan.enroll:
-            await self._enroll(targets[key], netns[key])
+            await self._enroll(targets[key], cast(str, netns[key]))  # enrolled only where a netns is
         for key in plan.keep:
-            await self._match(self.pods[key], targets[key], netns[key])
+            await self._match(self.pods[key], targets[key], cast(str, netns[key]))
         for key in set(self.errors) - targets.keys() - self.pods.keys():
             del self.errors[key]
+        if self.kubernetes is not None:
+            self.kubernetes.forget_except(targets.keys() | self.pods.keys())
         self._notify()
+
+    # -- CNI events (Kubernetes)
+
+    async def cni_request(self, decision: AddPod | DeletePod) -> Reply:
+        """Act on one CNI ADD or DEL from the plugin; the answer it prints."""
+        kube = self.kubernetes
+        assert kube is not None, "CNI requests are served only on Kubernetes"
+        key = pin_name(decision.namespace, decision.name)
+        if isinstance(decision, DeletePod):
+            with trio.CancelScope(shield=True):  # a release, once begun, completes
+                async with self._lock:
+                    kube.pending.pop(key, None)
+                    if key in self.pods:
+                        await self._release(key, kube.netns_of(key))
+                    kube.netns.forget(key)
+                    self._notify()
+            return decision.result
+        try:
+            captured = await trio.to_thread.run_sync(kube.lookup.captured, decision.namespace, decision.name)
+        except PodLookupError as exc:  # fail closed: the runtime retries the sandbox
+            return error_reply(decision.version, ERR_TRY_AGAIN_LATER, "cannot tell whether the pod is ambient",
+                               str(exc))
+        if not captured:
+            return decision.result
+        if decision.ip is None:
+            return error_reply(decision.version, ERR_INVALID_CONFIG, "no IPv4 address for the pod",
+                               "prevResult gives CNI_IFNAME none; ambient-cni must come after the plugin "
+                               "that sets the pod's address")
+        with trio.CancelScope(shield=True):  # a capture, once begun, is recorded whole
+            async with self._lock:
+                reply = await self._cni_enroll(key, decision)
+        return reply
+
+    async def _cni_enroll(self, key: str, add: AddPod) -> Reply:
+        kube = self.kubernetes
+        assert kube is not None
+        try:
+            inode = kube.netns.open(key, add.netns)
+        except (OSError, ValueError) as exc:
+            return error_reply(add.version, ERR_INVALID_ENV, "cannot open CNI_NETNS", describe(exc))
+        netns = cast(str, kube.netns_of(key))
+        current = self.pods.get(key)
+        if current is not None and current.held == Held(add.ip, inode):  # the runtime repeated an ADD
+            return add.result
+        if current is not None:  # a new sandbox of the same pod
+            await self._release(key, netns)
+        target = PodTarget("", add.namespace, add.name, "", cast(str, add.ip))
+        started = time.monotonic()
+        try:
+            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns)
+        except (BpfError, OSError) as exc:
+            kube.netns.forget(key)
+            self._error(key, f"cannot enroll: {describe(exc)}")
+            return error_reply(add.version, ERR_CAPTURE, "cannot capture the pod's traffic", describe(exc))
+        enrollment.target = None  # handed to ztunnel when its Workload arrives, as an adopted capture
+        self.pods[key] = enrollment
+        if key not in self._targets:
+            kube.pending[key] = trio.current_time() + CNI_WORKLOAD_WAIT
+        self.errors.pop(key, None)
+        self._notify()
+        log.info("pod %s/%s (%s) captured at CNI ADD in %.1f ms", add.namespace, add.name, add.ip,
+                 (time.monotonic() - started) * 1000)
+        return add.result
 
     async def _enroll(self, target: PodTarget, netns: str) -> None:
         started = time.monotonic()
