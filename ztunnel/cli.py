@@ -59,7 +59,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="keep the last discovery view and each workload's certificate and key here (a directory "
                          "only this user may read, made 0700), so a restart serves while the control plane is "
                          "away; without it, a restarted ztunnel waits for the control plane")
+    zt.add_argument("--no-dns-proxy", dest="dns_proxy", action="store_false",
+                    help="do not answer the pods' DNS on 15053 (the node agent's redirect must be off too)")
+    zt.add_argument("--dns-upstream", type=_host_port, action="append", metavar="HOST:PORT",
+                    help="where the DNS proxy forwards names the mesh does not hold, from each pod's netns "
+                         "(repeatable, tried in order; default: the nameservers of /etc/resolv.conf, port 53)")
     zt.set_defaults(func=cmd_ztunnel)
+
+
+def resolv_conf_nameservers(text: str) -> list[tuple[str, int]]:
+    """The IPv4 ``nameserver`` lines of a resolv.conf, as (address, 53), in order."""
+    import ipaddress
+
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                found.append((str(ipaddress.IPv4Address(fields[1])), 53))
+            except ValueError:
+                continue  # IPv6 or garbage: the mesh's pods are IPv4
+    return found
+
+
+def dns_upstreams(given: list[tuple[str, int]] | None,
+                  resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    """The DNS proxy's upstreams: those given, else resolv.conf's (ValueError if there are none)."""
+    if given:
+        return given
+    try:
+        found = resolv_conf_nameservers(resolv_conf.read_text())
+    except OSError as exc:
+        raise ValueError(f"no --dns-upstream given and {resolv_conf} cannot be read: {exc.strerror}") from None
+    if not found:
+        raise ValueError(f"no --dns-upstream given and {resolv_conf} names no IPv4 nameserver")
+    return found
 
 
 class _AdminView:
@@ -112,6 +146,8 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     from ztunnel.pods import PodSet
     from ztunnel.proxy import Ztunnel, ZtunnelConfig
 
+    if args.dns_proxy:
+        from ztunnel.dns_proxy import DnsProxy
     try:
         root_pem = args.ca_root.read_bytes()
         token = args.token_file.read_text().strip()
@@ -122,14 +158,18 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
         ca = CaClient(args.discovery_address, root_pem, token, server_name=args.server_name)
         store = CertificateStore(args.state_dir / "certificates", root_pem) if args.state_dir else None
         per_pod, per_node = connection_bounds(args.max_connections_per_pod, args.max_connections_per_node)
+        dns = DnsProxy(dns_upstreams(args.dns_upstream)) if args.dns_proxy else None
         config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout,
                                max_connections_per_pod=per_pod, max_connections_per_node=per_node)
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     metrics = ZtunnelMetrics()
-    pods = PodSet(str(args.zds))
-    metrics.follow(discovery=discovery, pods=pods)
-    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch, store=store), pods, metrics)
+    pods = PodSet(str(args.zds), dns=dns is not None)
+    metrics.follow(discovery=discovery, pods=pods, dns=dns.counts if dns else None)
+    ztunnel = Ztunnel(config, discovery, SecretManager(ca.fetch, store=store), pods, metrics, dns=dns)
+    if dns is not None:
+        log.info("DNS proxy on 15053 in each pod, forwarding to %s",
+                 ", ".join(f"{host}:{port}" for host, port in dns.upstreams))
     admin = ZtunnelAdmin(_AdminView(ztunnel, metrics))
 
     async def main() -> None:

@@ -27,6 +27,12 @@ families of Istio's ztunnel ``src/xds/metrics.rs`` and ``src/inpod/metrics.rs``:
     istio_inpod_proxies_started_total                pods whose serving started
     istio_inpod_proxies_stopped_total                pods whose serving ended
 
+and, with the DNS proxy (``ztunnel.dns_proxy``), those of ``src/dns/metrics.rs`` without labels:
+
+    istio_dns_requests_total                         queries the pods sent to the proxy
+    istio_dns_upstream_requests_total                queries forwarded upstream
+    istio_dns_upstream_failures_total                forwarded queries no upstream answered
+
 and one family of our own, which Istio's ztunnel does not have (``ztunnel.limits``):
 
     ambient_ztunnel_connections_refused_total{listener,reason}  connections closed at once, or CONNECTs
@@ -161,6 +167,14 @@ def tcp_labels(*, reporter: str, source: wpb.Workload | None, source_principal: 
     return {name: labels[name] for name in LABEL_NAMES}  # in Istio's order
 
 
+class DnsCounts(Protocol):
+    """What the DNS proxy counts (``ztunnel.dns_proxy.DnsCounts``)."""
+
+    requests: int
+    forwarded: int
+    upstream_failures: int
+
+
 class ZtunnelMetrics:
     """The TCP counters, rendered by ``exposition``.
 
@@ -177,12 +191,15 @@ class ZtunnelMetrics:
         self._refused: dict[tuple[str, str], int] = {}  # (listener, reason) → count
         self._discovery: DiscoveryCounts | None = None
         self._pods: PodCounts | None = None
+        self._dns: DnsCounts | None = None
 
-    def follow(self, *, discovery: DiscoveryCounts | None = None, pods: PodCounts | None = None) -> None:
-        """Export the counts of ``discovery`` and ``pods`` too, read at each scrape (a source not
-        given: its families are not exported)."""
+    def follow(self, *, discovery: DiscoveryCounts | None = None, pods: PodCounts | None = None,
+               dns: DnsCounts | None = None) -> None:
+        """Export the counts of ``discovery``, ``pods`` and ``dns`` too, read at each scrape (a source
+        not given: its families are not exported)."""
         self._discovery = discovery
         self._pods = pods
+        self._dns = dns
 
     @staticmethod
     def _key(labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -251,6 +268,8 @@ class ZtunnelMetrics:
             lines += self._discovery_lines(self._discovery)
         if self._pods is not None:
             lines += self._pod_lines(self._pods)
+        if self._dns is not None:
+            lines += self._dns_lines(self._dns)
         lines += ["# HELP istio_build Istio component build info", "# TYPE istio_build gauge",
                   f'istio_build{{component="ztunnel",tag="{_escape(self.build_tag)}"}} 1', ""]
         return "\n".join(lines).encode()
@@ -282,6 +301,18 @@ class ZtunnelMetrics:
         lines: list[str] = []
         for name, kind, help_text, value in values:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return lines
+
+    @staticmethod
+    def _dns_lines(dns: DnsCounts) -> list[str]:
+        lines: list[str] = []
+        for name, help_text, value in (
+                ("istio_dns_requests_total", "Total number of DNS requests", dns.requests),
+                ("istio_dns_upstream_requests_total", "Total number of DNS requests forwarded to upstream",
+                 dns.forwarded),
+                ("istio_dns_upstream_failures_total", "Total number of DNS failures forwarding to upstream",
+                 dns.upstream_failures)):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
         return lines
 
     def _labels(self, key: tuple[str, ...]) -> str:

@@ -34,6 +34,8 @@ from ztunnel.sockets import (
     AppAddress,
     connect,
     connect_as_client,
+    dns_upstream_socket,
+    open_dns_listeners,
     open_pod_listeners,
     put_in_sockmap,
     upstream_socket,
@@ -106,6 +108,7 @@ class Pod:
     listeners_map: Map
     bypass: Map
     listeners: dict[Slot, socket.socket]
+    dns_listeners: tuple[socket.socket, socket.socket] | None = None  # UDP, TCP on 127.0.0.1:15053
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     released: bool = False
@@ -127,6 +130,9 @@ class Pod:
         ip, port = app
         return await connect_as_client(AppAddress(self.netns_fd, self.bypass, ip, port), client_ip)
 
+    def dns_upstream_socket(self, kind: int) -> socket.socket:
+        return dns_upstream_socket(self.netns_fd, kind)
+
     def replace_maps(self, listeners_map: Map, bypass: Map) -> None:
         self.listeners_map.close()
         self.bypass.close()
@@ -138,15 +144,16 @@ class Pod:
         if self.released:
             return
         self.released = True
-        for sock in self.listeners.values():
+        for sock in (*self.listeners.values(), *(self.dns_listeners or ())):
             sock.close()
         self.listeners_map.close()
         self.bypass.close()
         os.close(self.netns_fd)
 
 
-def pod_from_request(request, fds: list[int]) -> Pod:
-    """Take over an AddWorkload's fds (closed here on failure) and open the pod's listeners."""
+def pod_from_request(request, fds: list[int], dns: bool = False) -> Pod:
+    """Take over an AddWorkload's fds (closed here on failure) and open the pod's listeners (and, with
+    ``dns``, the DNS proxy's)."""
     if len(fds) != len(POD_FDS):
         close_fds(fds)
         raise ValueError(f"expected {len(POD_FDS)} fds ({', '.join(POD_FDS)}), got {len(fds)}")
@@ -156,6 +163,12 @@ def pod_from_request(request, fds: list[int]) -> Pod:
     bypass = Map(bypass_fd, "bypass", owned=True)
     try:
         sockets = open_pod_listeners(netns_fd)
+        try:
+            dns_listeners = open_dns_listeners(netns_fd) if dns else None
+        except BaseException:
+            for sock in sockets.values():
+                sock.close()
+            raise
     except BaseException:
         listeners_map.close()
         bypass.close()
@@ -164,7 +177,7 @@ def pod_from_request(request, fds: list[int]) -> Pod:
     pod = Pod(uid=request.add.uid, namespace=info.namespace, name=info.name,
               service_account=info.service_account or "default", netns_fd=netns_fd,
               netns_inode=os.fstat(netns_fd).st_ino, listeners_map=listeners_map, bypass=bypass,
-              listeners=sockets)
+              listeners=sockets, dns_listeners=dns_listeners)
     try:
         put_in_sockmap(listeners_map, sockets)
     except BaseException:
@@ -177,8 +190,9 @@ class PodSet:
     """Follows the node agent; ``run(serve)`` runs ``serve(pod)`` for each pod until it is removed.
     A ``PodSource``."""
 
-    def __init__(self, socket_path: str, changed: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, socket_path: str, changed: Callable[[], None] = lambda: None, *, dns: bool = False) -> None:
         self.socket_path = socket_path
+        self.dns = dns  # open each pod's DNS proxy listeners too
         self.pods: dict[str, Pod] = {}  # uid
         self.agent_connected = False
         self.pending = 0  # pods the agent added whose listeners are still being made
@@ -254,14 +268,15 @@ class PodSet:
             await self.remove(uid)
         self.pending += 1
         try:
-            pod = await trio.to_thread.run_sync(pod_from_request, request, fds)
+            pod = await trio.to_thread.run_sync(pod_from_request, request, fds, self.dns)
         finally:
             self.pending -= 1
         self.pods[uid] = pod
         self.started += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._run_pod, pod, name=f"pod {pod.key}")
-        log.info("serving pod %s (listeners 15001/15006/15008 in its netns)", pod.key)
+        log.info("serving pod %s (listeners 15001/15006/15008%s in its netns)", pod.key,
+                 ", DNS 15053" if self.dns else "")
         return ""
 
     async def _run_pod(self, pod: Pod) -> None:

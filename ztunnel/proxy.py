@@ -35,7 +35,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 import trio
 
@@ -77,6 +77,10 @@ from ztunnel.limits import (
 from ztunnel.metrics import ZtunnelMetrics
 from ztunnel.pods import PodSource, ServedPod
 from ztunnel.sockets import accepted_stream
+
+if TYPE_CHECKING:  # dnspython (4 MiB) is loaded only by a ztunnel that runs the DNS proxy
+    from ztunnel.dns import DnsTable
+    from ztunnel.dns_proxy import DnsProxy
 
 log = logging.getLogger("ambient.ztunnel")
 
@@ -126,12 +130,17 @@ class Discovery(Protocol):
 
 class Ztunnel:
     def __init__(self, config: ZtunnelConfig, discovery: Discovery, secrets: SecretManager, pods: PodSource,
-                 metrics: ZtunnelMetrics | None = None, access_log: AccessLog | None = None) -> None:
+                 metrics: ZtunnelMetrics | None = None, access_log: AccessLog | None = None,
+                 dns: DnsProxy | None = None) -> None:
         self.config = config
         self.discovery = discovery
         self.secrets = secrets
         self.metrics = metrics
         self.state = ProxyState.from_addresses({}, root_namespace=config.root_namespace)
+        self.dns = dns
+        self.dns_table: DnsTable | None = None  # the DNS proxy's view of the names: rebuilt with the state
+        if dns is not None:
+            dns.table = self._dns_table
         self.contexts = ContextCache()
         self.balancer = RoundRobin()
         self.tracker = ConnectionTracker(metrics, access_log or AccessLog())
@@ -189,6 +198,13 @@ class Ztunnel:
         self.state = ProxyState.from_addresses(dict(self.discovery.view(ADDRESS_TYPE_URL)),
                                                self.discovery.view(AUTHORIZATION_TYPE_URL),
                                                root_namespace=self.config.root_namespace)
+        if self.dns is not None:
+            from ztunnel.dns import DnsTable
+            self.dns_table = DnsTable.from_state(self.state)
+
+    def _dns_table(self) -> DnsTable:
+        from ztunnel.dns import DnsTable
+        return self.dns_table or DnsTable()
 
     # ------------------------------------------------------------ pods
 
@@ -209,6 +225,12 @@ class Ztunnel:
                     if self.draining:
                         accepting.cancel()
                     async with trio.open_nursery() as acceptors:
+                        dns_listeners = getattr(pod, "dns_listeners", None)
+                        if self.dns is not None and dns_listeners is not None:
+                            udp, tcp = dns_listeners
+                            acceptors.start_soon(functools.partial(
+                                self.dns.serve, pod.key, pod.namespace, udp, tcp,
+                                pod.dns_upstream_socket))  # type: ignore[attr-defined]
                         for slot, sock in pod.listeners.items():
                             listener = slot.name.lower()
                             acceptors.start_soon(self._accept, sock,

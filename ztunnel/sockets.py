@@ -10,6 +10,9 @@ about 5 µs here, far less than a hop to a worker thread.
   ``SO_MARK 0x539`` like every socket of ztunnel, so their replies take the main routing table.
 - ``upstream_socket``: a connection from the pod (HBONE to another node, or passthrough), marked so
   the pod's own capture routing leaves it alone; its source address is the pod's IP.
+- ``open_dns_listeners``: the DNS proxy's UDP and TCP sockets on 127.0.0.1:15053, where the node
+  agent's redirect sends the pod's DNS; ``dns_upstream_socket``: a marked socket of the pod for the
+  queries the proxy forwards, which the redirect (and capture) lets through.
 - ``connect_as_client``: the connection to the app that carries the client's own IP as its source:
   ``IP_TRANSPARENT`` + bind to that IP, and an entry for the 4-tuple in the pod's ``bypass`` map
   while the SYN is in flight, so the program does not steer ztunnel's own connection back to it.
@@ -28,11 +31,12 @@ from bpf.capture import PROXY_MARK, Slot, bypass_key
 from bpf.libbpf import Map
 from hbone.tcp_stream import TcpStream
 from mesh.netns import inside_netns_fd
-from mesh.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
+from mesh.ports import DNS_PROXY_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
 
 IP_TRANSPARENT = 19  # linux/in.h; not exported by the socket module
 LISTENER_PORTS = {Slot.OUTBOUND: OUTBOUND_PORT, Slot.INBOUND: INBOUND_PLAINTEXT_PORT, Slot.HBONE: HBONE_PORT}
 LISTEN_BACKLOG = 1024
+DNS_LISTEN_HOST = "127.0.0.1"  # the redirect of locally made packets lands on the loopback address
 # Large kernel buffers: fewer, larger reads and writes per Python call.
 SOCKET_BUFFER = 4 * 1024 * 1024
 _BYPASS_VALUE = b"\x01"
@@ -79,6 +83,37 @@ def put_in_sockmap(listeners: Map, sockets: dict[Slot, socket.socket]) -> None:
     """Steer the pod's captured connections to ``sockets`` (replacing whatever the slots held)."""
     for slot, sock in sockets.items():
         listeners.update(struct.pack("=I", slot), struct.pack("=Q", sock.fileno()))
+
+
+def open_dns_listeners(netns_fd: int, port: int = DNS_PROXY_PORT) -> tuple[socket.socket, socket.socket]:
+    """The DNS proxy's UDP and TCP sockets, on the pod's loopback (only the redirect reaches them)."""
+    sockets: list[socket.socket] = []
+    try:
+        with in_netns(netns_fd):
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                sock = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((DNS_LISTEN_HOST, port))
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets[0], sockets[1]
+
+
+def dns_upstream_socket(netns_fd: int, kind: int) -> socket.socket:
+    """An unconnected UDP or TCP socket of the pod, marked: the DNS redirect and capture pass it by."""
+    with in_netns(netns_fd):
+        sock = socket.socket(socket.AF_INET, kind | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, PROXY_MARK)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def upstream_socket(netns_fd: int) -> socket.socket:

@@ -105,7 +105,7 @@ async def test_workload_manager_gauges_follow_the_pods_the_node_agent_sends(tmp_
     metrics.follow(pods=pods)
     during_add: list[dict[str, float]] = []
 
-    def pod_from_request(request, fds):
+    def pod_from_request(request, fds, dns=False):
         during_add.append(inpod(metrics))  # scraped while the pod's listeners are being made
         return StandInPod(request)
 
