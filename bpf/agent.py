@@ -60,6 +60,7 @@ from bpf.cni_protocol import (
     error_reply,
 )
 from bpf.cni_server import CniServer
+from bpf.dns_capture import install_dns_redirect, remove_dns_redirect
 from bpf.enrollment import install_routing, remove_routing
 from bpf.libbpf import BpfError
 from mesh.api import workload_pb2 as wpb, zds_pb2
@@ -195,8 +196,9 @@ def adopt_pinned(bpffs_dir: Path) -> dict[str, PodEnrollment]:
     return adopted
 
 
-def enroll_pod(bpffs_dir: Path, target: PodTarget, netns: str) -> PodEnrollment:
-    """Capture ``target``'s traffic in ``netns``: program attached and pinned, then the routing."""
+def enroll_pod(bpffs_dir: Path, target: PodTarget, netns: str, dns_capture: bool = False) -> PodEnrollment:
+    """Capture ``target``'s traffic in ``netns``: program attached and pinned, then the routing, and
+    with ``dns_capture`` the redirect of its DNS to ztunnel's proxy (``bpf.dns_capture``)."""
     pins = bpffs_dir / target.key
     if pins.exists():  # left half-made by an agent that died while enrolling
         PodCapture.unpin(pins)
@@ -210,6 +212,8 @@ def enroll_pod(bpffs_dir: Path, target: PodTarget, netns: str) -> PodEnrollment:
             os.close(fd)
         capture.pin(pins)
         install_routing(netns, target.ip)
+        if dns_capture:
+            install_dns_redirect(netns_path(netns))
     except BaseException:
         capture.close()
         PodCapture.unpin(pins)
@@ -229,6 +233,10 @@ def release_pod(bpffs_dir: Path, enrollment: PodEnrollment, netns: str | None) -
     capture.close()
     if netns is not None and enrollment.held.netns_inode and netns_inode(netns) == enrollment.held.netns_inode:
         remove_routing(netns)
+        try:  # whether or not it was on: the agent's setting may have changed since the pod was enrolled
+            remove_dns_redirect(netns_path(netns))
+        except OSError as exc:
+            log.warning("removing %s's DNS redirect: %s", enrollment.key, exc)
 
 
 def pod_fds(enrollment: PodEnrollment, netns: str) -> list[int]:
@@ -246,8 +254,9 @@ def pod_fds(enrollment: PodEnrollment, netns: str) -> list[int]:
 class NodeAgent:
     def __init__(self, node: str, state_dir: Path, netns_of: Callable[[str, str], str | None],
                  client: DiscoveryClient, resync_interval: float = RESYNC_INTERVAL,
-                 kubernetes: KubernetesPods | None = None) -> None:
+                 kubernetes: KubernetesPods | None = None, dns_capture: bool = True) -> None:
         self.node = node
+        self.dns_capture = dns_capture  # Istio's default since 1.25: an ambient pod's DNS goes to ztunnel
         self.state_dir = state_dir
         self.bpffs = state_dir / BPFFS_DIR
         # (namespace, name) -> the pod's netns: a lab netns name, or a path (Kubernetes); None: unknown
@@ -380,7 +389,7 @@ class NodeAgent:
         target = PodTarget("", add.namespace, add.name, "", cast(str, add.ip))
         started = time.monotonic()
         try:
-            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns)
+            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns, self.dns_capture)
         except (BpfError, OSError) as exc:
             kube.netns.forget(key)
             self._error(key, f"cannot enroll: {describe(exc)}")
@@ -398,7 +407,7 @@ class NodeAgent:
     async def _enroll(self, target: PodTarget, netns: str) -> None:
         started = time.monotonic()
         try:
-            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns)
+            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns, self.dns_capture)
         except (BpfError, OSError) as exc:
             self._error(target.key, f"cannot enroll: {describe(exc)}")
             return

@@ -39,6 +39,11 @@ DNS_PORT = 53
 NAT_OUTPUT_PRIORITY = -100  # nftables' dstnat priority, as a number (older nft takes no names in output)
 
 
+class NftError(OSError):
+    """nft refused the script (its message), or could not run: an OSError, as the agent treats every
+    failure to set up a pod's capture."""
+
+
 def redirect_ruleset(port: int = DNS_PROXY_PORT) -> str:
     """Pure: the script that (re)creates the pod's redirect table."""
     return (f"table ip {TABLE}\ndelete table ip {TABLE}\n"
@@ -58,7 +63,7 @@ def removal_ruleset() -> str:
 
 def run_nft(netns_path: str, script: str) -> None:
     """``nft -f -`` with ``script``, in the netns at ``netns_path`` (a /run/netns file or
-    /proc/<pid>/ns/net). RuntimeError with nft's message if it fails."""
+    /proc/<pid>/ns/net). ``NftError`` with nft's message if it fails."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         result = subprocess.run([NFT, "-f", "-"], input=script, text=True, capture_output=True,
@@ -66,7 +71,7 @@ def run_nft(netns_path: str, script: str) -> None:
     finally:
         os.close(fd)
     if result.returncode != 0:
-        raise RuntimeError(f"nft -f in {netns_path} exited {result.returncode}: {result.stderr.strip()}")
+        raise NftError(f"nft -f in {netns_path} exited {result.returncode}: {result.stderr.strip()}")
 
 
 def install_dns_redirect(netns_path: str, port: int = DNS_PROXY_PORT) -> None:

@@ -155,6 +155,9 @@ def node_processes(paths: LabPaths, plan: LabPlan, node: NodePlan, log_level: st
         # Its last view and certificates, so a restart serves while the control plane is away; under the
         # node's own directory, which pods cannot see (lab.isolation).
         "--state-dir", str(paths.node_dir(node_name(node.index)) / ZTUNNEL_STATE_DIR),
+        # The DNS proxy forwards what the mesh does not hold to the cluster DNS (the host's resolv.conf,
+        # which ztunnel would read otherwise, names servers no lab netns has a route to).
+        "--dns-upstream", "{}:{}".format(*dns_address(plan)),
     )
     proxy = ProcessSpec(name=name, argv=argv, log_path=paths.component_log(name),
                         cgroup=process_cgroup(paths.name, name), netns=node.netns)
