@@ -40,6 +40,7 @@ COMMAND_MODULES = {
     "lab": "lab.cli",
     "exec": "lab.cli",
     "node-agent": "bpf.cli",
+    "cni": "bpf.cni_install",
     "ztunnel": "ztunnel.cli",
     "ztunnel-config": "ambient.ztunnel_config",
     "waypoint": "lab.waypoint_cli",

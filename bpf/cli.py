@@ -22,8 +22,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agent.add_argument("--ca-root", type=Path, required=True, metavar="PEM", help="the mesh root certificate")
     agent.add_argument("--token-file", type=Path, required=True, metavar="FILE",
                        help="the node's token (ambient ca token create --node NAME)")
-    agent.add_argument("--lab", required=True, metavar="NAME",
+    where = agent.add_mutually_exclusive_group(required=True)
+    where.add_argument("--lab", metavar="NAME",
                        help="the lab whose pods these are (it names their network namespaces)")
+    where.add_argument("--kubernetes", action="store_true",
+                       help="a Kubernetes node: pods' netns from the ambient-cni plugin (CNI ADD) and the host's "
+                            "/proc (pods already running); needs the host's PID namespace and /proc")
+    agent.add_argument("--cni-socket", type=Path, default=None, metavar="PATH",
+                       help="with --kubernetes: the socket the ambient-cni plugin calls "
+                            "(default: /var/run/ambient/cni.sock; `ambient cni install --agent-socket`)")
+    agent.add_argument("--kubeconfig", type=Path, default=None, metavar="FILE",
+                       help="with --kubernetes: the API server's credentials (default: the pod's service account)")
     agent.set_defaults(func=cmd_node_agent)
 
 
@@ -36,8 +45,11 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
     from mesh.netns import pod_netns_name, validate_lab_name
     from mesh.xds.client import ClientConfig, DiscoveryClient
 
+    if not args.kubernetes and (args.cni_socket is not None or args.kubeconfig is not None):
+        raise UsageError("--cni-socket and --kubeconfig go with --kubernetes")
     try:
-        validate_lab_name(args.lab)
+        if args.lab is not None:
+            validate_lab_name(args.lab)
         root_pem = args.ca_root.read_bytes()
         token = args.token_file.read_text().strip()
         config = ClientConfig(target=args.discovery_address, root_pem=root_pem, token=token,
@@ -45,14 +57,18 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
                               node_id=f"node-agent~{args.node}")
     except (OSError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    agent = NodeAgent(args.node, args.state_dir, functools.partial(pod_netns_name, args.lab),
-                      DiscoveryClient(config))
+    if args.kubernetes:
+        agent = _kubernetes_agent(args, DiscoveryClient(config))
+    else:
+        agent = NodeAgent(args.node, args.state_dir, functools.partial(pod_netns_name, args.lab),
+                          DiscoveryClient(config))
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(agent.run)
-                print(f"node agent of {args.node} serving ZDS on {agent.zds.socket_path}", flush=True)
+                print(f"node agent of {args.node} serving ZDS on {agent.zds.socket_path}"
+                      + (f", CNI on {agent.cni.socket_path}" if agent.cni is not None else ""), flush=True)
                 async for signum in signals:
                     log.info("%s: exiting; enrolled pods stay captured (pinned in %s)",
                              signal.Signals(signum).name, agent.bpffs)
@@ -61,3 +77,23 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
 
     trio.run(main)
     return 0
+
+
+def _kubernetes_agent(args: argparse.Namespace, client):  # -> NodeAgent (imported lazily, as above)
+    """A node agent whose pods' netns come from CNI events and /proc, with pod labels from the API."""
+    from bpf.agent import NodeAgent, pin_name
+    from bpf.cni_agent import KubernetesPods
+    from bpf.cni_pods import KubernetesPodLookup, PodLookupError
+    from bpf.cni_server import DEFAULT_SOCKET
+    from mesh.errors import UsageError
+
+    try:
+        lookup = KubernetesPodLookup(args.kubeconfig)
+    except PodLookupError as exc:
+        raise UsageError(str(exc)) from None
+    pods = KubernetesPods(lookup, args.cni_socket or DEFAULT_SOCKET)
+
+    def netns_of(namespace: str, name: str) -> str | None:
+        return pods.netns_of(pin_name(namespace, name))
+
+    return NodeAgent(args.node, args.state_dir, netns_of, client, kubernetes=pods)
