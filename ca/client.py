@@ -6,9 +6,17 @@ carry exactly the SPIFFE ID we asked for, and its public key must be ours.
 
 ``CaClient`` is the gRPC caller (grpcio is blocking, so ``fetch`` runs it in a worker thread for
 trio code); ``ca.secrets.SecretManager`` sits on top of it and keeps certificates fresh.
+
+The bearer token is a string or a ``TokenSource`` called on every request: on Kubernetes the token
+is a projected service-account token that the kubelet replaces before it expires, so a client that
+read the file once would present an expired token after an hour or so (``token_file`` reads it anew
+each time).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import trio
@@ -24,6 +32,29 @@ from mesh.identity import SpiffeId
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 DEFAULT_TIMEOUT = 10.0
+MAX_TOKEN_FILE_BYTES = 64 * 1024  # a token file is ~1 KiB; a larger file is not one
+
+TokenSource = Callable[[], str]
+
+
+def token_file(path: Path) -> TokenSource:
+    """A ``TokenSource`` that reads ``path`` on every call (the kubelet rotates projected tokens by
+    replacing the file). An unreadable, empty or oversized file is a ``CertificateError`` naming it."""
+
+    def read() -> str:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+        except OSError as exc:
+            raise CertificateError(f"token file {path}: {exc.strerror or exc}") from None
+        if len(data) > MAX_TOKEN_FILE_BYTES:
+            raise CertificateError(f"token file {path}: over {MAX_TOKEN_FILE_BYTES} bytes: not a token")
+        token = data.decode("utf-8", "replace").strip()
+        if not token:
+            raise CertificateError(f"token file {path} is empty")
+        return token
+
+    return read
 
 
 class CaRequestFailed(CertificateError):
@@ -76,7 +107,8 @@ def verify_issued(
 
 
 class CaClient:
-    """A gRPC client of ``IstioCertificateService`` authenticated by a bearer token.
+    """A gRPC client of ``IstioCertificateService`` authenticated by a bearer token (a string, or a
+    ``TokenSource`` such as ``token_file(path)`` asked on every request).
 
     ``server_name`` overrides the name checked in the CA's server certificate (needed when
     ``target`` is an address the certificate does not list).
@@ -86,7 +118,7 @@ class CaClient:
         self,
         target: str,
         root_pem: bytes,
-        token: str,
+        token: str | TokenSource,
         *,
         server_name: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
@@ -99,7 +131,7 @@ class CaClient:
             request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString,
             response_deserializer=ca_pb2.IstioCertificateResponse.FromString,
         )
-        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._token: TokenSource = (lambda: token) if isinstance(token, str) else token
         self._timeout = timeout
 
     def close(self) -> None:
@@ -117,8 +149,9 @@ class CaClient:
         metadata = struct_pb2.Struct()
         metadata.update({IMPERSONATED_IDENTITY: str(identity)})
         request = ca_pb2.IstioCertificateRequest(csr=csr, validity_duration=validity_seconds, metadata=metadata)
+        headers = (("authorization", f"Bearer {self._token()}"),)  # read now: the token may have rotated
         try:
-            response = self._create(request, timeout=self._timeout, metadata=self._metadata)
+            response = self._create(request, timeout=self._timeout, metadata=headers)
         except grpc.RpcError as exc:
             raise CaRequestFailed(exc.code(), exc.details() or "") from None
         return verify_issued(list(response.cert_chain), self._root, identity, key)

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from ca.authority import CaRefusal, Status, utcnow
 from ca.client import IMPERSONATED_IDENTITY
 from ca.proto import ca_pb2
-from ca.service import CertificateRequest, CertificateService
+from ca.service import CertificateRequest, CertificateService, Issued
 from ca.tokens import NodeCaller, parse_peer
 
 log = logging.getLogger("ambient.ca")
@@ -194,12 +194,20 @@ class CaServer:
             self._metrics.rejected.labels("internal").inc()
             log.exception("CreateCertificate failed; peer %s", context.peer())
             context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
-        self._metrics.issued.labels("node" if isinstance(issued.caller, NodeCaller) else "workload").inc()
+        self._metrics.issued.labels(_caller_kind(issued)).inc()
         log.info(
             "issued %s to %s: serial %x, expires %s; peer %s",
             issued.identity, issued.caller, issued.serial, issued.not_after.isoformat(), context.peer(),
         )
         return ca_pb2.IstioCertificateResponse(cert_chain=issued.cert_chain)
+
+
+def _caller_kind(issued: Issued) -> str:
+    """The metric's ``caller`` label: ``node`` for a certificate obtained on a pod's behalf (a node
+    token, or a Kubernetes node proxy impersonating), ``workload`` for a caller's own."""
+    if isinstance(issued.caller, NodeCaller):
+        return "node"
+    return "workload" if issued.identity == issued.caller.identity else "node"
 
 
 def start_metrics_server(listen: str, registry: CollectorRegistry):

@@ -11,6 +11,11 @@ node is of no use there. Unbound tokens (no addresses) work from anywhere, as be
 Tokens are 256 random bits; the store keeps only their SHA-256 digests (``tokens.json``, mode
 0600), so reading the file gives no usable token. A plain hash suffices for secrets of that entropy:
 there is nothing to brute-force. The running CA sees tokens created after it started.
+
+A third kind of caller, ``KubeCaller``, is not in this store: it presents a Kubernetes
+service-account token that ``ca.kube_auth`` has the API server review. The project's tokens all
+start with ``TOKEN_PREFIX`` (``is_project_token``), which is how the CA tells the two apart without
+ever sending one of its own secrets to the API server.
 """
 
 from __future__ import annotations
@@ -58,7 +63,41 @@ class WorkloadCaller:
         return f"workload {self.identity}"
 
 
-Caller = NodeCaller | WorkloadCaller
+@dataclass(frozen=True)
+class BoundPod:
+    """The pod a Kubernetes token is bound to, as the TokenReview's ``user.extra`` names it. ``node``
+    is there when the API server says so (Kubernetes 1.30+ adds it to bound tokens)."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str | None = None
+
+    def __str__(self) -> str:
+        return f"pod {self.namespace}/{self.name}" + (f" on node {self.node}" if self.node else "")
+
+
+@dataclass(frozen=True)
+class KubeCaller:
+    """A caller authenticated by the Kubernetes API (TokenReview): it obtains its own identity, and
+    a node proxy (``node_proxy``: its service account is one the CA trusts as ztunnel's) may also
+    obtain the identities of the pods on its bound pod's node."""
+
+    identity: SpiffeId
+    pod: BoundPod | None = None
+    node_proxy: bool = False
+
+    def __str__(self) -> str:
+        return f"kubernetes {self.identity}" + (f" ({self.pod})" if self.pod else "")
+
+
+StoredCaller = NodeCaller | WorkloadCaller  # the callers a project token stands for
+Caller = StoredCaller | KubeCaller
+
+
+def is_project_token(token: str) -> bool:
+    """Whether ``token`` has the shape of this CA's own tokens (``TokenStore.create``)."""
+    return token.startswith(TOKEN_PREFIX)
 
 
 def parse_bearer(authorization: str | None) -> str | None:
@@ -90,7 +129,7 @@ def _unmapped(address: PeerAddress) -> PeerAddress:
     return (address.ipv4_mapped or address) if isinstance(address, IPv6Address) else address
 
 
-def _caller_record(caller: Caller) -> dict[str, object]:
+def _caller_record(caller: StoredCaller) -> dict[str, object]:
     if isinstance(caller, NodeCaller):
         record: dict[str, object] = {"node": caller.node}
         if caller.addresses:
@@ -99,7 +138,7 @@ def _caller_record(caller: Caller) -> dict[str, object]:
     return {"identity": str(caller.identity)}
 
 
-def _parse_record(index: int, record: object) -> tuple[str, Caller]:
+def _parse_record(index: int, record: object) -> tuple[str, StoredCaller]:
     where = f"tokens[{index}]"
     if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
         raise ValueError(f"{where}: expected an object with a sha256 digest")
@@ -112,7 +151,7 @@ def _parse_record(index: int, record: object) -> tuple[str, Caller]:
                 bound = frozenset(ip_address(a) for a in addresses)
             except ValueError as exc:
                 raise ValueError(f"{where}: addresses: {exc}") from None
-            caller: Caller = NodeCaller(validate_k8s_name("node", record["node"]), bound)
+            caller: StoredCaller = NodeCaller(validate_k8s_name("node", record["node"]), bound)
         elif "identity" in record:
             caller = WorkloadCaller(SpiffeId.parse(record["identity"]))
         else:
@@ -122,7 +161,7 @@ def _parse_record(index: int, record: object) -> tuple[str, Caller]:
     return record["sha256"], caller
 
 
-def parse_tokens(data: object) -> dict[str, Caller]:
+def parse_tokens(data: object) -> dict[str, StoredCaller]:
     if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
         raise ValueError('expected {"tokens": [...]}')
     return dict(_parse_record(i, r) for i, r in enumerate(data["tokens"]))
@@ -131,15 +170,17 @@ def parse_tokens(data: object) -> dict[str, Caller]:
 class TokenStore:
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._file: WatchedJsonFile[dict[str, Caller]] = WatchedJsonFile(path, parse_tokens, {})
+        self._file: WatchedJsonFile[dict[str, StoredCaller]] = WatchedJsonFile(path, parse_tokens, {})
 
-    def authenticate(self, token: str) -> Caller | None:
+    def authenticate(self, token: str) -> StoredCaller | None:
         """The caller a presented token stands for, or None for an unknown token."""
         return self._file.get().get(token_digest(token))
 
     def create(self, caller: Caller) -> str:
         """Make a new token for ``caller``, record its digest, and return the token itself: the
         only time it is ever seen."""
+        if isinstance(caller, KubeCaller):
+            raise TypeError("a Kubernetes caller authenticates with its service-account token, not a CA token")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         record = {**_caller_record(caller), "sha256": token_digest(token),
                   "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
