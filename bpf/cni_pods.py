@@ -46,10 +46,13 @@ class KubernetesPodLookup:
 
         if api_client is None:
             configuration = client.Configuration()
-            if kubeconfig is not None:
-                config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-            else:
-                config.load_incluster_config(client_configuration=configuration)
+            try:
+                if kubeconfig is not None:
+                    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+                else:
+                    config.load_incluster_config(client_configuration=configuration)
+            except (config.ConfigException, OSError) as exc:
+                raise PodLookupError(f"cannot configure the Kubernetes API client: {exc}") from None
             api_client = client.ApiClient(configuration)
         self._api = client.CoreV1Api(api_client)
 
