@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import logging
 import re
@@ -371,14 +372,21 @@ class KubeTokenAuthenticator:
 
 
 class TokenReviewClient:
-    """``TokenReviewer`` over the official ``kubernetes`` client (an ``ApiClient`` configured from
-    in-cluster or kubeconfig credentials, whose identity needs RBAC ``create tokenreviews``, as the
-    ``system:auth-delegator`` ClusterRole grants)."""
+    """``TokenReviewer`` over the official ``kubernetes`` client. ``api_client`` is configured from
+    in-cluster or kubeconfig credentials (``controlplane.kube_client.connect``); its identity needs RBAC
+    ``create tokenreviews``, as the ``system:auth-delegator`` ClusterRole grants.
 
-    def __init__(self, api_client: object) -> None:
+    The reviews go through a client of their own, a copy of that configuration with urllib3's
+    retries off: a retried connection would multiply the review's timeout (urllib3 retries three
+    times by default), and a caller refused now simply asks again."""
+
+    def __init__(self, api_client: Any) -> None:
         from kubernetes import client  # imported here: the lab's CA never needs the package
 
-        self._api = client.AuthenticationV1Api(api_client)
+        configuration = copy.deepcopy(api_client.configuration)
+        configuration.retries = 0
+        self.api_client = client.ApiClient(configuration)
+        self._api = client.AuthenticationV1Api(self.api_client)
         self._models = client
 
     def review(self, token: str, audiences: Sequence[str], timeout: float) -> object:

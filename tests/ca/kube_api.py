@@ -155,5 +155,4 @@ def api_client_for(host: str, credential: str = REVIEWER_TOKEN) -> client.ApiCli
     """An official-client ``ApiClient`` as kubeconfig would configure it: the host and a bearer token."""
     configuration = client.Configuration(host=host, api_key={"authorization": credential},
                                          api_key_prefix={"authorization": "Bearer"})
-    configuration.retries = 0  # a refused connection is an answer here, not something to retry
     return client.ApiClient(configuration)

@@ -285,6 +285,23 @@ def test_an_unreachable_api_fails_closed_with_a_reason(tmp_path, authority):
     assert "Connection refused" in str(refusal)
 
 
+def test_a_review_that_takes_too_long_is_refused(api, tmp_path, authority):
+    service, _ = _service(api, tmp_path, authority, config=KubeAuthConfig(trust_domain=TD, review_timeout=0.2))
+    token = api.issue(ServiceAccountToken("default", "client"))
+    api.hold.clear()  # the API server takes the request and does not answer
+    refusal = _refused(service, token, CLIENT)
+    api.hold.set()
+    assert (refusal.reason, str(refusal)) == ("token_review_failed",
+                                              "cannot review the token with the Kubernetes API: no answer in time")
+
+
+def test_reviews_are_not_retried_and_the_given_client_is_left_alone(api):
+    given = api.api_client()
+    reviewer = TokenReviewClient(given)
+    assert reviewer.api_client.configuration.retries == 0 and given.configuration.retries is None
+    assert reviewer.api_client.configuration.host == given.configuration.host
+
+
 @pytest.mark.parametrize("status_code, status", [(500, Status.UNAUTHENTICATED), (403, Status.FAILED_PRECONDITION)])
 def test_an_api_error_fails_closed(api, tmp_path, authority, status_code, status):
     service, _ = _service(api, tmp_path, authority)
