@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, echo_pod
+from tests.e2e.lab_driver import NAMESPACES, SERVICE, Lab, client_pod, echo_pod
 
 pytestmark = [
     pytest.mark.root,
@@ -164,3 +165,66 @@ def test_exec_into_a_pod_sees_its_resolv_conf(make_lab):
     assert lab.exec("plain/web", "cat", "/etc/resolv.conf").stdout.startswith("nameserver 10.255.0.2\n")
     assert lab.exec("plain/web", "getent", "hosts", "web").stdout.split()[:2] == [
         next(s["vip"] for s in lab.status()["services"] if s["name"] == "web"), "web.plain.svc.cluster.local"]
+
+
+# One A query, by hand (a pod's python3 is the system's, without dnspython): prints who answered, the
+# rcode, and each answer's type, TTL and address. ztunnel's DNS proxy answers with TTL 30 (Istio's
+# ztunnel), the lab's cluster DNS with TTL 5 (CoreDNS's): the TTL says which of them answered.
+ASK_PY = """
+import socket, struct, sys
+name, transport = sys.argv[1], sys.argv[2]
+query = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\0" + struct.pack("!HH", 1, 1)
+if transport == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+    s.sendto(query, ("10.255.0.2", 53)); reply, peer = s.recvfrom(4096)
+else:
+    s = socket.create_connection(("10.255.0.2", 53), timeout=5); peer = s.getpeername()
+    s.sendall(struct.pack("!H", len(query)) + query); size = struct.unpack("!H", s.recv(2))[0]; reply = b""
+    while len(reply) < size: reply += s.recv(size - len(reply))
+def skip_name(i):
+    while reply[i]:
+        if reply[i] >= 0xC0: return i + 2
+        i += reply[i] + 1
+    return i + 1
+count = struct.unpack("!H", reply[6:8])[0]; i = skip_name(12) + 4; found = []
+for _ in range(count):
+    i = skip_name(i); rtype, _, ttl, size = struct.unpack("!HHIH", reply[i:i + 10]); i += 10
+    found.append(f"{rtype}/{ttl}/" + (socket.inet_ntoa(reply[i:i + 4]) if rtype == 1 else "")); i += size
+print(f"{peer[0]}:{peer[1]} rcode={reply[3] & 15} {' '.join(found)}")
+"""
+
+
+def ztunnel_dns_counts(lab: Lab, node: int) -> dict[str, int]:
+    address = f"10.255.0.{10 + node}"
+    scrape = subprocess.run(["ip", "netns", "exec", f"amb-{lab.name}.node-{node}", "curl", "-sS", "--max-time", "5",
+                             f"http://{address}:15020/metrics"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0]: int(line.split()[1]) for line in scrape.splitlines() if line.startswith("istio_dns_")}
+
+
+def test_ambient_pods_dns_is_answered_by_ztunnels_proxy(make_lab):
+    """An ambient pod's DNS (UDP and TCP to its nameserver) is captured to ztunnel's proxy on 15053,
+    which answers Services from the mesh's view (TTL 30) and forwards other names to the cluster DNS;
+    a pod outside the mesh talks to the cluster DNS itself (TTL 5). Both see the nameserver's address."""
+    lab = make_lab([NAMESPACES, SERVICE, PLAIN_SERVICES, echo_pod("mesh", "server", "node-0"),
+                    echo_pod("plain", "web", "node-1"), client_pod("mesh", "client", "node-1"),
+                    client_pod("plain", "outsider", "node-1")])
+    lab.up(nodes=2)
+    vip = next(s["vip"] for s in lab.status()["services"] if s["name"] == "web")
+    before = ztunnel_dns_counts(lab, 1)
+
+    def ask(pod: str, name: str, transport: str) -> str:
+        return lab.exec(pod, "python3", "-c", ASK_PY, name, transport).stdout.strip()
+
+    for transport in ("udp", "tcp"):
+        assert ask("mesh/client", "web.plain.svc.cluster.local", transport) == f"10.255.0.2:53 rcode=0 1/30/{vip}"
+        assert ask("plain/outsider", "web.plain.svc.cluster.local", transport) == f"10.255.0.2:53 rcode=0 1/5/{vip}"
+        # a name the mesh does not hold: forwarded to the cluster DNS, whose NXDOMAIN comes back
+        assert ask("mesh/client", "nothing.plain.svc.cluster.local", transport) == "10.255.0.2:53 rcode=3"
+    # glibc in an ambient pod, through the search path: <svc>.<ns> is answered by ztunnel's CNAME
+    hosts = lab.exec("mesh/client", "getent", "hosts", "web.plain").stdout.split()
+    assert hosts[0] == vip
+    after = ztunnel_dns_counts(lab, 1)
+    assert after["istio_dns_requests_total"] - before.get("istio_dns_requests_total", 0) >= 5
+    assert after["istio_dns_upstream_requests_total"] - before.get("istio_dns_upstream_requests_total", 0) >= 2
+    assert after["istio_dns_upstream_failures_total"] == before.get("istio_dns_upstream_failures_total", 0)
