@@ -20,7 +20,7 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -I/usr/include/$(shell gcc -dumpm
 BENCH_COMMANDS := wrk:wrk h2load:nghttp2-client iperf3:iperf3 nginx:nginx stunnel:stunnel4 haproxy:haproxy ss:iproute2
 BENCH_STAMP := $(VENV)/.bench-extra-$(DEPS_HASH)
 
-.PHONY: cni-plugin demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture bench-wasm clean
+.PHONY: cni-plugin image check-manifests demo test fuzz soak attacks lint constraints system-deps venv bpf protos check-protos wasm-plugins wasm-plugin-files bench bench-deps bench-ca bench-discovery bench-lab bench-capture bench-wasm clean
 
 demo: system-deps venv bpf wasm-plugins
 	$(VENV)/bin/ambient demo
@@ -208,6 +208,31 @@ soak: system-deps venv bpf
 # ATTACKS_ARGS=--only 2,3 for some of them.
 attacks: system-deps venv bpf
 	$(PY) bench/attacks.py $(ATTACKS_ARGS)
+
+# The one image of every component (Containerfile), tagged $(IMAGE_NAME):<mesh.__version__>; not part
+# of `make test`. The first of IMAGE_BUILDERS that is installed and answers `<builder> info` builds it
+# (docker's client alone does not: `docker info` fails where no engine runs); none → one line naming
+# what each lacks and what to install, and a non-zero exit.
+IMAGE_NAME ?= ambient-mesh
+IMAGE_BUILDERS ?= podman buildah docker
+IMAGE_VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' mesh/__init__.py)
+
+image:
+	@tried=""; builder=""; for b in $(IMAGE_BUILDERS); do \
+	  if ! command -v $$b >/dev/null 2>&1; then tried="$$tried, $$b (not installed)"; continue; fi; \
+	  if $$b info >/dev/null 2>&1; then builder=$$b; break; fi; \
+	  tried="$$tried, $$b (installed, but '$$b info' fails: no engine to build with)"; done; \
+	if [ -z "$$builder" ]; then \
+	  echo "make image: no working image builder: tried$${tried#,}; install podman or buildah (apt-get install podman) or start a Docker engine" >&2; \
+	  exit 1; fi; \
+	case "$${builder##*/}" in buildah) verb=bud;; *) verb=build;; esac; \
+	echo "$$builder $$verb -f Containerfile -t $(IMAGE_NAME):$(IMAGE_VERSION) ."; \
+	$$builder $$verb -f Containerfile -t $(IMAGE_NAME):$(IMAGE_VERSION) .
+
+# manifests/install/ against the Kubernetes version it declares (kubernetes-validate, offline), its
+# structure, the Containerfile and the wheel's contents: tests/install/.
+check-manifests: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info $(BPF_OBJECTS)
