@@ -298,3 +298,18 @@ def test_the_cni_plugin_never_waits_on_the_agent_for_the_mesh_s_own_pods() -> No
     args = container(one("DaemonSet", "ztunnel"), "install-cni")["args"]
     excluded = {args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--exclude-namespace"}
     assert {NAMESPACE, "kube-system"} <= excluded
+
+
+def test_the_imported_ca_is_the_store_the_control_plane_opens_for_the_one_trust_domain() -> None:
+    from controlplane.server import CA_SUBDIR
+    from tests.install.test_commands import ambient_argv
+
+    deployment, daemonset = one("Deployment", "istiod"), one("DaemonSet", "ztunnel")
+    ca_init = ambient_argv(container(deployment, "ca-import"))
+    discovery = container(deployment, "discovery")["args"]
+    assert flag(ca_init, "--dir") == f"{flag(discovery, '--state')}/{CA_SUBDIR}"
+    _, cacerts = mount_for(deployment, container(deployment, "ca-import"), flag(ca_init, "--plugin-certs"))
+    assert cacerts["secret"]["secretName"] == "cacerts"
+    domains = {flag(ca_init, "--trust-domain"), flag(discovery, "--trust-domain"),
+               flag(container(daemonset, "ztunnel")["args"], "--trust-domain")}
+    assert domains == {"cluster.local"}
