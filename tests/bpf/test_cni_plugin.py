@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -80,11 +81,11 @@ class Discovery:
         return self.addresses
 
 
-def workload(pod) -> wpb.Address:
+def workload(pod, ip: str | None = None) -> wpb.Address:
     return wpb.Address(workload=wpb.Workload(
         uid=f"cluster/pod/{pod.namespace}/{pod.name}", name=pod.name, namespace=pod.namespace,
         service_account="web", node="node-0", tunnel_protocol=wpb.HBONE,
-        addresses=[ipaddress.ip_address(str(pod.ip)).packed]))
+        addresses=[ipaddress.ip_address(ip or str(pod.ip)).packed]))
 
 
 def make_agent(state: Path, bpffs: Path | None, lookup: Lookup) -> tuple[NodeAgent, Discovery]:
@@ -274,12 +275,16 @@ async def test_a_pending_capture_whose_workload_never_comes_is_released(plugin, 
 @NEEDS_ROOT
 async def test_a_running_pod_is_found_in_proc_and_captured_without_a_cni_event(short_dir, lab_pod, bpffs):
     agent, discovery = make_agent(short_dir, bpffs, Lookup(set()))
+    # Every lab's pods are in 10.244.N.0/24, and another lab may be up on this machine: the scan rightly
+    # leaves an IP held by two netns alone. So the pod gets an address no other netns has.
+    ip = f"10.253.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    subprocess.run(["ip", "-n", lab_pod.netns, "addr", "add", f"{ip}/32", "dev", "eth0"], check=True)
     sleeper = await trio.lowlevel.open_process(["ip", "netns", "exec", lab_pod.netns, "sleep", "60"])
     try:
         inode = os.stat(network.netns_path(lab_pod.netns)).st_ino
         while os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino != inode:  # exec'd into the netns yet?
             await trio.lowlevel.checkpoint()
-        discovery.addresses = {"w": workload(lab_pod)}
+        discovery.addresses = {"w": workload(lab_pod, ip)}
         await agent.reconcile()
         assert captured_in(lab_pod.netns, bpffs) and agent.pods[KEY].handed
     finally:
