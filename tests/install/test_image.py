@@ -172,8 +172,6 @@ def test_the_wheel_is_the_mesh_version_with_the_ambient_command(wheel: zipfile.Z
     assert "mesh/api/workload.proto" in wheel.namelist()
 
 
-@pytest.mark.xfail(strict=True, reason='pyproject.toml\'s [tool.setuptools.package-data] has no "bpf" = ["*.bpf.o"]: '
-                   "the image's build step that checks bpf.capture.OBJECT_PATH fails until it does")
 def test_the_wheel_carries_the_bpf_object_where_the_code_loads_it(wheel: zipfile.ZipFile) -> None:
     assert f"bpf/{bpf.capture.OBJECT_PATH.name}" in wheel.namelist()
 
