@@ -338,7 +338,8 @@ class KubeTokenAuthenticator:
             raise _refusal("token_review_failed", "the Kubernetes API did not review the token in time")
         if flight.caller is not None:
             return flight.caller
-        assert flight.refusal is not None
+        if flight.refusal is None:  # the leader crashed: its own request reports the exception
+            raise _refusal("token_review_failed", "the token's review failed; see the CA's log")
         # A new exception per waiter: one instance raised in several threads would share a traceback.
         raise CaRefusal(flight.refusal.status, flight.refusal.reason, str(flight.refusal))
 
@@ -347,7 +348,8 @@ class KubeTokenAuthenticator:
             raise _refusal("token_review_busy",
                            f"{self.config.max_in_flight} token reviews already in flight; retry shortly")
         try:
-            self.reviews += 1
+            with self._lock:
+                self.reviews += 1
             review = self._reviewer.review(token, self.config.audiences, self.config.review_timeout)
         except ReviewFailed as exc:
             if exc.http_status in (401, 403):

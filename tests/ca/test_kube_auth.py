@@ -22,6 +22,7 @@ from ca.kube_auth import (
     KubeTokenAuthenticator,
     ReviewCache,
     TokenReviewClient,
+    _Flight,
     caller_from_review,
     check_token_shape,
     unverified_expiry,
@@ -375,6 +376,22 @@ class BlockingReviewer:
         return _status()
 
 
+def test_a_request_waiting_on_another_s_review_shares_its_outcome():
+    kube = KubeTokenAuthenticator(CONFIG, BlockingReviewer())
+    refused = _Flight(refusal=CaRefusal(Status.UNAUTHENTICATED, "token_rejected", "the API said no"))
+    crashed, accepted = _Flight(), _Flight(caller=KubeCaller(CLIENT))
+    for flight in (refused, crashed, accepted):
+        flight.done.set()
+    with pytest.raises(CaRefusal) as shared:
+        kube._follow(refused)
+    assert shared.value is not refused.refusal and (shared.value.reason, str(shared.value)) == (
+        "token_rejected", "the API said no")
+    with pytest.raises(CaRefusal) as after_crash:  # the leader's own request reports the exception
+        kube._follow(crashed)
+    assert after_crash.value.reason == "token_review_failed"
+    assert kube._follow(accepted) == KubeCaller(CLIENT)
+
+
 def test_reviews_in_flight_are_bounded(tmp_path, authority):
     reviewer = BlockingReviewer()
     config = KubeAuthConfig(trust_domain=TD, max_in_flight=1, review_timeout=0.05)
@@ -468,3 +485,18 @@ def test_end_to_end_through_the_grpc_ca_with_a_rotated_token_file(api, tmp_path,
     assert "node node-1 runs no pod with identity" in failure.value.details
     assert metrics.registry.get_sample_value("ambient_ca_certificates_issued_total", {"caller": "node"}) == 2
     assert not any(first in r.getMessage() or rotated in r.getMessage() for r in caplog.records)
+
+
+def test_token_file_is_read_on_every_call_and_names_what_is_wrong(tmp_path):
+    path = tmp_path / "token"
+    read = token_file(path)
+    path.write_text("first\n")
+    assert read() == "first"
+    path.write_text("second")
+    assert read() == "second"
+    path.write_text("  \n")
+    with pytest.raises(CertificateError, match=f"token file {path} is empty"):
+        read()
+    path.write_bytes(b"x" * (64 * 1024 + 1))
+    with pytest.raises(CertificateError, match="not a token"):
+        read()
