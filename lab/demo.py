@@ -488,8 +488,8 @@ def _bookinfo_part(config: Path) -> None:
         raise RuntimeError(f"Bookinfo's pods did not become ready: {states or 'none planned'}")
     print(f"  {len(pods)} pods ready: " + ", ".join(sorted(p["name"].rsplit("-", 2)[0] for p in pods)))
     url = "http://productpage.default:9080/productpage"
-    print(f"$ ambient exec demo/sleep -- curl {url}   (by Service name: the lab's cluster DNS; {BOOKINFO_REQUESTS} "
-          "times)")
+    print(f"$ ambient exec demo/sleep -- curl {url}   (by Service name, answered by ztunnel's DNS proxy; "
+          f"{BOOKINFO_REQUESTS} times)")
     versions: dict[str, int] = {}
     title = None
     for _ in range(BOOKINFO_REQUESTS):
