@@ -41,7 +41,7 @@ DEFAULT_SOCKET = Path("/var/run/ambient/cni.sock")  # the plugin's default too (
 SOCKET_MODE = 0o600
 MAX_CONNECTIONS = 64  # concurrent plugin invocations; more are reset (the runtime retries the sandbox)
 READ_TIMEOUT = 5.0  # the plugin writes its whole request at once: a slow one is not our plugin
-HANDLE_TIMEOUT = 25.0  # the API lookup and the attach; under the plugin's AGENT_TIMEOUT_MS (30 s)
+HANDLE_TIMEOUT = 25.0  # the API lookup and the attach; under the plugin's default AGENT_TIMEOUT_S (30 s)
 WRITE_TIMEOUT = 5.0
 _BACKLOG = 64
 

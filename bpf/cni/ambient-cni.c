@@ -12,9 +12,9 @@
  * - ADD, DEL, CHECK: {"command", "env": {CNI_*}, "config": "<stdin as a string>"} is written to the
  *   agent's Unix socket (the config's "agent_socket", default /var/run/ambient/cni.sock), the write
  *   side shut, and the answer "<exit status>\n<stdout>" read back, printed, and exited with.
- * - The agent unreachable, or silent past the deadline: ADD fails (code 11, try again later, naming
- *   the socket), so no ambient pod starts uncaptured and the runtime retries the sandbox; DEL and
- *   CHECK succeed (there is nothing of ours to undo or check without the agent).
+ * - The agent unreachable, or silent past the deadline (the config's "agent_timeout", seconds, default
+ *   30): ADD fails (code 11, try again later, naming the socket), so no ambient pod starts uncaptured
+ *   and the runtime retries the sandbox; DEL and CHECK succeed (nothing of ours to undo or check).
  *
  * Bounded: stdin, the answer and each string read from the config; one deadline over connect, write
  * and read. No heap growth beyond those bounds, no dependency beyond libc: the host has no Python.
@@ -34,7 +34,8 @@
 #define MAX_STDIN (128 * 1024)      /* a conflist entry plus prevResult is a few KiB */
 #define MAX_ANSWER (256 * 1024)     /* prevResult passed back, or an error object */
 #define MAX_STRING 1024             /* socket path, cniVersion, a namespace name */
-#define AGENT_TIMEOUT_MS 30000      /* the agent asks the API server and attaches the capture */
+#define AGENT_TIMEOUT_S 30          /* the agent asks the API server and attaches the capture */
+#define MAX_AGENT_TIMEOUT_S 300     /* the config's "agent_timeout" (seconds) may set 1 to this */
 #define DEFAULT_SOCKET "/var/run/ambient/cni.sock"
 #define SUPPORTED "[\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]"
 #define LATEST "1.1.0"
@@ -225,7 +226,8 @@ static void append_string(const char *s, size_t n) {
 
 /* Relay to the agent; on success prints its answer and exits with its status. Returns only on a
  * failure to reach it, with errno set and *what naming the step. */
-static void relay(const char *socket_path, const char *command, const char *in, size_t in_len, const char **what) {
+static void relay(const char *socket_path, long timeout_s, const char *command, const char *in, size_t in_len,
+                  const char **what) {
     static const char *vars[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
                                  "CNI_PATH"};
     request_cap = in_len * 6 + 64 * 1024; /* every byte escaped at worst, plus the env */
@@ -249,7 +251,7 @@ static void relay(const char *socket_path, const char *command, const char *in, 
     append_string(in, in_len);
     append("}", 1);
 
-    long long deadline = now_ms() + AGENT_TIMEOUT_MS;
+    long long deadline = now_ms() + timeout_s * 1000;
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     *what = "connect";
     if (strlen(socket_path) >= sizeof addr.sun_path) { errno = ENAMETOOLONG; return; }
@@ -322,6 +324,14 @@ int main(void) {
     top_level(in, end, "agent_socket", &v, &vend);
     if (v && plain_string(v, vend, socket_path, sizeof socket_path) < 0)
         fail(7, "agent_socket must be a plain string", "at most %d characters", MAX_STRING - 1);
+    long timeout_s = AGENT_TIMEOUT_S;
+    top_level(in, end, "agent_timeout", &v, &vend);
+    if (v) {
+        char *number_end;
+        timeout_s = strtol(v, &number_end, 10);
+        if (number_end != vend || timeout_s < 1 || timeout_s > MAX_AGENT_TIMEOUT_S)
+            fail(7, "agent_timeout must be a whole number of seconds", "from 1 to %d", MAX_AGENT_TIMEOUT_S);
+    }
     pod_namespace(getenv("CNI_ARGS"), namespace, sizeof namespace);
     top_level(in, end, "exclude_namespaces", &v, &vend);
     if (*namespace && excluded(v, vend, namespace)) {
@@ -335,7 +345,7 @@ int main(void) {
     }
 
     const char *what = "connect";
-    relay(socket_path, command, in, in_len, &what);
+    relay(socket_path, timeout_s, command, in, in_len, &what);
     int err = errno;
     if (!strcmp(command, "ADD"))
         fail(ERR_TRY_AGAIN, "the ambient node agent is unreachable", "%s %s: %s", what, socket_path, strerror(err));

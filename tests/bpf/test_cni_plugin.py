@@ -294,3 +294,79 @@ async def test_a_running_pod_is_found_in_proc_and_captured_without_a_cni_event(s
     await agent.reconcile()  # the pod left the mesh: released, its netns forgotten
     assert not captured_in(lab_pod.netns, bpffs)
     assert agent.kubernetes is not None and KEY not in agent.kubernetes.netns
+
+
+# The plugin's own bounds, against a raw socket of the test standing in for a misbehaving agent.
+
+
+@pytest.fixture
+async def fake_agent(nursery, short_dir):
+    """A Unix socket that reads the request to EOF, then answers ``answer`` (None: never answers)."""
+    path = short_dir / "agent.sock"
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    listener.listen(8)
+
+    scope = trio.CancelScope()
+
+    async def serve(answer: bytes | None) -> None:
+        with scope:
+            while True:
+                sock, _ = await listener.accept()
+                with sock:
+                    while await sock.recv(65536):
+                        pass
+                    if answer is None:
+                        await trio.sleep_forever()
+                    try:
+                        await _send(sock, answer)
+                    except (BrokenPipeError, ConnectionResetError):  # the plugin stopped reading: its bound
+                        pass
+
+    def start(answer: bytes | None) -> Path:
+        nursery.start_soon(serve, answer)
+        return path
+
+    yield start
+    scope.cancel()
+    await trio.lowlevel.checkpoint()
+    listener.close()
+
+
+async def _send(sock, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await sock.send(view):]
+
+
+async def test_a_silent_agent_fails_the_add_at_the_configured_deadline_and_del_still_succeeds(plugin, fake_agent):
+    path = fake_agent(None)
+    conf = config(path, prev_result("10.244.0.9", "/x"), agent_timeout=1)
+    started = trio.current_time()
+    status, out = await run_plugin(plugin, "ADD", conf)
+    error = cni_error(out)
+    assert status != 0 and error["code"] == 11 and "read the answer" in error["details"]
+    assert "timed out" in error["details"] and trio.current_time() - started >= 1
+    assert await run_plugin(plugin, "DEL", conf) == (0, "")
+
+
+@pytest.mark.parametrize(("answer", "words"), [
+    pytest.param(b"0\n" + b"x" * (300 * 1024), "too large", id="answer over the bound"),
+    pytest.param(b"no status line", "malformed answer", id="no status"),
+    pytest.param(b"999\n{}", "malformed answer", id="status out of range"),
+])
+async def test_a_bad_answer_is_an_io_error_not_passed_on(plugin, fake_agent, answer, words):
+    path = fake_agent(answer)
+    status, out = await run_plugin(plugin, "ADD", config(path, prev_result("10.244.0.9", "/x")))
+    assert status != 0 and cni_error(out)["code"] == 5 and words in cni_error(out)["msg"]
+
+
+@pytest.mark.parametrize("timeout", [0, 301, "5", 1.5])
+async def test_agent_timeout_must_be_whole_seconds_in_range(plugin, short_dir, timeout):
+    status, out = await run_plugin(plugin, "ADD", config(short_dir / "s", agent_timeout=timeout))
+    assert status != 0 and cni_error(out)["code"] == 7
+
+
+async def test_stdin_over_the_bound_is_refused(plugin):
+    status, out = await run_plugin(plugin, "ADD", b'{"x": "' + b"a" * (200 * 1024) + b'"}')
+    assert status != 0 and cni_error(out)["code"] == 6 and "too large" in cni_error(out)["msg"]
