@@ -13,6 +13,12 @@ Two things on the host, each replaced atomically (a temporary file in the same d
 ``plan_conflist`` and ``without_plugin`` are pure and idempotent: installing twice leaves one entry
 (an older one is replaced, so a changed ``--agent-socket`` takes effect), and ``--uninstall`` removes
 the entry and the binary and leaves the rest of the configuration as it was.
+
+``--watch`` stays running (the DaemonSet's container) and installs again whenever the entry or the
+binary is gone: the cluster's own network plugin rewrites its configuration when it restarts, as
+istio-cni's installer watches for. Unlike istio-cni's old behaviour it does *not* uninstall on exit:
+with the plugin left in place, a pod created while the agent is away fails its ADD and is retried,
+instead of starting uncaptured (fail closed). Removing the mesh is an explicit ``--uninstall``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bpf.cni_protocol import DEFAULT_EXCLUDED_NAMESPACES
 
 PLUGIN_TYPE = "ambient-cni"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")  # what libcni's ConfFiles reads, in a runtime's order
+WATCH_INTERVAL = 2.0  # seconds between two checks of --watch: a stat of the dir and one small file
 MAX_CONFIG_BYTES = 1024 * 1024  # a network configuration is a few KiB; refuse to parse a runaway file
 DEFAULT_PLUGIN_BINARY = Path(__file__).resolve().parent.parent / "build" / PLUGIN_TYPE  # `make cni-plugin`
 
@@ -137,6 +144,33 @@ def install(config: InstallConfig) -> Path:
     return target
 
 
+def installed(config: InstallConfig) -> bool:
+    """Whether the binary is in place and the runtime's configuration chains ambient-cni as we would."""
+    try:
+        if (config.bin_dir / PLUGIN_TYPE).read_bytes() != config.plugin_binary.read_bytes():
+            return False
+        source = network_config_file(config.conf_dir)
+        document = read_config(source)
+    except (InstallError, OSError):
+        return False
+    return source.suffix != ".conf" and plan_conflist(document, config, str(source)) == document
+
+
+def watch(config: InstallConfig, interval: float = WATCH_INTERVAL) -> None:
+    """Keep the plugin installed for ever (until a signal ends the process), logging each re-install."""
+    import logging
+    import time
+
+    log = logging.getLogger("ambient.cni")
+    while True:
+        if not installed(config):
+            try:
+                log.info("ambient-cni (re)installed, chained in %s", install(config))
+            except (InstallError, OSError) as exc:  # e.g. the network plugin has not written its file yet
+                log.warning("cannot install ambient-cni yet: %s", exc)
+        time.sleep(interval)
+
+
 def uninstall(config: InstallConfig) -> Path | None:
     """Take ambient-cni out of the configuration and remove the binary; the file rewritten, if any."""
     written = None
@@ -170,7 +204,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--exclude-namespace", action="append", metavar="NAMESPACE",
                      help="never captured, passed through even with the agent down (repeatable; "
                           f"default: {', '.join(DEFAULT_EXCLUDED_NAMESPACES)})")
-    add.add_argument("--uninstall", action="store_true", help="remove the plugin's entry and binary instead")
+    mode = add.add_mutually_exclusive_group()
+    mode.add_argument("--uninstall", action="store_true", help="remove the plugin's entry and binary instead")
+    mode.add_argument("--watch", action="store_true",
+                      help="stay running and install again whenever the entry or binary is gone (the "
+                           "DaemonSet's container); the plugin is left in place on exit (fail closed)")
     add.set_defaults(func=cmd_install)
 
 
@@ -185,7 +223,9 @@ def cmd_install(args: argparse.Namespace) -> int:
             print(f"ambient-cni removed from {args.bin_dir}" + (f" and {written}" if written else ""))
         else:
             written = install(config)
-            print(f"ambient-cni installed in {args.bin_dir / PLUGIN_TYPE} and chained in {written}")
+            print(f"ambient-cni installed in {args.bin_dir / PLUGIN_TYPE} and chained in {written}", flush=True)
+            if args.watch:
+                watch(config)
     except (InstallError, OSError) as exc:
         raise UsageError(str(exc)) from None
     return 0

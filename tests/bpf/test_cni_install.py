@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
 from ambient.cli import main
-from bpf.cni_install import PLUGIN_TYPE, InstallConfig, InstallError, network_config_file, plan_conflist
+from bpf.cni_install import (
+    PLUGIN_TYPE,
+    WATCH_INTERVAL,
+    InstallConfig,
+    InstallError,
+    install,
+    installed,
+    network_config_file,
+    plan_conflist,
+)
 
 CALICO = {
     "name": "k8s-pod-network",
@@ -128,3 +141,39 @@ def test_planning_is_idempotent_and_replaces_an_older_entry(tmp_path):
     assert plan_conflist(once, old, "x") == once
     assert ours(plan_conflist(once, new, "x")) == [{"type": PLUGIN_TYPE, "agent_socket": "/new.sock",
                                                      "exclude_namespaces": ["kube-system"]}]
+
+
+def test_installed_is_true_only_for_our_exact_entry_and_binary(dirs):
+    bin_dir, conf_dir, binary = dirs
+    config = InstallConfig(bin_dir, conf_dir, binary, "/var/run/ambient/cni.sock")
+    (conf_dir / "10-calico.conflist").write_text(json.dumps(CALICO))
+    assert not installed(config)
+    install(config)
+    assert installed(config)
+    (bin_dir / PLUGIN_TYPE).write_bytes(b"an older build")
+    assert not installed(config)
+    install(config)
+    (conf_dir / "10-calico.conflist").write_text(json.dumps(CALICO))  # the network plugin rewrote it
+    assert not installed(config)
+
+
+def test_watch_installs_again_after_the_network_plugin_rewrites_its_file_and_leaves_it_on_exit(dirs):
+    bin_dir, conf_dir, binary = dirs
+    conflist = conf_dir / "10-calico.conflist"
+    conflist.write_text(json.dumps(CALICO))
+    watcher = subprocess.Popen([sys.executable, "-m", "ambient.cli", "cni", "install", "--watch",
+                                "--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir),
+                                "--plugin-binary", str(binary)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stdout is not None and "chained in" in watcher.stdout.readline()
+        conflist.write_text(json.dumps(CALICO))
+        deadline = time.monotonic() + 10 * WATCH_INTERVAL
+        while not ours(json.loads(conflist.read_text())):
+            assert time.monotonic() < deadline, "--watch did not install the plugin again"
+            os.sched_yield()
+    finally:
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(timeout=10)
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+    assert len(ours(json.loads(conflist.read_text()))) == 1 and (bin_dir / PLUGIN_TYPE).exists()
