@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+from pathlib import Path
 
 log = logging.getLogger("ambient.waypoint")
 
@@ -43,8 +44,9 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
                      help="the control plane (discovery and CA)")
     run.add_argument("--server-name", help="the TLS name to check on the control plane's certificate")
     run.add_argument("--ca-root", required=True, type=argparse.FileType("rb"), help="the mesh root certificate (PEM)")
-    run.add_argument("--token-file", required=True, type=argparse.FileType("r"),
-                     help="a workload token for the waypoint's identity")
+    run.add_argument("--token-file", required=True, type=Path,
+                     help="a workload token for the waypoint's identity (a project token, or a Kubernetes "
+                          "service-account token with audience istio-ca; read again for every call)")
     run.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     run.add_argument("--listen", type=_host_port, default=("0.0.0.0", HBONE_PORT), metavar="HOST:PORT",
                      help="the HBONE listener")
@@ -59,13 +61,12 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import trio
 
-    from ca.client import CaClient
+    from ca.client import CaClient, token_file
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, WASM_PLUGIN_TYPE_URL
+    from mesh.certs import CertificateError
     from mesh.errors import UsageError
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from waypoint.access_log import AccessLog
@@ -77,8 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         with args.ca_root as f:
             root_pem = f.read()
-        with args.token_file as f:
-            token = f.read().strip()
+        token = token_file(args.token_file)
+        token()  # readable now, or a usage error now
         config = WaypointConfig(namespace, name, args.trust_domain, listen=args.listen,
                                 drain_timeout=args.drain_timeout)
         discovery = DiscoveryClient(ClientConfig(
@@ -88,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             node_id=f"waypoint~{namespace}/{name}",
             cache_dir=Path(args.state_dir) / "discovery" if args.state_dir else None))
         ca = CaClient(args.discovery_address, root_pem, token, server_name=args.server_name)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CertificateError) as exc:
         raise UsageError(str(exc)) from None
     metrics = WaypointMetrics()
     access_log = AccessLog()  # to stderr, as the logging handler ambient's main sets up writes

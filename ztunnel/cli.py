@@ -135,9 +135,10 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
     from ca.cert_store import CertificateStore
-    from ca.client import CaClient
+    from ca.client import CaClient, token_file
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+    from mesh.certs import CertificateError
     from mesh.concurrency import wait_for_stop
     from mesh.errors import UsageError
     from mesh.xds.client import ClientConfig, DiscoveryClient
@@ -150,7 +151,8 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
         from ztunnel.dns_proxy import DnsProxy
     try:
         root_pem = args.ca_root.read_bytes()
-        token = args.token_file.read_text().strip()
+        token = token_file(args.token_file)  # read again for every call: Kubernetes rotates projected tokens
+        token()  # readable now, or a usage error now
         discovery = DiscoveryClient(ClientConfig(
             target=args.discovery_address, root_pem=root_pem, token=token, server_name=args.server_name,
             subscriptions={ADDRESS_TYPE_URL: None, AUTHORIZATION_TYPE_URL: None}, node_id=f"ztunnel~{args.node}",
@@ -161,7 +163,7 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
         dns = DnsProxy(dns_upstreams(args.dns_upstream)) if args.dns_proxy else None
         config = ZtunnelConfig(node=args.node, trust_domain=args.trust_domain, drain_timeout=args.drain_timeout,
                                max_connections_per_pod=per_pod, max_connections_per_node=per_node)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CertificateError) as exc:
         raise UsageError(str(exc)) from None
     metrics = ZtunnelMetrics()
     pods = PodSet(str(args.zds), dns=dns is not None)

@@ -55,6 +55,7 @@ from mesh.api.types import (
     unpack,
 )
 from mesh.backoff import Backoff
+from mesh.certs import CertificateError
 from mesh.private_files import private_directory, read_private, write_private
 from mesh.xds import cache
 
@@ -109,7 +110,9 @@ class ClientConfig:
 
     target: str
     root_pem: bytes = field(repr=False)
-    token: str = field(repr=False)
+    # The bearer token, or a function that gives it (read again for every stream: Kubernetes rotates a
+    # projected token by replacing its file; an error from it fails that stream only: ``ca.client.token_file``).
+    token: str | Callable[[], str] = field(repr=False)
     subscriptions: Mapping[str, frozenset[str] | None]
     server_name: str | None = None  # TLS name to check instead of the target's host
     node_id: str = ""
@@ -126,7 +129,7 @@ class ClientConfig:
         if b"-----BEGIN CERTIFICATE-----" not in self.root_pem:
             # grpc would fall back to the system's roots: never trust anything but the mesh root.
             raise ValueError("root_pem must hold the mesh root certificate in PEM")
-        if not self.token:
+        if not callable(self.token) and not self.token:
             raise ValueError("a bearer token is required")
         if not self.subscriptions:
             raise ValueError("subscribe to at least one type URL")
@@ -575,12 +578,18 @@ class DiscoveryClient:
         for request in initial:
             outbox.put(request)
         awaiting_first = {r.type_url for r in initial}
+        try:
+            token = self._config.token() if callable(self._config.token) else self._config.token
+            if not token:
+                raise ValueError("the bearer token is empty")
+        except (OSError, ValueError, CertificateError) as exc:  # the next try reads it again
+            return f"no bearer token: {exc}", CONNECTION_ERROR
         channel = self._channel()
         call = channel.stream_stream(
             METHOD_PATH,
             request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
-        )(_requests(outbox), metadata=(("authorization", f"Bearer {self._config.token}"),))
+        )(_requests(outbox), metadata=(("authorization", f"Bearer {token}"),))
         self._outbox = outbox
         try:
             async with trio.open_nursery() as nursery:

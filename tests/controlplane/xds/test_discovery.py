@@ -540,3 +540,30 @@ async def test_a_node_token_bound_to_another_address_is_refused(plane, caplog):
     accepted = DiscoveryClient(plane.config(here))
     async with running(accepted):
         assert addresses(accepted) == {W1: "10.0.0.1", W2: "10.0.0.2"}
+
+
+async def test_the_token_is_read_again_for_every_stream(plane, token, tmp_path):
+    """A token given as a function (``ca.client.token_file``: Kubernetes rotates projected tokens by
+    replacing the file) is read for each stream: a token that cannot be read fails that stream only,
+    and once the file is back the next stream presents what it holds now."""
+    from ca.client import token_file
+
+    path = tmp_path / "token"
+    path.write_text(token)
+    client = DiscoveryClient(plane.config(token_file(path)))
+    async with running(client):
+        with trio.fail_after(BOUND):
+            plane.stop()
+            await client.wait_until(lambda: not client.connected)
+        rotated = plane.tokens.create(NodeCaller("node-a"))
+        with LogWaiter("ambient.xds.client", "no bearer token") as waiter:
+            path.unlink()  # unreadable for a while: streams fail, the client keeps its view and retries
+            plane.publisher = Publisher()
+            plane.publisher.publish(resources(address={W1: workload(W1, "10.0.0.9")}))
+            plane.start()
+            await waiter.wait()
+        assert addresses(client) == {W1: "10.0.0.1", W2: "10.0.0.2"}
+        path.write_text(rotated)
+        with trio.fail_after(BOUND):
+            await client.wait_until(lambda: client.connected and addresses(client) == {W1: "10.0.0.9"})
+        plane.publisher.close()
