@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agent.add_argument("--cni-socket", type=Path, default=None, metavar="PATH",
                        help="with --kubernetes: the socket the ambient-cni plugin calls "
                             "(default: /var/run/ambient/cni.sock; `ambient cni install --agent-socket`)")
+    agent.add_argument("--proc-root", type=Path, default=None, metavar="DIR",
+                       help="with --kubernetes: the host's /proc, where existing pods' netns are found "
+                            "(default: /proc, with the host's PID namespace; e.g. /host/proc when mounted)")
     agent.add_argument("--kubeconfig", type=Path, default=None, metavar="FILE",
                        help="with --kubernetes: the API server's credentials (default: the pod's service account)")
     agent.set_defaults(func=cmd_node_agent)
@@ -45,8 +48,8 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
     from mesh.netns import pod_netns_name, validate_lab_name
     from mesh.xds.client import ClientConfig, DiscoveryClient
 
-    if not args.kubernetes and (args.cni_socket is not None or args.kubeconfig is not None):
-        raise UsageError("--cni-socket and --kubeconfig go with --kubernetes")
+    if not args.kubernetes and (args.cni_socket, args.kubeconfig, args.proc_root) != (None, None, None):
+        raise UsageError("--cni-socket, --proc-root and --kubeconfig go with --kubernetes")
     try:
         if args.lab is not None:
             validate_lab_name(args.lab)
@@ -91,7 +94,10 @@ def _kubernetes_agent(args: argparse.Namespace, client):  # -> NodeAgent (import
         lookup = KubernetesPodLookup(args.kubeconfig)
     except PodLookupError as exc:
         raise UsageError(str(exc)) from None
-    pods = KubernetesPods(lookup, args.cni_socket or DEFAULT_SOCKET)
+    proc = args.proc_root or Path("/proc")
+    if not (proc / "1" / "ns").is_dir():
+        raise UsageError(f"--proc-root {proc}: not a proc filesystem (no {proc}/1/ns)")
+    pods = KubernetesPods(lookup, args.cni_socket or DEFAULT_SOCKET, proc)
 
     def netns_of(namespace: str, name: str) -> str | None:
         return pods.netns_of(pin_name(namespace, name))

@@ -61,3 +61,13 @@ async def test_the_proc_scan_runs_for_new_unknown_pods_and_at_most_once_an_inter
     await trio.sleep(PROC_RESCAN_INTERVAL)
     await pods.find_unknown({"b": "10.0.0.2"})
     assert scans.count == 3
+
+
+@pytest.mark.parametrize("flag", [["--cni-socket", "/run/x.sock"], ["--proc-root", "/host/proc"],
+                                  ["--kubeconfig", "/etc/kube.conf"]])
+def test_the_kubernetes_flags_are_refused_in_the_lab(flag, tmp_path, capsys):
+    from ambient.cli import main
+
+    status = main(["node-agent", "--node", "n", "--state-dir", str(tmp_path), "--discovery-address", "h:1",
+                   "--ca-root", str(tmp_path / "root.pem"), "--token-file", str(tmp_path / "t"), "--lab", "x", *flag])
+    assert status != 0 and "go with --kubernetes" in capsys.readouterr().err
