@@ -15,8 +15,8 @@ ports, so that fields only the lab acts on (probes, init containers, images) nev
 pod; status and managed fields are dropped. Pods' runtime status (IP, node, the Ready condition)
 goes to ``Registry.set_pod_status`` (``pod_status``).
 
-The YAML directory (``--config``) may feed the same registry beside it: a resource both declare is
-taken from the file (the registry keeps the first by name; file paths sort before ``kubernetes:``).
+The YAML directory (``--config``) may feed the same registry beside it; a resource both declare is
+taken once, from the source whose registry name sorts first, and the registry warns about it.
 
 ``KubeSource`` also keeps what the write-back needs (``controlplane.kube_writeback``): each Gateway's
 uid, generation and whether it parsed, and each Service's clusterIP, and calls ``on_change``
@@ -281,30 +281,40 @@ class KubeSource:
                 except (ApiError, MalformedEvent) as exc:
                     log.warning("%s", machine.watch_failed(0, str(exc)))
                     return
+                batch: list[Changes] = []  # a chunk's events are applied in one trip to a worker thread
+                ended = None
                 for event in events:
                     changes = machine.event(event)
-                    if changes or changes.refused:
-                        await self._apply(kind, changes)
+                    batch.append(changes)
                     if changes.end_stream:
-                        status = event["object"]
-                        log.info("%s: watch ended by the API server (%s %s); %s", kind.kind, status.get("code"),
-                                 status.get("message", ""), "listing again" if machine.phase is Phase.LIST
-                                 else f"resuming in {machine.next_step().delay:.1f} s")
-                        return
+                        ended = event["object"]
+                        break
+                await self._apply(kind, *batch)
+                if ended is not None:
+                    log.info("%s: watch ended by the API server (%s %s); %s", kind.kind, ended.get("code"),
+                             ended.get("message", ""), "listing again" if machine.phase is Phase.LIST
+                             else f"resuming in {machine.next_step().delay:.1f} s")
+                    return
         finally:
             stream.close()
 
-    async def _apply(self, kind: ApiKind, changes: Changes) -> None:
-        if changes.refused and kind.kind not in self._refused_reported:
+    async def _apply(self, kind: ApiKind, *batch: Changes) -> None:
+        refused = sum(changes.refused for changes in batch)
+        if refused and kind.kind not in self._refused_reported:
             self._refused_reported.add(kind.kind)  # once: the bound holds for as long as the cluster is that big
-            log.error("%s: %d object(s) refused: more than %d, or without a name", kind.kind, changes.refused,
+            log.error("%s: %d object(s) refused: more than %d, or without a name", kind.kind, refused,
                       self.watches[kind.kind].max_objects)
-        if changes:
-            await trio.to_thread.run_sync(self._apply_sync, kind, changes)
+        batch = tuple(changes for changes in batch if changes)
+        if batch:
+            await trio.to_thread.run_sync(self._apply_sync, kind, batch)
             for listener in self._listeners:
                 listener()
 
-    def _apply_sync(self, kind: ApiKind, changes: Changes) -> None:
+    def _apply_sync(self, kind: ApiKind, batch: tuple[Changes, ...]) -> None:
+        for changes in batch:  # in order: an object added then deleted in one batch ends deleted
+            self._apply_changes(kind, changes)
+
+    def _apply_changes(self, kind: ApiKind, changes: Changes) -> None:
         for obj in changes.upserted:
             self._upsert(kind, obj)
         for key in changes.deleted:
@@ -328,9 +338,9 @@ class KubeSource:
                 self.registry.set_pod_status(key[0], key[1], None)
         resources, problems = parse_object(kind.kind, obj)
         errors = [describe(p, kind.kind, key) for p in problems if p.severity is Severity.ERROR]
-        for problem in problems:
+        for problem in problems:  # once per version of the object, as a file's are once per edit
             if problem.severity is Severity.WARNING:
-                log.debug("%s", describe(problem, kind.kind, key))
+                log.warning("%s", describe(problem, kind.kind, key))
         with self._lock:
             if kind is GATEWAY:
                 self._gateways[key] = gateway_info(obj, errors)

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from mesh.ports import HBONE_PORT
 
@@ -74,6 +75,15 @@ class WaypointTemplate:
             raise ValueError(f"waypoint discovery address {self.discovery_address!r}: expected HOST:PORT")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise ValueError(f"image pull policy {self.image_pull_policy!r}: expected Always, IfNotPresent or Never")
+
+
+@dataclass(frozen=True)
+class KubeOptions:
+    """``ambient controlplane --kubernetes``: where the API is, and what to write back (here, not
+    beside the client, so that the control plane loads the ``kubernetes`` package only when used)."""
+
+    kubeconfig: Path | None = None  # None: in-cluster (the pod's service account)
+    waypoints: WaypointTemplate | None = field(default_factory=WaypointTemplate)  # None: no write-back
 
 
 @dataclass(frozen=True)

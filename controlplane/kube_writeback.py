@@ -9,6 +9,10 @@ source applies, and applies each object with server-side apply (field manager
 failed apply is not recorded, so the next round tries it again; rounds after a failure are spaced by
 ``mesh.backoff``. Nothing is deleted here: the objects are owned by their Gateway
 (``ownerReferences``), so the cluster's garbage collector removes them with it.
+
+``run_kubernetes`` is what ``ambient controlplane --kubernetes`` starts: the client
+(``kube_client.connect``), the ``KubeSource`` feeding the registry and, unless ``KubeOptions.waypoints``
+is None, the ``WaypointWriter``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from functools import partial
 
 import trio
 
-from controlplane.kube_client import ApiError, KubeApi
+from controlplane.kube_client import ApiError, KubeApi, connect
 from controlplane.kube_source import GatewayInfo, KubeSource
 from controlplane.kube_watch import ObjectKey
 from controlplane.kube_waypoints import (
+    KubeOptions,
     WaypointGateway,
     WaypointTemplate,
     digest,
@@ -34,6 +39,7 @@ from controlplane.kube_waypoints import (
     render_waypoint,
     root_cert_config_map,
 )
+from controlplane.registry import Registry
 from mesh.backoff import Backoff
 
 log = logging.getLogger("ambient.kube.writeback")
@@ -149,3 +155,17 @@ class WaypointWriter:
                 continue
             self.statuses[gateway] = body
         return failures
+
+
+async def run_kubernetes(options: KubeOptions, registry: Registry, root_pem: str, *,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The API source feeding ``registry`` and the waypoint write-back, until cancelled. Reports
+    started once every kind has been listed (or has failed to), so the first view holds the cluster."""
+    api = KubeApi(await trio.to_thread.run_sync(connect, options.kubeconfig))
+    source = KubeSource(api, registry)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run)
+        if options.waypoints is not None:
+            await nursery.start(WaypointWriter(api, source, options.waypoints, root_pem).run)
+        log.info("following the Kubernetes API (%s)", options.kubeconfig or "in-cluster")
+        task_status.started()

@@ -13,6 +13,15 @@ client what changed.
 State directory layout: ``<state>/ca/`` (the CA: created with a self-signed root on first start if
 absent; tokens are made with ``ambient ca token create --dir <state>/ca``), ``<state>/pods.json``
 (the pods' runtime status, written by the lab).
+
+On Kubernetes, ``--kubernetes`` adds the API server as a source (``controlplane.kube_source``: list+watch
+of every kind the view reads, pods' IPs, nodes and readiness) and writes the waypoints back
+(``controlplane.kube_writeback``: each istio-waypoint Gateway's Deployment, Service and ServiceAccount,
+and its status). The client is configured from ``--kubeconfig FILE``, else in-cluster from the pod's
+service account (/var/run/secrets/kubernetes.io/serviceaccount). ``--config DIR`` is then optional;
+both may be given, and a resource both declare is taken from the directory. ``--waypoint-image`` and
+``--waypoint-discovery-address`` say what the waypoint Deployments run and where they find this
+control plane.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from ca.authority import IssuancePolicy
 from ca.server import DEFAULT_PORT, DEFAULT_SERVER_NAMES, CaMetrics, CaServer, ServeConfig, start_metrics_server
 from ca.service import CertificateService
 from ca.tokens import TOKEN_FILE, TokenStore
+from controlplane.kube_waypoints import KubeOptions, WaypointTemplate
 from controlplane.registry import DEFAULT_SERVICE_CIDR, POD_STATUS_FILE, ConfigDirectory, PodStatusFile, Registry
 from controlplane.view import DataplaneView, MeshConfig, compute_view
 from controlplane.xds.server import discovery_handler
@@ -155,12 +165,17 @@ async def watch_sources(sources, interval: float = SCAN_INTERVAL) -> None:
 
 @dataclass(frozen=True)
 class ControlPlaneConfig:
-    config_dir: Path
+    config_dir: Path | None  # None: the Kubernetes API is the only source
     state_dir: Path
     serve: ServeConfig
     mesh: MeshConfig
     service_cidr: str = DEFAULT_SERVICE_CIDR
     metrics_listen: str | None = None
+    kubernetes: KubeOptions | None = None  # --kubernetes
+
+    def __post_init__(self) -> None:
+        if self.config_dir is None and self.kubernetes is None:
+            raise ValueError("no source: give a configuration directory, the Kubernetes API, or both")
 
 
 def _open_ca(ca_dir: Path, trust_domain: str):
@@ -183,7 +198,7 @@ async def serve(config: ControlPlaneConfig, *, task_status=trio.TASK_STATUS_IGNO
     prometheus = CollectorRegistry()
     control = ControlPlane(registry, config.mesh, ControlPlaneMetrics(prometheus))
     sources: list[ConfigDirectory | PodStatusFile] = [
-        ConfigDirectory(config.config_dir, registry),
+        *([ConfigDirectory(config.config_dir, registry)] if config.config_dir is not None else []),
         PodStatusFile(config.state_dir / POD_STATUS_FILE, registry)]
     for source in sources:  # the first view already has everything that is on disk
         source.scan()
@@ -191,6 +206,10 @@ async def serve(config: ControlPlaneConfig, *, task_status=trio.TASK_STATUS_IGNO
     server = CaServer(service, config.serve, CaMetrics(prometheus),
                       extra_handlers=(discovery_handler(control.publisher, tokens.authenticate, registry=prometheus),))
     async with trio.open_nursery() as nursery:
+        if config.kubernetes is not None:  # before the first view, which then holds the cluster
+            from controlplane.kube_writeback import run_kubernetes  # the kubernetes client, only when used
+
+            await nursery.start(run_kubernetes, config.kubernetes, registry, authority.root_pem)
         await nursery.start(control.run)
         port = server.start()
         try:
@@ -208,8 +227,19 @@ async def serve(config: ControlPlaneConfig, *, task_status=trio.TASK_STATUS_IGNO
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    cp = subparsers.add_parser("controlplane", help="the CA and discovery, serving a directory of YAML")
-    cp.add_argument("--config", type=Path, required=True, metavar="DIR", help="directory of Kubernetes-format YAML")
+    cp = subparsers.add_parser("controlplane", help="the CA and discovery, serving a directory of YAML "
+                                                    "and/or the Kubernetes API")
+    cp.add_argument("--config", type=Path, metavar="DIR",
+                    help="directory of Kubernetes-format YAML (optional with --kubernetes)")
+    cp.add_argument("--kubernetes", action="store_true",
+                    help="follow the Kubernetes API (pods, services, policies, ...) and deploy the waypoints")
+    cp.add_argument("--kubeconfig", type=Path, metavar="FILE",
+                    help="with --kubernetes: the API from this kubeconfig (default: in-cluster service account)")
+    cp.add_argument("--waypoint-image", default=WaypointTemplate.image, metavar="IMAGE",
+                    help="with --kubernetes: the image of the waypoint Deployments (default %(default)s)")
+    cp.add_argument("--waypoint-discovery-address", default=WaypointTemplate.discovery_address,
+                    metavar="HOST:PORT", help="with --kubernetes: where the waypoints reach this control plane "
+                                              "(default %(default)s; its host is the TLS name they check)")
     cp.add_argument("--state", type=Path, required=True, metavar="DIR",
                     help=f"state: {CA_SUBDIR}/ (created if absent) and {POD_STATUS_FILE} (pod status from the lab)")
     cp.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT")
@@ -225,9 +255,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_controlplane(args: argparse.Namespace) -> int:
     from mesh.errors import UsageError
 
+    if args.kubeconfig is not None and not args.kubernetes:
+        raise UsageError("--kubeconfig needs --kubernetes")
+    if args.config is None and not args.kubernetes:
+        raise UsageError("give --config DIR, --kubernetes, or both")
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        raise UsageError(f"--kubeconfig {args.kubeconfig}: not a file")
     try:
+        kubernetes = None
+        if args.kubernetes:
+            address = args.waypoint_discovery_address
+            kubernetes = KubeOptions(args.kubeconfig, WaypointTemplate(
+                image=args.waypoint_image, discovery_address=address, server_name=address.rpartition(":")[0],
+                trust_domain=args.trust_domain))
         config = ControlPlaneConfig(
-            config_dir=args.config, state_dir=args.state,
+            config_dir=args.config, state_dir=args.state, kubernetes=kubernetes,
             serve=ServeConfig(listen=args.listen, server_names=tuple(args.server_name or DEFAULT_SERVER_NAMES),
                               workers=256),
             mesh=MeshConfig(cluster_id=args.cluster_id, trust_domain=args.trust_domain),
@@ -237,7 +279,7 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
         Registry(args.service_cidr)  # validates the CIDR
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not args.config.is_dir():
+    if args.config is not None and not args.config.is_dir():
         raise UsageError(f"--config {args.config}: not a directory")
 
     async def main() -> None:
