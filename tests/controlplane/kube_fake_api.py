@@ -123,9 +123,10 @@ class FakeApi:
             self._lock.notify_all()
 
     def compact(self) -> None:
-        """Forget the history: a watch from any resourceVersion up to now gets 410 Gone."""
+        """Forget the history: a watch from any resourceVersion before now gets 410 Gone (from now,
+        what a list returns, it is served, as etcd never compacts its current revision)."""
         with self._lock:
-            self.compacted = self.version + 1
+            self.compacted = self.version
             self.events.clear()
 
     def end_watches(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from controlplane.kube_watch import (
     ABSENT_RETRY,
@@ -169,3 +170,80 @@ def test_decode_event_refuses_malformed_events(line):
 def test_decode_event_accepts_a_bookmark_without_a_name():
     event = decode_event(json.dumps({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "3"}}}).encode())
     assert event["type"] == "BOOKMARK"
+
+
+# ---------------------------------------------------------------- property: the held set follows the server
+
+_NAMES = st.sampled_from("abcde")
+_OPS = st.lists(st.one_of(st.tuples(st.just("put"), _NAMES), st.tuples(st.just("delete"), _NAMES),
+                          st.tuples(st.sampled_from(["bookmark", "drop", "compact", "deliver", "error"]))),
+                max_size=40)
+
+
+class _Server:
+    """A model of the API server's store and its event history (compaction forgets the history)."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, str] = {}
+        self.events: list[tuple[int, dict]] = []
+        self.version = 1
+        self.compacted = 0
+
+    def _event(self, kind: str, name: str) -> None:
+        self.version += 1
+        self.events.append((self.version, {"type": kind, "object": obj(name, str(self.version))}))
+
+    def apply(self, op: tuple) -> None:
+        if op[0] == "put":
+            self._event("MODIFIED" if op[1] in self.store else "ADDED", op[1])
+            self.store[op[1]] = str(self.version)
+        elif op[0] == "delete" and op[1] in self.store:
+            del self.store[op[1]]
+            self._event("DELETED", op[1])
+        elif op[0] == "bookmark":
+            self.version += 1
+            self.events.append((self.version, {"type": "BOOKMARK",
+                                               "object": {"metadata": {"resourceVersion": str(self.version)}}}))
+        elif op[0] == "compact":
+            self.compacted, self.events = self.version, []  # the current version stays watchable
+
+
+def _deliver(server: _Server, w: KindWatch, mirror: dict) -> None:
+    """Drive the client until a watch has delivered everything (at most a few rounds)."""
+    for _ in range(5):
+        step = w.next_step()
+        if step.action is Phase.LIST:
+            changes = w.listed([obj(n, v) for n, v in server.store.items()], str(server.version))
+        elif int(step.resource_version) < server.compacted:
+            changes = w.event({"type": "ERROR", "object": {"kind": "Status", "code": 410}})
+        else:
+            for version, event in server.events:
+                if version > int(step.resource_version):
+                    _mirror(mirror, w.event(event))
+            return
+        _mirror(mirror, changes)
+    raise AssertionError("the client never caught up")
+
+
+def _mirror(mirror: dict, changes) -> None:
+    for o in changes.upserted:
+        mirror[o["metadata"]["name"]] = o["metadata"]["resourceVersion"]
+    for _, name in changes.deleted:
+        del mirror[name]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_after_any_history_the_held_set_is_the_servers(ops):
+    server, w, mirror = _Server(), machine(), {}
+    for op in ops:
+        server.apply(op)
+        if op[0] == "deliver":
+            _deliver(server, w, mirror)
+        elif op[0] == "drop" and w.phase is Phase.WATCH:
+            w.watch_failed(0, "connection reset")
+        elif op[0] == "error" and w.phase is Phase.WATCH:
+            assert w.event({"type": "ERROR", "object": {"kind": "Status", "code": 500}}).end_stream
+    _deliver(server, w, mirror)
+    assert mirror == server.store
+    assert w.held == {("shop", name) for name in server.store}
