@@ -316,7 +316,10 @@ class KubeSource:
 
     def _apply_changes(self, kind: ApiKind, changes: Changes) -> None:
         for obj in changes.upserted:
-            self._upsert(kind, obj)
+            try:
+                self._upsert(kind, obj)
+            except Exception:  # a bug in parsing one object must not stop the source (as a file's scan)
+                log.exception("%s %s: not applied", kind.kind, "/".join(p for p in object_key(obj) if p))
         for key in changes.deleted:
             self.registry.remove_file(registry_name(kind.kind, key))
             if kind is POD:

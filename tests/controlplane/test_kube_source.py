@@ -8,6 +8,7 @@ Waiting is on events, never on time: ``Progress.until`` wakes on each batch the 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -296,3 +297,13 @@ def test_a_replicaset_pod_is_named_after_its_deployment():
 def test_registry_names_say_kind_namespace_and_name():
     assert registry_name("Pod", ("shop", "web")) == "kubernetes:Pod/shop/web"
     assert registry_name("Namespace", ("", "shop")) == "kubernetes:Namespace/shop"
+
+
+async def test_a_list_page_past_its_bound_is_refused(fake):
+    fake.put(pod("web"))
+    configuration = kubernetes.client.Configuration(host=fake.url, api_key={"BearerToken": TOKEN},
+                                                    api_key_prefix={"BearerToken": "Bearer"})
+    api = KubeApi(kubernetes.client.ApiClient(configuration), max_page_bytes=512)
+    with pytest.raises(ApiError, match="larger than 512 bytes"):
+        await trio.to_thread.run_sync(api.list_all, kc.POD)
+    assert len(json.dumps(fake.get(kc.POD, "shop", "web"))) > 512  # one pod: the page is over the bound
