@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "(default: /proc, with the host's PID namespace; e.g. /host/proc when mounted)")
     agent.add_argument("--kubeconfig", type=Path, default=None, metavar="FILE",
                        help="with --kubernetes: the API server's credentials (default: the pod's service account)")
+    agent.add_argument("--no-dns-capture", dest="dns_capture", action="store_false",
+                       help="leave captured pods' DNS alone (by default port 53 goes to ztunnel's DNS proxy on "
+                            "15053, as Istio's cni.ambient.dnsCapture)")
     agent.set_defaults(func=cmd_node_agent)
 
 
@@ -44,8 +47,10 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
 
     from bpf.agent import NodeAgent
     from mesh.api.types import ADDRESS_TYPE_URL
+    from mesh.certs import CertificateError
     from mesh.errors import UsageError
     from mesh.netns import pod_netns_name, validate_lab_name
+    from mesh.token_file import token_file
     from mesh.xds.client import ClientConfig, DiscoveryClient
 
     if not args.kubernetes and (args.cni_socket, args.kubeconfig, args.proc_root) != (None, None, None):
@@ -54,17 +59,18 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
         if args.lab is not None:
             validate_lab_name(args.lab)
         root_pem = args.ca_root.read_bytes()
-        token = args.token_file.read_text().strip()
+        token = token_file(args.token_file)  # read again for every stream: Kubernetes rotates projected tokens
+        token()  # readable now, or a usage error now
         config = ClientConfig(target=args.discovery_address, root_pem=root_pem, token=token,
                               subscriptions={ADDRESS_TYPE_URL: None}, server_name=args.server_name,
                               node_id=f"node-agent~{args.node}")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CertificateError) as exc:
         raise UsageError(str(exc)) from None
     if args.kubernetes:
         agent = _kubernetes_agent(args, DiscoveryClient(config))
     else:
         agent = NodeAgent(args.node, args.state_dir, functools.partial(pod_netns_name, args.lab),
-                          DiscoveryClient(config))
+                          DiscoveryClient(config), dns_capture=args.dns_capture)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -102,4 +108,4 @@ def _kubernetes_agent(args: argparse.Namespace, client):  # -> NodeAgent (import
     def netns_of(namespace: str, name: str) -> str | None:
         return pods.netns_of(pin_name(namespace, name))
 
-    return NodeAgent(args.node, args.state_dir, netns_of, client, kubernetes=pods)
+    return NodeAgent(args.node, args.state_dir, netns_of, client, kubernetes=pods, dns_capture=args.dns_capture)

@@ -15,9 +15,6 @@ each time).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import grpc
 import trio
 from cryptography import x509
@@ -29,32 +26,10 @@ from google.protobuf import struct_pb2
 from ca.proto import ca_pb2
 from mesh.certs import CertificateError, CertifiedKey, spiffe_id_of
 from mesh.identity import SpiffeId
+from mesh.token_file import MAX_TOKEN_FILE_BYTES, TokenSource, token_file  # noqa: F401 (re-exported)
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 DEFAULT_TIMEOUT = 10.0
-MAX_TOKEN_FILE_BYTES = 64 * 1024  # a token file is ~1 KiB; a larger file is not one
-
-TokenSource = Callable[[], str]
-
-
-def token_file(path: Path) -> TokenSource:
-    """A ``TokenSource`` that reads ``path`` on every call (the kubelet rotates projected tokens by
-    replacing the file). An unreadable, empty or oversized file is a ``CertificateError`` naming it."""
-
-    def read() -> str:
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_TOKEN_FILE_BYTES + 1)
-        except OSError as exc:
-            raise CertificateError(f"token file {path}: {exc.strerror or exc}") from None
-        if len(data) > MAX_TOKEN_FILE_BYTES:
-            raise CertificateError(f"token file {path}: over {MAX_TOKEN_FILE_BYTES} bytes: not a token")
-        token = data.decode("utf-8", "replace").strip()
-        if not token:
-            raise CertificateError(f"token file {path} is empty")
-        return token
-
-    return read
 
 
 class CaRequestFailed(CertificateError):

@@ -63,11 +63,12 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from ca.client import CaClient, token_file
+    from ca.client import CaClient
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, L7_POLICY_TYPE_URL, ROUTE_TYPE_URL, WASM_PLUGIN_TYPE_URL
     from mesh.certs import CertificateError
     from mesh.errors import UsageError
+    from mesh.token_file import token_file
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from waypoint.access_log import AccessLog
     from waypoint.admin import WaypointAdmin, WaypointAdminView

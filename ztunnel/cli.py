@@ -135,12 +135,13 @@ def cmd_ztunnel(args: argparse.Namespace) -> int:
     import trio
 
     from ca.cert_store import CertificateStore
-    from ca.client import CaClient, token_file
+    from ca.client import CaClient
     from ca.secrets import SecretManager
     from mesh.api.types import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
     from mesh.certs import CertificateError
     from mesh.concurrency import wait_for_stop
     from mesh.errors import UsageError
+    from mesh.token_file import token_file
     from mesh.xds.client import ClientConfig, DiscoveryClient
     from ztunnel.admin import ZtunnelAdmin
     from ztunnel.metrics import ZtunnelMetrics

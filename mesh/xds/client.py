@@ -111,7 +111,7 @@ class ClientConfig:
     target: str
     root_pem: bytes = field(repr=False)
     # The bearer token, or a function that gives it (read again for every stream: Kubernetes rotates a
-    # projected token by replacing its file; an error from it fails that stream only: ``ca.client.token_file``).
+    # projected token by replacing its file; an error from it fails that stream only: ``mesh.token_file``).
     token: str | Callable[[], str] = field(repr=False)
     subscriptions: Mapping[str, frozenset[str] | None]
     server_name: str | None = None  # TLS name to check instead of the target's host

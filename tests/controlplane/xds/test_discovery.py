@@ -543,10 +543,10 @@ async def test_a_node_token_bound_to_another_address_is_refused(plane, caplog):
 
 
 async def test_the_token_is_read_again_for_every_stream(plane, token, tmp_path):
-    """A token given as a function (``ca.client.token_file``: Kubernetes rotates projected tokens by
+    """A token given as a function (``mesh.token_file``: Kubernetes rotates projected tokens by
     replacing the file) is read for each stream: a token that cannot be read fails that stream only,
     and once the file is back the next stream presents what it holds now."""
-    from ca.client import token_file
+    from mesh.token_file import token_file
 
     path = tmp_path / "token"
     path.write_text(token)
