@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from ca import store
 from ca.authority import IssuancePolicy
+from ca.kube_auth import DEFAULT_AUDIENCES, DEFAULT_NODE_SERVICE_ACCOUNTS, KubeAuthConfig
 from ca.server import DEFAULT_PORT, DEFAULT_SERVER_NAMES, CaMetrics, CaServer, ServeConfig, start_metrics_server
 from ca.service import CertificateService
 from ca.tokens import TOKEN_FILE, TokenStore
@@ -172,6 +173,8 @@ class ControlPlaneConfig:
     service_cidr: str = DEFAULT_SERVICE_CIDR
     metrics_listen: str | None = None
     kubernetes: KubeOptions | None = None  # --kubernetes
+    # With --kubernetes: service-account tokens are accepted too, reviewed by the API (TokenReview).
+    kube_auth: KubeAuthConfig | None = None
 
     def __post_init__(self) -> None:
         if self.config_dir is None and self.kubernetes is None:
@@ -202,9 +205,21 @@ async def serve(config: ControlPlaneConfig, *, task_status=trio.TASK_STATUS_IGNO
         PodStatusFile(config.state_dir / POD_STATUS_FILE, registry)]
     for source in sources:  # the first view already has everything that is on disk
         source.scan()
-    service = CertificateService(authority, tokens, control, IssuancePolicy())
+    kube_auth = None
+    if config.kube_auth is not None and config.kubernetes is not None:
+        from ca.kube_auth import KubeTokenAuthenticator, TokenReviewClient
+        from controlplane.kube_client import connect  # the kubernetes client, only when used
+
+        api_client = await trio.to_thread.run_sync(connect, config.kubernetes.kubeconfig)
+        # No pod → node lookup: the node a ztunnel may impersonate for comes from its token's bound
+        # pod (the TokenReview's node-name, Kubernetes 1.30 and later; older clusters: no impersonation).
+        kube_auth = KubeTokenAuthenticator(config.kube_auth, TokenReviewClient(api_client))
+    service = CertificateService(authority, tokens, control, IssuancePolicy(), kube=kube_auth)
+    # Discovery takes the same callers as the CA: project tokens, and with --kubernetes reviewed
+    # service-account tokens (a waypoint's, a ztunnel's).
     server = CaServer(service, config.serve, CaMetrics(prometheus),
-                      extra_handlers=(discovery_handler(control.publisher, tokens.authenticate, registry=prometheus),))
+                      extra_handlers=(discovery_handler(control.publisher, service.authenticate_token,
+                                                        registry=prometheus),))
     async with trio.open_nursery() as nursery:
         if config.kubernetes is not None:  # before the first view, which then holds the cluster
             from controlplane.kube_writeback import run_kubernetes  # the kubernetes client, only when used
@@ -240,6 +255,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cp.add_argument("--waypoint-discovery-address", default=WaypointTemplate.discovery_address,
                     metavar="HOST:PORT", help="with --kubernetes: where the waypoints reach this control plane "
                                               "(default %(default)s; its host is the TLS name they check)")
+    cp.add_argument("--token-audience", action="append", metavar="AUDIENCE",
+                    help="with --kubernetes: an audience a service-account token must carry (repeatable; "
+                         f"default {', '.join(DEFAULT_AUDIENCES)})")
+    cp.add_argument("--node-service-account", action="append", metavar="NAMESPACE/NAME",
+                    help="with --kubernetes: a service account that may ask for its node's pods' certificates, "
+                         f"as ztunnel does (repeatable; default {', '.join(sorted(DEFAULT_NODE_SERVICE_ACCOUNTS))})")
     cp.add_argument("--state", type=Path, required=True, metavar="DIR",
                     help=f"state: {CA_SUBDIR}/ (created if absent) and {POD_STATUS_FILE} (pod status from the lab)")
     cp.add_argument("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT")
@@ -255,8 +276,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_controlplane(args: argparse.Namespace) -> int:
     from mesh.errors import UsageError
 
-    if args.kubeconfig is not None and not args.kubernetes:
-        raise UsageError("--kubeconfig needs --kubernetes")
+    for flag, value in (("--kubeconfig", args.kubeconfig), ("--token-audience", args.token_audience),
+                        ("--node-service-account", args.node_service_account)):
+        if value is not None and not args.kubernetes:
+            raise UsageError(f"{flag} needs --kubernetes")
     if args.config is None and not args.kubernetes:
         raise UsageError("give --config DIR, --kubernetes, or both")
     if args.kubeconfig is not None and not args.kubeconfig.is_file():
@@ -268,8 +291,13 @@ def cmd_controlplane(args: argparse.Namespace) -> int:
             kubernetes = KubeOptions(args.kubeconfig, WaypointTemplate(
                 image=args.waypoint_image, discovery_address=address, server_name=address.rpartition(":")[0],
                 trust_domain=args.trust_domain))
+        kube_auth = None
+        if args.kubernetes:
+            kube_auth = KubeAuthConfig(
+                args.trust_domain, audiences=tuple(args.token_audience or DEFAULT_AUDIENCES),
+                node_service_accounts=frozenset(args.node_service_account or DEFAULT_NODE_SERVICE_ACCOUNTS))
         config = ControlPlaneConfig(
-            config_dir=args.config, state_dir=args.state, kubernetes=kubernetes,
+            config_dir=args.config, state_dir=args.state, kubernetes=kubernetes, kube_auth=kube_auth,
             serve=ServeConfig(listen=args.listen, server_names=tuple(args.server_name or DEFAULT_SERVER_NAMES),
                               workers=256),
             mesh=MeshConfig(cluster_id=args.cluster_id, trust_domain=args.trust_domain),

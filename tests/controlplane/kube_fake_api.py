@@ -12,6 +12,8 @@ plane uses, on 127.0.0.1 and an ephemeral port, in a thread (stdlib ``ThreadingH
   with a 410 ``Status`` (as the watch cache answers), or HTTP 410 with ``gone_as_http``.
 - ``PATCH <object>[/status]`` with ``application/apply-patch+yaml``: server-side apply, recorded in
   ``applied`` (path, query, body) and stored, so a watch sees it (a Service gets a clusterIP).
+- ``POST /apis/authentication.k8s.io/v1/tokenreviews``: a TokenReview, authenticated for a token the
+  test ``issue``d (a service account's, with audience ``istio-ca``), else ``authenticated: false``.
 - Every request must carry ``Authorization: Bearer <token>``, else 401.
 
 The tests change the store through ``put`` / ``delete`` / ``bookmark`` / ``send_error``, each of which
@@ -21,6 +23,7 @@ and resourceVersion, so a test can assert where a re-watch resumed.
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import json
@@ -57,8 +60,23 @@ class FakeApi:
         self._ending: dict[int, str] = {}  # generation → "end" | "drop"
         self._ips = itertools.count(10)
         self._server: ThreadingHTTPServer | None = None
+        self.issued: dict[str, tuple[str, str]] = {}  # service-account token → (namespace, service account)
+        self.reviews = 0
 
     # -- the test's side
+
+    def issue(self, namespace: str, service_account: str) -> str:
+        """A JWT-shaped token for the service account (as TokenRequest gives; the signature is not one)."""
+        def segment(data: dict) -> str:
+            return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+        token = ".".join((segment({"alg": "RS256", "kid": "test"}),
+                          segment({"aud": ["istio-ca"], "exp": int(time.time()) + 3600,
+                                   "sub": f"system:serviceaccount:{namespace}:{service_account}",
+                                   "jti": str(len(self.issued))}),
+                          segment({"signature": "none"})))
+        self.issued[token] = (namespace, service_account)
+        return token
 
     @property
     def url(self) -> str:
@@ -285,6 +303,24 @@ class _Handler(BaseHTTPRequestHandler):
             if how == "drop":
                 self.close_connection = True
                 return
+
+    def do_POST(self) -> None:
+        if not self._authorized():
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if urlsplit(self.path).path != "/apis/authentication.k8s.io/v1/tokenreviews":
+            self._send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+            return
+        self.fake.reviews += 1
+        account = self.fake.issued.get(body["spec"]["token"])
+        review = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "spec": body["spec"],
+                  "status": {"authenticated": False, "error": "invalid bearer token"}}
+        if account is not None and "istio-ca" in body["spec"].get("audiences", ["istio-ca"]):
+            namespace, name = account
+            review["status"] = {"authenticated": True, "audiences": ["istio-ca"], "user": {
+                "username": f"system:serviceaccount:{namespace}:{name}", "uid": "0",
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]}}
+        self._send_json(201, review)
 
     def do_PATCH(self) -> None:
         if not self._authorized():

@@ -73,6 +73,45 @@ async def test_the_cluster_reaches_discovery_and_the_waypoint_is_deployed(tmp_pa
         nursery.cancel_scope.cancel()
 
 
+async def test_service_account_tokens_reach_discovery_and_the_ca_through_token_review(tmp_path, fake):
+    """With --kubernetes a workload presents its projected service-account token (audience istio-ca),
+    as a waypoint pod does: reviewed by the API, it is good for discovery and for its own identity's
+    certificate, and for nothing else; a token the API does not vouch for is refused by both."""
+    from ca.client import CaClient, CaRequestFailed
+    from ca.kube_auth import KubeAuthConfig
+    from mesh.identity import SpiffeId
+
+    fake.put(namespace("shop", {"istio.io/dataplane-mode": "ambient"}))
+    state = tmp_path / "state"
+    state.mkdir()
+    settings = cp.ControlPlaneConfig(None, state, ServeConfig(listen="127.0.0.1:0", workers=16), MeshConfig(),
+                                     kubernetes=KubeOptions(kubeconfig(tmp_path, fake), None),
+                                     kube_auth=KubeAuthConfig("cluster.local"))
+    waypoint = fake.issue("shop", "waypoint")
+    async with trio.open_nursery() as nursery:
+        port, _ = await nursery.start(cp.serve, settings)
+        client = client_for(state, port, waypoint)
+        with trio.fail_after(15):
+            await nursery.start(client.run)  # discovery took the reviewed token
+        root = (state / "ca" / "root-cert.pem").read_bytes()
+
+        def certificates() -> tuple[SpiffeId, str]:
+            with CaClient(f"127.0.0.1:{port}", root, waypoint, server_name="localhost") as ca:
+                own = ca.create_certificate(SpiffeId("cluster.local", "shop", "waypoint")).identity
+                with pytest.raises(CaRequestFailed) as other:
+                    ca.create_certificate(SpiffeId("cluster.local", "shop", "web"))
+            with CaClient(f"127.0.0.1:{port}", root, fake.issue("shop", "web") + "x", server_name="localhost") as ca:
+                with pytest.raises(CaRequestFailed) as forged:
+                    ca.create_certificate(SpiffeId("cluster.local", "shop", "web"))
+            return own, f"{other.value} / {forged.value}"
+
+        own, refusals = await trio.to_thread.run_sync(certificates)
+        assert own == SpiffeId("cluster.local", "shop", "waypoint")
+        assert "PERMISSION_DENIED" in refusals.split(" / ")[0] and "UNAUTHENTICATED" in refusals.split(" / ")[1]
+        assert fake.reviews >= 2
+        nursery.cancel_scope.cancel()
+
+
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     cp.register(parser.add_subparsers())
@@ -84,6 +123,8 @@ def parse(*argv: str) -> argparse.Namespace:
     (("--state", "s", "--config", ".", "--kubeconfig", "k"), "--kubeconfig needs --kubernetes"),
     (("--state", "s", "--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"), "not a file"),
     (("--state", "s", "--kubernetes", "--waypoint-discovery-address", "istiod"), "expected HOST:PORT"),
+    (("--state", "s", "--config", ".", "--token-audience", "istio-ca"), "--token-audience needs --kubernetes"),
+    (("--state", "s", "--kubernetes", "--node-service-account", "ztunnel"), "node service account 'ztunnel'"),
 ])
 def test_the_command_names_what_is_wrong(argv, message):
     with pytest.raises(UsageError, match=message):
