@@ -104,6 +104,10 @@ def test_everything_namespaced_is_in_istio_system() -> None:
 def test_every_image_is_the_one_image_at_the_mesh_version() -> None:
     images = {c["image"] for w in workloads() for c in containers(w.doc)}
     assert images == {f"ambient-mesh:{mesh.__version__}"}
+    # and the waypoints the control plane deploys run it too
+    (discovery,) = [c for w in workloads() for c in containers(w.doc) if "controlplane" in c.get("args", [])]
+    args = discovery["args"]
+    assert args[args.index("--waypoint-image") + 1] == f"ambient-mesh:{mesh.__version__}"
 
 
 # ------------------------------------------------------------------ every container
