@@ -44,6 +44,8 @@ from mesh.backoff import Backoff
 
 log = logging.getLogger("ambient.kube.writeback")
 
+SYSTEM_NAMESPACE = "istio-system"  # the install's namespace (manifests/install/), as Istio's
+
 AppliedKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
@@ -78,8 +80,9 @@ def plan_writeback(gateways: Mapping[ObjectKey, GatewayInfo], service_ips: Mappi
                               statuses.get(key), now)
         if body != statuses.get(key):
             status_bodies.append((key, body))
-    # The root certificate first: the Deployments' pods mount it.
-    roots = [root_cert_config_map(ns, root_pem) for ns in sorted(waypoint_namespaces)]
+    # The root certificate first: the Deployments' pods mount it; and in the control plane's own
+    # namespace, where ztunnel's DaemonSet mounts it (manifests/install/ztunnel.yaml).
+    roots = [root_cert_config_map(ns, root_pem) for ns in sorted(waypoint_namespaces | {SYSTEM_NAMESPACE})]
     applies = [(_key(obj), obj, digest(obj)) for obj in roots] + applies
     changed = tuple(item for item in applies if applied.get(item[0]) != item[2])
     forget = tuple(key for key in statuses if key not in gateways)

@@ -103,7 +103,8 @@ def test_plan_applies_only_what_changed():
     gateways = {("shop", "waypoint"): info(), ("shop", "ingress"): info("ingress", "istio")}
     plan = plan_writeback(gateways, {}, TEMPLATE, "PEM", {}, {}, "t0")
     kinds = [key for key, _, _ in plan.applies]
-    assert kinds == [("ConfigMap", "shop", ROOT_CERT_CONFIG_MAP), ("ServiceAccount", "shop", "waypoint"),
+    assert kinds == [("ConfigMap", "istio-system", ROOT_CERT_CONFIG_MAP),  # for ztunnel's DaemonSet
+                     ("ConfigMap", "shop", ROOT_CERT_CONFIG_MAP), ("ServiceAccount", "shop", "waypoint"),
                      ("Service", "shop", "waypoint"), ("Deployment", "shop", "waypoint")]  # not the ingress
     assert [key for key, _ in plan.statuses] == [("shop", "waypoint")]
     applied = {key: fingerprint for key, _, fingerprint in plan.applies}
@@ -120,7 +121,7 @@ def test_plan_applies_only_what_changed():
 
 def test_plan_renders_nothing_for_an_invalid_gateway_but_reports_it():
     plan = plan_writeback({("shop", "waypoint"): info(problems=("bad",))}, {}, TEMPLATE, "PEM", {}, {}, "t0")
-    assert plan.applies == ()
+    assert [key for key, _, _ in plan.applies] == [("ConfigMap", "istio-system", ROOT_CERT_CONFIG_MAP)]
     assert plan.statuses[0][1]["status"]["conditions"][0]["status"] == "False"
 
 
