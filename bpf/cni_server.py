@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from bpf.cni_protocol import (
 )
 from mesh.concurrency import accept_loop
 from mesh.errors import describe
+from mesh.zds import remove_stale_socket
 
 log = logging.getLogger("ambient.nodeagent.cni")
 
@@ -57,7 +57,7 @@ class CniServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Bind (0600, before listen), report started, serve until cancelled; unlink the socket after."""
         self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _remove_stale_socket(self.socket_path)
+        remove_stale_socket(self.socket_path, "CNI")
         listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         inode = None
         try:
@@ -130,13 +130,3 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
     while view:
         sent = await sock.send(view)
         view = view[sent:]
-
-
-def _remove_stale_socket(path: Path) -> None:
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket; not replacing it with the CNI socket")
-    path.unlink()

@@ -18,30 +18,21 @@ one table of our own in the pod's netns, replaced whole by one ``nft -f -``:
     }
 
 Both functions are idempotent (the table is created before it is deleted), so a restarted agent can
-apply or undo them again. ``nft`` runs with the calling process in the pod's netns (``setns`` in the
-child before exec), so the host's own ruleset is never touched.
+apply or undo them again. ``nft`` runs inside the pod's netns (``mesh.nft``), so the host's own
+ruleset is never touched; a failure is ``mesh.nft.NftError``, an OSError.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-from functools import partial
 
 from bpf.capture import PROXY_MARK
-from mesh.netns import enter_netns
+from mesh.nft import run_nft
 from mesh.ports import DNS_PROXY_PORT
 
-NFT = "nft"
-NFT_TIMEOUT = 10.0  # seconds for one `nft -f`: it loads these few lines in milliseconds
 TABLE = "ambient_dns"
 DNS_PORT = 53
 NAT_OUTPUT_PRIORITY = -100  # nftables' dstnat priority, as a number (older nft takes no names in output)
-
-
-class NftError(OSError):
-    """nft refused the script (its message), or could not run: an OSError, as the agent treats every
-    failure to set up a pod's capture."""
 
 
 def redirect_ruleset(port: int = DNS_PROXY_PORT) -> str:
@@ -61,22 +52,17 @@ def removal_ruleset() -> str:
     return f"table ip {TABLE}\ndelete table ip {TABLE}\n"
 
 
-def run_nft(netns_path: str, script: str) -> None:
-    """``nft -f -`` with ``script``, in the netns at ``netns_path`` (a /run/netns file or
-    /proc/<pid>/ns/net). ``NftError`` with nft's message if it fails."""
+def _run(netns_path: str, script: str) -> None:
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        result = subprocess.run([NFT, "-f", "-"], input=script, text=True, capture_output=True,
-                                timeout=NFT_TIMEOUT, preexec_fn=partial(enter_netns, fd))
+        run_nft(fd, script, netns_path)
     finally:
         os.close(fd)
-    if result.returncode != 0:
-        raise NftError(f"nft -f in {netns_path} exited {result.returncode}: {result.stderr.strip()}")
 
 
 def install_dns_redirect(netns_path: str, port: int = DNS_PROXY_PORT) -> None:
-    run_nft(netns_path, redirect_ruleset(port))
+    _run(netns_path, redirect_ruleset(port))
 
 
 def remove_dns_redirect(netns_path: str) -> None:
-    run_nft(netns_path, removal_ruleset())
+    _run(netns_path, removal_ruleset())

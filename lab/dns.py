@@ -19,16 +19,14 @@ answer is decided here, as the Kubernetes DNS specification and CoreDNS's ``kube
 - Anything outside cluster.local: REFUSED. CoreDNS would forward it upstream, but no lab netns has a
   route to the host's network (DESIGN.md section 9), so there is no upstream to ask.
 
-Bounds: one question per query (else FORMERR), a UDP query over ``MAX_UDP_QUERY`` bytes is REFUSED
-from its header alone, a TCP one over ``MAX_TCP_QUERY`` too; UDP answers fit the client's EDNS payload
-(512 bytes without EDNS, at most ``MAX_UDP_RESPONSE``) and are truncated (TC) beyond it. A query
-whose header cannot even be read, or that is a response, raises ``MalformedQuery``: the driver drops
-it, as there is nothing to answer to. ``lab.dns_server`` is the trio driver (UDP and TCP).
+Bounds: one question per query (else FORMERR), and those of ``mesh.dns_wire`` (shared with ztunnel's
+DNS proxy): query sizes refused from the header, answers truncated to the client's payload, and
+``MalformedQuery`` (no header, or a response) dropped by the driver. ``lab.dns_server`` is the trio
+driver (UDP and TCP).
 """
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ import dns.rdatatype
 import dns.rrset
 
 from lab.resolv import CLUSTER_DOMAIN
+from mesh.dns_wire import MAX_UDP_RESPONSE, UDP, header_reply, query_header, sized, too_long
 
 ZONE = dns.name.from_text(CLUSTER_DOMAIN)
 SVC = dns.name.from_text("svc", ZONE)
@@ -57,20 +56,7 @@ SOA_MNAME = dns.name.from_text("ns.dns", ZONE)
 SOA_RNAME = dns.name.from_text("hostmaster", ZONE)
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400
 
-UDP, TCP = "udp", "tcp"
-HEADER_SIZE = 12
 MAX_LABEL = 63  # RFC 1035 2.3.4
-# RFC 1035's UDP limit: a stub resolver's query for one name is far below it, so a bigger datagram is
-# no query a pod's resolver makes; refused before it is parsed.
-MAX_UDP_QUERY = 512
-MAX_TCP_QUERY = 4096  # one question and an OPT record fit many times over; a longer message is refused
-CLASSIC_UDP_PAYLOAD = 512  # what a client without EDNS can take
-MAX_UDP_RESPONSE = 1232  # the DNS flag day's EDNS payload: no fragmentation on any path
-MAX_TCP_RESPONSE = 65535  # the two-byte length prefix
-
-
-class MalformedQuery(ValueError):
-    """Bytes that cannot be answered at all (shorter than a header, or a response): drop them."""
 
 
 @dataclass(frozen=True)
@@ -226,21 +212,17 @@ def lookup(view: DnsView, qname: dns.name.Name, qtype: int) -> Lookup:
 def answer(query_wire: bytes, view: DnsView, transport: str = UDP) -> bytes:
     """The response to ``query_wire``, received over ``transport`` (UDP or TCP), from ``view``.
     Raises ``MalformedQuery`` when there is nothing to answer to (see the module docstring)."""
-    if transport not in (UDP, TCP):
-        raise ValueError(f"transport is {UDP!r} or {TCP!r}, not {transport!r}")
-    if len(query_wire) < HEADER_SIZE:
-        raise MalformedQuery(f"{len(query_wire)} bytes: shorter than a DNS header")
-    _header_flags(query_wire)
-    if len(query_wire) > (MAX_UDP_QUERY if transport == UDP else MAX_TCP_QUERY):
-        return _header_reply(query_wire, dns.rcode.REFUSED)
-    if dns.opcode.from_flags(_header_flags(query_wire)) != dns.opcode.QUERY:  # UPDATE, NOTIFY...: not parsed
-        return _header_reply(query_wire, dns.rcode.NOTIMP)
+    query_id, flags = query_header(query_wire, transport)
+    if too_long(query_wire, transport):
+        return header_reply(query_id, flags, dns.rcode.REFUSED)
+    if dns.opcode.from_flags(flags) != dns.opcode.QUERY:  # UPDATE, NOTIFY...: not parsed
+        return header_reply(query_id, flags, dns.rcode.NOTIMP)
     try:
         query = dns.message.from_wire(query_wire)
     except (dns.exception.DNSException, ValueError):  # bad labels, pointers, counts, EDNS, trailing bytes
-        return _header_reply(query_wire, dns.rcode.FORMERR)
+        return header_reply(query_id, flags, dns.rcode.FORMERR)
     if len(query.question) != 1:
-        return _header_reply(query_wire, dns.rcode.FORMERR)
+        return header_reply(query_id, flags, dns.rcode.FORMERR)
     question = query.question[0]
     response = dns.message.make_response(query, recursion_available=False, our_payload=MAX_UDP_RESPONSE)
     if question.rdclass != dns.rdataclass.IN:
@@ -258,31 +240,4 @@ def answer(query_wire: bytes, view: DnsView, transport: str = UDP) -> bytes:
                                   f"{SOA_MNAME} {SOA_RNAME} {view.serial} {SOA_REFRESH} {SOA_RETRY} "
                                   f"{SOA_EXPIRE} {TTL}")
         (response.answer if found.soa_answer else response.authority).append(soa)
-    if transport == TCP:
-        limit = MAX_TCP_RESPONSE
-    elif query.edns >= 0:
-        limit = max(CLASSIC_UDP_PAYLOAD, min(query.payload, MAX_UDP_RESPONSE))
-    else:
-        limit = CLASSIC_UDP_PAYLOAD
-    return response.to_wire(max_size=limit, prefer_truncation=True)
-
-
-def _header_flags(query_wire: bytes) -> int:
-    """The header's flags; ``MalformedQuery`` for a response, which no server answers (it could start
-    a loop between two of them)."""
-    (flags,) = struct.unpack("!H", query_wire[2:4])
-    if flags & dns.flags.QR:
-        raise MalformedQuery("a response, not a query")
-    return flags
-
-
-def _header_reply(query_wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
-    """A reply with no sections, from the query's id and flags alone (the rest could not be read or is
-    not read): QR set, its opcode and RD echoed, ``rcode``."""
-    query_id, flags = struct.unpack("!HH", query_wire[:4])
-    reply = dns.message.Message(id=query_id)
-    reply.flags = dns.flags.QR | (flags & dns.flags.RD)
-    reply.set_opcode(dns.opcode.from_flags(flags))
-    reply.set_rcode(rcode)
-    return reply.to_wire()
-
+    return sized(response, query, transport)

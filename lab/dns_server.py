@@ -26,7 +26,8 @@ from pathlib import Path
 
 import trio
 
-from lab.dns import MAX_TCP_QUERY, TCP, UDP, DnsView, MalformedQuery, answer
+from lab.dns import DnsView, answer
+from mesh.dns_wire import MAX_TCP_QUERY, TCP, UDP, MalformedQuery, servfail
 from mesh.watched_file import WatchedJsonFile
 
 log = logging.getLogger("ambient.lab.dns")
@@ -34,14 +35,6 @@ log = logging.getLogger("ambient.lab.dns")
 MAX_DATAGRAM = 65535  # read whole: a datagram cut at the buffer's size would look like a short query
 MAX_TCP_CONNECTIONS = 64  # a lab's pods, each with a resolver that falls back to TCP now and then
 TCP_IDLE_TIMEOUT = 10.0  # CoreDNS's read timeout on a TCP connection
-
-
-def _servfail(query: bytes) -> bytes | None:
-    """SERVFAIL from the query's header: what a bug in ``answer`` still owes the client."""
-    if len(query) < 4:
-        return None
-    query_id, flags = struct.unpack("!HH", query[:4])
-    return struct.pack("!HHHHHH", query_id, 0x8000 | (flags & 0x7900) | 2, 0, 0, 0, 0)
 
 
 def respond(query: bytes, view: DnsView, transport: str) -> bytes | None:
@@ -53,7 +46,7 @@ def respond(query: bytes, view: DnsView, transport: str) -> bytes | None:
         return None
     except Exception:
         log.exception("answering a %s query failed", transport)
-        return _servfail(query)
+        return servfail(query)
 
 
 async def _serve_udp(sock: trio.socket.SocketType, view: Callable[[], DnsView]) -> None:

@@ -50,25 +50,23 @@ import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from controlplane.registry import DEFAULT_SERVICE_CIDR
 from lab.topology import LabPlan, netns_prefix
 from lab.workloads import node_name
-from mesh.netns import enter_netns, netns_path
+from mesh.netns import netns_path
+from mesh.nft import run_nft
 
 log = logging.getLogger("ambient.lab.kube_proxy")
 
 TABLE = "ambient-kube-proxy"
-NFT = "nft"
 SERVICE_CIDR = IPv4Network(DEFAULT_SERVICE_CIDR)  # the control plane's, where the VIPs come from
 POD_BRIDGE = "br-pods"  # lab.topology.POD_BRIDGE: the node's bridge to its pods
 # Hook priorities: nftables' dstnat (-100) and srcnat (100), written as numbers since nft 1.0.6 takes the
 # names in prerouting and postrouting but not in output; the checks run just after the DNAT.
 DSTNAT, SRCNAT, AFTER_DSTNAT = -100, 100, -90
-NFT_TIMEOUT = 10.0  # seconds for one `nft -f`: it loads a few hundred lines in milliseconds
 # Where the lab runs (the host's netns, inherited by every process the lab starts outside a lab netns).
 OWN_NETNS = "/proc/self/ns/net"
 
@@ -210,12 +208,9 @@ def apply(lab_name: str, netns: str, script: str) -> None:
         target, own = os.fstat(fd), os.stat(OWN_NETNS)
         if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
             raise ValueError(f"{netns!r} is the netns the lab runs in, not a node's")
-        result = subprocess.run([NFT, "-f", "-"], input=script, text=True, capture_output=True,
-                                timeout=NFT_TIMEOUT, preexec_fn=partial(enter_netns, fd))
+        run_nft(fd, script, netns)
     finally:
         os.close(fd)
-    if result.returncode != 0:
-        raise RuntimeError(f"nft -f in {netns} exited {result.returncode}: {result.stderr.strip()}")
 
 
 class KubeProxy:

@@ -409,7 +409,7 @@ class ZdsServer:
         inode = None
         try:
             with trio.CancelScope() as self._serve_scope:
-                _remove_stale_socket(self.socket_path)
+                remove_stale_socket(self.socket_path)
                 try:
                     with addressable(self.socket_path) as address:
                         await listener.bind(address)
@@ -542,14 +542,16 @@ def addressable(path: str | os.PathLike[str]):
         os.close(directory)
 
 
-def _remove_stale_socket(path: Path) -> None:
+def remove_stale_socket(path: Path, what: str = "ZDS") -> None:
+    """Remove the Unix socket a previous server left at ``path`` (nothing there is fine); anything
+    else there is a FileExistsError, never replaced. ``what`` names the socket in the log and error."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket; not replacing it with the ZDS socket")
-    log.info("removing stale ZDS socket %s", path)
+        raise FileExistsError(f"{path} exists and is not a socket; not replacing it with the {what} socket")
+    log.info("removing stale %s socket %s", what, path)
     path.unlink()
 
 

@@ -18,10 +18,8 @@ How it works, as Istio's ztunnel (``src/dns/server.rs``) does it for a pod in am
 - A name held with no address of the asked family (AAAA: the mesh here is IPv4) is NOERROR with no
   answer, authoritative: the name exists, so it is not NXDOMAIN.
 
-Bounds: one question per query (else FORMERR); a query over ``MAX_UDP_QUERY`` / ``MAX_TCP_QUERY``
-bytes is REFUSED from its header alone; UDP answers fit the client's EDNS payload (512 bytes without
-EDNS, at most ``MAX_UDP_RESPONSE``), truncated (TC) beyond it. A query whose header cannot be read, or
-a response, raises ``MalformedQuery``: the driver drops it.
+Bounds: one question per query (else FORMERR), and those of ``mesh.dns_wire`` (shared with the lab's
+cluster DNS): query sizes, answers truncated to the client's payload, ``MalformedQuery`` dropped.
 """
 
 from __future__ import annotations
@@ -43,23 +41,13 @@ import dns.rdatatype
 import dns.rrset
 
 from mesh.api import workload_pb2 as wpb
+from mesh.dns_wire import HEADER_SIZE, MAX_UDP_RESPONSE, UDP, header_reply, query_header, sized, too_long
 from mesh.proxy_state import ProxyState, ip_text, service_key_of
 
 CLUSTER_DOMAIN = "cluster.local"
 TTL = 30  # ztunnel's DEFAULT_TTL_SECONDS
-UDP, TCP = "udp", "tcp"
-HEADER_SIZE = 12
-MAX_UDP_QUERY = 512  # a stub resolver's query for one name is far below RFC 1035's UDP limit
-MAX_TCP_QUERY = 4096  # one question and an OPT record fit many times over
-CLASSIC_UDP_PAYLOAD = 512  # what a client without EDNS can take
-MAX_UDP_RESPONSE = 1232  # the DNS flag day's EDNS payload: no fragmentation on any path
-MAX_TCP_RESPONSE = 65535  # the two-byte length prefix
 
 Address = IPv4Address | IPv6Address
-
-
-class MalformedQuery(ValueError):
-    """Bytes that cannot be answered at all (shorter than a header, or a response): drop them."""
 
 
 @dataclass(frozen=True)
@@ -195,23 +183,17 @@ def resolve(query_wire: bytes, table: DnsTable, client_namespace: str, transport
     """The answer to ``query_wire`` from a pod of ``client_namespace``, or ``Forward``. Raises
     ``MalformedQuery`` when there is nothing to answer to. ``shuffle``: the order of several
     addresses is random, as ztunnel's (tests pass a seeded one)."""
-    if transport not in (UDP, TCP):
-        raise ValueError(f"transport is {UDP!r} or {TCP!r}, not {transport!r}")
-    if len(query_wire) < HEADER_SIZE:
-        raise MalformedQuery(f"{len(query_wire)} bytes: shorter than a DNS header")
-    query_id, flags = struct.unpack("!HH", query_wire[:4])
-    if flags & dns.flags.QR:
-        raise MalformedQuery("a response, not a query")
-    if len(query_wire) > (MAX_UDP_QUERY if transport == UDP else MAX_TCP_QUERY):
-        return Reply(_header_reply(query_id, flags, dns.rcode.REFUSED), "refused: too long")
+    query_id, flags = query_header(query_wire, transport)
+    if too_long(query_wire, transport):
+        return Reply(header_reply(query_id, flags, dns.rcode.REFUSED), "refused: too long")
     if dns.opcode.from_flags(flags) != dns.opcode.QUERY:
         return Forward("opcode")
     try:
         query = dns.message.from_wire(query_wire)
     except (dns.exception.DNSException, ValueError):
-        return Reply(_header_reply(query_id, flags, dns.rcode.FORMERR), "malformed")
+        return Reply(header_reply(query_id, flags, dns.rcode.FORMERR), "malformed")
     if len(query.question) != 1:
-        return Reply(_header_reply(query_id, flags, dns.rcode.FORMERR), "malformed")
+        return Reply(header_reply(query_id, flags, dns.rcode.FORMERR), "malformed")
     question = query.question[0]
     if question.rdclass != dns.rdataclass.IN or question.rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
         return Forward("record type")
@@ -225,33 +207,14 @@ def resolve(query_wire: bytes, table: DnsTable, client_namespace: str, transport
     response = dns.message.make_response(query, recursion_available=True, our_payload=MAX_UDP_RESPONSE)
     response.flags |= dns.flags.AA  # from here on the proxy is the authority, as ztunnel
     if not addresses:
-        return Reply(_sized(response, query, transport), "no records")
+        return Reply(sized(response, query, transport), "no records")
     owner = question.name
     if alias.stripped is not None:
         response.answer.append(dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN,
                                                         dns.rdatatype.CNAME, [alias.stripped.to_text()]))
         owner = alias.stripped
     response.answer.append(dns.rrset.from_text_list(owner, TTL, dns.rdataclass.IN, question.rdtype, addresses))
-    return Reply(_sized(response, query, transport), "success")
-
-
-def _sized(response: dns.message.Message, query: dns.message.Message, transport: str) -> bytes:
-    if transport == TCP:
-        limit = MAX_TCP_RESPONSE
-    elif query.edns >= 0:
-        limit = max(CLASSIC_UDP_PAYLOAD, min(query.payload, MAX_UDP_RESPONSE))
-    else:
-        limit = CLASSIC_UDP_PAYLOAD
-    return response.to_wire(max_size=limit, prefer_truncation=True)
-
-
-def _header_reply(query_id: int, flags: int, rcode: dns.rcode.Rcode) -> bytes:
-    """A reply with no sections from the query's id and flags alone: QR, its opcode and RD, ``rcode``."""
-    reply = dns.message.Message(id=query_id)
-    reply.flags = dns.flags.QR | (flags & dns.flags.RD)
-    reply.set_opcode(dns.opcode.from_flags(flags))
-    reply.set_rcode(rcode)
-    return reply.to_wire()
+    return Reply(sized(response, query, transport), "success")
 
 
 def reply_matches(query_wire: bytes, reply_wire: bytes) -> bool:
@@ -259,11 +222,3 @@ def reply_matches(query_wire: bytes, reply_wire: bytes) -> bool:
     upstream socket is connected, so only the upstream's address can send it at all.)"""
     return (len(reply_wire) >= HEADER_SIZE and reply_wire[:2] == query_wire[:2]
             and bool(struct.unpack("!H", reply_wire[2:4])[0] & dns.flags.QR))
-
-
-def servfail(query_wire: bytes) -> bytes | None:
-    """SERVFAIL from a query's header: what a client is owed when no upstream answered."""
-    if len(query_wire) < 4:
-        return None
-    query_id, flags = struct.unpack("!HH", query_wire[:4])
-    return _header_reply(query_id, flags, dns.rcode.SERVFAIL)

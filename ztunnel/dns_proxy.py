@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import trio
 
-from ztunnel.dns import MAX_TCP_QUERY, TCP, UDP, DnsTable, Forward, MalformedQuery, reply_matches, resolve, servfail
+from mesh.dns_wire import MAX_TCP_QUERY, TCP, UDP, MalformedQuery, servfail
+from ztunnel.dns import DnsTable, Forward, reply_matches, resolve
 
 log = logging.getLogger("ambient.ztunnel.dns")
 

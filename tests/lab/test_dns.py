@@ -20,18 +20,9 @@ from hypothesis import given, settings, strategies as st
 
 from controlplane.view import ClusterState, PodStatus
 from lab import dns_server
-from lab.dns import (
-    MAX_UDP_QUERY,
-    TCP,
-    TTL,
-    DnsView,
-    MalformedQuery,
-    PodEntry,
-    ServiceEntry,
-    answer,
-    cluster_view,
-)
+from lab.dns import TTL, DnsView, PodEntry, ServiceEntry, answer, cluster_view
 from lab.resolv import resolv_conf, write_resolv_conf
+from mesh.dns_wire import MAX_UDP_QUERY, TCP, MalformedQuery
 from mesh.parse import parse_text
 
 A = IPv4Address

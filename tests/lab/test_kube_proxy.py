@@ -225,7 +225,7 @@ def test_driver_keeps_going_when_a_node_fails_and_retries_it():
 
 
 def test_apply_refuses_a_netns_outside_the_lab_before_running_anything(monkeypatch):
-    monkeypatch.setattr(kube_proxy.subprocess, "run", lambda *a, **k: pytest.fail("nft ran"))
+    monkeypatch.setattr(kube_proxy, "run_nft", lambda *a, **k: pytest.fail("nft ran"))
     with pytest.raises(ValueError, match="not a netns of lab"):
         kube_proxy.apply("kp", "amb-other.node-0", "")
     with pytest.raises(ValueError, match="not a netns of lab"):
@@ -235,6 +235,6 @@ def test_apply_refuses_a_netns_outside_the_lab_before_running_anything(monkeypat
 def test_apply_refuses_the_netns_the_lab_runs_in(monkeypatch, tmp_path):
     # A lab-named netns that is, in fact, this process's own (the host's): refused on the opened file.
     monkeypatch.setattr(kube_proxy, "netns_path", lambda name: kube_proxy.OWN_NETNS)
-    monkeypatch.setattr(kube_proxy.subprocess, "run", lambda *a, **k: pytest.fail("nft ran"))
+    monkeypatch.setattr(kube_proxy, "run_nft", lambda *a, **k: pytest.fail("nft ran"))
     with pytest.raises(ValueError, match="the netns the lab runs in"):
         kube_proxy.apply("kp", "amb-kp.node-0", "")

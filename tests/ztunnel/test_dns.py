@@ -11,21 +11,9 @@ import dns.rdatatype
 import pytest
 
 from mesh.api import workload_pb2 as wpb
+from mesh.dns_wire import MAX_UDP_QUERY, TCP, UDP, MalformedQuery, servfail
 from mesh.proxy_state import ProxyState
-from ztunnel.dns import (
-    MAX_UDP_QUERY,
-    TCP,
-    TTL,
-    UDP,
-    DnsTable,
-    Forward,
-    MalformedQuery,
-    Reply,
-    aliases,
-    reply_matches,
-    resolve,
-    servfail,
-)
+from ztunnel.dns import TTL, DnsTable, Forward, Reply, aliases, reply_matches, resolve
 
 
 def _service(name: str, namespace: str, vip: bytes | None = None, hostname: str | None = None) -> wpb.Address:
