@@ -2,7 +2,7 @@
 
 What it follows: the discovery view (Workloads), from the control plane with the node's token. A pod
 is to be captured when its Workload runs on this node with tunnel protocol HBONE: the control plane
-has already applied the label rules (``controlplane.view.is_enrolled``: the namespace's
+has already applied the label rules (``mesh.resources.is_enrolled``: the namespace's
 ``istio.io/dataplane-mode=ambient``, the pod's own label winning, ``none`` opting out), so labelling
 or unlabelling a namespace reaches the agent as changed Workloads and it enrolls or releases live.
 

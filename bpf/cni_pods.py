@@ -2,8 +2,8 @@
 
 istio-cni asks the same question in its plugin (``isAmbientPod``: GET the pod, GET the namespace, match
 the enablement selectors); here the node agent asks it, with the official ``kubernetes`` client. The
-rule is the control plane's (``controlplane.view.is_enrolled``, which ``bpf`` may not import; a test
-checks the two agree): the pod's ``istio.io/dataplane-mode`` wins (``none`` opts out), else the
+rule is the control plane's (``mesh.resources.is_enrolled``, one function for both): the pod's
+``istio.io/dataplane-mode`` wins (``none`` opts out), else the
 namespace's, and only the exact value ``ambient`` enrolls.
 
 The client is synchronous: ``KubernetesPodLookup.captured`` blocks, and the agent calls it through
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from mesh.resources import DATAPLANE_MODE
+from mesh.resources import is_enrolled
 
 # Each GET's bound: the plugin gives the agent 30 s for the whole ADD (lookup, attach, answer).
 API_TIMEOUT = 5.0
@@ -29,13 +29,6 @@ class PodLookupError(Exception):
 
 class PodLookup(Protocol):
     def captured(self, namespace: str, name: str) -> bool: ...
-
-
-def is_captured(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
-    pod_mode = pod_labels.get(DATAPLANE_MODE)
-    if pod_mode == "none":
-        return False
-    return pod_mode == "ambient" or namespace_labels.get(DATAPLANE_MODE) == "ambient"
 
 
 class KubernetesPodLookup:
@@ -67,7 +60,7 @@ class KubernetesPodLookup:
             raise PodLookupError(f"pod {namespace}/{name}: the API server answered {exc.status} {exc.reason}") from None
         except (HTTPError, OSError) as exc:
             raise PodLookupError(f"pod {namespace}/{name}: cannot reach the API server: {exc}") from None
-        return is_captured(_labels(pod), _labels(ns))
+        return is_enrolled(_labels(pod), _labels(ns))
 
 
 def _labels(obj: object) -> Mapping[str, str]:

@@ -225,15 +225,6 @@ def service_key(namespace: str, hostname: str) -> str:
 # ---------------------------------------------------------------- label rules (pure, table-tested)
 
 
-def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
-    """As istio-cni decides: the pod or its namespace says ``ambient`` and the pod does not say
-    ``none``. Any other value (``Ambient``, ``sidecar``) is no opinion: it neither enrols nor opts out."""
-    pod_mode = pod_labels.get(r.DATAPLANE_MODE)
-    if pod_mode == "none":
-        return False
-    return pod_mode == "ambient" or namespace_labels.get(r.DATAPLANE_MODE) == "ambient"
-
-
 def waypoint_ref(own: r.Meta, namespace_labels: Mapping[str, str]) -> tuple[str, str] | None:
     """``(namespace, name)`` of the waypoint that ``istio.io/use-waypoint`` asks for, if any."""
     for labels, home in ((own.labels, own.namespace), (namespace_labels, own.namespace)):
@@ -476,7 +467,7 @@ def compute_view(state: ClusterState, config: MeshConfig = MeshConfig()) -> Data
             uid=uid, name=name, namespace=namespace,
             addresses=[socket.inet_aton(status.ip)],  # IPv4, checked by PodStatus
             network=config.network,
-            tunnel_protocol=wpb.HBONE if is_enrolled(pod.meta.labels, labels) else wpb.NONE,
+            tunnel_protocol=wpb.HBONE if r.is_enrolled(pod.meta.labels, labels) else wpb.NONE,
             trust_domain=trust_domain,
             service_account=pod.spec.service_account,
             waypoint=_waypoint_for(pod.meta, labels, state, "workload", config),

@@ -37,7 +37,7 @@ import trio
 from bpf import bpffs
 from bpf.agent import STATUS_FILE as AGENT_STATUS_FILE
 from controlplane.registry import POD_STATUS_FILE, ConfigDirectory, Registry, write_pod_statuses
-from controlplane.view import PodStatus, is_enrolled
+from controlplane.view import PodStatus
 from lab import components, network
 from lab.agents import AWAITING_ZTUNNEL, ENROLLED, AgentStatus, capture_state, read_agent_status
 from lab.dns import cluster_view
@@ -394,7 +394,7 @@ class Lab:
 
     def _is_ambient(self, lab_pod: LabPod, namespaces=None) -> bool:
         ns = (namespaces if namespaces is not None else self.registry.state().namespaces).get(lab_pod.key[0])
-        return is_enrolled(lab_pod.pod.meta.labels, ns.meta.labels if ns else {})
+        return r.is_enrolled(lab_pod.pod.meta.labels, ns.meta.labels if ns else {})
 
     def _captured_or_not_ambient(self, runtime: _PodRuntime) -> bool:
         """Whether this very pod (its current netns) is captured by its node agent and served by the

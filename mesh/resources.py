@@ -563,3 +563,14 @@ KINDS: dict[str, type[Resource]] = {
     for cls in (Namespace, ServiceAccount, Pod, Deployment, Service, Gateway, HTTPRoute, GRPCRoute,
                 AuthorizationPolicy, PeerAuthentication, WasmPlugin)
 }
+
+
+def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> bool:
+    """Whether a pod is in the ambient mesh, as istio-cni decides: the pod or its namespace says
+    ``ambient`` and the pod does not say ``none``. Any other value (``Ambient``, ``sidecar``) is no
+    opinion: it neither enrols nor opts out. One rule for the control plane's view, the lab and the
+    node agent's CNI decision."""
+    pod_mode = pod_labels.get(DATAPLANE_MODE)
+    if pod_mode == "none":
+        return False
+    return pod_mode == "ambient" or namespace_labels.get(DATAPLANE_MODE) == "ambient"
