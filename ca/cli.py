@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
     init.add_argument("--plugin-certs", type=Path, metavar="DIR",
                       help="use the intermediate CA in DIR (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)")
+    init.add_argument("--if-absent", action="store_true",
+                      help="do nothing (exit 0) if DIR already holds a CA, e.g. when a pod's init container runs "
+                           "again; the CA there is left as it is, and still checked")
     init.set_defaults(func=cmd_init)
 
     serve = sub.add_parser("serve", help="serve IstioCertificateService over gRPC/TLS")
@@ -89,6 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.if_absent and (args.dir / store.CA_KEY).exists():
+        authority = store.load(args.dir)  # a CA that cannot be loaded is an error here, not at serve time
+        print(f"{args.dir} already holds a CA for trust domain {authority.trust_domain}: left as it is")
+        return 0
     if args.plugin_certs:
         authority = store.import_plugin(args.dir, args.plugin_certs, args.trust_domain)
         what = f"plug-in CA {authority.signing_cert.subject.rfc4514_string()}"

@@ -139,6 +139,20 @@ def test_plugin_init(tmp_path):
     assert "plug-in CA CN=Cluster Intermediate CA" in result.stdout
 
 
+def test_init_if_absent_keeps_the_ca_that_is_there(tmp_path):
+    """What the istiod init container runs at every pod start: the first creates, the next keep it."""
+    from tests.ca.pki import write_plugin_ca
+    write_plugin_ca(tmp_path / "plugin")
+    argv = ("ca", "init", "--if-absent", "--dir", str(tmp_path / "ca"), "--plugin-certs", str(tmp_path / "plugin"))
+    assert "plug-in CA" in ambient(*argv).stdout
+    key = (tmp_path / "ca" / "ca-key.pem").read_bytes()
+    again = ambient(*argv)
+    assert "already holds a CA for trust domain cluster.local: left as it is" in again.stdout
+    assert (tmp_path / "ca" / "ca-key.pem").read_bytes() == key
+    refused = ambient("ca", "init", "--dir", str(tmp_path / "ca"), check=False)  # without it: refused, as before
+    assert refused.returncode != 0 and "already exists" in refused.stderr
+
+
 def test_ca_demo_runs(tmp_path):
     """`ambient demo --ca` (what `make demo` shows without root): it must keep working."""
     result = ambient("demo", "--ca")
