@@ -41,6 +41,7 @@ class Status(enum.Enum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNAVAILABLE = "UNAVAILABLE"  # something the CA depends on (the Kubernetes API) did not answer: retry
 
 
 class CaRefusal(Exception):

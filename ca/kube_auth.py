@@ -335,18 +335,20 @@ class KubeTokenAuthenticator:
     def _follow(self, flight: _Flight) -> KubeCaller:
         # The leader waits at most the timeout for a slot, then at most the timeout for the answer.
         if not flight.done.wait(2 * self.config.review_timeout + 1):
-            raise _refusal("token_review_failed", "the Kubernetes API did not review the token in time")
+            raise _refusal("token_review_failed", "the Kubernetes API did not review the token in time",
+                           Status.UNAVAILABLE)
         if flight.caller is not None:
             return flight.caller
         if flight.refusal is None:  # the leader crashed: its own request reports the exception
-            raise _refusal("token_review_failed", "the token's review failed; see the CA's log")
+            raise _refusal("token_review_failed", "the token's review failed; see the CA's log", Status.UNAVAILABLE)
         # A new exception per waiter: one instance raised in several threads would share a traceback.
         raise CaRefusal(flight.refusal.status, flight.refusal.reason, str(flight.refusal))
 
     def _review(self, token: str, digest: str) -> KubeCaller:
         if not self._slots.acquire(timeout=self.config.review_timeout):
             raise _refusal("token_review_busy",
-                           f"{self.config.max_in_flight} token reviews already in flight; retry shortly")
+                           f"{self.config.max_in_flight} token reviews already in flight; retry shortly",
+                           Status.UNAVAILABLE)
         try:
             with self._lock:
                 self.reviews += 1
@@ -358,7 +360,8 @@ class KubeTokenAuthenticator:
                                f"the CA may not review tokens: {_redact(str(exc), token)}",
                                Status.FAILED_PRECONDITION) from None
             raise _refusal("token_review_failed",
-                           f"cannot review the token with the Kubernetes API: {_redact(str(exc), token)}") from None
+                           f"cannot review the token with the Kubernetes API: {_redact(str(exc), token)}",
+                           Status.UNAVAILABLE) from None
         finally:
             self._slots.release()
         try:

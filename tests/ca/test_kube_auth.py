@@ -281,7 +281,8 @@ def test_an_unreachable_api_fails_closed_with_a_reason(tmp_path, authority):
     kube = KubeTokenAuthenticator(CONFIG, TokenReviewClient(api_client_for(f"http://127.0.0.1:{_unused_port()}")))
     service = CertificateService(authority, TokenStore(tmp_path / "t.json"), StaticPodPlacement({}), kube=kube)
     refusal = _refused(service, ServiceAccountToken("default", "client").jwt(), CLIENT)
-    assert (refusal.status, refusal.reason) == (Status.UNAUTHENTICATED, "token_review_failed")
+    # UNAVAILABLE: the caller is not refused for what it is, it is told to retry
+    assert (refusal.status, refusal.reason) == (Status.UNAVAILABLE, "token_review_failed")
     assert str(refusal).startswith("cannot review the token with the Kubernetes API: ")
     assert "Connection refused" in str(refusal)
 
@@ -292,8 +293,8 @@ def test_a_review_that_takes_too_long_is_refused(api, tmp_path, authority):
     api.hold.clear()  # the API server takes the request and does not answer
     refusal = _refused(service, token, CLIENT)
     api.hold.set()
-    assert (refusal.reason, str(refusal)) == ("token_review_failed",
-                                              "cannot review the token with the Kubernetes API: no answer in time")
+    assert (refusal.status, refusal.reason, str(refusal)) == (
+        Status.UNAVAILABLE, "token_review_failed", "cannot review the token with the Kubernetes API: no answer in time")
 
 
 def test_reviews_are_not_retried_and_the_given_client_is_left_alone(api):
@@ -303,7 +304,7 @@ def test_reviews_are_not_retried_and_the_given_client_is_left_alone(api):
     assert reviewer.api_client.configuration.host == given.configuration.host
 
 
-@pytest.mark.parametrize("status_code, status", [(500, Status.UNAUTHENTICATED), (403, Status.FAILED_PRECONDITION)])
+@pytest.mark.parametrize("status_code, status", [(500, Status.UNAVAILABLE), (403, Status.FAILED_PRECONDITION)])
 def test_an_api_error_fails_closed(api, tmp_path, authority, status_code, status):
     service, _ = _service(api, tmp_path, authority)
     token = api.issue(ServiceAccountToken("default", "client"))
@@ -405,6 +406,7 @@ def test_reviews_in_flight_are_bounded(tmp_path, authority):
         reviewer.release.set()
         assert pending.result(timeout=30) == KubeCaller(CLIENT)
     assert busy.value.reason == "token_review_busy" and "1 token reviews already in flight" in str(busy.value)
+    assert busy.value.status == Status.UNAVAILABLE
     assert kube.reviews == 1
 
 
