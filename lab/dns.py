@@ -43,6 +43,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from lab.endpoints import selected_pods
 from lab.resolv import CLUSTER_DOMAIN
 from mesh.dns_wire import MAX_UDP_RESPONSE, UDP, header_reply, query_header, sized, too_long
 
@@ -173,15 +174,8 @@ def cluster_view(state: Any, pod_status: Mapping[tuple[str, str], Any]) -> DnsVi
         if svc.cluster_ip != "None":
             services.append(ServiceEntry(key[0], key[1], IPv4Address(vip) if vip else None))
             continue
-        endpoints = []
-        for pod_key, pod in sorted(state.pods.items()):
-            status = pod_status.get(pod_key)
-            if (pod_key[0] != key[0] or not svc.selector or status is None or not status.ip
-                    or not (status.ready or svc.publish_not_ready_addresses)):
-                continue
-            if all(pod.meta.labels.get(k) == v for k, v in svc.selector.items()):
-                endpoints.append(IPv4Address(status.ip))
-        services.append(ServiceEntry(key[0], key[1], None, tuple(endpoints)))
+        endpoints = tuple(IPv4Address(status.ip) for _, status in selected_pods(state, pod_status, key[0], svc))
+        services.append(ServiceEntry(key[0], key[1], None, endpoints))
     return DnsView(tuple(services), tuple(pods), tuple(sorted(state.namespaces)))
 
 

@@ -54,6 +54,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from controlplane.registry import DEFAULT_SERVICE_CIDR
+from lab.endpoints import selected_pods
 from lab.topology import LabPlan, netns_prefix
 from lab.workloads import node_name
 from mesh.netns import netns_path
@@ -125,14 +126,7 @@ def service_ports(state: Any, pod_status: Mapping[tuple[str, str], Any]) -> tupl
         vip = state.vips.get(key)
         if svc.cluster_ip == "None" or not vip:
             continue
-        selected = []
-        for pod_key, pod in sorted(state.pods.items()):
-            status = pod_status.get(pod_key)
-            if (pod_key[0] != key[0] or not svc.selector or status is None or not status.ip
-                    or not (status.ready or svc.publish_not_ready_addresses)):
-                continue
-            if all(pod.meta.labels.get(k) == v for k, v in svc.selector.items()):
-                selected.append((pod, status))
+        selected = selected_pods(state, pod_status, key[0], svc)
         for port in svc.ports:
             endpoints = tuple(Endpoint(IPv4Address(status.ip), target, status.node) for pod, status in selected
                               if (target := _target_port(port, pod)) is not None)
