@@ -87,12 +87,10 @@ def project(kind: str, obj: dict) -> dict | None:
     if kind == "Pod":
         spec = spec if isinstance(spec, dict) else {}
         pod_spec = _pick(spec, ("serviceAccountName", "nodeName"))
-        pod_spec["containers"] = [
-            {**_pick(c, ("name",)), **({"ports": [_pick(p, _CONTAINER_PORT_KEPT) for p in c["ports"]
-                                                  if isinstance(p, dict)]}
-                                       if isinstance(c.get("ports"), list) else {})}
-            for c in spec.get("containers", []) if isinstance(c, dict)] if isinstance(spec.get("containers"), list) \
-            else spec.get("containers")
+        containers = spec.get("containers")
+        # Not a list: passed on as it is, for the parser to report.
+        pod_spec["containers"] = ([_container(c) for c in containers if isinstance(c, dict)]
+                                  if isinstance(containers, list) else containers)
         out["spec"] = pod_spec
         return out
     if kind == "Service":
@@ -106,6 +104,14 @@ def project(kind: str, obj: dict) -> dict | None:
         return out
     if spec is not None:
         out["spec"] = spec
+    return out
+
+
+def _container(container: dict) -> dict:
+    """A container's name and ports: all of it the mesh reads (named target ports)."""
+    out = _pick(container, ("name",))
+    if isinstance(container.get("ports"), list):
+        out["ports"] = [_pick(p, _CONTAINER_PORT_KEPT) for p in container["ports"] if isinstance(p, dict)]
     return out
 
 
@@ -325,8 +331,10 @@ class KubeSource:
             if kind is POD:
                 self.registry.set_pod_status(key[0], key[1], None)
             with self._lock:
-                self._gateways.pop(key, None) if kind is GATEWAY else None
-                self._service_ips.pop(key, None) if kind is SERVICE else None
+                if kind is GATEWAY:
+                    self._gateways.pop(key, None)
+                elif kind is SERVICE:
+                    self._service_ips.pop(key, None)
 
     def _upsert(self, kind: ApiKind, obj: dict) -> None:
         obj.setdefault("kind", kind.kind)
