@@ -239,6 +239,10 @@ class LineDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         self._buffer += chunk
+        if b"\n" not in chunk:  # a long event arriving in pieces: no need to split the whole buffer again
+            if len(self._buffer) > self._max:
+                raise MalformedEvent(f"an event longer than {self._max} bytes")
+            return []
         *lines, rest = self._buffer.split(b"\n")
         if len(rest) > self._max:
             raise MalformedEvent(f"an event longer than {self._max} bytes")
