@@ -84,9 +84,6 @@ class DnsTable:
             hosts.setdefault(name, []).append(HostEntry(service.namespace, addresses))
         return cls({name: tuple(entries) for name, entries in hosts.items()}, zone)
 
-    def __len__(self) -> int:
-        return len(self.hosts)
-
 
 def _vips(service: wpb.Service) -> tuple[Address, ...]:
     found = []

@@ -52,13 +52,13 @@ class DnsCounts:
 
 
 class DnsProxy:
-    """Serves the DNS of every pod ztunnel serves; ``table`` is read at each query (``Ztunnel`` sets
-    it to its table, a new one per discovery change), ``upstreams`` are tried in order."""
+    """Serves the DNS of every pod ztunnel serves; ``table`` is read at each query (``Ztunnel``
+    replaces it with a new one on every discovery change), ``upstreams`` are tried in order."""
 
-    def __init__(self, upstreams: Sequence[Upstream], table: Callable[[], DnsTable] = DnsTable) -> None:
+    def __init__(self, upstreams: Sequence[Upstream], table: DnsTable | None = None) -> None:
         if not upstreams:
             raise ValueError("the DNS proxy needs at least one upstream resolver")
-        self.table = table
+        self.table = table if table is not None else DnsTable()
         self.upstreams = tuple(upstreams)
         self.counts = DnsCounts()
 
@@ -89,7 +89,7 @@ class _PodDns:
     def _decide(self, query: bytes, transport: str) -> bytes | Forward | None:
         self.counts.requests += 1
         try:
-            decision = resolve(query, self.proxy.table(), self.namespace, transport)
+            decision = resolve(query, self.proxy.table, self.namespace, transport)
         except MalformedQuery as exc:
             self.counts.dropped += 1
             log.debug("pod %s: dropped a %s query: %s", self.pod_key, transport, exc)

@@ -79,7 +79,6 @@ from ztunnel.pods import PodSource, ServedPod
 from ztunnel.sockets import accepted_stream
 
 if TYPE_CHECKING:  # dnspython (4 MiB) is loaded only by a ztunnel that runs the DNS proxy
-    from ztunnel.dns import DnsTable
     from ztunnel.dns_proxy import DnsProxy
 
 log = logging.getLogger("ambient.ztunnel")
@@ -137,10 +136,7 @@ class Ztunnel:
         self.secrets = secrets
         self.metrics = metrics
         self.state = ProxyState.from_addresses({}, root_namespace=config.root_namespace)
-        self.dns = dns
-        self.dns_table: DnsTable | None = None  # the DNS proxy's view of the names: rebuilt with the state
-        if dns is not None:
-            dns.table = self._dns_table
+        self.dns = dns  # its table of names is rebuilt with the state (``_apply_view``)
         self.contexts = ContextCache()
         self.balancer = RoundRobin()
         self.tracker = ConnectionTracker(metrics, access_log or AccessLog())
@@ -199,12 +195,9 @@ class Ztunnel:
                                                self.discovery.view(AUTHORIZATION_TYPE_URL),
                                                root_namespace=self.config.root_namespace)
         if self.dns is not None:
-            from ztunnel.dns import DnsTable
-            self.dns_table = DnsTable.from_state(self.state)
+            from ztunnel.dns import DnsTable  # already loaded with the DNS proxy; only it needs dnspython
 
-    def _dns_table(self) -> DnsTable:
-        from ztunnel.dns import DnsTable
-        return self.dns_table or DnsTable()
+            self.dns.table = DnsTable.from_state(self.state)
 
     # ------------------------------------------------------------ pods
 

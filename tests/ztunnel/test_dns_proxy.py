@@ -118,7 +118,7 @@ def a_records(message: dns.message.Message) -> list[str]:
 
 async def test_known_names_are_answered_here_and_the_rest_forwarded_over_udp_and_tcp(nursery):
     upstream = Upstream()
-    proxy = DnsProxy([await nursery.start(upstream.serve)], table=lambda: TABLE)
+    proxy = DnsProxy([await nursery.start(upstream.serve)], table=TABLE)
     pod = await _start_pod(nursery, proxy)
 
     assert a_records(await ask_udp(pod, "httpbin.default.svc.cluster.local.")) == ["10.96.0.10"]
@@ -140,18 +140,18 @@ async def test_a_dead_upstream_is_skipped_and_none_answering_is_servfail(nursery
         dead = holder.getsockname()
     live = await nursery.start(Upstream().serve)
     silent = await nursery.start(Upstream(answer=False).serve)
-    proxy = DnsProxy([dead, live], table=lambda: TABLE)
+    proxy = DnsProxy([dead, live], table=TABLE)
     pod = await _start_pod(nursery, proxy)
     assert a_records(await ask_udp(pod, "example.org.")) == ["192.0.2.1"]
 
-    failing = DnsProxy([dead, silent], table=lambda: TABLE)
+    failing = DnsProxy([dead, silent], table=TABLE)
     pod = await _start_pod(nursery, failing)
     assert (await ask_udp(pod, "example.org.")).rcode() == dns.rcode.SERVFAIL
     assert failing.counts.upstream_failures == 1
 
 
 async def test_a_malformed_datagram_is_dropped_and_the_next_query_answered(nursery):
-    proxy = DnsProxy([await nursery.start(Upstream().serve)], table=lambda: TABLE)
+    proxy = DnsProxy([await nursery.start(Upstream().serve)], table=TABLE)
     pod = await _start_pod(nursery, proxy)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.sendto(b"\x00", pod)
@@ -163,7 +163,7 @@ async def test_forwards_in_flight_are_bounded_per_pod(nursery, monkeypatch):
     monkeypatch.setattr(dns_proxy, "MAX_FORWARDS_IN_FLIGHT", 2)
     monkeypatch.setattr(dns_proxy, "UPSTREAM_TIMEOUT", 30.0)
     silent = Upstream(answer=False)
-    proxy = DnsProxy([await nursery.start(silent.serve)], table=lambda: TABLE)
+    proxy = DnsProxy([await nursery.start(silent.serve)], table=TABLE)
     pod = await _start_pod(nursery, proxy)
     senders = []
     for name in ("a.example.", "b.example."):  # two forwards wait on the silent upstream
