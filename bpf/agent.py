@@ -387,34 +387,34 @@ class NodeAgent:
         if current is not None:  # a new sandbox of the same pod
             await self._release(key, netns)
         target = PodTarget("", add.namespace, add.name, "", cast(str, add.ip))
-        started = time.monotonic()
-        try:
-            enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns, self.dns_capture)
-        except (BpfError, OSError) as exc:
+        enrollment = await self._capture(target, netns, " at CNI ADD")
+        if isinstance(enrollment, str):
             kube.netns.forget(key)
-            self._error(key, f"cannot enroll: {describe(exc)}")
-            return error_reply(add.version, ERR_CAPTURE, "cannot capture the pod's traffic", describe(exc))
+            return error_reply(add.version, ERR_CAPTURE, "cannot capture the pod's traffic", enrollment)
         enrollment.target = None  # handed to ztunnel when its Workload arrives, as an adopted capture
-        self.pods[key] = enrollment
         if key not in self._targets:
             kube.pending[key] = trio.current_time() + CNI_WORKLOAD_WAIT
         self.errors.pop(key, None)
         self._notify()
-        log.info("pod %s/%s (%s) captured at CNI ADD in %.1f ms", add.namespace, add.name, add.ip,
-                 (time.monotonic() - started) * 1000)
         return add.result
 
-    async def _enroll(self, target: PodTarget, netns: str) -> None:
+    async def _capture(self, target: PodTarget, netns: str, how: str = "") -> PodEnrollment | str:
+        """``enroll_pod`` in a worker thread, the capture held; or why it failed (recorded as the pod's error)."""
         started = time.monotonic()
         try:
             enrollment = await trio.to_thread.run_sync(enroll_pod, self.bpffs, target, netns, self.dns_capture)
         except (BpfError, OSError) as exc:
             self._error(target.key, f"cannot enroll: {describe(exc)}")
-            return
+            return describe(exc)
         self.pods[target.key] = enrollment
-        log.info("pod %s/%s (%s) captured in %.1f ms", target.namespace, target.name, target.ip,
+        log.info("pod %s/%s (%s) captured%s in %.1f ms", target.namespace, target.name, target.ip, how,
                  (time.monotonic() - started) * 1000)
-        await self._hand_over(enrollment, target, netns)
+        return enrollment
+
+    async def _enroll(self, target: PodTarget, netns: str) -> None:
+        enrollment = await self._capture(target, netns)
+        if not isinstance(enrollment, str):
+            await self._hand_over(enrollment, target, netns)
 
     async def _match(self, enrollment: PodEnrollment, target: PodTarget, netns: str) -> None:
         """A kept capture: hand it over if not done yet (adopted), or again if its Workload changed."""
