@@ -196,6 +196,15 @@ def adopt_pinned(bpffs_dir: Path) -> dict[str, PodEnrollment]:
     return adopted
 
 
+def route_captured(netns: str, pod_ip: str, dns_capture: bool) -> None:
+    """The pod netns's half of a capture: the routing that brings its TCP to the program, and with
+    ``dns_capture`` the redirect of its DNS to ztunnel's proxy (``bpf.dns_capture``). Idempotent, so an
+    adopted capture (an agent that died halfway, or a pod captured at CNI ADD) gets it whole again."""
+    install_routing(netns, pod_ip)
+    if dns_capture:
+        install_dns_redirect(netns_path(netns))
+
+
 def enroll_pod(bpffs_dir: Path, target: PodTarget, netns: str, dns_capture: bool = False) -> PodEnrollment:
     """Capture ``target``'s traffic in ``netns``: program attached and pinned, then the routing, and
     with ``dns_capture`` the redirect of its DNS to ztunnel's proxy (``bpf.dns_capture``)."""
@@ -211,9 +220,7 @@ def enroll_pod(bpffs_dir: Path, target: PodTarget, netns: str, dns_capture: bool
         finally:
             os.close(fd)
         capture.pin(pins)
-        install_routing(netns, target.ip)
-        if dns_capture:
-            install_dns_redirect(netns_path(netns))
+        route_captured(netns, target.ip, dns_capture)
     except BaseException:
         capture.close()
         PodCapture.unpin(pins)
@@ -422,7 +429,7 @@ class NodeAgent:
             return
         if enrollment.target is None:  # adopted: re-apply the routing in case the last agent died halfway
             try:
-                await trio.to_thread.run_sync(install_routing, netns, target.ip)
+                await trio.to_thread.run_sync(route_captured, netns, target.ip, self.dns_capture)
             except OSError as exc:
                 self._error(target.key, f"cannot restore routing: {describe(exc)}")
                 return

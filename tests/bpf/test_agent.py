@@ -8,6 +8,7 @@ import ipaddress
 import os
 import socket
 import struct
+import subprocess
 import time
 import uuid
 
@@ -26,8 +27,10 @@ from bpf.agent import (
     pod_fds,
     pods_to_capture,
     release_pod,
+    route_captured,
 )
 from bpf.capture import LINK_PIN, MAPS, PodCapture, Slot, bypass_key, socket_cookie
+from bpf.dns_capture import TABLE as DNS_TABLE
 from bpf.enrollment import CAPTURE_TABLE, MARK_RULE_PRIORITY, TCP_RULE_PRIORITY
 from bpf.libbpf import Map
 from lab import network
@@ -301,6 +304,26 @@ def test_release_removes_the_pins_the_program_and_the_routing(adopted, pod, bpff
     assert netns_links(inode_of(pod.netns)) == []
     assert capture_rules(pod.netns) == [] and capture_routes(pod.netns) == []
     assert accept_local(pod.netns) == "0"
+
+
+def dns_tables(netns: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "tables"], check=True,
+                            capture_output=True, text=True).stdout
+    return [line.split()[-1] for line in listed.splitlines() if line.startswith("table")]
+
+
+@root
+def test_an_adopted_capture_gets_its_routing_and_dns_redirect_whole_again(pod, bpffs, enrolled):
+    """What the agent re-applies to an adopted capture (an agent that died halfway, a pod captured at
+    CNI ADD): the routing and, with DNS capture on, the redirect; twice is the same as once; release
+    removes both."""
+    assert dns_tables(pod.netns) == []  # enrolled without DNS capture
+    for _ in range(2):
+        route_captured(pod.netns, str(pod.ip), dns_capture=True)
+        assert capture_rules(pod.netns) == [MARK_RULE_PRIORITY, TCP_RULE_PRIORITY]
+        assert dns_tables(pod.netns) == [DNS_TABLE]
+    release_pod(bpffs, enrolled, pod.netns)
+    assert capture_rules(pod.netns) == [] and dns_tables(pod.netns) == []
 
 
 @root
