@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 DEPS_HASH := $(shell cat pyproject.toml $(wildcard $(CONSTRAINTS)) | sha256sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 # Commands the suite and the demo run besides Python, as command:Debian-package.
-SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl clang:clang bpftool:bpftool tcpdump:tcpdump nft:nftables cc:gcc
+SYSTEM_COMMANDS := openssl:openssl ip:iproute2 curl:curl clang:clang bpftool:bpftool tcpdump:tcpdump nft:nftables cc:gcc npm:npm
 # Files the build needs, as path:Debian-package (libbpf's BPF headers; the runtime libbpf1 comes with it).
 SYSTEM_FILES := /usr/include/bpf/bpf_helpers.h:libbpf-dev
 # The eBPF capture program (DESIGN.md section 5), built from its source; never committed.
