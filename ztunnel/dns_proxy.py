@@ -11,7 +11,8 @@ its cluster DNS), and the upstream's answer is relayed unchanged. No upstream an
 SERVFAIL. Replies to UDP queries leave from the listening socket; the pod's conntrack gives them the
 source the pod asked (its nameserver's address and port 53).
 
-Bounds a pod can make ztunnel spend, per pod: ``MAX_FORWARDS_IN_FLIGHT`` forwarded queries at once
+Bounds a pod can make ztunnel spend, per pod: ``MAX_QUERIES_PER_SECOND`` (more are dropped),
+``MAX_FORWARDS_IN_FLIGHT`` forwarded queries at once
 (one more is answered SERVFAIL at once: a resolver retries), ``MAX_TCP_CONNECTIONS`` (one more is
 closed), each TCP connection closed after ``TCP_IDLE_TIMEOUT`` without a whole query, each upstream
 try bounded by ``UPSTREAM_TIMEOUT``.
@@ -37,6 +38,11 @@ MAX_FORWARDS_IN_FLIGHT = 64  # per pod: a resolver asks A and AAAA per name, a f
 MAX_TCP_CONNECTIONS = 16  # per pod: TCP is a resolver's fallback for a truncated answer
 TCP_IDLE_TIMEOUT = 5.0  # ztunnel's DEFAULT_TCP_REQUEST_TIMEOUT
 UPSTREAM_TIMEOUT = 2.5  # per upstream try: glibc's resolver gives up on a server after 5 s
+# Per pod: queries answered per second, with as many in a burst. glibc asks A and AAAA for each
+# search-path step (up to 10 queries per name with ndots:5), so a pod polling a few names keeps
+# hundreds a second; at ~50-100 CPU-us per query this bound keeps one pod flooding its resolver under a
+# tenth of ztunnel's core, for the node's other pods. A query over the rate is dropped (a resolver retries).
+MAX_QUERIES_PER_SECOND = 1000.0
 
 Upstream = tuple[str, int]
 
@@ -76,6 +82,26 @@ class DnsProxy:
                 nursery.start_soon(pod.serve_tcp, tcp_sock, connections, nursery)
 
 
+class QueryRate:
+    """A token bucket: ``allow(now)`` is True for at most ``rate`` queries a second on average and
+    ``burst`` (default: ``rate``) at once."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = rate if burst is None else burst
+        self._tokens = self.burst
+        self._at: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class _PodDns:
     def __init__(self, proxy: DnsProxy, pod_key: str, namespace: str,
                  upstream_socket: Callable[[int], socket.socket], forwards: trio.CapacityLimiter) -> None:
@@ -85,9 +111,13 @@ class _PodDns:
         self.namespace = namespace
         self.upstream_socket = upstream_socket
         self.forwards = forwards
+        self.rate = QueryRate(MAX_QUERIES_PER_SECOND)
 
     def _decide(self, query: bytes, transport: str) -> bytes | Forward | None:
         self.counts.requests += 1
+        if not self.rate.allow(trio.current_time()):
+            self.counts.dropped += 1
+            return None
         try:
             decision = resolve(query, self.proxy.table, self.namespace, transport)
         except MalformedQuery as exc:

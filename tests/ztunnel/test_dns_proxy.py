@@ -92,12 +92,12 @@ async def _start_pod(nursery: trio.Nursery, proxy: DnsProxy) -> tuple[str, int]:
     return "127.0.0.1", port
 
 
-async def ask_udp(address, name: str, rdtype: str = "A") -> dns.message.Message:
+async def ask_udp(address, name: str, rdtype: str = "A", timeout: float = 10) -> dns.message.Message:
     query = dns.message.make_query(name, rdtype)
     with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         await sock.connect(address)
         await sock.send(query.to_wire())
-        with trio.fail_after(10):
+        with trio.fail_after(timeout):
             reply = dns.message.from_wire(await sock.recv(65535))
     assert reply.id == query.id
     return reply
@@ -178,6 +178,24 @@ async def test_forwards_in_flight_are_bounded_per_pod(nursery, monkeypatch):
     assert proxy.counts.dropped == 1
     for sock in senders:
         sock.close()
+
+
+def test_the_query_rate_is_a_token_bucket():
+    rate = dns_proxy.QueryRate(10.0)
+    assert all(rate.allow(0.0) for _ in range(10)) and not rate.allow(0.0)  # a burst of `rate`
+    assert rate.allow(0.1) and not rate.allow(0.1)  # one more per 1/rate seconds
+    assert sum(rate.allow(100.0) for _ in range(20)) == 10  # refilled to the burst, no more
+
+
+async def test_a_pod_flooding_its_resolver_is_dropped_over_the_rate(nursery, monkeypatch):
+    real = dns_proxy.QueryRate
+    monkeypatch.setattr(dns_proxy, "QueryRate", lambda rate: real(0.001, burst=1))  # one query, then none
+    proxy = DnsProxy([await nursery.start(Upstream().serve)], table=TABLE)
+    pod = await _start_pod(nursery, proxy)
+    assert a_records(await ask_udp(pod, "httpbin.")) == ["10.96.0.10"]
+    with pytest.raises(trio.TooSlowError):  # over the rate: no answer (the resolver would retry)
+        await ask_udp(pod, "httpbin.", timeout=0.5)
+    assert proxy.counts.dropped == 1
 
 
 def test_at_least_one_upstream_is_required():
